@@ -1,0 +1,272 @@
+//! Layered configuration: defaults -> optional TOML file -> `SAKUGA_<SERVICE>__KEY`
+//! environment variables, then `validate()`. Unknown keys are errors, so a typo in a file
+//! or a variable name fails at start-up instead of being ignored.
+//!
+//! Secrets never live here: the structs below say where in Vault to find them.
+
+use std::{net::SocketAddr, path::{Path, PathBuf}, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::error::MeshError;
+
+/// Loads a service's configuration. `service` is the lowercase service name
+/// (`scheduler`), which selects the `SAKUGA_SCHEDULER__` environment prefix.
+pub fn load<T>(service: &str, file: Option<&Path>) -> Result<T, MeshError>
+where
+    T: DeserializeOwned + Serialize + Default,
+{
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(MeshError::Config(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    let prefix = format!("SAKUGA_{}__", service.to_ascii_uppercase());
+    figment = figment.merge(Env::prefixed(&prefix).split("__"));
+    figment
+        .extract()
+        .map_err(|e| MeshError::Config(e.to_string()))
+}
+
+/// How a service reaches Vault (OpenBao) and logs in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// Vault address, e.g. `http://127.0.0.1:8200`.
+    pub addr: String,
+    /// Login method.
+    pub auth: VaultAuth,
+    /// File holding a Vault token (`auth = "token"`).
+    pub token_file: Option<PathBuf>,
+    /// File holding the AppRole role id (`auth = "approle"`).
+    pub role_id_file: Option<PathBuf>,
+    /// File holding the AppRole secret id (`auth = "approle"`).
+    pub secret_id_file: Option<PathBuf>,
+    /// Mount of the AppRole auth method.
+    pub approle_mount: String,
+    /// Mount of the KV v2 secrets engine.
+    pub kv_mount: String,
+    /// Mount of the PKI secrets engine that issues service certificates.
+    pub pki_mount: String,
+    /// PKI role used to issue service certificates.
+    pub pki_role: String,
+    /// Lifetime requested for the service certificate; it is renewed at two thirds.
+    pub cert_ttl_secs: u64,
+    /// Attempts to reach Vault at start-up before giving up (with exponential backoff).
+    pub connect_attempts: u32,
+    /// First backoff between attempts, doubled each time (capped at 10 s).
+    pub backoff_initial_ms: u64,
+}
+
+/// Vault login methods.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VaultAuth {
+    /// A token read from `token_file` (development).
+    Token,
+    /// AppRole with `role_id_file` and `secret_id_file`.
+    Approle,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self {
+            addr: "http://127.0.0.1:8200".to_owned(),
+            auth: VaultAuth::Approle,
+            token_file: None,
+            role_id_file: None,
+            secret_id_file: None,
+            approle_mount: "approle".to_owned(),
+            kv_mount: "secret".to_owned(),
+            pki_mount: "pki".to_owned(),
+            pki_role: "sakuga-service".to_owned(),
+            cert_ttl_secs: 24 * 3600,
+            connect_attempts: 6,
+            backoff_initial_ms: 250,
+        }
+    }
+}
+
+impl VaultConfig {
+    /// Checks the fields that must agree with each other.
+    pub fn validate(&self) -> Result<(), MeshError> {
+        if !(self.addr.starts_with("http://") || self.addr.starts_with("https://")) {
+            return Err(MeshError::Config(format!(
+                "vault.addr: must be an http:// or https:// URL, got {:?}",
+                self.addr
+            )));
+        }
+        match self.auth {
+            VaultAuth::Token if self.token_file.is_none() => Err(MeshError::Config(
+                "vault.token_file: required when vault.auth = \"token\"".to_owned(),
+            )),
+            VaultAuth::Approle if self.role_id_file.is_none() => Err(MeshError::Config(
+                "vault.role_id_file: required when vault.auth = \"approle\"".to_owned(),
+            )),
+            VaultAuth::Approle if self.secret_id_file.is_none() => Err(MeshError::Config(
+                "vault.secret_id_file: required when vault.auth = \"approle\"".to_owned(),
+            )),
+            _ if self.cert_ttl_secs < 60 => Err(MeshError::Config(
+                "vault.cert_ttl_secs: must be at least 60".to_owned(),
+            )),
+            _ if self.connect_attempts == 0 => Err(MeshError::Config(
+                "vault.connect_attempts: must be at least 1".to_owned(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// First backoff between Vault attempts.
+    pub fn backoff_initial(&self) -> Duration {
+        Duration::from_millis(self.backoff_initial_ms)
+    }
+}
+
+/// Names and addresses the service certificate carries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// DNS subject alternative names (clients dial one of these, or an IP below).
+    pub dns_names: Vec<String>,
+    /// IP subject alternative names.
+    pub ip_addresses: Vec<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            dns_names: vec!["localhost".to_owned()],
+            ip_addresses: vec!["127.0.0.1".to_owned()],
+        }
+    }
+}
+
+/// PostgreSQL connection (credentials come from Vault).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Host name or IP.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Database name.
+    pub dbname: String,
+    /// KV v2 path (under `vault.kv_mount`) holding `username` and `password`.
+    pub secret: String,
+    /// Pool size.
+    pub max_connections: usize,
+    /// Seconds to wait for a pooled connection before UNAVAILABLE.
+    pub acquire_timeout_secs: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port: 5432,
+            dbname: "sakuga".to_owned(),
+            secret: "sakuga/database".to_owned(),
+            max_connections: 16,
+            acquire_timeout_secs: 5,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), MeshError> {
+        if self.max_connections == 0 {
+            return Err(MeshError::Config(
+                "database.max_connections: must be at least 1".to_owned(),
+            ));
+        }
+        if self.dbname.is_empty() {
+            return Err(MeshError::Config("database.dbname: must not be empty".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// Redis connection (credentials come from Vault).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Host name or IP.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// KV v2 path (under `vault.kv_mount`) holding `username` and `password`; both may be
+    /// absent in the secret for a Redis without authentication.
+    pub secret: String,
+    /// Prefix of every key and channel this service uses.
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port: 6379,
+            secret: "sakuga/redis".to_owned(),
+            key_prefix: "sakuga:".to_owned(),
+        }
+    }
+}
+
+/// Parses a listen address, naming the field in the error.
+pub fn parse_listen(field: &str, value: &str) -> Result<SocketAddr, MeshError> {
+    value
+        .parse()
+        .map_err(|_| MeshError::Config(format!("{field}: not a socket address: {value:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Sample {
+        listen: String,
+        vault: VaultConfig,
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_unknown_keys_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\n[vault]\naddr = \"http://v:1\"\n").unwrap();
+        let c: Sample = load("sampletest", Some(&path)).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:1");
+        assert_eq!(c.vault.addr, "http://v:1");
+        assert_eq!(c.vault.kv_mount, "secret");
+
+        std::fs::write(&path, "[vault]\nadress = \"http://v:1\"\n").unwrap();
+        let err = load::<Sample>("sampletest", Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("adress"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = load::<Sample>("sampletest", Some(Path::new("/nonexistent/x.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn approle_needs_its_files() {
+        let v = VaultConfig::default();
+        let err = v.validate().unwrap_err().to_string();
+        assert!(err.contains("vault.role_id_file"), "{err}");
+    }
+}

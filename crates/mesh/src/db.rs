@@ -1,0 +1,148 @@
+//! PostgreSQL: a deadpool pool with credentials from Vault, and the schema migrations
+//! (applied at start-up or by the `migrate` subcommand; versioned, idempotent, serialized
+//! across replicas with an advisory lock).
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Timeouts};
+use secrecy::ExposeSecret as _;
+use tokio_postgres::NoTls;
+use tracing::{info, warn};
+
+use crate::{config::DatabaseConfig, error::MeshError, vault::Credentials};
+
+/// One migration file.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Version, strictly increasing.
+    pub version: i64,
+    /// Name, for the record.
+    pub name: &'static str,
+    /// SQL, run in one transaction.
+    pub sql: &'static str,
+}
+
+/// Every migration of the schema, in order (files in `migrations/`).
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "jobs_and_files",
+    sql: include_str!("../../../migrations/0001_jobs_and_files.sql"),
+}];
+
+/// Arbitrary constant identifying the migration lock.
+const MIGRATION_LOCK: i64 = 0x5A4B_5547_4131;
+
+/// Builds a pool and checks that a connection works, retrying while PostgreSQL is not
+/// reachable.
+pub async fn connect(cfg: &DatabaseConfig, creds: &Credentials) -> Result<Pool, MeshError> {
+    cfg.validate()?;
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&cfg.host)
+        .port(cfg.port)
+        .dbname(&cfg.dbname)
+        .application_name("sakuga")
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(user) = &creds.username {
+        pg.user(user);
+    }
+    if let Some(password) = &creds.password {
+        pg.password(password.expose_secret());
+    }
+    let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let pool = Pool::builder(manager)
+        .max_size(cfg.max_connections)
+        .timeouts(Timeouts {
+            wait: Some(Duration::from_secs(cfg.acquire_timeout_secs)),
+            create: Some(Duration::from_secs(5)),
+            recycle: Some(Duration::from_secs(5)),
+        })
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| MeshError::Database(e.to_string()))?;
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match pool.get().await {
+            Ok(client) => {
+                client
+                    .simple_query("SELECT 1")
+                    .await
+                    .map_err(|e| MeshError::Database(e.to_string()))?;
+                return Ok(pool);
+            }
+            Err(e) if attempt < 6 => {
+                warn!(host = %cfg.host, port = cfg.port, attempt, error = %e, "database not reachable, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(MeshError::Database(format!(
+                    "cannot connect to {}:{}/{}: {e}",
+                    cfg.host, cfg.port, cfg.dbname
+                )));
+            }
+        }
+    }
+}
+
+/// Applies the migrations not yet recorded in `schema_migrations`; returns the versions
+/// applied now.
+pub async fn migrate(pool: &Pool) -> Result<Vec<i64>, MeshError> {
+    let db = |e: tokio_postgres::Error| MeshError::Database(format!("migration: {e}"));
+    let mut client = pool.get().await.map_err(|e| MeshError::Database(e.to_string()))?;
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version bigint PRIMARY KEY,
+                name text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .map_err(db)?;
+    let tx = client.transaction().await.map_err(db)?;
+    // Replicas starting together apply each migration once.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(db)?;
+    let rows = tx.query("SELECT version FROM schema_migrations", &[]).await.map_err(db)?;
+    let done: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let mut applied = Vec::new();
+    for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
+        tx.batch_execute(m.sql).await.map_err(|e| {
+            MeshError::Database(format!("migration {} ({}): {e}", m.version, m.name))
+        })?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            &[&m.version, &m.name],
+        )
+        .await
+        .map_err(db)?;
+        info!(version = m.version, name = m.name, "migration applied");
+        applied.push(m.version);
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(applied)
+}
+
+/// The `migrate` subcommand of every service: log in to Vault, read the database
+/// credentials, connect and apply the migrations.
+pub async fn migrate_with_vault(
+    vault_cfg: &crate::config::VaultConfig,
+    db_cfg: &DatabaseConfig,
+) -> Result<Vec<i64>, MeshError> {
+    let vault = crate::vault::Vault::connect(vault_cfg).await?;
+    let creds = vault.read_credentials(&db_cfg.secret).await?;
+    let pool = connect(db_cfg, &creds).await?;
+    migrate(&pool).await
+}
+
+/// A health probe that runs `SELECT 1` on a pooled connection.
+pub fn health_check(pool: &Pool) -> crate::server::HealthCheck {
+    let pool = pool.clone();
+    std::sync::Arc::new(move || {
+        let pool = pool.clone();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(|e| e.to_string())?;
+            client.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| e.to_string())
+        })
+    })
+}

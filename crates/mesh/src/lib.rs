@@ -1,0 +1,16 @@
+//! What every Sakuga service shares: layered config, logging, rustls mTLS with service
+//! identities, the Vault client, the PostgreSQL pool and migrations, Redis, server assembly
+//! (health, reflection, graceful shutdown).
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod identity;
+pub mod redis;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tls;
+pub mod vault;
+
+pub use error::MeshError;

@@ -1,0 +1,104 @@
+//! Redis: a reconnecting connection manager with credentials from Vault. Redis carries
+//! rate limits, the revocation list and progress fan-out; losing it loses no job.
+
+use std::time::Duration;
+
+use redis::{
+    Client, IntoConnectionInfo as _, RedisConnectionInfo,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+use secrecy::ExposeSecret as _;
+use tracing::warn;
+
+use crate::{config::RedisConfig, error::MeshError, vault::Credentials};
+
+/// A Redis client (for pub/sub connections) and a shared multiplexed connection.
+#[derive(Clone)]
+pub struct Redis {
+    /// For dedicated connections (pub/sub).
+    pub client: Client,
+    /// Shared, reconnecting connection for commands.
+    pub manager: ConnectionManager,
+    /// Prefix of every key and channel.
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    /// Connects (retrying while Redis is unreachable) and authenticates.
+    pub async fn connect(cfg: &RedisConfig, creds: &Credentials) -> Result<Self, MeshError> {
+        let mut settings = RedisConnectionInfo::default();
+        if let Some(user) = &creds.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &creds.password {
+            settings = settings.set_password(password.expose_secret());
+        }
+        let info = redis::ConnectionAddr::Tcp(cfg.host.clone(), cfg.port)
+            .into_connection_info()
+            .map_err(|e| MeshError::Redis(e.to_string()))?
+            .set_redis_settings(settings);
+        let client = Client::open(info).map_err(|e| MeshError::Redis(e.to_string()))?;
+        let manager_cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_number_of_retries(2);
+        let mut delay = Duration::from_millis(250);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match ConnectionManager::new_with_config(client.clone(), manager_cfg.clone()).await {
+                Ok(manager) => {
+                    return Ok(Self { client, manager, prefix: cfg.key_prefix.clone() });
+                }
+                // Wrong credentials will not get better.
+                Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed => {
+                    return Err(MeshError::Redis(format!(
+                        "authentication to {}:{} refused: {e}",
+                        cfg.host, cfg.port
+                    )));
+                }
+                Err(e) if attempt < 6 => {
+                    warn!(host = %cfg.host, port = cfg.port, attempt, error = %e, "redis not reachable, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    return Err(MeshError::Redis(format!(
+                        "cannot connect to {}:{}: {e}",
+                        cfg.host, cfg.port
+                    )));
+                }
+            }
+        }
+    }
+
+    /// `prefix` + `suffix`.
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    /// PING, for health.
+    pub async fn ping(&self) -> Result<(), MeshError> {
+        let mut conn = self.manager.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| MeshError::Redis(e.to_string()))
+    }
+
+    /// A health probe that PINGs.
+    pub fn health_check(&self) -> crate::server::HealthCheck {
+        let redis = self.clone();
+        std::sync::Arc::new(move || {
+            let redis = redis.clone();
+            Box::pin(async move { redis.ping().await.map_err(|e| e.to_string()) })
+        })
+    }
+}

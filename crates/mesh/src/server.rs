@@ -1,0 +1,188 @@
+//! Server assembly: every server mounts health (reflecting real dependency state) and
+//! reflection (v1 and v1alpha: the grpcurl operators have speaks only v1alpha), serves
+//! over our mTLS acceptor, and shuts down gracefully.
+
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::Router};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tracing::{info, info_span, warn};
+
+use crate::{error::MeshError, tls::MeshTls};
+
+/// Name under which health reports the server as a whole.
+const OVERALL: &str = "";
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// A dependency probe for health: `Err` carries a short reason for the log.
+pub type HealthCheck =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// A bound listener plus the router with health and reflection already mounted.
+pub struct GrpcServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    router: Router,
+    health: HealthReporter,
+    services: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for GrpcServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcServer")
+            .field("local_addr", &self.local_addr)
+            .field("services", &self.services)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrpcServer {
+    /// Binds `listen` (port 0 picks a free port) and mounts health and reflection for
+    /// `services`; add the services themselves with [`GrpcServer::add_service`].
+    pub async fn bind(listen: SocketAddr, services: &[&'static str]) -> Result<Self, MeshError> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| MeshError::Server(format!("cannot listen on {listen}: {e}")))?;
+        let local_addr = listener.local_addr()?;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for name in services.iter().copied().chain([OVERALL]) {
+            health.set_service_status(name, ServingStatus::NotServing).await;
+        }
+        let reflection = || {
+            let mut b = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(sakuga_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name(HEALTH_SERVICE)
+                .with_service_name("grpc.reflection.v1.ServerReflection")
+                .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+            for name in services {
+                b = b.with_service_name(*name);
+            }
+            b
+        };
+        let v1 = reflection().build_v1().map_err(|e| MeshError::Server(e.to_string()))?;
+        let v1alpha = reflection().build_v1alpha().map_err(|e| MeshError::Server(e.to_string()))?;
+        let router = Server::builder()
+            .trace_fn(|req| info_span!("grpc", method = %req.uri().path()))
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(health_service)
+            .add_service(v1)
+            .add_service(v1alpha);
+        Ok(Self { listener, local_addr, router, health, services: services.to_vec() })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The health reporter (for services that report their own state).
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// Mounts a service.
+    #[must_use]
+    pub fn add_service<S>(mut self, svc: S) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.router = self.router.add_service(svc);
+        self
+    }
+
+    /// Serves until `shutdown`: health reports SERVING while every check passes (checked
+    /// every `interval`), NOT_SERVING otherwise and from the moment shutdown begins. After
+    /// shutdown, in-flight calls get `grace` to finish.
+    pub async fn serve(
+        self,
+        tls: Arc<MeshTls>,
+        checks: Vec<(&'static str, HealthCheck)>,
+        interval: Duration,
+        grace: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<(), MeshError> {
+        let monitor = spawn_health_monitor(
+            self.health.clone(),
+            self.services.clone(),
+            checks,
+            interval,
+            shutdown.clone(),
+        );
+        let incoming = crate::tls::incoming(self.listener, tls.acceptor(), shutdown.clone());
+        info!(addr = %self.local_addr, services = ?self.services, "serving");
+        let serve = self
+            .router
+            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let result = tokio::select! {
+            r = serve => r.map_err(|e| MeshError::Server(e.to_string())),
+            () = deadline => {
+                warn!(grace_secs = grace.as_secs(), "grace period over, closing remaining calls");
+                Ok(())
+            }
+        };
+        monitor.abort();
+        result
+    }
+}
+
+fn spawn_health_monitor(
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+    checks: Vec<(&'static str, HealthCheck)>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last: Option<bool> = None;
+        loop {
+            let mut failing = Vec::new();
+            for (name, check) in &checks {
+                match tokio::time::timeout(Duration::from_secs(3), check()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(reason)) => failing.push(format!("{name}: {reason}")),
+                    Err(_) => failing.push(format!("{name}: timed out")),
+                }
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let ok = failing.is_empty();
+            if last != Some(ok) {
+                if ok {
+                    info!("dependencies healthy: SERVING");
+                } else {
+                    warn!(failing = ?failing, "dependency unhealthy: NOT_SERVING");
+                }
+                let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+                for name in services.iter().copied().chain([OVERALL]) {
+                    reporter.set_service_status(name, status).await;
+                }
+                last = Some(ok);
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+        for name in services.iter().copied().chain([OVERALL]) {
+            reporter.set_service_status(name, ServingStatus::NotServing).await;
+        }
+    })
+}

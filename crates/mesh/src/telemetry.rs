@@ -1,0 +1,19 @@
+//! Logging: `tracing` with an env filter (`RUST_LOG`, default `info`), human-readable or
+//! JSON (`SAKUGA_LOG_FORMAT=json`).
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// Installs the global subscriber. Safe to call once per process.
+pub fn init(service: &'static str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("SAKUGA_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = if json {
+        registry.with(fmt::layer().json().with_current_span(true)).try_init()
+    } else {
+        registry.with(fmt::layer().with_target(false)).try_init()
+    };
+    if result.is_ok() {
+        tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
+    }
+}

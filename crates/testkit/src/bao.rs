@@ -1,0 +1,132 @@
+//! One OpenBao dev server per test process (or a running Vault named by the environment),
+//! with a PKI mount of its own.
+
+use std::{
+    io::Write as _,
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::OnceCell;
+use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
+
+pub(crate) struct Bao {
+    pub(crate) addr: String,
+    pub(crate) token: String,
+    pub(crate) pki_mount: String,
+}
+
+impl Bao {
+    pub(crate) fn client(&self) -> anyhow::Result<VaultClient> {
+        Ok(VaultClient::new(
+            VaultClientSettingsBuilder::default().address(&self.addr).token(&self.token).build()?,
+        )?)
+    }
+}
+
+static SHARED: OnceCell<Bao> = OnceCell::const_new();
+/// The watchdog shell holding the dev server; its stdin closes when this process exits,
+/// which makes it kill the server.
+static WATCHDOG: Mutex<Option<Child>> = Mutex::new(None);
+
+fn bao_bin() -> PathBuf {
+    std::env::var_os("SAKUGA_BAO_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/bin/bao"),
+        PathBuf::from,
+    )
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts a dev server that dies with this process.
+fn start_dev_server() -> anyhow::Result<(String, String)> {
+    let bin = bao_bin();
+    anyhow::ensure!(
+        bin.exists(),
+        "no OpenBao binary at {} (run `make tools` or set SAKUGA_BAO_BIN)",
+        bin.display()
+    );
+    let port = free_port()?;
+    let token = uuid::Uuid::new_v4().to_string();
+    let script = format!(
+        "\"$0\" server -dev -dev-listen-address=127.0.0.1:{port} >/dev/null 2>&1 & child=$!; \
+         read _; kill $child; wait $child"
+    );
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(&bin)
+        .env("BAO_DEV_ROOT_TOKEN_ID", &token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // Keep stdin open for the life of the process.
+    if let Some(stdin) = child.stdin.as_mut() {
+        stdin.flush()?;
+    }
+    *WATCHDOG.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(child);
+    Ok((format!("http://127.0.0.1:{port}"), token))
+}
+
+async fn wait_ready(client: &VaultClient) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        match client.lookup().await {
+            Ok(_) => return Ok(()),
+            Err(e) if start.elapsed() > Duration::from_secs(20) => {
+                anyhow::bail!("OpenBao dev server did not come up: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn seed_pki(client: &VaultClient, mount: &str) -> anyhow::Result<()> {
+    use vaultrs::api::{
+        pki::requests::{GenerateRootRequest, SetRoleRequest},
+        sys::requests::{EnableEngineDataConfig, EnableEngineRequest},
+    };
+    let mut mount_opts = EnableEngineRequest::builder();
+    mount_opts.config(EnableEngineDataConfig { max_lease_ttl: Some("87600h".into()), ..Default::default() });
+    vaultrs::sys::mount::enable(client, mount, "pki", Some(&mut mount_opts)).await?;
+    let mut root = GenerateRootRequest::builder();
+    root.common_name("sakuga-test-root").ttl("87600h").key_type("ec").key_bits(256_u64);
+    vaultrs::pki::cert::ca::generate(client, mount, "internal", Some(&mut root)).await?;
+    let mut role = SetRoleRequest::builder();
+    role.allowed_domains(vec!["localhost".into(), "sakuga".into()])
+        .allow_bare_domains(true)
+        .allow_subdomains(true)
+        .allow_localhost(true)
+        .allow_ip_sans(true)
+        .allowed_uri_sans(vec!["spiffe://sakuga/*".into()])
+        .server_flag(true)
+        .client_flag(true)
+        .key_type("ec")
+        .key_bits(256_u64)
+        .max_ttl("72h");
+    vaultrs::pki::role::set(client, mount, "sakuga-service", Some(&mut role)).await?;
+    Ok(())
+}
+
+pub(crate) async fn shared() -> anyhow::Result<&'static Bao> {
+    SHARED
+        .get_or_try_init(|| async {
+            let (addr, token) = match (std::env::var("SAKUGA_TEST_VAULT_ADDR"), std::env::var("SAKUGA_TEST_VAULT_TOKEN")) {
+                (Ok(addr), Ok(token)) => (addr, token),
+                _ => start_dev_server()?,
+            };
+            let pki_mount = format!("pki-test-{}", crate::random_suffix());
+            let bao = Bao { addr, token, pki_mount };
+            let client = bao.client()?;
+            wait_ready(&client).await?;
+            seed_pki(&client, &bao.pki_mount).await?;
+            Ok(bao)
+        })
+        .await
+}

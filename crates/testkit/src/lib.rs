@@ -1,0 +1,180 @@
+//! Test fixtures on real components: an OpenBao dev server (started once per test process),
+//! a fresh PostgreSQL database per test (cloned from a migrated template), a Redis ACL user
+//! and key prefix per test, and helpers that run the services in-process on random
+//! loopback ports with real mTLS.
+//!
+//! Environment (all optional): `SAKUGA_BAO_BIN` (the `bao` binary; default
+//! `<workspace>/.tools/bin/bao`), `SAKUGA_TEST_VAULT_ADDR` + `SAKUGA_TEST_VAULT_TOKEN` (use a
+//! running Vault instead of starting one), `SAKUGA_TEST_DATABASE_URL` (a role that may
+//! create databases; default `postgres://postgres@127.0.0.1:5432/postgres`),
+//! `SAKUGA_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`), `TEST_LOG=1` for logs.
+
+#![allow(clippy::missing_panics_doc, clippy::unwrap_used)]
+
+mod bao;
+mod pg;
+mod services;
+
+use std::{path::PathBuf, sync::Arc};
+
+use sakuga_mesh::{
+    config::{DatabaseConfig, RedisConfig, TlsConfig, VaultAuth, VaultConfig},
+    tls::MeshTls,
+    vault::Vault,
+};
+use tempfile::TempDir;
+
+pub use services::{
+    Spawned, auth_config, generator_config, organizer_config, scheduler_config, spawn_auth, spawn_generator,
+    spawn_organizer, spawn_scheduler,
+};
+
+/// Logs to stderr when `TEST_LOG=1`.
+pub fn init_logging() {
+    if std::env::var("TEST_LOG").is_ok_and(|v| v == "1") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+fn random_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// Everything one test needs: its own database, Redis user and prefix, Vault paths and a
+/// scratch folder. Call [`TestEnv::cleanup`] at the end (leftovers of a failed test are
+/// swept by later runs).
+#[derive(Debug)]
+pub struct TestEnv {
+    /// Unique id of this test.
+    pub id: String,
+    /// Vault address.
+    pub vault_addr: String,
+    /// File holding a Vault token.
+    pub token_file: PathBuf,
+    /// PKI mount shared by this test process.
+    pub pki_mount: String,
+    /// KV paths holding this test's credentials.
+    pub db_secret: String,
+    /// KV path of the Redis credentials.
+    pub redis_secret: String,
+    /// Database name.
+    pub db_name: String,
+    /// Redis key prefix.
+    pub redis_prefix: String,
+    redis_user: String,
+    /// Scratch folder (storage roots live here).
+    pub dir: TempDir,
+    pg: pg::Admin,
+}
+
+impl TestEnv {
+    /// Creates a fresh environment (OpenBao started on first use in this process).
+    pub async fn new() -> anyhow::Result<Self> {
+        init_logging();
+        sakuga_mesh::tls::install_crypto_provider();
+        let id = random_suffix();
+        let bao = bao::shared().await?;
+        let dir = tempfile::tempdir()?;
+        let token_file = dir.path().join("vault-token");
+        std::fs::write(&token_file, &bao.token)?;
+        let pg = pg::Admin::from_env()?;
+        let db_name = pg.create_test_database(&id).await?;
+        let (redis_user, redis_password, redis_prefix) = pg::create_redis_user(&id).await?;
+        let root = bao.client()?;
+        let db_secret = format!("sakuga-test/{id}/database");
+        let redis_secret = format!("sakuga-test/{id}/redis");
+        vaultrs::kv2::set(&root, "secret", &db_secret, &pg.credentials()).await?;
+        let mut redis_creds = std::collections::HashMap::new();
+        redis_creds.insert("username", redis_user.clone());
+        redis_creds.insert("password", redis_password);
+        vaultrs::kv2::set(&root, "secret", &redis_secret, &redis_creds).await?;
+        Ok(Self {
+            id,
+            vault_addr: bao.addr.clone(),
+            token_file,
+            pki_mount: bao.pki_mount.clone(),
+            db_secret,
+            redis_secret,
+            db_name,
+            redis_prefix,
+            redis_user,
+            dir,
+            pg,
+        })
+    }
+
+    /// Vault settings for a service of this environment (token auth).
+    pub fn vault_config(&self) -> VaultConfig {
+        VaultConfig {
+            addr: self.vault_addr.clone(),
+            auth: VaultAuth::Token,
+            token_file: Some(self.token_file.clone()),
+            pki_mount: self.pki_mount.clone(),
+            connect_attempts: 2,
+            backoff_initial_ms: 50,
+            ..VaultConfig::default()
+        }
+    }
+
+    /// Database settings.
+    pub fn database_config(&self) -> DatabaseConfig {
+        DatabaseConfig {
+            host: self.pg.host.clone(),
+            port: self.pg.port,
+            dbname: self.db_name.clone(),
+            secret: self.db_secret.clone(),
+            max_connections: 8,
+            acquire_timeout_secs: 5,
+        }
+    }
+
+    /// Redis settings.
+    pub fn redis_config(&self) -> RedisConfig {
+        let (host, port) = pg::redis_host_port();
+        RedisConfig { host, port, secret: self.redis_secret.clone(), key_prefix: self.redis_prefix.clone() }
+    }
+
+    /// TLS names (loopback).
+    pub fn tls_config(&self) -> TlsConfig {
+        TlsConfig::default()
+    }
+
+    /// A mesh identity issued by the test PKI, e.g. `operator` or `generator`.
+    pub async fn identity(&self, service: &str) -> anyhow::Result<Arc<MeshTls>> {
+        let vault = Vault::connect(&self.vault_config()).await?;
+        Ok(Arc::new(MeshTls::issue(&vault, service, &self.tls_config()).await?))
+    }
+
+    /// A connection to this test's database (as the test role).
+    pub async fn db(&self) -> anyhow::Result<tokio_postgres::Client> {
+        self.pg.connect(&self.db_name).await
+    }
+
+    /// Drops the database and the Redis user.
+    pub async fn cleanup(self) {
+        let _ = self.pg.drop_database(&self.db_name).await;
+        let _ = pg::delete_redis_user(&self.redis_user).await;
+    }
+}
+
+/// A client identity signed by a CA the mesh does not trust, for refusal tests.
+pub fn foreign_identity(service: &str) -> anyhow::Result<Arc<MeshTls>> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
+    params
+        .subject_alt_names
+        .push(SanType::URI(sakuga_mesh::identity::spiffe_id(service).try_into()?));
+    params.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    let cert = params.signed_by(&key, &issuer)?;
+    // It trusts its own CA, so the only thing that can fail is the server refusing it.
+    Ok(Arc::new(MeshTls::from_pem(service, &cert.pem(), &key.serialize_pem(), &ca_cert.pem())?))
+}

@@ -1,0 +1,132 @@
+//! In-process services on `127.0.0.1:0` with real mTLS, Vault, PostgreSQL and Redis.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf};
+
+use sakuga_mesh::MeshError;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::TestEnv;
+
+/// A running service.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Its gRPC (or health) address.
+    pub addr: SocketAddr,
+    /// Cancel to stop it gracefully.
+    pub shutdown: CancellationToken,
+    /// Ends when it stopped.
+    pub task: JoinHandle<Result<(), MeshError>>,
+}
+
+impl Spawned {
+    /// `127.0.0.1:port`.
+    pub fn addr_string(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Stops it and waits.
+    pub async fn stop(self) -> Result<(), MeshError> {
+        self.shutdown.cancel();
+        self.task.await.map_err(|e| MeshError::Server(e.to_string()))?
+    }
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+async fn spawn<A, F>(app: A, addr: SocketAddr, run: impl FnOnce(A, CancellationToken) -> F) -> Spawned
+where
+    F: Future<Output = Result<(), MeshError>> + Send + 'static,
+{
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run(app, shutdown.clone()));
+    Spawned { addr, shutdown, task }
+}
+
+/// Scheduler configuration for this environment.
+pub fn scheduler_config(env: &TestEnv) -> sakuga_scheduler::Config {
+    sakuga_scheduler::Config {
+        listen: loopback(),
+        vault: env.vault_config(),
+        tls: env.tls_config(),
+        database: env.database_config(),
+        redis: env.redis_config(),
+        lease_ttl_ms: 3_000,
+        heartbeat_interval_ms: 500,
+        dispatch_poll_ms: 500,
+        shutdown_grace_secs: 2,
+        ..sakuga_scheduler::Config::default()
+    }
+}
+
+/// Starts a scheduler.
+pub async fn spawn_scheduler(config: sakuga_scheduler::Config) -> anyhow::Result<Spawned> {
+    let app = sakuga_scheduler::Application::build(config).await?;
+    let addr = app.local_addr();
+    Ok(spawn(app, addr, |a, s| a.run_until_stopped(s)).await)
+}
+
+/// Organizer configuration for this environment, storing under `root`.
+pub fn organizer_config(env: &TestEnv, root: PathBuf) -> sakuga_organizer::Config {
+    sakuga_organizer::Config {
+        listen: loopback(),
+        vault: env.vault_config(),
+        tls: env.tls_config(),
+        database: env.database_config(),
+        storage_root: root,
+        shutdown_grace_secs: 2,
+        ..sakuga_organizer::Config::default()
+    }
+}
+
+/// Starts an organizer.
+pub async fn spawn_organizer(config: sakuga_organizer::Config) -> anyhow::Result<Spawned> {
+    let app = sakuga_organizer::Application::build(config).await?;
+    let addr = app.local_addr();
+    Ok(spawn(app, addr, |a, s| a.run_until_stopped(s)).await)
+}
+
+/// Auth configuration for this environment.
+pub fn auth_config(env: &TestEnv) -> sakuga_auth::Config {
+    sakuga_auth::Config {
+        listen: loopback(),
+        vault: env.vault_config(),
+        tls: env.tls_config(),
+        database: env.database_config(),
+        redis: env.redis_config(),
+        shutdown_grace_secs: 2,
+    }
+}
+
+/// Starts an auth service.
+pub async fn spawn_auth(config: sakuga_auth::Config) -> anyhow::Result<Spawned> {
+    let app = sakuga_auth::Application::build(config).await?;
+    let addr = app.local_addr();
+    Ok(spawn(app, addr, |a, s| a.run_until_stopped(s)).await)
+}
+
+/// Generator configuration for this environment.
+pub fn generator_config(env: &TestEnv, scheduler: &Spawned, organizer: &Spawned) -> sakuga_generator::Config {
+    sakuga_generator::Config {
+        listen: loopback(),
+        vault: env.vault_config(),
+        tls: env.tls_config(),
+        scheduler_addr: scheduler.addr_string(),
+        organizer_addr: organizer.addr_string(),
+        worker_id: format!("test-generator-{}", env.id),
+        slots: 2,
+        preview_every_steps: 2,
+        reconnect_max_backoff_ms: 500,
+        shutdown_grace_secs: 2,
+        ..sakuga_generator::Config::default()
+    }
+}
+
+/// Starts a generator.
+pub async fn spawn_generator(config: sakuga_generator::Config) -> anyhow::Result<Spawned> {
+    let app = sakuga_generator::Application::build(config).await?;
+    let addr = app.local_addr();
+    Ok(spawn(app, addr, |a, s| a.run_until_stopped(s)).await)
+}

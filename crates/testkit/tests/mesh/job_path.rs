@@ -1,0 +1,117 @@
+//! One job through the four services: submit, dispatch, render with streamed progress,
+//! upload, record, succeed — checked in the events, the rows and the bytes on disk.
+
+use sakuga_proto::v1::{GetJobRequest, JobStatus, ReadFileRequest, WatchJobRequest, job_event::Kind};
+use sha2::{Digest as _, Sha256};
+use tokio_stream::StreamExt as _;
+use uuid::Uuid;
+
+use crate::common::{Mesh, image_request};
+
+#[tokio::test]
+async fn one_job_end_to_end() {
+    // The generator attaches only once the watch is open, so every step is seen live.
+    let mut mesh = Mesh::without_generator().await;
+    let mut jobs = mesh.jobs();
+    let job = jobs.submit_job(image_request("a quiet sakura street at dusk", 6)).await.unwrap().into_inner().job.unwrap();
+    let job_id = job.id.clone();
+
+    let mut stream = jobs.watch_job(WatchJobRequest { job_id: job_id.clone() }).await.unwrap().into_inner();
+    let mut events = vec![stream.next().await.unwrap().unwrap().event.unwrap().kind.unwrap()];
+    mesh.attach_generator().await;
+    while let Some(ev) = tokio::time::timeout(std::time::Duration::from_secs(60), stream.next()).await.unwrap() {
+        events.push(ev.unwrap().event.unwrap().kind.unwrap());
+    }
+    assert!(matches!(events.first(), Some(Kind::Snapshot(_))), "first event is the snapshot: {events:?}");
+    let steps: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            Kind::Progress(p) => Some(p.step),
+            _ => None,
+        })
+        .collect();
+    let statuses: Vec<i32> = events
+        .iter()
+        .filter_map(|e| match e {
+            Kind::StatusChange(s) => Some(s.status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5, 6], "every step, in order: {events:?}");
+    let expected: Vec<i32> = [JobStatus::Assigned, JobStatus::Running, JobStatus::Succeeded].map(i32::from).to_vec();
+    assert_eq!(statuses, expected, "{events:?}");
+    let Some(Kind::StatusChange(done)) = events.last() else { panic!("last event is the status change") };
+    assert_eq!(done.file_ids.len(), 1);
+    let file_id = done.file_ids[0].clone();
+
+    let got = jobs.get_job(GetJobRequest { job_id: job_id.clone() }).await.unwrap().into_inner().job.unwrap();
+    assert_eq!(got.status, i32::from(JobStatus::Succeeded));
+    assert_eq!(got.file_ids, vec![file_id.clone()]);
+    assert_eq!(got.progress.unwrap().step, 6);
+
+    // Rows.
+    let db = mesh.env.db().await.unwrap();
+    let id = Uuid::parse_str(&job_id).unwrap();
+    let row = db.query_one("SELECT status, attempts, file_ids, owner_id FROM jobs WHERE id = $1", &[&id]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "succeeded");
+    assert_eq!(row.get::<_, i32>(1), 1);
+    assert_eq!(row.get::<_, Vec<Uuid>>(2), vec![Uuid::parse_str(&file_id).unwrap()]);
+    assert_eq!(row.get::<_, String>(3), "spiffe://sakuga/operator");
+    let file = db
+        .query_one("SELECT storage_key, sha256, size_bytes, width, height, checks FROM files WHERE id = $1", &[&Uuid::parse_str(&file_id).unwrap()])
+        .await
+        .unwrap();
+    let key: String = file.get(0);
+    let sha: String = file.get(1);
+    let today = chrono::Utc::now().format("%Y/%m/%d").to_string();
+    assert_eq!(key, format!("unsorted/{today}/{job_id}-0.png"));
+    assert_eq!((file.get::<_, i32>(3), file.get::<_, i32>(4)), (64, 64));
+    assert!(file.get::<_, Vec<String>>(5).contains(&"not_blank".to_owned()));
+
+    // Bytes on disk: where the layout says, decodable, matching the record.
+    let bytes = std::fs::read(mesh.env.dir.path().join("files").join(&key)).unwrap();
+    assert_eq!(hex::encode(Sha256::digest(&bytes)), sha);
+    assert_eq!(bytes.len() as i64, file.get::<_, i64>(2));
+    let found = sakuga_imaging::inspect_png(&bytes, sakuga_imaging::Limits::default()).unwrap();
+    assert_eq!((found.width, found.height, found.mime), (64, 64, "image/png"));
+    assert_eq!(found.text_value("prompt"), Some("a quiet sakura street at dusk"));
+
+    // The same bytes through ReadFile, in two ranges.
+    let mut files = mesh.files();
+    let mut read = Vec::new();
+    let mut s = files.read_file(ReadFileRequest { file_id: file_id.clone(), offset: 0, length: 0 }).await.unwrap().into_inner();
+    while let Some(chunk) = s.next().await {
+        read.extend(chunk.unwrap().chunk);
+    }
+    assert_eq!(read, bytes);
+    let mut s = files.read_file(ReadFileRequest { file_id, offset: 10, length: 20 }).await.unwrap().into_inner();
+    let part = s.next().await.unwrap().unwrap();
+    assert_eq!(part.chunk, bytes[10..30].to_vec());
+    assert_eq!(part.size_bytes, bytes.len() as u64);
+
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn watch_of_a_finished_job_is_one_snapshot_and_resubmitting_with_a_key_is_idempotent() {
+    let mesh = Mesh::start().await;
+    let mut jobs = mesh.jobs();
+    let mut req = image_request("lanterns over a river", 2);
+    req.idempotency_key = "episode-3-shot-12".to_owned();
+    let first = jobs.submit_job(req.clone()).await.unwrap().into_inner();
+    let again = jobs.submit_job(req).await.unwrap().into_inner();
+    assert!(!first.deduplicated);
+    assert!(again.deduplicated);
+    assert_eq!(first.job.as_ref().unwrap().id, again.job.as_ref().unwrap().id);
+    let job_id = first.job.unwrap().id;
+    let mut stream = jobs.watch_job(WatchJobRequest { job_id: job_id.clone() }).await.unwrap().into_inner();
+    while stream.next().await.is_some() {}
+    let mut stream = jobs.watch_job(WatchJobRequest { job_id }).await.unwrap().into_inner();
+    let only = stream.next().await.unwrap().unwrap().event.unwrap().kind.unwrap();
+    let Kind::Snapshot(job) = only else { panic!("expected a snapshot") };
+    assert_eq!(job.status, i32::from(JobStatus::Succeeded));
+    assert!(stream.next().await.is_none(), "a finished job's stream ends after the snapshot");
+    let count: i64 = mesh.env.db().await.unwrap().query_one("SELECT count(*) FROM jobs", &[]).await.unwrap().get(0);
+    assert_eq!(count, 1);
+    mesh.stop().await;
+}

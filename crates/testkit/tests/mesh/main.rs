@@ -1,0 +1,10 @@
+//! The mesh on real components: four services in-process with real mTLS, OpenBao,
+//! PostgreSQL and Redis.
+
+#![allow(clippy::unwrap_used, clippy::too_many_lines)]
+
+mod common;
+mod job_path;
+mod security;
+mod startup;
+mod tls;

@@ -1,0 +1,67 @@
+//! The auth service. It owns users, API keys, refresh tokens, the signing key and the
+//! audit log; for now it serves WhoAmI, health and reflection, and keeps its schema
+//! migrated.
+
+pub mod config;
+pub mod grpc;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use sakuga_mesh::{
+    MeshError, db,
+    redis::Redis,
+    server::{GrpcServer, HealthCheck},
+    tls::MeshTls,
+    vault::Vault,
+};
+use sakuga_proto::{service_names, v1::auth_service_server::AuthServiceServer};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// A built, not yet running auth service.
+#[derive(Debug)]
+pub struct Application {
+    server: GrpcServer,
+    config: Config,
+    pool: deadpool_postgres::Pool,
+    redis: Redis,
+    tls: Arc<MeshTls>,
+    vault: Vault,
+}
+
+impl Application {
+    /// Logs in to Vault, loads secrets and the certificate, connects to PostgreSQL (and
+    /// migrates) and Redis, and binds the listener.
+    pub async fn build(config: Config) -> Result<Self, MeshError> {
+        config.validate()?;
+        let vault = Vault::connect(&config.vault).await?;
+        let db_creds = vault.read_credentials(&config.database.secret).await?;
+        let redis_creds = vault.read_credentials(&config.redis.secret).await?;
+        let tls = Arc::new(MeshTls::issue(&vault, "auth", &config.tls).await?);
+        let pool = db::connect(&config.database, &db_creds).await?;
+        db::migrate(&pool).await?;
+        let redis = Redis::connect(&config.redis, &redis_creds).await?;
+        let server = GrpcServer::bind(config.listen, &[service_names::AUTH]).await?;
+        Ok(Self { server, config, pool, redis, tls, vault })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown`, then drains.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
+        let Self { server, config, pool, redis, tls, vault } = self;
+        let renewal = tls.spawn_renewal(vault, config.tls.clone(), shutdown.clone());
+        let checks: Vec<(&'static str, HealthCheck)> =
+            vec![("postgres", db::health_check(&pool)), ("redis", redis.health_check())];
+        let result = server
+            .add_service(AuthServiceServer::new(grpc::Api))
+            .serve(tls, checks, Duration::from_secs(2), Duration::from_secs(config.shutdown_grace_secs), shutdown)
+            .await;
+        renewal.abort();
+        result
+    }
+}

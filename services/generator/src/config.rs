@@ -1,0 +1,94 @@
+//! Generator configuration.
+
+use std::net::SocketAddr;
+
+use sakuga_mesh::{
+    MeshError,
+    config::{TlsConfig, VaultConfig},
+};
+use serde::{Deserialize, Serialize};
+
+/// Everything the generator reads at start-up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listen address of the health (and later metrics) server.
+    pub listen: SocketAddr,
+    /// Vault login and mounts.
+    pub vault: VaultConfig,
+    /// Names on the service certificate.
+    pub tls: TlsConfig,
+    /// Scheduler `host:port`; the host must be on the scheduler's certificate.
+    pub scheduler_addr: String,
+    /// File organizer `host:port`.
+    pub organizer_addr: String,
+    /// Stable worker id; empty means `$HOSTNAME` (the pod name in Kubernetes) or
+    /// `generator-<pid>`.
+    pub worker_id: String,
+    /// Jobs run at once.
+    pub slots: u32,
+    /// Backends offered (only `builtin` so far).
+    pub backends: Vec<String>,
+    /// A preview is sent every this many steps; 0 sends none.
+    pub preview_every_steps: u32,
+    /// Upload chunk size in bytes (at most 1 MiB).
+    pub upload_chunk_bytes: usize,
+    /// Longest wait between reconnect attempts to the scheduler.
+    pub reconnect_max_backoff_ms: u64,
+    /// Time running jobs get to finish after SIGTERM before they are handed back.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50054)),
+            vault: VaultConfig::default(),
+            tls: TlsConfig::default(),
+            scheduler_addr: "127.0.0.1:50052".to_owned(),
+            organizer_addr: "127.0.0.1:50053".to_owned(),
+            worker_id: String::new(),
+            slots: 2,
+            backends: vec!["builtin".to_owned()],
+            preview_every_steps: 5,
+            upload_chunk_bytes: 256 * 1024,
+            reconnect_max_backoff_ms: 5_000,
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+impl Config {
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), MeshError> {
+        self.vault.validate()?;
+        let bad = |field: &str, why: &str| Err(MeshError::Config(format!("{field}: {why}")));
+        if !(1..=64).contains(&self.slots) {
+            return bad("slots", "must be between 1 and 64");
+        }
+        if self.backends.is_empty() {
+            return bad("backends", "must name at least one backend");
+        }
+        if let Some(b) = self.backends.iter().find(|b| b.as_str() != "builtin") {
+            return Err(MeshError::Config(format!("backends: unknown backend {b:?} (available: builtin)")));
+        }
+        if !(1024..=1024 * 1024).contains(&self.upload_chunk_bytes) {
+            return bad("upload_chunk_bytes", "must be between 1024 and 1048576");
+        }
+        if self.worker_id.len() > 128 {
+            return bad("worker_id", "must be at most 128 characters");
+        }
+        Ok(())
+    }
+
+    /// The worker id to announce.
+    pub fn effective_worker_id(&self) -> String {
+        if !self.worker_id.is_empty() {
+            return self.worker_id.clone();
+        }
+        std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty() && h.len() <= 128)
+            .unwrap_or_else(|| format!("generator-{}", std::process::id()))
+    }
+}

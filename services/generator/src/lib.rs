@@ -1,0 +1,80 @@
+//! The generator: a client of the mesh. It attaches to the scheduler's WorkerService,
+//! renders assigned jobs with its backends, streams the outputs to the file organizer and
+//! reports progress and completion. It serves only health (SERVING while attached).
+
+pub mod builtin;
+pub mod config;
+pub mod upload;
+mod worker;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use sakuga_mesh::{MeshError, server::GrpcServer, tls::MeshTls, vault::Vault};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// A built, not yet running generator.
+#[derive(Debug)]
+pub struct Application {
+    server: GrpcServer,
+    config: Arc<Config>,
+    tls: Arc<MeshTls>,
+    vault: Vault,
+}
+
+impl Application {
+    /// Logs in to Vault, gets the certificate and binds the health listener.
+    pub async fn build(config: Config) -> Result<Self, MeshError> {
+        config.validate()?;
+        let vault = Vault::connect(&config.vault).await?;
+        let tls = Arc::new(MeshTls::issue(&vault, "generator", &config.tls).await?);
+        let server = GrpcServer::bind(config.listen, &[]).await?;
+        Ok(Self { server, config: Arc::new(config), tls, vault })
+    }
+
+    /// The health listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Works until `shutdown`, then drains (running jobs get the grace period).
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
+        let Self { server, config, tls, vault } = self;
+        let renewal = tls.spawn_renewal(vault, config.tls.clone(), shutdown.clone());
+        let scheduler = tls.channel(&config.scheduler_addr)?;
+        let organizer = tls.channel(&config.organizer_addr)?;
+        let attached = Arc::new(AtomicBool::new(false));
+        // The worker outlives `shutdown` until it has drained; the health server stops
+        // when the worker is done.
+        let worker_done = CancellationToken::new();
+        let worker = {
+            let (config, attached, shutdown, done) = (config.clone(), attached.clone(), shutdown.clone(), worker_done.clone());
+            tokio::spawn(async move {
+                worker::run(config, scheduler, organizer, attached, shutdown).await;
+                done.cancel();
+            })
+        };
+        let flag = attached.clone();
+        let checks: Vec<(&'static str, sakuga_mesh::server::HealthCheck)> = vec![(
+            "scheduler",
+            Arc::new(move || {
+                let ok = flag.load(Ordering::SeqCst);
+                Box::pin(async move { if ok { Ok(()) } else { Err("not attached".to_owned()) } })
+            }),
+        )];
+        let result = server
+            .serve(tls, checks, Duration::from_millis(500), Duration::from_secs(1), worker_done.clone())
+            .await;
+        let _ = worker.await;
+        renewal.abort();
+        result
+    }
+}

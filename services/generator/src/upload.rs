@@ -1,0 +1,88 @@
+//! Streams an artifact to `FileService.StoreArtifact`: header (with size and sha256), then
+//! chunks. Retried on transient errors; the organizer answers a repeat of the same
+//! (job, index) with the record it already has.
+
+use std::time::Duration;
+
+use sakuga_imaging::Artifact;
+use sakuga_proto::v1::{
+    ArtifactHeader, JobKind, StoreArtifactRequest, file_service_client::FileServiceClient, store_artifact_request::Part,
+};
+use sha2::{Digest as _, Sha256};
+use tonic::{Code, transport::Channel};
+use tracing::warn;
+
+/// Where an artifact belongs.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Job id.
+    pub job_id: String,
+    /// Owner.
+    pub owner_id: String,
+    /// Project, empty for unsorted.
+    pub project_id: String,
+    /// Image or video.
+    pub kind: JobKind,
+}
+
+/// Why an upload failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The organizer refused the bytes (a check failed).
+    #[error("organizer rejected the artifact: {0}")]
+    Rejected(String),
+    /// The organizer could not be reached or failed.
+    #[error("upload failed: {0}")]
+    Failed(String),
+}
+
+/// Uploads one artifact; returns the file id.
+pub async fn store(
+    client: &FileServiceClient<Channel>,
+    target: &Target,
+    index: u32,
+    artifact: &Artifact,
+    chunk_bytes: usize,
+) -> Result<String, UploadError> {
+    let header = ArtifactHeader {
+        job_id: target.job_id.clone(),
+        owner_id: target.owner_id.clone(),
+        project_id: target.project_id.clone(),
+        index,
+        kind: target.kind.into(),
+        mime_type: artifact.mime.to_owned(),
+        width: artifact.width,
+        height: artifact.height,
+        frames: artifact.frames,
+        size_bytes: artifact.bytes.len() as u64,
+        sha256: hex::encode(Sha256::digest(&artifact.bytes)),
+    };
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut messages = vec![StoreArtifactRequest { part: Some(Part::Header(header.clone())) }];
+        messages.extend(
+            artifact.bytes.chunks(chunk_bytes).map(|c| StoreArtifactRequest { part: Some(Part::Chunk(c.to_vec())) }),
+        );
+        let mut client = client.clone();
+        match client.store_artifact(tokio_stream::iter(messages)).await {
+            Ok(resp) => {
+                return resp
+                    .into_inner()
+                    .file
+                    .map(|f| f.id)
+                    .ok_or_else(|| UploadError::Failed("organizer answered without a file".to_owned()));
+            }
+            Err(s) if matches!(s.code(), Code::InvalidArgument | Code::PermissionDenied | Code::NotFound) => {
+                return Err(UploadError::Rejected(s.message().to_owned()));
+            }
+            Err(s) if attempt < 4 => {
+                warn!(job_id = %target.job_id, index, attempt, code = ?s.code(), error = %s.message(), "upload failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(s) => return Err(UploadError::Failed(format!("{:?}: {}", s.code(), s.message()))),
+        }
+    }
+}

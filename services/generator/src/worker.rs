@@ -1,0 +1,381 @@
+//! The worker: one `WorkerService.Attach` stream to the scheduler carrying everything
+//! (hello, assignments, acks, heartbeats, progress, completion, failure, cancel, drain),
+//! reconnecting with backoff. Jobs run in their own tasks and keep running while the
+//! stream reconnects; the new hello re-announces them with their leases.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use sakuga_proto::v1::{
+    AssignmentAck, Assignment, AttachRequest, Heartbeat, JobCanceledAck, JobCompleted, JobFailed, JobKind, JobProgress,
+    LeasedJob, PreviewUpdate, ProgressUpdate, WorkerDraining, WorkerHello, attach_request::Msg, attach_response,
+    file_service_client::FileServiceClient, worker_service_client::WorkerServiceClient,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+use crate::{
+    Config,
+    builtin::{self, BackendError},
+    upload,
+};
+
+/// What job tasks tell the connection loop.
+#[derive(Debug)]
+enum Event {
+    /// A message for the scheduler.
+    Send(Msg),
+    /// The job's task ended; its slot is free.
+    Finished(String),
+}
+
+#[derive(Debug)]
+struct Running {
+    lease: String,
+    cancel: CancellationToken,
+}
+
+/// Runs the worker until `shutdown`, then drains: no new work, running jobs get the grace
+/// period, the rest are handed back as retryable failures.
+pub(crate) async fn run(
+    config: Arc<Config>,
+    scheduler: Channel,
+    organizer: Channel,
+    attached: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let (events_tx, mut events_rx) = mpsc::channel::<Event>(1024);
+    let mut w = Worker {
+        worker_id: config.effective_worker_id(),
+        config,
+        organizer: FileServiceClient::new(organizer),
+        jobs: HashMap::new(),
+        unsent: VecDeque::new(),
+        events_tx,
+    };
+    let mut backoff = Duration::from_millis(200);
+    let max_backoff = Duration::from_millis(w.config.reconnect_max_backoff_ms.max(200));
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        if shutdown.is_cancelled() && drain_deadline.is_none() {
+            drain_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(w.config.shutdown_grace_secs));
+        }
+        if drain_deadline.is_some() && w.jobs.is_empty() && w.unsent.is_empty() {
+            info!("worker drained");
+            return;
+        }
+        match w.session(&scheduler, &mut events_rx, &attached, &shutdown, &mut drain_deadline).await {
+            Ok(SessionEnd::Drained) => {
+                info!("worker drained");
+                return;
+            }
+            Ok(SessionEnd::Disconnected) => {
+                backoff = Duration::from_millis(200);
+                warn!("scheduler stream closed, reconnecting");
+            }
+            Err(e) => warn!(error = %e, backoff_ms = backoff.as_millis(), "cannot attach to scheduler, retrying"),
+        }
+        attached.store(false, Ordering::SeqCst);
+        if let Some(deadline) = drain_deadline {
+            if tokio::time::Instant::now() >= deadline {
+                warn!(running = w.jobs.len(), "grace period over while disconnected; leases will expire");
+                return;
+            }
+        }
+        // Keep draining job events while disconnected so job tasks never block.
+        let sleep = tokio::time::sleep(backoff);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => break,
+                () = shutdown.cancelled(), if drain_deadline.is_none() => break,
+                ev = events_rx.recv() => match ev {
+                    Some(ev) => w.buffer(ev),
+                    None => return,
+                },
+            }
+        }
+        backoff = (backoff * 2).min(max_backoff);
+    }
+}
+
+enum SessionEnd {
+    Drained,
+    Disconnected,
+}
+
+struct Worker {
+    config: Arc<Config>,
+    worker_id: String,
+    organizer: FileServiceClient<Channel>,
+    jobs: HashMap<String, Running>,
+    /// Messages that could not be sent (completions, failures) while disconnected.
+    unsent: VecDeque<Msg>,
+    events_tx: mpsc::Sender<Event>,
+}
+
+fn leased(job_id: &str, lease: &str) -> LeasedJob {
+    LeasedJob { job_id: job_id.to_owned(), lease_token: lease.to_owned() }
+}
+
+impl Worker {
+    /// Keeps what must survive a disconnect; progress and previews are dropped (the next
+    /// one supersedes them).
+    fn buffer(&mut self, ev: Event) {
+        match ev {
+            Event::Finished(id) => {
+                self.jobs.remove(&id);
+            }
+            Event::Send(m @ (Msg::Completed(_) | Msg::Failed(_) | Msg::Canceled(_))) => self.unsent.push_back(m),
+            Event::Send(_) => {}
+        }
+    }
+
+    fn running(&self) -> Vec<LeasedJob> {
+        self.jobs.iter().map(|(id, r)| leased(id, &r.lease)).collect()
+    }
+
+    async fn session(
+        &mut self,
+        scheduler: &Channel,
+        events_rx: &mut mpsc::Receiver<Event>,
+        attached: &AtomicBool,
+        shutdown: &CancellationToken,
+        drain_deadline: &mut Option<tokio::time::Instant>,
+    ) -> Result<SessionEnd, tonic::Status> {
+        let (out, out_rx) = mpsc::channel::<AttachRequest>(256);
+        let send = |m: Msg| AttachRequest { msg: Some(m) };
+        let hello = WorkerHello {
+            worker_id: self.worker_id.clone(),
+            slots: self.config.slots,
+            backends: self.config.backends.clone(),
+            loaded_models: vec!["builtin-v1".to_owned()],
+            running: self.running(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        // The hello is queued before the call so the scheduler reads it first.
+        let _ = out.send(send(Msg::Hello(hello))).await;
+        let mut client = WorkerServiceClient::new(scheduler.clone());
+        let mut inbound = client.attach(ReceiverStream::new(out_rx)).await?.into_inner();
+        let welcome = match inbound.message().await? {
+            Some(m) => match m.msg {
+                Some(attach_response::Msg::Welcome(w)) => w,
+                _ => return Err(tonic::Status::internal("scheduler did not answer hello with welcome")),
+            },
+            None => return Err(tonic::Status::unavailable("scheduler closed the stream")),
+        };
+        for id in &welcome.dropped_job_ids {
+            if let Some(r) = self.jobs.remove(id) {
+                warn!(job_id = %id, "lease lost while disconnected, stopping job");
+                r.cancel.cancel();
+            }
+        }
+        attached.store(true, Ordering::SeqCst);
+        info!(worker_id = %self.worker_id, session = %welcome.session_id, kept = welcome.kept_job_ids.len(), "attached to scheduler");
+        while let Some(m) = self.unsent.pop_front() {
+            if out.send(send(m)).await.is_err() {
+                return Ok(SessionEnd::Disconnected);
+            }
+        }
+        let beat = welcome
+            .heartbeat_interval
+            .and_then(|d| u64::try_from(d.seconds).ok().map(|s| Duration::from_secs(s) + Duration::from_nanos(u64::try_from(d.nanos).unwrap_or(0))))
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(2));
+        let mut heartbeat = tokio::time::interval(beat);
+        let mut draining = drain_deadline.is_some();
+        if draining {
+            let _ = out.send(send(Msg::Draining(WorkerDraining { reason: "shutting down".to_owned() }))).await;
+        }
+        loop {
+            if draining && self.jobs.is_empty() {
+                return Ok(SessionEnd::Drained);
+            }
+            let deadline = async {
+                match drain_deadline {
+                    Some(d) => tokio::time::sleep_until(*d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(m)) => {
+                        if let Some(m) = m.msg {
+                            self.on_message(m, draining, &out).await;
+                        }
+                    }
+                    Ok(None) => return Ok(SessionEnd::Disconnected),
+                    Err(e) => {
+                        warn!(code = ?e.code(), error = %e.message(), "scheduler stream failed");
+                        return Ok(SessionEnd::Disconnected);
+                    }
+                },
+                ev = events_rx.recv() => match ev {
+                    Some(Event::Send(m)) => {
+                        if let Err(e) = out.send(send(m)).await {
+                            if let Some(m) = e.0.msg { self.buffer(Event::Send(m)); }
+                            return Ok(SessionEnd::Disconnected);
+                        }
+                    }
+                    Some(Event::Finished(id)) => { self.jobs.remove(&id); }
+                    None => return Ok(SessionEnd::Drained),
+                },
+                _ = heartbeat.tick() => {
+                    let hb = Heartbeat { running: self.running(), loaded_models: vec!["builtin-v1".to_owned()] };
+                    if out.send(send(Msg::Heartbeat(hb))).await.is_err() {
+                        return Ok(SessionEnd::Disconnected);
+                    }
+                }
+                () = shutdown.cancelled(), if !draining => {
+                    info!(running = self.jobs.len(), "draining: no new jobs, running ones may finish");
+                    draining = true;
+                    *drain_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(self.config.shutdown_grace_secs));
+                    let _ = out.send(send(Msg::Draining(WorkerDraining { reason: "shutting down".to_owned() }))).await;
+                }
+                () = deadline => {
+                    warn!(running = self.jobs.len(), "grace period over, handing running jobs back");
+                    for (id, r) in self.jobs.drain() {
+                        r.cancel.cancel();
+                        let failed = JobFailed { job: Some(leased(&id, &r.lease)), error: "worker shut down before the job finished".to_owned(), retryable: true };
+                        let _ = out.send(send(Msg::Failed(failed))).await;
+                    }
+                    return Ok(SessionEnd::Drained);
+                }
+            }
+        }
+    }
+
+    async fn on_message(&mut self, m: attach_response::Msg, draining: bool, out: &mpsc::Sender<AttachRequest>) {
+        match m {
+            attach_response::Msg::Assignment(a) => {
+                let full = self.jobs.len() >= self.config.slots as usize;
+                if draining || full {
+                    let failed = JobFailed {
+                        job: Some(leased(&a.job_id, &a.lease_token)),
+                        error: if draining { "worker is draining" } else { "worker has no free slot" }.to_owned(),
+                        retryable: true,
+                    };
+                    let _ = out.send(AttachRequest { msg: Some(Msg::Failed(failed)) }).await;
+                    return;
+                }
+                let cancel = CancellationToken::new();
+                self.jobs.insert(a.job_id.clone(), Running { lease: a.lease_token.clone(), cancel: cancel.clone() });
+                info!(job_id = %a.job_id, attempt = a.attempt, "job received");
+                tokio::spawn(run_job(
+                    a,
+                    self.config.clone(),
+                    self.organizer.clone(),
+                    self.events_tx.clone(),
+                    cancel,
+                ));
+            }
+            attach_response::Msg::Cancel(c) => {
+                if let Some(r) = self.jobs.get(&c.job_id) {
+                    info!(job_id = %c.job_id, "cancel requested");
+                    r.cancel.cancel();
+                }
+            }
+            attach_response::Msg::LeaseRevoked(r) => {
+                if let Some(job) = self.jobs.remove(&r.job_id) {
+                    warn!(job_id = %r.job_id, reason = %r.reason, "lease revoked, stopping job");
+                    job.cancel.cancel();
+                }
+            }
+            attach_response::Msg::Drain(d) => {
+                info!(reason = %d.reason, "scheduler asked this worker to drain");
+            }
+            attach_response::Msg::Welcome(_) => warn!("unexpected second welcome"),
+        }
+    }
+}
+
+/// Runs one job: ack, render each batch item with progress, upload, then complete — or
+/// fail (retryable or not), or acknowledge a cancel.
+async fn run_job(
+    a: Assignment,
+    config: Arc<Config>,
+    organizer: FileServiceClient<Channel>,
+    events: mpsc::Sender<Event>,
+    cancel: CancellationToken,
+) {
+    let job = leased(&a.job_id, &a.lease_token);
+    let emit = |m: Msg| {
+        let events = events.clone();
+        async move {
+            let _ = events.send(Event::Send(m)).await;
+        }
+    };
+    emit(Msg::Ack(AssignmentAck { job: Some(job.clone()) })).await;
+    let outcome = render_and_store(&a, &job, &config, &organizer, &events, &cancel).await;
+    let msg = match outcome {
+        Ok(file_ids) => {
+            info!(job_id = %a.job_id, files = file_ids.len(), "job done");
+            Msg::Completed(JobCompleted { job: Some(job), file_ids })
+        }
+        Err(BackendError::Canceled) => {
+            info!(job_id = %a.job_id, "job stopped");
+            Msg::Canceled(JobCanceledAck { job: Some(job) })
+        }
+        Err(BackendError::Invalid(why)) => {
+            Msg::Failed(JobFailed { job: Some(job), error: format!("invalid request: {why}"), retryable: false })
+        }
+        Err(BackendError::Transient(why)) => Msg::Failed(JobFailed { job: Some(job), error: why, retryable: true }),
+    };
+    emit(msg).await;
+    let _ = events.send(Event::Finished(a.job_id)).await;
+}
+
+async fn render_and_store(
+    a: &Assignment,
+    job: &LeasedJob,
+    config: &Config,
+    organizer: &FileServiceClient<Channel>,
+    events: &mpsc::Sender<Event>,
+    cancel: &CancellationToken,
+) -> Result<Vec<String>, BackendError> {
+    let spec = a.spec.clone().ok_or_else(|| BackendError::Invalid("assignment without spec".to_owned()))?;
+    let req = builtin::request(&spec, &a.composed_prompt);
+    let per_item = builtin::steps_per_item(&req);
+    let batch = spec.batch_size.max(1);
+    let total = per_item * batch;
+    let target = upload::Target {
+        job_id: a.job_id.clone(),
+        owner_id: a.owner_id.clone(),
+        project_id: a.project_id.clone(),
+        kind: JobKind::try_from(spec.kind).unwrap_or(JobKind::Image),
+    };
+    let mut file_ids = Vec::with_capacity(batch as usize);
+    for index in 0..batch {
+        let tx = events.clone();
+        let lease = job.clone();
+        let artifact = builtin::generate(req.clone(), index, config.preview_every_steps, cancel.clone(), move |s, preview| {
+            let step = index * per_item + s.step;
+            let progress = JobProgress { step, total_steps: total, stage: "generating".to_owned(), item: index };
+            // Progress is best effort while disconnected; completion is not.
+            let _ = tx.try_send(Event::Send(Msg::Progress(ProgressUpdate { job: Some(lease.clone()), progress: Some(progress) })));
+            if let Some(png) = preview {
+                let _ = tx.try_send(Event::Send(Msg::Preview(PreviewUpdate { job: Some(lease.clone()), png, step, item: index })));
+            }
+        })
+        .await?;
+        if cancel.is_cancelled() {
+            return Err(BackendError::Canceled);
+        }
+        let uploading = JobProgress { step: (index + 1) * per_item, total_steps: total, stage: "uploading".to_owned(), item: index };
+        let _ = events.try_send(Event::Send(Msg::Progress(ProgressUpdate { job: Some(job.clone()), progress: Some(uploading) })));
+        let id = upload::store(organizer, &target, index, &artifact, config.upload_chunk_bytes)
+            .await
+            .map_err(|e| BackendError::Transient(e.to_string()))?;
+        file_ids.push(id);
+    }
+    Ok(file_ids)
+}

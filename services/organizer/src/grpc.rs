@@ -1,0 +1,314 @@
+//! Proto <-> domain conversions and FileService.
+
+use std::{path::PathBuf, sync::Arc};
+
+use chrono::{DateTime, Utc};
+use sakuga_mesh::identity;
+use sakuga_proto::v1::{self as pb, file_service_server::FileService, store_artifact_request::Part};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::{
+    Config, checks,
+    error::OrganizerError,
+    layout,
+    store::{FileRecord, ListFilter, Store},
+};
+
+/// Largest chunk accepted in an upload.
+const MAX_CHUNK: usize = 1024 * 1024;
+/// Chunk size of ReadFile.
+const READ_CHUNK: usize = 256 * 1024;
+
+fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0) }
+}
+
+fn from_timestamp(field: &'static str, t: Option<prost_types::Timestamp>) -> Result<Option<DateTime<Utc>>, OrganizerError> {
+    t.map(|t| {
+        let nanos = u32::try_from(t.nanos).map_err(|_| OrganizerError::invalid(field, "nanos out of range"))?;
+        DateTime::from_timestamp(t.seconds, nanos).ok_or_else(|| OrganizerError::invalid(field, "out of range"))
+    })
+    .transpose()
+}
+
+fn kind_of(k: i32) -> Option<&'static str> {
+    match pb::JobKind::try_from(k).ok()? {
+        pb::JobKind::Image => Some("image"),
+        pb::JobKind::Video => Some("video"),
+        pb::JobKind::Unspecified => None,
+    }
+}
+
+/// The API view of a record: ids and metadata, never the storage path.
+fn file_to_pb(f: &FileRecord) -> pb::File {
+    let name = PathBuf::from(&f.storage_key)
+        .iter()
+        .skip(1)
+        .collect::<PathBuf>()
+        .to_string_lossy()
+        .into_owned();
+    pb::File {
+        id: f.id.to_string(),
+        job_id: f.job_id.to_string(),
+        owner_id: f.owner_id.clone(),
+        project_id: f.project_id.map(|p| p.to_string()).unwrap_or_default(),
+        index: f.index,
+        kind: if f.kind == "video" { pb::JobKind::Video } else { pb::JobKind::Image }.into(),
+        mime_type: f.mime_type.clone(),
+        width: f.width,
+        height: f.height,
+        frames: f.frames,
+        size_bytes: f.size_bytes,
+        sha256: f.sha256.clone(),
+        checks: f.checks.clone(),
+        create_time: Some(timestamp(f.created_at)),
+        name,
+    }
+}
+
+fn parse_id(field: &'static str, s: &str) -> Result<Uuid, OrganizerError> {
+    Uuid::parse_str(s).map_err(|_| OrganizerError::invalid(field, "must be a UUID"))
+}
+
+fn principal<T>(req: &Request<T>) -> Result<String, Status> {
+    identity::peer_identity(req)
+        .map(|id| id.uri())
+        .ok_or_else(|| Status::unauthenticated("client certificate carries no mesh identity"))
+}
+
+fn encode_cursor(f: &FileRecord) -> String {
+    hex::encode(format!("{}|{}", f.created_at.timestamp_micros(), f.id))
+}
+
+fn decode_cursor(token: &str) -> Result<(DateTime<Utc>, Uuid), OrganizerError> {
+    let bad = || OrganizerError::invalid("page_token", "not a token from a previous response");
+    let text = String::from_utf8(hex::decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
+    let (micros, id) = text.split_once('|').ok_or_else(bad)?;
+    let micros: i64 = micros.parse().map_err(|_| bad())?;
+    Ok((DateTime::from_timestamp_micros(micros).ok_or_else(bad)?, Uuid::parse_str(id).map_err(|_| bad())?))
+}
+
+/// FileService over the store and the storage root.
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// Records.
+    pub store: Store,
+    /// Configuration (storage root, limits).
+    pub config: Arc<Config>,
+}
+
+struct Header {
+    job_id: Uuid,
+    owner_id: String,
+    index: u32,
+    kind: &'static str,
+    expected: checks::Expected,
+}
+
+fn check_header(h: pb::ArtifactHeader, max_bytes: u64) -> Result<Header, OrganizerError> {
+    let job_id = parse_id("header.job_id", &h.job_id)?;
+    if h.owner_id.is_empty() || h.owner_id.len() > 256 {
+        return Err(OrganizerError::invalid("header.owner_id", "must be 1..=256 characters"));
+    }
+    if !h.project_id.is_empty() {
+        parse_id("header.project_id", &h.project_id)?;
+        // Projects arrive with ProjectService; until then no project id is known.
+        return Err(OrganizerError::NotFound(format!("project {}", h.project_id)));
+    }
+    if h.index > 7 {
+        return Err(OrganizerError::invalid("header.index", "must be between 0 and 7"));
+    }
+    let kind = kind_of(h.kind).ok_or_else(|| OrganizerError::invalid("header.kind", "must be image or video"))?;
+    if layout::extension(&h.mime_type).is_none() {
+        return Err(OrganizerError::invalid("header.mime_type", "must be image/png or image/apng"));
+    }
+    if h.size_bytes == 0 || h.size_bytes > max_bytes {
+        return Err(OrganizerError::invalid("header.size_bytes", format!("must be between 1 and {max_bytes}")));
+    }
+    if h.sha256.len() != 64 || !h.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(OrganizerError::invalid("header.sha256", "must be 64 hex digits"));
+    }
+    Ok(Header {
+        job_id,
+        owner_id: h.owner_id,
+        index: h.index,
+        kind,
+        expected: checks::Expected {
+            mime: h.mime_type,
+            width: h.width,
+            height: h.height,
+            frames: h.frames.max(1),
+            size_bytes: h.size_bytes,
+            sha256: h.sha256.to_ascii_lowercase(),
+        },
+    })
+}
+
+#[tonic::async_trait]
+impl FileService for Api {
+    async fn store_artifact(
+        &self,
+        req: Request<Streaming<pb::StoreArtifactRequest>>,
+    ) -> Result<Response<pb::StoreArtifactResponse>, Status> {
+        // Identity first: the stream is consumed below.
+        identity::require_peer(&req, &["generator"])?;
+        let mut stream = req.into_inner();
+        let header = match stream.next().await {
+            Some(Ok(pb::StoreArtifactRequest { part: Some(Part::Header(h)) })) => h,
+            Some(Ok(_)) => return Err(OrganizerError::invalid("header", "the first message must be the header").into()),
+            Some(Err(e)) => return Err(e),
+            None => return Err(OrganizerError::invalid("header", "stream closed before the header").into()),
+        };
+        let header = check_header(header, self.config.max_artifact_bytes)?;
+        let expected_len = usize::try_from(header.expected.size_bytes).unwrap_or(usize::MAX);
+        let mut bytes = Vec::with_capacity(expected_len);
+        while let Some(msg) = stream.next().await {
+            match msg?.part {
+                Some(Part::Chunk(chunk)) => {
+                    if chunk.len() > MAX_CHUNK {
+                        return Err(OrganizerError::invalid("chunk", "must be at most 1 MiB").into());
+                    }
+                    if bytes.len() + chunk.len() > expected_len {
+                        return Err(OrganizerError::Rejected("more bytes than the header's size_bytes".to_owned()).into());
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Some(Part::Header(_)) => return Err(OrganizerError::invalid("header", "sent twice").into()),
+                None => {}
+            }
+        }
+        if let Some(existing) = self.store.by_job_index(header.job_id, header.index).await? {
+            info!(file_id = %existing.id, job_id = %header.job_id, index = header.index, "artifact already stored");
+            return Ok(Response::new(pb::StoreArtifactResponse { file: Some(file_to_pb(&existing)) }));
+        }
+        let checks = checks::run(&bytes, &header.expected).inspect_err(|e| {
+            warn!(job_id = %header.job_id, index = header.index, error = %e, "artifact rejected");
+        })?;
+        let now = Utc::now();
+        let ext = layout::extension(&header.expected.mime).unwrap_or("bin");
+        let key = layout::storage_key(None, now, header.job_id, header.index, ext);
+        let root = self.config.storage_root.clone();
+        let key_for_write = key.clone();
+        tokio::task::spawn_blocking(move || layout::write_atomic(&root, &key_for_write, &bytes))
+            .await
+            .map_err(|e| OrganizerError::Storage(std::io::Error::other(e)))??;
+        let record = FileRecord {
+            id: Uuid::now_v7(),
+            job_id: header.job_id,
+            owner_id: header.owner_id,
+            project_id: None,
+            index: header.index,
+            kind: header.kind.to_owned(),
+            mime_type: header.expected.mime,
+            width: header.expected.width,
+            height: header.expected.height,
+            frames: header.expected.frames,
+            size_bytes: header.expected.size_bytes,
+            sha256: header.expected.sha256,
+            storage_key: key.to_string_lossy().into_owned(),
+            checks,
+            created_at: now,
+        };
+        let stored = self.store.insert(&record).await?;
+        info!(file_id = %stored.id, job_id = %stored.job_id, index = stored.index, size = stored.size_bytes, "artifact stored");
+        Ok(Response::new(pb::StoreArtifactResponse { file: Some(file_to_pb(&stored)) }))
+    }
+
+    async fn get_file(&self, req: Request<pb::GetFileRequest>) -> Result<Response<pb::GetFileResponse>, Status> {
+        let owner = principal(&req)?;
+        let id = parse_id("file_id", &req.get_ref().file_id)?;
+        let f = self.store.get(id, &owner).await?;
+        Ok(Response::new(pb::GetFileResponse { file: Some(file_to_pb(&f)) }))
+    }
+
+    async fn list_files(&self, req: Request<pb::ListFilesRequest>) -> Result<Response<pb::ListFilesResponse>, Status> {
+        let owner = principal(&req)?;
+        let r = req.into_inner();
+        let page_size = match r.page_size {
+            0 => 20,
+            n @ 1..=100 => n,
+            n => return Err(OrganizerError::invalid("page_size", format!("must be between 1 and 100, got {n}")).into()),
+        };
+        if !r.project_id.is_empty() {
+            parse_id("project_id", &r.project_id)?;
+        }
+        let prompt = r.prompt_contains.trim();
+        if prompt.chars().count() > 200 {
+            return Err(OrganizerError::invalid("prompt_contains", "must be at most 200 characters").into());
+        }
+        let filter = ListFilter {
+            job_id: if r.job_id.is_empty() { None } else { Some(parse_id("job_id", &r.job_id)?) },
+            kind: kind_of(r.kind),
+            after: from_timestamp("created_after", r.created_after)?,
+            before: from_timestamp("created_before", r.created_before)?,
+            prompt_contains: (!prompt.is_empty()).then(|| prompt.to_owned()),
+            cursor: if r.page_token.is_empty() { None } else { Some(decode_cursor(&r.page_token)?) },
+        };
+        let mut files = self.store.list(&owner, &filter, page_size + 1).await?;
+        // No file carries a project before ProjectService lands: a project filter matches none.
+        if !r.project_id.is_empty() {
+            files.clear();
+        }
+        let more = files.len() > page_size as usize;
+        files.truncate(page_size as usize);
+        let next_page_token = if more { files.last().map(encode_cursor).unwrap_or_default() } else { String::new() };
+        Ok(Response::new(pb::ListFilesResponse { files: files.iter().map(file_to_pb).collect(), next_page_token }))
+    }
+
+    async fn read_file(
+        &self,
+        req: Request<pb::ReadFileRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<pb::ReadFileResponse>>, Status> {
+        let owner = principal(&req)?;
+        let r = req.into_inner();
+        let id = parse_id("file_id", &r.file_id)?;
+        let f = self.store.get(id, &owner).await?;
+        if r.offset > f.size_bytes {
+            return Err(OrganizerError::invalid("offset", format!("past the end of the file ({} bytes)", f.size_bytes)).into());
+        }
+        let end = if r.length == 0 { f.size_bytes } else { (r.offset.saturating_add(r.length)).min(f.size_bytes) };
+        let path = self.config.storage_root.join(&f.storage_key);
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
+            warn!(file_id = %id, error = %e, "stored bytes missing");
+            Status::data_loss(format!("bytes of file {id} are missing"))
+        })?;
+        file.seek(std::io::SeekFrom::Start(r.offset)).await.map_err(OrganizerError::Storage)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let size = f.size_bytes;
+        tokio::spawn(async move {
+            let mut offset = r.offset;
+            while offset < end {
+                let want = usize::try_from((end - offset).min(READ_CHUNK as u64)).unwrap_or(READ_CHUNK);
+                let mut buf = vec![0; want];
+                if let Err(e) = file.read_exact(&mut buf).await {
+                    let _ = tx.send(Err(Status::data_loss(format!("reading file {id} failed: {}", e.kind())))).await;
+                    return;
+                }
+                let msg = pb::ReadFileResponse { chunk: buf, offset, size_bytes: size };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+                offset += want as u64;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delete_file(&self, req: Request<pb::DeleteFileRequest>) -> Result<Response<pb::DeleteFileResponse>, Status> {
+        let owner = principal(&req)?;
+        let id = parse_id("file_id", &req.get_ref().file_id)?;
+        let f = self.store.delete(id, &owner).await?;
+        let path = self.config.storage_root.join(&f.storage_key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(file_id = %id, error = %e, "record deleted but bytes could not be removed"),
+        }
+        info!(file_id = %id, by = %owner, "file deleted");
+        Ok(Response::new(pb::DeleteFileResponse {}))
+    }
+}

@@ -1,0 +1,78 @@
+//! The file organizer: checks, stores and serves the artifacts generators produce.
+//! Clients get ids and metadata and read bytes through streams; no RPC returns a path.
+
+pub mod checks;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod layout;
+pub mod store;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use sakuga_mesh::{MeshError, db, server::GrpcServer, tls::MeshTls, vault::Vault};
+use sakuga_proto::{service_names, v1::file_service_server::FileServiceServer};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// A built, not yet running organizer.
+#[derive(Debug)]
+pub struct Application {
+    server: GrpcServer,
+    api: grpc::Api,
+    tls: Arc<MeshTls>,
+    vault: Vault,
+}
+
+impl Application {
+    /// Logs in to Vault, loads secrets and the certificate, connects to PostgreSQL (and
+    /// migrates), prepares the storage root and binds the listener.
+    pub async fn build(config: Config) -> Result<Self, MeshError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.storage_root).map_err(|e| {
+            MeshError::Config(format!("storage_root: cannot create {}: {e}", config.storage_root.display()))
+        })?;
+        let vault = Vault::connect(&config.vault).await?;
+        let db_creds = vault.read_credentials(&config.database.secret).await?;
+        let tls = Arc::new(MeshTls::issue(&vault, "organizer", &config.tls).await?);
+        let pool = db::connect(&config.database, &db_creds).await?;
+        db::migrate(&pool).await?;
+        let server = GrpcServer::bind(config.listen, &[service_names::FILES]).await?;
+        let api = grpc::Api { store: store::Store::new(pool), config: Arc::new(config) };
+        Ok(Self { server, api, tls, vault })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown`, then drains.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
+        let Self { server, api, tls, vault } = self;
+        let renewal = tls.spawn_renewal(vault, api.config.tls.clone(), shutdown.clone());
+        let pool = api.store.pool().clone();
+        let root = api.config.storage_root.clone();
+        let checks: Vec<(&'static str, sakuga_mesh::server::HealthCheck)> = vec![
+            ("postgres", db::health_check(&pool)),
+            (
+                "storage",
+                Arc::new(move || {
+                    let root = root.clone();
+                    Box::pin(async move {
+                        let meta = tokio::fs::metadata(&root).await.map_err(|e| e.kind().to_string())?;
+                        if meta.is_dir() { Ok(()) } else { Err("storage root is not a folder".to_owned()) }
+                    })
+                }),
+            ),
+        ];
+        let grace = Duration::from_secs(api.config.shutdown_grace_secs);
+        let result = server
+            .add_service(FileServiceServer::new(api))
+            .serve(tls, checks, Duration::from_secs(2), grace, shutdown)
+            .await;
+        renewal.abort();
+        result
+    }
+}

@@ -1,0 +1,223 @@
+//! SQL of the organizer: file records. Parameterized and prepared, owner-scoped.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::error::OrganizerError;
+
+const COLUMNS: &str = "id, job_id, owner_id, project_id, idx, kind, mime_type, width, height, frames, \
+    size_bytes, sha256, storage_key, checks, created_at";
+
+/// A file record.
+#[derive(Debug, Clone)]
+pub struct FileRecord {
+    /// Id.
+    pub id: Uuid,
+    /// Job.
+    pub job_id: Uuid,
+    /// Owner.
+    pub owner_id: String,
+    /// Project.
+    pub project_id: Option<Uuid>,
+    /// Batch index.
+    pub index: u32,
+    /// "image" or "video".
+    pub kind: String,
+    /// Mime type.
+    pub mime_type: String,
+    /// Pixels.
+    pub width: u32,
+    /// Pixels.
+    pub height: u32,
+    /// Frames.
+    pub frames: u32,
+    /// Bytes.
+    pub size_bytes: u64,
+    /// Hex sha256.
+    pub sha256: String,
+    /// Path relative to the storage root (never sent to clients).
+    pub storage_key: String,
+    /// Checks passed.
+    pub checks: Vec<String>,
+    /// Stored at.
+    pub created_at: DateTime<Utc>,
+}
+
+fn u32_of(row: &Row, col: &str) -> u32 {
+    u32::try_from(row.get::<_, i32>(col)).unwrap_or(0)
+}
+
+fn record(row: &Row) -> FileRecord {
+    FileRecord {
+        id: row.get("id"),
+        job_id: row.get("job_id"),
+        owner_id: row.get("owner_id"),
+        project_id: row.get("project_id"),
+        index: u32_of(row, "idx"),
+        kind: row.get("kind"),
+        mime_type: row.get("mime_type"),
+        width: u32_of(row, "width"),
+        height: u32_of(row, "height"),
+        frames: u32_of(row, "frames"),
+        size_bytes: u64::try_from(row.get::<_, i64>("size_bytes")).unwrap_or(0),
+        sha256: row.get("sha256"),
+        storage_key: row.get("storage_key"),
+        checks: row.get("checks"),
+        created_at: row.get("created_at"),
+    }
+}
+
+fn i32_of(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+/// Filters of ListFiles.
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    /// Only this job.
+    pub job_id: Option<Uuid>,
+    /// Only this kind.
+    pub kind: Option<&'static str>,
+    /// Created at or after.
+    pub after: Option<DateTime<Utc>>,
+    /// Created before.
+    pub before: Option<DateTime<Utc>>,
+    /// Prompt substring (case-insensitive).
+    pub prompt_contains: Option<String>,
+    /// Keyset cursor: (created_at, id) of the last row of the previous page.
+    pub cursor: Option<(DateTime<Utc>, Uuid)>,
+}
+
+/// PostgreSQL access for files.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    /// Wraps a pool.
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool (for health).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The record of a job's artifact, if it was stored before.
+    pub async fn by_job_index(&self, job_id: Uuid, index: u32) -> Result<Option<FileRecord>, OrganizerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM files WHERE job_id = $1 AND idx = $2"))
+            .await?;
+        Ok(client.query_opt(&stmt, &[&job_id, &i32_of(index)]).await?.map(|r| record(&r)))
+    }
+
+    /// Inserts a record; if one exists for (job, index), returns that one.
+    pub async fn insert(&self, f: &FileRecord) -> Result<FileRecord, OrganizerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "INSERT INTO files (id, job_id, owner_id, project_id, idx, kind, mime_type, width, height, frames, \
+                 size_bytes, sha256, storage_key, checks, created_at) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) \
+                 ON CONFLICT (job_id, idx) DO NOTHING RETURNING {COLUMNS}"
+            ))
+            .await?;
+        let size = i64::try_from(f.size_bytes).unwrap_or(i64::MAX);
+        let row = client
+            .query_opt(
+                &stmt,
+                &[
+                    &f.id,
+                    &f.job_id,
+                    &f.owner_id,
+                    &f.project_id,
+                    &i32_of(f.index),
+                    &f.kind,
+                    &f.mime_type,
+                    &i32_of(f.width),
+                    &i32_of(f.height),
+                    &i32_of(f.frames),
+                    &size,
+                    &f.sha256,
+                    &f.storage_key,
+                    &f.checks,
+                    &f.created_at,
+                ],
+            )
+            .await?;
+        match row {
+            Some(r) => Ok(record(&r)),
+            None => self
+                .by_job_index(f.job_id, f.index)
+                .await?
+                .ok_or_else(|| OrganizerError::NotFound(format!("file of job {} index {}", f.job_id, f.index))),
+        }
+    }
+
+    /// One record visible to `owner`.
+    pub async fn get(&self, id: Uuid, owner: &str) -> Result<FileRecord, OrganizerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM files WHERE id = $1 AND owner_id = $2"))
+            .await?;
+        client
+            .query_opt(&stmt, &[&id, &owner])
+            .await?
+            .map(|r| record(&r))
+            .ok_or_else(|| OrganizerError::NotFound(format!("file {id}")))
+    }
+
+    /// A page of `owner`'s records, newest first.
+    pub async fn list(&self, owner: &str, filter: &ListFilter, limit: u32) -> Result<Vec<FileRecord>, OrganizerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM files f WHERE owner_id = $1 \
+                 AND ($2::uuid IS NULL OR job_id = $2) \
+                 AND ($3::text IS NULL OR kind = $3) \
+                 AND ($4::timestamptz IS NULL OR created_at >= $4) \
+                 AND ($5::timestamptz IS NULL OR created_at < $5) \
+                 AND ($6::text IS NULL OR EXISTS (SELECT 1 FROM jobs j WHERE j.id = f.job_id \
+                      AND strpos(lower(j.prompt), lower($6)) > 0)) \
+                 AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8)) \
+                 ORDER BY created_at DESC, id DESC LIMIT $9"
+            ))
+            .await?;
+        let (cursor_at, cursor_id) = filter.cursor.map_or((None, None), |(t, i)| (Some(t), Some(i)));
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &owner,
+                    &filter.job_id,
+                    &filter.kind,
+                    &filter.after,
+                    &filter.before,
+                    &filter.prompt_contains,
+                    &cursor_at,
+                    &cursor_id,
+                    &i64::from(limit),
+                ],
+            )
+            .await?;
+        Ok(rows.iter().map(record).collect())
+    }
+
+    /// Deletes `owner`'s record; returns it so the bytes can be removed.
+    pub async fn delete(&self, id: Uuid, owner: &str) -> Result<FileRecord, OrganizerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(&format!("DELETE FROM files WHERE id = $1 AND owner_id = $2 RETURNING {COLUMNS}"))
+            .await?;
+        client
+            .query_opt(&stmt, &[&id, &owner])
+            .await?
+            .map(|r| record(&r))
+            .ok_or_else(|| OrganizerError::NotFound(format!("file {id}")))
+    }
+}

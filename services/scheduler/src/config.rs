@@ -1,0 +1,89 @@
+//! Scheduler configuration (see `docs` in the README for every key).
+
+use std::{net::SocketAddr, time::Duration};
+
+use sakuga_mesh::{
+    MeshError,
+    config::{DatabaseConfig, RedisConfig, TlsConfig, VaultConfig},
+};
+use serde::{Deserialize, Serialize};
+
+/// Everything the scheduler reads at start-up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// gRPC listen address (JobService, WorkerService, health, reflection).
+    pub listen: SocketAddr,
+    /// Vault login and mounts.
+    pub vault: VaultConfig,
+    /// Names on the service certificate.
+    pub tls: TlsConfig,
+    /// PostgreSQL.
+    pub database: DatabaseConfig,
+    /// Redis (progress fan-out).
+    pub redis: RedisConfig,
+    /// A lease lasts this long after the last heartbeat or progress message.
+    pub lease_ttl_ms: u64,
+    /// Heartbeat period asked of workers (well under the lease).
+    pub heartbeat_interval_ms: u64,
+    /// Attempts per job before it fails.
+    pub max_attempts: u32,
+    /// Safety-net poll of the queue when no wake-up arrives.
+    pub dispatch_poll_ms: u64,
+    /// Progress is published on every step but written to PostgreSQL at most this often
+    /// per job.
+    pub progress_write_interval_ms: u64,
+    /// Largest width × height × batch_size × max(frames, 1) a job may ask for.
+    pub max_job_pixels: u64,
+    /// Time in-flight calls get after SIGTERM.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
+            vault: VaultConfig::default(),
+            tls: TlsConfig::default(),
+            database: DatabaseConfig::default(),
+            redis: RedisConfig::default(),
+            lease_ttl_ms: 10_000,
+            heartbeat_interval_ms: 2_000,
+            max_attempts: 3,
+            dispatch_poll_ms: 1_000,
+            progress_write_interval_ms: 250,
+            max_job_pixels: 64 * 1024 * 1024,
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+impl Config {
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), MeshError> {
+        self.vault.validate()?;
+        self.database.validate()?;
+        let bad = |field: &str, why: &str| Err(MeshError::Config(format!("{field}: {why}")));
+        if self.lease_ttl_ms < 1_000 {
+            return bad("lease_ttl_ms", "must be at least 1000");
+        }
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms * 2 > self.lease_ttl_ms {
+            return bad("heartbeat_interval_ms", "must be positive and at most half of lease_ttl_ms");
+        }
+        if self.max_attempts == 0 || self.max_attempts > 100 {
+            return bad("max_attempts", "must be between 1 and 100");
+        }
+        if self.dispatch_poll_ms == 0 {
+            return bad("dispatch_poll_ms", "must be positive");
+        }
+        if self.max_job_pixels < 64 * 64 {
+            return bad("max_job_pixels", "must be at least 4096");
+        }
+        Ok(())
+    }
+
+    /// Lease lifetime.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+}

@@ -1,0 +1,218 @@
+//! Attached workers and the dispatcher that hands them queued jobs, plus the lease reaper.
+//!
+//! The registry is this replica's view of its own worker sessions: free slots, backends
+//! and the leases each session holds. PostgreSQL stays the source of truth: claims use
+//! `FOR UPDATE SKIP LOCKED`, so several replicas never hand out the same job.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+use sakuga_proto::v1::{AttachResponse, LeaseRevoked, attach_response};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::Status as GrpcStatus;
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use crate::{State, grpc};
+
+/// Messages to one worker.
+pub type WorkerTx = mpsc::Sender<Result<AttachResponse, GrpcStatus>>;
+
+/// One attached worker session.
+#[derive(Debug)]
+pub struct WorkerSession {
+    /// Worker's own id.
+    pub worker_id: String,
+    /// Jobs it runs at once.
+    pub slots: u32,
+    /// Backends it offers.
+    pub backends: Vec<String>,
+    /// Models it has loaded.
+    pub models: Vec<String>,
+    /// Jobs it holds, with their lease tokens.
+    pub running: HashMap<Uuid, Uuid>,
+    /// No new work when draining.
+    pub draining: bool,
+    /// Its stream.
+    pub tx: WorkerTx,
+}
+
+/// Sessions attached to this replica.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<Uuid, WorkerSession>>,
+}
+
+/// A worker with room for more jobs.
+#[derive(Debug)]
+pub struct FreeWorker {
+    session: Uuid,
+    worker_id: String,
+    backends: Vec<String>,
+    free: u32,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, WorkerSession>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a session.
+    pub fn register(&self, session: Uuid, worker: WorkerSession) {
+        self.lock().insert(session, worker);
+    }
+
+    /// Removes a session (its leases stay valid until they expire, so a reconnecting
+    /// worker keeps its jobs).
+    pub fn unregister(&self, session: Uuid) {
+        self.lock().remove(&session);
+    }
+
+    /// Does the session hold this lease?
+    pub fn holds(&self, session: Uuid, job: Uuid, lease: Uuid) -> bool {
+        self.lock().get(&session).is_some_and(|w| w.running.get(&job) == Some(&lease))
+    }
+
+    /// Frees the slot of a job.
+    pub fn release(&self, session: Uuid, job: Uuid) {
+        if let Some(w) = self.lock().get_mut(&session) {
+            w.running.remove(&job);
+        }
+    }
+
+    /// Stops giving the session work.
+    pub fn set_draining(&self, session: Uuid) {
+        if let Some(w) = self.lock().get_mut(&session) {
+            w.draining = true;
+        }
+    }
+
+    /// Sessions with free slots, most free first.
+    pub fn free_workers(&self) -> Vec<FreeWorker> {
+        let mut free: Vec<FreeWorker> = self
+            .lock()
+            .iter()
+            .filter(|(_, w)| !w.draining)
+            .filter_map(|(id, w)| {
+                let used = u32::try_from(w.running.len()).unwrap_or(u32::MAX);
+                (w.slots > used).then(|| FreeWorker {
+                    session: *id,
+                    worker_id: w.worker_id.clone(),
+                    backends: w.backends.clone(),
+                    free: w.slots - used,
+                })
+            })
+            .collect();
+        free.sort_by(|a, b| b.free.cmp(&a.free));
+        free
+    }
+
+    /// Records an assignment and queues it on the session's stream. `false` when the
+    /// session is gone or its stream is full: the caller hands the job back.
+    fn assign(&self, session: Uuid, job: Uuid, lease: Uuid, msg: AttachResponse) -> bool {
+        let mut sessions = self.lock();
+        let Some(w) = sessions.get_mut(&session) else { return false };
+        if w.tx.try_send(Ok(msg)).is_err() {
+            return false;
+        }
+        w.running.insert(job, lease);
+        true
+    }
+
+    /// Sends a message to whichever session holds `job` and frees its slot if `release`.
+    pub fn send_to_holder(&self, job: Uuid, msg: AttachResponse, release: bool) -> bool {
+        let mut sessions = self.lock();
+        for w in sessions.values_mut() {
+            if w.running.contains_key(&job) {
+                let sent = w.tx.try_send(Ok(msg)).is_ok();
+                if release {
+                    w.running.remove(&job);
+                }
+                return sent;
+            }
+        }
+        false
+    }
+
+    /// Slots in use and in all, over this replica's sessions.
+    pub fn slot_usage(&self) -> (usize, u32) {
+        let s = self.lock();
+        (s.values().map(|w| w.running.len()).sum(), s.values().map(|w| w.slots).sum())
+    }
+}
+
+/// Hands queued jobs to free workers whenever woken, and at least every `poll`.
+pub fn spawn_dispatcher(state: Arc<State>, wake: Arc<Notify>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let poll = Duration::from_millis(state.config.dispatch_poll_ms);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = wake.notified() => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+            if let Err(e) = dispatch_once(&state).await {
+                error!(error = %e, "dispatch failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    })
+}
+
+async fn dispatch_once(state: &State) -> Result<(), crate::error::SchedulerError> {
+    for worker in state.registry.free_workers() {
+        let claimed = state
+            .store
+            .claim(&worker.worker_id, &worker.backends, worker.free, state.config.lease_ttl())
+            .await?;
+        for c in claimed {
+            let msg = grpc::assignment(&c.job, c.lease_token);
+            if state.registry.assign(worker.session, c.job.id, c.lease_token, msg) {
+                info!(job_id = %c.job.id, worker_id = %worker.worker_id, attempt = c.job.attempts, "job assigned");
+                state.events.publish(c.job.id, &grpc::status_event(&c.job)).await;
+            } else {
+                warn!(job_id = %c.job.id, worker_id = %worker.worker_id, "worker went away, job handed back");
+                state.store.unclaim(c.job.id, c.lease_token).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Requeues (or fails) jobs whose lease ran out, tells the holder if it is still attached.
+pub fn spawn_reaper(state: Arc<State>, wake: Arc<Notify>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let period = (state.config.lease_ttl() / 4).max(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            match state.store.expire_leases().await {
+                Ok(expired) if expired.is_empty() => {}
+                Ok(expired) => {
+                    for e in &expired {
+                        warn!(job_id = %e.id, status = e.status.as_str(), "lease expired");
+                        let revoke = AttachResponse {
+                            msg: Some(attach_response::Msg::LeaseRevoked(LeaseRevoked {
+                                job_id: e.id.to_string(),
+                                reason: "expired".to_owned(),
+                            })),
+                        };
+                        state.registry.send_to_holder(e.id, revoke, true);
+                        if let Ok(job) = state.store.get(e.id, None).await {
+                            state.events.publish(e.id, &grpc::status_event(&job)).await;
+                        }
+                    }
+                    debug!(count = expired.len(), "expired leases handled");
+                    wake.notify_one();
+                }
+                Err(e) => error!(error = %e, "lease sweep failed"),
+            }
+        }
+    })
+}

@@ -1,0 +1,56 @@
+//! Scheduler errors and their gRPC status codes.
+
+use tonic::Status;
+use tracing::error;
+
+/// What a scheduler operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// A request field is invalid; `field` is its path in the request.
+    #[error("{field}: {reason}")]
+    InvalidField {
+        /// Field path, e.g. `spec.width`.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The object does not exist or belongs to someone else.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The object is in a state that does not allow this.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// PostgreSQL failed.
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// No pooled connection.
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+}
+
+impl SchedulerError {
+    /// Shorthand for [`SchedulerError::InvalidField`].
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidField { field, reason: reason.into() }
+    }
+}
+
+impl From<SchedulerError> for Status {
+    fn from(e: SchedulerError) -> Self {
+        match e {
+            SchedulerError::InvalidField { field, reason } => {
+                Status::invalid_argument(format!("{field}: {reason}"))
+            }
+            SchedulerError::NotFound(what) => Status::not_found(format!("{what} not found")),
+            SchedulerError::FailedPrecondition(why) => Status::failed_precondition(why),
+            SchedulerError::Db(e) => {
+                error!(error = %e, "database error");
+                Status::internal("internal error")
+            }
+            SchedulerError::Pool(e) => {
+                error!(error = %e, "database pool exhausted or unreachable");
+                Status::unavailable("database unavailable, retry later")
+            }
+        }
+    }
+}

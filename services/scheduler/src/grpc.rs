@@ -1,0 +1,430 @@
+//! Proto <-> domain conversions and the gRPC services (JobService, WorkerService).
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use sakuga_mesh::identity;
+use sakuga_proto::v1::{
+    self as pb, AttachRequest, AttachResponse, Assignment, attach_response, job_event,
+    job_service_server::JobService, worker_service_server::WorkerService,
+};
+use tokio::sync::{Notify, broadcast::error::RecvError, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
+
+use crate::{
+    State,
+    error::SchedulerError,
+    job::{Job, Kind, NewJob, Status as JobStatus},
+    validate::{self, RawSpec},
+};
+
+/// prost Timestamp from chrono.
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// prost Duration from std.
+pub fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn pb_status(s: JobStatus) -> pb::JobStatus {
+    match s {
+        JobStatus::Queued => pb::JobStatus::Queued,
+        JobStatus::Assigned => pb::JobStatus::Assigned,
+        JobStatus::Running => pb::JobStatus::Running,
+        JobStatus::Succeeded => pb::JobStatus::Succeeded,
+        JobStatus::Failed => pb::JobStatus::Failed,
+        JobStatus::Canceled => pb::JobStatus::Canceled,
+    }
+}
+
+fn from_pb_status(s: i32) -> Option<JobStatus> {
+    Some(match pb::JobStatus::try_from(s).ok()? {
+        pb::JobStatus::Unspecified => return None,
+        pb::JobStatus::Queued => JobStatus::Queued,
+        pb::JobStatus::Assigned => JobStatus::Assigned,
+        pb::JobStatus::Running => JobStatus::Running,
+        pb::JobStatus::Succeeded => JobStatus::Succeeded,
+        pb::JobStatus::Failed => JobStatus::Failed,
+        pb::JobStatus::Canceled => JobStatus::Canceled,
+    })
+}
+
+fn pb_spec(job: &Job) -> pb::JobSpec {
+    let s = &job.spec;
+    pb::JobSpec {
+        kind: match s.kind {
+            Kind::Image => pb::JobKind::Image,
+            Kind::Video => pb::JobKind::Video,
+        }
+        .into(),
+        prompt: s.prompt.clone(),
+        negative_prompt: s.negative_prompt.clone(),
+        width: s.width,
+        height: s.height,
+        steps: s.steps,
+        batch_size: s.batch_size,
+        frames: s.frames,
+        fps: s.fps,
+        seed: Some(s.seed),
+        cfg_scale: s.cfg_scale,
+        sampler: s.sampler.clone(),
+        backend: s.backend.clone(),
+        model: s.model.clone(),
+    }
+}
+
+fn progress(job: &Job) -> pb::JobProgress {
+    pb::JobProgress {
+        step: job.progress_step,
+        total_steps: job.progress_total,
+        stage: job.progress_stage.clone(),
+        item: job.progress_item,
+    }
+}
+
+/// The API view of a job.
+pub fn job_to_pb(job: &Job) -> pb::Job {
+    pb::Job {
+        id: job.id.to_string(),
+        owner_id: job.owner_id.clone(),
+        project_id: job.project_id.map(|p| p.to_string()).unwrap_or_default(),
+        spec: Some(pb_spec(job)),
+        composed_prompt: job.composed_prompt.clone(),
+        status: pb_status(job.status).into(),
+        priority: job.priority,
+        attempts: job.attempts,
+        max_attempts: job.max_attempts,
+        progress: Some(progress(job)),
+        error: job.error.clone(),
+        file_ids: job.file_ids.iter().map(Uuid::to_string).collect(),
+        worker_id: job.worker_id.clone().unwrap_or_default(),
+        create_time: Some(timestamp(job.created_at)),
+        update_time: Some(timestamp(job.updated_at)),
+        start_time: job.started_at.map(timestamp),
+        finish_time: job.finished_at.map(timestamp),
+        character_ids: Vec::new(),
+    }
+}
+
+fn event(job_id: Uuid, kind: job_event::Kind) -> pb::JobEvent {
+    pb::JobEvent { job_id: job_id.to_string(), time: Some(timestamp(Utc::now())), kind: Some(kind) }
+}
+
+/// A status-change event for the job's current state.
+pub fn status_event(job: &Job) -> pb::JobEvent {
+    event(
+        job.id,
+        job_event::Kind::StatusChange(pb::JobStatusChange {
+            status: pb_status(job.status).into(),
+            error: job.error.clone(),
+            file_ids: job.file_ids.iter().map(Uuid::to_string).collect(),
+        }),
+    )
+}
+
+/// A progress event.
+pub fn progress_event(job_id: Uuid, p: pb::JobProgress) -> pb::JobEvent {
+    event(job_id, job_event::Kind::Progress(p))
+}
+
+/// A preview event.
+pub fn preview_event(job_id: Uuid, png: Vec<u8>, step: u32, item: u32) -> pb::JobEvent {
+    event(job_id, job_event::Kind::Preview(pb::JobPreview { png, step, item }))
+}
+
+/// The assignment message for a claimed job.
+pub fn assignment(job: &Job, lease: Uuid) -> AttachResponse {
+    AttachResponse {
+        msg: Some(attach_response::Msg::Assignment(Assignment {
+            job_id: job.id.to_string(),
+            lease_token: lease.to_string(),
+            spec: Some(pb_spec(job)),
+            composed_prompt: job.composed_prompt.clone(),
+            owner_id: job.owner_id.clone(),
+            project_id: job.project_id.map(|p| p.to_string()).unwrap_or_default(),
+            attempt: job.attempts,
+            trace_context: std::collections::HashMap::new(),
+        })),
+    }
+}
+
+fn parse_id(field: &'static str, s: &str) -> Result<Uuid, SchedulerError> {
+    Uuid::parse_str(s).map_err(|_| SchedulerError::invalid(field, "must be a UUID"))
+}
+
+/// The principal that owns what a caller creates. Until token authentication lands, the
+/// caller is the service identity of its mTLS certificate.
+fn principal<T>(req: &Request<T>) -> Result<String, Status> {
+    identity::peer_identity(req)
+        .map(|id| id.uri())
+        .ok_or_else(|| Status::unauthenticated("client certificate carries no mesh identity"))
+}
+
+fn raw_spec(spec: pb::JobSpec) -> RawSpec {
+    RawSpec {
+        kind: spec.kind,
+        prompt: spec.prompt,
+        negative_prompt: spec.negative_prompt,
+        width: spec.width,
+        height: spec.height,
+        steps: spec.steps,
+        batch_size: spec.batch_size,
+        frames: spec.frames,
+        fps: spec.fps,
+        seed: spec.seed,
+        cfg_scale: spec.cfg_scale,
+        sampler: spec.sampler,
+        backend: spec.backend,
+        model: spec.model,
+    }
+}
+
+fn encode_cursor(job: &Job) -> String {
+    hex::encode(format!("{}|{}", job.created_at.timestamp_micros(), job.id))
+}
+
+fn decode_cursor(token: &str) -> Result<(DateTime<Utc>, Uuid), SchedulerError> {
+    let bad = || SchedulerError::invalid("page_token", "not a token from a previous response");
+    let text = String::from_utf8(hex::decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
+    let (micros, id) = text.split_once('|').ok_or_else(bad)?;
+    let micros: i64 = micros.parse().map_err(|_| bad())?;
+    Ok((DateTime::from_timestamp_micros(micros).ok_or_else(bad)?, Uuid::parse_str(id).map_err(|_| bad())?))
+}
+
+/// JobService and WorkerService over the shared state.
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// Shared state.
+    pub state: Arc<State>,
+    /// Wakes the dispatcher.
+    pub wake: Arc<Notify>,
+    /// Ends streams on shutdown.
+    pub shutdown: CancellationToken,
+}
+
+type EventStream = tonic::codegen::BoxStream<pb::WatchJobResponse>;
+type AttachStream = tonic::codegen::BoxStream<AttachResponse>;
+
+#[tonic::async_trait]
+impl JobService for Api {
+    async fn submit_job(&self, req: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let owner = principal(&req)?;
+        let r = req.into_inner();
+        let spec = r.spec.ok_or_else(|| SchedulerError::invalid("spec", "required"))?;
+        let spec = validate::spec(raw_spec(spec), self.state.config.max_job_pixels, rand::random::<u64>)?;
+        let idempotency_key = validate::idempotency_key(&r.idempotency_key)?;
+        let priority = validate::priority(r.priority)?;
+        if !r.project_id.is_empty() {
+            parse_id("project_id", &r.project_id)?;
+            // No project exists before ProjectService lands, so any id is unknown.
+            return Err(SchedulerError::NotFound(format!("project {}", r.project_id)).into());
+        }
+        if let Some(c) = r.character_ids.first() {
+            return Err(SchedulerError::invalid("character_ids", format!("character {c} needs a project_id")).into());
+        }
+        let new = NewJob {
+            id: Uuid::now_v7(),
+            owner_id: owner,
+            composed_prompt: spec.prompt.clone(),
+            spec,
+            priority,
+            idempotency_key,
+            max_attempts: self.state.config.max_attempts,
+        };
+        let inserted = self.state.store.insert(&new).await?;
+        if !inserted.deduplicated {
+            tracing::info!(job_id = %inserted.job.id, owner = %inserted.job.owner_id, "job queued");
+            self.wake.notify_one();
+        }
+        Ok(Response::new(pb::SubmitJobResponse { job: Some(job_to_pb(&inserted.job)), deduplicated: inserted.deduplicated }))
+    }
+
+    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
+        let owner = principal(&req)?;
+        let id = parse_id("job_id", &req.get_ref().job_id)?;
+        let job = self.state.store.get(id, Some(&owner)).await?;
+        Ok(Response::new(pb::GetJobResponse { job: Some(job_to_pb(&job)) }))
+    }
+
+    async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let owner = principal(&req)?;
+        let r = req.into_inner();
+        let page_size = match r.page_size {
+            0 => 20,
+            n @ 1..=100 => n,
+            n => return Err(SchedulerError::invalid("page_size", format!("must be between 1 and 100, got {n}")).into()),
+        };
+        let status = from_pb_status(r.status);
+        if status.is_none() && r.status != 0 {
+            return Err(SchedulerError::invalid("status", format!("unknown status {}", r.status)).into());
+        }
+        if !r.project_id.is_empty() {
+            parse_id("project_id", &r.project_id)?;
+        }
+        let after = if r.page_token.is_empty() { None } else { Some(decode_cursor(&r.page_token)?) };
+        let mut jobs = self.state.store.list(&owner, status, after, page_size + 1).await?;
+        // Jobs never carry a project before ProjectService lands: a project filter matches none.
+        if !r.project_id.is_empty() {
+            jobs.clear();
+        }
+        let more = jobs.len() > page_size as usize;
+        jobs.truncate(page_size as usize);
+        let next_page_token = if more { jobs.last().map(encode_cursor).unwrap_or_default() } else { String::new() };
+        Ok(Response::new(pb::ListJobsResponse { jobs: jobs.iter().map(job_to_pb).collect(), next_page_token }))
+    }
+
+    async fn watch_job(&self, req: Request<pb::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
+        let owner = principal(&req)?;
+        let id = parse_id("job_id", &req.get_ref().job_id)?;
+        // Subscribe before reading the snapshot so nothing falls between the two.
+        let mut live = self.state.events.subscribe(id);
+        let job = self.state.store.get(id, Some(&owner)).await?;
+        let (tx, rx) = mpsc::channel(64);
+        let state = self.state.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut seen = Seen { status: job.status, step: job.progress_step };
+            let snapshot = event(id, job_event::Kind::Snapshot(job_to_pb(&job)));
+            if tx.send(Ok(pb::WatchJobResponse { event: Some(snapshot) })).await.is_err() || job.status.is_terminal() {
+                return;
+            }
+            let mut resync = tokio::time::interval(Duration::from_secs(1));
+            resync.tick().await;
+            loop {
+                let out = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tx.closed() => return,
+                    received = live.recv() => match received {
+                        Ok(ev) => seen.filter(ev),
+                        Err(RecvError::Lagged(_)) => seen.resync(&state, id).await,
+                        Err(RecvError::Closed) => {
+                            live = state.events.subscribe(id);
+                            seen.resync(&state, id).await
+                        }
+                    },
+                    _ = resync.tick() => seen.resync(&state, id).await,
+                };
+                for ev in out {
+                    if tx.send(Ok(pb::WatchJobResponse { event: Some(ev) })).await.is_err() {
+                        return;
+                    }
+                }
+                if seen.status.is_terminal() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let owner = principal(&req)?;
+        let id = parse_id("job_id", &req.get_ref().job_id)?;
+        let Some((before, _worker, job)) = self.state.store.cancel(id, Some(&owner)).await? else {
+            let job = self.state.store.get(id, Some(&owner)).await?;
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "job {id} already finished ({})",
+                job.status.as_str()
+            ))
+            .into());
+        };
+        if matches!(before, JobStatus::Assigned | JobStatus::Running) {
+            let cancel = AttachResponse {
+                msg: Some(attach_response::Msg::Cancel(pb::CancelJobCommand { job_id: id.to_string() })),
+            };
+            // The holder may be attached to another replica; its next message about the
+            // job then meets the guarded UPDATE and is answered with LeaseRevoked.
+            self.state.registry.send_to_holder(id, cancel, true);
+            self.wake.notify_one();
+        }
+        self.state.events.publish(id, &status_event(&job)).await;
+        Ok(Response::new(pb::CancelJobResponse { job: Some(job_to_pb(&job)) }))
+    }
+
+    async fn retry_job(&self, req: Request<pb::RetryJobRequest>) -> Result<Response<pb::RetryJobResponse>, Status> {
+        let owner = principal(&req)?;
+        let id = parse_id("job_id", &req.get_ref().job_id)?;
+        let Some(job) = self.state.store.retry(id, Some(&owner)).await? else {
+            let job = self.state.store.get(id, Some(&owner)).await?;
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "job {id} is {}; only failed or canceled jobs can be retried",
+                job.status.as_str()
+            ))
+            .into());
+        };
+        self.state.events.publish(id, &status_event(&job)).await;
+        self.wake.notify_one();
+        Ok(Response::new(pb::RetryJobResponse { job: Some(job_to_pb(&job)) }))
+    }
+}
+
+/// What a watcher has already told its client.
+struct Seen {
+    status: JobStatus,
+    step: u32,
+}
+
+impl Seen {
+    /// Drops events the client has already seen (duplicates across snapshot, Redis and
+    /// the resync poll).
+    fn filter(&mut self, ev: pb::JobEvent) -> Vec<pb::JobEvent> {
+        match &ev.kind {
+            Some(job_event::Kind::Progress(p)) => {
+                if p.step <= self.step || self.status.is_terminal() {
+                    return Vec::new();
+                }
+                self.step = p.step;
+                if self.status == JobStatus::Assigned {
+                    self.status = JobStatus::Running;
+                }
+                vec![ev]
+            }
+            Some(job_event::Kind::StatusChange(sc)) => match from_pb_status(sc.status) {
+                Some(s) if s != self.status => {
+                    if matches!(s, JobStatus::Queued | JobStatus::Assigned) {
+                        // A new attempt starts from step 0.
+                        self.step = 0;
+                    }
+                    self.status = s;
+                    vec![ev]
+                }
+                _ => Vec::new(),
+            },
+            Some(job_event::Kind::Preview(_)) => vec![ev],
+            Some(job_event::Kind::Snapshot(_)) | None => Vec::new(),
+        }
+    }
+
+    /// Re-reads the row and emits what the live events missed.
+    async fn resync(&mut self, state: &State, id: Uuid) -> Vec<pb::JobEvent> {
+        let Ok(job) = state.store.get(id, None).await else { return Vec::new() };
+        let mut out = Vec::new();
+        if job.progress_step > self.step && !job.status.is_terminal() {
+            out.extend(self.filter(progress_event(id, progress(&job))));
+        }
+        out.extend(self.filter(status_event(&job)));
+        out
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for Api {
+    async fn attach(&self, req: Request<Streaming<AttachRequest>>) -> Result<Response<AttachStream>, Status> {
+        // Read the identity before into_inner(): only generators may attach.
+        identity::require_peer(&req, &["generator"])?;
+        let rx = crate::worker::attach(self.state.clone(), self.wake.clone(), req.into_inner(), self.shutdown.clone())
+            .await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

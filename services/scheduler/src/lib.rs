@@ -1,0 +1,110 @@
+//! The scheduler: owns jobs and the queue. Serves `JobService` to clients and the internal
+//! `WorkerService` to generators; PostgreSQL is the source of truth, Redis carries progress
+//! fan-out.
+
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod events;
+pub mod grpc;
+pub mod job;
+pub mod store;
+pub mod validate;
+mod worker;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use sakuga_mesh::{
+    MeshError,
+    db,
+    redis::Redis,
+    server::{GrpcServer, HealthCheck},
+    tls::MeshTls,
+    vault::Vault,
+};
+use sakuga_proto::{
+    service_names,
+    v1::{job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer},
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// State shared by the RPC handlers and background loops.
+#[derive(Debug)]
+pub struct State {
+    /// Configuration.
+    pub config: Config,
+    /// Jobs in PostgreSQL.
+    pub store: store::Store,
+    /// Event fan-out.
+    pub events: events::Events,
+    /// Attached workers.
+    pub registry: dispatch::Registry,
+    redis: Redis,
+}
+
+/// A built, not yet running scheduler.
+#[derive(Debug)]
+pub struct Application {
+    server: GrpcServer,
+    state: Arc<State>,
+    tls: Arc<MeshTls>,
+    vault: Vault,
+}
+
+impl Application {
+    /// Logs in to Vault, loads secrets and the certificate, connects to PostgreSQL (and
+    /// migrates) and Redis, and binds the listener.
+    pub async fn build(config: Config) -> Result<Self, MeshError> {
+        config.validate()?;
+        let vault = Vault::connect(&config.vault).await?;
+        let db_creds = vault.read_credentials(&config.database.secret).await?;
+        let redis_creds = vault.read_credentials(&config.redis.secret).await?;
+        let tls = Arc::new(MeshTls::issue(&vault, "scheduler", &config.tls).await?);
+        let pool = db::connect(&config.database, &db_creds).await?;
+        db::migrate(&pool).await?;
+        let redis = Redis::connect(&config.redis, &redis_creds).await?;
+        let server = GrpcServer::bind(config.listen, &[service_names::JOBS, service_names::WORKER]).await?;
+        let state = Arc::new(State {
+            store: store::Store::new(pool),
+            events: events::Events::new(redis.clone()),
+            registry: dispatch::Registry::default(),
+            redis,
+            config,
+        });
+        Ok(Self { server, state, tls, vault })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown`, then drains.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
+        let Self { server, state, tls, vault } = self;
+        let wake = Arc::new(Notify::new());
+        let renewal = tls.spawn_renewal(vault, state.config.tls.clone(), shutdown.clone());
+        let listener = state.events.spawn_listener(shutdown.clone());
+        let dispatcher = dispatch::spawn_dispatcher(state.clone(), wake.clone(), shutdown.clone());
+        let reaper = dispatch::spawn_reaper(state.clone(), wake.clone(), shutdown.clone());
+        let api = grpc::Api { state: state.clone(), wake, shutdown: shutdown.clone() };
+        let checks = health_checks(&state);
+        let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+        let result = server
+            .add_service(JobServiceServer::new(api.clone()))
+            .add_service(WorkerServiceServer::new(api))
+            .serve(tls, checks, Duration::from_secs(2), grace, shutdown)
+            .await;
+        for task in [renewal, listener, dispatcher, reaper] {
+            task.abort();
+        }
+        result
+    }
+}
+
+fn health_checks(state: &Arc<State>) -> Vec<(&'static str, HealthCheck)> {
+    vec![("postgres", db::health_check(state.store.pool())), ("redis", state.redis.health_check())]
+}

@@ -1,0 +1,420 @@
+//! SQL of the scheduler. Every statement is parameterized and prepared (cached per
+//! connection); every state change is one guarded UPDATE.
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::{
+    error::SchedulerError,
+    job::{Job, Kind, NewJob, Spec, Status},
+};
+
+const JOB_COLUMNS: &str = "id, owner_id, project_id, kind, backend, model, prompt, negative_prompt, \
+    composed_prompt, width, height, steps, batch_size, frames, fps, seed, cfg_scale, sampler, \
+    priority, status, attempts, max_attempts, lease_token, worker_id, progress_step, progress_total, \
+    progress_stage, progress_item, error, file_ids, created_at, updated_at, started_at, finished_at";
+
+fn u32_of(row: &Row, col: &str) -> u32 {
+    u32::try_from(row.get::<_, i32>(col)).unwrap_or(0)
+}
+
+fn job_from_row(row: &Row) -> Job {
+    let kind: String = row.get("kind");
+    let status: String = row.get("status");
+    let seed: i64 = row.get("seed");
+    Job {
+        id: row.get("id"),
+        owner_id: row.get("owner_id"),
+        project_id: row.get("project_id"),
+        spec: Spec {
+            // The CHECK constraints only admit known spellings.
+            kind: Kind::parse(&kind).unwrap_or(Kind::Image),
+            prompt: row.get("prompt"),
+            negative_prompt: row.get("negative_prompt"),
+            width: u32_of(row, "width"),
+            height: u32_of(row, "height"),
+            steps: u32_of(row, "steps"),
+            batch_size: u32_of(row, "batch_size"),
+            frames: u32_of(row, "frames"),
+            fps: u32_of(row, "fps"),
+            seed: u64::try_from(seed).unwrap_or(0),
+            cfg_scale: row.get("cfg_scale"),
+            sampler: row.get("sampler"),
+            backend: row.get("backend"),
+            model: row.get("model"),
+        },
+        composed_prompt: row.get("composed_prompt"),
+        status: Status::parse(&status).unwrap_or(Status::Failed),
+        priority: row.get("priority"),
+        attempts: u32_of(row, "attempts"),
+        max_attempts: u32_of(row, "max_attempts"),
+        lease_token: row.get("lease_token"),
+        worker_id: row.get("worker_id"),
+        progress_step: u32_of(row, "progress_step"),
+        progress_total: u32_of(row, "progress_total"),
+        progress_stage: row.get("progress_stage"),
+        progress_item: u32_of(row, "progress_item"),
+        error: row.get("error"),
+        file_ids: row.get("file_ids"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        started_at: row.get("started_at"),
+        finished_at: row.get("finished_at"),
+    }
+}
+
+fn i32_of(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// PostgreSQL access for jobs.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+/// Result of an insert.
+#[derive(Debug)]
+pub struct Inserted {
+    /// The job (new, or the earlier one with the same idempotency key).
+    pub job: Job,
+    /// True when the idempotency key matched an existing job.
+    pub deduplicated: bool,
+}
+
+/// A claimed job with its fresh lease.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The job, status assigned.
+    pub job: Job,
+    /// Its lease token.
+    pub lease_token: Uuid,
+}
+
+/// What an expired lease turned into.
+#[derive(Debug)]
+pub struct Expired {
+    /// Job id.
+    pub id: Uuid,
+    /// Queued again or failed.
+    pub status: Status,
+    /// Error recorded.
+    pub error: String,
+}
+
+impl Store {
+    /// Wraps a pool.
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool (for health).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Inserts a queued job; with an idempotency key already used by this owner, returns
+    /// the first job instead.
+    pub async fn insert(&self, new: &NewJob) -> Result<Inserted, SchedulerError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "INSERT INTO jobs (id, owner_id, kind, backend, model, prompt, negative_prompt, composed_prompt, \
+             width, height, steps, batch_size, frames, fps, seed, cfg_scale, sampler, priority, \
+             idempotency_key, max_attempts) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20) \
+             ON CONFLICT (owner_id, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        let s = &new.spec;
+        let seed = i64::try_from(s.seed).unwrap_or(i64::MAX);
+        let row = client
+            .query_opt(
+                &stmt,
+                &[
+                    &new.id,
+                    &new.owner_id,
+                    &s.kind.as_str(),
+                    &s.backend,
+                    &s.model,
+                    &s.prompt,
+                    &s.negative_prompt,
+                    &new.composed_prompt,
+                    &i32_of(s.width),
+                    &i32_of(s.height),
+                    &i32_of(s.steps),
+                    &i32_of(s.batch_size),
+                    &i32_of(s.frames),
+                    &i32_of(s.fps),
+                    &seed,
+                    &s.cfg_scale,
+                    &s.sampler,
+                    &new.priority,
+                    &new.idempotency_key,
+                    &i32_of(new.max_attempts),
+                ],
+            )
+            .await?;
+        if let Some(row) = row {
+            return Ok(Inserted { job: job_from_row(&row), deduplicated: false });
+        }
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE owner_id = $1 AND idempotency_key = $2");
+        let stmt = client.prepare_cached(&sql).await?;
+        let row = client.query_one(&stmt, &[&new.owner_id, &new.idempotency_key]).await?;
+        Ok(Inserted { job: job_from_row(&row), deduplicated: true })
+    }
+
+    /// A job visible to `owner` (`None`: any owner, for internal use and admins).
+    pub async fn get(&self, id: Uuid, owner: Option<&str>) -> Result<Job, SchedulerError> {
+        let client = self.pool.get().await?;
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2)");
+        let stmt = client.prepare_cached(&sql).await?;
+        client
+            .query_opt(&stmt, &[&id, &owner])
+            .await?
+            .map(|r| job_from_row(&r))
+            .ok_or_else(|| SchedulerError::NotFound(format!("job {id}")))
+    }
+
+    /// A page of `owner`'s jobs, newest first, after the keyset cursor.
+    pub async fn list(
+        &self,
+        owner: &str,
+        status: Option<Status>,
+        after: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
+        limit: u32,
+    ) -> Result<Vec<Job>, SchedulerError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE owner_id = $1 \
+             AND ($2::text IS NULL OR status = $2) \
+             AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
+             ORDER BY created_at DESC, id DESC LIMIT $5"
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        let (after_ts, after_id) = after.map_or((None, None), |(t, i)| (Some(t), Some(i)));
+        let rows = client
+            .query(&stmt, &[&owner, &status.map(Status::as_str), &after_ts, &after_id, &i64::from(limit)])
+            .await?;
+        Ok(rows.iter().map(job_from_row).collect())
+    }
+
+    /// Claims up to `limit` queued jobs for a worker offering `backends`, highest priority
+    /// then oldest first. `SKIP LOCKED` keeps concurrent dispatchers (other replicas) from
+    /// claiming the same row; each claim gets a fresh lease token.
+    pub async fn claim(
+        &self,
+        worker_id: &str,
+        backends: &[String],
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, SchedulerError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "WITH picked AS ( \
+                SELECT id FROM jobs WHERE status = 'queued' AND backend = ANY($1) \
+                ORDER BY priority DESC, created_at, id \
+                FOR UPDATE SKIP LOCKED LIMIT $2) \
+             UPDATE jobs j SET status = 'assigned', worker_id = $3, lease_token = gen_random_uuid(), \
+                lease_expires_at = now() + $4 * interval '1 millisecond', attempts = attempts + 1, \
+                progress_step = 0, progress_total = 0, progress_stage = '', progress_item = 0, \
+                updated_at = now() \
+             FROM picked WHERE j.id = picked.id \
+             RETURNING {}",
+            JOB_COLUMNS.split(", ").map(|c| format!("j.{c}")).collect::<Vec<_>>().join(", ")
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        let rows = client
+            .query(&stmt, &[&backends, &i64::from(limit), &worker_id, &millis(lease)])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let job = job_from_row(r);
+                let lease_token = job.lease_token.unwrap_or_default();
+                Claimed { job, lease_token }
+            })
+            .collect())
+    }
+
+    /// Hands an assignment that could not be delivered back to the queue, undoing the
+    /// attempt. Guarded by the lease.
+    pub async fn unclaim(&self, id: Uuid, lease: Uuid) -> Result<bool, SchedulerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE jobs SET status = 'queued', worker_id = NULL, lease_token = NULL, \
+                 lease_expires_at = NULL, attempts = attempts - 1, updated_at = now() \
+                 WHERE id = $1 AND lease_token = $2 AND status = 'assigned'",
+            )
+            .await?;
+        Ok(client.execute(&stmt, &[&id, &lease]).await? == 1)
+    }
+
+    /// Confirms a lease at (re)connect or heartbeat and extends it. Returns the ids whose
+    /// lease is still held; the others were lost (expired, finished, canceled).
+    pub async fn extend_leases(
+        &self,
+        worker_id: &str,
+        leases: &[(Uuid, Uuid)],
+        lease: Duration,
+    ) -> Result<Vec<Uuid>, SchedulerError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond', worker_id = $4 \
+                 FROM unnest($1::uuid[], $2::uuid[]) AS l(id, token) \
+                 WHERE j.id = l.id AND j.lease_token = l.token AND j.status IN ('assigned', 'running') \
+                 RETURNING j.id",
+            )
+            .await?;
+        let ids: Vec<Uuid> = leases.iter().map(|l| l.0).collect();
+        let tokens: Vec<Uuid> = leases.iter().map(|l| l.1).collect();
+        let rows = client.query(&stmt, &[&ids, &tokens, &millis(lease), &worker_id]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The worker started the job: assigned -> running.
+    pub async fn mark_running(&self, id: Uuid, lease: Uuid, ttl: Duration) -> Result<bool, SchedulerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE jobs SET status = 'running', started_at = now(), updated_at = now(), \
+                 lease_expires_at = now() + $3 * interval '1 millisecond' \
+                 WHERE id = $1 AND lease_token = $2 AND status = 'assigned'",
+            )
+            .await?;
+        Ok(client.execute(&stmt, &[&id, &lease, &millis(ttl)]).await? == 1)
+    }
+
+    /// Records progress (and extends the lease); also moves assigned -> running.
+    pub async fn record_progress(
+        &self,
+        id: Uuid,
+        lease: Uuid,
+        progress: (u32, u32, &str, u32),
+        ttl: Duration,
+    ) -> Result<bool, SchedulerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, now()), \
+                 progress_step = $3, progress_total = $4, progress_stage = $5, progress_item = $6, \
+                 lease_expires_at = now() + $7 * interval '1 millisecond', updated_at = now() \
+                 WHERE id = $1 AND lease_token = $2 AND status IN ('assigned', 'running')",
+            )
+            .await?;
+        let (step, total, stage, item) = progress;
+        let n = client
+            .execute(&stmt, &[&id, &lease, &i32_of(step), &i32_of(total), &stage, &i32_of(item), &millis(ttl)])
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Lease still held? (For progress messages that are not written to the database.)
+    pub async fn lease_held(&self, id: Uuid, lease: Uuid) -> Result<bool, SchedulerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT 1 FROM jobs WHERE id = $1 AND lease_token = $2 AND status IN ('assigned', 'running')",
+            )
+            .await?;
+        Ok(client.query_opt(&stmt, &[&id, &lease]).await?.is_some())
+    }
+
+    /// The attempt succeeded: running -> succeeded with the stored files.
+    pub async fn complete(&self, id: Uuid, lease: Uuid, file_ids: &[Uuid]) -> Result<Option<Job>, SchedulerError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE jobs SET status = 'succeeded', file_ids = $3, lease_token = NULL, lease_expires_at = NULL, \
+             progress_step = GREATEST(progress_step, progress_total), error = '', \
+             finished_at = now(), updated_at = now() \
+             WHERE id = $1 AND lease_token = $2 AND status IN ('assigned', 'running') RETURNING {JOB_COLUMNS}"
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        Ok(client.query_opt(&stmt, &[&id, &lease, &file_ids]).await?.map(|r| job_from_row(&r)))
+    }
+
+    /// The attempt failed: back to the queue while attempts remain and the error is
+    /// retryable, failed otherwise.
+    pub async fn fail(&self, id: Uuid, lease: Uuid, error: &str, retryable: bool) -> Result<Option<Job>, SchedulerError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE jobs SET \
+               status = CASE WHEN $4 AND attempts < max_attempts THEN 'queued' ELSE 'failed' END, \
+               finished_at = CASE WHEN $4 AND attempts < max_attempts THEN NULL ELSE now() END, \
+               error = $3, lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, updated_at = now() \
+             WHERE id = $1 AND lease_token = $2 AND status IN ('assigned', 'running') RETURNING {JOB_COLUMNS}"
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        Ok(client.query_opt(&stmt, &[&id, &lease, &error, &retryable]).await?.map(|r| job_from_row(&r)))
+    }
+
+    /// Cancels a job that has not finished. Returns the job as it was before (so the
+    /// caller knows whether a worker must be told) and after, or `None` if it had finished.
+    pub async fn cancel(&self, id: Uuid, owner: Option<&str>) -> Result<Option<(Status, Option<String>, Job)>, SchedulerError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "WITH before AS (SELECT id, status, worker_id FROM jobs WHERE id = $1 \
+                AND ($2::text IS NULL OR owner_id = $2) FOR UPDATE) \
+             UPDATE jobs j SET status = 'canceled', lease_token = NULL, lease_expires_at = NULL, \
+                finished_at = now(), updated_at = now() \
+             FROM before WHERE j.id = before.id AND before.status IN ('queued', 'assigned', 'running') \
+             RETURNING before.status AS before_status, before.worker_id AS before_worker, {}",
+            JOB_COLUMNS.split(", ").map(|c| format!("j.{c}")).collect::<Vec<_>>().join(", ")
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        Ok(client.query_opt(&stmt, &[&id, &owner]).await?.map(|r| {
+            let before: String = r.get("before_status");
+            (Status::parse(&before).unwrap_or(Status::Queued), r.get("before_worker"), job_from_row(&r))
+        }))
+    }
+
+    /// Queues a failed or canceled job again with fresh attempts.
+    pub async fn retry(&self, id: Uuid, owner: Option<&str>) -> Result<Option<Job>, SchedulerError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE jobs SET status = 'queued', attempts = 0, error = '', file_ids = '{{}}', worker_id = NULL, \
+             progress_step = 0, progress_total = 0, progress_stage = '', progress_item = 0, \
+             started_at = NULL, finished_at = NULL, updated_at = now() \
+             WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2) AND status IN ('failed', 'canceled') \
+             RETURNING {JOB_COLUMNS}"
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        Ok(client.query_opt(&stmt, &[&id, &owner]).await?.map(|r| job_from_row(&r)))
+    }
+
+    /// Leases that ran out (worker killed, network cut): queued again with the attempt
+    /// counted, or failed after the last attempt.
+    pub async fn expire_leases(&self) -> Result<Vec<Expired>, SchedulerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE jobs SET \
+                   status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END, \
+                   finished_at = CASE WHEN attempts < max_attempts THEN NULL ELSE now() END, \
+                   error = 'lease expired: worker ' || COALESCE(worker_id, '?') || ' stopped responding', \
+                   lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, updated_at = now() \
+                 WHERE status IN ('assigned', 'running') AND lease_expires_at < now() \
+                 RETURNING id, status, error",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let status: String = r.get(1);
+                Expired { id: r.get(0), status: Status::parse(&status).unwrap_or(Status::Queued), error: r.get(2) }
+            })
+            .collect())
+    }
+}
