@@ -33,12 +33,7 @@ pub struct Limits {
 impl Default for Limits {
     /// 8192 px per side, 16 Mpx (4096×4096), 1000 frames.
     fn default() -> Self {
-        Self {
-            max_width: 8192,
-            max_height: 8192,
-            max_pixels: 4096 * 4096,
-            max_frames: 1000,
-        }
+        Self { max_width: 8192, max_height: 8192, max_pixels: 4096 * 4096, max_frames: 1000 }
     }
 }
 
@@ -72,10 +67,7 @@ impl Inspection {
 
     /// The text of the first text chunk with this keyword.
     pub fn text_value(&self, keyword: &str) -> Option<&str> {
-        self.text
-            .iter()
-            .find(|(k, _)| k == keyword)
-            .map(|(_, v)| v.as_str())
+        self.text.iter().find(|(k, _)| k == keyword).map(|(_, v)| v.as_str())
     }
 }
 
@@ -115,9 +107,7 @@ pub enum InspectError {
 impl From<png::DecodingError> for InspectError {
     fn from(e: png::DecodingError) -> Self {
         match e {
-            png::DecodingError::IoError(io) if io.kind() == ErrorKind::UnexpectedEof => {
-                Self::Truncated
-            }
+            png::DecodingError::IoError(io) if io.kind() == ErrorKind::UnexpectedEof => Self::Truncated,
             png::DecodingError::LimitsExceeded => Self::MemoryLimit,
             other => Self::Decode(other),
         }
@@ -140,12 +130,8 @@ pub fn inspect_png(bytes: &[u8], limits: Limits) -> Result<Inspection, InspectEr
     if !bytes.starts_with(&SIGNATURE) {
         return Err(InspectError::NotPng);
     }
-    let mut decoder = png::Decoder::new_with_limits(
-        Cursor::new(bytes),
-        png::Limits {
-            bytes: DECODER_MEMORY,
-        },
-    );
+    let mut decoder =
+        png::Decoder::new_with_limits(Cursor::new(bytes), png::Limits { bytes: DECODER_MEMORY });
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let (width, height) = {
         let info = decoder.read_header_info()?;
@@ -163,19 +149,14 @@ pub fn inspect_png(bytes: &[u8], limits: Limits) -> Result<Inspection, InspectEr
         None => ("image/png", 1, 1),
         Some(actl) => {
             if actl.num_frames > limits.max_frames {
-                return Err(InspectError::TooManyFrames {
-                    frames: actl.num_frames,
-                    max: limits.max_frames,
-                });
+                return Err(InspectError::TooManyFrames { frames: actl.num_frames, max: limits.max_frames });
             }
             // No fcTL before IDAT: the default image is an extra image outside the animation.
             let extra = u32::from(reader.info().frame_control.is_none());
             ("image/apng", actl.num_frames, actl.num_frames + extra)
         }
     };
-    let size = reader
-        .output_buffer_size()
-        .ok_or(InspectError::TooLarge { width, height })?;
+    let size = reader.output_buffer_size().ok_or(InspectError::TooLarge { width, height })?;
     let mut buf = vec![0_u8; size];
     let mut stats = (0.0, 0.0);
     for i in 0..images {
@@ -228,25 +209,18 @@ fn luma_stats(pixels: &[u8], color: png::ColorType) -> (f64, f64) {
 }
 
 fn text_chunks(info: &png::Info<'_>) -> Vec<(String, String)> {
-    let mut text: Vec<(String, String)> = info
-        .uncompressed_latin1_text
-        .iter()
-        .map(|c| (c.keyword.clone(), c.text.clone()))
-        .collect();
+    let mut text: Vec<(String, String)> =
+        info.uncompressed_latin1_text.iter().map(|c| (c.keyword.clone(), c.text.clone())).collect();
     for chunk in &info.compressed_latin1_text {
         let mut chunk = chunk.clone();
-        let value = chunk
-            .decompress_text_with_limit(MAX_TEXT_CHUNK)
-            .and_then(|()| chunk.get_text());
+        let value = chunk.decompress_text_with_limit(MAX_TEXT_CHUNK).and_then(|()| chunk.get_text());
         if let Ok(value) = value {
             text.push((chunk.keyword, value));
         }
     }
     for chunk in &info.utf8_text {
         let mut chunk = chunk.clone();
-        let value = chunk
-            .decompress_text_with_limit(MAX_TEXT_CHUNK)
-            .and_then(|()| chunk.get_text());
+        let value = chunk.decompress_text_with_limit(MAX_TEXT_CHUNK).and_then(|()| chunk.get_text());
         if let Ok(value) = value {
             text.push((chunk.keyword, value));
         }

@@ -36,11 +36,7 @@ pub(crate) fn smoothstep(e0: f32, e1: f32, x: f32) -> f32 {
 
 /// Linear interpolation between two colours.
 pub(crate) fn mix(a: Rgb, b: Rgb, t: f32) -> Rgb {
-    [
-        a[0] + (b[0] - a[0]) * t,
-        a[1] + (b[1] - a[1]) * t,
-        a[2] + (b[2] - a[2]) * t,
-    ]
+    [a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t, a[2] + (b[2] - a[2]) * t]
 }
 
 /// HSV to RGB; `h` in degrees (any value, wrapped), `s` and `v` in `0..=1`.

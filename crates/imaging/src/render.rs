@@ -100,26 +100,17 @@ impl RenderRequest {
     pub fn validate(&self) -> Result<(), RenderError> {
         fn side(field: &str, v: u32) -> Result<(), RenderError> {
             if !(MIN_SIDE..=MAX_SIDE).contains(&v) {
-                return Err(invalid(
-                    field,
-                    &format!("must be between {MIN_SIDE} and {MAX_SIDE}, got {v}"),
-                ));
+                return Err(invalid(field, &format!("must be between {MIN_SIDE} and {MAX_SIDE}, got {v}")));
             }
             if !v.is_multiple_of(SIDE_MULTIPLE) {
-                return Err(invalid(
-                    field,
-                    &format!("must be a multiple of {SIDE_MULTIPLE}, got {v}"),
-                ));
+                return Err(invalid(field, &format!("must be a multiple of {SIDE_MULTIPLE}, got {v}")));
             }
             Ok(())
         }
         side("width", self.width)?;
         side("height", self.height)?;
         if !(1..=MAX_STEPS).contains(&self.steps) {
-            return Err(invalid(
-                "steps",
-                &format!("must be between 1 and {MAX_STEPS}, got {}", self.steps),
-            ));
+            return Err(invalid("steps", &format!("must be between 1 and {MAX_STEPS}, got {}", self.steps)));
         }
         for (field, text, max) in [
             ("prompt", &self.prompt, MAX_PROMPT_BYTES),
@@ -127,10 +118,7 @@ impl RenderRequest {
             ("model", &self.model, MAX_MODEL_BYTES),
         ] {
             if text.len() > max {
-                return Err(invalid(
-                    field,
-                    &format!("must be at most {max} bytes, got {}", text.len()),
-                ));
+                return Err(invalid(field, &format!("must be at most {max} bytes, got {}", text.len())));
             }
         }
         if self.kind == Kind::Video {
@@ -141,18 +129,13 @@ impl RenderRequest {
                 ));
             }
             if !(1..=MAX_FPS).contains(&self.fps) {
-                return Err(invalid(
-                    "fps",
-                    &format!("must be between 1 and {MAX_FPS}, got {}", self.fps),
-                ));
+                return Err(invalid("fps", &format!("must be between 1 and {MAX_FPS}, got {}", self.fps)));
             }
             let pixels = u64::from(self.width) * u64::from(self.height) * u64::from(self.frames);
             if pixels > MAX_VIDEO_PIXELS {
                 return Err(invalid(
                     "frames",
-                    &format!(
-                        "width × height × frames must be at most {MAX_VIDEO_PIXELS}, got {pixels}"
-                    ),
+                    &format!("width × height × frames must be at most {MAX_VIDEO_PIXELS}, got {pixels}"),
                 ));
             }
         }
@@ -339,13 +322,7 @@ pub fn render(
         for k in 1..=req.steps {
             canvas.step(&target, k, req.steps, key[1]);
             done += 1;
-            let progress = Progress {
-                step: done,
-                total,
-                frame,
-                frames,
-                canvas: &canvas,
-            };
+            let progress = Progress { step: done, total, frame, frames, canvas: &canvas };
             if on_step(progress).is_break() {
                 return Err(RenderError::Canceled);
             }
@@ -497,11 +474,7 @@ impl Canvas {
             let (head, tail) = self.data.split_at_mut((y + 1) * stride);
             let row = &mut head[y * stride..];
             self.cur.copy_from_slice(row);
-            let next: &[f32] = if tail.is_empty() {
-                &self.cur
-            } else {
-                &tail[..stride]
-            };
+            let next: &[f32] = if tail.is_empty() { &self.cur } else { &tail[..stride] };
             let target_row = &target[y * stride..(y + 1) * stride];
             let row_key = mix64(step_key ^ ((y as u64) << 20));
             for x in 0..self.width as usize {
@@ -524,11 +497,7 @@ impl Canvas {
     }
 
     fn preview(&self) -> Result<Preview, RenderError> {
-        let factor = self
-            .width
-            .max(self.height)
-            .div_ceil(PREVIEW_MAX_SIDE)
-            .max(1);
+        let factor = self.width.max(self.height).div_ceil(PREVIEW_MAX_SIDE).max(1);
         let (pw, ph) = ((self.width / factor).max(1), (self.height / factor).max(1));
         let f = factor as usize;
         let stride = self.stride();
@@ -556,10 +525,6 @@ impl Canvas {
         let mut writer = encoder.write_header()?;
         writer.write_image_data(&rgb)?;
         writer.finish()?;
-        Ok(Preview {
-            png: png_bytes,
-            width: pw,
-            height: ph,
-        })
+        Ok(Preview { png: png_bytes, width: pw, height: ph })
     }
 }

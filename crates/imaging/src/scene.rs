@@ -7,9 +7,7 @@
 
 use std::f32::consts::TAU;
 
-use crate::math::{
-    Rgb, SplitMix64, cell_hash, cos, f32_from, hsv, luma, mix, sin, smoothstep, unit,
-};
+use crate::math::{Rgb, SplitMix64, cell_hash, cos, f32_from, hsv, luma, mix, sin, smoothstep, unit};
 
 /// Time of day, which picks the palette.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,23 +112,10 @@ impl Scene {
             TimeOfDay::Night
         } else if mentions(
             &prompt,
-            &[
-                "sunset",
-                "dusk",
-                "evening",
-                "sunrise",
-                "dawn",
-                "twilight",
-                "夕",
-                "黄昏",
-                "朝焼け",
-            ],
+            &["sunset", "dusk", "evening", "sunrise", "dawn", "twilight", "夕", "黄昏", "朝焼け"],
         ) {
             TimeOfDay::Sunset
-        } else if mentions(
-            &prompt,
-            &["day", "noon", "blue sky", "summer", "昼", "青空", "夏"],
-        ) {
+        } else if mentions(&prompt, &["day", "noon", "blue sky", "summer", "昼", "青空", "夏"]) {
             TimeOfDay::Day
         } else {
             match rng.int(0, 9) {
@@ -158,11 +143,8 @@ impl Scene {
         };
 
         let no_sun = mentions(&negative, &["sun", "moon", "太陽", "月"]);
-        let sun_draw = (
-            rng.range(0.15, (aspect - 0.15).max(0.16)),
-            rng.range(0.0, 1.0),
-            rng.range(0.04, 0.075),
-        );
+        let sun_draw =
+            (rng.range(0.15, (aspect - 0.15).max(0.16)), rng.range(0.0, 1.0), rng.range(0.04, 0.075));
         let sun = (!no_sun).then(|| {
             let y = match time {
                 TimeOfDay::Sunset => horizon_y - 0.06 - 0.14 * sun_draw.1,
@@ -176,11 +158,7 @@ impl Scene {
             Sun {
                 x: sun_draw.0,
                 y,
-                r: if time == TimeOfDay::Night {
-                    sun_draw.2 * 1.3
-                } else {
-                    sun_draw.2
-                },
+                r: if time == TimeOfDay::Night { sun_draw.2 * 1.3 } else { sun_draw.2 },
                 core,
                 glow,
                 moon: time == TimeOfDay::Night,
@@ -229,12 +207,8 @@ impl Scene {
             }
         }
 
-        let wants_sea = mentions(
-            &prompt,
-            &[
-                "sea", "ocean", "beach", "lake", "water", "shore", "海", "湖", "浜",
-            ],
-        );
+        let wants_sea =
+            mentions(&prompt, &["sea", "ocean", "beach", "lake", "water", "shore", "海", "湖", "浜"]);
         let sea_roll = rng.chance(0.3);
         let sea = (wants_sea || sea_roll).then(|| match time {
             TimeOfDay::Day => Sea {
@@ -247,11 +221,9 @@ impl Scene {
                 near: hsv(258.0 + hue, 0.6, 0.3),
                 glint: hsv(35.0, 0.5, 1.0),
             },
-            TimeOfDay::Night => Sea {
-                far: mix(horizon, top, 0.3),
-                near: hsv(232.0, 0.75, 0.1),
-                glint: hsv(50.0, 0.2, 0.9),
-            },
+            TimeOfDay::Night => {
+                Sea { far: mix(horizon, top, 0.3), near: hsv(232.0, 0.75, 0.1), glint: hsv(50.0, 0.2, 0.9) }
+            }
         });
 
         let no_ridges = mentions(&negative, &["mountain", "hill", "ridge", "山", "丘"]);
@@ -259,30 +231,17 @@ impl Scene {
         let mut ridges = Vec::new();
         for layer in 0..layers {
             let near = f32_from(layer) / 2.0; // 0 far .. 1 near
-            let base = if sea.is_some() {
-                horizon_y + 0.005
-            } else {
-                horizon_y + 0.03 + near * (0.9 - horizon_y)
-            };
-            let amp = if sea.is_some() {
-                rng.range(0.04, 0.1)
-            } else {
-                rng.range(0.08, 0.2) * (1.0 - 0.4 * near)
-            };
+            let base =
+                if sea.is_some() { horizon_y + 0.005 } else { horizon_y + 0.03 + near * (0.9 - horizon_y) };
+            let amp =
+                if sea.is_some() { rng.range(0.04, 0.1) } else { rng.range(0.08, 0.2) * (1.0 - 0.4 * near) };
             let mut waves = [[0.0; 3]; 3];
             for (i, w) in waves.iter_mut().enumerate() {
                 let octave = [1.0, 2.3, 5.1][i];
-                *w = [
-                    rng.range(2.0, 4.5) * octave,
-                    rng.range(0.0, TAU),
-                    [0.6, 0.28, 0.12][i],
-                ];
+                *w = [rng.range(2.0, 4.5) * octave, rng.range(0.0, TAU), [0.6, 0.28, 0.12][i]];
             }
             let (near_top, near_bottom) = match time {
-                TimeOfDay::Day => (
-                    hsv(135.0 + hue * 2.0, 0.55, 0.62),
-                    hsv(150.0 + hue * 2.0, 0.7, 0.32),
-                ),
+                TimeOfDay::Day => (hsv(135.0 + hue * 2.0, 0.55, 0.62), hsv(150.0 + hue * 2.0, 0.7, 0.32)),
                 TimeOfDay::Sunset => (hsv(285.0 + hue, 0.45, 0.33), hsv(270.0, 0.5, 0.16)),
                 TimeOfDay::Night => (hsv(238.0, 0.5, 0.16), hsv(240.0, 0.5, 0.05)),
             };
@@ -304,21 +263,14 @@ impl Scene {
         let no_stars = mentions(&negative, &["star", "星"]);
         let stars = (time == TimeOfDay::Night && !no_stars).then(|| rng.next_u64());
 
-        let wants_petals = mentions(
-            &prompt,
-            &["sakura", "cherry", "blossom", "petal", "桜", "花びら"],
-        );
+        let wants_petals = mentions(&prompt, &["sakura", "cherry", "blossom", "petal", "桜", "花びら"]);
         let petal_roll = rng.chance(0.2);
         let petal_key = rng.next_u64();
         let no_petals = mentions(&negative, &["petal", "sakura", "blossom", "桜"]);
         let petals = ((wants_petals || petal_roll) && !no_petals).then(|| Petals {
             cell: 0.07,
             density: 40,
-            color: if time == TimeOfDay::Night {
-                hsv(335.0, 0.25, 0.75)
-            } else {
-                hsv(340.0, 0.28, 1.0)
-            },
+            color: if time == TimeOfDay::Night { hsv(335.0, 0.25, 0.75) } else { hsv(340.0, 0.28, 1.0) },
             key: petal_key,
         });
 
@@ -359,17 +311,10 @@ impl Scene {
             .collect();
         // Cloud positions for this frame, wrapped around so a long pan never empties the sky.
         let span = self.aspect + 0.6;
-        let cloud_x: Vec<f32> = self
-            .clouds
-            .iter()
-            .map(|c| (c.x + 0.3 - shift * c.parallax).rem_euclid(span) - 0.3)
-            .collect();
+        let cloud_x: Vec<f32> =
+            self.clouds.iter().map(|c| (c.x + 0.3 - shift * c.parallax).rem_euclid(span) - 0.3).collect();
 
-        for (y, row) in out
-            .chunks_exact_mut(w * 3)
-            .enumerate()
-            .take(height as usize)
-        {
+        for (y, row) in out.chunks_exact_mut(w * 3).enumerate().take(height as usize) {
             let py = (f32_from(u32::try_from(y).unwrap_or(0)) + 0.5) * inv;
             let t = smoothstep(0.0, self.horizon_y, py);
             let sky = mix(self.top, self.horizon, t * t * (0.6 + 0.4 * t));

@@ -18,9 +18,7 @@ fn rendered(kind: Kind) -> Vec<u8> {
         model: "builtin".into(),
         ..RenderRequest::default()
     };
-    render(&req, 0, &mut |_| ControlFlow::Continue(()))
-        .unwrap()
-        .bytes
+    render(&req, 0, &mut |_| ControlFlow::Continue(())).unwrap().bytes
 }
 
 /// Encodes one frame (or several, as an APNG) with the png crate.
@@ -36,13 +34,10 @@ fn encode(
     let mut enc = png::Encoder::new(&mut out, width, height);
     enc.set_color(color);
     enc.set_depth(depth);
-    enc.add_text_chunk("Comment".into(), "hello".into())
-        .unwrap();
-    enc.add_ztxt_chunk("Title".into(), "compressed title".into())
-        .unwrap();
+    enc.add_text_chunk("Comment".into(), "hello".into()).unwrap();
+    enc.add_ztxt_chunk("Title".into(), "compressed title".into()).unwrap();
     if animated {
-        enc.set_animated(u32::try_from(frames.len()).unwrap(), 0)
-            .unwrap();
+        enc.set_animated(u32::try_from(frames.len()).unwrap(), 0).unwrap();
     }
     let mut w = enc.write_header().unwrap();
     for f in frames {
@@ -72,10 +67,7 @@ fn truncated_files_are_refused() {
         // Only the final IEND chunk missing.
         let no_end = &bytes[..bytes.len() - 12];
         let err = inspect_png(no_end, Limits::default()).unwrap_err();
-        assert!(
-            matches!(err, InspectError::Truncated),
-            "{kind:?} without IEND: {err:?}"
-        );
+        assert!(matches!(err, InspectError::Truncated), "{kind:?} without IEND: {err:?}");
         // Just the signature.
         let err = inspect_png(&bytes[..8], Limits::default()).unwrap_err();
         assert!(matches!(err, InspectError::Truncated), "{err:?}");
@@ -93,13 +85,7 @@ fn non_png_bytes_are_refused() {
             state.to_le_bytes()[0]
         })
         .collect();
-    for bytes in [
-        &random[..],
-        b"",
-        b"\x89PN",
-        b"GIF89a......",
-        b"<html></html>",
-    ] {
+    for bytes in [&random[..], b"", b"\x89PN", b"GIF89a......", b"<html></html>"] {
         let err = inspect_png(bytes, Limits::default()).unwrap_err();
         assert!(matches!(err, InspectError::NotPng), "{err:?}");
         assert_eq!(err.to_string(), "not a png file");
@@ -118,42 +104,19 @@ fn corrupt_pixel_data_is_refused() {
 
 #[test]
 fn uniform_gray_is_blank_and_a_gradient_is_not() {
-    let gray = encode(
-        48,
-        32,
-        png::ColorType::Rgb,
-        png::BitDepth::Eight,
-        &[vec![128; 48 * 32 * 3]],
-        false,
-    );
+    let gray = encode(48, 32, png::ColorType::Rgb, png::BitDepth::Eight, &[vec![128; 48 * 32 * 3]], false);
     let found = inspect_png(&gray, Limits::default()).unwrap();
-    assert_eq!(
-        (found.mime, found.width, found.height, found.frames),
-        ("image/png", 48, 32, 1)
-    );
+    assert_eq!((found.mime, found.width, found.height, found.frames), ("image/png", 48, 32, 1));
     assert!(found.luma_stddev < 0.01, "{}", found.luma_stddev);
-    assert!(
-        (found.luma_mean - 128.0).abs() < 0.01,
-        "{}",
-        found.luma_mean
-    );
+    assert!((found.luma_mean - 128.0).abs() < 0.01, "{}", found.luma_mean);
     assert!(found.is_blank(10.0));
     assert!(found.is_blank(0.5));
     assert_eq!(found.text_value("Comment"), Some("hello"));
     assert_eq!(found.text_value("Title"), Some("compressed title"));
 
     // Slightly noisy but still near-uniform: blank at threshold 10.
-    let nearly: Vec<u8> = (0..64 * 64)
-        .map(|i| 120 + u8::try_from(i % 5).unwrap())
-        .collect();
-    let nearly = encode(
-        64,
-        64,
-        png::ColorType::Grayscale,
-        png::BitDepth::Eight,
-        &[nearly],
-        false,
-    );
+    let nearly: Vec<u8> = (0..64 * 64).map(|i| 120 + u8::try_from(i % 5).unwrap()).collect();
+    let nearly = encode(64, 64, png::ColorType::Grayscale, png::BitDepth::Eight, &[nearly], false);
     let found = inspect_png(&nearly, Limits::default()).unwrap();
     assert!(found.is_blank(10.0), "{}", found.luma_stddev);
 
@@ -164,21 +127,10 @@ fn uniform_gray_is_blank_and_a_gradient_is_not() {
             gradient.extend_from_slice(&(x * 257).to_be_bytes());
         }
     }
-    let gradient = encode(
-        256,
-        16,
-        png::ColorType::Grayscale,
-        png::BitDepth::Sixteen,
-        &[gradient],
-        false,
-    );
+    let gradient = encode(256, 16, png::ColorType::Grayscale, png::BitDepth::Sixteen, &[gradient], false);
     let found = inspect_png(&gradient, Limits::default()).unwrap();
     // Uniform distribution over 0..=255: stddev = sqrt((256² - 1) / 12) ≈ 73.9.
-    assert!(
-        (found.luma_stddev - 73.9).abs() < 0.1,
-        "{}",
-        found.luma_stddev
-    );
+    assert!((found.luma_stddev - 73.9).abs() < 0.1, "{}", found.luma_stddev);
     assert!(!found.is_blank(10.0));
 }
 
@@ -189,14 +141,7 @@ fn fully_transparent_rgba_is_blank() {
         let v = u8::try_from(i % 256).unwrap();
         pixels.extend_from_slice(&[v, 255 - v, v / 2, 0]);
     }
-    let bytes = encode(
-        32,
-        32,
-        png::ColorType::Rgba,
-        png::BitDepth::Eight,
-        &[pixels],
-        false,
-    );
+    let bytes = encode(32, 32, png::ColorType::Rgba, png::BitDepth::Eight, &[pixels], false);
     let found = inspect_png(&bytes, Limits::default()).unwrap();
     assert!(found.is_blank(1.0), "{}", found.luma_stddev);
 }
@@ -204,14 +149,7 @@ fn fully_transparent_rgba_is_blank() {
 #[test]
 fn handmade_apng_reports_its_frames() {
     let frames: Vec<Vec<u8>> = (0..4_u8).map(|f| vec![f * 60; 16 * 16]).collect();
-    let bytes = encode(
-        16,
-        16,
-        png::ColorType::Grayscale,
-        png::BitDepth::Eight,
-        &frames,
-        true,
-    );
+    let bytes = encode(16, 16, png::ColorType::Grayscale, png::BitDepth::Eight, &frames, true);
     let found = inspect_png(&bytes, Limits::default()).unwrap();
     assert_eq!((found.mime, found.frames), ("image/apng", 4));
     // The first frame is uniform black.
@@ -222,55 +160,20 @@ fn handmade_apng_reports_its_frames() {
 #[test]
 fn limits_are_enforced_before_decoding() {
     let bytes = rendered(Kind::Image);
-    let narrow = Limits {
-        max_width: 32,
-        ..Limits::default()
-    };
+    let narrow = Limits { max_width: 32, ..Limits::default() };
     let err = inspect_png(&bytes, narrow).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            InspectError::TooLarge {
-                width: 64,
-                height: 64
-            }
-        ),
-        "{err:?}"
-    );
-    let short = Limits {
-        max_height: 63,
-        ..Limits::default()
-    };
-    assert!(matches!(
-        inspect_png(&bytes, short),
-        Err(InspectError::TooLarge { .. })
-    ));
-    let few_pixels = Limits {
-        max_pixels: 64 * 64 - 1,
-        ..Limits::default()
-    };
-    assert!(matches!(
-        inspect_png(&bytes, few_pixels),
-        Err(InspectError::TooLarge { .. })
-    ));
-    let exact = Limits {
-        max_width: 64,
-        max_height: 64,
-        max_pixels: 64 * 64,
-        max_frames: 3,
-    };
+    assert!(matches!(err, InspectError::TooLarge { width: 64, height: 64 }), "{err:?}");
+    let short = Limits { max_height: 63, ..Limits::default() };
+    assert!(matches!(inspect_png(&bytes, short), Err(InspectError::TooLarge { .. })));
+    let few_pixels = Limits { max_pixels: 64 * 64 - 1, ..Limits::default() };
+    assert!(matches!(inspect_png(&bytes, few_pixels), Err(InspectError::TooLarge { .. })));
+    let exact = Limits { max_width: 64, max_height: 64, max_pixels: 64 * 64, max_frames: 3 };
     assert!(inspect_png(&bytes, exact).is_ok());
 
     let video = rendered(Kind::Video);
-    let few_frames = Limits {
-        max_frames: 2,
-        ..Limits::default()
-    };
+    let few_frames = Limits { max_frames: 2, ..Limits::default() };
     let err = inspect_png(&video, few_frames).unwrap_err();
-    assert!(
-        matches!(err, InspectError::TooManyFrames { frames: 3, max: 2 }),
-        "{err:?}"
-    );
+    assert!(matches!(err, InspectError::TooManyFrames { frames: 3, max: 2 }), "{err:?}");
     assert!(inspect_png(&video, exact).is_ok());
 }
 
@@ -288,16 +191,7 @@ fn huge_declared_dimensions_are_refused_without_allocating() {
     bytes.extend_from_slice(&chunk);
     bytes.extend_from_slice(&crc32(&chunk).to_be_bytes());
     let err = inspect_png(&bytes, Limits::default()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            InspectError::TooLarge {
-                width: 100_000,
-                height: 100_000
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, InspectError::TooLarge { width: 100_000, height: 100_000 }), "{err:?}");
 }
 
 fn crc32(data: &[u8]) -> u32 {
@@ -305,11 +199,7 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
         }
     }
     !crc

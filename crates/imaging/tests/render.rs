@@ -5,9 +5,7 @@ use std::io::Cursor;
 use std::ops::ControlFlow;
 
 use sakuga_imaging::render::{MAX_STEPS, MIME_APNG, MIME_PNG, PREVIEW_MAX_SIDE, SOFTWARE};
-use sakuga_imaging::{
-    Artifact, Inspection, Kind, Limits, RenderError, RenderRequest, inspect_png, render,
-};
+use sakuga_imaging::{Artifact, Inspection, Kind, Limits, RenderError, RenderRequest, inspect_png, render};
 
 fn image(prompt: &str, seed: u64) -> RenderRequest {
     RenderRequest {
@@ -55,21 +53,14 @@ fn decode_frames(bytes: &[u8]) -> Vec<Frame> {
     for _ in 0..count {
         let mut buf = vec![0; reader.output_buffer_size().unwrap()];
         reader.next_frame(&mut buf).unwrap();
-        let delay = reader
-            .info()
-            .frame_control
-            .map(|f| (f.delay_num, f.delay_den));
+        let delay = reader.info().frame_control.map(|f| (f.delay_num, f.delay_den));
         out.push((buf, delay));
     }
     out
 }
 
 fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
-    let sum: u64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| u64::from(x.abs_diff(*y)))
-        .sum();
+    let sum: u64 = a.iter().zip(b).map(|(x, y)| u64::from(x.abs_diff(*y))).sum();
     #[allow(clippy::cast_precision_loss)]
     let mean = sum as f64 / a.len() as f64;
     mean
@@ -91,27 +82,9 @@ fn seed_prompt_negative_prompt_and_index_change_the_image() {
     let base = image("a quiet shrine at dusk", 1234);
     let reference = decode_frames(&run(&base, 0).unwrap().bytes).remove(0).0;
     let variants = [
-        (
-            RenderRequest {
-                seed: 1235,
-                ..base.clone()
-            },
-            0,
-        ),
-        (
-            RenderRequest {
-                prompt: "a quiet shrine at dawn".into(),
-                ..base.clone()
-            },
-            0,
-        ),
-        (
-            RenderRequest {
-                negative_prompt: String::new(),
-                ..base.clone()
-            },
-            0,
-        ),
+        (RenderRequest { seed: 1235, ..base.clone() }, 0),
+        (RenderRequest { prompt: "a quiet shrine at dawn".into(), ..base.clone() }, 0),
+        (RenderRequest { negative_prompt: String::new(), ..base.clone() }, 0),
         (base.clone(), 1),
         (base, 7),
     ];
@@ -119,20 +92,13 @@ fn seed_prompt_negative_prompt_and_index_change_the_image() {
         let pixels = decode_frames(&run(&req, index).unwrap().bytes).remove(0).0;
         // Different pixels, not merely different metadata.
         let diff = mean_abs_diff(&reference, &pixels);
-        assert!(
-            diff > 2.0,
-            "{req:?} index {index}: mean pixel difference {diff}"
-        );
+        assert!(diff > 2.0, "{req:?} index {index}: mean pixel difference {diff}");
     }
 }
 
 #[test]
 fn image_decodes_to_requested_size_with_metadata() {
-    let req = RenderRequest {
-        width: 96,
-        height: 64,
-        ..image("summer day, blue sky", 987_654_321)
-    };
+    let req = RenderRequest { width: 96, height: 64, ..image("summer day, blue sky", 987_654_321) };
     let a = run(&req, 2).unwrap();
     assert_eq!((a.mime, a.width, a.height, a.frames), (MIME_PNG, 96, 64, 1));
     let found = inspect(&a);
@@ -167,10 +133,7 @@ fn non_ascii_prompt_survives_in_itxt() {
 fn video_is_an_apng_with_smoothly_changing_frames() {
     let req = video(5);
     let a = run(&req, 0).unwrap();
-    assert_eq!(
-        (a.mime, a.width, a.height, a.frames),
-        (MIME_APNG, 80, 64, 5)
-    );
+    assert_eq!((a.mime, a.width, a.height, a.frames), (MIME_APNG, 80, 64, 5));
     let found = inspect(&a);
     assert_eq!(found.mime, "image/apng");
     assert_eq!((found.width, found.height, found.frames), (80, 64, 5));
@@ -184,10 +147,7 @@ fn video_is_an_apng_with_smoothly_changing_frames() {
         assert_eq!(pair[1].1, Some((1, 8)), "frame delay is 1/fps s");
         let diff = mean_abs_diff(&pair[0].0, &pair[1].0);
         // The camera pans: consecutive frames differ, but only a little.
-        assert!(
-            diff > 0.2 && diff < 20.0,
-            "consecutive frame difference {diff}"
-        );
+        assert!(diff > 0.2 && diff < 20.0, "consecutive frame difference {diff}");
     }
 }
 
@@ -219,37 +179,17 @@ fn on_step_is_called_once_per_step_in_order() {
         ControlFlow::Continue(())
     })
     .unwrap();
-    assert_eq!(
-        seen,
-        vec![
-            (1, 6, 0),
-            (2, 6, 0),
-            (3, 6, 1),
-            (4, 6, 1),
-            (5, 6, 2),
-            (6, 6, 2)
-        ]
-    );
+    assert_eq!(seen, vec![(1, 6, 0), (2, 6, 0), (3, 6, 1), (4, 6, 1), (5, 6, 2), (6, 6, 2)]);
 }
 
 #[test]
 fn break_cancels_immediately() {
-    for req in [
-        RenderRequest {
-            steps: 10,
-            ..image("night sky", 3)
-        },
-        video(4),
-    ] {
+    for req in [RenderRequest { steps: 10, ..image("night sky", 3) }, video(4)] {
         let mut calls = 0;
         let result = render(&req, 0, &mut |p| {
             calls += 1;
             assert_eq!(p.step, calls);
-            if p.step == 3 {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
+            if p.step == 3 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         });
         assert!(matches!(result, Err(RenderError::Canceled)), "{result:?}");
         assert_eq!(calls, 3);
@@ -258,12 +198,7 @@ fn break_cancels_immediately() {
 
 #[test]
 fn previews_are_small_pngs_of_the_current_state() {
-    let req = RenderRequest {
-        width: 512,
-        height: 256,
-        steps: 3,
-        ..image("sunset", 9)
-    };
+    let req = RenderRequest { width: 512, height: 256, steps: 3, ..image("sunset", 9) };
     let mut previews = Vec::new();
     render(&req, 0, &mut |p| {
         previews.push(p.preview().unwrap());
@@ -274,10 +209,7 @@ fn previews_are_small_pngs_of_the_current_state() {
     for p in &previews {
         assert_eq!((p.width, p.height), (PREVIEW_MAX_SIDE, 64));
         let found = inspect_png(&p.png, Limits::default()).unwrap();
-        assert_eq!(
-            (found.width, found.height, found.mime),
-            (128, 64, "image/png")
-        );
+        assert_eq!((found.width, found.height, found.mime), (128, 64, "image/png"));
     }
     // The state changes from step to step (noise → picture).
     assert_ne!(previews[0].png, previews[2].png);
@@ -309,12 +241,7 @@ fn no_prompt_gives_a_blank_image() {
         "cyberpunk city at noon",
         "x",
     ];
-    let negatives = [
-        "",
-        "clouds, sun, moon, mountains, stars, petals",
-        "mountains, hills",
-        "雲, 山, 星, 月",
-    ];
+    let negatives = ["", "clouds, sun, moon, mountains, stars, petals", "mountains, hills", "雲, 山, 星, 月"];
     let mut lowest = f64::MAX;
     for (i, prompt) in prompts.iter().enumerate() {
         for (j, negative) in negatives.iter().enumerate() {
@@ -371,26 +298,17 @@ fn invalid_fields_are_named() {
         (with(&ok, |r| r.steps = 0), "steps"),
         (with(&ok, |r| r.steps = MAX_STEPS + 1), "steps"),
         (with(&ok, |r| r.prompt = "a".repeat(10_000)), "prompt"),
-        (
-            with(&ok, |r| r.negative_prompt = "a".repeat(10_000)),
-            "negative_prompt",
-        ),
+        (with(&ok, |r| r.negative_prompt = "a".repeat(10_000)), "negative_prompt"),
         (with(&ok, |r| r.model = "m".repeat(300)), "model"),
         (with(&vid, |r| r.frames = 0), "frames"),
         (with(&vid, |r| r.frames = 121), "frames"),
         (with(&vid, |r| r.fps = 0), "fps"),
         (with(&vid, |r| r.fps = 61), "fps"),
-        (
-            with(&vid, |r| (r.width, r.height, r.frames) = (2048, 2048, 120)),
-            "frames",
-        ),
+        (with(&vid, |r| (r.width, r.height, r.frames) = (2048, 2048, 120)), "frames"),
     ];
     for (req, field) in cases {
         let msg = invalid_field(&req);
-        assert!(
-            msg.starts_with(&format!("{field}: ")),
-            "{field}: got {msg:?}"
-        );
+        assert!(msg.starts_with(&format!("{field}: ")), "{field}: got {msg:?}");
         let display = RenderError::InvalidRequest(msg).to_string();
         assert!(display.starts_with("invalid request: "), "{display}");
     }

@@ -4,7 +4,11 @@
 //!
 //! Secrets never live here: the structs below say where in Vault to find them.
 
-use std::{net::SocketAddr, path::{Path, PathBuf}, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use figment::{
     Figment,
@@ -23,18 +27,13 @@ where
     let mut figment = Figment::from(Serialized::defaults(T::default()));
     if let Some(path) = file {
         if !path.exists() {
-            return Err(MeshError::Config(format!(
-                "config file {} does not exist",
-                path.display()
-            )));
+            return Err(MeshError::Config(format!("config file {} does not exist", path.display())));
         }
         figment = figment.merge(Toml::file_exact(path));
     }
     let prefix = format!("SAKUGA_{}__", service.to_ascii_uppercase());
     figment = figment.merge(Env::prefixed(&prefix).split("__"));
-    figment
-        .extract()
-        .map_err(|e| MeshError::Config(e.to_string()))
+    figment.extract().map_err(|e| MeshError::Config(e.to_string()))
 }
 
 /// How a service reaches Vault (OpenBao) and logs in.
@@ -106,21 +105,21 @@ impl VaultConfig {
             )));
         }
         match self.auth {
-            VaultAuth::Token if self.token_file.is_none() => Err(MeshError::Config(
-                "vault.token_file: required when vault.auth = \"token\"".to_owned(),
-            )),
+            VaultAuth::Token if self.token_file.is_none() => {
+                Err(MeshError::Config("vault.token_file: required when vault.auth = \"token\"".to_owned()))
+            }
             VaultAuth::Approle if self.role_id_file.is_none() => Err(MeshError::Config(
                 "vault.role_id_file: required when vault.auth = \"approle\"".to_owned(),
             )),
             VaultAuth::Approle if self.secret_id_file.is_none() => Err(MeshError::Config(
                 "vault.secret_id_file: required when vault.auth = \"approle\"".to_owned(),
             )),
-            _ if self.cert_ttl_secs < 60 => Err(MeshError::Config(
-                "vault.cert_ttl_secs: must be at least 60".to_owned(),
-            )),
-            _ if self.connect_attempts == 0 => Err(MeshError::Config(
-                "vault.connect_attempts: must be at least 1".to_owned(),
-            )),
+            _ if self.cert_ttl_secs < 60 => {
+                Err(MeshError::Config("vault.cert_ttl_secs: must be at least 60".to_owned()))
+            }
+            _ if self.connect_attempts == 0 => {
+                Err(MeshError::Config("vault.connect_attempts: must be at least 1".to_owned()))
+            }
             _ => Ok(()),
         }
     }
@@ -143,10 +142,7 @@ pub struct TlsConfig {
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        Self {
-            dns_names: vec!["localhost".to_owned()],
-            ip_addresses: vec!["127.0.0.1".to_owned()],
-        }
+        Self { dns_names: vec!["localhost".to_owned()], ip_addresses: vec!["127.0.0.1".to_owned()] }
     }
 }
 
@@ -185,9 +181,7 @@ impl DatabaseConfig {
     /// Checks ranges.
     pub fn validate(&self) -> Result<(), MeshError> {
         if self.max_connections == 0 {
-            return Err(MeshError::Config(
-                "database.max_connections: must be at least 1".to_owned(),
-            ));
+            return Err(MeshError::Config("database.max_connections: must be at least 1".to_owned()));
         }
         if self.dbname.is_empty() {
             return Err(MeshError::Config("database.dbname: must not be empty".to_owned()));
@@ -224,9 +218,7 @@ impl Default for RedisConfig {
 
 /// Parses a listen address, naming the field in the error.
 pub fn parse_listen(field: &str, value: &str) -> Result<SocketAddr, MeshError> {
-    value
-        .parse()
-        .map_err(|_| MeshError::Config(format!("{field}: not a socket address: {value:?}")))
+    value.parse().map_err(|_| MeshError::Config(format!("{field}: not a socket address: {value:?}")))
 }
 
 #[cfg(test)]
@@ -257,9 +249,8 @@ mod tests {
 
     #[test]
     fn missing_file_is_an_error() {
-        let err = load::<Sample>("sampletest", Some(Path::new("/nonexistent/x.toml")))
-            .unwrap_err()
-            .to_string();
+        let err =
+            load::<Sample>("sampletest", Some(Path::new("/nonexistent/x.toml"))).unwrap_err().to_string();
         assert!(err.contains("does not exist"), "{err}");
     }
 

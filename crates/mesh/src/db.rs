@@ -65,10 +65,7 @@ pub async fn connect(cfg: &DatabaseConfig, creds: &Credentials) -> Result<Pool, 
         attempt += 1;
         match pool.get().await {
             Ok(client) => {
-                client
-                    .simple_query("SELECT 1")
-                    .await
-                    .map_err(|e| MeshError::Database(e.to_string()))?;
+                client.simple_query("SELECT 1").await.map_err(|e| MeshError::Database(e.to_string()))?;
                 return Ok(pool);
             }
             Err(e) if attempt < 6 => {
@@ -107,15 +104,12 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<i64>, MeshError> {
     let done: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     let mut applied = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
-        tx.batch_execute(m.sql).await.map_err(|e| {
-            MeshError::Database(format!("migration {} ({}): {e}", m.version, m.name))
-        })?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-            &[&m.version, &m.name],
-        )
-        .await
-        .map_err(db)?;
+        tx.batch_execute(m.sql)
+            .await
+            .map_err(|e| MeshError::Database(format!("migration {} ({}): {e}", m.version, m.name)))?;
+        tx.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", &[&m.version, &m.name])
+            .await
+            .map_err(db)?;
         info!(version = m.version, name = m.name, "migration applied");
         applied.push(m.version);
     }

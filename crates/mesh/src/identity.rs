@@ -51,10 +51,9 @@ pub fn peer_identity<T>(req: &Request<T>) -> Option<PeerIdentity> {
 pub fn require_peer<T>(req: &Request<T>, allowed: &[&str]) -> Result<PeerIdentity, Status> {
     match peer_identity(req) {
         Some(id) if allowed.contains(&id.name.as_str()) => Ok(id),
-        Some(id) => Err(Status::permission_denied(format!(
-            "service identity {} may not call this method",
-            id.uri()
-        ))),
+        Some(id) => {
+            Err(Status::permission_denied(format!("service identity {} may not call this method", id.uri())))
+        }
         None => Err(Status::unauthenticated("no mesh service identity in the client certificate")),
     }
 }

@@ -123,9 +123,7 @@ impl GrpcServer {
         );
         let incoming = crate::tls::incoming(self.listener, tls.acceptor(), shutdown.clone());
         info!(addr = %self.local_addr, services = ?self.services, "serving");
-        let serve = self
-            .router
-            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+        let serve = self.router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
         let deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(grace).await;

@@ -29,7 +29,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
-use crate::{config::TlsConfig, error::MeshError, vault::{IssuedCert, Vault}};
+use crate::{
+    config::TlsConfig,
+    error::MeshError,
+    vault::{IssuedCert, Vault},
+};
 
 /// Installs ring as the process-wide rustls provider. Call first thing in `main`;
 /// calling it again is harmless.
@@ -225,7 +229,8 @@ impl MeshTls {
                 }
                 let result = async {
                     vault.relogin().await?;
-                    let cert = vault.issue_certificate(&tls.service, &cfg.dns_names, &cfg.ip_addresses).await?;
+                    let cert =
+                        vault.issue_certificate(&tls.service, &cfg.dns_names, &cfg.ip_addresses).await?;
                     tls.rotate(&cert)
                 }
                 .await;
@@ -237,7 +242,7 @@ impl MeshTls {
                             () = shutdown.cancelled() => return,
                             () = tokio::time::sleep(retry) => {}
                         }
-                        retry = (retry * 2).min(Duration::from_secs(60));
+                        retry = (retry * 2).min(Duration::from_mins(1));
                     }
                 }
             }
@@ -287,9 +292,7 @@ fn split_host_port(addr: &str) -> Result<(&str, u16), MeshError> {
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| MeshError::Config(format!("address {addr:?}: expected host:port")))?;
-    let port = port
-        .parse()
-        .map_err(|_| MeshError::Config(format!("address {addr:?}: bad port")))?;
+    let port = port.parse().map_err(|_| MeshError::Config(format!("address {addr:?}: bad port")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(MeshError::Config(format!("address {addr:?}: empty host")));
@@ -342,7 +345,7 @@ mod tests {
 
     #[test]
     fn renewal_waits_two_thirds_of_what_is_left() {
-        assert_eq!(renew_after(1_000 + 90, 1_000), Duration::from_secs(60));
+        assert_eq!(renew_after(1_000 + 90, 1_000), Duration::from_mins(1));
         assert_eq!(renew_after(10, 1_000), Duration::from_secs(1));
     }
 

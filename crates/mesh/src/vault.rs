@@ -130,8 +130,7 @@ impl Vault {
                 .build()
                 .map_err(|e| LoginError::Local(MeshError::Config(format!("vault: {e}"))))
                 .and_then(|s| {
-                    VaultClient::new(s)
-                        .map_err(|e| LoginError::Local(MeshError::Vault(describe(&e))))
+                    VaultClient::new(s).map_err(|e| LoginError::Local(MeshError::Vault(describe(&e))))
                 })
         };
         let vault = match config.auth {
@@ -139,16 +138,14 @@ impl Vault {
                 let path = config.token_file.as_deref().unwrap_or(std::path::Path::new(""));
                 let token = read_file_trimmed("vault.token_file", path).map_err(LoginError::Local)?;
                 let c = client(token.expose_secret())?;
-                c.lookup().await.map_err(classify)?;
+                c.lookup().await.map_err(|e| classify(&e))?;
                 c
             }
             VaultAuth::Approle => {
                 let empty = std::path::Path::new("");
-                let role_id = read_file_trimmed(
-                    "vault.role_id_file",
-                    config.role_id_file.as_deref().unwrap_or(empty),
-                )
-                .map_err(LoginError::Local)?;
+                let role_id =
+                    read_file_trimmed("vault.role_id_file", config.role_id_file.as_deref().unwrap_or(empty))
+                        .map_err(LoginError::Local)?;
                 let secret_id = read_file_trimmed(
                     "vault.secret_id_file",
                     config.secret_id_file.as_deref().unwrap_or(empty),
@@ -162,7 +159,7 @@ impl Vault {
                     secret_id.expose_secret(),
                 )
                 .await
-                .map_err(classify)?;
+                .map_err(|e| classify(&e))?;
                 c.set_token(&auth.client_token);
                 c
             }
@@ -182,11 +179,7 @@ impl Vault {
         vaultrs::kv2::read::<HashMap<String, String>>(&self.client, &self.config.kv_mount, path)
             .await
             .map_err(|e| {
-                MeshError::Vault(format!(
-                    "reading secret {}/{path}: {}",
-                    self.config.kv_mount,
-                    describe(&e)
-                ))
+                MeshError::Vault(format!("reading secret {}/{path}: {}", self.config.kv_mount, describe(&e)))
             })
     }
 
@@ -195,10 +188,7 @@ impl Vault {
         let mut fields = self.read_kv(path).await?;
         Ok(Credentials {
             username: fields.remove("username").filter(|s| !s.is_empty()),
-            password: fields
-                .remove("password")
-                .filter(|s| !s.is_empty())
-                .map(SecretString::from),
+            password: fields.remove("password").filter(|s| !s.is_empty()).map(SecretString::from),
         })
     }
 
@@ -255,13 +245,11 @@ enum LoginError {
     Local(MeshError),
 }
 
-fn classify(e: ClientError) -> LoginError {
-    match &e {
+fn classify(e: &ClientError) -> LoginError {
+    match e {
         // Sealed or standby Vault answers 503; keep trying.
-        ClientError::APIError { code, .. } if *code == 503 || *code >= 500 => {
-            LoginError::Unreachable(describe(&e))
-        }
-        ClientError::APIError { .. } => LoginError::Refused(describe(&e)),
-        _ => LoginError::Unreachable(describe(&e)),
+        ClientError::APIError { code, .. } if *code >= 500 => LoginError::Unreachable(describe(e)),
+        ClientError::APIError { .. } => LoginError::Refused(describe(e)),
+        _ => LoginError::Unreachable(describe(e)),
     }
 }

@@ -10,6 +10,7 @@
 )]
 
 /// Generated code for package `sakuga.v1`.
+#[allow(clippy::all)]
 pub mod v1 {
     tonic::include_proto!("sakuga.v1");
 }

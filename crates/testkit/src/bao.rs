@@ -33,10 +33,8 @@ static SHARED: OnceCell<Bao> = OnceCell::const_new();
 static WATCHDOG: Mutex<Option<Child>> = Mutex::new(None);
 
 fn bao_bin() -> PathBuf {
-    std::env::var_os("SAKUGA_BAO_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/bin/bao"),
-        PathBuf::from,
-    )
+    std::env::var_os("SAKUGA_BAO_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/bin/bao"), PathBuf::from)
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -74,12 +72,12 @@ fn start_dev_server() -> anyhow::Result<(String, String)> {
     Ok((format!("http://127.0.0.1:{port}"), token))
 }
 
-async fn wait_ready(client: &VaultClient) -> anyhow::Result<()> {
+async fn wait_ready(client: &VaultClient, limit: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
         match client.lookup().await {
             Ok(_) => return Ok(()),
-            Err(e) if start.elapsed() > Duration::from_secs(20) => {
+            Err(e) if start.elapsed() > limit => {
                 anyhow::bail!("OpenBao dev server did not come up: {e}")
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -117,16 +115,43 @@ async fn seed_pki(client: &VaultClient, mount: &str) -> anyhow::Result<()> {
 pub(crate) async fn shared() -> anyhow::Result<&'static Bao> {
     SHARED
         .get_or_try_init(|| async {
-            let (addr, token) = match (std::env::var("SAKUGA_TEST_VAULT_ADDR"), std::env::var("SAKUGA_TEST_VAULT_TOKEN")) {
-                (Ok(addr), Ok(token)) => (addr, token),
-                _ => start_dev_server()?,
-            };
             let pki_mount = format!("pki-test-{}", crate::random_suffix());
-            let bao = Bao { addr, token, pki_mount };
-            let client = bao.client()?;
-            wait_ready(&client).await?;
-            seed_pki(&client, &bao.pki_mount).await?;
+            let bao =
+                match (std::env::var("SAKUGA_TEST_VAULT_ADDR"), std::env::var("SAKUGA_TEST_VAULT_TOKEN")) {
+                    (Ok(addr), Ok(token)) => {
+                        let bao = Bao { addr, token, pki_mount };
+                        wait_ready(&bao.client()?, Duration::from_secs(20)).await?;
+                        bao
+                    }
+                    _ => start_with_retries(pki_mount).await?,
+                };
+            seed_pki(&bao.client()?, &bao.pki_mount).await?;
             Ok(bao)
         })
         .await
+}
+
+/// Another process may grab the port between our probe and the server's bind: try a few
+/// ports before giving up.
+async fn start_with_retries(pki_mount: String) -> anyhow::Result<Bao> {
+    let mut last = None;
+    for _ in 0..3 {
+        let (addr, token) = start_dev_server()?;
+        let bao = Bao { addr, token, pki_mount: pki_mount.clone() };
+        match wait_ready(&bao.client()?, Duration::from_secs(10)).await {
+            Ok(()) => return Ok(bao),
+            Err(e) => {
+                stop_dev_server();
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("OpenBao dev server did not start")))
+}
+
+fn stop_dev_server() {
+    if let Some(mut child) = WATCHDOG.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
 }

@@ -33,7 +33,9 @@ pub use services::{
 pub fn init_logging() {
     if std::env::var("TEST_LOG").is_ok_and(|v| v == "1") {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            )
             .with_test_writer()
             .try_init();
     }
@@ -170,9 +172,7 @@ pub fn foreign_identity(service: &str) -> anyhow::Result<Arc<MeshTls>> {
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
-    params
-        .subject_alt_names
-        .push(SanType::URI(sakuga_mesh::identity::spiffe_id(service).try_into()?));
+    params.subject_alt_names.push(SanType::URI(sakuga_mesh::identity::spiffe_id(service).try_into()?));
     params.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
     let cert = params.signed_by(&key, &issuer)?;
     // It trusts its own CA, so the only thing that can fail is the server refusing it.

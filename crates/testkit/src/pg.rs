@@ -72,7 +72,8 @@ impl Admin {
         let template = template_name();
         admin.execute("SELECT pg_advisory_lock(7261)", &[]).await?;
         let result = async {
-            let exists = admin.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&template]).await?;
+            let exists =
+                admin.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&template]).await?;
             if exists.is_none() {
                 // Names are generated here from hex digits: safe to splice.
                 admin.batch_execute(&format!("CREATE DATABASE {template}")).await?;
@@ -87,14 +88,14 @@ impl Admin {
                 pool.close();
             }
             let cutoff = now_secs().saturating_sub(3600);
-            let stale = admin
-                .query("SELECT datname FROM pg_database WHERE datname LIKE 'sakuga_t\\_%'", &[])
-                .await?;
+            let stale =
+                admin.query("SELECT datname FROM pg_database WHERE datname LIKE 'sakuga_t\\_%'", &[]).await?;
             for row in stale {
                 let name: String = row.get(0);
                 let born = name.split('_').nth(2).and_then(|s| s.parse::<u64>().ok()).unwrap_or(u64::MAX);
                 if born < cutoff && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                    let _ =
+                        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
                 }
             }
             anyhow::Ok(())

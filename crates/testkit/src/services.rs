@@ -36,7 +36,7 @@ fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-async fn spawn<A, F>(app: A, addr: SocketAddr, run: impl FnOnce(A, CancellationToken) -> F) -> Spawned
+fn spawn<A, F>(app: A, addr: SocketAddr, run: impl FnOnce(A, CancellationToken) -> F) -> Spawned
 where
     F: Future<Output = Result<(), MeshError>> + Send + 'static,
 {
@@ -65,7 +65,7 @@ pub fn scheduler_config(env: &TestEnv) -> sakuga_scheduler::Config {
 pub async fn spawn_scheduler(config: sakuga_scheduler::Config) -> anyhow::Result<Spawned> {
     let app = sakuga_scheduler::Application::build(config).await?;
     let addr = app.local_addr();
-    Ok(spawn(app, addr, |a, s| a.run_until_stopped(s)).await)
+    Ok(spawn(app, addr, sakuga_scheduler::Application::run_until_stopped))
 }
 
 /// Organizer configuration for this environment, storing under `root`.
@@ -85,7 +85,7 @@ pub fn organizer_config(env: &TestEnv, root: PathBuf) -> sakuga_organizer::Confi
 pub async fn spawn_organizer(config: sakuga_organizer::Config) -> anyhow::Result<Spawned> {
     let app = sakuga_organizer::Application::build(config).await?;
     let addr = app.local_addr();
-    Ok(spawn(app, addr, |a, s| a.run_until_stopped(s)).await)
+    Ok(spawn(app, addr, sakuga_organizer::Application::run_until_stopped))
 }
 
 /// Auth configuration for this environment.
@@ -104,7 +104,7 @@ pub fn auth_config(env: &TestEnv) -> sakuga_auth::Config {
 pub async fn spawn_auth(config: sakuga_auth::Config) -> anyhow::Result<Spawned> {
     let app = sakuga_auth::Application::build(config).await?;
     let addr = app.local_addr();
-    Ok(spawn(app, addr, |a, s| a.run_until_stopped(s)).await)
+    Ok(spawn(app, addr, sakuga_auth::Application::run_until_stopped))
 }
 
 /// Generator configuration for this environment.
@@ -128,5 +128,5 @@ pub fn generator_config(env: &TestEnv, scheduler: &Spawned, organizer: &Spawned)
 pub async fn spawn_generator(config: sakuga_generator::Config) -> anyhow::Result<Spawned> {
     let app = sakuga_generator::Application::build(config).await?;
     let addr = app.local_addr();
-    Ok(spawn(app, addr, |a, s| a.run_until_stopped(s)).await)
+    Ok(spawn(app, addr, sakuga_generator::Application::run_until_stopped))
 }

@@ -59,7 +59,13 @@ impl Application {
             vec![("postgres", db::health_check(&pool)), ("redis", redis.health_check())];
         let result = server
             .add_service(AuthServiceServer::new(grpc::Api))
-            .serve(tls, checks, Duration::from_secs(2), Duration::from_secs(config.shutdown_grace_secs), shutdown)
+            .serve(
+                tls,
+                checks,
+                Duration::from_secs(2),
+                Duration::from_secs(config.shutdown_grace_secs),
+                shutdown,
+            )
             .await;
         renewal.abort();
         result

@@ -3,8 +3,8 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use sakuga_mesh::{shutdown, telemetry, tls};
 use sakuga_auth::{Application, Config};
+use sakuga_mesh::{shutdown, telemetry, tls};
 
 #[derive(Parser)]
 #[command(name = "sakuga-auth", version, about = "Sakuga auth service")]

@@ -56,7 +56,8 @@ impl Application {
         // when the worker is done.
         let worker_done = CancellationToken::new();
         let worker = {
-            let (config, attached, shutdown, done) = (config.clone(), attached.clone(), shutdown.clone(), worker_done.clone());
+            let (config, attached, shutdown, done) =
+                (config.clone(), attached.clone(), shutdown.clone(), worker_done.clone());
             tokio::spawn(async move {
                 worker::run(config, scheduler, organizer, attached, shutdown).await;
                 done.cancel();

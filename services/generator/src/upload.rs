@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use sakuga_imaging::Artifact;
 use sakuga_proto::v1::{
-    ArtifactHeader, JobKind, StoreArtifactRequest, file_service_client::FileServiceClient, store_artifact_request::Part,
+    ArtifactHeader, JobKind, StoreArtifactRequest, file_service_client::FileServiceClient,
+    store_artifact_request::Part,
 };
 use sha2::{Digest as _, Sha256};
 use tonic::{Code, transport::Channel};
@@ -63,7 +64,10 @@ pub async fn store(
         attempt += 1;
         let mut messages = vec![StoreArtifactRequest { part: Some(Part::Header(header.clone())) }];
         messages.extend(
-            artifact.bytes.chunks(chunk_bytes).map(|c| StoreArtifactRequest { part: Some(Part::Chunk(c.to_vec())) }),
+            artifact
+                .bytes
+                .chunks(chunk_bytes)
+                .map(|c| StoreArtifactRequest { part: Some(Part::Chunk(c.to_vec())) }),
         );
         let mut client = client.clone();
         match client.store_artifact(tokio_stream::iter(messages)).await {
@@ -82,7 +86,9 @@ pub async fn store(
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
-            Err(s) => return Err(UploadError::Failed(format!("{:?}: {}", s.code(), s.message()))),
+            Err(s) => {
+                return Err(UploadError::Failed(format!("{:?}: {}", s.code(), s.message())));
+            }
         }
     }
 }

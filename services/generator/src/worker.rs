@@ -13,14 +13,15 @@ use std::{
 };
 
 use sakuga_proto::v1::{
-    AssignmentAck, Assignment, AttachRequest, Heartbeat, JobCanceledAck, JobCompleted, JobFailed, JobKind, JobProgress,
-    LeasedJob, PreviewUpdate, ProgressUpdate, WorkerDraining, WorkerHello, attach_request::Msg, attach_response,
-    file_service_client::FileServiceClient, worker_service_client::WorkerServiceClient,
+    Assignment, AssignmentAck, AttachRequest, AttachResponse, Heartbeat, JobCanceledAck, JobCompleted,
+    JobFailed, JobKind, JobProgress, LeasedJob, PreviewUpdate, ProgressUpdate, WorkerDraining, WorkerHello,
+    attach_request::Msg, attach_response, file_service_client::FileServiceClient,
+    worker_service_client::WorkerServiceClient,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::{Streaming, transport::Channel};
 use tracing::{info, warn};
 
 use crate::{
@@ -55,7 +56,7 @@ pub(crate) async fn run(
 ) {
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(1024);
     let mut w = Worker {
-        worker_id: config.effective_worker_id(),
+        id: config.effective_worker_id(),
         config,
         organizer: FileServiceClient::new(organizer),
         jobs: HashMap::new(),
@@ -67,7 +68,8 @@ pub(crate) async fn run(
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     loop {
         if shutdown.is_cancelled() && drain_deadline.is_none() {
-            drain_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(w.config.shutdown_grace_secs));
+            drain_deadline =
+                Some(tokio::time::Instant::now() + Duration::from_secs(w.config.shutdown_grace_secs));
         }
         if drain_deadline.is_some() && w.jobs.is_empty() && w.unsent.is_empty() {
             info!("worker drained");
@@ -82,14 +84,16 @@ pub(crate) async fn run(
                 backoff = Duration::from_millis(200);
                 warn!("scheduler stream closed, reconnecting");
             }
-            Err(e) => warn!(error = %e, backoff_ms = backoff.as_millis(), "cannot attach to scheduler, retrying"),
+            Err(e) => {
+                warn!(error = %e, backoff_ms = backoff.as_millis(), "cannot attach to scheduler, retrying");
+            }
         }
         attached.store(false, Ordering::SeqCst);
-        if let Some(deadline) = drain_deadline {
-            if tokio::time::Instant::now() >= deadline {
-                warn!(running = w.jobs.len(), "grace period over while disconnected; leases will expire");
-                return;
-            }
+        if let Some(deadline) = drain_deadline
+            && tokio::time::Instant::now() >= deadline
+        {
+            warn!(running = w.jobs.len(), "grace period over while disconnected; leases will expire");
+            return;
         }
         // Keep draining job events while disconnected so job tasks never block.
         let sleep = tokio::time::sleep(backoff);
@@ -115,7 +119,7 @@ enum SessionEnd {
 
 struct Worker {
     config: Arc<Config>,
-    worker_id: String,
+    id: String,
     organizer: FileServiceClient<Channel>,
     jobs: HashMap<String, Running>,
     /// Messages that could not be sent (completions, failures) while disconnected.
@@ -135,13 +139,58 @@ impl Worker {
             Event::Finished(id) => {
                 self.jobs.remove(&id);
             }
-            Event::Send(m @ (Msg::Completed(_) | Msg::Failed(_) | Msg::Canceled(_))) => self.unsent.push_back(m),
+            Event::Send(m @ (Msg::Completed(_) | Msg::Failed(_) | Msg::Canceled(_))) => {
+                self.unsent.push_back(m);
+            }
             Event::Send(_) => {}
         }
     }
 
     fn running(&self) -> Vec<LeasedJob> {
         self.jobs.iter().map(|(id, r)| leased(id, &r.lease)).collect()
+    }
+
+    /// Opens the stream: hello (re-announcing running jobs), then the welcome, which says
+    /// which of them this worker keeps and how often to heartbeat.
+    async fn attach(
+        &mut self,
+        scheduler: &Channel,
+        attached: &AtomicBool,
+    ) -> Result<(mpsc::Sender<AttachRequest>, Streaming<AttachResponse>, Duration), tonic::Status> {
+        let (out, out_rx) = mpsc::channel::<AttachRequest>(256);
+        let hello = WorkerHello {
+            worker_id: self.id.clone(),
+            slots: self.config.slots,
+            backends: self.config.backends.clone(),
+            loaded_models: vec!["builtin-v1".to_owned()],
+            running: self.running(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        // The hello is queued before the call so the scheduler reads it first.
+        let _ = out.send(AttachRequest { msg: Some(Msg::Hello(hello)) }).await;
+        let mut client = WorkerServiceClient::new(scheduler.clone());
+        let mut inbound = client.attach(ReceiverStream::new(out_rx)).await?.into_inner();
+        let welcome = match inbound.message().await? {
+            Some(AttachResponse { msg: Some(attach_response::Msg::Welcome(w)) }) => w,
+            Some(_) => {
+                return Err(tonic::Status::internal("scheduler did not answer hello with welcome"));
+            }
+            None => return Err(tonic::Status::unavailable("scheduler closed the stream")),
+        };
+        for id in &welcome.dropped_job_ids {
+            if let Some(r) = self.jobs.remove(id) {
+                warn!(job_id = %id, "lease lost while disconnected, stopping job");
+                r.cancel.cancel();
+            }
+        }
+        attached.store(true, Ordering::SeqCst);
+        info!(worker_id = %self.id, session = %welcome.session_id, kept = welcome.kept_job_ids.len(), "attached to scheduler");
+        let beat = welcome
+            .heartbeat_interval
+            .and_then(|d| Some(Duration::new(u64::try_from(d.seconds).ok()?, u32::try_from(d.nanos).ok()?)))
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(2));
+        Ok((out, inbound, beat))
     }
 
     async fn session(
@@ -152,49 +201,18 @@ impl Worker {
         shutdown: &CancellationToken,
         drain_deadline: &mut Option<tokio::time::Instant>,
     ) -> Result<SessionEnd, tonic::Status> {
-        let (out, out_rx) = mpsc::channel::<AttachRequest>(256);
         let send = |m: Msg| AttachRequest { msg: Some(m) };
-        let hello = WorkerHello {
-            worker_id: self.worker_id.clone(),
-            slots: self.config.slots,
-            backends: self.config.backends.clone(),
-            loaded_models: vec!["builtin-v1".to_owned()],
-            running: self.running(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-        };
-        // The hello is queued before the call so the scheduler reads it first.
-        let _ = out.send(send(Msg::Hello(hello))).await;
-        let mut client = WorkerServiceClient::new(scheduler.clone());
-        let mut inbound = client.attach(ReceiverStream::new(out_rx)).await?.into_inner();
-        let welcome = match inbound.message().await? {
-            Some(m) => match m.msg {
-                Some(attach_response::Msg::Welcome(w)) => w,
-                _ => return Err(tonic::Status::internal("scheduler did not answer hello with welcome")),
-            },
-            None => return Err(tonic::Status::unavailable("scheduler closed the stream")),
-        };
-        for id in &welcome.dropped_job_ids {
-            if let Some(r) = self.jobs.remove(id) {
-                warn!(job_id = %id, "lease lost while disconnected, stopping job");
-                r.cancel.cancel();
-            }
-        }
-        attached.store(true, Ordering::SeqCst);
-        info!(worker_id = %self.worker_id, session = %welcome.session_id, kept = welcome.kept_job_ids.len(), "attached to scheduler");
+        let (out, mut inbound, beat) = self.attach(scheduler, attached).await?;
         while let Some(m) = self.unsent.pop_front() {
             if out.send(send(m)).await.is_err() {
                 return Ok(SessionEnd::Disconnected);
             }
         }
-        let beat = welcome
-            .heartbeat_interval
-            .and_then(|d| u64::try_from(d.seconds).ok().map(|s| Duration::from_secs(s) + Duration::from_nanos(u64::try_from(d.nanos).unwrap_or(0))))
-            .filter(|d| !d.is_zero())
-            .unwrap_or(Duration::from_secs(2));
         let mut heartbeat = tokio::time::interval(beat);
         let mut draining = drain_deadline.is_some();
         if draining {
-            let _ = out.send(send(Msg::Draining(WorkerDraining { reason: "shutting down".to_owned() }))).await;
+            let _ =
+                out.send(send(Msg::Draining(WorkerDraining { reason: "shutting down".to_owned() }))).await;
         }
         loop {
             if draining && self.jobs.is_empty() {
@@ -242,33 +260,51 @@ impl Worker {
                     let _ = out.send(send(Msg::Draining(WorkerDraining { reason: "shutting down".to_owned() }))).await;
                 }
                 () = deadline => {
-                    warn!(running = self.jobs.len(), "grace period over, handing running jobs back");
-                    for (id, r) in self.jobs.drain() {
-                        r.cancel.cancel();
-                        let failed = JobFailed { job: Some(leased(&id, &r.lease)), error: "worker shut down before the job finished".to_owned(), retryable: true };
-                        let _ = out.send(send(Msg::Failed(failed))).await;
-                    }
+                    self.hand_back(&out).await;
                     return Ok(SessionEnd::Drained);
                 }
             }
         }
     }
 
-    async fn on_message(&mut self, m: attach_response::Msg, draining: bool, out: &mpsc::Sender<AttachRequest>) {
+    /// Grace period over: stop running jobs and give them back for another worker.
+    async fn hand_back(&mut self, out: &mpsc::Sender<AttachRequest>) {
+        warn!(running = self.jobs.len(), "grace period over, handing running jobs back");
+        for (id, r) in self.jobs.drain() {
+            r.cancel.cancel();
+            let failed = JobFailed {
+                job: Some(leased(&id, &r.lease)),
+                error: "worker shut down before the job finished".to_owned(),
+                retryable: true,
+            };
+            let _ = out.send(AttachRequest { msg: Some(Msg::Failed(failed)) }).await;
+        }
+    }
+
+    async fn on_message(
+        &mut self,
+        m: attach_response::Msg,
+        draining: bool,
+        out: &mpsc::Sender<AttachRequest>,
+    ) {
         match m {
             attach_response::Msg::Assignment(a) => {
                 let full = self.jobs.len() >= self.config.slots as usize;
                 if draining || full {
                     let failed = JobFailed {
                         job: Some(leased(&a.job_id, &a.lease_token)),
-                        error: if draining { "worker is draining" } else { "worker has no free slot" }.to_owned(),
+                        error: if draining { "worker is draining" } else { "worker has no free slot" }
+                            .to_owned(),
                         retryable: true,
                     };
                     let _ = out.send(AttachRequest { msg: Some(Msg::Failed(failed)) }).await;
                     return;
                 }
                 let cancel = CancellationToken::new();
-                self.jobs.insert(a.job_id.clone(), Running { lease: a.lease_token.clone(), cancel: cancel.clone() });
+                self.jobs.insert(
+                    a.job_id.clone(),
+                    Running { lease: a.lease_token.clone(), cancel: cancel.clone() },
+                );
                 info!(job_id = %a.job_id, attempt = a.attempt, "job received");
                 tokio::spawn(run_job(
                     a,
@@ -325,10 +361,14 @@ async fn run_job(
             info!(job_id = %a.job_id, "job stopped");
             Msg::Canceled(JobCanceledAck { job: Some(job) })
         }
-        Err(BackendError::Invalid(why)) => {
-            Msg::Failed(JobFailed { job: Some(job), error: format!("invalid request: {why}"), retryable: false })
+        Err(BackendError::Invalid(why)) => Msg::Failed(JobFailed {
+            job: Some(job),
+            error: format!("invalid request: {why}"),
+            retryable: false,
+        }),
+        Err(BackendError::Transient(why)) => {
+            Msg::Failed(JobFailed { job: Some(job), error: why, retryable: true })
         }
-        Err(BackendError::Transient(why)) => Msg::Failed(JobFailed { job: Some(job), error: why, retryable: true }),
     };
     emit(msg).await;
     let _ = events.send(Event::Finished(a.job_id)).await;
@@ -357,21 +397,44 @@ async fn render_and_store(
     for index in 0..batch {
         let tx = events.clone();
         let lease = job.clone();
-        let artifact = builtin::generate(req.clone(), index, config.preview_every_steps, cancel.clone(), move |s, preview| {
-            let step = index * per_item + s.step;
-            let progress = JobProgress { step, total_steps: total, stage: "generating".to_owned(), item: index };
-            // Progress is best effort while disconnected; completion is not.
-            let _ = tx.try_send(Event::Send(Msg::Progress(ProgressUpdate { job: Some(lease.clone()), progress: Some(progress) })));
-            if let Some(png) = preview {
-                let _ = tx.try_send(Event::Send(Msg::Preview(PreviewUpdate { job: Some(lease.clone()), png, step, item: index })));
-            }
-        })
+        let artifact = builtin::generate(
+            req.clone(),
+            index,
+            config.preview_every_steps,
+            cancel.clone(),
+            move |s, preview| {
+                let step = index * per_item + s.step;
+                let progress =
+                    JobProgress { step, total_steps: total, stage: "generating".to_owned(), item: index };
+                // Progress is best effort while disconnected; completion is not.
+                let _ = tx.try_send(Event::Send(Msg::Progress(ProgressUpdate {
+                    job: Some(lease.clone()),
+                    progress: Some(progress),
+                })));
+                if let Some(png) = preview {
+                    let _ = tx.try_send(Event::Send(Msg::Preview(PreviewUpdate {
+                        job: Some(lease.clone()),
+                        png,
+                        step,
+                        item: index,
+                    })));
+                }
+            },
+        )
         .await?;
         if cancel.is_cancelled() {
             return Err(BackendError::Canceled);
         }
-        let uploading = JobProgress { step: (index + 1) * per_item, total_steps: total, stage: "uploading".to_owned(), item: index };
-        let _ = events.try_send(Event::Send(Msg::Progress(ProgressUpdate { job: Some(job.clone()), progress: Some(uploading) })));
+        let uploading = JobProgress {
+            step: (index + 1) * per_item,
+            total_steps: total,
+            stage: "uploading".to_owned(),
+            item: index,
+        };
+        let _ = events.try_send(Event::Send(Msg::Progress(ProgressUpdate {
+            job: Some(job.clone()),
+            progress: Some(uploading),
+        })));
         let id = upload::store(organizer, &target, index, &artifact, config.upload_chunk_bytes)
             .await
             .map_err(|e| BackendError::Transient(e.to_string()))?;

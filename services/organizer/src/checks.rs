@@ -38,7 +38,8 @@ pub fn run(bytes: &[u8], expected: &Expected) -> Result<Vec<String>, OrganizerEr
     if !digest.eq_ignore_ascii_case(&expected.sha256) {
         return reject("sha256 does not match the header".to_owned());
     }
-    let found = inspect_png(bytes, Limits::default()).map_err(|e| OrganizerError::Rejected(format!("does not decode: {e}")))?;
+    let found = inspect_png(bytes, Limits::default())
+        .map_err(|e| OrganizerError::Rejected(format!("does not decode: {e}")))?;
     if found.mime != expected.mime {
         return reject(format!("content is {}, header said {}", found.mime, expected.mime));
     }

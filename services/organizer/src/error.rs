@@ -41,7 +41,9 @@ impl OrganizerError {
 impl From<OrganizerError> for Status {
     fn from(e: OrganizerError) -> Self {
         match e {
-            OrganizerError::InvalidField { field, reason } => Status::invalid_argument(format!("{field}: {reason}")),
+            OrganizerError::InvalidField { field, reason } => {
+                Status::invalid_argument(format!("{field}: {reason}"))
+            }
             OrganizerError::Rejected(why) => Status::invalid_argument(format!("artifact rejected: {why}")),
             OrganizerError::NotFound(what) => Status::not_found(format!("{what} not found")),
             OrganizerError::Storage(e) => {

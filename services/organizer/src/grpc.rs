@@ -24,13 +24,21 @@ const MAX_CHUNK: usize = 1024 * 1024;
 const READ_CHUNK: usize = 256 * 1024;
 
 fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0) }
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
 }
 
-fn from_timestamp(field: &'static str, t: Option<prost_types::Timestamp>) -> Result<Option<DateTime<Utc>>, OrganizerError> {
+fn from_timestamp(
+    field: &'static str,
+    t: Option<prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, OrganizerError> {
     t.map(|t| {
-        let nanos = u32::try_from(t.nanos).map_err(|_| OrganizerError::invalid(field, "nanos out of range"))?;
-        DateTime::from_timestamp(t.seconds, nanos).ok_or_else(|| OrganizerError::invalid(field, "out of range"))
+        let nanos =
+            u32::try_from(t.nanos).map_err(|_| OrganizerError::invalid(field, "nanos out of range"))?;
+        DateTime::from_timestamp(t.seconds, nanos)
+            .ok_or_else(|| OrganizerError::invalid(field, "out of range"))
     })
     .transpose()
 }
@@ -45,12 +53,8 @@ fn kind_of(k: i32) -> Option<&'static str> {
 
 /// The API view of a record: ids and metadata, never the storage path.
 fn file_to_pb(f: &FileRecord) -> pb::File {
-    let name = PathBuf::from(&f.storage_key)
-        .iter()
-        .skip(1)
-        .collect::<PathBuf>()
-        .to_string_lossy()
-        .into_owned();
+    let name =
+        PathBuf::from(&f.storage_key).iter().skip(1).collect::<PathBuf>().to_string_lossy().into_owned();
     pb::File {
         id: f.id.to_string(),
         job_id: f.job_id.to_string(),
@@ -122,12 +126,16 @@ fn check_header(h: pb::ArtifactHeader, max_bytes: u64) -> Result<Header, Organiz
     if h.index > 7 {
         return Err(OrganizerError::invalid("header.index", "must be between 0 and 7"));
     }
-    let kind = kind_of(h.kind).ok_or_else(|| OrganizerError::invalid("header.kind", "must be image or video"))?;
+    let kind =
+        kind_of(h.kind).ok_or_else(|| OrganizerError::invalid("header.kind", "must be image or video"))?;
     if layout::extension(&h.mime_type).is_none() {
         return Err(OrganizerError::invalid("header.mime_type", "must be image/png or image/apng"));
     }
     if h.size_bytes == 0 || h.size_bytes > max_bytes {
-        return Err(OrganizerError::invalid("header.size_bytes", format!("must be between 1 and {max_bytes}")));
+        return Err(OrganizerError::invalid(
+            "header.size_bytes",
+            format!("must be between 1 and {max_bytes}"),
+        ));
     }
     if h.sha256.len() != 64 || !h.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(OrganizerError::invalid("header.sha256", "must be 64 hex digits"));
@@ -159,9 +167,13 @@ impl FileService for Api {
         let mut stream = req.into_inner();
         let header = match stream.next().await {
             Some(Ok(pb::StoreArtifactRequest { part: Some(Part::Header(h)) })) => h,
-            Some(Ok(_)) => return Err(OrganizerError::invalid("header", "the first message must be the header").into()),
+            Some(Ok(_)) => {
+                return Err(OrganizerError::invalid("header", "the first message must be the header").into());
+            }
             Some(Err(e)) => return Err(e),
-            None => return Err(OrganizerError::invalid("header", "stream closed before the header").into()),
+            None => {
+                return Err(OrganizerError::invalid("header", "stream closed before the header").into());
+            }
         };
         let header = check_header(header, self.config.max_artifact_bytes)?;
         let expected_len = usize::try_from(header.expected.size_bytes).unwrap_or(usize::MAX);
@@ -173,11 +185,16 @@ impl FileService for Api {
                         return Err(OrganizerError::invalid("chunk", "must be at most 1 MiB").into());
                     }
                     if bytes.len() + chunk.len() > expected_len {
-                        return Err(OrganizerError::Rejected("more bytes than the header's size_bytes".to_owned()).into());
+                        return Err(OrganizerError::Rejected(
+                            "more bytes than the header's size_bytes".to_owned(),
+                        )
+                        .into());
                     }
                     bytes.extend_from_slice(&chunk);
                 }
-                Some(Part::Header(_)) => return Err(OrganizerError::invalid("header", "sent twice").into()),
+                Some(Part::Header(_)) => {
+                    return Err(OrganizerError::invalid("header", "sent twice").into());
+                }
                 None => {}
             }
         }
@@ -218,20 +235,32 @@ impl FileService for Api {
         Ok(Response::new(pb::StoreArtifactResponse { file: Some(file_to_pb(&stored)) }))
     }
 
-    async fn get_file(&self, req: Request<pb::GetFileRequest>) -> Result<Response<pb::GetFileResponse>, Status> {
+    async fn get_file(
+        &self,
+        req: Request<pb::GetFileRequest>,
+    ) -> Result<Response<pb::GetFileResponse>, Status> {
         let owner = principal(&req)?;
         let id = parse_id("file_id", &req.get_ref().file_id)?;
         let f = self.store.get(id, &owner).await?;
         Ok(Response::new(pb::GetFileResponse { file: Some(file_to_pb(&f)) }))
     }
 
-    async fn list_files(&self, req: Request<pb::ListFilesRequest>) -> Result<Response<pb::ListFilesResponse>, Status> {
+    async fn list_files(
+        &self,
+        req: Request<pb::ListFilesRequest>,
+    ) -> Result<Response<pb::ListFilesResponse>, Status> {
         let owner = principal(&req)?;
         let r = req.into_inner();
         let page_size = match r.page_size {
             0 => 20,
             n @ 1..=100 => n,
-            n => return Err(OrganizerError::invalid("page_size", format!("must be between 1 and 100, got {n}")).into()),
+            n => {
+                return Err(OrganizerError::invalid(
+                    "page_size",
+                    format!("must be between 1 and 100, got {n}"),
+                )
+                .into());
+            }
         };
         if !r.project_id.is_empty() {
             parse_id("project_id", &r.project_id)?;
@@ -255,8 +284,12 @@ impl FileService for Api {
         }
         let more = files.len() > page_size as usize;
         files.truncate(page_size as usize);
-        let next_page_token = if more { files.last().map(encode_cursor).unwrap_or_default() } else { String::new() };
-        Ok(Response::new(pb::ListFilesResponse { files: files.iter().map(file_to_pb).collect(), next_page_token }))
+        let next_page_token =
+            if more { files.last().map(encode_cursor).unwrap_or_default() } else { String::new() };
+        Ok(Response::new(pb::ListFilesResponse {
+            files: files.iter().map(file_to_pb).collect(),
+            next_page_token,
+        }))
     }
 
     async fn read_file(
@@ -268,9 +301,14 @@ impl FileService for Api {
         let id = parse_id("file_id", &r.file_id)?;
         let f = self.store.get(id, &owner).await?;
         if r.offset > f.size_bytes {
-            return Err(OrganizerError::invalid("offset", format!("past the end of the file ({} bytes)", f.size_bytes)).into());
+            return Err(OrganizerError::invalid(
+                "offset",
+                format!("past the end of the file ({} bytes)", f.size_bytes),
+            )
+            .into());
         }
-        let end = if r.length == 0 { f.size_bytes } else { (r.offset.saturating_add(r.length)).min(f.size_bytes) };
+        let end =
+            if r.length == 0 { f.size_bytes } else { (r.offset.saturating_add(r.length)).min(f.size_bytes) };
         let path = self.config.storage_root.join(&f.storage_key);
         let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
             warn!(file_id = %id, error = %e, "stored bytes missing");
@@ -285,7 +323,9 @@ impl FileService for Api {
                 let want = usize::try_from((end - offset).min(READ_CHUNK as u64)).unwrap_or(READ_CHUNK);
                 let mut buf = vec![0; want];
                 if let Err(e) = file.read_exact(&mut buf).await {
-                    let _ = tx.send(Err(Status::data_loss(format!("reading file {id} failed: {}", e.kind())))).await;
+                    let _ = tx
+                        .send(Err(Status::data_loss(format!("reading file {id} failed: {}", e.kind()))))
+                        .await;
                     return;
                 }
                 let msg = pb::ReadFileResponse { chunk: buf, offset, size_bytes: size };
@@ -298,7 +338,10 @@ impl FileService for Api {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn delete_file(&self, req: Request<pb::DeleteFileRequest>) -> Result<Response<pb::DeleteFileResponse>, Status> {
+    async fn delete_file(
+        &self,
+        req: Request<pb::DeleteFileRequest>,
+    ) -> Result<Response<pb::DeleteFileResponse>, Status> {
         let owner = principal(&req)?;
         let id = parse_id("file_id", &req.get_ref().file_id)?;
         let f = self.store.delete(id, &owner).await?;
@@ -306,7 +349,9 @@ impl FileService for Api {
         match tokio::fs::remove_file(&path).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => warn!(file_id = %id, error = %e, "record deleted but bytes could not be removed"),
+            Err(e) => {
+                warn!(file_id = %id, error = %e, "record deleted but bytes could not be removed");
+            }
         }
         info!(file_id = %id, by = %owner, "file deleted");
         Ok(Response::new(pb::DeleteFileResponse {}))

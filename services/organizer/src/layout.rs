@@ -16,7 +16,13 @@ pub const UNSORTED: &str = "unsorted";
 pub const TMP_DIR: &str = ".tmp";
 
 /// The storage key (path relative to the root) of a job's `index`-th artifact.
-pub fn storage_key(project_slug: Option<&str>, at: DateTime<Utc>, job_id: Uuid, index: u32, ext: &str) -> PathBuf {
+pub fn storage_key(
+    project_slug: Option<&str>,
+    at: DateTime<Utc>,
+    job_id: Uuid,
+    index: u32,
+    ext: &str,
+) -> PathBuf {
     let mut p = PathBuf::from(project_slug.unwrap_or(UNSORTED));
     p.push(format!("{:04}", at.year()));
     p.push(format!("{:02}", at.month()));
@@ -67,7 +73,10 @@ mod tests {
             storage_key(None, at, id, 2, "png"),
             PathBuf::from(format!("unsorted/2026/03/04/{id}-2.png"))
         );
-        assert_eq!(storage_key(Some("ep01"), at, id, 0, "png"), PathBuf::from(format!("ep01/2026/03/04/{id}-0.png")));
+        assert_eq!(
+            storage_key(Some("ep01"), at, id, 0, "png"),
+            PathBuf::from(format!("ep01/2026/03/04/{id}-0.png"))
+        );
     }
 
     #[test]

@@ -152,10 +152,9 @@ impl Store {
             .await?;
         match row {
             Some(r) => Ok(record(&r)),
-            None => self
-                .by_job_index(f.job_id, f.index)
-                .await?
-                .ok_or_else(|| OrganizerError::NotFound(format!("file of job {} index {}", f.job_id, f.index))),
+            None => self.by_job_index(f.job_id, f.index).await?.ok_or_else(|| {
+                OrganizerError::NotFound(format!("file of job {} index {}", f.job_id, f.index))
+            }),
         }
     }
 
@@ -173,7 +172,12 @@ impl Store {
     }
 
     /// A page of `owner`'s records, newest first.
-    pub async fn list(&self, owner: &str, filter: &ListFilter, limit: u32) -> Result<Vec<FileRecord>, OrganizerError> {
+    pub async fn list(
+        &self,
+        owner: &str,
+        filter: &ListFilter,
+        limit: u32,
+    ) -> Result<Vec<FileRecord>, OrganizerError> {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(&format!(

@@ -107,7 +107,7 @@ impl Registry {
                 })
             })
             .collect();
-        free.sort_by(|a, b| b.free.cmp(&a.free));
+        free.sort_by_key(|w| std::cmp::Reverse(w.free));
         free
     }
 
@@ -115,7 +115,9 @@ impl Registry {
     /// session is gone or its stream is full: the caller hands the job back.
     fn assign(&self, session: Uuid, job: Uuid, lease: Uuid, msg: AttachResponse) -> bool {
         let mut sessions = self.lock();
-        let Some(w) = sessions.get_mut(&session) else { return false };
+        let Some(w) = sessions.get_mut(&session) else {
+            return false;
+        };
         if w.tx.try_send(Ok(msg)).is_err() {
             return false;
         }
@@ -146,7 +148,11 @@ impl Registry {
 }
 
 /// Hands queued jobs to free workers whenever woken, and at least every `poll`.
-pub fn spawn_dispatcher(state: Arc<State>, wake: Arc<Notify>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+pub fn spawn_dispatcher(
+    state: Arc<State>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let poll = Duration::from_millis(state.config.dispatch_poll_ms);
         loop {
@@ -184,7 +190,11 @@ async fn dispatch_once(state: &State) -> Result<(), crate::error::SchedulerError
 }
 
 /// Requeues (or fails) jobs whose lease ran out, tells the holder if it is still attached.
-pub fn spawn_reaper(state: Arc<State>, wake: Arc<Notify>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+pub fn spawn_reaper(
+    state: Arc<State>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let period = (state.config.lease_ttl() / 4).max(Duration::from_millis(250));
         loop {

@@ -58,14 +58,12 @@ impl Events {
 
     /// Live events of one job on this replica.
     pub fn subscribe(&self, job_id: Uuid) -> broadcast::Receiver<JobEvent> {
-        lock(&self.subscribers)
-            .entry(job_id)
-            .or_insert_with(|| broadcast::channel(256).0)
-            .subscribe()
+        lock(&self.subscribers).entry(job_id).or_insert_with(|| broadcast::channel(256).0).subscribe()
     }
 
     fn deliver(&self, channel: &str, payload: &[u8]) {
-        let Some(id) = channel.strip_prefix(&self.redis.key("job:")).and_then(|s| Uuid::parse_str(s).ok()) else {
+        let Some(id) = channel.strip_prefix(&self.redis.key("job:")).and_then(|s| Uuid::parse_str(s).ok())
+        else {
             return;
         };
         let event = match JobEvent::decode(payload) {
@@ -76,11 +74,11 @@ impl Events {
             }
         };
         let mut subs = lock(&self.subscribers);
-        if let Some(tx) = subs.get(&id) {
-            if tx.send(event).is_err() {
-                // Nobody watches this job any more.
-                subs.remove(&id);
-            }
+        if let Some(tx) = subs.get(&id)
+            && tx.send(event).is_err()
+        {
+            // Nobody watches this job any more.
+            subs.remove(&id);
         }
     }
 

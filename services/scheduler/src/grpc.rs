@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 use sakuga_mesh::identity;
 use sakuga_proto::v1::{
-    self as pb, AttachRequest, AttachResponse, Assignment, attach_response, job_event,
+    self as pb, Assignment, AttachRequest, AttachResponse, attach_response, job_event,
     job_service_server::JobService, worker_service_server::WorkerService,
 };
 use tokio::sync::{Notify, broadcast::error::RecvError, mpsc};
@@ -218,7 +218,10 @@ type AttachStream = tonic::codegen::BoxStream<AttachResponse>;
 
 #[tonic::async_trait]
 impl JobService for Api {
-    async fn submit_job(&self, req: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+    async fn submit_job(
+        &self,
+        req: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let owner = principal(&req)?;
         let r = req.into_inner();
         let spec = r.spec.ok_or_else(|| SchedulerError::invalid("spec", "required"))?;
@@ -231,7 +234,11 @@ impl JobService for Api {
             return Err(SchedulerError::NotFound(format!("project {}", r.project_id)).into());
         }
         if let Some(c) = r.character_ids.first() {
-            return Err(SchedulerError::invalid("character_ids", format!("character {c} needs a project_id")).into());
+            return Err(SchedulerError::invalid(
+                "character_ids",
+                format!("character {c} needs a project_id"),
+            )
+            .into());
         }
         let new = NewJob {
             id: Uuid::now_v7(),
@@ -247,7 +254,10 @@ impl JobService for Api {
             tracing::info!(job_id = %inserted.job.id, owner = %inserted.job.owner_id, "job queued");
             self.wake.notify_one();
         }
-        Ok(Response::new(pb::SubmitJobResponse { job: Some(job_to_pb(&inserted.job)), deduplicated: inserted.deduplicated }))
+        Ok(Response::new(pb::SubmitJobResponse {
+            job: Some(job_to_pb(&inserted.job)),
+            deduplicated: inserted.deduplicated,
+        }))
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
@@ -257,13 +267,22 @@ impl JobService for Api {
         Ok(Response::new(pb::GetJobResponse { job: Some(job_to_pb(&job)) }))
     }
 
-    async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let owner = principal(&req)?;
         let r = req.into_inner();
         let page_size = match r.page_size {
             0 => 20,
             n @ 1..=100 => n,
-            n => return Err(SchedulerError::invalid("page_size", format!("must be between 1 and 100, got {n}")).into()),
+            n => {
+                return Err(SchedulerError::invalid(
+                    "page_size",
+                    format!("must be between 1 and 100, got {n}"),
+                )
+                .into());
+            }
         };
         let status = from_pb_status(r.status);
         if status.is_none() && r.status != 0 {
@@ -280,8 +299,12 @@ impl JobService for Api {
         }
         let more = jobs.len() > page_size as usize;
         jobs.truncate(page_size as usize);
-        let next_page_token = if more { jobs.last().map(encode_cursor).unwrap_or_default() } else { String::new() };
-        Ok(Response::new(pb::ListJobsResponse { jobs: jobs.iter().map(job_to_pb).collect(), next_page_token }))
+        let next_page_token =
+            if more { jobs.last().map(encode_cursor).unwrap_or_default() } else { String::new() };
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: jobs.iter().map(job_to_pb).collect(),
+            next_page_token,
+        }))
     }
 
     async fn watch_job(&self, req: Request<pb::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
@@ -296,7 +319,9 @@ impl JobService for Api {
         tokio::spawn(async move {
             let mut seen = Seen { status: job.status, step: job.progress_step };
             let snapshot = event(id, job_event::Kind::Snapshot(job_to_pb(&job)));
-            if tx.send(Ok(pb::WatchJobResponse { event: Some(snapshot) })).await.is_err() || job.status.is_terminal() {
+            if tx.send(Ok(pb::WatchJobResponse { event: Some(snapshot) })).await.is_err()
+                || job.status.is_terminal()
+            {
                 return;
             }
             let mut resync = tokio::time::interval(Duration::from_secs(1));
@@ -328,7 +353,10 @@ impl JobService for Api {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
+    async fn cancel_job(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let owner = principal(&req)?;
         let id = parse_id("job_id", &req.get_ref().job_id)?;
         let Some((before, _worker, job)) = self.state.store.cancel(id, Some(&owner)).await? else {
@@ -352,7 +380,10 @@ impl JobService for Api {
         Ok(Response::new(pb::CancelJobResponse { job: Some(job_to_pb(&job)) }))
     }
 
-    async fn retry_job(&self, req: Request<pb::RetryJobRequest>) -> Result<Response<pb::RetryJobResponse>, Status> {
+    async fn retry_job(
+        &self,
+        req: Request<pb::RetryJobRequest>,
+    ) -> Result<Response<pb::RetryJobResponse>, Status> {
         let owner = principal(&req)?;
         let id = parse_id("job_id", &req.get_ref().job_id)?;
         let Some(job) = self.state.store.retry(id, Some(&owner)).await? else {
@@ -408,7 +439,9 @@ impl Seen {
 
     /// Re-reads the row and emits what the live events missed.
     async fn resync(&mut self, state: &State, id: Uuid) -> Vec<pb::JobEvent> {
-        let Ok(job) = state.store.get(id, None).await else { return Vec::new() };
+        let Ok(job) = state.store.get(id, None).await else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         if job.progress_step > self.step && !job.status.is_terminal() {
             out.extend(self.filter(progress_event(id, progress(&job))));
@@ -423,8 +456,13 @@ impl WorkerService for Api {
     async fn attach(&self, req: Request<Streaming<AttachRequest>>) -> Result<Response<AttachStream>, Status> {
         // Read the identity before into_inner(): only generators may attach.
         identity::require_peer(&req, &["generator"])?;
-        let rx = crate::worker::attach(self.state.clone(), self.wake.clone(), req.into_inner(), self.shutdown.clone())
-            .await?;
+        let rx = crate::worker::attach(
+            self.state.clone(),
+            self.wake.clone(),
+            req.into_inner(),
+            self.shutdown.clone(),
+        )
+        .await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -15,8 +15,7 @@ mod worker;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use sakuga_mesh::{
-    MeshError,
-    db,
+    MeshError, db,
     redis::Redis,
     server::{GrpcServer, HealthCheck},
     tls::MeshTls,

@@ -173,7 +173,8 @@ impl Store {
     /// A job visible to `owner` (`None`: any owner, for internal use and admins).
     pub async fn get(&self, id: Uuid, owner: Option<&str>) -> Result<Job, SchedulerError> {
         let client = self.pool.get().await?;
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2)");
+        let sql =
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2)");
         let stmt = client.prepare_cached(&sql).await?;
         client
             .query_opt(&stmt, &[&id, &owner])
@@ -230,9 +231,7 @@ impl Store {
             JOB_COLUMNS.split(", ").map(|c| format!("j.{c}")).collect::<Vec<_>>().join(", ")
         );
         let stmt = client.prepare_cached(&sql).await?;
-        let rows = client
-            .query(&stmt, &[&backends, &i64::from(limit), &worker_id, &millis(lease)])
-            .await?;
+        let rows = client.query(&stmt, &[&backends, &i64::from(limit), &worker_id, &millis(lease)]).await?;
         Ok(rows
             .iter()
             .map(|r| {
@@ -315,7 +314,10 @@ impl Store {
             .await?;
         let (step, total, stage, item) = progress;
         let n = client
-            .execute(&stmt, &[&id, &lease, &i32_of(step), &i32_of(total), &stage, &i32_of(item), &millis(ttl)])
+            .execute(
+                &stmt,
+                &[&id, &lease, &i32_of(step), &i32_of(total), &stage, &i32_of(item), &millis(ttl)],
+            )
             .await?;
         Ok(n == 1)
     }
@@ -332,7 +334,12 @@ impl Store {
     }
 
     /// The attempt succeeded: running -> succeeded with the stored files.
-    pub async fn complete(&self, id: Uuid, lease: Uuid, file_ids: &[Uuid]) -> Result<Option<Job>, SchedulerError> {
+    pub async fn complete(
+        &self,
+        id: Uuid,
+        lease: Uuid,
+        file_ids: &[Uuid],
+    ) -> Result<Option<Job>, SchedulerError> {
         let client = self.pool.get().await?;
         let sql = format!(
             "UPDATE jobs SET status = 'succeeded', file_ids = $3, lease_token = NULL, lease_expires_at = NULL, \
@@ -346,7 +353,13 @@ impl Store {
 
     /// The attempt failed: back to the queue while attempts remain and the error is
     /// retryable, failed otherwise.
-    pub async fn fail(&self, id: Uuid, lease: Uuid, error: &str, retryable: bool) -> Result<Option<Job>, SchedulerError> {
+    pub async fn fail(
+        &self,
+        id: Uuid,
+        lease: Uuid,
+        error: &str,
+        retryable: bool,
+    ) -> Result<Option<Job>, SchedulerError> {
         let client = self.pool.get().await?;
         let sql = format!(
             "UPDATE jobs SET \
@@ -361,7 +374,11 @@ impl Store {
 
     /// Cancels a job that has not finished. Returns the job as it was before (so the
     /// caller knows whether a worker must be told) and after, or `None` if it had finished.
-    pub async fn cancel(&self, id: Uuid, owner: Option<&str>) -> Result<Option<(Status, Option<String>, Job)>, SchedulerError> {
+    pub async fn cancel(
+        &self,
+        id: Uuid,
+        owner: Option<&str>,
+    ) -> Result<Option<(Status, Option<String>, Job)>, SchedulerError> {
         let client = self.pool.get().await?;
         let sql = format!(
             "WITH before AS (SELECT id, status, worker_id FROM jobs WHERE id = $1 \
@@ -413,7 +430,11 @@ impl Store {
             .iter()
             .map(|r| {
                 let status: String = r.get(1);
-                Expired { id: r.get(0), status: Status::parse(&status).unwrap_or(Status::Queued), error: r.get(2) }
+                Expired {
+                    id: r.get(0),
+                    status: Status::parse(&status).unwrap_or(Status::Queued),
+                    error: r.get(2),
+                }
             })
             .collect())
     }

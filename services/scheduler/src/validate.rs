@@ -78,7 +78,7 @@ fn check_dimension(field: &'static str, v: u32) -> Result<u32, SchedulerError> {
     if !(64..=2048).contains(&v) {
         return Err(SchedulerError::invalid(field, format!("must be between 64 and 2048, got {v}")));
     }
-    if v % 8 != 0 {
+    if !v.is_multiple_of(8) {
         return Err(SchedulerError::invalid(field, format!("must be a multiple of 8, got {v}")));
     }
     Ok(v)
@@ -91,28 +91,45 @@ fn check_name(field: &'static str, v: &str) -> Result<(), SchedulerError> {
     if !v.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c)) {
         return Err(SchedulerError::invalid(field, "may contain only letters, digits and . _ - / :"));
     }
+    if v.starts_with('/') || v.split('/').any(|part| part == "..") {
+        return Err(SchedulerError::invalid(field, "must be a relative name without '..'"));
+    }
     Ok(())
 }
 
 /// Checks and normalizes a spec. `random_seed` supplies the seed when none is given;
 /// `max_pixels` caps width × height × batch × frames.
-pub fn spec(raw: RawSpec, max_pixels: u64, random_seed: impl FnOnce() -> u64) -> Result<Spec, SchedulerError> {
+pub fn spec(
+    raw: RawSpec,
+    max_pixels: u64,
+    random_seed: impl FnOnce() -> u64,
+) -> Result<Spec, SchedulerError> {
     let kind = match raw.kind {
         1 => Kind::Image,
         2 => Kind::Video,
-        0 => return Err(SchedulerError::invalid("spec.kind", "must be JOB_KIND_IMAGE or JOB_KIND_VIDEO")),
-        other => return Err(SchedulerError::invalid("spec.kind", format!("unknown kind {other}"))),
+        0 => {
+            return Err(SchedulerError::invalid("spec.kind", "must be JOB_KIND_IMAGE or JOB_KIND_VIDEO"));
+        }
+        other => {
+            return Err(SchedulerError::invalid("spec.kind", format!("unknown kind {other}")));
+        }
     };
     let prompt = check_text("spec.prompt", &raw.prompt, 1)?;
     let negative_prompt = check_text("spec.negative_prompt", &raw.negative_prompt, 0)?;
     let width = check_dimension("spec.width", raw.width)?;
     let height = check_dimension("spec.height", raw.height)?;
     if !(1..=150).contains(&raw.steps) {
-        return Err(SchedulerError::invalid("spec.steps", format!("must be between 1 and 150, got {}", raw.steps)));
+        return Err(SchedulerError::invalid(
+            "spec.steps",
+            format!("must be between 1 and 150, got {}", raw.steps),
+        ));
     }
     let batch_size = if raw.batch_size == 0 { 1 } else { raw.batch_size };
     if batch_size > 8 {
-        return Err(SchedulerError::invalid("spec.batch_size", format!("must be between 1 and 8, got {batch_size}")));
+        return Err(SchedulerError::invalid(
+            "spec.batch_size",
+            format!("must be between 1 and 8, got {batch_size}"),
+        ));
     }
     let (frames, fps) = match kind {
         Kind::Image => {
@@ -126,11 +143,17 @@ pub fn spec(raw: RawSpec, max_pixels: u64, random_seed: impl FnOnce() -> u64) ->
         }
         Kind::Video => {
             if !(1..=120).contains(&raw.frames) {
-                return Err(SchedulerError::invalid("spec.frames", format!("must be between 1 and 120 for video, got {}", raw.frames)));
+                return Err(SchedulerError::invalid(
+                    "spec.frames",
+                    format!("must be between 1 and 120 for video, got {}", raw.frames),
+                ));
             }
             let fps = if raw.fps == 0 { 8 } else { raw.fps };
             if fps > 60 {
-                return Err(SchedulerError::invalid("spec.fps", format!("must be between 1 and 60, got {fps}")));
+                return Err(SchedulerError::invalid(
+                    "spec.fps",
+                    format!("must be between 1 and 60, got {fps}"),
+                ));
             }
             (raw.frames, fps)
         }
@@ -139,7 +162,9 @@ pub fn spec(raw: RawSpec, max_pixels: u64, random_seed: impl FnOnce() -> u64) ->
     if pixels > max_pixels {
         return Err(SchedulerError::invalid(
             "spec.batch_size",
-            format!("width × height × batch_size × frames is {pixels} pixels, more than the limit of {max_pixels}"),
+            format!(
+                "width × height × batch_size × frames is {pixels} pixels, more than the limit of {max_pixels}"
+            ),
         ));
     }
     let seed = match raw.seed {
@@ -151,15 +176,24 @@ pub fn spec(raw: RawSpec, max_pixels: u64, random_seed: impl FnOnce() -> u64) ->
     };
     let cfg_scale = if raw.cfg_scale == 0.0 { 7.0 } else { raw.cfg_scale };
     if !(1.0..=30.0).contains(&cfg_scale) {
-        return Err(SchedulerError::invalid("spec.cfg_scale", format!("must be between 1 and 30, got {cfg_scale}")));
+        return Err(SchedulerError::invalid(
+            "spec.cfg_scale",
+            format!("must be between 1 and 30, got {cfg_scale}"),
+        ));
     }
     if !raw.sampler.is_empty() && !SAMPLERS.contains(&raw.sampler.as_str()) {
-        return Err(SchedulerError::invalid("spec.sampler", format!("must be one of {}", SAMPLERS.join(", "))));
+        return Err(SchedulerError::invalid(
+            "spec.sampler",
+            format!("must be one of {}", SAMPLERS.join(", ")),
+        ));
     }
     let sampler = if raw.sampler.is_empty() { "euler".to_owned() } else { raw.sampler };
     let backend = if raw.backend.is_empty() { "builtin".to_owned() } else { raw.backend };
     if !BACKENDS.contains(&backend.as_str()) {
-        return Err(SchedulerError::invalid("spec.backend", format!("must be one of {}", BACKENDS.join(", "))));
+        return Err(SchedulerError::invalid(
+            "spec.backend",
+            format!("must be one of {}", BACKENDS.join(", ")),
+        ));
     }
     check_name("spec.model", &raw.model)?;
     let model = if raw.model.is_empty() { default_model(&backend).to_owned() } else { raw.model };
@@ -222,8 +256,11 @@ mod tests {
     #[test]
     fn defaults_are_applied() {
         let s = spec(ok_raw(), 64 << 20, || 42).unwrap();
-        assert_eq!((s.batch_size, s.seed, s.backend.as_str(), s.model.as_str()), (1, 42, "builtin", "builtin-v1"));
-        assert_eq!(s.cfg_scale, 7.0);
+        assert_eq!(
+            (s.batch_size, s.seed, s.backend.as_str(), s.model.as_str()),
+            (1, 42, "builtin", "builtin-v1")
+        );
+        assert!((s.cfg_scale - 7.0).abs() < f32::EPSILON);
     }
 
     #[test]
@@ -251,7 +288,8 @@ mod tests {
 
     #[test]
     fn script_tags_are_inert_text() {
-        let s = spec(RawSpec { prompt: "<script>alert('xss')</script>".into(), ..ok_raw() }, 64 << 20, || 1).unwrap();
+        let s = spec(RawSpec { prompt: "<script>alert('xss')</script>".into(), ..ok_raw() }, 64 << 20, || 1)
+            .unwrap();
         assert_eq!(s.prompt, "<script>alert('xss')</script>");
     }
 }

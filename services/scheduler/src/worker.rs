@@ -33,8 +33,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 fn parse_leased(job: Option<&LeasedJob>) -> Result<(Uuid, Uuid), Status> {
     let job = job.ok_or_else(|| Status::invalid_argument("job: required"))?;
     let id = Uuid::parse_str(&job.job_id).map_err(|_| Status::invalid_argument("job.job_id: not a UUID"))?;
-    let lease =
-        Uuid::parse_str(&job.lease_token).map_err(|_| Status::invalid_argument("job.lease_token: not a UUID"))?;
+    let lease = Uuid::parse_str(&job.lease_token)
+        .map_err(|_| Status::invalid_argument("job.lease_token: not a UUID"))?;
     Ok((id, lease))
 }
 
@@ -76,11 +76,8 @@ pub(crate) async fn attach(
         return Err(Status::invalid_argument("first message must be hello"));
     };
     check_hello(&hello)?;
-    let announced: Vec<(Uuid, Uuid)> = hello
-        .running
-        .iter()
-        .map(|j| parse_leased(Some(j)))
-        .collect::<Result<_, _>>()?;
+    let announced: Vec<(Uuid, Uuid)> =
+        hello.running.iter().map(|j| parse_leased(Some(j))).collect::<Result<_, _>>()?;
     let kept = state
         .store
         .extend_leases(&hello.worker_id, &announced, state.config.lease_ttl())
@@ -88,13 +85,18 @@ pub(crate) async fn attach(
         .map_err(Status::from)?;
     let session = Uuid::now_v7();
     let (tx, rx) = mpsc::channel(256);
-    let running: HashMap<Uuid, Uuid> = announced.iter().copied().filter(|(id, _)| kept.contains(id)).collect();
+    let running: HashMap<Uuid, Uuid> =
+        announced.iter().copied().filter(|(id, _)| kept.contains(id)).collect();
     let welcome = Welcome {
         session_id: session.to_string(),
         heartbeat_interval: Some(grpc::duration(Duration::from_millis(state.config.heartbeat_interval_ms))),
         lease_ttl: Some(grpc::duration(state.config.lease_ttl())),
         kept_job_ids: running.keys().map(Uuid::to_string).collect(),
-        dropped_job_ids: announced.iter().filter(|(id, _)| !kept.contains(id)).map(|(id, _)| id.to_string()).collect(),
+        dropped_job_ids: announced
+            .iter()
+            .filter(|(id, _)| !kept.contains(id))
+            .map(|(id, _)| id.to_string())
+            .collect(),
     };
     tx.send(Ok(AttachResponse { msg: Some(attach_response::Msg::Welcome(welcome)) }))
         .await
@@ -114,7 +116,8 @@ pub(crate) async fn attach(
     );
     wake.notify_one();
     tokio::spawn(async move {
-        let mut s = Session { state, wake, session, worker_id: hello.worker_id, tx, last_write: HashMap::new() };
+        let mut s =
+            Session { state, wake, id: session, worker_id: hello.worker_id, tx, last_write: HashMap::new() };
         loop {
             let msg = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -136,8 +139,8 @@ pub(crate) async fn attach(
                 None => break,
             }
         }
-        s.state.registry.unregister(s.session);
-        info!(worker_id = %s.worker_id, session = %s.session, "worker detached");
+        s.state.registry.unregister(s.id);
+        info!(worker_id = %s.worker_id, session = %s.id, "worker detached");
     });
     Ok(rx)
 }
@@ -145,7 +148,7 @@ pub(crate) async fn attach(
 struct Session {
     state: Arc<State>,
     wake: Arc<Notify>,
-    session: Uuid,
+    id: Uuid,
     worker_id: String,
     tx: WorkerTx,
     last_write: HashMap<Uuid, Instant>,
@@ -153,13 +156,13 @@ struct Session {
 
 impl Session {
     async fn revoke(&mut self, job: Uuid, reason: &str) {
-        self.state.registry.release(self.session, job);
+        self.state.registry.release(self.id, job);
         self.last_write.remove(&job);
         let _ = self.tx.send(Ok(revoked(job, reason))).await;
     }
 
-    async fn finished(&mut self, job: Uuid) {
-        self.state.registry.release(self.session, job);
+    fn finished(&mut self, job: Uuid) {
+        self.state.registry.release(self.id, job);
         self.last_write.remove(&job);
         self.wake.notify_one();
     }
@@ -169,7 +172,7 @@ impl Session {
         match msg {
             Msg::Hello(_) => Err(SchedulerError::FailedPrecondition("hello was already sent".to_owned())),
             Msg::Ack(ack) => {
-                let (id, lease) = parse_leased(ack.job.as_ref()).map_err(invalid)?;
+                let (id, lease) = parse_leased(ack.job.as_ref()).map_err(|s| invalid(&s))?;
                 if self.state.store.mark_running(id, lease, ttl).await? {
                     let job = self.state.store.get(id, None).await?;
                     self.state.events.publish(id, &grpc::status_event(&job)).await;
@@ -179,8 +182,12 @@ impl Session {
                 Ok(())
             }
             Msg::Heartbeat(hb) => {
-                let leases: Vec<(Uuid, Uuid)> =
-                    hb.running.iter().map(|j| parse_leased(Some(j))).collect::<Result<_, _>>().map_err(invalid)?;
+                let leases: Vec<(Uuid, Uuid)> = hb
+                    .running
+                    .iter()
+                    .map(|j| parse_leased(Some(j)))
+                    .collect::<Result<_, _>>()
+                    .map_err(|s| invalid(&s))?;
                 let kept = self.state.store.extend_leases(&self.worker_id, &leases, ttl).await?;
                 for (id, _) in leases.iter().filter(|(id, _)| !kept.contains(id)) {
                     self.revoke(*id, "lease no longer held").await;
@@ -188,8 +195,8 @@ impl Session {
                 Ok(())
             }
             Msg::Progress(p) => {
-                let (id, lease) = parse_leased(p.job.as_ref()).map_err(invalid)?;
-                if !self.state.registry.holds(self.session, id, lease) {
+                let (id, lease) = parse_leased(p.job.as_ref()).map_err(|s| invalid(&s))?;
+                if !self.state.registry.holds(self.id, id, lease) {
                     self.revoke(id, "lease no longer held").await;
                     return Ok(());
                 }
@@ -201,7 +208,12 @@ impl Session {
                     let held = self
                         .state
                         .store
-                        .record_progress(id, lease, (progress.step, progress.total_steps, &progress.stage, progress.item), ttl)
+                        .record_progress(
+                            id,
+                            lease,
+                            (progress.step, progress.total_steps, &progress.stage, progress.item),
+                            ttl,
+                        )
                         .await?;
                     if !held {
                         self.revoke(id, "lease no longer held").await;
@@ -213,14 +225,14 @@ impl Session {
                 Ok(())
             }
             Msg::Preview(p) => {
-                let (id, lease) = parse_leased(p.job.as_ref()).map_err(invalid)?;
-                if self.state.registry.holds(self.session, id, lease) && p.png.len() <= 256 * 1024 {
+                let (id, lease) = parse_leased(p.job.as_ref()).map_err(|s| invalid(&s))?;
+                if self.state.registry.holds(self.id, id, lease) && p.png.len() <= 256 * 1024 {
                     self.state.events.publish(id, &grpc::preview_event(id, p.png, p.step, p.item)).await;
                 }
                 Ok(())
             }
             Msg::Completed(c) => {
-                let (id, lease) = parse_leased(c.job.as_ref()).map_err(invalid)?;
+                let (id, lease) = parse_leased(c.job.as_ref()).map_err(|s| invalid(&s))?;
                 let file_ids = c
                     .file_ids
                     .iter()
@@ -231,39 +243,39 @@ impl Session {
                     Some(job) => {
                         info!(job_id = %id, worker_id = %self.worker_id, files = file_ids.len(), "job succeeded");
                         self.state.events.publish(id, &grpc::status_event(&job)).await;
-                        self.finished(id).await;
+                        self.finished(id);
                     }
                     None => self.revoke(id, "finished or lease lost").await,
                 }
                 Ok(())
             }
             Msg::Failed(f) => {
-                let (id, lease) = parse_leased(f.job.as_ref()).map_err(invalid)?;
+                let (id, lease) = parse_leased(f.job.as_ref()).map_err(|s| invalid(&s))?;
                 let error: String = f.error.chars().take(2000).collect();
                 match self.state.store.fail(id, lease, &error, f.retryable).await? {
                     Some(job) => {
                         warn!(job_id = %id, worker_id = %self.worker_id, retryable = f.retryable, status = job.status.as_str(), error = %error, "job attempt failed");
                         self.state.events.publish(id, &grpc::status_event(&job)).await;
-                        self.finished(id).await;
+                        self.finished(id);
                     }
                     None => self.revoke(id, "finished or lease lost").await,
                 }
                 Ok(())
             }
             Msg::Canceled(c) => {
-                let (id, _) = parse_leased(c.job.as_ref()).map_err(invalid)?;
-                self.finished(id).await;
+                let (id, _) = parse_leased(c.job.as_ref()).map_err(|s| invalid(&s))?;
+                self.finished(id);
                 Ok(())
             }
             Msg::Draining(d) => {
                 info!(worker_id = %self.worker_id, reason = %d.reason, "worker draining");
-                self.state.registry.set_draining(self.session);
+                self.state.registry.set_draining(self.id);
                 Ok(())
             }
         }
     }
 }
 
-fn invalid(s: Status) -> SchedulerError {
+fn invalid(s: &Status) -> SchedulerError {
     SchedulerError::invalid("msg", s.message().to_owned())
 }

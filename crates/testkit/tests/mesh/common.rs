@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use sakuga_mesh::tls::MeshTls;
 use sakuga_proto::v1::{
-    JobKind, JobSpec, SubmitJobRequest, file_service_client::FileServiceClient, job_service_client::JobServiceClient,
+    JobKind, JobSpec, SubmitJobRequest, file_service_client::FileServiceClient,
+    job_service_client::JobServiceClient,
 };
 use sakuga_testkit::{Spawned, TestEnv};
 use tonic::transport::Channel;
@@ -31,9 +32,11 @@ impl Mesh {
     pub(crate) async fn without_generator() -> Mesh {
         let env = TestEnv::new().await.unwrap();
         let auth = sakuga_testkit::spawn_auth(sakuga_testkit::auth_config(&env)).await.unwrap();
-        let scheduler = sakuga_testkit::spawn_scheduler(sakuga_testkit::scheduler_config(&env)).await.unwrap();
+        let scheduler =
+            sakuga_testkit::spawn_scheduler(sakuga_testkit::scheduler_config(&env)).await.unwrap();
         let root = env.dir.path().join("files");
-        let organizer = sakuga_testkit::spawn_organizer(sakuga_testkit::organizer_config(&env, root)).await.unwrap();
+        let organizer =
+            sakuga_testkit::spawn_organizer(sakuga_testkit::organizer_config(&env, root)).await.unwrap();
         let operator = env.identity("operator").await.unwrap();
         Mesh { env, auth, scheduler, organizer, generator: None, operator }
     }

@@ -13,13 +13,20 @@ async fn one_job_end_to_end() {
     // The generator attaches only once the watch is open, so every step is seen live.
     let mut mesh = Mesh::without_generator().await;
     let mut jobs = mesh.jobs();
-    let job = jobs.submit_job(image_request("a quiet sakura street at dusk", 6)).await.unwrap().into_inner().job.unwrap();
+    let job = jobs
+        .submit_job(image_request("a quiet sakura street at dusk", 6))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
     let job_id = job.id.clone();
 
     let mut stream = jobs.watch_job(WatchJobRequest { job_id: job_id.clone() }).await.unwrap().into_inner();
     let mut events = vec![stream.next().await.unwrap().unwrap().event.unwrap().kind.unwrap()];
     mesh.attach_generator().await;
-    while let Some(ev) = tokio::time::timeout(std::time::Duration::from_secs(60), stream.next()).await.unwrap() {
+    while let Some(ev) = tokio::time::timeout(std::time::Duration::from_mins(1), stream.next()).await.unwrap()
+    {
         events.push(ev.unwrap().event.unwrap().kind.unwrap());
     }
     assert!(matches!(events.first(), Some(Kind::Snapshot(_))), "first event is the snapshot: {events:?}");
@@ -38,7 +45,8 @@ async fn one_job_end_to_end() {
         })
         .collect();
     assert_eq!(steps, vec![1, 2, 3, 4, 5, 6], "every step, in order: {events:?}");
-    let expected: Vec<i32> = [JobStatus::Assigned, JobStatus::Running, JobStatus::Succeeded].map(i32::from).to_vec();
+    let expected: Vec<i32> =
+        [JobStatus::Assigned, JobStatus::Running, JobStatus::Succeeded].map(i32::from).to_vec();
     assert_eq!(statuses, expected, "{events:?}");
     let Some(Kind::StatusChange(done)) = events.last() else { panic!("last event is the status change") };
     assert_eq!(done.file_ids.len(), 1);
@@ -52,13 +60,19 @@ async fn one_job_end_to_end() {
     // Rows.
     let db = mesh.env.db().await.unwrap();
     let id = Uuid::parse_str(&job_id).unwrap();
-    let row = db.query_one("SELECT status, attempts, file_ids, owner_id FROM jobs WHERE id = $1", &[&id]).await.unwrap();
+    let row = db
+        .query_one("SELECT status, attempts, file_ids, owner_id FROM jobs WHERE id = $1", &[&id])
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, String>(0), "succeeded");
     assert_eq!(row.get::<_, i32>(1), 1);
     assert_eq!(row.get::<_, Vec<Uuid>>(2), vec![Uuid::parse_str(&file_id).unwrap()]);
     assert_eq!(row.get::<_, String>(3), "spiffe://sakuga/operator");
     let file = db
-        .query_one("SELECT storage_key, sha256, size_bytes, width, height, checks FROM files WHERE id = $1", &[&Uuid::parse_str(&file_id).unwrap()])
+        .query_one(
+            "SELECT storage_key, sha256, size_bytes, width, height, checks FROM files WHERE id = $1",
+            &[&Uuid::parse_str(&file_id).unwrap()],
+        )
         .await
         .unwrap();
     let key: String = file.get(0);
@@ -71,7 +85,7 @@ async fn one_job_end_to_end() {
     // Bytes on disk: where the layout says, decodable, matching the record.
     let bytes = std::fs::read(mesh.env.dir.path().join("files").join(&key)).unwrap();
     assert_eq!(hex::encode(Sha256::digest(&bytes)), sha);
-    assert_eq!(bytes.len() as i64, file.get::<_, i64>(2));
+    assert_eq!(i64::try_from(bytes.len()).unwrap(), file.get::<_, i64>(2));
     let found = sakuga_imaging::inspect_png(&bytes, sakuga_imaging::Limits::default()).unwrap();
     assert_eq!((found.width, found.height, found.mime), (64, 64, "image/png"));
     assert_eq!(found.text_value("prompt"), Some("a quiet sakura street at dusk"));
@@ -79,12 +93,17 @@ async fn one_job_end_to_end() {
     // The same bytes through ReadFile, in two ranges.
     let mut files = mesh.files();
     let mut read = Vec::new();
-    let mut s = files.read_file(ReadFileRequest { file_id: file_id.clone(), offset: 0, length: 0 }).await.unwrap().into_inner();
+    let mut s = files
+        .read_file(ReadFileRequest { file_id: file_id.clone(), offset: 0, length: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     while let Some(chunk) = s.next().await {
         read.extend(chunk.unwrap().chunk);
     }
     assert_eq!(read, bytes);
-    let mut s = files.read_file(ReadFileRequest { file_id, offset: 10, length: 20 }).await.unwrap().into_inner();
+    let mut s =
+        files.read_file(ReadFileRequest { file_id, offset: 10, length: 20 }).await.unwrap().into_inner();
     let part = s.next().await.unwrap().unwrap();
     assert_eq!(part.chunk, bytes[10..30].to_vec());
     assert_eq!(part.size_bytes, bytes.len() as u64);
@@ -111,7 +130,8 @@ async fn watch_of_a_finished_job_is_one_snapshot_and_resubmitting_with_a_key_is_
     let Kind::Snapshot(job) = only else { panic!("expected a snapshot") };
     assert_eq!(job.status, i32::from(JobStatus::Succeeded));
     assert!(stream.next().await.is_none(), "a finished job's stream ends after the snapshot");
-    let count: i64 = mesh.env.db().await.unwrap().query_one("SELECT count(*) FROM jobs", &[]).await.unwrap().get(0);
+    let count: i64 =
+        mesh.env.db().await.unwrap().query_one("SELECT count(*) FROM jobs", &[]).await.unwrap().get(0);
     assert_eq!(count, 1);
     mesh.stop().await;
 }

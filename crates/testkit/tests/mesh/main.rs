@@ -5,6 +5,7 @@
 
 mod common;
 mod job_path;
+mod reflection;
 mod security;
 mod startup;
 mod tls;

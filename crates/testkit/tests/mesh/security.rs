@@ -71,8 +71,13 @@ async fn sql_injection_payloads_are_inert_as_prompts_and_refused_as_ids() {
         ids.push(job.id);
     }
     let db = mesh.env.db().await.unwrap();
-    let prompts: Vec<String> =
-        db.query("SELECT prompt FROM jobs ORDER BY created_at", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let prompts: Vec<String> = db
+        .query("SELECT prompt FROM jobs ORDER BY created_at", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let expected: Vec<String> = INJECTIONS.iter().chain([&xss]).map(|s| (*s).to_owned()).collect();
     assert_eq!(prompts, expected, "exactly the six jobs, no extra or missing rows");
     let tables: i64 = db
@@ -87,16 +92,15 @@ async fn sql_injection_payloads_are_inert_as_prompts_and_refused_as_ids() {
 #[tokio::test]
 async fn only_generators_may_attach_or_store_and_other_owners_see_nothing() {
     let mesh = Mesh::start().await;
-    let operator_worker = WorkerServiceClient::new(mesh.operator.channel(&mesh.scheduler.addr_string()).unwrap());
-    let err = operator_worker
-        .clone()
-        .attach(tokio_stream::iter(vec![AttachRequest::default()]))
-        .await
-        .unwrap_err();
+    let operator_worker =
+        WorkerServiceClient::new(mesh.operator.channel(&mesh.scheduler.addr_string()).unwrap());
+    let err =
+        operator_worker.clone().attach(tokio_stream::iter(vec![AttachRequest::default()])).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("spiffe://sakuga/operator"));
     let mut files = mesh.files();
-    let err = files.store_artifact(tokio_stream::iter(vec![StoreArtifactRequest::default()])).await.unwrap_err();
+    let err =
+        files.store_artifact(tokio_stream::iter(vec![StoreArtifactRequest::default()])).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 
     // A job of the operator is invisible to another identity: NOT_FOUND, not DENIED.
@@ -108,7 +112,8 @@ async fn only_generators_may_attach_or_store_and_other_owners_see_nothing() {
     let err = other.watch_job(WatchJobRequest { job_id: job.id }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let mut other_files = FileServiceClient::new(stranger.channel(&mesh.organizer.addr_string()).unwrap());
-    let listed = other_files.list_files(sakuga_proto::v1::ListFilesRequest::default()).await.unwrap().into_inner();
+    let listed =
+        other_files.list_files(sakuga_proto::v1::ListFilesRequest::default()).await.unwrap().into_inner();
     assert!(listed.files.is_empty());
     mesh.stop().await;
 }

@@ -33,11 +33,17 @@ async fn a_wrong_vault_token_is_refused_at_once() {
 #[tokio::test]
 async fn migrations_are_recorded_and_not_applied_twice() {
     let env = sakuga_testkit::TestEnv::new().await.unwrap();
-    let applied = sakuga_mesh::db::migrate_with_vault(&env.vault_config(), &env.database_config()).await.unwrap();
+    let applied =
+        sakuga_mesh::db::migrate_with_vault(&env.vault_config(), &env.database_config()).await.unwrap();
     assert!(applied.is_empty(), "the template already carries every migration: {applied:?}");
     let db = env.db().await.unwrap();
-    let versions: Vec<i64> =
-        db.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let versions: Vec<i64> = db
+        .query("SELECT version FROM schema_migrations ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let expected: Vec<i64> = sakuga_mesh::db::MIGRATIONS.iter().map(|m| m.version).collect();
     assert_eq!(versions, expected);
     env.cleanup().await;

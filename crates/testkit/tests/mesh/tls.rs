@@ -5,15 +5,20 @@ use std::time::Duration;
 
 use sakuga_mesh::tls::MeshTls;
 use tonic::transport::Endpoint;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 use crate::common::Mesh;
 
 async fn health(channel: tonic::transport::Channel) -> Result<i32, tonic::Status> {
     let mut client = HealthClient::new(channel);
-    let r = tokio::time::timeout(Duration::from_secs(10), client.check(HealthCheckRequest { service: String::new() }))
-        .await
-        .map_err(|_| tonic::Status::deadline_exceeded("timeout"))??;
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.check(HealthCheckRequest { service: String::new() }),
+    )
+    .await
+    .map_err(|_| tonic::Status::deadline_exceeded("timeout"))??;
     Ok(r.into_inner().status)
 }
 
@@ -75,7 +80,8 @@ async fn a_rotated_certificate_is_used_by_new_connections() {
     };
     let before = leaf_seen().await;
     assert_eq!(before, server.current_leaf());
-    let renewed = vault.issue_certificate("scheduler", &["localhost".into()], &["127.0.0.1".into()]).await.unwrap();
+    let renewed =
+        vault.issue_certificate("scheduler", &["localhost".into()], &["127.0.0.1".into()]).await.unwrap();
     server.rotate(&renewed).unwrap();
     let after = leaf_seen().await;
     assert_ne!(before, after, "new handshakes see the new certificate");
