@@ -90,7 +90,8 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<i64>, MeshError> {
     let mut client = pool.get().await.map_err(|e| MeshError::Database(e.to_string()))?;
     client
         .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
+            "SET client_min_messages = warning;
+             CREATE TABLE IF NOT EXISTS schema_migrations (
                 version bigint PRIMARY KEY,
                 name text NOT NULL,
                 applied_at timestamptz NOT NULL DEFAULT now())",

@@ -1,5 +1,7 @@
-//! Logging: `tracing` with an env filter (`RUST_LOG`, default `info`), human-readable or
-//! JSON (`SAKUGA_LOG_FORMAT=json`).
+//! Logging to stderr: `tracing` with an env filter (`RUST_LOG`, default `info`),
+//! human-readable (colored only on a terminal) or JSON (`SAKUGA_LOG_FORMAT=json`).
+
+use std::io::IsTerminal as _;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -9,9 +11,10 @@ pub fn init(service: &'static str) {
     let json = std::env::var("SAKUGA_LOG_FORMAT").is_ok_and(|v| v == "json");
     let registry = tracing_subscriber::registry().with(filter);
     let result = if json {
-        registry.with(fmt::layer().json().with_current_span(true)).try_init()
+        registry.with(fmt::layer().json().with_current_span(true).with_writer(std::io::stderr)).try_init()
     } else {
-        registry.with(fmt::layer().with_target(false)).try_init()
+        let ansi = std::io::stderr().is_terminal();
+        registry.with(fmt::layer().with_target(false).with_ansi(ansi).with_writer(std::io::stderr)).try_init()
     };
     if result.is_ok() {
         tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");

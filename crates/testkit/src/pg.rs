@@ -19,13 +19,20 @@ pub(crate) struct Admin {
     password: Option<String>,
 }
 
-fn template_name() -> String {
+fn template_name(user: &str) -> String {
     let mut h = Sha256::new();
     for m in sakuga_mesh::db::MIGRATIONS {
         h.update(m.version.to_le_bytes());
         h.update(m.sql.as_bytes());
     }
+    // Per role: a template another role created may not be cloneable by this one.
+    h.update(user.as_bytes());
     format!("sakuga_tmpl_{}", &hex::encode(h.finalize())[..16])
+}
+
+/// The server's message, which `Display` of tokio-postgres errors leaves out.
+fn describe(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map_or_else(|| e.to_string(), |d| format!("{}: {}", d.code().code(), d.message()))
 }
 
 fn now_secs() -> u64 {
@@ -69,7 +76,7 @@ impl Admin {
     /// sweeps databases left by tests that died over an hour ago, then clones the template.
     pub(crate) async fn create_test_database(&self, id: &str) -> anyhow::Result<String> {
         let admin = self.connect("postgres").await?;
-        let template = template_name();
+        let template = template_name(&self.user);
         admin.execute("SELECT pg_advisory_lock(7261)", &[]).await?;
         let result = async {
             let exists =
@@ -86,6 +93,7 @@ impl Admin {
                 let pool = pg.create_pool(Some(deadpool_postgres::Runtime::Tokio1), NoTls)?;
                 sakuga_mesh::db::migrate(&pool).await?;
                 pool.close();
+                admin.batch_execute(&format!("ALTER DATABASE {template} IS_TEMPLATE true")).await?;
             }
             let cutoff = now_secs().saturating_sub(3600);
             let stale =
@@ -102,10 +110,15 @@ impl Admin {
         }
         .await;
         admin.execute("SELECT pg_advisory_unlock(7261)", &[]).await?;
-        result?;
+        result.map_err(|e| match e.downcast_ref::<tokio_postgres::Error>() {
+            Some(pg) => anyhow::anyhow!("preparing the template database {template}: {}", describe(pg)),
+            None => e,
+        })?;
         anyhow::ensure!(id.chars().all(|c| c.is_ascii_alphanumeric()), "test id must be alphanumeric");
         let name = format!("sakuga_t_{}_{id}", now_secs());
-        admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}")).await?;
+        admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}")).await.map_err(|e| {
+            anyhow::anyhow!("creating test database {name} from {template}: {}", describe(&e))
+        })?;
         Ok(name)
     }
 
@@ -135,7 +148,8 @@ pub(crate) fn redis_host_port() -> (String, u16) {
 pub(crate) async fn create_redis_user(id: &str) -> anyhow::Result<(String, String, String)> {
     let client = redis::Client::open(redis_url())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let user = format!("sakuga-test-{id}");
+    sweep_redis_users(&mut conn).await?;
+    let user = format!("sakuga-test-{}-{id}", now_secs());
     let password = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("sakuga-test:{id}:");
     let _: () = redis::cmd("ACL")
@@ -154,6 +168,20 @@ pub(crate) async fn create_redis_user(id: &str) -> anyhow::Result<(String, Strin
         .query_async(&mut conn)
         .await?;
     Ok((user, password, prefix))
+}
+
+/// Removes users of tests that died over an hour ago without cleaning up.
+async fn sweep_redis_users(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<()> {
+    let users: Vec<String> = redis::cmd("ACL").arg("USERS").query_async(conn).await?;
+    let cutoff = now_secs().saturating_sub(3600);
+    for user in users {
+        let born =
+            user.strip_prefix("sakuga-test-").and_then(|rest| rest.split('-').next()?.parse::<u64>().ok());
+        if born.is_some_and(|b| b < cutoff) {
+            let _: i64 = redis::cmd("ACL").arg("DELUSER").arg(&user).query_async(conn).await?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) async fn delete_redis_user(user: &str) -> anyhow::Result<()> {

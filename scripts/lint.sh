@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# make lint: rustfmt --check, clippy -D warnings, buf lint, buf format --diff. Runs every
+# check and fails at the end if any failed.  scripts/lint.sh --fix formats in place instead
+# (make fmt).
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+bash "$ROOT/scripts/tools.sh" >/dev/null
+cd "$ROOT"
+BUF_DIR="$(buf_dir)"
+
+if [ "${1:-}" = --fix ]; then
+    log "cargo fmt --all"
+    cargo fmt --all
+    log "buf format -w"
+    (cd "$BUF_DIR" && "$TOOLS_BIN/buf" format -w)
+    exit 0
+fi
+
+failed=()
+check() { # NAME COMMAND...
+    local name="$1"
+    shift
+    log "$name"
+    "$@" || failed+=("$name")
+}
+
+check "cargo fmt --check" cargo fmt --all -- --check
+check "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+buf() { (cd "$BUF_DIR" && "$TOOLS_BIN/buf" "$@"); }
+check "buf lint" buf lint
+check "buf format" buf format -d --exit-code
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    die "failed: ${failed[*]}"
+fi
+log "lint clean"

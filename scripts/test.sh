@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# make test: pinned tools, PostgreSQL and Redis (running ones, or started), the test role,
+# the lint checks (rustfmt, clippy -D warnings, buf lint, buf format), then the test suite
+# (cargo nextest when installed, else cargo test) against one OpenBao dev server started
+# here for the whole run and stopped at the end. (Run by hand without SAKUGA_TEST_VAULT_*,
+# each test process starts its own from SAKUGA_BAO_BIN.)
+#
+#   scripts/test.sh --env     only prepare, and print the exports for running tests by hand
+#   SAKUGA_TEST_ARGS="..."    extra arguments for nextest / cargo test (e.g. a filter)
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+mode="run"
+if [ "${1:-}" = --env ]; then mode="env"; fi
+
+prepare() {
+    bash "$ROOT/scripts/tools.sh"
+    ensure_postgres
+    ensure_redis
+    ensure_test_db_role
+}
+if [ "$mode" = env ]; then
+    prepare >&2
+else
+    prepare
+fi
+
+export SAKUGA_BAO_BIN="$TOOLS_BIN/bao"
+export SAKUGA_GRPCURL_BIN="$TOOLS_BIN/grpcurl"
+SAKUGA_TEST_DATABASE_URL="$(test_database_url)"
+export SAKUGA_TEST_DATABASE_URL
+export SAKUGA_TEST_REDIS_URL="redis://$LOOPBACK:$REDIS_PORT"
+
+if [ "$mode" = env ]; then
+    for v in SAKUGA_BAO_BIN SAKUGA_GRPCURL_BIN SAKUGA_TEST_DATABASE_URL SAKUGA_TEST_REDIS_URL CARGO_TARGET_DIR; do
+        printf 'export %s=%q\n' "$v" "${!v}"
+    done
+    exit 0
+fi
+
+cd "$ROOT"
+bash "$ROOT/scripts/lint.sh"
+
+# One OpenBao dev server for every test process; its root token exists only in this
+# script's environment and the tests'.
+bao_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+SAKUGA_TEST_VAULT_TOKEN="$(random_secret)"
+export SAKUGA_TEST_VAULT_TOKEN
+export SAKUGA_TEST_VAULT_ADDR="http://$LOOPBACK:$bao_port"
+mkdir -p "$DEV/logs"
+BAO_DEV_ROOT_TOKEN_ID="$SAKUGA_TEST_VAULT_TOKEN" "$TOOLS_BIN/bao" server -dev -dev-no-store-token \
+    -dev-listen-address="$LOOPBACK:$bao_port" >"$DEV/logs/test-bao.log" 2>&1 </dev/null &
+bao_pid=$!
+trap 'kill "$bao_pid" 2>/dev/null || true; wait "$bao_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+    port_open "$LOOPBACK" "$bao_port" && break
+    pid_alive "$bao_pid" || die "the test OpenBao server exited; see .dev/logs/test-bao.log"
+    sleep 0.1
+done
+log "test OpenBao dev server on $SAKUGA_TEST_VAULT_ADDR"
+
+# shellcheck disable=SC2086 # SAKUGA_TEST_ARGS is split on purpose
+if cargo nextest --version >/dev/null 2>&1; then
+    log "cargo nextest run --workspace"
+    cargo nextest run --workspace --no-fail-fast ${SAKUGA_TEST_ARGS:-}
+else
+    log "cargo test --workspace (cargo-nextest is not installed)"
+    cargo test --workspace --no-fail-fast ${SAKUGA_TEST_ARGS:-}
+fi

@@ -1,0 +1,341 @@
+#!/usr/bin/env bash
+# Starts the local Sakuga stack: PostgreSQL and Redis (used if running, else started), an
+# OpenBao dev server seeded with the secrets, PKI and AppRoles, then the four services.
+# Everything it writes lives in .dev/ (git-ignored); `make down` stops what it started.
+#
+#   SAKUGA_SKIP_BUILD=1        do not run cargo build (use binaries already in $BIN_DIR)
+#   SAKUGA_KEEP_ON_FAILURE=1   leave what was started running when a step fails
+#   SAKUGA_UP_TIMEOUT=60       seconds to wait for each service to report SERVING
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+umask 077
+# Tokens from the caller's shell must not reach our bao calls or the services.
+unset BAO_TOKEN VAULT_TOKEN BAO_NAMESPACE VAULT_NAMESPACE BAO_DEV_ROOT_TOKEN_ID VAULT_DEV_ROOT_TOKEN_ID
+
+UP_TIMEOUT="${SAKUGA_UP_TIMEOUT:-60}"
+BAO="$TOOLS_BIN/bao"
+GRPCURL="$TOOLS_BIN/grpcurl"
+ROOT_TOKEN=""
+
+# ---------------------------------------------------------------------------- already up?
+
+stack_names=(bao "${SERVICES[@]}")
+running=0
+for n in "${stack_names[@]}"; do
+    recorded_running "$n" && running=$((running + 1))
+done
+if [ "$running" -eq "${#stack_names[@]}" ]; then
+    log "the stack is already up (pids in .dev/pids, addresses in .dev/stack.env); 'make down' stops it"
+    exit 0
+fi
+if [ "$running" -gt 0 ]; then
+    log "a partial stack is running; stopping it first"
+    bash "$ROOT/scripts/down.sh"
+fi
+# Entries of processes that are gone would confuse down.sh later: keep only live ones.
+if [ -f "$PIDS" ]; then
+    while read -r name pid how; do
+        pid_is "$name" "$pid" && echo "$name $pid${how:+ $how}"
+    done <"$PIDS" >"$PIDS.tmp" || true
+    mv "$PIDS.tmp" "$PIDS"
+fi
+
+UP_DONE=0
+ARMED=0 # set once this run may start processes; a failed build stops nothing
+on_exit() {
+    local rc=$?
+    if [ "$ARMED" -eq 1 ] && [ "$UP_DONE" -eq 0 ] && [ "$rc" -ne 0 ]; then
+        if [ "${SAKUGA_KEEP_ON_FAILURE:-0}" = 1 ]; then
+            warn "make up failed; what was started is left running ('make down' stops it)"
+        elif [ -f "$PIDS" ]; then
+            warn "make up failed; stopping what was started (SAKUGA_KEEP_ON_FAILURE=1 keeps it)"
+            bash "$ROOT/scripts/down.sh" || true
+        fi
+    fi
+}
+trap on_exit EXIT
+
+# ---------------------------------------------------------------------------- 1. tools, build
+
+bash "$ROOT/scripts/tools.sh"
+if [ "${SAKUGA_SKIP_BUILD:-0}" != 1 ]; then
+    log "cargo build --workspace --bins (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    (cd "$ROOT" && cargo build --workspace --bins)
+fi
+for s in "${SERVICES[@]}"; do
+    [ -x "$BIN_DIR/sakuga-$s" ] || die "binary $BIN_DIR/sakuga-$s not found (did the build succeed?)"
+done
+
+# ---------------------------------------------------------------------------- 2. PostgreSQL, Redis
+
+ARMED=1
+ensure_postgres
+ensure_redis
+
+# ---------------------------------------------------------------------------- 3. OpenBao dev server
+
+# The bao CLI as root; its stderr (warnings such as "no AIA fields") is shown only on failure.
+bao_cli() {
+    local err rc=0
+    { err="$(BAO_ADDR="$BAO_URL" BAO_TOKEN="$ROOT_TOKEN" "$BAO" "$@" 2>&1 1>&3 3>&-)" || rc=$?; } 3>&1
+    if [ "$rc" -ne 0 ]; then
+        printf 'bao %s: %s\n' "$1 ${2:-}" "$err" >&2
+    fi
+    return "$rc"
+}
+
+start_bao() {
+    local host="${BAO_LISTEN%:*}" port="${BAO_LISTEN##*:}" pid i log_file="$DEV/logs/bao.log"
+    port_open "$host" "$port" &&
+        die "something already listens on $BAO_LISTEN (another OpenBao or Vault?); stop it or set SAKUGA_BAO_ADDR"
+    mkdir -p "$DEV/logs" "$DEV/vault"
+    : >"$log_file"
+    chmod 600 "$log_file"
+    log "starting OpenBao dev server on $BAO_URL (log .dev/logs/bao.log)"
+    # The dev server makes up its own root token and prints it to its log, nowhere else.
+    (exec_clean "" "$BAO" server -dev -dev-no-store-token -dev-listen-address="$BAO_LISTEN" \
+        >>"$log_file" 2>&1 </dev/null) &
+    pid=$!
+    pids_add bao "$pid"
+    for i in $(seq 1 150); do
+        pid_alive "$pid" || {
+            tail -n 30 "$log_file" >&2
+            die "the OpenBao dev server exited"
+        }
+        ROOT_TOKEN="$(sed -n 's/^Root Token: *//p' "$log_file" | tail -n 1)"
+        if [ -n "$ROOT_TOKEN" ] && bao_cli status >/dev/null 2>&1; then
+            break
+        fi
+        sleep 0.2
+    done
+    if [ -z "$ROOT_TOKEN" ] || ! bao_cli status >/dev/null 2>&1; then
+        die "the OpenBao dev server did not come up in 30 s; see .dev/logs/bao.log"
+    fi
+    printf '%s\n' "$ROOT_TOKEN" | write_private "$DEV/vault/root-token"
+}
+
+start_bao
+
+# ---------------------------------------------------------------------------- 4. seed
+
+# Application credentials: new random passwords on every `make up`, applied to PostgreSQL
+# and Redis and stored in KV. They travel through stdin only, never through argv.
+seed_credentials() {
+    local db_pw redis_pw out
+    db_pw="$(random_secret)"
+    redis_pw="$(random_secret)"
+
+    log "PostgreSQL: role $APP_DB_USER and database $APP_DB_NAME"
+    pg_admin <<SQL
+SELECT format('CREATE ROLE %I', '$APP_DB_USER')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$APP_DB_USER') \gexec
+ALTER ROLE $APP_DB_USER WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '$db_pw';
+SELECT format('CREATE DATABASE %I OWNER %I', '$APP_DB_NAME', '$APP_DB_USER')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$APP_DB_NAME') \gexec
+ALTER DATABASE $APP_DB_NAME OWNER TO $APP_DB_USER;
+REVOKE ALL ON DATABASE $APP_DB_NAME FROM PUBLIC;
+SQL
+
+    log "Redis: ACL user $APP_REDIS_USER (keys and channels sakuga:*)"
+    out="$(printf 'ACL SETUSER %s reset on >%s ~sakuga:* &sakuga:* &sakuga:job:* +@all -@admin -@dangerous\nAUTH %s %s\nPING\n' \
+        "$APP_REDIS_USER" "$redis_pw" "$APP_REDIS_USER" "$redis_pw" | redis_admin 2>&1 || true)"
+    [ "$(printf '%s\n' "$out" | tr -d '\r' | paste -sd' ')" = "OK OK PONG" ] ||
+        die "could not create the Redis ACL user $APP_REDIS_USER: $(printf '%s' "$out" | head -n 3)"
+    mkdir -p "$DEV/run"
+    echo "$LOOPBACK $REDIS_PORT $APP_REDIS_USER" >"$DEV/run/redis-acl"
+
+    log "OpenBao KV: secret/sakuga/database, secret/sakuga/redis"
+    printf '{"username":"%s","password":"%s"}' "$APP_DB_USER" "$db_pw" |
+        bao_cli kv put -mount=secret sakuga/database - >/dev/null
+    printf '{"username":"%s","password":"%s"}' "$APP_REDIS_USER" "$redis_pw" |
+        bao_cli kv put -mount=secret sakuga/redis - >/dev/null
+}
+
+seed_pki() {
+    log "OpenBao PKI: root CA sakuga-dev-root, role sakuga-service"
+    mkdir -p "$DEV/certs"
+    bao_cli secrets enable pki >/dev/null
+    bao_cli secrets tune -max-lease-ttl=87600h pki >/dev/null
+    bao_cli write -field=certificate pki/root/generate/internal \
+        common_name=sakuga-dev-root issuer_name=sakuga-dev-root ttl=87600h >"$DEV/certs/ca.pem.tmp"
+    echo >>"$DEV/certs/ca.pem.tmp"
+    mv "$DEV/certs/ca.pem.tmp" "$DEV/certs/ca.pem"
+    chmod 644 "$DEV/certs/ca.pem"
+    bao_cli write pki/roles/sakuga-service \
+        allowed_domains="localhost,sakuga" allow_subdomains=true allow_bare_domains=true \
+        allow_localhost=true allow_ip_sans=true allowed_uri_sans="spiffe://sakuga/*" \
+        server_flag=true client_flag=true key_type=ec key_bits=256 max_ttl=72h >/dev/null
+
+    log "operator client certificate (CN operator.sakuga, spiffe://sakuga/operator)"
+    bao_cli write -format=json pki/issue/sakuga-service common_name=operator.sakuga \
+        uri_sans=spiffe://sakuga/operator ttl=72h |
+        python3 -c '
+import json, os, sys
+d = json.load(sys.stdin)["data"]
+chain = d.get("ca_chain") or [d["issuing_ca"]]
+with open(sys.argv[1], "w") as f:
+    f.write("\n".join(c.strip() for c in [d["certificate"], *chain]) + "\n")
+fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+with os.fdopen(fd, "w") as f:
+    f.write(d["private_key"].strip() + "\n")
+' "$DEV/certs/operator.pem" "$DEV/certs/operator.key"
+    chmod 600 "$DEV/certs/operator.key"
+}
+
+seed_approles() {
+    log "OpenBao AppRole: roles ${SERVICES[*]}"
+    bao_cli auth enable approle >/dev/null
+    # Logins and tokens are bound to loopback when OpenBao listens there.
+    local bind=()
+    case "${BAO_LISTEN%:*}" in
+    127.* | localhost | "[::1]") bind=(secret_id_bound_cidrs=127.0.0.0/8 token_bound_cidrs=127.0.0.0/8) ;;
+    esac
+    local s
+    for s in "${SERVICES[@]}"; do
+        {
+            if [ "$s" != generator ]; then
+                printf 'path "secret/data/sakuga/*" {\n  capabilities = ["read"]\n}\n'
+            fi
+            printf 'path "pki/issue/sakuga-service" {\n  capabilities = ["update"]\n}\n'
+        } | bao_cli policy write "sakuga-$s" - >/dev/null
+        bao_cli write "auth/approle/role/$s" token_policies="sakuga-$s" \
+            token_ttl=1h token_max_ttl=24h secret_id_ttl=0 "${bind[@]}" >/dev/null
+        mkdir -p "$DEV/vault/$s"
+        bao_cli read -field=role_id "auth/approle/role/$s/role-id" | write_private "$DEV/vault/$s/role-id"
+        bao_cli write -f -field=secret_id "auth/approle/role/$s/secret-id" |
+            write_private "$DEV/vault/$s/secret-id"
+        # The role logs in (credentials on stdin) and gets its policy: seeding went right.
+        local policies
+        policies="$(printf '{"role_id":"%s","secret_id":"%s"}' "$(cat "$DEV/vault/$s/role-id")" \
+            "$(cat "$DEV/vault/$s/secret-id")" |
+            BAO_ADDR="$BAO_URL" "$BAO" write -field=token_policies auth/approle/login - 2>&1 || true)"
+        [[ "$policies" == *"sakuga-$s"* ]] || die "AppRole login of $s failed: $policies"
+    done
+}
+
+seed_credentials
+seed_pki
+seed_approles
+
+# ---------------------------------------------------------------------------- 5. configs
+
+toml_str() { # a TOML basic string
+    local v="${1//\\/\\\\}"
+    printf '"%s"' "${v//\"/\\\"}"
+}
+
+write_config() {
+    local s="$1" f="$DEV/config/$1.toml"
+    mkdir -p "$DEV/config"
+    {
+        echo "# written by scripts/up.sh; no secrets here (they come from OpenBao)"
+        echo "listen = $(toml_str "$LOOPBACK:${SERVICE_PORT[$s]}")"
+        case "$s" in
+        organizer) echo "storage_root = $(toml_str "$DEV/files")" ;;
+        generator)
+            echo "scheduler_addr = $(toml_str "$LOOPBACK:${SERVICE_PORT[scheduler]}")"
+            echo "organizer_addr = $(toml_str "$LOOPBACK:${SERVICE_PORT[organizer]}")"
+            echo "slots = ${SAKUGA_GENERATOR_SLOTS:-2}"
+            ;;
+        esac
+        echo
+        echo "[vault]"
+        echo "addr = $(toml_str "$BAO_URL")"
+        echo 'auth = "approle"'
+        echo "role_id_file = $(toml_str "$DEV/vault/$s/role-id")"
+        echo "secret_id_file = $(toml_str "$DEV/vault/$s/secret-id")"
+        echo 'kv_mount = "secret"'
+        echo 'pki_mount = "pki"'
+        echo 'pki_role = "sakuga-service"'
+        if [ "$s" != generator ]; then
+            echo
+            echo "[database]"
+            echo "host = $(toml_str "$LOOPBACK")"
+            echo "port = $PG_PORT"
+            echo "dbname = $(toml_str "$APP_DB_NAME")"
+            echo 'secret = "sakuga/database"'
+        fi
+        if [ "$s" = auth ] || [ "$s" = scheduler ]; then
+            echo
+            echo "[redis]"
+            echo "host = $(toml_str "$LOOPBACK")"
+            echo "port = $REDIS_PORT"
+            echo 'secret = "sakuga/redis"'
+            echo 'key_prefix = "sakuga:"'
+        fi
+    } >"$f"
+}
+
+for s in "${SERVICES[@]}"; do
+    write_config "$s"
+done
+mkdir -p "$DEV/files"
+
+# ---------------------------------------------------------------------------- 6. services
+
+health_check() { # PORT -> prints grpcurl's answer
+    "$GRPCURL" -max-time 5 -cacert "$DEV/certs/ca.pem" -cert "$DEV/certs/operator.pem" \
+        -key "$DEV/certs/operator.key" "$LOOPBACK:$1" grpc.health.v1.Health/Check 2>&1 || true
+}
+
+start_service() {
+    local s="$1" port="${SERVICE_PORT[$1]}" log_file="$DEV/logs/$1.log" pid i out=""
+    port_open "$LOOPBACK" "$port" &&
+        die "$LOOPBACK:$port (for $s) is taken by another process; free it or set SAKUGA_${s^^}_PORT"
+    : >"$log_file"
+    log "starting $s on $LOOPBACK:$port (log .dev/logs/$s.log)"
+    (cd "$ROOT" && exec_clean "SAKUGA_${s^^}__" "$BIN_DIR/sakuga-$s" --config "$DEV/config/$s.toml" serve \
+        >>"$log_file" 2>&1 </dev/null) &
+    pid=$!
+    pids_add "$s" "$pid"
+    for ((i = 0; i < UP_TIMEOUT; i++)); do
+        if ! pid_alive "$pid"; then
+            tail -n 40 "$log_file" >&2
+            die "$s exited during start-up (log above, in .dev/logs/$s.log)"
+        fi
+        out="$(health_check "$port")"
+        [[ "$out" == *'"SERVING"'* ]] && return 0
+        sleep 1
+    done
+    tail -n 40 "$log_file" >&2
+    die "$s did not report SERVING within ${UP_TIMEOUT}s; last health answer: $(printf '%s' "$out" | head -n 3)"
+}
+
+for s in "${SERVICES[@]}"; do
+    start_service "$s"
+done
+
+# ---------------------------------------------------------------------------- 7. stack.env
+
+{
+    echo "# written by scripts/up.sh: addresses and file paths of the local stack (no secrets)"
+    printf 'SAKUGA_AUTH_ADDR=%q\n' "$LOOPBACK:${SERVICE_PORT[auth]}"
+    printf 'SAKUGA_SCHEDULER_ADDR=%q\n' "$LOOPBACK:${SERVICE_PORT[scheduler]}"
+    printf 'SAKUGA_ORGANIZER_ADDR=%q\n' "$LOOPBACK:${SERVICE_PORT[organizer]}"
+    printf 'SAKUGA_GENERATOR_HEALTH_ADDR=%q\n' "$LOOPBACK:${SERVICE_PORT[generator]}"
+    printf 'SAKUGA_VAULT_ADDR=%q\n' "$BAO_URL"
+    printf 'SAKUGA_CA=%q\n' "$DEV/certs/ca.pem"
+    printf 'SAKUGA_CLIENT_CERT=%q\n' "$DEV/certs/operator.pem"
+    printf 'SAKUGA_CLIENT_KEY=%q\n' "$DEV/certs/operator.key"
+    printf 'SAKUGA_GRPCURL=%q\n' "$GRPCURL"
+    printf 'SAKUGA_DATABASE_ADDR=%q\n' "$LOOPBACK:$PG_PORT"
+    printf 'SAKUGA_REDIS_ADDR=%q\n' "$LOOPBACK:$REDIS_PORT"
+} >"$DEV/stack.env"
+chmod 644 "$DEV/stack.env"
+
+UP_DONE=1
+cat <<EOF
+
+Sakuga stack is up (mTLS everywhere; operator certificate in .dev/certs/):
+  auth        $LOOPBACK:${SERVICE_PORT[auth]}
+  scheduler   $LOOPBACK:${SERVICE_PORT[scheduler]}
+  organizer   $LOOPBACK:${SERVICE_PORT[organizer]}
+  generator   $LOOPBACK:${SERVICE_PORT[generator]} (health)
+  OpenBao     $BAO_URL (root token in .dev/vault/root-token)
+  PostgreSQL  $LOOPBACK:$PG_PORT, Redis $LOOPBACK:$REDIS_PORT
+Logs in .dev/logs/, addresses in .dev/stack.env. Try:
+  .tools/bin/grpcurl -cacert .dev/certs/ca.pem -cert .dev/certs/operator.pem -key .dev/certs/operator.key $LOOPBACK:${SERVICE_PORT[scheduler]} list
+Stop with: make down
+EOF
