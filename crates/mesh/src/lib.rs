@@ -8,6 +8,7 @@ pub mod error;
 pub mod identity;
 pub mod redis;
 pub mod server;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -69,7 +69,16 @@ fn describe(e: &ClientError) -> String {
     match e {
         ClientError::APIError { code, errors } if errors.is_empty() => format!("status {code}"),
         ClientError::APIError { code, errors } => format!("status {code}: {}", errors.join("; ")),
-        ClientError::RestClientError { source } => format!("request failed: {source}"),
+        ClientError::RestClientError { source } => {
+            // The transport's reason (connection refused, timeout) is deep in the chain.
+            let mut parts = vec![format!("request failed: {source}")];
+            let mut cause = std::error::Error::source(source);
+            while let Some(c) = cause {
+                parts.push(c.to_string());
+                cause = c.source();
+            }
+            parts.join(": ")
+        }
         other => other.to_string(),
     }
 }

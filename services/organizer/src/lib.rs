@@ -76,3 +76,28 @@ impl Application {
         result
     }
 }
+
+impl sakuga_mesh::service::Service for Application {
+    const NAME: &'static str = "organizer";
+    const BINARY: &'static str = "sakuga-organizer";
+    const ABOUT: &'static str = "Sakuga file organizer";
+    type Config = Config;
+
+    async fn build(config: Config) -> Result<Self, MeshError> {
+        Application::build(config).await
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        Application::local_addr(self)
+    }
+
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
+        Application::run_until_stopped(self, shutdown).await
+    }
+
+    fn database(
+        config: &Config,
+    ) -> Option<(&sakuga_mesh::config::VaultConfig, &sakuga_mesh::config::DatabaseConfig)> {
+        Some((&config.vault, &config.database))
+    }
+}

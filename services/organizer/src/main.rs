@@ -1,56 +1,5 @@
-//! `sakuga-organizer`: serve (default) or apply migrations and exit.
+//! `sakuga-organizer`: see `sakuga-organizer --help`.
 
-use std::{path::PathBuf, process::ExitCode};
-
-use clap::{Parser, Subcommand};
-use sakuga_mesh::{shutdown, telemetry, tls};
-use sakuga_organizer::{Application, Config};
-
-#[derive(Parser)]
-#[command(name = "sakuga-organizer", version, about = "Sakuga file organizer")]
-struct Cli {
-    /// TOML configuration file (environment: SAKUGA_ORGANIZER__<KEY>).
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Serve gRPC until SIGINT/SIGTERM (the default).
-    Serve,
-    /// Apply database migrations and exit.
-    Migrate,
-}
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    tls::install_crypto_provider();
-    telemetry::init("organizer");
-    let cli = Cli::parse();
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "scheduler stopped");
-            eprintln!("sakuga-organizer: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config: Config = sakuga_mesh::config::load("organizer", cli.config.as_deref())?;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Migrate => {
-            let applied = sakuga_mesh::db::migrate_with_vault(&config.vault, &config.database).await?;
-            tracing::info!(?applied, "migrations done");
-        }
-        Command::Serve => {
-            let stop = shutdown::on_signals();
-            let app = Application::build(config).await?;
-            app.run_until_stopped(stop).await?;
-        }
-    }
-    Ok(())
+fn main() -> std::process::ExitCode {
+    sakuga_mesh::service::main::<sakuga_organizer::Application>()
 }

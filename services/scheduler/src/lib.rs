@@ -107,3 +107,28 @@ impl Application {
 fn health_checks(state: &Arc<State>) -> Vec<(&'static str, HealthCheck)> {
     vec![("postgres", db::health_check(state.store.pool())), ("redis", state.redis.health_check())]
 }
+
+impl sakuga_mesh::service::Service for Application {
+    const NAME: &'static str = "scheduler";
+    const BINARY: &'static str = "sakuga-scheduler";
+    const ABOUT: &'static str = "Sakuga job scheduler";
+    type Config = Config;
+
+    async fn build(config: Config) -> Result<Self, MeshError> {
+        Application::build(config).await
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        Application::local_addr(self)
+    }
+
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
+        Application::run_until_stopped(self, shutdown).await
+    }
+
+    fn database(
+        config: &Config,
+    ) -> Option<(&sakuga_mesh::config::VaultConfig, &sakuga_mesh::config::DatabaseConfig)> {
+        Some((&config.vault, &config.database))
+    }
+}
