@@ -118,8 +118,20 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<i64>, MeshError> {
     Ok(applied)
 }
 
+/// Connects with the credentials stored in Vault at `cfg.secret` and applies the
+/// migrations: what every service that owns tables does at start-up.
+pub async fn connect_with_vault(
+    vault: &crate::vault::Vault,
+    cfg: &DatabaseConfig,
+) -> Result<Pool, MeshError> {
+    let creds = vault.read_credentials(&cfg.secret).await?;
+    let pool = connect(cfg, &creds).await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
 /// The `migrate` subcommand of every service: log in to Vault, read the database
-/// credentials, connect and apply the migrations.
+/// credentials, connect and apply the migrations; returns the versions applied now.
 pub async fn migrate_with_vault(
     vault_cfg: &crate::config::VaultConfig,
     db_cfg: &DatabaseConfig,

@@ -57,3 +57,11 @@ pub fn require_peer<T>(req: &Request<T>, allowed: &[&str]) -> Result<PeerIdentit
         None => Err(Status::unauthenticated("no mesh service identity in the client certificate")),
     }
 }
+
+/// The principal a request acts as, as text. Until token authentication lands, callers are
+/// identified by their certificate: `spiffe://sakuga/<name>`.
+pub fn caller<T>(req: &Request<T>) -> Result<String, Status> {
+    peer_identity(req)
+        .map(|id| id.uri())
+        .ok_or_else(|| Status::unauthenticated("client certificate carries no mesh identity"))
+}

@@ -2,6 +2,7 @@
 //! identities, the Vault client, the PostgreSQL pool and migrations, Redis, server assembly
 //! (health, reflection, graceful shutdown).
 
+pub mod api;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -78,6 +78,15 @@ impl Redis {
         }
     }
 
+    /// Connects with the credentials stored in Vault at `cfg.secret`.
+    pub async fn connect_with_vault(
+        vault: &crate::vault::Vault,
+        cfg: &RedisConfig,
+    ) -> Result<Self, MeshError> {
+        let creds = vault.read_credentials(&cfg.secret).await?;
+        Self::connect(cfg, &creds).await
+    }
+
     /// `prefix` + `suffix`.
     pub fn key(&self, suffix: &str) -> String {
         format!("{}{suffix}", self.prefix)

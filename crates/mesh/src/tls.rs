@@ -155,6 +155,18 @@ impl MeshTls {
         })
     }
 
+    /// Logs in to Vault and issues this service's certificate: the first thing every
+    /// service does. The Vault client is kept for secrets and certificate renewal.
+    pub async fn bootstrap(
+        service: &str,
+        vault_cfg: &crate::config::VaultConfig,
+        tls_cfg: &TlsConfig,
+    ) -> Result<(Vault, Arc<Self>), MeshError> {
+        let vault = Vault::connect(vault_cfg).await?;
+        let tls = Arc::new(Self::issue(&vault, service, tls_cfg).await?);
+        Ok((vault, tls))
+    }
+
     /// Issues this service's certificate from Vault and builds the configs.
     pub async fn issue(vault: &Vault, service: &str, cfg: &TlsConfig) -> Result<Self, MeshError> {
         let cert = vault.issue_certificate(service, &cfg.dns_names, &cfg.ip_addresses).await?;

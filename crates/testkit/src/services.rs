@@ -2,7 +2,7 @@
 
 use std::{future::Future, net::SocketAddr, path::PathBuf};
 
-use sakuga_mesh::MeshError;
+use sakuga_mesh::{MeshError, service::Service as _};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

@@ -11,6 +11,7 @@ use sakuga_mesh::{
     MeshError, db,
     redis::Redis,
     server::{GrpcServer, HealthCheck},
+    service::Service,
     tls::MeshTls,
     vault::Vault,
 };
@@ -30,29 +31,30 @@ pub struct Application {
     vault: Vault,
 }
 
-impl Application {
+impl Service for Application {
+    const NAME: &'static str = "auth";
+    const BINARY: &'static str = "sakuga-auth";
+    const ABOUT: &'static str = "Sakuga auth service";
+    type Config = Config;
+
     /// Logs in to Vault, loads secrets and the certificate, connects to PostgreSQL (and
     /// migrates) and Redis, and binds the listener.
-    pub async fn build(config: Config) -> Result<Self, MeshError> {
+    async fn build(config: Config) -> Result<Self, MeshError> {
         config.validate()?;
-        let vault = Vault::connect(&config.vault).await?;
-        let db_creds = vault.read_credentials(&config.database.secret).await?;
-        let redis_creds = vault.read_credentials(&config.redis.secret).await?;
-        let tls = Arc::new(MeshTls::issue(&vault, "auth", &config.tls).await?);
-        let pool = db::connect(&config.database, &db_creds).await?;
-        db::migrate(&pool).await?;
-        let redis = Redis::connect(&config.redis, &redis_creds).await?;
+        let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
+        let pool = db::connect_with_vault(&vault, &config.database).await?;
+        let redis = Redis::connect_with_vault(&vault, &config.redis).await?;
         let server = GrpcServer::bind(config.listen, &[service_names::AUTH]).await?;
         Ok(Self { server, config, pool, redis, tls, vault })
     }
 
     /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
+    fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
 
     /// Serves until `shutdown`, then drains.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
         let Self { server, config, pool, redis, tls, vault } = self;
         let renewal = tls.spawn_renewal(vault, config.tls.clone(), shutdown.clone());
         let checks: Vec<(&'static str, HealthCheck)> =
@@ -69,25 +71,6 @@ impl Application {
             .await;
         renewal.abort();
         result
-    }
-}
-
-impl sakuga_mesh::service::Service for Application {
-    const NAME: &'static str = "auth";
-    const BINARY: &'static str = "sakuga-auth";
-    const ABOUT: &'static str = "Sakuga auth service";
-    type Config = Config;
-
-    async fn build(config: Config) -> Result<Self, MeshError> {
-        Application::build(config).await
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        Application::local_addr(self)
-    }
-
-    async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        Application::run_until_stopped(self, shutdown).await
     }
 
     fn database(

@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use sakuga_mesh::{MeshError, server::GrpcServer, tls::MeshTls, vault::Vault};
+use sakuga_mesh::{MeshError, server::GrpcServer, service::Service, tls::MeshTls, vault::Vault};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -30,23 +30,27 @@ pub struct Application {
     vault: Vault,
 }
 
-impl Application {
+impl Service for Application {
+    const NAME: &'static str = "generator";
+    const BINARY: &'static str = "sakuga-generator";
+    const ABOUT: &'static str = "Sakuga generator (worker)";
+    type Config = Config;
+
     /// Logs in to Vault, gets the certificate and binds the health listener.
-    pub async fn build(config: Config) -> Result<Self, MeshError> {
+    async fn build(config: Config) -> Result<Self, MeshError> {
         config.validate()?;
-        let vault = Vault::connect(&config.vault).await?;
-        let tls = Arc::new(MeshTls::issue(&vault, "generator", &config.tls).await?);
+        let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
         let server = GrpcServer::bind(config.listen, &[]).await?;
         Ok(Self { server, config: Arc::new(config), tls, vault })
     }
 
     /// The health listener's address.
-    pub fn local_addr(&self) -> SocketAddr {
+    fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
 
     /// Works until `shutdown`, then drains (running jobs get the grace period).
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
         let Self { server, config, tls, vault } = self;
         let renewal = tls.spawn_renewal(vault, config.tls.clone(), shutdown.clone());
         let scheduler = tls.channel(&config.scheduler_addr)?;
@@ -77,25 +81,6 @@ impl Application {
         let _ = worker.await;
         renewal.abort();
         result
-    }
-}
-
-impl sakuga_mesh::service::Service for Application {
-    const NAME: &'static str = "generator";
-    const BINARY: &'static str = "sakuga-generator";
-    const ABOUT: &'static str = "Sakuga generator (worker)";
-    type Config = Config;
-
-    async fn build(config: Config) -> Result<Self, MeshError> {
-        Application::build(config).await
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        Application::local_addr(self)
-    }
-
-    async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        Application::run_until_stopped(self, shutdown).await
     }
 
     fn database(

@@ -2,8 +2,11 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use chrono::{DateTime, Utc};
-use sakuga_mesh::identity;
+use chrono::Utc;
+use sakuga_mesh::{
+    api::{Page, from_timestamp, timestamp},
+    identity,
+};
 use sakuga_proto::v1::{self as pb, file_service_server::FileService, store_artifact_request::Part};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
@@ -22,26 +25,6 @@ use crate::{
 const MAX_CHUNK: usize = 1024 * 1024;
 /// Chunk size of ReadFile.
 const READ_CHUNK: usize = 256 * 1024;
-
-fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
-fn from_timestamp(
-    field: &'static str,
-    t: Option<prost_types::Timestamp>,
-) -> Result<Option<DateTime<Utc>>, OrganizerError> {
-    t.map(|t| {
-        let nanos =
-            u32::try_from(t.nanos).map_err(|_| OrganizerError::invalid(field, "nanos out of range"))?;
-        DateTime::from_timestamp(t.seconds, nanos)
-            .ok_or_else(|| OrganizerError::invalid(field, "out of range"))
-    })
-    .transpose()
-}
 
 fn kind_of(k: i32) -> Option<&'static str> {
     match pb::JobKind::try_from(k).ok()? {
@@ -76,24 +59,6 @@ fn file_to_pb(f: &FileRecord) -> pb::File {
 
 fn parse_id(field: &'static str, s: &str) -> Result<Uuid, OrganizerError> {
     Uuid::parse_str(s).map_err(|_| OrganizerError::invalid(field, "must be a UUID"))
-}
-
-fn principal<T>(req: &Request<T>) -> Result<String, Status> {
-    identity::peer_identity(req)
-        .map(|id| id.uri())
-        .ok_or_else(|| Status::unauthenticated("client certificate carries no mesh identity"))
-}
-
-fn encode_cursor(f: &FileRecord) -> String {
-    hex::encode(format!("{}|{}", f.created_at.timestamp_micros(), f.id))
-}
-
-fn decode_cursor(token: &str) -> Result<(DateTime<Utc>, Uuid), OrganizerError> {
-    let bad = || OrganizerError::invalid("page_token", "not a token from a previous response");
-    let text = String::from_utf8(hex::decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
-    let (micros, id) = text.split_once('|').ok_or_else(bad)?;
-    let micros: i64 = micros.parse().map_err(|_| bad())?;
-    Ok((DateTime::from_timestamp_micros(micros).ok_or_else(bad)?, Uuid::parse_str(id).map_err(|_| bad())?))
 }
 
 /// FileService over the store and the storage root.
@@ -239,7 +204,7 @@ impl FileService for Api {
         &self,
         req: Request<pb::GetFileRequest>,
     ) -> Result<Response<pb::GetFileResponse>, Status> {
-        let owner = principal(&req)?;
+        let owner = identity::caller(&req)?;
         let id = parse_id("file_id", &req.get_ref().file_id)?;
         let f = self.store.get(id, &owner).await?;
         Ok(Response::new(pb::GetFileResponse { file: Some(file_to_pb(&f)) }))
@@ -249,19 +214,9 @@ impl FileService for Api {
         &self,
         req: Request<pb::ListFilesRequest>,
     ) -> Result<Response<pb::ListFilesResponse>, Status> {
-        let owner = principal(&req)?;
+        let owner = identity::caller(&req)?;
         let r = req.into_inner();
-        let page_size = match r.page_size {
-            0 => 20,
-            n @ 1..=100 => n,
-            n => {
-                return Err(OrganizerError::invalid(
-                    "page_size",
-                    format!("must be between 1 and 100, got {n}"),
-                )
-                .into());
-            }
-        };
+        let page = Page::parse(r.page_size, &r.page_token)?;
         if !r.project_id.is_empty() {
             parse_id("project_id", &r.project_id)?;
         }
@@ -275,17 +230,14 @@ impl FileService for Api {
             after: from_timestamp("created_after", r.created_after)?,
             before: from_timestamp("created_before", r.created_before)?,
             prompt_contains: (!prompt.is_empty()).then(|| prompt.to_owned()),
-            cursor: if r.page_token.is_empty() { None } else { Some(decode_cursor(&r.page_token)?) },
+            cursor: page.after,
         };
-        let mut files = self.store.list(&owner, &filter, page_size + 1).await?;
+        let mut files = self.store.list(&owner, &filter, page.fetch()).await?;
         // No file carries a project before ProjectService lands: a project filter matches none.
         if !r.project_id.is_empty() {
             files.clear();
         }
-        let more = files.len() > page_size as usize;
-        files.truncate(page_size as usize);
-        let next_page_token =
-            if more { files.last().map(encode_cursor).unwrap_or_default() } else { String::new() };
+        let next_page_token = page.finish(&mut files, |f| (f.created_at, f.id));
         Ok(Response::new(pb::ListFilesResponse {
             files: files.iter().map(file_to_pb).collect(),
             next_page_token,
@@ -296,7 +248,7 @@ impl FileService for Api {
         &self,
         req: Request<pb::ReadFileRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<pb::ReadFileResponse>>, Status> {
-        let owner = principal(&req)?;
+        let owner = identity::caller(&req)?;
         let r = req.into_inner();
         let id = parse_id("file_id", &r.file_id)?;
         let f = self.store.get(id, &owner).await?;
@@ -342,7 +294,7 @@ impl FileService for Api {
         &self,
         req: Request<pb::DeleteFileRequest>,
     ) -> Result<Response<pb::DeleteFileResponse>, Status> {
-        let owner = principal(&req)?;
+        let owner = identity::caller(&req)?;
         let id = parse_id("file_id", &req.get_ref().file_id)?;
         let f = self.store.delete(id, &owner).await?;
         let path = self.config.storage_root.join(&f.storage_key);

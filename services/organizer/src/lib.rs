@@ -10,7 +10,7 @@ pub mod store;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use sakuga_mesh::{MeshError, db, server::GrpcServer, tls::MeshTls, vault::Vault};
+use sakuga_mesh::{MeshError, db, server::GrpcServer, service::Service, tls::MeshTls, vault::Vault};
 use sakuga_proto::{service_names, v1::file_service_server::FileServiceServer};
 use tokio_util::sync::CancellationToken;
 
@@ -25,31 +25,33 @@ pub struct Application {
     vault: Vault,
 }
 
-impl Application {
+impl Service for Application {
+    const NAME: &'static str = "organizer";
+    const BINARY: &'static str = "sakuga-organizer";
+    const ABOUT: &'static str = "Sakuga file organizer";
+    type Config = Config;
+
     /// Logs in to Vault, loads secrets and the certificate, connects to PostgreSQL (and
     /// migrates), prepares the storage root and binds the listener.
-    pub async fn build(config: Config) -> Result<Self, MeshError> {
+    async fn build(config: Config) -> Result<Self, MeshError> {
         config.validate()?;
         std::fs::create_dir_all(&config.storage_root).map_err(|e| {
             MeshError::Config(format!("storage_root: cannot create {}: {e}", config.storage_root.display()))
         })?;
-        let vault = Vault::connect(&config.vault).await?;
-        let db_creds = vault.read_credentials(&config.database.secret).await?;
-        let tls = Arc::new(MeshTls::issue(&vault, "organizer", &config.tls).await?);
-        let pool = db::connect(&config.database, &db_creds).await?;
-        db::migrate(&pool).await?;
+        let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
+        let pool = db::connect_with_vault(&vault, &config.database).await?;
         let server = GrpcServer::bind(config.listen, &[service_names::FILES]).await?;
         let api = grpc::Api { store: store::Store::new(pool), config: Arc::new(config) };
         Ok(Self { server, api, tls, vault })
     }
 
     /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
+    fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
 
     /// Serves until `shutdown`, then drains.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
         let Self { server, api, tls, vault } = self;
         let renewal = tls.spawn_renewal(vault, api.config.tls.clone(), shutdown.clone());
         let pool = api.store.pool().clone();
@@ -74,25 +76,6 @@ impl Application {
             .await;
         renewal.abort();
         result
-    }
-}
-
-impl sakuga_mesh::service::Service for Application {
-    const NAME: &'static str = "organizer";
-    const BINARY: &'static str = "sakuga-organizer";
-    const ABOUT: &'static str = "Sakuga file organizer";
-    type Config = Config;
-
-    async fn build(config: Config) -> Result<Self, MeshError> {
-        Application::build(config).await
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        Application::local_addr(self)
-    }
-
-    async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        Application::run_until_stopped(self, shutdown).await
     }
 
     fn database(

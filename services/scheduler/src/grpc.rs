@@ -2,8 +2,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::{DateTime, Utc};
-use sakuga_mesh::identity;
+use chrono::Utc;
+use sakuga_mesh::{
+    api::{Page, timestamp},
+    identity,
+};
 use sakuga_proto::v1::{
     self as pb, Assignment, AttachRequest, AttachResponse, attach_response, job_event,
     job_service_server::JobService, worker_service_server::WorkerService,
@@ -20,14 +23,6 @@ use crate::{
     job::{Job, Kind, NewJob, Status as JobStatus},
     validate::{self, RawSpec},
 };
-
-/// prost Timestamp from chrono.
-pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
 
 /// prost Duration from std.
 pub fn duration(d: Duration) -> prost_types::Duration {
@@ -163,14 +158,6 @@ fn parse_id(field: &'static str, s: &str) -> Result<Uuid, SchedulerError> {
     Uuid::parse_str(s).map_err(|_| SchedulerError::invalid(field, "must be a UUID"))
 }
 
-/// The principal that owns what a caller creates. Until token authentication lands, the
-/// caller is the service identity of its mTLS certificate.
-fn principal<T>(req: &Request<T>) -> Result<String, Status> {
-    identity::peer_identity(req)
-        .map(|id| id.uri())
-        .ok_or_else(|| Status::unauthenticated("client certificate carries no mesh identity"))
-}
-
 fn raw_spec(spec: pb::JobSpec) -> RawSpec {
     RawSpec {
         kind: spec.kind,
@@ -188,18 +175,6 @@ fn raw_spec(spec: pb::JobSpec) -> RawSpec {
         backend: spec.backend,
         model: spec.model,
     }
-}
-
-fn encode_cursor(job: &Job) -> String {
-    hex::encode(format!("{}|{}", job.created_at.timestamp_micros(), job.id))
-}
-
-fn decode_cursor(token: &str) -> Result<(DateTime<Utc>, Uuid), SchedulerError> {
-    let bad = || SchedulerError::invalid("page_token", "not a token from a previous response");
-    let text = String::from_utf8(hex::decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
-    let (micros, id) = text.split_once('|').ok_or_else(bad)?;
-    let micros: i64 = micros.parse().map_err(|_| bad())?;
-    Ok((DateTime::from_timestamp_micros(micros).ok_or_else(bad)?, Uuid::parse_str(id).map_err(|_| bad())?))
 }
 
 /// JobService and WorkerService over the shared state.
@@ -222,7 +197,7 @@ impl JobService for Api {
         &self,
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let owner = principal(&req)?;
+        let owner = identity::caller(&req)?;
         let r = req.into_inner();
         let spec = r.spec.ok_or_else(|| SchedulerError::invalid("spec", "required"))?;
         let spec = validate::spec(raw_spec(spec), self.state.config.max_job_pixels, rand::random::<u64>)?;
@@ -261,7 +236,7 @@ impl JobService for Api {
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
-        let owner = principal(&req)?;
+        let owner = identity::caller(&req)?;
         let id = parse_id("job_id", &req.get_ref().job_id)?;
         let job = self.state.store.get(id, Some(&owner)).await?;
         Ok(Response::new(pb::GetJobResponse { job: Some(job_to_pb(&job)) }))
@@ -271,19 +246,9 @@ impl JobService for Api {
         &self,
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let owner = principal(&req)?;
+        let owner = identity::caller(&req)?;
         let r = req.into_inner();
-        let page_size = match r.page_size {
-            0 => 20,
-            n @ 1..=100 => n,
-            n => {
-                return Err(SchedulerError::invalid(
-                    "page_size",
-                    format!("must be between 1 and 100, got {n}"),
-                )
-                .into());
-            }
-        };
+        let page = Page::parse(r.page_size, &r.page_token)?;
         let status = from_pb_status(r.status);
         if status.is_none() && r.status != 0 {
             return Err(SchedulerError::invalid("status", format!("unknown status {}", r.status)).into());
@@ -291,16 +256,12 @@ impl JobService for Api {
         if !r.project_id.is_empty() {
             parse_id("project_id", &r.project_id)?;
         }
-        let after = if r.page_token.is_empty() { None } else { Some(decode_cursor(&r.page_token)?) };
-        let mut jobs = self.state.store.list(&owner, status, after, page_size + 1).await?;
+        let mut jobs = self.state.store.list(&owner, status, page.after, page.fetch()).await?;
         // Jobs never carry a project before ProjectService lands: a project filter matches none.
         if !r.project_id.is_empty() {
             jobs.clear();
         }
-        let more = jobs.len() > page_size as usize;
-        jobs.truncate(page_size as usize);
-        let next_page_token =
-            if more { jobs.last().map(encode_cursor).unwrap_or_default() } else { String::new() };
+        let next_page_token = page.finish(&mut jobs, |j| (j.created_at, j.id));
         Ok(Response::new(pb::ListJobsResponse {
             jobs: jobs.iter().map(job_to_pb).collect(),
             next_page_token,
@@ -308,7 +269,7 @@ impl JobService for Api {
     }
 
     async fn watch_job(&self, req: Request<pb::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
-        let owner = principal(&req)?;
+        let owner = identity::caller(&req)?;
         let id = parse_id("job_id", &req.get_ref().job_id)?;
         // Subscribe before reading the snapshot so nothing falls between the two.
         let mut live = self.state.events.subscribe(id);
@@ -357,7 +318,7 @@ impl JobService for Api {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
-        let owner = principal(&req)?;
+        let owner = identity::caller(&req)?;
         let id = parse_id("job_id", &req.get_ref().job_id)?;
         let Some((before, _worker, job)) = self.state.store.cancel(id, Some(&owner)).await? else {
             let job = self.state.store.get(id, Some(&owner)).await?;
@@ -384,7 +345,7 @@ impl JobService for Api {
         &self,
         req: Request<pb::RetryJobRequest>,
     ) -> Result<Response<pb::RetryJobResponse>, Status> {
-        let owner = principal(&req)?;
+        let owner = identity::caller(&req)?;
         let id = parse_id("job_id", &req.get_ref().job_id)?;
         let Some(job) = self.state.store.retry(id, Some(&owner)).await? else {
             let job = self.state.store.get(id, Some(&owner)).await?;

@@ -18,6 +18,7 @@ use sakuga_mesh::{
     MeshError, db,
     redis::Redis,
     server::{GrpcServer, HealthCheck},
+    service::Service,
     tls::MeshTls,
     vault::Vault,
 };
@@ -53,18 +54,19 @@ pub struct Application {
     vault: Vault,
 }
 
-impl Application {
+impl Service for Application {
+    const NAME: &'static str = "scheduler";
+    const BINARY: &'static str = "sakuga-scheduler";
+    const ABOUT: &'static str = "Sakuga job scheduler";
+    type Config = Config;
+
     /// Logs in to Vault, loads secrets and the certificate, connects to PostgreSQL (and
     /// migrates) and Redis, and binds the listener.
-    pub async fn build(config: Config) -> Result<Self, MeshError> {
+    async fn build(config: Config) -> Result<Self, MeshError> {
         config.validate()?;
-        let vault = Vault::connect(&config.vault).await?;
-        let db_creds = vault.read_credentials(&config.database.secret).await?;
-        let redis_creds = vault.read_credentials(&config.redis.secret).await?;
-        let tls = Arc::new(MeshTls::issue(&vault, "scheduler", &config.tls).await?);
-        let pool = db::connect(&config.database, &db_creds).await?;
-        db::migrate(&pool).await?;
-        let redis = Redis::connect(&config.redis, &redis_creds).await?;
+        let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
+        let pool = db::connect_with_vault(&vault, &config.database).await?;
+        let redis = Redis::connect_with_vault(&vault, &config.redis).await?;
         let server = GrpcServer::bind(config.listen, &[service_names::JOBS, service_names::WORKER]).await?;
         let state = Arc::new(State {
             store: store::Store::new(pool),
@@ -77,12 +79,12 @@ impl Application {
     }
 
     /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
+    fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
 
     /// Serves until `shutdown`, then drains.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
         let Self { server, state, tls, vault } = self;
         let wake = Arc::new(Notify::new());
         let renewal = tls.spawn_renewal(vault, state.config.tls.clone(), shutdown.clone());
@@ -102,33 +104,14 @@ impl Application {
         }
         result
     }
-}
-
-fn health_checks(state: &Arc<State>) -> Vec<(&'static str, HealthCheck)> {
-    vec![("postgres", db::health_check(state.store.pool())), ("redis", state.redis.health_check())]
-}
-
-impl sakuga_mesh::service::Service for Application {
-    const NAME: &'static str = "scheduler";
-    const BINARY: &'static str = "sakuga-scheduler";
-    const ABOUT: &'static str = "Sakuga job scheduler";
-    type Config = Config;
-
-    async fn build(config: Config) -> Result<Self, MeshError> {
-        Application::build(config).await
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        Application::local_addr(self)
-    }
-
-    async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        Application::run_until_stopped(self, shutdown).await
-    }
 
     fn database(
         config: &Config,
     ) -> Option<(&sakuga_mesh::config::VaultConfig, &sakuga_mesh::config::DatabaseConfig)> {
         Some((&config.vault, &config.database))
     }
+}
+
+fn health_checks(state: &Arc<State>) -> Vec<(&'static str, HealthCheck)> {
+    vec![("postgres", db::health_check(state.store.pool())), ("redis", state.redis.health_check())]
 }

@@ -1,6 +1,6 @@
 //! Start-up: secrets from Vault or a clear refusal; migrations applied once.
 
-use sakuga_mesh::MeshError;
+use sakuga_mesh::{MeshError, service::Service as _};
 
 #[tokio::test]
 async fn a_service_without_vault_gives_up_with_one_message_naming_vault() {
