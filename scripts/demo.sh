@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # make demo (after make up): with grpcurl only, over mTLS with the operator certificate,
-# look at the mesh as an operator does (list on every port, health), submit one image job,
+# log in as the bootstrap admin (password from .dev/admin.password), show WhoAmI with and
+# without the token, look at the mesh as an operator does (list on every port, health),
+# submit one image job,
 # stream its progress as it happens, then show the final job and the stored file, and check
 # the PNG on disk. Fails unless the job SUCCEEDED after at least 3 progress events.
 #
@@ -20,12 +22,15 @@ SIZE="${SAKUGA_DEMO_SIZE:-768}"
 TIMEOUT="${SAKUGA_DEMO_TIMEOUT:-300}"
 TLS=(-cacert "$SAKUGA_CA" -cert "$SAKUGA_CLIENT_CERT" -key "$SAKUGA_CLIENT_KEY")
 
-# grpcurl with the request JSON on stdin. The caller is the operator certificate's identity
-# (spiffe://sakuga/operator); token authentication comes with AuthService logins.
+# grpcurl with the request JSON on stdin and the bearer token. The token reaches grpcurl
+# through its environment (-expand-headers), never its command line; -H also applies to
+# the reflection calls grpcurl makes.
+AUTH_HEADER=(-expand-headers -H 'authorization: Bearer ${SAKUGA_DEMO_BEARER}')
 call() { # ADDR METHOD [grpcurl flags...]  < request.json
     local addr="$1" method="$2"
     shift 2
-    "$SAKUGA_GRPCURL" "${TLS[@]}" -emit-defaults "$@" -d @ "$addr" "$method"
+    SAKUGA_DEMO_BEARER="${TOKEN:-}" "$SAKUGA_GRPCURL" "${TLS[@]}" "${AUTH_HEADER[@]}" -emit-defaults "$@" \
+        -d @ "$addr" "$method"
 }
 
 fail_with_logs() {
@@ -54,13 +59,33 @@ json_get() { python3 -c "$PY_SNAKE"'
 d = snake(json.load(sys.stdin))
 print(eval(sys.argv[1]))' "$1"; }
 
+# ---------------------------------------------------------------------------- login
+
+log "Login as admin (password from .dev/admin.password, sent on stdin)"
+TOKEN=""
+login_out="$(ADMIN_PASSWORD="$(cat "$DEV/admin.password")" python3 -c '
+import json, os
+print(json.dumps({"username": "admin", "password": os.environ["ADMIN_PASSWORD"]}))' |
+    "$SAKUGA_GRPCURL" "${TLS[@]}" -d @ "$SAKUGA_AUTH_ADDR" sakuga.v1.AuthService/Login)" ||
+    fail_with_logs "login failed"
+TOKEN="$(printf '%s' "$login_out" | json_get 'd["tokens"]["access_token"]')"
+[ -n "$TOKEN" ] || fail_with_logs "login returned no access token"
+whoami="$(echo '{}' | call "$SAKUGA_AUTH_ADDR" sakuga.v1.AuthService/WhoAmI)" || fail_with_logs "WhoAmI failed"
+log "WhoAmI with the token: $(printf '%s' "$whoami" | json_get 'd["user"]["username"] + " (" + d["user"]["role"] + ")"')"
+if anon="$(echo '{}' | "$SAKUGA_GRPCURL" "${TLS[@]}" -d @ "$SAKUGA_AUTH_ADDR" sakuga.v1.AuthService/WhoAmI 2>&1)"; then
+    fail_with_logs "WhoAmI without a token succeeded: $anon"
+fi
+grep -q Unauthenticated <<<"$anon" || fail_with_logs "WhoAmI without a token: expected Unauthenticated, got: $anon"
+log "WhoAmI without a token: Unauthenticated"
+
 # ---------------------------------------------------------------------------- the mesh
 
 log "grpcurl list on every port"
 expect_services() { # ADDR SERVICE...
     local addr="$1" listed
     shift
-    listed="$("$SAKUGA_GRPCURL" "${TLS[@]}" "$addr" list)" || fail_with_logs "grpcurl list $addr failed"
+    listed="$(SAKUGA_DEMO_BEARER="$TOKEN" "$SAKUGA_GRPCURL" "${TLS[@]}" "${AUTH_HEADER[@]}" "$addr" list)" ||
+        fail_with_logs "grpcurl list $addr failed"
     for want in grpc.health.v1.Health grpc.reflection.v1alpha.ServerReflection "$@"; do
         grep -qx "$want" <<<"$listed" || fail_with_logs "$addr does not list $want: $listed"
     done

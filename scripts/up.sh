@@ -151,6 +151,25 @@ SQL
         bao_cli kv put -mount=secret sakuga/database - >/dev/null
     printf '{"username":"%s","password":"%s"}' "$APP_REDIS_USER" "$redis_pw" |
         bao_cli kv put -mount=secret sakuga/redis - >/dev/null
+
+    # The token signing key: Ed25519, a new one every `make up` (tokens of an earlier
+    # stack stop verifying, which is what a fresh dev stack wants).
+    log "OpenBao KV: secret/sakuga/auth/signing (Ed25519 token signing key)"
+    command -v openssl >/dev/null 2>&1 || apt_install openssl
+    local kid key
+    kid="dev-$(date -u +%Y%m%d%H%M%S)"
+    key="$(openssl genpkey -algorithm ed25519 2>/dev/null)" || die "openssl cannot generate an Ed25519 key"
+    KID="$kid" KEY="$key" python3 -c 'import json, os; print(json.dumps({"active": os.environ["KID"], os.environ["KID"]: os.environ["KEY"]}))' |
+        bao_cli kv put -mount=secret sakuga/auth/signing - >/dev/null
+
+    # The bootstrap admin: its password is made once and kept in .dev/admin.password
+    # (0600); auth creates the account, or resets its password to this, at start-up.
+    if [ ! -s "$DEV/admin.password" ]; then
+        random_secret | write_private "$DEV/admin.password"
+    fi
+    log "OpenBao KV: secret/sakuga/auth/bootstrap-admin (user admin, password in .dev/admin.password)"
+    printf '{"username":"admin","password":"%s"}' "$(cat "$DEV/admin.password")" |
+        bao_cli kv put -mount=secret sakuga/auth/bootstrap-admin - >/dev/null
 }
 
 seed_pki() {
@@ -195,8 +214,13 @@ seed_approles() {
     local s
     for s in "${SERVICES[@]}"; do
         {
+            # Least privilege: only auth reads its signing key and the bootstrap admin.
+            case "$s" in
+            auth) printf 'path "secret/data/sakuga/auth/*" {\n  capabilities = ["read"]\n}\n' ;;
+            esac
             if [ "$s" != generator ]; then
-                printf 'path "secret/data/sakuga/*" {\n  capabilities = ["read"]\n}\n'
+                printf 'path "secret/data/sakuga/database" {\n  capabilities = ["read"]\n}\n'
+                printf 'path "secret/data/sakuga/redis" {\n  capabilities = ["read"]\n}\n'
             fi
             printf 'path "pki/issue/sakuga-service" {\n  capabilities = ["update"]\n}\n'
         } | bao_cli policy write "sakuga-$s" - >/dev/null
@@ -232,6 +256,7 @@ write_config() {
     {
         echo "# written by scripts/up.sh; no secrets here (they come from OpenBao)"
         echo "listen = $(toml_str "$LOOPBACK:${SERVICE_PORT[$s]}")"
+        [ "$s" = auth ] || echo "auth_addr = $(toml_str "$LOOPBACK:${SERVICE_PORT[auth]}")"
         case "$s" in
         organizer) echo "storage_root = $(toml_str "$DEV/files")" ;;
         generator)
@@ -257,7 +282,7 @@ write_config() {
             echo "dbname = $(toml_str "$APP_DB_NAME")"
             echo 'secret = "sakuga/database"'
         fi
-        if [ "$s" = auth ] || [ "$s" = scheduler ]; then
+        if [ "$s" != generator ]; then
             echo
             echo "[redis]"
             echo "host = $(toml_str "$LOOPBACK")"
@@ -334,6 +359,7 @@ Sakuga stack is up (mTLS everywhere; operator certificate in .dev/certs/):
   organizer   $LOOPBACK:${SERVICE_PORT[organizer]}
   generator   $LOOPBACK:${SERVICE_PORT[generator]} (health)
   OpenBao     $BAO_URL (root token in .dev/vault/root-token)
+  admin       user admin, password in .dev/admin.password
   PostgreSQL  $LOOPBACK:$PG_PORT, Redis $LOOPBACK:$REDIS_PORT
 Logs in .dev/logs/, addresses in .dev/stack.env. Try:
   .tools/bin/grpcurl -cacert .dev/certs/ca.pem -cert .dev/certs/operator.pem -key .dev/certs/operator.key $LOOPBACK:${SERVICE_PORT[scheduler]} list

@@ -23,11 +23,14 @@ pub struct Migration {
 }
 
 /// Every migration of the schema, in order (files in `migrations/`).
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "jobs_and_files",
-    sql: include_str!("../../../migrations/0001_jobs_and_files.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "jobs_and_files",
+        sql: include_str!("../../../migrations/0001_jobs_and_files.sql"),
+    },
+    Migration { version: 2, name: "auth", sql: include_str!("../../../migrations/0002_auth.sql") },
+];
 
 /// Arbitrary constant identifying the migration lock.
 const MIGRATION_LOCK: i64 = 0x5A4B_5547_4131;

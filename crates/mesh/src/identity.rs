@@ -2,7 +2,7 @@
 //! Callers that are services are authorized by that identity, read from the verified peer
 //! certificate of the mTLS connection.
 
-use tonic::{Request, Status};
+use tonic::Request;
 use x509_parser::{extensions::GeneralName, prelude::FromDer as _};
 
 /// Trust domain of the mesh.
@@ -45,23 +45,4 @@ pub fn identity_from_der(der: &[u8]) -> Option<PeerIdentity> {
 pub fn peer_identity<T>(req: &Request<T>) -> Option<PeerIdentity> {
     let certs = req.peer_certs()?;
     certs.first().and_then(|leaf| identity_from_der(leaf.as_ref()))
-}
-
-/// Refuses the request unless the peer is one of `allowed` services.
-pub fn require_peer<T>(req: &Request<T>, allowed: &[&str]) -> Result<PeerIdentity, Status> {
-    match peer_identity(req) {
-        Some(id) if allowed.contains(&id.name.as_str()) => Ok(id),
-        Some(id) => {
-            Err(Status::permission_denied(format!("service identity {} may not call this method", id.uri())))
-        }
-        None => Err(Status::unauthenticated("no mesh service identity in the client certificate")),
-    }
-}
-
-/// The principal a request acts as, as text. Until token authentication lands, callers are
-/// identified by their certificate: `spiffe://sakuga/<name>`.
-pub fn caller<T>(req: &Request<T>) -> Result<String, Status> {
-    peer_identity(req)
-        .map(|id| id.uri())
-        .ok_or_else(|| Status::unauthenticated("client certificate carries no mesh identity"))
 }

@@ -3,10 +3,12 @@
 //! (health, reflection, graceful shutdown).
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod identity;
+pub mod ratelimit;
 pub mod redis;
 pub mod server;
 pub mod service;

@@ -8,9 +8,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::Router};
 use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::layer::util::{Identity, Stack};
 use tracing::{info, info_span, warn};
 
-use crate::{error::MeshError, tls::MeshTls};
+use crate::{auth::Guard, error::MeshError, tls::MeshTls};
 
 /// Name under which health reports the server as a whole.
 const OVERALL: &str = "";
@@ -24,7 +25,7 @@ pub type HealthCheck =
 pub struct GrpcServer {
     listener: TcpListener,
     local_addr: SocketAddr,
-    router: Router,
+    router: Router<Stack<Guard, Identity>>,
     health: HealthReporter,
     services: Vec<&'static str>,
 }
@@ -40,8 +41,14 @@ impl std::fmt::Debug for GrpcServer {
 
 impl GrpcServer {
     /// Binds `listen` (port 0 picks a free port) and mounts health and reflection for
-    /// `services`; add the services themselves with [`GrpcServer::add_service`].
-    pub async fn bind(listen: SocketAddr, services: &[&'static str]) -> Result<Self, MeshError> {
+    /// `services`; add the services themselves with [`GrpcServer::add_service`]. Every
+    /// call passes `guard` (the authorization table, credentials, rate limits, audit)
+    /// before it reaches a handler.
+    pub async fn bind(
+        listen: SocketAddr,
+        services: &[&'static str],
+        guard: Guard,
+    ) -> Result<Self, MeshError> {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| MeshError::Server(format!("cannot listen on {listen}: {e}")))?;
@@ -65,6 +72,7 @@ impl GrpcServer {
         let v1 = reflection().build_v1().map_err(|e| MeshError::Server(e.to_string()))?;
         let v1alpha = reflection().build_v1alpha().map_err(|e| MeshError::Server(e.to_string()))?;
         let router = Server::builder()
+            .layer(guard)
             .trace_fn(|req| info_span!("grpc", method = %req.uri().path()))
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))

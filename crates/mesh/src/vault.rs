@@ -192,6 +192,19 @@ impl Vault {
             })
     }
 
+    /// Reads a KV v2 secret that may not exist (`None` when Vault answers 404).
+    pub async fn read_kv_optional(&self, path: &str) -> Result<Option<HashMap<String, String>>, MeshError> {
+        match vaultrs::kv2::read::<HashMap<String, String>>(&self.client, &self.config.kv_mount, path).await {
+            Ok(v) => Ok(Some(v)),
+            Err(ClientError::APIError { code: 404, .. }) => Ok(None),
+            Err(e) => Err(MeshError::Vault(format!(
+                "reading secret {}/{path}: {}",
+                self.config.kv_mount,
+                describe(&e)
+            ))),
+        }
+    }
+
     /// Reads `username` and `password` from a KV v2 secret; both are optional.
     pub async fn read_credentials(&self, path: &str) -> Result<Credentials, MeshError> {
         let mut fields = self.read_kv(path).await?;

@@ -26,7 +26,7 @@ use tempfile::TempDir;
 
 pub use services::{
     Spawned, auth_config, generator_config, organizer_config, scheduler_config, spawn_auth, spawn_generator,
-    spawn_organizer, spawn_scheduler,
+    spawn_organizer, spawn_scheduler, test_rate_limits,
 };
 
 /// Logs to stderr when `TEST_LOG=1`.
@@ -67,6 +67,12 @@ pub struct TestEnv {
     /// Redis key prefix.
     pub redis_prefix: String,
     redis_user: String,
+    /// KV path of the auth signing keys.
+    pub signing_secret: String,
+    /// KV path of the bootstrap admin.
+    pub admin_secret: String,
+    /// The bootstrap admin's password.
+    pub admin_password: String,
     /// Scratch folder (storage roots live here).
     pub dir: TempDir,
     pg: pg::Admin,
@@ -93,7 +99,18 @@ impl TestEnv {
         redis_creds.insert("username", redis_user.clone());
         redis_creds.insert("password", redis_password);
         vaultrs::kv2::set(&root, "secret", &redis_secret, &redis_creds).await?;
+        let signing_secret = format!("sakuga-test/{id}/auth/signing");
+        vaultrs::kv2::set(&root, "secret", &signing_secret, &signing_keys(&["k1", "k2"], "k2")?).await?;
+        let admin_secret = format!("sakuga-test/{id}/auth/bootstrap-admin");
+        let admin_password = format!("admin-{}", uuid::Uuid::new_v4().simple());
+        let mut admin = std::collections::HashMap::new();
+        admin.insert("username", "admin".to_owned());
+        admin.insert("password", admin_password.clone());
+        vaultrs::kv2::set(&root, "secret", &admin_secret, &admin).await?;
         Ok(Self {
+            signing_secret,
+            admin_secret,
+            admin_password,
             id,
             vault_addr: bao.addr.clone(),
             token_file,
@@ -160,6 +177,59 @@ impl TestEnv {
         let _ = self.pg.drop_database(&self.db_name).await;
         let _ = pg::delete_redis_user(&self.redis_user).await;
     }
+}
+
+/// A KV secret of Ed25519 signing keys (`active` plus one PKCS#8 PEM per key id).
+pub fn signing_keys(
+    kids: &[&str],
+    active: &str,
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    use ed25519_dalek::pkcs8::{EncodePrivateKey as _, spki::der::pem::LineEnding};
+    let mut m = std::collections::HashMap::new();
+    m.insert("active".to_owned(), active.to_owned());
+    for kid in kids {
+        let key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+        m.insert((*kid).to_owned(), key.to_pkcs8_pem(LineEnding::LF)?.to_string());
+    }
+    Ok(m)
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Debug, Clone)]
+pub struct Bearer(pub tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    /// For a token or API key.
+    pub fn new(token: &str) -> Self {
+        Self(format!("Bearer {token}").parse().unwrap())
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A channel whose calls carry a bearer credential.
+pub type Authed = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// Logs in over `channel` (to the auth service) and returns the access token.
+pub async fn login(
+    channel: tonic::transport::Channel,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<String> {
+    let mut auth = sakuga_proto::v1::auth_service_client::AuthServiceClient::new(channel);
+    let resp = auth
+        .login(sakuga_proto::v1::LoginRequest {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        })
+        .await?
+        .into_inner();
+    Ok(resp.tokens.ok_or_else(|| anyhow::anyhow!("login returned no tokens"))?.access_token)
 }
 
 /// A client identity signed by a CA the mesh does not trust, for refusal tests.

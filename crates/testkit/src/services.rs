@@ -2,7 +2,11 @@
 
 use std::{future::Future, net::SocketAddr, path::PathBuf};
 
-use sakuga_mesh::{MeshError, service::Service as _};
+use sakuga_mesh::{
+    MeshError,
+    ratelimit::{Limit, RateLimits},
+    service::Service as _,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +29,15 @@ impl Spawned {
         self.addr.to_string()
     }
 
+    /// A stand-in for a service that is not running (its address refuses connections),
+    /// for configurations of services that must fail before they call it.
+    pub fn unused() -> Self {
+        let addr = std::net::TcpListener::bind(loopback())
+            .and_then(|l| l.local_addr())
+            .unwrap_or_else(|_| loopback());
+        Self { addr, shutdown: CancellationToken::new(), task: tokio::spawn(async { Ok(()) }) }
+    }
+
     /// Stops it and waits.
     pub async fn stop(self) -> Result<(), MeshError> {
         self.shutdown.cancel();
@@ -45,14 +58,22 @@ where
     Spawned { addr, shutdown, task }
 }
 
+/// Limits generous enough for functional tests (the rate-limit tests set their own).
+pub fn test_rate_limits() -> RateLimits {
+    let roomy = Limit { per_minute: 60_000, burst: 1_000 };
+    RateLimits { login: roomy, submit: roomy, read: roomy, write: roomy }
+}
+
 /// Scheduler configuration for this environment.
-pub fn scheduler_config(env: &TestEnv) -> sakuga_scheduler::Config {
+pub fn scheduler_config(env: &TestEnv, auth: &Spawned) -> sakuga_scheduler::Config {
     sakuga_scheduler::Config {
         listen: loopback(),
         vault: env.vault_config(),
         tls: env.tls_config(),
         database: env.database_config(),
         redis: env.redis_config(),
+        auth_addr: auth.addr_string(),
+        rate_limits: test_rate_limits(),
         lease_ttl_ms: 3_000,
         heartbeat_interval_ms: 500,
         dispatch_poll_ms: 500,
@@ -69,12 +90,15 @@ pub async fn spawn_scheduler(config: sakuga_scheduler::Config) -> anyhow::Result
 }
 
 /// Organizer configuration for this environment, storing under `root`.
-pub fn organizer_config(env: &TestEnv, root: PathBuf) -> sakuga_organizer::Config {
+pub fn organizer_config(env: &TestEnv, auth: &Spawned, root: PathBuf) -> sakuga_organizer::Config {
     sakuga_organizer::Config {
         listen: loopback(),
         vault: env.vault_config(),
         tls: env.tls_config(),
         database: env.database_config(),
+        redis: env.redis_config(),
+        auth_addr: auth.addr_string(),
+        rate_limits: test_rate_limits(),
         storage_root: root,
         shutdown_grace_secs: 2,
         ..sakuga_organizer::Config::default()
@@ -96,7 +120,11 @@ pub fn auth_config(env: &TestEnv) -> sakuga_auth::Config {
         tls: env.tls_config(),
         database: env.database_config(),
         redis: env.redis_config(),
+        signing_secret: env.signing_secret.clone(),
+        bootstrap_admin_secret: env.admin_secret.clone(),
+        rate_limits: test_rate_limits(),
         shutdown_grace_secs: 2,
+        ..sakuga_auth::Config::default()
     }
 }
 
@@ -108,13 +136,19 @@ pub async fn spawn_auth(config: sakuga_auth::Config) -> anyhow::Result<Spawned> 
 }
 
 /// Generator configuration for this environment.
-pub fn generator_config(env: &TestEnv, scheduler: &Spawned, organizer: &Spawned) -> sakuga_generator::Config {
+pub fn generator_config(
+    env: &TestEnv,
+    auth: &Spawned,
+    scheduler: &Spawned,
+    organizer: &Spawned,
+) -> sakuga_generator::Config {
     sakuga_generator::Config {
         listen: loopback(),
         vault: env.vault_config(),
         tls: env.tls_config(),
         scheduler_addr: scheduler.addr_string(),
         organizer_addr: organizer.addr_string(),
+        auth_addr: auth.addr_string(),
         worker_id: format!("test-generator-{}", env.id),
         slots: 2,
         preview_every_steps: 2,

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use sakuga_mesh::{
     MeshError,
     config::{DatabaseConfig, RedisConfig, TlsConfig, VaultConfig},
+    ratelimit::RateLimits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -18,10 +19,22 @@ pub struct Config {
     pub vault: VaultConfig,
     /// Names on the service certificate.
     pub tls: TlsConfig,
-    /// PostgreSQL (users, keys, audit log).
+    /// PostgreSQL (users, keys, refresh tokens, audit log).
     pub database: DatabaseConfig,
-    /// Redis (revocation list, login rate limits).
+    /// Redis (revocation list, rate limits).
     pub redis: RedisConfig,
+    /// KV path of the signing keys: field `active` names the key id that signs; every other
+    /// field is a key id holding an Ed25519 private key (PKCS#8 PEM), all published.
+    pub signing_secret: String,
+    /// KV path of the bootstrap admin (`username`, `password`): created, or its password
+    /// set, at start-up. Absent secret: no bootstrap account.
+    pub bootstrap_admin_secret: String,
+    /// Access token lifetime.
+    pub access_token_ttl_secs: u64,
+    /// Refresh token lifetime.
+    pub refresh_token_ttl_secs: u64,
+    /// Rate limits per class (login attempts are limited per username and peer).
+    pub rate_limits: RateLimits,
     /// Time in-flight calls get after SIGTERM.
     pub shutdown_grace_secs: u64,
 }
@@ -34,6 +47,11 @@ impl Default for Config {
             tls: TlsConfig::default(),
             database: DatabaseConfig::default(),
             redis: RedisConfig::default(),
+            signing_secret: "sakuga/auth/signing".to_owned(),
+            bootstrap_admin_secret: "sakuga/auth/bootstrap-admin".to_owned(),
+            access_token_ttl_secs: 900,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            rate_limits: RateLimits::default(),
             shutdown_grace_secs: 20,
         }
     }
@@ -43,6 +61,16 @@ impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), MeshError> {
         self.vault.validate()?;
-        self.database.validate()
+        self.database.validate()?;
+        self.rate_limits.validate()?;
+        if !(30..=86_400).contains(&self.access_token_ttl_secs) {
+            return Err(MeshError::Config("access_token_ttl_secs: must be between 30 and 86400".to_owned()));
+        }
+        if self.refresh_token_ttl_secs < self.access_token_ttl_secs {
+            return Err(MeshError::Config(
+                "refresh_token_ttl_secs: must be at least access_token_ttl_secs".to_owned(),
+            ));
+        }
+        Ok(())
     }
 }

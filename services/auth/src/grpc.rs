@@ -1,20 +1,491 @@
-//! AuthService. So far it answers WhoAmI for callers identified by their mesh
-//! certificate; logins, tokens, API keys and user management are not implemented yet and
-//! answer UNIMPLEMENTED.
+//! AuthService: password login, access JWTs, rotating refresh tokens, API keys, users,
+//! audit — and the proto <-> domain conversions.
 
-use sakuga_mesh::identity;
-use sakuga_proto::v1::{WhoAmIRequest, WhoAmIResponse, auth_service_server::AuthService};
+use std::{sync::Arc, time::Duration};
+
+use argon2::{
+    Argon2,
+    password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString, rand_core::OsRng},
+};
+use base64::Engine as _;
+use chrono::Utc;
+use jsonwebtoken::{Algorithm, Header};
+use rand::RngCore as _;
+use sakuga_mesh::{
+    api::{Page, from_timestamp, timestamp},
+    auth::{self as mesh_auth, Audit, AuditEvent, AuditTarget, Caller, Claims, Role},
+    ratelimit::{Class, Decision, RateLimiter, limited_status},
+    redis::Redis,
+};
+use sakuga_proto::v1::{self as pb, auth_service_server::AuthService};
 use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+use uuid::Uuid;
 
-/// The AuthService implementation.
-#[derive(Debug, Clone, Default)]
-pub struct Api;
+use crate::{
+    Config,
+    error::AuthError,
+    keys::SigningKeys,
+    store::{ApiKey, Redeemed, Store, User},
+};
+
+/// Everything the handlers need.
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// Users, tokens, keys.
+    pub store: Store,
+    /// Signing keys.
+    pub keys: Arc<SigningKeys>,
+    /// Revocation list.
+    pub redis: Redis,
+    /// Login attempts per username and peer.
+    pub limiter: RateLimiter,
+    /// Auth events.
+    pub audit: Audit,
+    /// Lifetimes.
+    pub config: Arc<Config>,
+}
+
+fn random_token(prefix: &str, bytes: usize) -> String {
+    let mut buf = vec![0_u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf))
+}
+
+/// Hashes a password with argon2id (default parameters) on the blocking pool.
+pub async fn hash_password(password: String) -> Result<String, AuthError> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
+    })
+    .await
+    .map_err(|e| AuthError::Signing(e.to_string()))?
+    .map_err(|e| AuthError::Signing(e.to_string()))
+}
+
+/// A hash that no password matches, verified when the user does not exist so a wrong
+/// username costs the same time as a wrong password.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c2FrdWdhLWR1bW15LXNhbHQ$Qm9ndXNCb2d1c0JvZ3VzQm9ndXNCb2d1c0JvZ3VzQm8";
+
+async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn check_username(u: &str) -> Result<(), AuthError> {
+    let ok = (3..=64).contains(&u.len())
+        && u.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::invalid("username", "must be 3..=64 characters of a-z, 0-9, '.', '_', '-'"))
+    }
+}
+
+fn check_new_password(p: &str) -> Result<(), AuthError> {
+    let n = p.chars().count();
+    if (12..=1024).contains(&n) {
+        Ok(())
+    } else {
+        Err(AuthError::invalid("password", "must be 12..=1024 characters"))
+    }
+}
+
+fn role_from_pb(r: i32, field: &'static str) -> Result<Role, AuthError> {
+    match pb::Role::try_from(r) {
+        Ok(pb::Role::User) => Ok(Role::User),
+        Ok(pb::Role::Admin) => Ok(Role::Admin),
+        _ => Err(AuthError::invalid(field, "must be ROLE_USER or ROLE_ADMIN")),
+    }
+}
+
+fn user_to_pb(u: &User) -> pb::User {
+    pb::User {
+        id: u.id.to_string(),
+        username: u.username.clone(),
+        role: match u.role {
+            Role::User => pb::Role::User,
+            Role::Admin => pb::Role::Admin,
+        }
+        .into(),
+        disabled: u.disabled,
+        create_time: Some(timestamp(u.created_at)),
+    }
+}
+
+fn key_to_pb(k: &ApiKey) -> pb::ApiKey {
+    pb::ApiKey {
+        id: k.id.to_string(),
+        user_id: k.user_id.to_string(),
+        name: k.name.clone(),
+        prefix: k.prefix.clone(),
+        create_time: Some(timestamp(k.created_at)),
+        expire_time: k.expires_at.map(timestamp),
+        last_used_time: k.last_used_at.map(timestamp),
+        revoked: k.revoked_at.is_some(),
+    }
+}
+
+fn parse_id(field: &'static str, s: &str) -> Result<Uuid, AuthError> {
+    Uuid::parse_str(s).map_err(|_| AuthError::invalid(field, "must be a UUID"))
+}
+
+fn with_target<T>(msg: T, target: impl Into<String>) -> Response<T> {
+    let mut resp = Response::new(msg);
+    resp.extensions_mut().insert(AuditTarget(target.into()));
+    resp
+}
+
+impl Api {
+    async fn event<T>(&self, req: &Request<T>, actor: &str, action: &str, target: &str, result: &str) {
+        self.audit
+            .record(AuditEvent {
+                actor: actor.to_owned(),
+                action: action.to_owned(),
+                target: target.to_owned(),
+                result: result.to_owned(),
+                peer: mesh_auth::peer_addr(req),
+                request_id: mesh_auth::request_id(req),
+            })
+            .await;
+    }
+
+    /// An access token and a refresh token (new family unless `family` continues one).
+    async fn issue(&self, user: &User, family: Option<Uuid>) -> Result<pb::TokenPair, AuthError> {
+        let now = Utc::now();
+        let access_ttl = i64::try_from(self.config.access_token_ttl_secs).unwrap_or(900);
+        let claims = Claims {
+            iss: mesh_auth::ISSUER.to_owned(),
+            aud: mesh_auth::AUDIENCE.to_owned(),
+            sub: user.id.to_string(),
+            role: user.role,
+            iat: now.timestamp(),
+            exp: now.timestamp() + access_ttl,
+            jti: Uuid::new_v4().to_string(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.keys.active.clone());
+        let access = jsonwebtoken::encode(&header, &claims, self.keys.encoding())
+            .map_err(|e| AuthError::Signing(e.to_string()))?;
+        let refresh = random_token("rt_", 32);
+        let refresh_ttl =
+            chrono::Duration::seconds(i64::try_from(self.config.refresh_token_ttl_secs).unwrap_or(0));
+        let refresh_expires = now + refresh_ttl;
+        self.store
+            .insert_refresh(
+                user.id,
+                family.unwrap_or_else(Uuid::now_v7),
+                &mesh_auth::secret_hash(&refresh),
+                refresh_expires,
+            )
+            .await?;
+        Ok(pb::TokenPair {
+            access_token: access,
+            access_expire_time: mesh_auth::from_secs(claims.exp).map(timestamp),
+            refresh_token: refresh,
+            refresh_expire_time: Some(timestamp(refresh_expires)),
+        })
+    }
+
+    /// Puts a key into the revocation list for `ttl`.
+    async fn deny(&self, key: String, value: i64, ttl: Duration) -> Result<(), AuthError> {
+        let mut conn = self.redis.manager.clone();
+        let secs = ttl.as_secs().max(1);
+        redis::cmd("SET").arg(&key).arg(value).arg("EX").arg(secs).query_async::<()>(&mut conn).await.map_err(
+            |e| {
+                warn!(error = %e, "revocation list unreachable");
+                AuthError::Unavailable("revocation list unavailable, retry later")
+            },
+        )
+    }
+}
 
 #[tonic::async_trait]
 impl AuthService for Api {
-    async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
-        let id = identity::peer_identity(&req)
-            .ok_or_else(|| Status::unauthenticated("client certificate carries no mesh identity"))?;
-        Ok(Response::new(WhoAmIResponse { user: None, service_identity: id.uri() }))
+    async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        let peer = mesh_auth::peer_addr(&req);
+        let r = req.get_ref();
+        let username = r.username.trim().to_owned();
+        if username.is_empty() || username.len() > 64 {
+            return Err(AuthError::invalid("username", "must be 1..=64 characters").into());
+        }
+        if r.password.is_empty() || r.password.chars().count() > 1024 {
+            return Err(AuthError::invalid("password", "must be 1..=1024 characters").into());
+        }
+        // Attempts per username and peer address (without the port).
+        let host = peer.rsplit_once(':').map_or(peer.as_str(), |(h, _)| h);
+        match self.limiter.check(Class::Login, &format!("{username}|{host}")).await {
+            Ok(Decision::Allowed { .. }) => {}
+            Ok(Decision::Limited { retry_after }) => {
+                self.event(&req, &username, "auth.login.limited", &username, "RESOURCE_EXHAUSTED").await;
+                return Err(limited_status(Class::Login, retry_after));
+            }
+            Err(e) => {
+                warn!(error = %e, "login refused: rate limiter unavailable");
+                return Err(AuthError::Unavailable("login temporarily unavailable, retry later").into());
+            }
+        }
+        let user = self.store.user_by_name(&username).await?;
+        let hash = user.as_ref().map_or_else(|| DUMMY_HASH.to_owned(), |u| u.password_hash.clone());
+        let matches = verify_password(r.password.clone(), hash).await;
+        let user = match user {
+            Some(u) if matches && !u.disabled => u,
+            _ => {
+                self.event(&req, &username, "auth.login.failed", &username, "UNAUTHENTICATED").await;
+                return Err(AuthError::Unauthenticated("wrong username or password").into());
+            }
+        };
+        let tokens = self.issue(&user, None).await?;
+        info!(user_id = %user.id, "login");
+        self.event(&req, &user.id.to_string(), "auth.login.ok", &username, "OK").await;
+        Ok(with_target(
+            pb::LoginResponse { tokens: Some(tokens), user: Some(user_to_pb(&user)) },
+            user.id.to_string(),
+        ))
+    }
+
+    async fn refresh(
+        &self,
+        req: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::RefreshResponse>, Status> {
+        let token = req.get_ref().refresh_token.trim().to_owned();
+        if token.is_empty() || token.len() > 256 {
+            return Err(AuthError::invalid("refresh_token", "required").into());
+        }
+        match self.store.redeem_refresh(&mesh_auth::secret_hash(&token)).await? {
+            Redeemed::Fresh { user, family } => {
+                let tokens = self.issue(&user, Some(family)).await?;
+                self.event(&req, &user.id.to_string(), "auth.refresh", &family.to_string(), "OK").await;
+                Ok(with_target(pb::RefreshResponse { tokens: Some(tokens) }, user.id.to_string()))
+            }
+            Redeemed::Reused { user_id } => {
+                warn!(%user_id, "refresh token reused: its family is revoked");
+                self.event(&req, &user_id.to_string(), "auth.refresh.reuse_detected", "", "UNAUTHENTICATED")
+                    .await;
+                Err(AuthError::Unauthenticated(
+                    "refresh token already used; that session is revoked, log in again",
+                )
+                .into())
+            }
+            Redeemed::Invalid => Err(AuthError::Unauthenticated("invalid or expired refresh token").into()),
+        }
+    }
+
+    async fn logout(&self, req: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
+        let caller = mesh_auth::caller(&req)?;
+        let user_id = caller.user_id()?;
+        if let Caller::User { jti: Some(jti), expires_at: Some(exp), .. } = &caller {
+            let left = u64::try_from(exp - mesh_auth::now_secs()).unwrap_or(0) + 5;
+            self.deny(mesh_auth::revoked_jti_key(&self.redis, jti), 1, Duration::from_secs(left)).await?;
+        }
+        let refresh = req.get_ref().refresh_token.trim();
+        if !refresh.is_empty() {
+            self.store.revoke_family_of(&mesh_auth::secret_hash(refresh), user_id).await?;
+        }
+        Ok(with_target(pb::LogoutResponse {}, user_id.to_string()))
+    }
+
+    async fn get_jwks(
+        &self,
+        _req: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        Ok(Response::new(pb::GetJwksResponse {
+            keys: self.keys.jwks.clone(),
+            issuer: mesh_auth::ISSUER.to_owned(),
+            audience: mesh_auth::AUDIENCE.to_owned(),
+        }))
+    }
+
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        match mesh_auth::caller(&req)? {
+            Caller::User { id, .. } => {
+                let user = self.store.user(id).await?;
+                Ok(Response::new(pb::WhoAmIResponse {
+                    user: Some(user_to_pb(&user)),
+                    service_identity: String::new(),
+                }))
+            }
+            Caller::Service(name) => Ok(Response::new(pb::WhoAmIResponse {
+                user: None,
+                service_identity: sakuga_mesh::identity::spiffe_id(&name),
+            })),
+            Caller::Anonymous => Err(Status::unauthenticated("no authenticated caller")),
+        }
+    }
+
+    async fn create_user(
+        &self,
+        req: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        let r = req.into_inner();
+        check_username(&r.username)?;
+        check_new_password(&r.password)?;
+        let role = if r.role == 0 { Role::User } else { role_from_pb(r.role, "role")? };
+        let hash = hash_password(r.password).await?;
+        let user = self
+            .store
+            .create_user(&r.username, &hash, role)
+            .await?
+            .ok_or_else(|| AuthError::AlreadyExists(format!("username {} is taken", r.username)))?;
+        Ok(with_target(pb::CreateUserResponse { user: Some(user_to_pb(&user)) }, user.id.to_string()))
+    }
+
+    async fn list_users(
+        &self,
+        req: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let r = req.into_inner();
+        let page = Page::parse(r.page_size, &r.page_token)?;
+        let mut users = self.store.list_users(&page).await?;
+        let next_page_token = page.finish(&mut users, |u| (u.created_at, u.id));
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users.iter().map(user_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn set_user_role(
+        &self,
+        req: Request<pb::SetUserRoleRequest>,
+    ) -> Result<Response<pb::SetUserRoleResponse>, Status> {
+        let r = req.into_inner();
+        let id = parse_id("user_id", &r.user_id)?;
+        let role = role_from_pb(r.role, "role")?;
+        let user = self.store.set_role(id, role).await?;
+        // Tokens carry the role: void the ones issued before the change.
+        self.deny(
+            mesh_auth::revoked_user_key(&self.redis, &id.to_string()),
+            mesh_auth::now_secs(),
+            Duration::from_secs(self.config.access_token_ttl_secs + 60),
+        )
+        .await?;
+        Ok(with_target(pb::SetUserRoleResponse { user: Some(user_to_pb(&user)) }, id.to_string()))
+    }
+
+    async fn set_user_disabled(
+        &self,
+        req: Request<pb::SetUserDisabledRequest>,
+    ) -> Result<Response<pb::SetUserDisabledResponse>, Status> {
+        let r = req.into_inner();
+        let id = parse_id("user_id", &r.user_id)?;
+        let user = self.store.set_disabled(id, r.disabled).await?;
+        if r.disabled {
+            self.deny(
+                mesh_auth::revoked_user_key(&self.redis, &id.to_string()),
+                mesh_auth::now_secs(),
+                Duration::from_secs(self.config.access_token_ttl_secs + 60),
+            )
+            .await?;
+        }
+        Ok(with_target(pb::SetUserDisabledResponse { user: Some(user_to_pb(&user)) }, id.to_string()))
+    }
+
+    async fn create_api_key(
+        &self,
+        req: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        let user_id = mesh_auth::caller(&req)?.user_id()?;
+        let r = req.into_inner();
+        let name = r.name.trim();
+        if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+            return Err(
+                AuthError::invalid("name", "must be 1..=64 characters without control characters").into()
+            );
+        }
+        let expires = from_timestamp("expire_time", r.expire_time)?;
+        if expires.is_some_and(|e| e <= Utc::now()) {
+            return Err(AuthError::invalid("expire_time", "must be in the future").into());
+        }
+        let mut id = [0_u8; 4];
+        rand::rng().fill_bytes(&mut id);
+        let prefix = format!("{}{}", mesh_auth::API_KEY_PREFIX, hex::encode(id));
+        let secret = random_token(&format!("{prefix}_"), 32);
+        let key = self
+            .store
+            .insert_api_key(user_id, name, &prefix, &mesh_auth::secret_hash(&secret), expires)
+            .await?;
+        Ok(with_target(pb::CreateApiKeyResponse { key: Some(key_to_pb(&key)), secret }, key.id.to_string()))
+    }
+
+    async fn list_api_keys(
+        &self,
+        req: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        let caller = mesh_auth::caller(&req)?;
+        let own = caller.user_id()?;
+        let r = req.into_inner();
+        let user = if r.user_id.is_empty() {
+            own
+        } else {
+            let other = parse_id("user_id", &r.user_id)?;
+            if other != own && caller.owner_scope()?.is_some() {
+                return Err(AuthError::PermissionDenied("only admins list other users' keys").into());
+            }
+            other
+        };
+        let keys = self.store.list_api_keys(user).await?;
+        Ok(Response::new(pb::ListApiKeysResponse { keys: keys.iter().map(key_to_pb).collect() }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        req: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        let caller = mesh_auth::caller(&req)?;
+        let id = parse_id("key_id", &req.get_ref().key_id)?;
+        let owner = caller
+            .owner_scope()?
+            .map(|o| Uuid::parse_str(&o))
+            .transpose()
+            .map_err(|_| Status::internal("internal error"))?;
+        self.store.revoke_api_key(id, owner).await?;
+        Ok(with_target(pb::RevokeApiKeyResponse {}, id.to_string()))
+    }
+
+    async fn list_audit_events(
+        &self,
+        req: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let r = req.into_inner();
+        let size = Page::parse(r.page_size, "")?.size;
+        let before = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                r.page_token
+                    .parse::<i64>()
+                    .map_err(|_| AuthError::invalid("page_token", "not a token from a previous response"))?,
+            )
+        };
+        let actor = Some(r.actor.as_str()).filter(|s| !s.is_empty());
+        let action = Some(r.action.as_str()).filter(|s| !s.is_empty());
+        let mut rows = self.store.list_audit(actor, action, before, size + 1).await?;
+        let more = rows.len() > size as usize;
+        rows.truncate(size as usize);
+        let next_page_token =
+            if more { rows.last().map(|r| r.id.to_string()).unwrap_or_default() } else { String::new() };
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: rows
+                .into_iter()
+                .map(|e| pb::AuditEvent {
+                    id: u64::try_from(e.id).unwrap_or(0),
+                    time: Some(timestamp(e.time)),
+                    actor: e.actor,
+                    action: e.action,
+                    target: e.target,
+                    result: e.result,
+                    request_id: e.request_id,
+                })
+                .collect(),
+            next_page_token,
+        }))
     }
 }

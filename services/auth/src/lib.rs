@@ -1,14 +1,20 @@
-//! The auth service. It owns users, API keys, refresh tokens, the signing key and the
-//! audit log; for now it serves WhoAmI, health and reflection, and keeps its schema
-//! migrated.
+//! The auth service: users, password logins, access tokens (Ed25519 JWTs), rotating
+//! refresh tokens, API keys and the audit log. Other services verify tokens locally with
+//! the keys it publishes (`GetJwks`).
 
 pub mod config;
+pub mod error;
 pub mod grpc;
+pub mod keys;
+pub mod store;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use sakuga_mesh::{
-    MeshError, db,
+    MeshError,
+    auth::{Audit, Guard, Verifier},
+    db,
+    ratelimit::RateLimiter,
     redis::Redis,
     server::{GrpcServer, HealthCheck},
     service::Service,
@@ -17,6 +23,7 @@ use sakuga_mesh::{
 };
 use sakuga_proto::{service_names, v1::auth_service_server::AuthServiceServer};
 use tokio_util::sync::CancellationToken;
+use tracing::info;
 
 pub use config::Config;
 
@@ -24,9 +31,7 @@ pub use config::Config;
 #[derive(Debug)]
 pub struct Application {
     server: GrpcServer,
-    config: Config,
-    pool: deadpool_postgres::Pool,
-    redis: Redis,
+    api: grpc::Api,
     tls: Arc<MeshTls>,
     vault: Vault,
 }
@@ -37,37 +42,41 @@ impl Service for Application {
     const ABOUT: &'static str = "Sakuga auth service";
     type Config = Config;
 
-    /// Logs in to Vault, loads secrets and the certificate, connects to PostgreSQL (and
-    /// migrates) and Redis, and binds the listener.
+    /// Logs in to Vault, loads the signing keys, credentials and certificate, connects to
+    /// PostgreSQL (and migrates) and Redis, creates the bootstrap admin, binds.
     async fn build(config: Config) -> Result<Self, MeshError> {
         config.validate()?;
         let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
+        let keys = keys::SigningKeys::from_secret(vault.read_kv(&config.signing_secret).await?)?;
         let pool = db::connect_with_vault(&vault, &config.database).await?;
         let redis = Redis::connect_with_vault(&vault, &config.redis).await?;
-        let server = GrpcServer::bind(config.listen, &[service_names::AUTH]).await?;
-        Ok(Self { server, config, pool, redis, tls, vault })
+        let store = store::Store::new(pool.clone());
+        if let Some(admin) = vault.read_kv_optional(&config.bootstrap_admin_secret).await? {
+            bootstrap_admin(&store, admin).await?;
+        }
+        let verifier =
+            Arc::new(Verifier::with_keys(keys.decoding()?, Some(redis.clone()), Some(pool.clone())));
+        let limiter = RateLimiter::new(redis.clone(), config.rate_limits.clone());
+        let audit = Audit::new(pool);
+        let guard = Guard::new(Some(verifier), Some(limiter.clone()), Some(audit.clone()));
+        let server = GrpcServer::bind(config.listen, &[service_names::AUTH], guard).await?;
+        let api = grpc::Api { store, keys: Arc::new(keys), redis, limiter, audit, config: Arc::new(config) };
+        Ok(Self { server, api, tls, vault })
     }
 
-    /// The bound address.
     fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
 
-    /// Serves until `shutdown`, then drains.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { server, config, pool, redis, tls, vault } = self;
-        let renewal = tls.spawn_renewal(vault, config.tls.clone(), shutdown.clone());
+        let Self { server, api, tls, vault } = self;
+        let renewal = tls.spawn_renewal(vault, api.config.tls.clone(), shutdown.clone());
         let checks: Vec<(&'static str, HealthCheck)> =
-            vec![("postgres", db::health_check(&pool)), ("redis", redis.health_check())];
+            vec![("postgres", db::health_check(api.store.pool())), ("redis", api.redis.health_check())];
+        let grace = Duration::from_secs(api.config.shutdown_grace_secs);
         let result = server
-            .add_service(AuthServiceServer::new(grpc::Api))
-            .serve(
-                tls,
-                checks,
-                Duration::from_secs(2),
-                Duration::from_secs(config.shutdown_grace_secs),
-                shutdown,
-            )
+            .add_service(AuthServiceServer::new(api))
+            .serve(tls, checks, Duration::from_secs(2), grace, shutdown)
             .await;
         renewal.abort();
         result
@@ -78,4 +87,22 @@ impl Service for Application {
     ) -> Option<(&sakuga_mesh::config::VaultConfig, &sakuga_mesh::config::DatabaseConfig)> {
         Some((&config.vault, &config.database))
     }
+}
+
+/// Creates the bootstrap admin from its Vault secret, or resets its password and role:
+/// the secret is the source of truth for that one account.
+async fn bootstrap_admin(
+    store: &store::Store,
+    mut secret: std::collections::HashMap<String, String>,
+) -> Result<(), MeshError> {
+    let bad = |why: &str| MeshError::Config(format!("bootstrap admin secret: {why}"));
+    let username = secret.remove("username").ok_or_else(|| bad("field `username` missing"))?;
+    let password = secret.remove("password").ok_or_else(|| bad("field `password` missing"))?;
+    if password.chars().count() < 12 {
+        return Err(bad("the password must have at least 12 characters"));
+    }
+    let hash = grpc::hash_password(password).await.map_err(|e| bad(&e.to_string()))?;
+    let user = store.upsert_admin(&username, &hash).await.map_err(|e| bad(&e.to_string()))?;
+    info!(user_id = %user.id, username = %user.username, "bootstrap admin ready");
+    Ok(())
 }

@@ -22,6 +22,9 @@ pub struct Config {
     pub scheduler_addr: String,
     /// File organizer `host:port`.
     pub organizer_addr: String,
+    /// Auth service `host:port`, where the token verification keys come from (the
+    /// health port's reflection accepts operators' tokens).
+    pub auth_addr: String,
     /// Stable worker id; empty means `$HOSTNAME` (the pod name in Kubernetes) or
     /// `generator-<pid>`.
     pub worker_id: String,
@@ -47,6 +50,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             scheduler_addr: "127.0.0.1:50052".to_owned(),
             organizer_addr: "127.0.0.1:50053".to_owned(),
+            auth_addr: "127.0.0.1:50051".to_owned(),
             worker_id: String::new(),
             slots: 2,
             backends: vec!["builtin".to_owned()],

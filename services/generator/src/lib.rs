@@ -16,7 +16,14 @@ use std::{
     time::Duration,
 };
 
-use sakuga_mesh::{MeshError, server::GrpcServer, service::Service, tls::MeshTls, vault::Vault};
+use sakuga_mesh::{
+    MeshError,
+    auth::{Guard, Verifier},
+    server::GrpcServer,
+    service::Service,
+    tls::MeshTls,
+    vault::Vault,
+};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -28,6 +35,7 @@ pub struct Application {
     config: Arc<Config>,
     tls: Arc<MeshTls>,
     vault: Vault,
+    verifier: Arc<Verifier>,
 }
 
 impl Service for Application {
@@ -40,8 +48,10 @@ impl Service for Application {
     async fn build(config: Config) -> Result<Self, MeshError> {
         config.validate()?;
         let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
-        let server = GrpcServer::bind(config.listen, &[]).await?;
-        Ok(Self { server, config: Arc::new(config), tls, vault })
+        let verifier = Arc::new(Verifier::remote(tls.channel(&config.auth_addr)?, None, None));
+        let server =
+            GrpcServer::bind(config.listen, &[], Guard::new(Some(verifier.clone()), None, None)).await?;
+        Ok(Self { server, config: Arc::new(config), tls, vault, verifier })
     }
 
     /// The health listener's address.
@@ -51,8 +61,9 @@ impl Service for Application {
 
     /// Works until `shutdown`, then drains (running jobs get the grace period).
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { server, config, tls, vault } = self;
+        let Self { server, config, tls, vault, verifier } = self;
         let renewal = tls.spawn_renewal(vault, config.tls.clone(), shutdown.clone());
+        let keys = verifier.spawn_refresh(shutdown.clone());
         let scheduler = tls.channel(&config.scheduler_addr)?;
         let organizer = tls.channel(&config.organizer_addr)?;
         let attached = Arc::new(AtomicBool::new(false));
@@ -80,6 +91,7 @@ impl Service for Application {
             .await;
         let _ = worker.await;
         renewal.abort();
+        keys.abort();
         result
     }
 

@@ -4,7 +4,8 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use sakuga_mesh::{
     MeshError,
-    config::{DatabaseConfig, TlsConfig, VaultConfig},
+    config::{DatabaseConfig, RedisConfig, TlsConfig, VaultConfig},
+    ratelimit::RateLimits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,12 @@ pub struct Config {
     pub tls: TlsConfig,
     /// PostgreSQL.
     pub database: DatabaseConfig,
+    /// Redis (revocation list, rate limits).
+    pub redis: RedisConfig,
+    /// Auth service `host:port`, where the token verification keys come from.
+    pub auth_addr: String,
+    /// Rate limits per class and user.
+    pub rate_limits: RateLimits,
     /// Root folder of the stored files.
     pub storage_root: PathBuf,
     /// Largest artifact accepted, in bytes.
@@ -35,6 +42,9 @@ impl Default for Config {
             vault: VaultConfig::default(),
             tls: TlsConfig::default(),
             database: DatabaseConfig::default(),
+            redis: RedisConfig::default(),
+            auth_addr: "127.0.0.1:50051".to_owned(),
+            rate_limits: RateLimits::default(),
             storage_root: PathBuf::from("files"),
             max_artifact_bytes: 256 * 1024 * 1024,
             shutdown_grace_secs: 20,
@@ -47,6 +57,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), MeshError> {
         self.vault.validate()?;
         self.database.validate()?;
+        self.rate_limits.validate()?;
         if self.storage_root.as_os_str().is_empty() {
             return Err(MeshError::Config("storage_root: must not be empty".to_owned()));
         }

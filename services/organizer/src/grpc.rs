@@ -5,7 +5,7 @@ use std::{path::PathBuf, sync::Arc};
 use chrono::Utc;
 use sakuga_mesh::{
     api::{Page, from_timestamp, timestamp},
-    identity,
+    auth as mesh_auth,
 };
 use sakuga_proto::v1::{self as pb, file_service_server::FileService, store_artifact_request::Part};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
@@ -127,8 +127,7 @@ impl FileService for Api {
         &self,
         req: Request<Streaming<pb::StoreArtifactRequest>>,
     ) -> Result<Response<pb::StoreArtifactResponse>, Status> {
-        // Identity first: the stream is consumed below.
-        identity::require_peer(&req, &["generator"])?;
+        // The guard admits only generator certificates here (see the authorization table).
         let mut stream = req.into_inner();
         let header = match stream.next().await {
             Some(Ok(pb::StoreArtifactRequest { part: Some(Part::Header(h)) })) => h,
@@ -204,9 +203,9 @@ impl FileService for Api {
         &self,
         req: Request<pb::GetFileRequest>,
     ) -> Result<Response<pb::GetFileResponse>, Status> {
-        let owner = identity::caller(&req)?;
+        let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let id = parse_id("file_id", &req.get_ref().file_id)?;
-        let f = self.store.get(id, &owner).await?;
+        let f = self.store.get(id, scope.as_deref()).await?;
         Ok(Response::new(pb::GetFileResponse { file: Some(file_to_pb(&f)) }))
     }
 
@@ -214,7 +213,7 @@ impl FileService for Api {
         &self,
         req: Request<pb::ListFilesRequest>,
     ) -> Result<Response<pb::ListFilesResponse>, Status> {
-        let owner = identity::caller(&req)?;
+        let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let r = req.into_inner();
         let page = Page::parse(r.page_size, &r.page_token)?;
         if !r.project_id.is_empty() {
@@ -232,7 +231,7 @@ impl FileService for Api {
             prompt_contains: (!prompt.is_empty()).then(|| prompt.to_owned()),
             cursor: page.after,
         };
-        let mut files = self.store.list(&owner, &filter, page.fetch()).await?;
+        let mut files = self.store.list(scope.as_deref(), &filter, page.fetch()).await?;
         // No file carries a project before ProjectService lands: a project filter matches none.
         if !r.project_id.is_empty() {
             files.clear();
@@ -248,10 +247,10 @@ impl FileService for Api {
         &self,
         req: Request<pb::ReadFileRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<pb::ReadFileResponse>>, Status> {
-        let owner = identity::caller(&req)?;
+        let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let r = req.into_inner();
         let id = parse_id("file_id", &r.file_id)?;
-        let f = self.store.get(id, &owner).await?;
+        let f = self.store.get(id, scope.as_deref()).await?;
         if r.offset > f.size_bytes {
             return Err(OrganizerError::invalid(
                 "offset",
@@ -294,9 +293,9 @@ impl FileService for Api {
         &self,
         req: Request<pb::DeleteFileRequest>,
     ) -> Result<Response<pb::DeleteFileResponse>, Status> {
-        let owner = identity::caller(&req)?;
+        let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let id = parse_id("file_id", &req.get_ref().file_id)?;
-        let f = self.store.delete(id, &owner).await?;
+        let f = self.store.delete(id, scope.as_deref()).await?;
         let path = self.config.storage_root.join(&f.storage_key);
         match tokio::fs::remove_file(&path).await {
             Ok(()) => {}
@@ -305,7 +304,7 @@ impl FileService for Api {
                 warn!(file_id = %id, error = %e, "record deleted but bytes could not be removed");
             }
         }
-        info!(file_id = %id, by = %owner, "file deleted");
+        info!(file_id = %id, "file deleted");
         Ok(Response::new(pb::DeleteFileResponse {}))
     }
 }

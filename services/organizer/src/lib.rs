@@ -10,7 +10,17 @@ pub mod store;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use sakuga_mesh::{MeshError, db, server::GrpcServer, service::Service, tls::MeshTls, vault::Vault};
+use sakuga_mesh::{
+    MeshError,
+    auth::{Audit, Guard, Verifier},
+    db,
+    ratelimit::RateLimiter,
+    redis::Redis,
+    server::GrpcServer,
+    service::Service,
+    tls::MeshTls,
+    vault::Vault,
+};
 use sakuga_proto::{service_names, v1::file_service_server::FileServiceServer};
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +33,8 @@ pub struct Application {
     api: grpc::Api,
     tls: Arc<MeshTls>,
     vault: Vault,
+    verifier: Arc<Verifier>,
+    redis: Redis,
 }
 
 impl Service for Application {
@@ -40,9 +52,20 @@ impl Service for Application {
         })?;
         let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
         let pool = db::connect_with_vault(&vault, &config.database).await?;
-        let server = GrpcServer::bind(config.listen, &[service_names::FILES]).await?;
+        let redis = Redis::connect_with_vault(&vault, &config.redis).await?;
+        let verifier = Arc::new(Verifier::remote(
+            tls.channel(&config.auth_addr)?,
+            Some(redis.clone()),
+            Some(pool.clone()),
+        ));
+        let guard = Guard::new(
+            Some(verifier.clone()),
+            Some(RateLimiter::new(redis.clone(), config.rate_limits.clone())),
+            Some(Audit::new(pool.clone())),
+        );
+        let server = GrpcServer::bind(config.listen, &[service_names::FILES], guard).await?;
         let api = grpc::Api { store: store::Store::new(pool), config: Arc::new(config) };
-        Ok(Self { server, api, tls, vault })
+        Ok(Self { server, api, tls, vault, verifier, redis })
     }
 
     /// The bound address.
@@ -52,12 +75,14 @@ impl Service for Application {
 
     /// Serves until `shutdown`, then drains.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { server, api, tls, vault } = self;
+        let Self { server, api, tls, vault, verifier, redis } = self;
         let renewal = tls.spawn_renewal(vault, api.config.tls.clone(), shutdown.clone());
+        let keys = verifier.spawn_refresh(shutdown.clone());
         let pool = api.store.pool().clone();
         let root = api.config.storage_root.clone();
         let checks: Vec<(&'static str, sakuga_mesh::server::HealthCheck)> = vec![
             ("postgres", db::health_check(&pool)),
+            ("redis", redis.health_check()),
             (
                 "storage",
                 Arc::new(move || {
@@ -75,6 +100,7 @@ impl Service for Application {
             .serve(tls, checks, Duration::from_secs(2), grace, shutdown)
             .await;
         renewal.abort();
+        keys.abort();
         result
     }
 

@@ -159,10 +159,12 @@ impl Store {
     }
 
     /// One record visible to `owner`.
-    pub async fn get(&self, id: Uuid, owner: &str) -> Result<FileRecord, OrganizerError> {
+    pub async fn get(&self, id: Uuid, owner: Option<&str>) -> Result<FileRecord, OrganizerError> {
         let client = self.pool.get().await?;
         let stmt = client
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM files WHERE id = $1 AND owner_id = $2"))
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM files WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2)"
+            ))
             .await?;
         client
             .query_opt(&stmt, &[&id, &owner])
@@ -174,14 +176,14 @@ impl Store {
     /// A page of `owner`'s records, newest first.
     pub async fn list(
         &self,
-        owner: &str,
+        owner: Option<&str>,
         filter: &ListFilter,
         limit: u32,
     ) -> Result<Vec<FileRecord>, OrganizerError> {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM files f WHERE owner_id = $1 \
+                "SELECT {COLUMNS} FROM files f WHERE ($1::text IS NULL OR owner_id = $1) \
                  AND ($2::uuid IS NULL OR job_id = $2) \
                  AND ($3::text IS NULL OR kind = $3) \
                  AND ($4::timestamptz IS NULL OR created_at >= $4) \
@@ -213,10 +215,12 @@ impl Store {
     }
 
     /// Deletes `owner`'s record; returns it so the bytes can be removed.
-    pub async fn delete(&self, id: Uuid, owner: &str) -> Result<FileRecord, OrganizerError> {
+    pub async fn delete(&self, id: Uuid, owner: Option<&str>) -> Result<FileRecord, OrganizerError> {
         let client = self.pool.get().await?;
         let stmt = client
-            .prepare_cached(&format!("DELETE FROM files WHERE id = $1 AND owner_id = $2 RETURNING {COLUMNS}"))
+            .prepare_cached(&format!(
+                "DELETE FROM files WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2) RETURNING {COLUMNS}"
+            ))
             .await?;
         client
             .query_opt(&stmt, &[&id, &owner])

@@ -37,6 +37,12 @@ pub struct Config {
     pub max_job_pixels: u64,
     /// Time in-flight calls get after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// Auth service `host:port`, where the token verification keys come from.
+    pub auth_addr: String,
+    /// Rate limits per class and user.
+    pub rate_limits: sakuga_mesh::ratelimit::RateLimits,
+    /// Jobs a user may have queued or running at once.
+    pub max_active_jobs_per_user: u32,
 }
 
 impl Default for Config {
@@ -54,6 +60,9 @@ impl Default for Config {
             progress_write_interval_ms: 250,
             max_job_pixels: 64 * 1024 * 1024,
             shutdown_grace_secs: 20,
+            auth_addr: "127.0.0.1:50051".to_owned(),
+            rate_limits: sakuga_mesh::ratelimit::RateLimits::default(),
+            max_active_jobs_per_user: 50,
         }
     }
 }
@@ -63,6 +72,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), MeshError> {
         self.vault.validate()?;
         self.database.validate()?;
+        self.rate_limits.validate()?;
         let bad = |field: &str, why: &str| Err(MeshError::Config(format!("{field}: {why}")));
         if self.lease_ttl_ms < 1_000 {
             return bad("lease_ttl_ms", "must be at least 1000");
@@ -75,6 +85,9 @@ impl Config {
         }
         if self.dispatch_poll_ms == 0 {
             return bad("dispatch_poll_ms", "must be positive");
+        }
+        if self.max_active_jobs_per_user == 0 {
+            return bad("max_active_jobs_per_user", "must be at least 1");
         }
         if self.max_job_pixels < 64 * 64 {
             return bad("max_job_pixels", "must be at least 4096");

@@ -20,6 +20,14 @@ pub enum SchedulerError {
     /// The object is in a state that does not allow this.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The owner has too many jobs queued or running.
+    #[error("{active} jobs queued or running, the limit is {cap}")]
+    QueueFull {
+        /// Jobs queued or running now.
+        active: i64,
+        /// The limit.
+        cap: u32,
+    },
     /// PostgreSQL failed.
     #[error("database: {0}")]
     Db(#[from] tokio_postgres::Error),
@@ -43,6 +51,9 @@ impl From<SchedulerError> for Status {
             }
             SchedulerError::NotFound(what) => Status::not_found(format!("{what} not found")),
             SchedulerError::FailedPrecondition(why) => Status::failed_precondition(why),
+            SchedulerError::QueueFull { active, cap } => Status::resource_exhausted(format!(
+                "{active} of your jobs are queued or running, the limit is {cap}: wait for some to finish"
+            )),
             SchedulerError::Db(e) => {
                 error!(error = %e, "database error");
                 Status::internal("internal error")

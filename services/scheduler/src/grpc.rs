@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use sakuga_mesh::{
     api::{Page, timestamp},
-    identity,
+    auth as mesh_auth,
 };
 use sakuga_proto::v1::{
     self as pb, Assignment, AttachRequest, AttachResponse, attach_response, job_event,
@@ -197,7 +197,7 @@ impl JobService for Api {
         &self,
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let owner = identity::caller(&req)?;
+        let owner = mesh_auth::caller(&req)?.user_id()?.to_string();
         let r = req.into_inner();
         let spec = r.spec.ok_or_else(|| SchedulerError::invalid("spec", "required"))?;
         let spec = validate::spec(raw_spec(spec), self.state.config.max_job_pixels, rand::random::<u64>)?;
@@ -224,7 +224,7 @@ impl JobService for Api {
             idempotency_key,
             max_attempts: self.state.config.max_attempts,
         };
-        let inserted = self.state.store.insert(&new).await?;
+        let inserted = self.state.store.insert(&new, self.state.config.max_active_jobs_per_user).await?;
         if !inserted.deduplicated {
             tracing::info!(job_id = %inserted.job.id, owner = %inserted.job.owner_id, "job queued");
             self.wake.notify_one();
@@ -236,9 +236,9 @@ impl JobService for Api {
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
-        let owner = identity::caller(&req)?;
+        let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let id = parse_id("job_id", &req.get_ref().job_id)?;
-        let job = self.state.store.get(id, Some(&owner)).await?;
+        let job = self.state.store.get(id, scope.as_deref()).await?;
         Ok(Response::new(pb::GetJobResponse { job: Some(job_to_pb(&job)) }))
     }
 
@@ -246,7 +246,7 @@ impl JobService for Api {
         &self,
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let owner = identity::caller(&req)?;
+        let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let r = req.into_inner();
         let page = Page::parse(r.page_size, &r.page_token)?;
         let status = from_pb_status(r.status);
@@ -256,7 +256,7 @@ impl JobService for Api {
         if !r.project_id.is_empty() {
             parse_id("project_id", &r.project_id)?;
         }
-        let mut jobs = self.state.store.list(&owner, status, page.after, page.fetch()).await?;
+        let mut jobs = self.state.store.list(scope.as_deref(), status, page.after, page.fetch()).await?;
         // Jobs never carry a project before ProjectService lands: a project filter matches none.
         if !r.project_id.is_empty() {
             jobs.clear();
@@ -269,11 +269,11 @@ impl JobService for Api {
     }
 
     async fn watch_job(&self, req: Request<pb::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
-        let owner = identity::caller(&req)?;
+        let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let id = parse_id("job_id", &req.get_ref().job_id)?;
         // Subscribe before reading the snapshot so nothing falls between the two.
         let mut live = self.state.events.subscribe(id);
-        let job = self.state.store.get(id, Some(&owner)).await?;
+        let job = self.state.store.get(id, scope.as_deref()).await?;
         let (tx, rx) = mpsc::channel(64);
         let state = self.state.clone();
         let shutdown = self.shutdown.clone();
@@ -318,10 +318,10 @@ impl JobService for Api {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
-        let owner = identity::caller(&req)?;
+        let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let id = parse_id("job_id", &req.get_ref().job_id)?;
-        let Some((before, _worker, job)) = self.state.store.cancel(id, Some(&owner)).await? else {
-            let job = self.state.store.get(id, Some(&owner)).await?;
+        let Some((before, _worker, job)) = self.state.store.cancel(id, scope.as_deref()).await? else {
+            let job = self.state.store.get(id, scope.as_deref()).await?;
             return Err(SchedulerError::FailedPrecondition(format!(
                 "job {id} already finished ({})",
                 job.status.as_str()
@@ -345,10 +345,10 @@ impl JobService for Api {
         &self,
         req: Request<pb::RetryJobRequest>,
     ) -> Result<Response<pb::RetryJobResponse>, Status> {
-        let owner = identity::caller(&req)?;
+        let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let id = parse_id("job_id", &req.get_ref().job_id)?;
-        let Some(job) = self.state.store.retry(id, Some(&owner)).await? else {
-            let job = self.state.store.get(id, Some(&owner)).await?;
+        let Some(job) = self.state.store.retry(id, scope.as_deref()).await? else {
+            let job = self.state.store.get(id, scope.as_deref()).await?;
             return Err(SchedulerError::FailedPrecondition(format!(
                 "job {id} is {}; only failed or canceled jobs can be retried",
                 job.status.as_str()
@@ -415,8 +415,7 @@ impl Seen {
 #[tonic::async_trait]
 impl WorkerService for Api {
     async fn attach(&self, req: Request<Streaming<AttachRequest>>) -> Result<Response<AttachStream>, Status> {
-        // Read the identity before into_inner(): only generators may attach.
-        identity::require_peer(&req, &["generator"])?;
+        // The guard admits only generator certificates here (see the authorization table).
         let rx = crate::worker::attach(
             self.state.clone(),
             self.wake.clone(),

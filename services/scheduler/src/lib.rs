@@ -15,7 +15,10 @@ mod worker;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use sakuga_mesh::{
-    MeshError, db,
+    MeshError,
+    auth::{Audit, Guard, Verifier},
+    db,
+    ratelimit::RateLimiter,
     redis::Redis,
     server::{GrpcServer, HealthCheck},
     service::Service,
@@ -42,6 +45,8 @@ pub struct State {
     pub events: events::Events,
     /// Attached workers.
     pub registry: dispatch::Registry,
+    /// Token verification (keys refreshed from the auth service).
+    pub verifier: Arc<Verifier>,
     redis: Redis,
 }
 
@@ -67,9 +72,21 @@ impl Service for Application {
         let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
         let pool = db::connect_with_vault(&vault, &config.database).await?;
         let redis = Redis::connect_with_vault(&vault, &config.redis).await?;
-        let server = GrpcServer::bind(config.listen, &[service_names::JOBS, service_names::WORKER]).await?;
+        let verifier = Arc::new(Verifier::remote(
+            tls.channel(&config.auth_addr)?,
+            Some(redis.clone()),
+            Some(pool.clone()),
+        ));
+        let guard = Guard::new(
+            Some(verifier.clone()),
+            Some(RateLimiter::new(redis.clone(), config.rate_limits.clone())),
+            Some(Audit::new(pool.clone())),
+        );
+        let server =
+            GrpcServer::bind(config.listen, &[service_names::JOBS, service_names::WORKER], guard).await?;
         let state = Arc::new(State {
             store: store::Store::new(pool),
+            verifier,
             events: events::Events::new(redis.clone()),
             registry: dispatch::Registry::default(),
             redis,
@@ -91,6 +108,7 @@ impl Service for Application {
         let listener = state.events.spawn_listener(shutdown.clone());
         let dispatcher = dispatch::spawn_dispatcher(state.clone(), wake.clone(), shutdown.clone());
         let reaper = dispatch::spawn_reaper(state.clone(), wake.clone(), shutdown.clone());
+        let keys = state.verifier.spawn_refresh(shutdown.clone());
         let api = grpc::Api { state: state.clone(), wake, shutdown: shutdown.clone() };
         let checks = health_checks(&state);
         let grace = Duration::from_secs(state.config.shutdown_grace_secs);
@@ -99,7 +117,7 @@ impl Service for Application {
             .add_service(WorkerServiceServer::new(api))
             .serve(tls, checks, Duration::from_secs(2), grace, shutdown)
             .await;
-        for task in [renewal, listener, dispatcher, reaper] {
+        for task in [renewal, listener, dispatcher, reaper, keys] {
             task.abort();
         }
         result

@@ -121,9 +121,29 @@ impl Store {
     }
 
     /// Inserts a queued job; with an idempotency key already used by this owner, returns
-    /// the first job instead.
-    pub async fn insert(&self, new: &NewJob) -> Result<Inserted, SchedulerError> {
-        let client = self.pool.get().await?;
+    /// the first job instead. Refuses when the owner already has `cap` jobs queued or
+    /// running (checked under a per-owner lock, so concurrent submits cannot overshoot).
+    pub async fn insert(&self, new: &NewJob, cap: u32) -> Result<Inserted, SchedulerError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[&new.owner_id]).await?;
+        if let Some(key) = &new.idempotency_key {
+            let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE owner_id = $1 AND idempotency_key = $2");
+            if let Some(row) = tx.query_opt(&sql, &[&new.owner_id, key]).await? {
+                tx.commit().await?;
+                return Ok(Inserted { job: job_from_row(&row), deduplicated: true });
+            }
+        }
+        let active: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM jobs WHERE owner_id = $1 AND status IN ('queued', 'assigned', 'running')",
+                &[&new.owner_id],
+            )
+            .await?
+            .get(0);
+        if active >= i64::from(cap) {
+            return Err(SchedulerError::QueueFull { active, cap });
+        }
         let sql = format!(
             "INSERT INTO jobs (id, owner_id, kind, backend, model, prompt, negative_prompt, composed_prompt, \
              width, height, steps, batch_size, frames, fps, seed, cfg_scale, sampler, priority, \
@@ -131,10 +151,10 @@ impl Store {
              VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20) \
              ON CONFLICT (owner_id, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
         );
-        let stmt = client.prepare_cached(&sql).await?;
+        let stmt = tx.prepare_cached(&sql).await?;
         let s = &new.spec;
         let seed = i64::try_from(s.seed).unwrap_or(i64::MAX);
-        let row = client
+        let row = tx
             .query_opt(
                 &stmt,
                 &[
@@ -161,13 +181,10 @@ impl Store {
                 ],
             )
             .await?;
-        if let Some(row) = row {
-            return Ok(Inserted { job: job_from_row(&row), deduplicated: false });
-        }
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE owner_id = $1 AND idempotency_key = $2");
-        let stmt = client.prepare_cached(&sql).await?;
-        let row = client.query_one(&stmt, &[&new.owner_id, &new.idempotency_key]).await?;
-        Ok(Inserted { job: job_from_row(&row), deduplicated: true })
+        let row =
+            row.ok_or_else(|| SchedulerError::FailedPrecondition("idempotency key conflict".to_owned()))?;
+        tx.commit().await?;
+        Ok(Inserted { job: job_from_row(&row), deduplicated: false })
     }
 
     /// A job visible to `owner` (`None`: any owner, for internal use and admins).
@@ -186,14 +203,14 @@ impl Store {
     /// A page of `owner`'s jobs, newest first, after the keyset cursor.
     pub async fn list(
         &self,
-        owner: &str,
+        owner: Option<&str>,
         status: Option<Status>,
         after: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
         limit: u32,
     ) -> Result<Vec<Job>, SchedulerError> {
         let client = self.pool.get().await?;
         let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE owner_id = $1 \
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1::text IS NULL OR owner_id = $1) \
              AND ($2::text IS NULL OR status = $2) \
              AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
              ORDER BY created_at DESC, id DESC LIMIT $5"

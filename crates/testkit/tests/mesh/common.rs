@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use sakuga_mesh::tls::MeshTls;
 use sakuga_proto::v1::{
-    JobKind, JobSpec, SubmitJobRequest, file_service_client::FileServiceClient,
-    job_service_client::JobServiceClient,
+    CreateUserRequest, JobKind, JobSpec, Role, SubmitJobRequest, auth_service_client::AuthServiceClient,
+    file_service_client::FileServiceClient, job_service_client::JobServiceClient,
 };
-use sakuga_testkit::{Spawned, TestEnv};
+use sakuga_testkit::{Authed, Bearer, Spawned, TestEnv};
 use tonic::transport::Channel;
 
 /// The four services of one test.
@@ -18,6 +18,13 @@ pub(crate) struct Mesh {
     pub(crate) organizer: Spawned,
     pub(crate) generator: Option<Spawned>,
     pub(crate) operator: Arc<MeshTls>,
+    pub(crate) admin_token: String,
+}
+
+/// A person with an account and a fresh access token.
+pub(crate) struct Person {
+    pub(crate) id: String,
+    pub(crate) token: String,
 }
 
 impl Mesh {
@@ -30,28 +37,76 @@ impl Mesh {
 
     /// Auth, scheduler and organizer; jobs stay queued until [`Mesh::attach_generator`].
     pub(crate) async fn without_generator() -> Mesh {
+        Self::with_scheduler_config(|_| {}).await
+    }
+
+    /// Like [`Mesh::without_generator`], with the scheduler's configuration adjusted.
+    pub(crate) async fn with_scheduler_config(adjust: impl FnOnce(&mut sakuga_scheduler::Config)) -> Mesh {
         let env = TestEnv::new().await.unwrap();
         let auth = sakuga_testkit::spawn_auth(sakuga_testkit::auth_config(&env)).await.unwrap();
-        let scheduler =
-            sakuga_testkit::spawn_scheduler(sakuga_testkit::scheduler_config(&env)).await.unwrap();
+        let mut cfg = sakuga_testkit::scheduler_config(&env, &auth);
+        adjust(&mut cfg);
+        let scheduler = sakuga_testkit::spawn_scheduler(cfg).await.unwrap();
         let root = env.dir.path().join("files");
-        let organizer =
-            sakuga_testkit::spawn_organizer(sakuga_testkit::organizer_config(&env, root)).await.unwrap();
+        let organizer = sakuga_testkit::spawn_organizer(sakuga_testkit::organizer_config(&env, &auth, root))
+            .await
+            .unwrap();
         let operator = env.identity("operator").await.unwrap();
-        Mesh { env, auth, scheduler, organizer, generator: None, operator }
+        let admin_token = sakuga_testkit::login(
+            operator.channel(&auth.addr_string()).unwrap(),
+            "admin",
+            &env.admin_password,
+        )
+        .await
+        .unwrap();
+        Mesh { env, auth, scheduler, organizer, generator: None, operator, admin_token }
     }
 
     pub(crate) async fn attach_generator(&mut self) {
-        let cfg = sakuga_testkit::generator_config(&self.env, &self.scheduler, &self.organizer);
+        let cfg = sakuga_testkit::generator_config(&self.env, &self.auth, &self.scheduler, &self.organizer);
         self.generator = Some(sakuga_testkit::spawn_generator(cfg).await.unwrap());
     }
 
-    pub(crate) fn jobs(&self) -> JobServiceClient<Channel> {
-        JobServiceClient::new(self.operator.channel(&self.scheduler.addr_string()).unwrap())
+    pub(crate) fn channel(&self, addr: &str) -> Channel {
+        self.operator.channel(addr).unwrap()
     }
 
-    pub(crate) fn files(&self) -> FileServiceClient<Channel> {
-        FileServiceClient::new(self.operator.channel(&self.organizer.addr_string()).unwrap())
+    pub(crate) fn authed(&self, addr: &str, token: &str) -> Authed {
+        tower::ServiceBuilder::new()
+            .layer(tonic::service::InterceptorLayer::new(Bearer::new(token)))
+            .service(self.channel(addr))
+    }
+
+    pub(crate) fn jobs(&self, token: &str) -> JobServiceClient<Authed> {
+        JobServiceClient::new(self.authed(&self.scheduler.addr_string(), token))
+    }
+
+    pub(crate) fn files(&self, token: &str) -> FileServiceClient<Authed> {
+        FileServiceClient::new(self.authed(&self.organizer.addr_string(), token))
+    }
+
+    pub(crate) fn auth_client(&self, token: &str) -> AuthServiceClient<Authed> {
+        AuthServiceClient::new(self.authed(&self.auth.addr_string(), token))
+    }
+
+    /// Creates a user (through the admin) and logs them in.
+    pub(crate) async fn person(&self, name: &str) -> Person {
+        let password = format!("{name}-correct-horse-battery");
+        let user = self
+            .auth_client(&self.admin_token)
+            .create_user(CreateUserRequest {
+                username: name.to_owned(),
+                password: password.clone(),
+                role: Role::User.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .user
+            .unwrap();
+        let token =
+            sakuga_testkit::login(self.channel(&self.auth.addr_string()), name, &password).await.unwrap();
+        Person { id: user.id, token }
     }
 
     pub(crate) async fn stop(self) {

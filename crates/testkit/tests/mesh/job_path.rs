@@ -12,7 +12,8 @@ use crate::common::{Mesh, image_request};
 async fn one_job_end_to_end() {
     // The generator attaches only once the watch is open, so every step is seen live.
     let mut mesh = Mesh::without_generator().await;
-    let mut jobs = mesh.jobs();
+    let alice = mesh.person("alice").await;
+    let mut jobs = mesh.jobs(&alice.token);
     let job = jobs
         .submit_job(image_request("a quiet sakura street at dusk", 6))
         .await
@@ -67,7 +68,7 @@ async fn one_job_end_to_end() {
     assert_eq!(row.get::<_, String>(0), "succeeded");
     assert_eq!(row.get::<_, i32>(1), 1);
     assert_eq!(row.get::<_, Vec<Uuid>>(2), vec![Uuid::parse_str(&file_id).unwrap()]);
-    assert_eq!(row.get::<_, String>(3), "spiffe://sakuga/operator");
+    assert_eq!(row.get::<_, String>(3), alice.id, "owned by the user who submitted it");
     let file = db
         .query_one(
             "SELECT storage_key, sha256, size_bytes, width, height, checks FROM files WHERE id = $1",
@@ -91,7 +92,7 @@ async fn one_job_end_to_end() {
     assert_eq!(found.text_value("prompt"), Some("a quiet sakura street at dusk"));
 
     // The same bytes through ReadFile, in two ranges.
-    let mut files = mesh.files();
+    let mut files = mesh.files(&alice.token);
     let mut read = Vec::new();
     let mut s = files
         .read_file(ReadFileRequest { file_id: file_id.clone(), offset: 0, length: 0 })
@@ -114,7 +115,8 @@ async fn one_job_end_to_end() {
 #[tokio::test]
 async fn watch_of_a_finished_job_is_one_snapshot_and_resubmitting_with_a_key_is_idempotent() {
     let mesh = Mesh::start().await;
-    let mut jobs = mesh.jobs();
+    let bob = mesh.person("bob").await;
+    let mut jobs = mesh.jobs(&bob.token);
     let mut req = image_request("lanterns over a river", 2);
     req.idempotency_key = "episode-3-shot-12".to_owned();
     let first = jobs.submit_job(req.clone()).await.unwrap().into_inner();

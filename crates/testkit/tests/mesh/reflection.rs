@@ -51,7 +51,7 @@ async fn reflection_lists_the_mounted_services_on_every_port() {
         (mesh.organizer.addr_string(), expect(&["sakuga.v1.FileService"])),
         (mesh.generator.as_ref().unwrap().addr_string(), expect(&[])),
     ] {
-        let channel = mesh.operator.channel(&addr).unwrap();
+        let channel = mesh.authed(&addr, &mesh.admin_token);
         assert_eq!(list_services!(v1alpha, channel.clone()), expected, "v1alpha on {addr}");
         assert_eq!(list_services!(v1, channel), expected, "v1 on {addr}");
     }

@@ -6,7 +6,8 @@ use sakuga_mesh::{MeshError, service::Service as _};
 async fn a_service_without_vault_gives_up_with_one_message_naming_vault() {
     let env = sakuga_testkit::TestEnv::new().await.unwrap();
     let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let mut cfg = sakuga_testkit::scheduler_config(&env);
+    let auth = sakuga_testkit::Spawned::unused();
+    let mut cfg = sakuga_testkit::scheduler_config(&env, &auth);
     cfg.vault.addr = format!("http://{unused}");
     cfg.vault.connect_attempts = 3;
     let err = sakuga_scheduler::Application::build(cfg).await.unwrap_err();
@@ -20,7 +21,8 @@ async fn a_service_without_vault_gives_up_with_one_message_naming_vault() {
 #[tokio::test]
 async fn a_wrong_vault_token_is_refused_at_once() {
     let env = sakuga_testkit::TestEnv::new().await.unwrap();
-    let mut cfg = sakuga_testkit::organizer_config(&env, env.dir.path().join("files"));
+    let auth = sakuga_testkit::Spawned::unused();
+    let mut cfg = sakuga_testkit::organizer_config(&env, &auth, env.dir.path().join("files"));
     let bad = env.dir.path().join("bad-token");
     std::fs::write(&bad, "not-a-token").unwrap();
     cfg.vault.token_file = Some(bad);

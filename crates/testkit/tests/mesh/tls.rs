@@ -42,7 +42,7 @@ async fn every_port_refuses_plaintext_and_foreign_certificates() {
         ("organizer", mesh.organizer.addr_string()),
         ("generator", mesh.generator.as_ref().unwrap().addr_string()),
     ] {
-        assert!(serving(mesh.operator.channel(&addr).unwrap()).await, "{name} serves the operator");
+        assert!(serving(mesh.channel(&addr)).await, "{name} serves the operator");
         let plain = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
         assert!(health(plain).await.is_err(), "{name} refuses plaintext");
         assert!(health(foreign.channel(&addr).unwrap()).await.is_err(), "{name} refuses a foreign CA");
