@@ -172,6 +172,14 @@ impl TestEnv {
         self.pg.connect(&self.db_name).await
     }
 
+    /// The private key (PKCS#8 PEM) stored under `kid` in this test's signing secret.
+    pub async fn signing_key_pem(&self, kid: &str) -> anyhow::Result<String> {
+        let root = bao::shared().await?.client()?;
+        let mut keys: std::collections::HashMap<String, String> =
+            vaultrs::kv2::read(&root, "secret", &self.signing_secret).await?;
+        keys.remove(kid).ok_or_else(|| anyhow::anyhow!("no signing key {kid}"))
+    }
+
     /// Drops the database and the Redis user.
     pub async fn cleanup(self) {
         let _ = self.pg.drop_database(&self.db_name).await;
