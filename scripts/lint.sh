@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make lint: rustfmt --check, clippy -D warnings, buf lint, buf format --diff. Runs every
+# make lint: rustfmt --check, clippy -D warnings, buf lint, buf format --diff, the secret
+# scan (with its self-test). Runs every
 # check and fails at the end if any failed.  scripts/lint.sh --fix formats in place instead
 # (make fmt).
 set -euo pipefail
@@ -31,6 +32,8 @@ check "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 buf() { (cd "$BUF_DIR" && "$TOOLS_BIN/buf" "$@"); }
 check "buf lint" buf lint
 check "buf format" buf format -d --exit-code
+check "secret scan self-test" bash "$ROOT/scripts/secret-scan.sh" --self-test
+check "secret scan" bash "$ROOT/scripts/secret-scan.sh"
 
 if [ "${#failed[@]}" -gt 0 ]; then
     die "failed: ${failed[*]}"

@@ -114,8 +114,8 @@ impl VaultConfig {
             VaultAuth::Approle if self.secret_id_file.is_none() => Err(MeshError::Config(
                 "vault.secret_id_file: required when vault.auth = \"approle\"".to_owned(),
             )),
-            _ if self.cert_ttl_secs < 60 => {
-                Err(MeshError::Config("vault.cert_ttl_secs: must be at least 60".to_owned()))
+            _ if self.cert_ttl_secs < 10 => {
+                Err(MeshError::Config("vault.cert_ttl_secs: must be at least 10".to_owned()))
             }
             _ if self.connect_attempts == 0 => {
                 Err(MeshError::Config("vault.connect_attempts: must be at least 1".to_owned()))

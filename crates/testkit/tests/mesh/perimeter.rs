@@ -244,7 +244,7 @@ async fn refresh_tokens_rotate_and_a_reused_one_revokes_its_family() {
     let _alice = mesh.person("alice").await;
     let mut auth = AuthServiceClient::new(mesh.channel(&mesh.auth.addr_string()));
     let login = auth
-        .login(LoginRequest { username: "alice".into(), password: "alice-correct-horse-battery".into() })
+        .login(LoginRequest { username: "alice".into(), password: "alice-correct-horse-battery".into() }) // secret-scan: allow (test fixture)
         .await
         .unwrap()
         .into_inner()
@@ -332,7 +332,7 @@ async fn api_keys_authenticate_until_revoked_and_disabled_users_are_locked_out()
     let e = bob_auth
         .create_user(CreateUserRequest {
             username: "mallory".into(),
-            password: "mallory-password-1".into(),
+            password: "mallory-password-1".into(), // secret-scan: allow (test fixture)
             role: 2,
         })
         .await
@@ -381,7 +381,7 @@ async fn sql_payloads_as_usernames_and_api_keys_change_nothing() {
         let e = admin
             .create_user(CreateUserRequest {
                 username: payload.into(),
-                password: "a-long-enough-password".into(),
+                password: "a-long-enough-password".into(), // secret-scan: allow (test fixture)
                 role: 1,
             })
             .await

@@ -1,5 +1,5 @@
-//! The prototype's audit findings, each refused or made harmless, with nothing changed in
-//! the database; and service identities that may not call internal RPCs.
+//! The prototype's input findings: invalid prompts and SQL payloads, each refused or made
+//! harmless, with nothing changed in the database.
 
 use sakuga_proto::v1::{GetJobRequest, JobSpec, SubmitJobRequest, WatchJobRequest};
 use tonic::Code;

@@ -88,3 +88,59 @@ async fn a_rotated_certificate_is_used_by_new_connections() {
     assert_eq!(after, server.current_leaf());
     env.cleanup().await;
 }
+
+/// The leaf certificate a fresh handshake with `addr` presents.
+async fn leaf_of(client: &MeshTls, addr: std::net::SocketAddr) -> Vec<u8> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client.client_config());
+    let server_name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector.connect(server_name, tcp).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn a_service_with_a_thirty_second_certificate_keeps_serving_two_minutes_later() {
+    use tokio_stream::StreamExt as _;
+    let env = sakuga_testkit::TestEnv::new().await.unwrap();
+    let mut cfg = sakuga_testkit::auth_config(&env);
+    cfg.vault.cert_ttl_secs = 30;
+    let auth = sakuga_testkit::spawn_auth(cfg).await.unwrap();
+    let operator = env.identity("operator").await.unwrap();
+    let first = leaf_of(&operator, auth.addr).await;
+    // One connection and one stream opened now must survive every renewal.
+    let channel = operator.channel(&auth.addr_string()).unwrap();
+    assert!(serving(channel.clone()).await);
+    let mut watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.next().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
+    let start = std::time::Instant::now();
+    let mut leaves = vec![first.clone()];
+    while start.elapsed() < Duration::from_mins(2) {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            health(channel.clone()).await.unwrap(),
+            ServingStatus::Serving as i32,
+            "the open connection still answers"
+        );
+        let leaf = leaf_of(&operator, auth.addr).await;
+        if leaves.last() != Some(&leaf) {
+            leaves.push(leaf);
+        }
+    }
+    // Nothing arrived on the stream and it did not end: it is still open.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), watch.next()).await.is_err(),
+        "the Watch stream is intact"
+    );
+    assert!(
+        leaves.len() >= 4,
+        "renewed about every 20 s: {} distinct certificates in two minutes",
+        leaves.len()
+    );
+    assert_ne!(leaf_of(&operator, auth.addr).await, first, "new handshakes present a newer certificate");
+    auth.stop().await.unwrap();
+    env.cleanup().await;
+}
