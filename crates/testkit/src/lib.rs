@@ -172,6 +172,18 @@ impl TestEnv {
         self.pg.connect(&self.db_name).await
     }
 
+    /// Writes a KV secret under this test's Vault path; returns the path.
+    pub async fn put_secret(
+        &self,
+        name: &str,
+        fields: &std::collections::HashMap<&str, String>,
+    ) -> anyhow::Result<String> {
+        let root = bao::shared().await?.client()?;
+        let path = format!("sakuga-test/{}/{name}", self.id);
+        vaultrs::kv2::set(&root, "secret", &path, fields).await?;
+        Ok(path)
+    }
+
     /// The private key (PKCS#8 PEM) stored under `kid` in this test's signing secret.
     pub async fn signing_key_pem(&self, kid: &str) -> anyhow::Result<String> {
         let root = bao::shared().await?.client()?;

@@ -42,10 +42,22 @@ impl Mesh {
 
     /// Like [`Mesh::without_generator`], with the scheduler's configuration adjusted.
     pub(crate) async fn with_scheduler_config(adjust: impl FnOnce(&mut sakuga_scheduler::Config)) -> Mesh {
+        Self::with_config(|_, _, scheduler| adjust(scheduler)).await
+    }
+
+    /// Like [`Mesh::without_generator`], with the auth and scheduler configurations
+    /// adjusted (after the environment exists, so secrets can be written first).
+    pub(crate) async fn with_config(
+        adjust: impl FnOnce(&TestEnv, &mut sakuga_auth::Config, &mut sakuga_scheduler::Config),
+    ) -> Mesh {
         let env = TestEnv::new().await.unwrap();
-        let auth = sakuga_testkit::spawn_auth(sakuga_testkit::auth_config(&env)).await.unwrap();
-        let mut cfg = sakuga_testkit::scheduler_config(&env, &auth);
-        adjust(&mut cfg);
+        env.put_secret("redis-private", &std::collections::HashMap::new()).await.unwrap();
+        let mut auth_cfg = sakuga_testkit::auth_config(&env);
+        let unused = sakuga_testkit::Spawned::unused();
+        let mut cfg = sakuga_testkit::scheduler_config(&env, &unused);
+        adjust(&env, &mut auth_cfg, &mut cfg);
+        let auth = sakuga_testkit::spawn_auth(auth_cfg).await.unwrap();
+        cfg.auth_addr = auth.addr_string();
         let scheduler = sakuga_testkit::spawn_scheduler(cfg).await.unwrap();
         let root = env.dir.path().join("files");
         let organizer = sakuga_testkit::spawn_organizer(sakuga_testkit::organizer_config(&env, &auth, root))

@@ -5,6 +5,7 @@
 
 mod common;
 mod job_path;
+mod outage;
 mod perimeter;
 mod reflection;
 mod security;
