@@ -280,14 +280,14 @@ write_config() {
             echo "host = $(toml_str "$LOOPBACK")"
             echo "port = $PG_PORT"
             echo "dbname = $(toml_str "$APP_DB_NAME")"
-            echo 'secret = "sakuga/database"'
+            echo 'vault_path = "sakuga/database"'
         fi
         if [ "$s" != generator ]; then
             echo
             echo "[redis]"
             echo "host = $(toml_str "$LOOPBACK")"
             echo "port = $REDIS_PORT"
-            echo 'secret = "sakuga/redis"'
+            echo 'vault_path = "sakuga/redis"'
             echo 'key_prefix = "sakuga:"'
         fi
     } >"$f"

@@ -157,7 +157,7 @@ pub struct DatabaseConfig {
     /// Database name.
     pub dbname: String,
     /// KV v2 path (under `vault.kv_mount`) holding `username` and `password`.
-    pub secret: String,
+    pub vault_path: String,
     /// Pool size.
     pub max_connections: usize,
     /// Seconds to wait for a pooled connection before UNAVAILABLE.
@@ -170,7 +170,7 @@ impl Default for DatabaseConfig {
             host: "127.0.0.1".to_owned(),
             port: 5432,
             dbname: "sakuga".to_owned(),
-            secret: "sakuga/database".to_owned(),
+            vault_path: "sakuga/database".to_owned(),
             max_connections: 16,
             acquire_timeout_secs: 5,
         }
@@ -200,7 +200,7 @@ pub struct RedisConfig {
     pub port: u16,
     /// KV v2 path (under `vault.kv_mount`) holding `username` and `password`; both may be
     /// absent in the secret for a Redis without authentication.
-    pub secret: String,
+    pub vault_path: String,
     /// Prefix of every key and channel this service uses.
     pub key_prefix: String,
 }
@@ -210,7 +210,7 @@ impl Default for RedisConfig {
         Self {
             host: "127.0.0.1".to_owned(),
             port: 6379,
-            secret: "sakuga/redis".to_owned(),
+            vault_path: "sakuga/redis".to_owned(),
             key_prefix: "sakuga:".to_owned(),
         }
     }

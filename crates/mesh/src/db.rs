@@ -121,13 +121,13 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<i64>, MeshError> {
     Ok(applied)
 }
 
-/// Connects with the credentials stored in Vault at `cfg.secret` and applies the
+/// Connects with the credentials stored in Vault at `cfg.vault_path` and applies the
 /// migrations: what every service that owns tables does at start-up.
 pub async fn connect_with_vault(
     vault: &crate::vault::Vault,
     cfg: &DatabaseConfig,
 ) -> Result<Pool, MeshError> {
-    let creds = vault.read_credentials(&cfg.secret).await?;
+    let creds = vault.read_credentials(&cfg.vault_path).await?;
     let pool = connect(cfg, &creds).await?;
     migrate(&pool).await?;
     Ok(pool)
@@ -140,7 +140,7 @@ pub async fn migrate_with_vault(
     db_cfg: &DatabaseConfig,
 ) -> Result<Vec<i64>, MeshError> {
     let vault = crate::vault::Vault::connect(vault_cfg).await?;
-    let creds = vault.read_credentials(&db_cfg.secret).await?;
+    let creds = vault.read_credentials(&db_cfg.vault_path).await?;
     let pool = connect(db_cfg, &creds).await?;
     migrate(&pool).await
 }

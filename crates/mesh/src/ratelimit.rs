@@ -275,7 +275,7 @@ mod tests {
         RedisConfig {
             host,
             port: port.unwrap_or(default_port),
-            secret: "unused".to_owned(),
+            vault_path: "unused".to_owned(),
             key_prefix: format!("sakuga-test:rl-{}:", uuid::Uuid::new_v4().simple()),
         }
     }

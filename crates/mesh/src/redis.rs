@@ -78,12 +78,12 @@ impl Redis {
         }
     }
 
-    /// Connects with the credentials stored in Vault at `cfg.secret`.
+    /// Connects with the credentials stored in Vault at `cfg.vault_path`.
     pub async fn connect_with_vault(
         vault: &crate::vault::Vault,
         cfg: &RedisConfig,
     ) -> Result<Self, MeshError> {
-        let creds = vault.read_credentials(&cfg.secret).await?;
+        let creds = vault.read_credentials(&cfg.vault_path).await?;
         Self::connect(cfg, &creds).await
     }
 

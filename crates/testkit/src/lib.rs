@@ -144,7 +144,7 @@ impl TestEnv {
             host: self.pg.host.clone(),
             port: self.pg.port,
             dbname: self.db_name.clone(),
-            secret: self.db_secret.clone(),
+            vault_path: self.db_secret.clone(),
             max_connections: 8,
             acquire_timeout_secs: 5,
         }
@@ -153,7 +153,12 @@ impl TestEnv {
     /// Redis settings.
     pub fn redis_config(&self) -> RedisConfig {
         let (host, port) = pg::redis_host_port();
-        RedisConfig { host, port, secret: self.redis_secret.clone(), key_prefix: self.redis_prefix.clone() }
+        RedisConfig {
+            host,
+            port,
+            vault_path: self.redis_secret.clone(),
+            key_prefix: self.redis_prefix.clone(),
+        }
     }
 
     /// TLS names (loopback).

@@ -120,8 +120,8 @@ pub fn auth_config(env: &TestEnv) -> sakuga_auth::Config {
         tls: env.tls_config(),
         database: env.database_config(),
         redis: env.redis_config(),
-        signing_secret: env.signing_secret.clone(),
-        bootstrap_admin_secret: env.admin_secret.clone(),
+        signing_keys_path: env.signing_secret.clone(),
+        bootstrap_admin_path: env.admin_secret.clone(),
         rate_limits: test_rate_limits(),
         shutdown_grace_secs: 2,
         ..sakuga_auth::Config::default()

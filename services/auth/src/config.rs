@@ -25,10 +25,10 @@ pub struct Config {
     pub redis: RedisConfig,
     /// KV path of the signing keys: field `active` names the key id that signs; every other
     /// field is a key id holding an Ed25519 private key (PKCS#8 PEM), all published.
-    pub signing_secret: String,
+    pub signing_keys_path: String,
     /// KV path of the bootstrap admin (`username`, `password`): created, or its password
     /// set, at start-up. Absent secret: no bootstrap account.
-    pub bootstrap_admin_secret: String,
+    pub bootstrap_admin_path: String,
     /// Access token lifetime.
     pub access_token_ttl_secs: u64,
     /// Refresh token lifetime.
@@ -47,8 +47,8 @@ impl Default for Config {
             tls: TlsConfig::default(),
             database: DatabaseConfig::default(),
             redis: RedisConfig::default(),
-            signing_secret: "sakuga/auth/signing".to_owned(),
-            bootstrap_admin_secret: "sakuga/auth/bootstrap-admin".to_owned(),
+            signing_keys_path: "sakuga/auth/signing".to_owned(),
+            bootstrap_admin_path: "sakuga/auth/bootstrap-admin".to_owned(),
             access_token_ttl_secs: 900,
             refresh_token_ttl_secs: 30 * 24 * 3600,
             rate_limits: RateLimits::default(),

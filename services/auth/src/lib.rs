@@ -47,11 +47,11 @@ impl Service for Application {
     async fn build(config: Config) -> Result<Self, MeshError> {
         config.validate()?;
         let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
-        let keys = keys::SigningKeys::from_secret(vault.read_kv(&config.signing_secret).await?)?;
+        let keys = keys::SigningKeys::from_secret(vault.read_kv(&config.signing_keys_path).await?)?;
         let pool = db::connect_with_vault(&vault, &config.database).await?;
         let redis = Redis::connect_with_vault(&vault, &config.redis).await?;
         let store = store::Store::new(pool.clone());
-        if let Some(admin) = vault.read_kv_optional(&config.bootstrap_admin_secret).await? {
+        if let Some(admin) = vault.read_kv_optional(&config.bootstrap_admin_path).await? {
             bootstrap_admin(&store, admin).await?;
         }
         let verifier =

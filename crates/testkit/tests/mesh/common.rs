@@ -143,3 +143,12 @@ pub(crate) fn image_request(prompt: &str, steps: u32) -> SubmitJobRequest {
         ..SubmitJobRequest::default()
     }
 }
+
+/// The five SQL injection payloads of the prototype's audit (SEED_FINDINGS.md).
+pub(crate) const INJECTIONS: [&str; 5] = [
+    "'; DROP TABLE anime_api.production_jobs; --",
+    "' OR '1'='1",
+    "' UNION SELECT * FROM pg_user WHERE '1'='1",
+    "'; INSERT INTO anime_api.production_jobs (prompt) VALUES ('hacked'); --",
+    "1; DELETE FROM anime_api.production_jobs WHERE id > 0; --",
+];

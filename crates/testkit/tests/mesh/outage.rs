@@ -53,9 +53,9 @@ async fn without_redis_logins_and_submits_fail_closed_and_reads_go_on() {
     let mut mesh = Mesh::with_config(|env, auth, scheduler| {
         let secret = env.redis_secret.replace("/redis", "/redis-private");
         auth.redis.port = port;
-        auth.redis.secret.clone_from(&secret);
+        auth.redis.vault_path.clone_from(&secret);
         scheduler.redis.port = port;
-        scheduler.redis.secret = secret;
+        scheduler.redis.vault_path = secret;
     })
     .await;
     mesh.attach_generator().await;
@@ -108,9 +108,9 @@ async fn login_attempts_are_limited_per_username_and_address() {
     assert_eq!(&codes[3..], &[Code::ResourceExhausted; 2], "{codes:?}");
     // Another username from the same address has its own budget.
     let e = anon
-        .login(LoginRequest { username: "someone".into(), password: "not-the-password".into() })
+        .login(LoginRequest { username: "someone".into(), password: "not-the-password".into() }) // secret-scan: allow (test fixture)
         .await
-        .unwrap_err(); // secret-scan: allow (test fixture)
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     mesh.stop().await;
 }

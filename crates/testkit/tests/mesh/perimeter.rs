@@ -16,7 +16,7 @@ use sakuga_proto::v1::{
 use tokio_stream::StreamExt as _;
 use tonic::{Code, Status, transport::Channel};
 
-use crate::common::{Mesh, image_request};
+use crate::common::{INJECTIONS, Mesh, image_request};
 
 /// Calls `path` with an empty message: the guard answers before any handler decodes it.
 async fn raw_call(channel: Channel, path: &str, bearer: Option<&str>) -> Status {
@@ -356,14 +356,6 @@ async fn api_keys_authenticate_until_revoked_and_disabled_users_are_locked_out()
     assert_eq!(denied, 2, "both refused admin calls are audited");
     mesh.stop().await;
 }
-
-const INJECTIONS: [&str; 5] = [
-    "'; DROP TABLE anime_api.production_jobs; --",
-    "' OR '1'='1",
-    "' UNION SELECT * FROM pg_user WHERE '1'='1",
-    "'; INSERT INTO anime_api.production_jobs (prompt) VALUES ('hacked'); --",
-    "1; DELETE FROM anime_api.production_jobs WHERE id > 0; --",
-];
 
 #[tokio::test]
 async fn sql_payloads_as_usernames_and_api_keys_change_nothing() {

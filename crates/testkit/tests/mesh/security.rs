@@ -4,7 +4,7 @@
 use sakuga_proto::v1::{GetJobRequest, JobSpec, SubmitJobRequest, WatchJobRequest};
 use tonic::Code;
 
-use crate::common::{Mesh, image_request};
+use crate::common::{INJECTIONS, Mesh, image_request};
 
 async fn job_count(mesh: &Mesh) -> i64 {
     mesh.env.db().await.unwrap().query_one("SELECT count(*) FROM jobs", &[]).await.unwrap().get(0)
@@ -38,14 +38,6 @@ async fn invalid_submissions_are_refused_naming_the_field_and_write_nothing() {
     assert_eq!(job_count(&mesh).await, 0, "nothing written");
     mesh.stop().await;
 }
-
-const INJECTIONS: [&str; 5] = [
-    "'; DROP TABLE anime_api.production_jobs; --",
-    "' OR '1'='1",
-    "' UNION SELECT * FROM pg_user WHERE '1'='1",
-    "'; INSERT INTO anime_api.production_jobs (prompt) VALUES ('hacked'); --",
-    "1; DELETE FROM anime_api.production_jobs WHERE id > 0; --",
-];
 
 #[tokio::test]
 async fn sql_injection_payloads_are_inert_as_prompts_and_refused_as_ids() {
