@@ -30,15 +30,18 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0001_jobs_and_files.sql"),
     },
     Migration { version: 2, name: "auth", sql: include_str!("../../../migrations/0002_auth.sql") },
+    Migration {
+        version: 3,
+        name: "queue_wakeups_and_backoff",
+        sql: include_str!("../../../migrations/0003_queue_wakeups_and_backoff.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying the migration lock.
 const MIGRATION_LOCK: i64 = 0x5A4B_5547_4131;
 
-/// Builds a pool and checks that a connection works, retrying while PostgreSQL is not
-/// reachable.
-pub async fn connect(cfg: &DatabaseConfig, creds: &Credentials) -> Result<Pool, MeshError> {
-    cfg.validate()?;
+/// The connection settings for `cfg` with `creds`.
+pub fn pg_config(cfg: &DatabaseConfig, creds: &Credentials) -> tokio_postgres::Config {
     let mut pg = tokio_postgres::Config::new();
     pg.host(&cfg.host)
         .port(cfg.port)
@@ -51,6 +54,14 @@ pub async fn connect(cfg: &DatabaseConfig, creds: &Credentials) -> Result<Pool, 
     if let Some(password) = &creds.password {
         pg.password(password.expose_secret());
     }
+    pg
+}
+
+/// Builds a pool and checks that a connection works, retrying while PostgreSQL is not
+/// reachable.
+pub async fn connect(cfg: &DatabaseConfig, creds: &Credentials) -> Result<Pool, MeshError> {
+    cfg.validate()?;
+    let pg = pg_config(cfg, creds);
     let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     let pool = Pool::builder(manager)
         .max_size(cfg.max_connections)
@@ -154,5 +165,69 @@ pub fn health_check(pool: &Pool) -> crate::server::HealthCheck {
             let client = pool.get().await.map_err(|e| e.to_string())?;
             client.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| e.to_string())
         })
+    })
+}
+
+/// Calls `on_notify` for every NOTIFY on `channel` (a dedicated connection: pooled ones do
+/// not deliver notifications), reconnecting with backoff, until `shutdown`. After each
+/// (re)connect it calls `on_notify` once too, since notifications sent while it was away
+/// are lost.
+pub fn spawn_listener(
+    config: tokio_postgres::Config,
+    channel: &'static str,
+    on_notify: impl Fn() + Send + Sync + 'static,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    use futures_util::StreamExt as _;
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let connected = tokio::select! {
+                () = shutdown.cancelled() => return,
+                c = config.connect(NoTls) => c,
+            };
+            match connected {
+                Ok((client, mut connection)) => {
+                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+                    let driver = tokio::spawn(async move {
+                        let mut messages =
+                            futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                        while let Some(Ok(msg)) = messages.next().await {
+                            if matches!(msg, tokio_postgres::AsyncMessage::Notification(_))
+                                && tx.send(()).is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                    if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")).await {
+                        warn!(error = %e, channel, "LISTEN failed");
+                    } else {
+                        backoff = Duration::from_millis(200);
+                        on_notify();
+                        loop {
+                            tokio::select! {
+                                () = shutdown.cancelled() => {
+                                    driver.abort();
+                                    return;
+                                }
+                                n = rx.recv() => match n {
+                                    Some(()) => on_notify(),
+                                    None => break,
+                                },
+                            }
+                        }
+                        warn!(channel, "notification connection lost, reconnecting");
+                    }
+                    driver.abort();
+                }
+                Err(e) => warn!(error = %e, channel, "cannot open the notification connection, retrying"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
     })
 }

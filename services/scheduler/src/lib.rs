@@ -57,6 +57,8 @@ pub struct Application {
     state: Arc<State>,
     tls: Arc<MeshTls>,
     vault: Vault,
+    /// For the dedicated LISTEN connection.
+    listen: tokio_postgres::Config,
 }
 
 impl Service for Application {
@@ -71,6 +73,8 @@ impl Service for Application {
         config.validate()?;
         let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
         let pool = db::connect_with_vault(&vault, &config.database).await?;
+        let listen =
+            db::pg_config(&config.database, &vault.read_credentials(&config.database.vault_path).await?);
         let redis = Redis::connect_with_vault(&vault, &config.redis).await?;
         let verifier = Arc::new(Verifier::remote(
             tls.channel(&config.auth_addr)?,
@@ -92,7 +96,7 @@ impl Service for Application {
             redis,
             config,
         });
-        Ok(Self { server, state, tls, vault })
+        Ok(Self { server, state, tls, vault, listen })
     }
 
     /// The bound address.
@@ -102,13 +106,19 @@ impl Service for Application {
 
     /// Serves until `shutdown`, then drains.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { server, state, tls, vault } = self;
+        let Self { server, state, tls, vault, listen } = self;
         let wake = Arc::new(Notify::new());
         let renewal = tls.spawn_renewal(vault, state.config.tls.clone(), shutdown.clone());
         let listener = state.events.spawn_listener(shutdown.clone());
         let dispatcher = dispatch::spawn_dispatcher(state.clone(), wake.clone(), shutdown.clone());
         let reaper = dispatch::spawn_reaper(state.clone(), wake.clone(), shutdown.clone());
         let keys = state.verifier.spawn_refresh(shutdown.clone());
+        // Every replica hears of new work through NOTIFY (see migration 3), so a job
+        // submitted to one replica is dispatched at once by another that holds the worker.
+        let notified = {
+            let wake = wake.clone();
+            db::spawn_listener(listen, "sakuga_jobs_queued", move || wake.notify_one(), shutdown.clone())
+        };
         let api = grpc::Api { state: state.clone(), wake, shutdown: shutdown.clone() };
         let checks = health_checks(&state);
         let grace = Duration::from_secs(state.config.shutdown_grace_secs);
@@ -117,7 +127,7 @@ impl Service for Application {
             .add_service(WorkerServiceServer::new(api))
             .serve(tls, checks, Duration::from_secs(2), grace, shutdown)
             .await;
-        for task in [renewal, listener, dispatcher, reaper, keys] {
+        for task in [renewal, listener, dispatcher, reaper, keys, notified] {
             task.abort();
         }
         result

@@ -235,14 +235,21 @@ impl Store {
     ) -> Result<Vec<Claimed>, SchedulerError> {
         let client = self.pool.get().await?;
         let sql = format!(
-            "WITH picked AS ( \
-                SELECT id FROM jobs WHERE status = 'queued' AND backend = ANY($1) \
-                ORDER BY priority DESC, created_at, id \
-                FOR UPDATE SKIP LOCKED LIMIT $2) \
+            // Fair share: within a priority, each owner's oldest queued job comes before
+            // anyone's second, so one user's thousand queued jobs do not starve another's one.
+            "WITH ranked AS ( \
+                SELECT id, priority, created_at, \
+                       row_number() OVER (PARTITION BY owner_id ORDER BY priority DESC, created_at, id) AS turn \
+                FROM jobs WHERE status = 'queued' AND backend = ANY($1) \
+                  AND (not_before IS NULL OR not_before <= now())), \
+             picked AS ( \
+                SELECT q.id FROM jobs q JOIN ranked r ON r.id = q.id WHERE q.status = 'queued' \
+                ORDER BY r.priority DESC, r.turn, r.created_at, r.id \
+                FOR UPDATE OF q SKIP LOCKED LIMIT $2) \
              UPDATE jobs j SET status = 'assigned', worker_id = $3, lease_token = gen_random_uuid(), \
                 lease_expires_at = now() + $4 * interval '1 millisecond', attempts = attempts + 1, \
                 progress_step = 0, progress_total = 0, progress_stage = '', progress_item = 0, \
-                updated_at = now() \
+                not_before = NULL, updated_at = now() \
              FROM picked WHERE j.id = picked.id \
              RETURNING {}",
             JOB_COLUMNS.split(", ").map(|c| format!("j.{c}")).collect::<Vec<_>>().join(", ")
@@ -382,6 +389,7 @@ impl Store {
             "UPDATE jobs SET \
                status = CASE WHEN $4 AND attempts < max_attempts THEN 'queued' ELSE 'failed' END, \
                finished_at = CASE WHEN $4 AND attempts < max_attempts THEN NULL ELSE now() END, \
+               not_before = now() + least(power(2, attempts), 60) * interval '1 second', \
                error = $3, lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, updated_at = now() \
              WHERE id = $1 AND lease_token = $2 AND status IN ('assigned', 'running') RETURNING {JOB_COLUMNS}"
         );
@@ -417,7 +425,7 @@ impl Store {
     pub async fn retry(&self, id: Uuid, owner: Option<&str>) -> Result<Option<Job>, SchedulerError> {
         let client = self.pool.get().await?;
         let sql = format!(
-            "UPDATE jobs SET status = 'queued', attempts = 0, error = '', file_ids = '{{}}', worker_id = NULL, \
+            "UPDATE jobs SET status = 'queued', attempts = 0, error = '', file_ids = '{{}}', worker_id = NULL, not_before = NULL, \
              progress_step = 0, progress_total = 0, progress_stage = '', progress_item = 0, \
              started_at = NULL, finished_at = NULL, updated_at = now() \
              WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2) AND status IN ('failed', 'canceled') \
@@ -436,6 +444,7 @@ impl Store {
                 "UPDATE jobs SET \
                    status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END, \
                    finished_at = CASE WHEN attempts < max_attempts THEN NULL ELSE now() END, \
+                   not_before = now() + least(power(2, attempts), 60) * interval '1 second', \
                    error = 'lease expired: worker ' || COALESCE(worker_id, '?') || ' stopped responding', \
                    lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, updated_at = now() \
                  WHERE status IN ('assigned', 'running') AND lease_expires_at < now() \

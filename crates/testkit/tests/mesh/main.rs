@@ -7,6 +7,7 @@ mod common;
 mod job_path;
 mod outage;
 mod perimeter;
+mod queue;
 mod reflection;
 mod security;
 mod startup;

@@ -1,0 +1,235 @@
+//! The durable queue: fair share, leases that outlive a killed worker, stale completions,
+//! concurrent slots, and wake-ups across scheduler replicas.
+
+use std::time::Duration;
+
+use sakuga_proto::v1::{
+    AttachRequest, GetJobRequest, JobCompleted, JobStatus, LeasedJob, WorkerHello, attach_request::Msg,
+    attach_response, worker_service_client::WorkerServiceClient,
+};
+use tokio_stream::StreamExt as _;
+use uuid::Uuid;
+
+use crate::common::{Mesh, image_request};
+
+async fn status_of(mesh: &Mesh, id: &str) -> String {
+    let db = mesh.env.db().await.unwrap();
+    db.query_one("SELECT status FROM jobs WHERE id = $1", &[&Uuid::parse_str(id).unwrap()])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn wait_for(mesh: &Mesh, id: &str, status: &str) {
+    for _ in 0..600 {
+        if status_of(mesh, id).await == status {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("job {id} never reached {status}");
+}
+
+#[tokio::test]
+async fn fair_share_lets_a_second_user_through_a_long_queue() {
+    let mut mesh = Mesh::with_scheduler_config(|c| c.max_active_jobs_per_user = 1_000).await;
+    let alice = mesh.person("alice").await;
+    let bob = mesh.person("bob").await;
+    let mut jobs_a = mesh.jobs(&alice.token);
+    for i in 0..200 {
+        jobs_a.submit_job(image_request(&format!("alice {i}"), 1)).await.unwrap();
+    }
+    let bobs = mesh
+        .jobs(&bob.token)
+        .submit_job(image_request("bob's one shot", 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    mesh.attach_generator().await;
+    wait_for(&mesh, &bobs.id, "succeeded").await;
+    let db = mesh.env.db().await.unwrap();
+    let alice_done: i64 = db
+        .query_one("SELECT count(*) FROM jobs WHERE owner_id = $1 AND status = 'succeeded'", &[&alice.id])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        alice_done <= 10,
+        "bob's job ran among the first dispatches, not after alice's 60 ({alice_done} done)"
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_workers_job_is_reassigned_and_completes_once_and_a_late_completion_changes_nothing() {
+    let mut mesh = Mesh::without_generator().await;
+    let alice = mesh.person("alice").await;
+    let job = mesh
+        .jobs(&alice.token)
+        .submit_job(image_request("survives a crash", 2))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+
+    // A worker takes the job and dies without a word (its stream just drops).
+    let identity = mesh.env.identity("generator").await.unwrap();
+    let scheduler_addr = mesh.scheduler.addr_string();
+    let attach = |running: Vec<LeasedJob>| {
+        let channel = identity.channel(&scheduler_addr).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let hello = WorkerHello {
+            worker_id: "doomed".into(),
+            slots: 1,
+            backends: vec!["builtin".into()],
+            running,
+            ..WorkerHello::default()
+        };
+        tx.try_send(AttachRequest { msg: Some(Msg::Hello(hello)) }).unwrap();
+        async move {
+            let inbound = WorkerServiceClient::new(channel)
+                .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            (tx, inbound)
+        }
+    };
+    let (tx, mut inbound) = attach(Vec::new()).await;
+    let mut lease = None;
+    while let Some(msg) = inbound.next().await {
+        if let Some(attach_response::Msg::Assignment(a)) = msg.unwrap().msg {
+            lease = Some(LeasedJob { job_id: a.job_id, lease_token: a.lease_token });
+            break;
+        }
+    }
+    let stale = lease.unwrap();
+    assert_eq!(stale.job_id, job.id);
+    drop((tx, inbound));
+
+    // The lease runs out; a healthy generator gets the job and finishes it.
+    mesh.attach_generator().await;
+    wait_for(&mesh, &job.id, "succeeded").await;
+    let db = mesh.env.db().await.unwrap();
+    let id = Uuid::parse_str(&job.id).unwrap();
+    let before =
+        db.query_one("SELECT attempts, file_ids, updated_at FROM jobs WHERE id = $1", &[&id]).await.unwrap();
+    assert_eq!(before.get::<_, i32>(0), 2, "second attempt");
+    let files: i64 =
+        db.query_one("SELECT count(*) FROM files WHERE job_id = $1", &[&id]).await.unwrap().get(0);
+    assert_eq!(files, 1, "one set of files");
+
+    // The dead worker comes back and reports completion under its old lease: refused.
+    let (tx, mut inbound) = attach(vec![stale.clone()]).await;
+    let welcome = inbound.next().await.unwrap().unwrap();
+    let Some(attach_response::Msg::Welcome(w)) = welcome.msg else { panic!("expected welcome") };
+    assert_eq!(w.dropped_job_ids, vec![job.id.clone()], "the old lease is not kept");
+    let bogus = JobCompleted { job: Some(stale), file_ids: vec![Uuid::new_v4().to_string()] };
+    tx.send(AttachRequest { msg: Some(Msg::Completed(bogus)) }).await.unwrap();
+    let answer = inbound.next().await.unwrap().unwrap();
+    assert!(matches!(answer.msg, Some(attach_response::Msg::LeaseRevoked(_))), "{answer:?}");
+    let after =
+        db.query_one("SELECT attempts, file_ids, updated_at FROM jobs WHERE id = $1", &[&id]).await.unwrap();
+    assert_eq!(after.get::<_, i32>(0), 2);
+    assert_eq!(after.get::<_, Vec<Uuid>>(1), before.get::<_, Vec<Uuid>>(1), "files unchanged");
+    assert_eq!(
+        after.get::<_, chrono::DateTime<chrono::Utc>>(2),
+        before.get::<_, chrono::DateTime<chrono::Utc>>(2),
+        "row untouched"
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_with_five_slots_runs_five_jobs_at_once() {
+    let mut mesh = Mesh::without_generator().await;
+    let alice = mesh.person("alice").await;
+    let mut jobs = mesh.jobs(&alice.token);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut req = image_request(&format!("parallel {i}"), 60);
+        let spec = req.spec.as_mut().unwrap();
+        (spec.width, spec.height) = (256, 256);
+        ids.push(jobs.submit_job(req).await.unwrap().into_inner().job.unwrap().id);
+    }
+    let mut cfg = sakuga_testkit::generator_config(&mesh.env, &mesh.auth, &mesh.scheduler, &mesh.organizer);
+    cfg.slots = 5;
+    mesh.generator = Some(sakuga_testkit::spawn_generator(cfg).await.unwrap());
+    let db = mesh.env.db().await.unwrap();
+    let mut most = 0;
+    for _ in 0..400 {
+        let running: i64 = db
+            .query_one("SELECT count(*) FROM jobs WHERE status = 'running' AND progress_step > 0", &[])
+            .await
+            .unwrap()
+            .get(0);
+        most = most.max(running);
+        if most == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(most, 5, "all five were rendering at the same moment");
+    for id in &ids {
+        wait_for(&mesh, id, "succeeded").await;
+    }
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_submitted_to_one_replica_wakes_the_replica_holding_the_worker() {
+    let mesh = Mesh::without_generator().await;
+    // A second replica that would poll only every ten minutes: it can only learn of the
+    // job through NOTIFY.
+    let mut cfg = sakuga_testkit::scheduler_config(&mesh.env, &mesh.auth);
+    cfg.dispatch_poll_ms = 600_000;
+    let replica = sakuga_testkit::spawn_scheduler(cfg).await.unwrap();
+    let gen_cfg = sakuga_testkit::generator_config(&mesh.env, &mesh.auth, &replica, &mesh.organizer);
+    let generator = sakuga_testkit::spawn_generator(gen_cfg).await.unwrap();
+    // Wait until the worker is attached (its health turns SERVING).
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(mesh.channel(&generator.addr_string()));
+    for _ in 0..200 {
+        let s = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+        if s.is_ok_and(|r| r.into_inner().status == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alice = mesh.person("alice").await;
+    let job = mesh
+        .jobs(&alice.token)
+        .submit_job(image_request("across replicas", 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let mut jobs = mesh.jobs(&alice.token);
+    let mut status = 0;
+    for _ in 0..200 {
+        status = jobs
+            .get_job(GetJobRequest { job_id: job.id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap()
+            .status;
+        if status == JobStatus::Succeeded as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status,
+        JobStatus::Succeeded as i32,
+        "dispatched by the other replica without waiting for its poll"
+    );
+    generator.stop().await.unwrap();
+    replica.stop().await.unwrap();
+    mesh.stop().await;
+}
