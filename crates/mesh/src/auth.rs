@@ -439,11 +439,12 @@ impl Verifier {
     /// Refuses revoked tokens. Redis being unreachable does not stop reads: the check is
     /// skipped with a warning (logins and submits fail closed on the rate limiter instead).
     async fn check_revoked(&self, claims: &Claims) -> Result<(), Status> {
-        let Some(redis) = &self.redis else { return Ok(()) };
+        let Some(redis) = self.redis.as_ref().filter(|r| !r.is_down()) else { return Ok(()) };
         let mut conn = redis.manager.clone();
         let keys = [revoked_jti_key(redis, &claims.jti), revoked_user_key(redis, &claims.sub)];
         let result: redis::RedisResult<(Option<String>, Option<i64>)> =
             redis::cmd("MGET").arg(&keys[..]).query_async(&mut conn).await;
+        redis.note(&result);
         match result {
             Ok((Some(_), _)) => Err(unauthenticated("token revoked")),
             Ok((None, Some(not_before))) if claims.iat <= not_before => Err(unauthenticated("token revoked")),

@@ -226,11 +226,16 @@ impl RateLimiter {
     /// Counts one request of `subject` (user id, `username|peer-ip`) against the `class`
     /// limit, in one atomic round trip. A `Limited` request is not counted.
     pub async fn check(&self, class: Class, subject: &str) -> Result<Decision, RateLimitError> {
+        if self.redis.is_down() {
+            return Err(RateLimitError::Unavailable("redis is down (breaker open)".to_owned()));
+        }
         let limit = self.limits.get(class);
         let key = self.key(class, subject);
         let mut conn = self.redis.manager.clone();
-        let (allowed, remaining, retry_us): (i64, i64, i64) =
-            GCRA.key(key).arg(limit.interval_us()).arg(limit.tolerance_us()).invoke_async(&mut conn).await?;
+        let result: redis::RedisResult<(i64, i64, i64)> =
+            GCRA.key(key).arg(limit.interval_us()).arg(limit.tolerance_us()).invoke_async(&mut conn).await;
+        self.redis.note(&result);
+        let (allowed, remaining, retry_us) = result?;
         Ok(if allowed == 1 {
             Decision::Allowed { remaining: u32::try_from(remaining).unwrap_or(0) }
         } else {

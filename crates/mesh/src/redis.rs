@@ -21,6 +21,9 @@ pub struct Redis {
     pub manager: ConnectionManager,
     /// Prefix of every key and channel.
     pub prefix: String,
+    /// Until when Redis counts as down after a failure (a breaker: while it is open,
+    /// callers skip Redis at once instead of each waiting for a timeout).
+    down_until: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl std::fmt::Debug for Redis {
@@ -54,7 +57,12 @@ impl Redis {
             attempt += 1;
             match ConnectionManager::new_with_config(client.clone(), manager_cfg.clone()).await {
                 Ok(manager) => {
-                    return Ok(Self { client, manager, prefix: cfg.key_prefix.clone() });
+                    return Ok(Self {
+                        client,
+                        manager,
+                        prefix: cfg.key_prefix.clone(),
+                        down_until: std::sync::Arc::default(),
+                    });
                 }
                 // Wrong credentials will not get better.
                 Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed => {
@@ -85,6 +93,21 @@ impl Redis {
     ) -> Result<Self, MeshError> {
         let creds = vault.read_credentials(&cfg.vault_path).await?;
         Self::connect(cfg, &creds).await
+    }
+
+    /// How long the breaker stays open after a failure.
+    pub const BREAKER: Duration = Duration::from_secs(1);
+
+    /// True while a recent failure says Redis is down.
+    pub fn is_down(&self) -> bool {
+        let guard = self.down_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.is_some_and(|until| std::time::Instant::now() < until)
+    }
+
+    /// Records the outcome of a Redis call for the breaker.
+    pub fn note<T, E>(&self, result: &Result<T, E>) {
+        let mut guard = self.down_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *guard = result.is_err().then(|| std::time::Instant::now() + Self::BREAKER);
     }
 
     /// `prefix` + `suffix`.

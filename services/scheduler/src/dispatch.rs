@@ -179,7 +179,7 @@ async fn dispatch_once(state: &State) -> Result<(), crate::error::SchedulerError
             let msg = grpc::assignment(&c.job, c.lease_token);
             if state.registry.assign(worker.session, c.job.id, c.lease_token, msg) {
                 info!(job_id = %c.job.id, worker_id = %worker.worker_id, attempt = c.job.attempts, "job assigned");
-                state.events.publish(c.job.id, &grpc::status_event(&c.job)).await;
+                state.events.publish(c.job.id, &grpc::status_event(&c.job));
             } else {
                 warn!(job_id = %c.job.id, worker_id = %worker.worker_id, "worker went away, job handed back");
                 state.store.unclaim(c.job.id, c.lease_token).await?;
@@ -215,7 +215,7 @@ pub fn spawn_reaper(
                         };
                         state.registry.send_to_holder(e.id, revoke, true);
                         if let Ok(job) = state.store.get(e.id, None).await {
-                            state.events.publish(e.id, &grpc::status_event(&job)).await;
+                            state.events.publish(e.id, &grpc::status_event(&job));
                         }
                     }
                     debug!(count = expired.len(), "expired leases handled");

@@ -26,33 +26,48 @@ type Subscribers = HashMap<Uuid, broadcast::Sender<JobEvent>>;
 pub struct Events {
     redis: Redis,
     subscribers: Arc<Mutex<Subscribers>>,
+    outbox: tokio::sync::mpsc::Sender<(String, Vec<u8>)>,
 }
+
+/// Events waiting to be published; beyond this, new ones are dropped (watchers resync).
+const OUTBOX: usize = 4096;
 
 fn lock(m: &Mutex<Subscribers>) -> std::sync::MutexGuard<'_, Subscribers> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Events {
-    /// Uses `redis` for publishing and subscribing.
+    /// Uses `redis` for publishing and subscribing. Publishing runs in its own task (in
+    /// order), so a slow or absent Redis never holds up a worker's stream.
     pub fn new(redis: Redis) -> Self {
-        Self { redis, subscribers: Arc::new(Mutex::new(HashMap::new())) }
+        let (outbox, mut queue) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(OUTBOX);
+        let publisher = redis.clone();
+        tokio::spawn(async move {
+            while let Some((channel, payload)) = queue.recv().await {
+                if publisher.is_down() {
+                    continue;
+                }
+                let mut conn = publisher.manager.clone();
+                let result: redis::RedisResult<i64> =
+                    redis::cmd("PUBLISH").arg(&channel).arg(payload).query_async(&mut conn).await;
+                publisher.note(&result);
+                if let Err(e) = result {
+                    warn!(%channel, error = %e, "publishing job events failed; dropping them for a second");
+                }
+            }
+        });
+        Self { redis, subscribers: Arc::new(Mutex::new(HashMap::new())), outbox }
     }
 
     fn channel(&self, job_id: Uuid) -> String {
         self.redis.key(&format!("job:{job_id}"))
     }
 
-    /// Publishes an event; a Redis failure is logged, not returned (watchers fall back to
-    /// the database).
-    pub async fn publish(&self, job_id: Uuid, event: &JobEvent) {
-        let mut conn = self.redis.manager.clone();
-        let result: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-            .arg(self.channel(job_id))
-            .arg(event.encode_to_vec())
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = result {
-            warn!(%job_id, error = %e, "publishing job event failed");
+    /// Queues an event for publishing; never waits for Redis. Dropped events (Redis down,
+    /// outbox full) are made up for by the watchers' periodic re-read of the job row.
+    pub fn publish(&self, job_id: Uuid, event: &JobEvent) {
+        if self.outbox.try_send((self.channel(job_id), event.encode_to_vec())).is_err() {
+            warn!(%job_id, "job event outbox full; event dropped");
         }
     }
 

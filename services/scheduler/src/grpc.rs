@@ -332,12 +332,13 @@ impl JobService for Api {
             let cancel = AttachResponse {
                 msg: Some(attach_response::Msg::Cancel(pb::CancelJobCommand { job_id: id.to_string() })),
             };
-            // The holder may be attached to another replica; its next message about the
-            // job then meets the guarded UPDATE and is answered with LeaseRevoked.
-            self.state.registry.send_to_holder(id, cancel, true);
+            // The worker's slot is freed when it confirms the backend stopped. The holder may
+            // be attached to another replica; its next message about the job then meets the
+            // guarded UPDATE and is answered with LeaseRevoked.
+            self.state.registry.send_to_holder(id, cancel, false);
             self.wake.notify_one();
         }
-        self.state.events.publish(id, &status_event(&job)).await;
+        self.state.events.publish(id, &status_event(&job));
         Ok(Response::new(pb::CancelJobResponse { job: Some(job_to_pb(&job)) }))
     }
 
@@ -355,7 +356,7 @@ impl JobService for Api {
             ))
             .into());
         };
-        self.state.events.publish(id, &status_event(&job)).await;
+        self.state.events.publish(id, &status_event(&job));
         self.wake.notify_one();
         Ok(Response::new(pb::RetryJobResponse { job: Some(job_to_pb(&job)) }))
     }

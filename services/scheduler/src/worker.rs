@@ -175,7 +175,7 @@ impl Session {
                 let (id, lease) = parse_leased(ack.job.as_ref()).map_err(|s| invalid(&s))?;
                 if self.state.store.mark_running(id, lease, ttl).await? {
                     let job = self.state.store.get(id, None).await?;
-                    self.state.events.publish(id, &grpc::status_event(&job)).await;
+                    self.state.events.publish(id, &grpc::status_event(&job));
                 } else if !self.state.store.lease_held(id, lease).await? {
                     self.revoke(id, "lease no longer held").await;
                 }
@@ -221,13 +221,13 @@ impl Session {
                     }
                     self.last_write.insert(id, Instant::now());
                 }
-                self.state.events.publish(id, &grpc::progress_event(id, progress)).await;
+                self.state.events.publish(id, &grpc::progress_event(id, progress));
                 Ok(())
             }
             Msg::Preview(p) => {
                 let (id, lease) = parse_leased(p.job.as_ref()).map_err(|s| invalid(&s))?;
                 if self.state.registry.holds(self.id, id, lease) && p.png.len() <= 256 * 1024 {
-                    self.state.events.publish(id, &grpc::preview_event(id, p.png, p.step, p.item)).await;
+                    self.state.events.publish(id, &grpc::preview_event(id, p.png, p.step, p.item));
                 }
                 Ok(())
             }
@@ -242,7 +242,7 @@ impl Session {
                 match self.state.store.complete(id, lease, &file_ids).await? {
                     Some(job) => {
                         info!(job_id = %id, worker_id = %self.worker_id, files = file_ids.len(), "job succeeded");
-                        self.state.events.publish(id, &grpc::status_event(&job)).await;
+                        self.state.events.publish(id, &grpc::status_event(&job));
                         self.finished(id);
                     }
                     None => self.revoke(id, "finished or lease lost").await,
@@ -255,7 +255,7 @@ impl Session {
                 match self.state.store.fail(id, lease, &error, f.retryable).await? {
                     Some(job) => {
                         warn!(job_id = %id, worker_id = %self.worker_id, retryable = f.retryable, status = job.status.as_str(), error = %error, "job attempt failed");
-                        self.state.events.publish(id, &grpc::status_event(&job)).await;
+                        self.state.events.publish(id, &grpc::status_event(&job));
                         self.finished(id);
                     }
                     None => self.revoke(id, "finished or lease lost").await,

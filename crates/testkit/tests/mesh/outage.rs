@@ -6,6 +6,7 @@ use std::{process::Stdio, time::Duration};
 use sakuga_proto::v1::{
     GetJobRequest, ListJobsRequest, LoginRequest, auth_service_client::AuthServiceClient,
 };
+use tokio_stream::StreamExt as _;
 use tonic::Code;
 
 use crate::common::{Mesh, image_request};
@@ -61,7 +62,15 @@ async fn without_redis_logins_and_submits_fail_closed_and_reads_go_on() {
     mesh.attach_generator().await;
     let alice = mesh.person("alice").await;
     let mut jobs = mesh.jobs(&alice.token);
-    let job = jobs.submit_job(image_request("before the outage", 2)).await.unwrap().into_inner().job.unwrap();
+    let mut long = image_request("before the outage", 40);
+    let spec = long.spec.as_mut().unwrap();
+    (spec.width, spec.height) = (256, 256);
+    let job = jobs.submit_job(long).await.unwrap().into_inner().job.unwrap();
+    let mut watch = jobs
+        .watch_job(sakuga_proto::v1::WatchJobRequest { job_id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
 
     redis.stop();
     let e = jobs.submit_job(image_request("during the outage", 2)).await.unwrap_err();
@@ -85,6 +94,15 @@ async fn without_redis_logins_and_submits_fail_closed_and_reads_go_on() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(done.is_some(), "the job finished without Redis");
+    // The watcher falls back to the database and still ends with the terminal event.
+    let mut last = None;
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(30), watch.next()).await.unwrap() {
+        last = ev.unwrap().event.unwrap().kind;
+    }
+    let Some(sakuga_proto::v1::job_event::Kind::StatusChange(end)) = last else {
+        panic!("ended without a status change")
+    };
+    assert_eq!(end.status, sakuga_proto::v1::JobStatus::Succeeded as i32);
     assert_eq!(jobs.list_jobs(ListJobsRequest::default()).await.unwrap().into_inner().jobs.len(), 1);
     mesh.stop().await;
 }

@@ -233,3 +233,97 @@ async fn a_job_submitted_to_one_replica_wakes_the_replica_holding_the_worker() {
     replica.stop().await.unwrap();
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn a_restarted_scheduler_loses_nothing_and_runs_nothing_twice() {
+    let mut mesh = Mesh::without_generator().await;
+    let alice = mesh.person("alice").await;
+    let mut jobs = mesh.jobs(&alice.token);
+    let mut long = image_request("long shot across a restart", 80);
+    let spec = long.spec.as_mut().unwrap();
+    (spec.width, spec.height) = (384, 384);
+    let running = jobs.submit_job(long).await.unwrap().into_inner().job.unwrap();
+    let mut cfg = sakuga_testkit::generator_config(&mesh.env, &mesh.auth, &mesh.scheduler, &mesh.organizer);
+    cfg.slots = 1;
+    mesh.generator = Some(sakuga_testkit::spawn_generator(cfg).await.unwrap());
+    wait_for(&mesh, &running.id, "running").await;
+    let mut queued = Vec::new();
+    for i in 0..3 {
+        queued.push(
+            jobs.submit_job(image_request(&format!("queued {i}"), 2))
+                .await
+                .unwrap()
+                .into_inner()
+                .job
+                .unwrap()
+                .id,
+        );
+    }
+
+    // Restart the scheduler on the same address while the long job renders.
+    let addr = mesh.scheduler.addr;
+    let old = std::mem::replace(&mut mesh.scheduler, sakuga_testkit::Spawned::unused());
+    old.stop().await.unwrap();
+    let mut cfg = sakuga_testkit::scheduler_config(&mesh.env, &mesh.auth);
+    cfg.listen = addr;
+    mesh.scheduler = sakuga_testkit::spawn_scheduler(cfg).await.unwrap();
+
+    wait_for(&mesh, &running.id, "succeeded").await;
+    for id in &queued {
+        wait_for(&mesh, id, "succeeded").await;
+    }
+    let db = mesh.env.db().await.unwrap();
+    let rows =
+        db.query("SELECT attempts, cardinality(file_ids) FROM jobs ORDER BY created_at", &[]).await.unwrap();
+    assert_eq!(rows.len(), 4, "no job lost");
+    for r in &rows {
+        assert_eq!((r.get::<_, i32>(0), r.get::<_, i32>(1)), (1, 1), "each ran once, with one file");
+    }
+    let files: i64 = db.query_one("SELECT count(*) FROM files", &[]).await.unwrap().get(0);
+    assert_eq!(files, 4);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn canceling_a_running_job_frees_its_slot_once_the_worker_stopped() {
+    let mut mesh = Mesh::without_generator().await;
+    let alice = mesh.person("alice").await;
+    let mut jobs = mesh.jobs(&alice.token);
+    let mut long = image_request("a very long render", 150);
+    let spec = long.spec.as_mut().unwrap();
+    (spec.width, spec.height) = (1024, 1024);
+    let job = jobs.submit_job(long).await.unwrap().into_inner().job.unwrap();
+    let mut cfg = sakuga_testkit::generator_config(&mesh.env, &mesh.auth, &mesh.scheduler, &mesh.organizer);
+    cfg.slots = 1;
+    mesh.generator = Some(sakuga_testkit::spawn_generator(cfg).await.unwrap());
+    wait_for(&mesh, &job.id, "running").await;
+    let canceled =
+        jobs.cancel_job(sakuga_proto::v1::CancelJobRequest { job_id: job.id.clone() }).await.unwrap();
+    assert_eq!(canceled.into_inner().job.unwrap().status, JobStatus::Canceled as i32);
+    // The one slot comes back only when the worker confirms its backend stopped; the next
+    // job then runs there on its first attempt (a busy worker would refuse it).
+    let next = jobs.submit_job(image_request("after the cancel", 2)).await.unwrap().into_inner().job.unwrap();
+    wait_for(&mesh, &next.id, "succeeded").await;
+    let db = mesh.env.db().await.unwrap();
+    let row = db
+        .query_one(
+            "SELECT status, attempts, cardinality(file_ids) FROM jobs WHERE id = $1",
+            &[&Uuid::parse_str(&job.id).unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, i32>(2)),
+        ("canceled".to_owned(), 0),
+        "stays canceled, no files"
+    );
+    let attempts: i32 = db
+        .query_one("SELECT attempts FROM jobs WHERE id = $1", &[&Uuid::parse_str(&next.id).unwrap()])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 1);
+    let e = jobs.cancel_job(sakuga_proto::v1::CancelJobRequest { job_id: job.id }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "a finished job cannot be canceled again");
+    mesh.stop().await;
+}
