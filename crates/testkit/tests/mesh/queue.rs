@@ -327,3 +327,68 @@ async fn canceling_a_running_job_frees_its_slot_once_the_worker_stopped() {
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "a finished job cannot be canceled again");
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn three_replicas_and_four_generators_run_five_hundred_jobs_exactly_once() {
+    let mesh = Mesh::with_scheduler_config(|c| c.max_active_jobs_per_user = 1_000).await;
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let mut cfg = sakuga_testkit::scheduler_config(&mesh.env, &mesh.auth);
+        cfg.max_active_jobs_per_user = 1_000;
+        replicas.push(sakuga_testkit::spawn_scheduler(cfg).await.unwrap());
+    }
+    let alice = mesh.person("alice").await;
+    // Submit through all three replicas.
+    let addrs: Vec<String> = std::iter::once(mesh.scheduler.addr_string())
+        .chain(replicas.iter().map(sakuga_testkit::Spawned::addr_string))
+        .collect();
+    let clients: Vec<_> = addrs
+        .iter()
+        .map(|a| sakuga_proto::v1::job_service_client::JobServiceClient::new(mesh.authed(a, &alice.token)))
+        .collect();
+    let submits = (0..500).map(|i| {
+        let mut client = clients[i % clients.len()].clone();
+        async move {
+            client
+                .submit_job(image_request(&format!("crowd {i}"), 1))
+                .await
+                .map(|r| r.into_inner().job.unwrap().id)
+        }
+    });
+    let ids: Vec<String> =
+        futures_util::future::join_all(submits).await.into_iter().map(Result::unwrap).collect();
+    // Four generators, spread over the replicas.
+    let mut generators = Vec::new();
+    for i in 0..4 {
+        let target = if i == 0 { &mesh.scheduler } else { &replicas[(i - 1) % replicas.len()] };
+        let mut cfg = sakuga_testkit::generator_config(&mesh.env, &mesh.auth, target, &mesh.organizer);
+        cfg.worker_id = format!("gen-{i}");
+        generators.push(sakuga_testkit::spawn_generator(cfg).await.unwrap());
+    }
+    let db = mesh.env.db().await.unwrap();
+    for _ in 0..1200 {
+        let open: i64 =
+            db.query_one("SELECT count(*) FROM jobs WHERE status <> 'succeeded'", &[]).await.unwrap().get(0);
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rows = db.query("SELECT attempts, cardinality(file_ids), status FROM jobs", &[]).await.unwrap();
+    assert_eq!(rows.len(), ids.len());
+    for r in &rows {
+        assert_eq!(r.get::<_, String>(2), "succeeded");
+        assert_eq!((r.get::<_, i32>(0), r.get::<_, i32>(1)), (1, 1), "assigned once, one file");
+    }
+    let files: i64 = db.query_one("SELECT count(*) FROM files", &[]).await.unwrap().get(0);
+    assert_eq!(files, 500, "one file per job, none twice");
+    let workers: i64 = db.query_one("SELECT count(DISTINCT worker_id) FROM jobs", &[]).await.unwrap().get(0);
+    assert!(workers >= 2, "the work was spread ({workers} workers)");
+    for g in generators {
+        g.stop().await.unwrap();
+    }
+    for r in replicas {
+        r.stop().await.unwrap();
+    }
+    mesh.stop().await;
+}
