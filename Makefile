@@ -40,6 +40,10 @@ demo: up ## submit a job with grpcurl, stream its progress, show the stored file
 test: ## buf lint, clippy, then the test suite against real PostgreSQL/Redis/OpenBao
 	@bash scripts/test.sh
 
+.PHONY: bench
+bench: ## dispatch latency and throughput benchmark (release build); figures in benches/RESULTS.md
+	@bash scripts/bench.sh
+
 .PHONY: test-env
 test-env: ## print the exports `make test` gives the tests (eval "$(make -s test-env)")
 	@bash scripts/test.sh --env

@@ -333,3 +333,26 @@ SQL
 test_database_url() {
     echo "postgres://$TEST_DB_USER:$(cat "$DEV/test/db-password")@$LOOPBACK:$PG_PORT/postgres"
 }
+
+# ---------------------------------------------------------------------------- test OpenBao
+
+# Starts one OpenBao dev server for a whole test or benchmark run and exports
+# SAKUGA_TEST_VAULT_ADDR/TOKEN for it; it stops when the calling script exits. Its root
+# token exists only in that script's environment and its children's.
+start_test_bao() {
+    local bao_port
+    bao_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    SAKUGA_TEST_VAULT_TOKEN="$(random_secret)"
+    export SAKUGA_TEST_VAULT_TOKEN
+    export SAKUGA_TEST_VAULT_ADDR="http://$LOOPBACK:$bao_port"
+    mkdir -p "$DEV/logs"
+    BAO_DEV_ROOT_TOKEN_ID="$SAKUGA_TEST_VAULT_TOKEN" "$TOOLS_BIN/bao" server -dev -dev-no-store-token \
+        -dev-listen-address="$LOOPBACK:$bao_port" >"$DEV/logs/test-bao.log" 2>&1 </dev/null &
+    _TEST_BAO_PID=$!
+    trap 'kill "$_TEST_BAO_PID" 2>/dev/null || true; wait "$_TEST_BAO_PID" 2>/dev/null || true' EXIT
+    for _ in $(seq 1 100); do
+        port_open "$LOOPBACK" "$bao_port" && break
+        pid_alive "$_TEST_BAO_PID" || die "the test OpenBao server exited; see .dev/logs/test-bao.log"
+        sleep 0.1
+    done
+}

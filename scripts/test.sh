@@ -42,22 +42,7 @@ fi
 cd "$ROOT"
 bash "$ROOT/scripts/lint.sh"
 
-# One OpenBao dev server for every test process; its root token exists only in this
-# script's environment and the tests'.
-bao_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-SAKUGA_TEST_VAULT_TOKEN="$(random_secret)"
-export SAKUGA_TEST_VAULT_TOKEN
-export SAKUGA_TEST_VAULT_ADDR="http://$LOOPBACK:$bao_port"
-mkdir -p "$DEV/logs"
-BAO_DEV_ROOT_TOKEN_ID="$SAKUGA_TEST_VAULT_TOKEN" "$TOOLS_BIN/bao" server -dev -dev-no-store-token \
-    -dev-listen-address="$LOOPBACK:$bao_port" >"$DEV/logs/test-bao.log" 2>&1 </dev/null &
-bao_pid=$!
-trap 'kill "$bao_pid" 2>/dev/null || true; wait "$bao_pid" 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-    port_open "$LOOPBACK" "$bao_port" && break
-    pid_alive "$bao_pid" || die "the test OpenBao server exited; see .dev/logs/test-bao.log"
-    sleep 0.1
-done
+start_test_bao
 log "test OpenBao dev server on $SAKUGA_TEST_VAULT_ADDR"
 
 # shellcheck disable=SC2086 # SAKUGA_TEST_ARGS is split on purpose

@@ -57,7 +57,7 @@ impl Default for Config {
             heartbeat_interval_ms: 2_000,
             max_attempts: 3,
             dispatch_poll_ms: 1_000,
-            progress_write_interval_ms: 250,
+            progress_write_interval_ms: 1_000,
             max_job_pixels: 64 * 1024 * 1024,
             shutdown_grace_secs: 20,
             auth_addr: "127.0.0.1:50051".to_owned(),

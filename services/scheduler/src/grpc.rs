@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use sakuga_mesh::{
-    api::{Page, timestamp},
+    api::{Page, from_timestamp, timestamp},
     auth as mesh_auth,
 };
 use sakuga_proto::v1::{
@@ -21,6 +21,7 @@ use crate::{
     State,
     error::SchedulerError,
     job::{Job, Kind, NewJob, Status as JobStatus},
+    store::ListFilter,
     validate::{self, RawSpec},
 };
 
@@ -256,7 +257,18 @@ impl JobService for Api {
         if !r.project_id.is_empty() {
             parse_id("project_id", &r.project_id)?;
         }
-        let mut jobs = self.state.store.list(scope.as_deref(), status, page.after, page.fetch()).await?;
+        let prompt = r.prompt_contains.trim();
+        if prompt.chars().count() > 200 {
+            return Err(SchedulerError::invalid("prompt_contains", "must be at most 200 characters").into());
+        }
+        let filter = ListFilter {
+            status,
+            cursor: page.after,
+            created_after: from_timestamp("created_after", r.created_after)?,
+            created_before: from_timestamp("created_before", r.created_before)?,
+            prompt_contains: (!prompt.is_empty()).then(|| prompt.to_owned()),
+        };
+        let mut jobs = self.state.store.list(scope.as_deref(), &filter, page.fetch()).await?;
         // Jobs never carry a project before ProjectService lands: a project filter matches none.
         if !r.project_id.is_empty() {
             jobs.clear();

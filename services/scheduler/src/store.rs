@@ -89,6 +89,21 @@ pub struct Inserted {
     pub deduplicated: bool,
 }
 
+/// Filters of ListJobs.
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    /// Only this state.
+    pub status: Option<Status>,
+    /// Keyset cursor: (created_at, id) of the last row of the previous page.
+    pub cursor: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
+    /// Submitted at or after.
+    pub created_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Submitted before.
+    pub created_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Prompt substring, case-insensitive.
+    pub prompt_contains: Option<String>,
+}
+
 /// A claimed job with its fresh lease.
 #[derive(Debug)]
 pub struct Claimed {
@@ -200,12 +215,12 @@ impl Store {
             .ok_or_else(|| SchedulerError::NotFound(format!("job {id}")))
     }
 
-    /// A page of `owner`'s jobs, newest first, after the keyset cursor.
+    /// A page of jobs visible to `owner` (`None`: all), newest first, after the keyset
+    /// cursor, filtered.
     pub async fn list(
         &self,
         owner: Option<&str>,
-        status: Option<Status>,
-        after: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
+        filter: &ListFilter,
         limit: u32,
     ) -> Result<Vec<Job>, SchedulerError> {
         let client = self.pool.get().await?;
@@ -213,12 +228,27 @@ impl Store {
             "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1::text IS NULL OR owner_id = $1) \
              AND ($2::text IS NULL OR status = $2) \
              AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
-             ORDER BY created_at DESC, id DESC LIMIT $5"
+             AND ($5::timestamptz IS NULL OR created_at >= $5) \
+             AND ($6::timestamptz IS NULL OR created_at < $6) \
+             AND ($7::text IS NULL OR strpos(lower(prompt), lower($7)) > 0) \
+             ORDER BY created_at DESC, id DESC LIMIT $8"
         );
         let stmt = client.prepare_cached(&sql).await?;
-        let (after_ts, after_id) = after.map_or((None, None), |(t, i)| (Some(t), Some(i)));
+        let (after_ts, after_id) = filter.cursor.map_or((None, None), |(t, i)| (Some(t), Some(i)));
         let rows = client
-            .query(&stmt, &[&owner, &status.map(Status::as_str), &after_ts, &after_id, &i64::from(limit)])
+            .query(
+                &stmt,
+                &[
+                    &owner,
+                    &filter.status.map(Status::as_str),
+                    &after_ts,
+                    &after_id,
+                    &filter.created_after,
+                    &filter.created_before,
+                    &filter.prompt_contains,
+                    &i64::from(limit),
+                ],
+            )
             .await?;
         Ok(rows.iter().map(job_from_row).collect())
     }

@@ -137,3 +137,47 @@ async fn watch_of_a_finished_job_is_one_snapshot_and_resubmitting_with_a_key_is_
     assert_eq!(count, 1);
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn list_jobs_filters_by_state_prompt_and_time_and_pages() {
+    let mesh = Mesh::without_generator().await;
+    let alice = mesh.person("alice").await;
+    let mut jobs = mesh.jobs(&alice.token);
+    for prompt in ["Sakura at dawn", "neon city rain", "sakura petals at night"] {
+        jobs.submit_job(image_request(prompt, 1)).await.unwrap();
+    }
+    let list = |req: sakuga_proto::v1::ListJobsRequest| {
+        let mut jobs = jobs.clone();
+        async move { jobs.list_jobs(req).await.unwrap().into_inner() }
+    };
+    let sakura =
+        list(sakuga_proto::v1::ListJobsRequest { prompt_contains: "SAKURA".into(), ..Default::default() })
+            .await;
+    let prompts: Vec<String> = sakura.jobs.iter().map(|j| j.spec.as_ref().unwrap().prompt.clone()).collect();
+    assert_eq!(prompts, vec!["sakura petals at night", "Sakura at dawn"], "newest first, case-insensitive");
+    let queued =
+        list(sakuga_proto::v1::ListJobsRequest { status: JobStatus::Queued.into(), ..Default::default() })
+            .await;
+    assert_eq!(queued.jobs.len(), 3);
+    let future = prost_types::Timestamp { seconds: chrono::Utc::now().timestamp() + 3600, nanos: 0 };
+    let none =
+        list(sakuga_proto::v1::ListJobsRequest { created_after: Some(future), ..Default::default() }).await;
+    assert!(none.jobs.is_empty());
+    let first = list(sakuga_proto::v1::ListJobsRequest { page_size: 2, ..Default::default() }).await;
+    assert_eq!(first.jobs.len(), 2);
+    assert!(!first.next_page_token.is_empty());
+    let second = list(sakuga_proto::v1::ListJobsRequest {
+        page_size: 2,
+        page_token: first.next_page_token.clone(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(second.jobs.len(), 1);
+    assert!(second.next_page_token.is_empty());
+    let e = jobs
+        .list_jobs(sakuga_proto::v1::ListJobsRequest { page_token: "forged".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("page_token:"), "{}", e.message());
+    mesh.stop().await;
+}
