@@ -18,7 +18,9 @@ pub struct Config {
     pub vault: VaultConfig,
     /// Names on the service certificate.
     pub tls: TlsConfig,
-    /// Scheduler `host:port`; the host must be on the scheduler's certificate.
+    /// Scheduler `host:port` (the host must be on its certificate); several replicas,
+    /// comma-separated, are tried in turn whenever the stream drops, so a scheduler that
+    /// shuts down hands its workers (and their running jobs, by lease) to another.
     pub scheduler_addr: String,
     /// File organizer `host:port`.
     pub organizer_addr: String,
@@ -79,10 +81,18 @@ impl Config {
         if !(1024..=1024 * 1024).contains(&self.upload_chunk_bytes) {
             return bad("upload_chunk_bytes", "must be between 1024 and 1048576");
         }
+        if self.scheduler_addrs().is_empty() {
+            return bad("scheduler_addr", "must name at least one host:port");
+        }
         if self.worker_id.len() > 128 {
             return bad("worker_id", "must be at most 128 characters");
         }
         Ok(())
+    }
+
+    /// The scheduler addresses, in the order they are tried.
+    pub fn scheduler_addrs(&self) -> Vec<String> {
+        self.scheduler_addr.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect()
     }
 
     /// The worker id to announce.

@@ -64,7 +64,8 @@ impl Service for Application {
         let Self { server, config, tls, vault, verifier } = self;
         let renewal = tls.spawn_renewal(vault, config.tls.clone(), shutdown.clone());
         let keys = verifier.spawn_refresh(shutdown.clone());
-        let scheduler = tls.channel(&config.scheduler_addr)?;
+        let schedulers =
+            config.scheduler_addrs().iter().map(|addr| tls.channel(addr)).collect::<Result<Vec<_>, _>>()?;
         let organizer = tls.channel(&config.organizer_addr)?;
         let attached = Arc::new(AtomicBool::new(false));
         // The worker outlives `shutdown` until it has drained; the health server stops
@@ -74,7 +75,7 @@ impl Service for Application {
             let (config, attached, shutdown, done) =
                 (config.clone(), attached.clone(), shutdown.clone(), worker_done.clone());
             tokio::spawn(async move {
-                worker::run(config, scheduler, organizer, attached, shutdown).await;
+                worker::run(config, schedulers, organizer, attached, shutdown).await;
                 done.cancel();
             })
         };

@@ -49,7 +49,7 @@ struct Running {
 /// period, the rest are handed back as retryable failures.
 pub(crate) async fn run(
     config: Arc<Config>,
-    scheduler: Channel,
+    schedulers: Vec<Channel>,
     organizer: Channel,
     attached: Arc<AtomicBool>,
     shutdown: CancellationToken,
@@ -66,6 +66,7 @@ pub(crate) async fn run(
     let mut backoff = Duration::from_millis(200);
     let max_backoff = Duration::from_millis(w.config.reconnect_max_backoff_ms.max(200));
     let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut turn = 0_usize;
     loop {
         if shutdown.is_cancelled() && drain_deadline.is_none() {
             drain_deadline =
@@ -75,7 +76,10 @@ pub(crate) async fn run(
             info!("worker drained");
             return;
         }
-        match w.session(&scheduler, &mut events_rx, &attached, &shutdown, &mut drain_deadline).await {
+        // Replicas in turn: after a failure or a closed stream, the next one.
+        let scheduler = &schedulers[turn % schedulers.len()];
+        turn += 1;
+        match w.session(scheduler, &mut events_rx, &attached, &shutdown, &mut drain_deadline).await {
             Ok(SessionEnd::Drained) => {
                 info!("worker drained");
                 return;

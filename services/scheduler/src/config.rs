@@ -43,6 +43,11 @@ pub struct Config {
     pub rate_limits: sakuga_mesh::ratelimit::RateLimits,
     /// Jobs a user may have queued or running at once.
     pub max_active_jobs_per_user: u32,
+    /// Finished jobs older than this many days are deleted (their file records stay);
+    /// 0 keeps them forever.
+    pub job_retention_days: u32,
+    /// How often the retention sweep runs.
+    pub retention_sweep_secs: u64,
 }
 
 impl Default for Config {
@@ -63,6 +68,8 @@ impl Default for Config {
             auth_addr: "127.0.0.1:50051".to_owned(),
             rate_limits: sakuga_mesh::ratelimit::RateLimits::default(),
             max_active_jobs_per_user: 50,
+            job_retention_days: 90,
+            retention_sweep_secs: 3600,
         }
     }
 }
@@ -85,6 +92,9 @@ impl Config {
         }
         if self.dispatch_poll_ms == 0 {
             return bad("dispatch_poll_ms", "must be positive");
+        }
+        if self.retention_sweep_secs == 0 {
+            return bad("retention_sweep_secs", "must be positive");
         }
         if self.max_active_jobs_per_user == 0 {
             return bad("max_active_jobs_per_user", "must be at least 1");

@@ -226,3 +226,34 @@ pub fn spawn_reaper(
         }
     })
 }
+
+/// Deletes finished jobs past the retention age, in batches, every `retention_sweep_secs`.
+pub fn spawn_retention(state: Arc<State>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let days = state.config.job_retention_days;
+        if days == 0 {
+            return;
+        }
+        let period = Duration::from_secs(state.config.retention_sweep_secs);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            let mut total = 0;
+            loop {
+                match state.store.prune_finished(days, 1_000).await {
+                    Ok(0) => break,
+                    Ok(n) => total += n,
+                    Err(e) => {
+                        error!(error = %e, "retention sweep failed");
+                        break;
+                    }
+                }
+            }
+            if total > 0 {
+                info!(deleted = total, days, "finished jobs past retention deleted");
+            }
+        }
+    })
+}

@@ -112,6 +112,7 @@ impl Service for Application {
         let listener = state.events.spawn_listener(shutdown.clone());
         let dispatcher = dispatch::spawn_dispatcher(state.clone(), wake.clone(), shutdown.clone());
         let reaper = dispatch::spawn_reaper(state.clone(), wake.clone(), shutdown.clone());
+        let retention = dispatch::spawn_retention(state.clone(), shutdown.clone());
         let keys = state.verifier.spawn_refresh(shutdown.clone());
         // Every replica hears of new work through NOTIFY (see migration 3), so a job
         // submitted to one replica is dispatched at once by another that holds the worker.
@@ -127,7 +128,7 @@ impl Service for Application {
             .add_service(WorkerServiceServer::new(api))
             .serve(tls, checks, Duration::from_secs(2), grace, shutdown)
             .await;
-        for task in [renewal, listener, dispatcher, reaper, keys, notified] {
+        for task in [renewal, listener, dispatcher, reaper, keys, notified, retention] {
             task.abort();
         }
         result

@@ -494,4 +494,18 @@ impl Store {
             })
             .collect())
     }
+
+    /// Deletes up to `batch` finished jobs that finished more than `days` days ago;
+    /// returns how many went. Their file records stay (files outlive job history).
+    pub async fn prune_finished(&self, days: u32, batch: i64) -> Result<u64, SchedulerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
+                 WHERE status IN ('succeeded', 'failed', 'canceled') \
+                 AND finished_at < now() - $1 * interval '1 day' LIMIT $2)",
+            )
+            .await?;
+        Ok(client.execute(&stmt, &[&f64::from(days), &batch]).await?)
+    }
 }

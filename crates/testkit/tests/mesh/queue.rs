@@ -392,3 +392,96 @@ async fn three_replicas_and_four_generators_run_five_hundred_jobs_exactly_once()
     }
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn finished_jobs_past_retention_are_pruned_and_their_files_stay() {
+    let mut mesh = Mesh::with_scheduler_config(|c| {
+        c.job_retention_days = 30;
+        c.retention_sweep_secs = 1;
+    })
+    .await;
+    mesh.attach_generator().await;
+    let alice = mesh.person("alice").await;
+    let mut jobs = mesh.jobs(&alice.token);
+    let old = jobs.submit_job(image_request("long ago", 1)).await.unwrap().into_inner().job.unwrap();
+    let recent = jobs.submit_job(image_request("yesterday", 1)).await.unwrap().into_inner().job.unwrap();
+    let queued_old = {
+        let mut r = image_request("old but never run", 1);
+        r.spec.as_mut().unwrap().backend = "comfyui".into(); // no worker offers it: stays queued
+        jobs.submit_job(r).await.unwrap().into_inner().job.unwrap()
+    };
+    wait_for(&mesh, &old.id, "succeeded").await;
+    wait_for(&mesh, &recent.id, "succeeded").await;
+    let db = mesh.env.db().await.unwrap();
+    let id = |s: &str| Uuid::parse_str(s).unwrap();
+    db.execute("UPDATE jobs SET finished_at = now() - interval '31 days' WHERE id = $1", &[&id(&old.id)])
+        .await
+        .unwrap();
+    db.execute("UPDATE jobs SET finished_at = now() - interval '1 day' WHERE id = $1", &[&id(&recent.id)])
+        .await
+        .unwrap();
+    db.execute(
+        "UPDATE jobs SET created_at = now() - interval '60 days' WHERE id = $1",
+        &[&id(&queued_old.id)],
+    )
+    .await
+    .unwrap();
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = db
+            .query("SELECT id FROM jobs ORDER BY created_at", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, Uuid>(0))
+            .collect();
+        if left.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, vec![id(&queued_old.id), id(&recent.id)], "only the old finished job went");
+    let files: i64 =
+        db.query_one("SELECT count(*) FROM files WHERE job_id = $1", &[&id(&old.id)]).await.unwrap().get(0);
+    assert_eq!(files, 1, "its file record stays");
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_scheduler_shutting_down_hands_its_worker_and_running_job_to_another_replica() {
+    let mut mesh = Mesh::without_generator().await;
+    let second = sakuga_testkit::spawn_scheduler(sakuga_testkit::scheduler_config(&mesh.env, &mesh.auth))
+        .await
+        .unwrap();
+    let mut cfg = sakuga_testkit::generator_config(&mesh.env, &mesh.auth, &mesh.scheduler, &mesh.organizer);
+    cfg.scheduler_addr = format!("{},{}", mesh.scheduler.addr_string(), second.addr_string());
+    cfg.slots = 1;
+    mesh.generator = Some(sakuga_testkit::spawn_generator(cfg).await.unwrap());
+    let alice = mesh.person("alice").await;
+    let mut long = image_request("rendered across a scheduler shutdown", 80);
+    let spec = long.spec.as_mut().unwrap();
+    (spec.width, spec.height) = (384, 384);
+    let job = mesh.jobs(&alice.token).submit_job(long).await.unwrap().into_inner().job.unwrap();
+    wait_for(&mesh, &job.id, "running").await;
+    // The first replica goes away for good; the worker moves to the second with its lease.
+    let first = std::mem::replace(&mut mesh.scheduler, second);
+    first.stop().await.unwrap();
+    wait_for(&mesh, &job.id, "succeeded").await;
+    let db = mesh.env.db().await.unwrap();
+    let attempts: i32 = db
+        .query_one("SELECT attempts FROM jobs WHERE id = $1", &[&Uuid::parse_str(&job.id).unwrap()])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 1, "the running job kept its lease: no second attempt");
+    let next = mesh
+        .jobs(&alice.token)
+        .submit_job(image_request("after the handover", 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    wait_for(&mesh, &next.id, "succeeded").await;
+    mesh.stop().await;
+}
