@@ -53,6 +53,7 @@ pub struct FreeWorker {
     session: Uuid,
     worker_id: String,
     backends: Vec<String>,
+    models: Vec<String>,
     free: u32,
 }
 
@@ -84,6 +85,13 @@ impl Registry {
         }
     }
 
+    /// Records the models a session has loaded now (from its heartbeat).
+    pub fn set_models(&self, session: Uuid, models: Vec<String>) {
+        if let Some(w) = self.lock().get_mut(&session) {
+            w.models = models;
+        }
+    }
+
     /// Stops giving the session work.
     pub fn set_draining(&self, session: Uuid) {
         if let Some(w) = self.lock().get_mut(&session) {
@@ -103,6 +111,7 @@ impl Registry {
                     session: *id,
                     worker_id: w.worker_id.clone(),
                     backends: w.backends.clone(),
+                    models: w.models.clone(),
                     free: w.slots - used,
                 })
             })
@@ -170,19 +179,27 @@ pub fn spawn_dispatcher(
 }
 
 async fn dispatch_once(state: &State) -> Result<(), crate::error::SchedulerError> {
-    for worker in state.registry.free_workers() {
-        let claimed = state
-            .store
-            .claim(&worker.worker_id, &worker.backends, worker.free, state.config.lease_ttl())
-            .await?;
-        for c in claimed {
-            let msg = grpc::assignment(&c.job, c.lease_token);
-            if state.registry.assign(worker.session, c.job.id, c.lease_token, msg) {
-                info!(job_id = %c.job.id, worker_id = %worker.worker_id, attempt = c.job.attempts, "job assigned");
-                state.events.publish(c.job.id, &grpc::status_event(&c.job));
-            } else {
-                warn!(job_id = %c.job.id, worker_id = %worker.worker_id, "worker went away, job handed back");
-                state.store.unclaim(c.job.id, c.lease_token).await?;
+    // Warm first: every free worker takes jobs for the models it already has loaded (no
+    // cold start), then free slots take whatever is next in line.
+    for warm in [true, false] {
+        for worker in state.registry.free_workers() {
+            if warm && worker.models.is_empty() {
+                continue;
+            }
+            let models = warm.then_some(worker.models.as_slice());
+            let claimed = state
+                .store
+                .claim(&worker.worker_id, &worker.backends, models, worker.free, state.config.lease_ttl())
+                .await?;
+            for c in claimed {
+                let msg = grpc::assignment(&c.job, c.lease_token);
+                if state.registry.assign(worker.session, c.job.id, c.lease_token, msg) {
+                    info!(job_id = %c.job.id, worker_id = %worker.worker_id, attempt = c.job.attempts, warm, "job assigned");
+                    state.events.publish(c.job.id, &grpc::status_event(&c.job));
+                } else {
+                    warn!(job_id = %c.job.id, worker_id = %worker.worker_id, "worker went away, job handed back");
+                    state.store.unclaim(c.job.id, c.lease_token).await?;
+                }
             }
         }
     }

@@ -253,13 +253,14 @@ impl Store {
         Ok(rows.iter().map(job_from_row).collect())
     }
 
-    /// Claims up to `limit` queued jobs for a worker offering `backends`, highest priority
-    /// then oldest first. `SKIP LOCKED` keeps concurrent dispatchers (other replicas) from
+    /// Claims up to `limit` queued jobs for a worker offering `backends` (and, when
+    /// `models` is given, only jobs for those models), highest priority then oldest first. `SKIP LOCKED` keeps concurrent dispatchers (other replicas) from
     /// claiming the same row; each claim gets a fresh lease token.
     pub async fn claim(
         &self,
         worker_id: &str,
         backends: &[String],
+        models: Option<&[String]>,
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<Claimed>, SchedulerError> {
@@ -271,6 +272,7 @@ impl Store {
                 SELECT id, priority, created_at, \
                        row_number() OVER (PARTITION BY owner_id ORDER BY priority DESC, created_at, id) AS turn \
                 FROM jobs WHERE status = 'queued' AND backend = ANY($1) \
+                  AND ($5::text[] IS NULL OR model = ANY($5)) \
                   AND (not_before IS NULL OR not_before <= now())), \
              picked AS ( \
                 SELECT q.id FROM jobs q JOIN ranked r ON r.id = q.id WHERE q.status = 'queued' \
@@ -285,7 +287,8 @@ impl Store {
             JOB_COLUMNS.split(", ").map(|c| format!("j.{c}")).collect::<Vec<_>>().join(", ")
         );
         let stmt = client.prepare_cached(&sql).await?;
-        let rows = client.query(&stmt, &[&backends, &i64::from(limit), &worker_id, &millis(lease)]).await?;
+        let rows =
+            client.query(&stmt, &[&backends, &i64::from(limit), &worker_id, &millis(lease), &models]).await?;
         Ok(rows
             .iter()
             .map(|r| {

@@ -182,6 +182,7 @@ impl Session {
                 Ok(())
             }
             Msg::Heartbeat(hb) => {
+                self.state.registry.set_models(self.id, hb.loaded_models.clone());
                 let leases: Vec<(Uuid, Uuid)> = hb
                     .running
                     .iter()

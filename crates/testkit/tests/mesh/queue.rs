@@ -485,3 +485,48 @@ async fn a_scheduler_shutting_down_hands_its_worker_and_running_job_to_another_r
     wait_for(&mesh, &next.id, "succeeded").await;
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn a_job_goes_to_the_worker_that_already_has_its_model_loaded() {
+    let mesh = Mesh::without_generator().await;
+    let identity = mesh.env.identity("generator").await.unwrap();
+    // Two idle workers; only "warm" has "anime-xl" loaded. "cold" has more free slots, so
+    // without the warm preference it would be asked first.
+    let mut streams = Vec::new();
+    for (name, model, slots) in [("cold", "other-model", 2), ("warm", "anime-xl", 1)] {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let hello = WorkerHello {
+            worker_id: name.into(),
+            slots,
+            backends: vec!["builtin".into()],
+            loaded_models: vec![model.into()],
+            ..WorkerHello::default()
+        };
+        tx.send(AttachRequest { msg: Some(Msg::Hello(hello)) }).await.unwrap();
+        let mut inbound = WorkerServiceClient::new(identity.channel(&mesh.scheduler.addr_string()).unwrap())
+            .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let welcome = inbound.next().await.unwrap().unwrap();
+        assert!(matches!(welcome.msg, Some(attach_response::Msg::Welcome(_))));
+        streams.push((name, tx, inbound));
+    }
+    let alice = mesh.person("alice").await;
+    let mut req = image_request("needs the warm model", 1);
+    req.spec.as_mut().unwrap().model = "anime-xl".into();
+    let job = mesh.jobs(&alice.token).submit_job(req).await.unwrap().into_inner().job.unwrap();
+    wait_for(&mesh, &job.id, "assigned").await;
+    let worker: String = mesh
+        .env
+        .db()
+        .await
+        .unwrap()
+        .query_one("SELECT worker_id FROM jobs WHERE id = $1", &[&Uuid::parse_str(&job.id).unwrap()])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(worker, "warm", "no cold start while a warm worker is free");
+    drop(streams);
+    mesh.stop().await;
+}
