@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "queue_wakeups_and_backoff",
         sql: include_str!("../../../migrations/0003_queue_wakeups_and_backoff.sql"),
     },
+    Migration {
+        version: 4,
+        name: "result_reuse",
+        sql: include_str!("../../../migrations/0004_result_reuse.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying the migration lock.

@@ -201,6 +201,7 @@ impl JobService for Api {
         let owner = mesh_auth::caller(&req)?.user_id()?.to_string();
         let r = req.into_inner();
         let spec = r.spec.ok_or_else(|| SchedulerError::invalid("spec", "required"))?;
+        let fixed_seed = spec.seed.is_some();
         let spec = validate::spec(raw_spec(spec), self.state.config.max_job_pixels, rand::random::<u64>)?;
         let idempotency_key = validate::idempotency_key(&r.idempotency_key)?;
         let priority = validate::priority(r.priority)?;
@@ -215,6 +216,17 @@ impl JobService for Api {
                 format!("character {c} needs a project_id"),
             )
             .into());
+        }
+        if r.reuse_result
+            && fixed_seed
+            && let Some(earlier) = self.state.store.reusable(&owner, &spec.hash()).await?
+        {
+            tracing::info!(job_id = %earlier.id, "identical request answered from an earlier result");
+            return Ok(Response::new(pb::SubmitJobResponse {
+                job: Some(job_to_pb(&earlier)),
+                deduplicated: false,
+                reused: true,
+            }));
         }
         let new = NewJob {
             id: Uuid::now_v7(),
@@ -233,6 +245,7 @@ impl JobService for Api {
         Ok(Response::new(pb::SubmitJobResponse {
             job: Some(job_to_pb(&inserted.job)),
             deduplicated: inserted.deduplicated,
+            reused: false,
         }))
     }
 

@@ -113,6 +113,31 @@ pub struct Spec {
     pub model: String,
 }
 
+impl Spec {
+    /// sha256 of every parameter that shapes the output: equal hashes, equal bytes.
+    pub fn hash(&self) -> String {
+        use sha2::{Digest as _, Sha256};
+        let canonical = format!(
+            "{}\u{1f}{}\u{1f}{}\u{1f}{}x{}\u{1f}{}\u{1f}{}\u{1f}{}@{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+            self.kind.as_str(),
+            self.prompt,
+            self.negative_prompt,
+            self.width,
+            self.height,
+            self.steps,
+            self.batch_size,
+            self.frames,
+            self.fps,
+            self.seed,
+            self.cfg_scale,
+            self.sampler,
+            self.backend,
+            self.model
+        );
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    }
+}
+
 /// A job to insert.
 #[derive(Debug, Clone)]
 pub struct NewJob {

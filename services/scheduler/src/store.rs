@@ -162,8 +162,8 @@ impl Store {
         let sql = format!(
             "INSERT INTO jobs (id, owner_id, kind, backend, model, prompt, negative_prompt, composed_prompt, \
              width, height, steps, batch_size, frames, fps, seed, cfg_scale, sampler, priority, \
-             idempotency_key, max_attempts) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20) \
+             idempotency_key, max_attempts, spec_hash) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21) \
              ON CONFLICT (owner_id, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
         );
         let stmt = tx.prepare_cached(&sql).await?;
@@ -193,6 +193,7 @@ impl Store {
                     &new.priority,
                     &new.idempotency_key,
                     &i32_of(new.max_attempts),
+                    &s.hash(),
                 ],
             )
             .await?;
@@ -200,6 +201,17 @@ impl Store {
             row.ok_or_else(|| SchedulerError::FailedPrecondition("idempotency key conflict".to_owned()))?;
         tx.commit().await?;
         Ok(Inserted { job: job_from_row(&row), deduplicated: false })
+    }
+
+    /// The owner's latest succeeded job with exactly these parameters, if any.
+    pub async fn reusable(&self, owner: &str, spec_hash: &str) -> Result<Option<Job>, SchedulerError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE owner_id = $1 AND spec_hash = $2 AND status = 'succeeded' \
+             ORDER BY finished_at DESC LIMIT 1"
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        Ok(client.query_opt(&stmt, &[&owner, &spec_hash]).await?.map(|r| job_from_row(&r)))
     }
 
     /// A job visible to `owner` (`None`: any owner, for internal use and admins).

@@ -46,6 +46,17 @@ async fn one_job_end_to_end() {
         })
         .collect();
     assert_eq!(steps, vec![1, 2, 3, 4, 5, 6], "every step, in order: {events:?}");
+    let previews: Vec<&Vec<u8>> = events
+        .iter()
+        .filter_map(|e| match e {
+            Kind::Preview(p) => Some(&p.png),
+            _ => None,
+        })
+        .collect();
+    assert!(!previews.is_empty(), "previews are forwarded while the job renders");
+    for png in previews {
+        sakuga_imaging::inspect_png(png, sakuga_imaging::Limits::default()).unwrap();
+    }
     let expected: Vec<i32> =
         [JobStatus::Assigned, JobStatus::Running, JobStatus::Succeeded].map(i32::from).to_vec();
     assert_eq!(statuses, expected, "{events:?}");
@@ -179,5 +190,34 @@ async fn list_jobs_filters_by_state_prompt_and_time_and_pages() {
         .await
         .unwrap_err();
     assert!(e.message().starts_with("page_token:"), "{}", e.message());
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn an_identical_request_with_a_fixed_seed_can_reuse_the_earlier_result() {
+    let mesh = Mesh::start().await;
+    let alice = mesh.person("alice").await;
+    let mut jobs = mesh.jobs(&alice.token);
+    let mut req = image_request("the same shot twice", 2);
+    req.reuse_result = true;
+    let first = jobs.submit_job(req.clone()).await.unwrap().into_inner();
+    assert!(!first.reused, "nothing to reuse yet");
+    let first = first.job.unwrap();
+    let mut watch = jobs.watch_job(WatchJobRequest { job_id: first.id.clone() }).await.unwrap().into_inner();
+    while watch.next().await.is_some() {}
+    let again = jobs.submit_job(req.clone()).await.unwrap().into_inner();
+    assert!(again.reused);
+    let reused = again.job.unwrap();
+    assert_eq!(reused.id, first.id);
+    assert_eq!(reused.status, i32::from(JobStatus::Succeeded));
+    // Without reuse, or with another seed, it renders again.
+    req.reuse_result = false;
+    assert!(!jobs.submit_job(req.clone()).await.unwrap().into_inner().reused);
+    req.reuse_result = true;
+    req.spec.as_mut().unwrap().seed = Some(8);
+    assert!(!jobs.submit_job(req).await.unwrap().into_inner().reused);
+    let count: i64 =
+        mesh.env.db().await.unwrap().query_one("SELECT count(*) FROM jobs", &[]).await.unwrap().get(0);
+    assert_eq!(count, 3);
     mesh.stop().await;
 }
