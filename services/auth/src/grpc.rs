@@ -489,3 +489,25 @@ impl AuthService for Api {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dummy_hash_is_a_real_argon2id_hash_so_unknown_users_cost_a_verification() {
+        let parsed = PasswordHash::new(DUMMY_HASH).unwrap();
+        assert_eq!(parsed.algorithm.as_str(), "argon2id");
+        assert!(Argon2::default().verify_password(b"anything", &parsed).is_err());
+    }
+
+    #[test]
+    fn usernames_and_passwords_are_checked() {
+        assert!(check_username("alice.b-2_c").is_ok());
+        for bad in ["ab", "Alice", "a b", "' OR '1'='1", &"x".repeat(65)] {
+            assert!(check_username(bad).is_err(), "{bad}");
+        }
+        assert!(check_new_password("short").is_err());
+        assert!(check_new_password("long enough password").is_ok());
+    }
+}

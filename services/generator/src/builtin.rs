@@ -80,3 +80,62 @@ pub async fn generate(
         Err(e) => Err(BackendError::Transient(format!("render task failed: {e}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    };
+
+    use super::*;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            kind: JobKind::Image.into(),
+            prompt: "a long render".into(),
+            width: 128,
+            height: 128,
+            steps: 50,
+            seed: Some(1),
+            model: "builtin-v1".into(),
+            ..JobSpec::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_canceled_render_stops_between_steps() {
+        let cancel = CancellationToken::new();
+        let steps = Arc::new(AtomicU32::new(0));
+        let (seen, token) = (steps.clone(), cancel.clone());
+        let result = generate(request(&spec(), "a long render"), 0, 0, cancel, move |s, _| {
+            seen.store(s.step, Ordering::SeqCst);
+            if s.step == 3 {
+                token.cancel();
+            }
+        })
+        .await;
+        assert!(matches!(result, Err(BackendError::Canceled)), "{result:?}");
+        assert_eq!(steps.load(Ordering::SeqCst), 3, "no step after the cancel");
+    }
+
+    #[tokio::test]
+    async fn every_step_is_reported_with_previews_when_asked() {
+        let steps = Arc::new(AtomicU32::new(0));
+        let previews = Arc::new(AtomicU32::new(0));
+        let (s2, p2) = (steps.clone(), previews.clone());
+        let artifact =
+            generate(request(&spec(), "a long render"), 0, 10, CancellationToken::new(), move |s, p| {
+                s2.fetch_add(1, Ordering::SeqCst);
+                if p.is_some() {
+                    p2.fetch_add(1, Ordering::SeqCst);
+                }
+                assert!(s.step <= s.total);
+            })
+            .await
+            .unwrap();
+        assert_eq!(steps.load(Ordering::SeqCst), 50);
+        assert_eq!(previews.load(Ordering::SeqCst), 4, "steps 10, 20, 30, 40 (none at the last)");
+        assert_eq!((artifact.width, artifact.height, artifact.mime), (128, 128, "image/png"));
+    }
+}

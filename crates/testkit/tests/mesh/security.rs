@@ -24,6 +24,7 @@ async fn invalid_submissions_are_refused_naming_the_field_and_write_nothing() {
         (with(&|s| s.prompt = String::new()), "spec.prompt"),
         (with(&|s| s.prompt = "   \n ".to_owned()), "spec.prompt"),
         (with(&|s| s.prompt = "x".repeat(10_000)), "spec.prompt"),
+        (with(&|s| s.prompt = "bell\u{7} and escape\u{1b}[31m".to_owned()), "spec.prompt"),
         (with(&|s| s.width = 100), "spec.width"),
         (with(&|s| s.steps = 0), "spec.steps"),
         (with(&|s| s.kind = 0), "spec.kind"),
