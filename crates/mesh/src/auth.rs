@@ -593,6 +593,21 @@ impl Guard {
         Self { verifier, limiter, audit }
     }
 
+    /// The guard of a service with a database and Redis: verification with `verifier`,
+    /// GCRA limits in `redis`, audit rows in `pool`'s database.
+    pub fn for_service(
+        verifier: &Arc<Verifier>,
+        redis: &Redis,
+        limits: &crate::ratelimit::RateLimits,
+        pool: &Pool,
+    ) -> Self {
+        Self::new(
+            Some(verifier.clone()),
+            Some(RateLimiter::new(redis.clone(), limits.clone())),
+            Some(Audit::new(pool.clone())),
+        )
+    }
+
     /// Establishes the caller of a request under `rule`, or refuses it.
     async fn admit(
         &self,

@@ -478,11 +478,11 @@ impl AuthService for Api {
                 .map(|e| pb::AuditEvent {
                     id: u64::try_from(e.id).unwrap_or(0),
                     time: Some(timestamp(e.time)),
-                    actor: e.actor,
-                    action: e.action,
-                    target: e.target,
-                    result: e.result,
-                    request_id: e.request_id,
+                    actor: e.event.actor,
+                    action: e.event.action,
+                    target: e.event.target,
+                    result: e.event.result,
+                    request_id: e.event.request_id,
                 })
                 .collect(),
             next_page_token,

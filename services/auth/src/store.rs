@@ -72,25 +72,15 @@ fn api_key(row: &Row) -> ApiKey {
     }
 }
 
-/// An audit row.
+/// An audit row: the event as written, with its sequence number and time.
 #[derive(Debug, Clone)]
 pub struct AuditRow {
     /// Sequence.
     pub id: i64,
     /// When.
     pub time: DateTime<Utc>,
-    /// Who.
-    pub actor: String,
-    /// What.
-    pub action: String,
-    /// On what.
-    pub target: String,
-    /// Outcome.
-    pub result: String,
-    /// Peer.
-    pub peer: String,
-    /// Request id.
-    pub request_id: String,
+    /// Who, what, on what, outcome, peer, request id.
+    pub event: sakuga_mesh::auth::AuditEvent,
 }
 
 /// What presenting a refresh token found.
@@ -371,12 +361,14 @@ impl Store {
             .map(|r| AuditRow {
                 id: r.get(0),
                 time: r.get(1),
-                actor: r.get(2),
-                action: r.get(3),
-                target: r.get(4),
-                result: r.get(5),
-                peer: r.get(6),
-                request_id: r.get(7),
+                event: sakuga_mesh::auth::AuditEvent {
+                    actor: r.get(2),
+                    action: r.get(3),
+                    target: r.get(4),
+                    result: r.get(5),
+                    peer: r.get(6),
+                    request_id: r.get(7),
+                },
             })
             .collect())
     }

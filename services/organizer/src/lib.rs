@@ -12,9 +12,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use sakuga_mesh::{
     MeshError,
-    auth::{Audit, Guard, Verifier},
+    auth::{Guard, Verifier},
     db,
-    ratelimit::RateLimiter,
     redis::Redis,
     server::GrpcServer,
     service::Service,
@@ -58,11 +57,7 @@ impl Service for Application {
             Some(redis.clone()),
             Some(pool.clone()),
         ));
-        let guard = Guard::new(
-            Some(verifier.clone()),
-            Some(RateLimiter::new(redis.clone(), config.rate_limits.clone())),
-            Some(Audit::new(pool.clone())),
-        );
+        let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool);
         let server = GrpcServer::bind(config.listen, &[service_names::FILES], guard).await?;
         let api = grpc::Api { store: store::Store::new(pool), config: Arc::new(config) };
         Ok(Self { server, api, tls, vault, verifier, redis })

@@ -16,9 +16,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use sakuga_mesh::{
     MeshError,
-    auth::{Audit, Guard, Verifier},
+    auth::{Guard, Verifier},
     db,
-    ratelimit::RateLimiter,
     redis::Redis,
     server::{GrpcServer, HealthCheck},
     service::Service,
@@ -81,11 +80,7 @@ impl Service for Application {
             Some(redis.clone()),
             Some(pool.clone()),
         ));
-        let guard = Guard::new(
-            Some(verifier.clone()),
-            Some(RateLimiter::new(redis.clone(), config.rate_limits.clone())),
-            Some(Audit::new(pool.clone())),
-        );
+        let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool);
         let server =
             GrpcServer::bind(config.listen, &[service_names::JOBS, service_names::WORKER], guard).await?;
         let state = Arc::new(State {
