@@ -12,6 +12,7 @@
 #![allow(clippy::missing_panics_doc, clippy::unwrap_used)]
 
 mod bao;
+pub mod comfy;
 mod pg;
 mod services;
 

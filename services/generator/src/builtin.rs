@@ -7,18 +7,87 @@ use sakuga_imaging::{Artifact, Kind, RenderError, RenderRequest, render};
 use sakuga_proto::v1::{JobKind, JobSpec};
 use tokio_util::sync::CancellationToken;
 
-/// Why a render did not produce an artifact.
-#[derive(Debug, thiserror::Error)]
-pub enum BackendError {
-    /// The job was canceled.
-    #[error("canceled")]
-    Canceled,
-    /// The parameters cannot be rendered; retrying will not help.
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    /// Something that may work on another attempt.
-    #[error("{0}")]
-    Transient(String),
+use crate::backend::{Backend, BackendError, BoxFuture, JobInput, Sink};
+
+/// The built-in renderer as a backend.
+#[derive(Debug)]
+pub struct Builtin {
+    slots: u32,
+    preview_every: u32,
+}
+
+impl Builtin {
+    /// A backend running `slots` renders at once, with a preview every `preview_every`
+    /// steps (0: none).
+    pub fn new(slots: u32, preview_every: u32) -> Self {
+        Self { slots, preview_every }
+    }
+}
+
+/// The only model the built-in renderer has.
+pub const MODEL: &str = "builtin-v1";
+
+impl Backend for Builtin {
+    fn name(&self) -> &'static str {
+        "builtin"
+    }
+
+    fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    fn loaded_models(&self) -> Vec<String> {
+        vec![MODEL.to_owned()]
+    }
+
+    /// One tiny render, so code and allocator are warm before the first job.
+    fn warm_up(&self, cancel: CancellationToken) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let spec = JobSpec {
+                kind: JobKind::Image.into(),
+                prompt: "warm-up".into(),
+                width: 64,
+                height: 64,
+                steps: 1,
+                model: MODEL.into(),
+                ..JobSpec::default()
+            };
+            generate(request(&spec, "warm-up"), 0, 0, cancel, |_, _| {})
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("builtin warm-up render failed: {e}"))
+        })
+    }
+
+    /// Renders every batch item in turn; progress counts steps over the whole batch.
+    fn run(
+        &self,
+        job: JobInput,
+        sink: Sink,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<Vec<Artifact>, BackendError>> {
+        Box::pin(async move {
+            let req = request(&job.spec, &job.prompt);
+            let per_item = req.total_steps();
+            let batch = job.batch();
+            let total = per_item * batch;
+            let mut artifacts = Vec::with_capacity(batch as usize);
+            for index in 0..batch {
+                let sink = sink.clone();
+                let artifact =
+                    generate(req.clone(), index, self.preview_every, cancel.clone(), move |s, preview| {
+                        let step = index * per_item + s.step;
+                        sink.step(step, total, index, "generating");
+                        if let Some(png) = preview {
+                            sink.preview(png, step, index);
+                        }
+                    })
+                    .await?;
+                artifacts.push(artifact);
+            }
+            Ok(artifacts)
+        })
+    }
 }
 
 /// One step of progress within an item.
@@ -46,11 +115,6 @@ pub fn request(spec: &JobSpec, prompt: &str) -> RenderRequest {
     }
 }
 
-/// Steps one item takes.
-pub fn steps_per_item(req: &RenderRequest) -> u32 {
-    req.total_steps()
-}
-
 /// Renders batch item `index` on the blocking pool. `on_step` gets each step and, every
 /// `preview_every` steps, a preview PNG.
 pub async fn generate(
@@ -75,9 +139,11 @@ pub async fn generate(
     match task.await {
         Ok(Ok(artifact)) => Ok(artifact),
         Ok(Err(RenderError::Canceled)) => Err(BackendError::Canceled),
-        Ok(Err(RenderError::InvalidRequest(why))) => Err(BackendError::Invalid(why)),
-        Ok(Err(e)) => Err(BackendError::Transient(e.to_string())),
-        Err(e) => Err(BackendError::Transient(format!("render task failed: {e}"))),
+        Ok(Err(RenderError::InvalidRequest(why))) => {
+            Err(BackendError::Permanent(format!("invalid request: {why}")))
+        }
+        Ok(Err(e)) => Err(BackendError::Retryable(e.to_string())),
+        Err(e) => Err(BackendError::Retryable(format!("render task failed: {e}"))),
     }
 }
 

@@ -8,6 +8,8 @@ use sakuga_mesh::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::comfyui::ComfyConfig;
+
 /// Everything the generator reads at start-up.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -30,10 +32,12 @@ pub struct Config {
     /// Stable worker id; empty means `$HOSTNAME` (the pod name in Kubernetes) or
     /// `generator-<pid>`.
     pub worker_id: String,
-    /// Jobs run at once.
+    /// The backend this worker runs: `builtin` or `comfyui`.
+    pub backend: String,
+    /// Jobs the builtin backend runs at once (a comfyui worker has one slot per server).
     pub slots: u32,
-    /// Backends offered (only `builtin` so far).
-    pub backends: Vec<String>,
+    /// Settings of the comfyui backend.
+    pub comfyui: ComfyConfig,
     /// A preview is sent every this many steps; 0 sends none.
     pub preview_every_steps: u32,
     /// Upload chunk size in bytes (at most 1 MiB).
@@ -54,8 +58,9 @@ impl Default for Config {
             organizer_addr: "127.0.0.1:50053".to_owned(),
             auth_addr: "127.0.0.1:50051".to_owned(),
             worker_id: String::new(),
+            backend: "builtin".to_owned(),
             slots: 2,
-            backends: vec!["builtin".to_owned()],
+            comfyui: ComfyConfig::default(),
             preview_every_steps: 5,
             upload_chunk_bytes: 256 * 1024,
             reconnect_max_backoff_ms: 5_000,
@@ -72,11 +77,16 @@ impl Config {
         if !(1..=64).contains(&self.slots) {
             return bad("slots", "must be between 1 and 64");
         }
-        if self.backends.is_empty() {
-            return bad("backends", "must name at least one backend");
-        }
-        if let Some(b) = self.backends.iter().find(|b| b.as_str() != "builtin") {
-            return Err(MeshError::Config(format!("backends: unknown backend {b:?} (available: builtin)")));
+        match self.backend.as_str() {
+            "builtin" => {}
+            "comfyui" => {
+                self.comfyui.templates().map_err(MeshError::Config)?;
+            }
+            other => {
+                return Err(MeshError::Config(format!(
+                    "backend: unknown backend {other:?} (available: builtin, comfyui)"
+                )));
+            }
         }
         if !(1024..=1024 * 1024).contains(&self.upload_chunk_bytes) {
             return bad("upload_chunk_bytes", "must be between 1024 and 1048576");

@@ -2,7 +2,9 @@
 //! renders assigned jobs with its backends, streams the outputs to the file organizer and
 //! reports progress and completion. It serves only health (SERVING while attached).
 
+pub mod backend;
 pub mod builtin;
+pub mod comfyui;
 pub mod config;
 pub mod upload;
 mod worker;
@@ -27,6 +29,17 @@ use sakuga_mesh::{
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+use tracing::info;
+
+use crate::backend::Backend;
+
+/// The backend the configuration names.
+pub fn backend_for(config: &Config) -> Result<Arc<dyn Backend>, MeshError> {
+    Ok(match config.backend.as_str() {
+        "comfyui" => Arc::new(comfyui::ComfyUi::new(config.comfyui.clone()).map_err(MeshError::Config)?),
+        _ => Arc::new(builtin::Builtin::new(config.slots, config.preview_every_steps)),
+    })
+}
 
 /// A built, not yet running generator.
 #[derive(Debug)]
@@ -36,6 +49,7 @@ pub struct Application {
     tls: Arc<MeshTls>,
     vault: Vault,
     verifier: Arc<Verifier>,
+    backend: Arc<dyn Backend>,
 }
 
 impl Service for Application {
@@ -49,9 +63,10 @@ impl Service for Application {
         config.validate()?;
         let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
         let verifier = Arc::new(Verifier::remote(tls.channel(&config.auth_addr)?, None, None));
+        let backend = backend_for(&config)?;
         let server =
             GrpcServer::bind(config.listen, &[], Guard::new(Some(verifier.clone()), None, None)).await?;
-        Ok(Self { server, config: Arc::new(config), tls, vault, verifier })
+        Ok(Self { server, config: Arc::new(config), tls, vault, verifier, backend })
     }
 
     /// The health listener's address.
@@ -61,7 +76,14 @@ impl Service for Application {
 
     /// Works until `shutdown`, then drains (running jobs get the grace period).
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { server, config, tls, vault, verifier } = self;
+        let Self { server, config, tls, vault, verifier, backend } = self;
+        // Templates are checked against the servers and models preloaded before the first
+        // hello, so the scheduler hears of warm models at once.
+        tokio::select! {
+            r = backend.warm_up(shutdown.clone()) => r.map_err(MeshError::Config)?,
+            () = shutdown.cancelled() => return Ok(()),
+        }
+        info!(backend = backend.name(), slots = backend.slots(), loaded = ?backend.loaded_models(), "backend ready");
         let renewal = tls.spawn_renewal(vault, config.tls.clone(), shutdown.clone());
         let keys = verifier.spawn_refresh(shutdown.clone());
         let schedulers =
@@ -75,7 +97,7 @@ impl Service for Application {
             let (config, attached, shutdown, done) =
                 (config.clone(), attached.clone(), shutdown.clone(), worker_done.clone());
             tokio::spawn(async move {
-                worker::run(config, schedulers, organizer, attached, shutdown).await;
+                worker::run(config, backend, schedulers, organizer, attached, shutdown).await;
                 done.cancel();
             })
         };

@@ -24,6 +24,12 @@ pub struct Target {
     pub project_id: String,
     /// Image or video.
     pub kind: JobKind,
+    /// Width the job asked for (the organizer checks the artifact against it).
+    pub width: u32,
+    /// Height the job asked for.
+    pub height: u32,
+    /// Frames the job asked for (1 for an image).
+    pub frames: u32,
 }
 
 /// Why an upload failed.
@@ -52,9 +58,9 @@ pub async fn store(
         index,
         kind: target.kind.into(),
         mime_type: artifact.mime.to_owned(),
-        width: artifact.width,
-        height: artifact.height,
-        frames: artifact.frames,
+        width: target.width,
+        height: target.height,
+        frames: target.frames,
         size_bytes: artifact.bytes.len() as u64,
         sha256: hex::encode(Sha256::digest(&artifact.bytes)),
     };

@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::{
     Config,
-    builtin::{self, BackendError},
+    backend::{Backend, BackendError, JobInput, Report, Sink},
     upload,
 };
 
@@ -49,6 +49,7 @@ struct Running {
 /// period, the rest are handed back as retryable failures.
 pub(crate) async fn run(
     config: Arc<Config>,
+    backend: Arc<dyn Backend>,
     schedulers: Vec<Channel>,
     organizer: Channel,
     attached: Arc<AtomicBool>,
@@ -58,6 +59,7 @@ pub(crate) async fn run(
     let mut w = Worker {
         id: config.effective_worker_id(),
         config,
+        backend,
         organizer: FileServiceClient::new(organizer),
         jobs: HashMap::new(),
         unsent: VecDeque::new(),
@@ -123,6 +125,7 @@ enum SessionEnd {
 
 struct Worker {
     config: Arc<Config>,
+    backend: Arc<dyn Backend>,
     id: String,
     organizer: FileServiceClient<Channel>,
     jobs: HashMap<String, Running>,
@@ -164,9 +167,9 @@ impl Worker {
         let (out, out_rx) = mpsc::channel::<AttachRequest>(256);
         let hello = WorkerHello {
             worker_id: self.id.clone(),
-            slots: self.config.slots,
-            backends: self.config.backends.clone(),
-            loaded_models: vec!["builtin-v1".to_owned()],
+            slots: self.backend.slots(),
+            backends: vec![self.backend.name().to_owned()],
+            loaded_models: self.backend.loaded_models(),
             running: self.running(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
@@ -252,7 +255,7 @@ impl Worker {
                     None => return Ok(SessionEnd::Drained),
                 },
                 _ = heartbeat.tick() => {
-                    let hb = Heartbeat { running: self.running(), loaded_models: vec!["builtin-v1".to_owned()] };
+                    let hb = Heartbeat { running: self.running(), loaded_models: self.backend.loaded_models() };
                     if out.send(send(Msg::Heartbeat(hb))).await.is_err() {
                         return Ok(SessionEnd::Disconnected);
                     }
@@ -293,7 +296,7 @@ impl Worker {
     ) {
         match m {
             attach_response::Msg::Assignment(a) => {
-                let full = self.jobs.len() >= self.config.slots as usize;
+                let full = self.jobs.len() >= self.backend.slots() as usize;
                 if draining || full {
                     let failed = JobFailed {
                         job: Some(leased(&a.job_id, &a.lease_token)),
@@ -312,6 +315,7 @@ impl Worker {
                 info!(job_id = %a.job_id, attempt = a.attempt, "job received");
                 tokio::spawn(run_job(
                     a,
+                    self.backend.clone(),
                     self.config.clone(),
                     self.organizer.clone(),
                     self.events_tx.clone(),
@@ -338,10 +342,12 @@ impl Worker {
     }
 }
 
-/// Runs one job: ack, render each batch item with progress, upload, then complete — or
-/// fail (retryable or not), or acknowledge a cancel.
+/// Runs one job: ack, run the backend with progress, upload every artifact, then complete
+/// — or fail (retryable or not), or acknowledge a cancel. Nothing is reported completed
+/// before every artifact is stored.
 async fn run_job(
     a: Assignment,
+    backend: Arc<dyn Backend>,
     config: Arc<Config>,
     organizer: FileServiceClient<Channel>,
     events: mpsc::Sender<Event>,
@@ -355,7 +361,7 @@ async fn run_job(
         }
     };
     emit(Msg::Ack(AssignmentAck { job: Some(job.clone()) })).await;
-    let outcome = render_and_store(&a, &job, &config, &organizer, &events, &cancel).await;
+    let outcome = produce_and_store(&a, &job, backend.as_ref(), &config, &organizer, &events, &cancel).await;
     let msg = match outcome {
         Ok(file_ids) => {
             info!(job_id = %a.job_id, files = file_ids.len(), "job done");
@@ -365,83 +371,79 @@ async fn run_job(
             info!(job_id = %a.job_id, "job stopped");
             Msg::Canceled(JobCanceledAck { job: Some(job) })
         }
-        Err(BackendError::Invalid(why)) => Msg::Failed(JobFailed {
-            job: Some(job),
-            error: format!("invalid request: {why}"),
-            retryable: false,
-        }),
-        Err(BackendError::Transient(why)) => {
-            Msg::Failed(JobFailed { job: Some(job), error: why, retryable: true })
+        Err(BackendError::Permanent(error)) => {
+            warn!(job_id = %a.job_id, %error, "job failed");
+            Msg::Failed(JobFailed { job: Some(job), error, retryable: false })
+        }
+        Err(BackendError::Retryable(error)) => {
+            warn!(job_id = %a.job_id, %error, "job attempt failed, retryable");
+            Msg::Failed(JobFailed { job: Some(job), error, retryable: true })
         }
     };
     emit(msg).await;
     let _ = events.send(Event::Finished(a.job_id)).await;
 }
 
-async fn render_and_store(
+async fn produce_and_store(
     a: &Assignment,
     job: &LeasedJob,
+    backend: &dyn Backend,
     config: &Config,
     organizer: &FileServiceClient<Channel>,
     events: &mpsc::Sender<Event>,
     cancel: &CancellationToken,
 ) -> Result<Vec<String>, BackendError> {
-    let spec = a.spec.clone().ok_or_else(|| BackendError::Invalid("assignment without spec".to_owned()))?;
-    let req = builtin::request(&spec, &a.composed_prompt);
-    let per_item = builtin::steps_per_item(&req);
-    let batch = spec.batch_size.max(1);
-    let total = per_item * batch;
+    let spec = a.spec.clone().ok_or_else(|| BackendError::Permanent("assignment without spec".to_owned()))?;
+    let input =
+        JobInput { job_id: a.job_id.clone(), attempt: a.attempt, spec, prompt: a.composed_prompt.clone() };
     let target = upload::Target {
         job_id: a.job_id.clone(),
         owner_id: a.owner_id.clone(),
         project_id: a.project_id.clone(),
-        kind: JobKind::try_from(spec.kind).unwrap_or(JobKind::Image),
+        kind: input.kind(),
+        width: input.spec.width,
+        height: input.spec.height,
+        frames: if input.kind() == JobKind::Video { input.spec.frames } else { 1 },
     };
-    let mut file_ids = Vec::with_capacity(batch as usize);
-    for index in 0..batch {
-        let tx = events.clone();
-        let lease = job.clone();
-        let artifact = builtin::generate(
-            req.clone(),
-            index,
-            config.preview_every_steps,
-            cancel.clone(),
-            move |s, preview| {
-                let step = index * per_item + s.step;
-                let progress =
-                    JobProgress { step, total_steps: total, stage: "generating".to_owned(), item: index };
-                // Progress is best effort while disconnected; completion is not.
-                let _ = tx.try_send(Event::Send(Msg::Progress(ProgressUpdate {
+    let (tx, lease) = (events.clone(), job.clone());
+    let last = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let seen = last.clone();
+    // Progress and previews are best effort (the next one supersedes a dropped one);
+    // completion is not.
+    let sink = Sink::new(move |report| {
+        let msg = match report {
+            Report::Step { step, total, item, stage } => {
+                seen.store(total, Ordering::Relaxed);
+                Msg::Progress(ProgressUpdate {
                     job: Some(lease.clone()),
-                    progress: Some(progress),
-                })));
-                if let Some(png) = preview {
-                    let _ = tx.try_send(Event::Send(Msg::Preview(PreviewUpdate {
-                        job: Some(lease.clone()),
-                        png,
-                        step,
-                        item: index,
-                    })));
-                }
-            },
-        )
-        .await?;
-        if cancel.is_cancelled() {
-            return Err(BackendError::Canceled);
-        }
-        let uploading = JobProgress {
-            step: (index + 1) * per_item,
-            total_steps: total,
-            stage: "uploading".to_owned(),
-            item: index,
+                    progress: Some(JobProgress { step, total_steps: total, stage, item }),
+                })
+            }
+            Report::Preview { png, step, item } => {
+                Msg::Preview(PreviewUpdate { job: Some(lease.clone()), png, step, item })
+            }
         };
+        let _ = tx.try_send(Event::Send(msg));
+    });
+    let artifacts = backend.run(input, sink, cancel.clone()).await?;
+    if cancel.is_cancelled() {
+        return Err(BackendError::Canceled);
+    }
+    let total = last.load(Ordering::Relaxed);
+    let mut file_ids = Vec::with_capacity(artifacts.len());
+    for (index, artifact) in (0_u32..).zip(&artifacts) {
+        let uploading =
+            JobProgress { step: total, total_steps: total, stage: "uploading".to_owned(), item: index };
         let _ = events.try_send(Event::Send(Msg::Progress(ProgressUpdate {
             job: Some(job.clone()),
             progress: Some(uploading),
         })));
-        let id = upload::store(organizer, &target, index, &artifact, config.upload_chunk_bytes)
+        let id = upload::store(organizer, &target, index, artifact, config.upload_chunk_bytes)
             .await
-            .map_err(|e| BackendError::Transient(e.to_string()))?;
+            .map_err(|e| match e {
+                upload::UploadError::Rejected(_) => BackendError::Permanent(e.to_string()),
+                upload::UploadError::Failed(_) => BackendError::Retryable(e.to_string()),
+            })?;
         file_ids.push(id);
     }
     Ok(file_ids)

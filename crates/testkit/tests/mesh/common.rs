@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use sakuga_mesh::tls::MeshTls;
 use sakuga_proto::v1::{
-    CreateUserRequest, JobKind, JobSpec, Role, SubmitJobRequest, auth_service_client::AuthServiceClient,
-    file_service_client::FileServiceClient, job_service_client::JobServiceClient,
+    CreateUserRequest, JobKind, JobSpec, JobStatus, Role, SubmitJobRequest,
+    auth_service_client::AuthServiceClient, file_service_client::FileServiceClient,
+    job_service_client::JobServiceClient,
 };
 use sakuga_testkit::{Authed, Bearer, Spawned, TestEnv};
 use tonic::transport::Channel;
@@ -75,8 +76,55 @@ impl Mesh {
     }
 
     pub(crate) async fn attach_generator(&mut self) {
-        let cfg = sakuga_testkit::generator_config(&self.env, &self.auth, &self.scheduler, &self.organizer);
+        self.attach_generator_with(|_| {}).await;
+    }
+
+    /// Attaches a generator whose configuration `adjust` changed.
+    pub(crate) async fn attach_generator_with(&mut self, adjust: impl FnOnce(&mut sakuga_generator::Config)) {
+        let mut cfg =
+            sakuga_testkit::generator_config(&self.env, &self.auth, &self.scheduler, &self.organizer);
+        adjust(&mut cfg);
         self.generator = Some(sakuga_testkit::spawn_generator(cfg).await.unwrap());
+    }
+
+    /// Waits (up to a minute) until the job is in a final state; returns it.
+    pub(crate) async fn finished(&self, token: &str, job_id: &str) -> sakuga_proto::v1::Job {
+        let mut jobs = self.jobs(token);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_mins(1);
+        loop {
+            let job = jobs
+                .get_job(sakuga_proto::v1::GetJobRequest { job_id: job_id.to_owned() })
+                .await
+                .unwrap()
+                .into_inner()
+                .job
+                .unwrap();
+            let done = [JobStatus::Succeeded, JobStatus::Failed, JobStatus::Canceled].map(i32::from);
+            if done.contains(&job.status) {
+                return job;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "job {job_id} did not finish: {job:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A stored file's bytes, read through FileService.ReadFile.
+    pub(crate) async fn read_file(&self, token: &str, file_id: &str) -> Vec<u8> {
+        let mut files = self.files(token);
+        let mut s = files
+            .read_file(sakuga_proto::v1::ReadFileRequest {
+                file_id: file_id.to_owned(),
+                offset: 0,
+                length: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = tokio_stream::StreamExt::next(&mut s).await {
+            bytes.extend(chunk.unwrap().chunk);
+        }
+        bytes
     }
 
     pub(crate) fn channel(&self, addr: &str) -> Channel {

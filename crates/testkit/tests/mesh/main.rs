@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
+mod comfyui;
 mod common;
+mod generator;
 mod job_path;
 mod outage;
 mod perimeter;

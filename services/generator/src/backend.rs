@@ -1,0 +1,134 @@
+//! What the worker drives: a backend runs one job with a progress sink and a cancel token
+//! and returns its artifacts or a typed error. Streams, leases and uploads stay in the
+//! worker; backends know nothing of them.
+
+use std::{fmt, future::Future, pin::Pin, sync::Arc};
+
+use sakuga_imaging::Artifact;
+use sakuga_proto::v1::{JobKind, JobSpec};
+use tokio_util::sync::CancellationToken;
+
+/// A boxed future, so backends can sit behind `Arc<dyn Backend>`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a job attempt produced no artifacts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The job was canceled and the backend stopped.
+    #[error("canceled")]
+    Canceled,
+    /// Another attempt will fail the same way (bad parameters, a broken workflow, a node
+    /// error); the message is for people and names what is wrong.
+    #[error("{0}")]
+    Permanent(String),
+    /// Another attempt may succeed (a server restarted, a connection dropped, out of memory).
+    #[error("{0}")]
+    Retryable(String),
+}
+
+/// One job as a backend sees it.
+#[derive(Debug, Clone)]
+pub struct JobInput {
+    /// Job id (ComfyUI's `prompt_id`).
+    pub job_id: String,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// Parameters with the scheduler's defaults applied and the seed resolved.
+    pub spec: JobSpec,
+    /// The prompt to render (spec.prompt plus character fragments).
+    pub prompt: String,
+}
+
+impl JobInput {
+    /// Image or video.
+    pub fn kind(&self) -> JobKind {
+        JobKind::try_from(self.spec.kind).unwrap_or(JobKind::Image)
+    }
+
+    /// Items of the batch (at least 1).
+    pub fn batch(&self) -> u32 {
+        self.spec.batch_size.max(1)
+    }
+}
+
+/// What a backend reports while it works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// Work done so far over the whole job: `step` of `total`, in the named stage.
+    Step {
+        /// Units done.
+        step: u32,
+        /// Units in the whole job.
+        total: u32,
+        /// Batch item being worked on.
+        item: u32,
+        /// What is happening ("generating", "sampling: node 3 KSampler", ...).
+        stage: String,
+    },
+    /// A small PNG (at most 128 px on its longest side) of the work in progress.
+    Preview {
+        /// PNG bytes.
+        png: Vec<u8>,
+        /// Step it was taken at.
+        step: u32,
+        /// Batch item.
+        item: u32,
+    },
+}
+
+/// Where reports go. Must not block: the worker forwards best effort.
+#[derive(Clone)]
+pub struct Sink(Arc<dyn Fn(Report) + Send + Sync>);
+
+impl Sink {
+    /// A sink calling `f` for every report.
+    pub fn new(f: impl Fn(Report) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// A sink that drops everything (warm-up runs).
+    pub fn discard() -> Self {
+        Self::new(|_| {})
+    }
+
+    /// Reports progress.
+    pub fn step(&self, step: u32, total: u32, item: u32, stage: impl Into<String>) {
+        (self.0)(Report::Step { step, total, item, stage: stage.into() });
+    }
+
+    /// Reports a preview.
+    pub fn preview(&self, png: Vec<u8>, step: u32, item: u32) {
+        (self.0)(Report::Preview { png, step, item });
+    }
+}
+
+impl fmt::Debug for Sink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Sink")
+    }
+}
+
+/// A generation backend.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Name the worker advertises ("builtin", "comfyui").
+    fn name(&self) -> &'static str;
+
+    /// Jobs this backend runs at once.
+    fn slots(&self) -> u32;
+
+    /// Models loaded now (warm); the scheduler prefers this worker for them.
+    fn loaded_models(&self) -> Vec<String>;
+
+    /// Checks the backend's configuration against what it drives and loads the configured
+    /// models, so the first job is not a cold start. An `Err` is a configuration error
+    /// (the service refuses to start); an unreachable server is only logged.
+    fn warm_up(&self, cancel: CancellationToken) -> BoxFuture<'_, Result<(), String>>;
+
+    /// Runs one job attempt to its artifacts (in batch order).
+    fn run(
+        &self,
+        job: JobInput,
+        sink: Sink,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<Vec<Artifact>, BackendError>>;
+}

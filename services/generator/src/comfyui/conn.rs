@@ -1,0 +1,92 @@
+//! The one WebSocket per ComfyUI server: opened at start-up with this worker's own client
+//! id, kept open, reopened with the same id when it drops (ComfyUI then sends the running
+//! prompt's frames to the new socket). Frames become [`Conn`] events for whichever job runs
+//! on the server.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::wire::{WsEvent, parse_binary, parse_text};
+
+/// What the socket task tells the job.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Conn {
+    /// The socket is open (again).
+    Up,
+    /// The socket closed or failed.
+    Down(String),
+    /// A frame.
+    Event(WsEvent),
+}
+
+/// Starts the socket task for `ws_url`. The watch holds `Ok` while the socket is open,
+/// else the last error.
+pub(super) fn spawn(
+    ws_url: String,
+    preview_metadata: bool,
+    shutdown: CancellationToken,
+) -> (mpsc::UnboundedReceiver<Conn>, watch::Receiver<Result<(), String>>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (state_tx, state_rx) = watch::channel(Err("not connected yet".to_owned()));
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let connected = tokio::select! {
+                () = shutdown.cancelled() => return,
+                c = tokio_tungstenite::connect_async(ws_url.as_str()) => c,
+            };
+            match connected {
+                Ok((mut ws, _)) => {
+                    backoff = Duration::from_millis(250);
+                    if preview_metadata {
+                        // Previews then come as type-4 frames whose metadata names the prompt.
+                        let flags =
+                            r#"{"type": "feature_flags", "data": {"supports_preview_metadata": true}}"#;
+                        let _ = ws.send(Message::text(flags)).await;
+                    }
+                    info!(url = %ws_url, "ComfyUI socket open");
+                    let _ = state_tx.send(Ok(()));
+                    let _ = tx.send(Conn::Up);
+                    let why = loop {
+                        let msg = tokio::select! {
+                            () = shutdown.cancelled() => { let _ = ws.close(None).await; return; }
+                            m = ws.next() => m,
+                        };
+                        match msg {
+                            Some(Ok(Message::Text(t))) => {
+                                if let Some(ev) = parse_text(t.as_str()) {
+                                    let _ = tx.send(Conn::Event(ev));
+                                } else {
+                                    debug!(frame = %t.as_str(), "unreadable ComfyUI frame");
+                                }
+                            }
+                            Some(Ok(Message::Binary(b))) => {
+                                let _ = tx.send(Conn::Event(parse_binary(&b)));
+                            }
+                            Some(Ok(Message::Close(_))) | None => break "closed by the server".to_owned(),
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => break e.to_string(),
+                        }
+                    };
+                    warn!(url = %ws_url, reason = %why, "ComfyUI socket lost, reopening");
+                    let _ = state_tx.send(Err(format!("socket lost: {why}")));
+                    let _ = tx.send(Conn::Down(why));
+                }
+                Err(e) => {
+                    let _ = state_tx.send(Err(e.to_string()));
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    });
+    (rx, state_rx)
+}

@@ -1,0 +1,470 @@
+//! ComfyUI's wire protocol, as recorded from a real server: WebSocket text frames
+//! (`{"type", "data"}`), binary preview frames, and the HTTP endpoints this backend uses.
+
+use std::{fmt::Write as _, time::Duration};
+
+use serde_json::{Value, json};
+
+/// One WebSocket message, reduced to what the backend acts on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WsEvent {
+    /// `status`: the server's queue length.
+    Status,
+    /// `execution_start`.
+    Started { prompt_id: String },
+    /// `execution_cached`: nodes served from the cache (done without running).
+    Cached { prompt_id: String, nodes: Vec<String> },
+    /// `executing`: node now running; `node: None` means the prompt is finished and its
+    /// history stored. After a socket reconnect it comes without a prompt id.
+    Executing { prompt_id: Option<String>, node: Option<String> },
+    /// `progress`: `value` of `max` in `node`.
+    Progress { prompt_id: Option<String>, node: Option<String>, value: u64, max: u64 },
+    /// `executed`: an output node finished.
+    Executed { prompt_id: String, node: String },
+    /// `execution_success`.
+    Success { prompt_id: String },
+    /// `execution_error`: a node raised.
+    Error { prompt_id: String, failure: NodeFailure },
+    /// `execution_interrupted`.
+    Interrupted { prompt_id: String, node_id: String, node_type: String },
+    /// A preview image (binary frame type 1, or type 4 with metadata naming the prompt).
+    Preview { prompt_id: Option<String>, mime: &'static str, image: Vec<u8> },
+    /// Anything else (`progress_state`, `feature_flags`, `executed` of non-output nodes...).
+    Other,
+}
+
+/// A node's run-time failure, from `execution_error` or the history's status messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFailure {
+    /// Node id.
+    pub node_id: String,
+    /// Node class.
+    pub node_type: String,
+    /// Python exception type.
+    pub exception_type: String,
+    /// Exception message.
+    pub exception_message: String,
+    /// Python traceback lines (logged, never shown to users).
+    pub traceback: Vec<String>,
+}
+
+impl NodeFailure {
+    fn from_data(d: &Value) -> Self {
+        Self {
+            node_id: text(d, "node_id"),
+            node_type: text(d, "node_type"),
+            exception_type: text(d, "exception_type"),
+            exception_message: text(d, "exception_message").trim().to_owned(),
+            traceback: d
+                .get("traceback")
+                .and_then(Value::as_array)
+                .map(|t| t.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The message users see: node, class and the exception, no traceback.
+    pub fn describe(&self) -> String {
+        let mut s = format!("ComfyUI node {} ({}) failed", self.node_id, self.node_type);
+        match (self.exception_type.is_empty(), self.exception_message.is_empty()) {
+            (false, false) => {
+                let _ = write!(s, ": {}: {}", self.exception_type, self.exception_message);
+            }
+            (true, false) => {
+                let _ = write!(s, ": {}", self.exception_message);
+            }
+            (false, true) => {
+                let _ = write!(s, ": {}", self.exception_type);
+            }
+            (true, true) => {}
+        }
+        s
+    }
+
+    /// Out of memory is worth another attempt (perhaps elsewhere); other node errors are not.
+    pub fn retryable(&self) -> bool {
+        let t = format!("{} {}", self.exception_type, self.exception_message).to_ascii_lowercase();
+        t.contains("outofmemory") || t.contains("out of memory")
+    }
+}
+
+fn text(d: &Value, key: &str) -> String {
+    d.get(key).and_then(Value::as_str).unwrap_or_default().to_owned()
+}
+
+fn opt_text(d: &Value, key: &str) -> Option<String> {
+    d.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// Parses a text frame. Unknown types are `Other`; malformed JSON is `None`.
+pub fn parse_text(raw: &str) -> Option<WsEvent> {
+    let v: Value = serde_json::from_str(raw).ok()?;
+    let d = v.get("data").unwrap_or(&Value::Null);
+    let pid = || text(d, "prompt_id");
+    Some(match v.get("type")?.as_str()? {
+        "status" => WsEvent::Status,
+        "execution_start" => WsEvent::Started { prompt_id: pid() },
+        "execution_cached" => WsEvent::Cached {
+            prompt_id: pid(),
+            nodes: d
+                .get("nodes")
+                .and_then(Value::as_array)
+                .map(|n| n.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .unwrap_or_default(),
+        },
+        "executing" => WsEvent::Executing { prompt_id: opt_text(d, "prompt_id"), node: opt_text(d, "node") },
+        "progress" => WsEvent::Progress {
+            prompt_id: opt_text(d, "prompt_id"),
+            node: opt_text(d, "node"),
+            value: d.get("value").and_then(Value::as_u64).unwrap_or(0),
+            max: d.get("max").and_then(Value::as_u64).unwrap_or(0),
+        },
+        "executed" => WsEvent::Executed { prompt_id: pid(), node: text(d, "node") },
+        "execution_success" => WsEvent::Success { prompt_id: pid() },
+        "execution_error" => WsEvent::Error { prompt_id: pid(), failure: NodeFailure::from_data(d) },
+        "execution_interrupted" => WsEvent::Interrupted {
+            prompt_id: pid(),
+            node_id: text(d, "node_id"),
+            node_type: text(d, "node_type"),
+        },
+        _ => WsEvent::Other,
+    })
+}
+
+/// Binary frame types: 1 = preview image (then a u32 image type: 1 JPEG, 2 PNG), 4 = preview
+/// image with JSON metadata (then a u32 metadata length and the metadata).
+pub fn parse_binary(frame: &[u8]) -> WsEvent {
+    let u32_at =
+        |at: usize| frame.get(at..at + 4).map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap_or([0; 4])));
+    match u32_at(0) {
+        1 if frame.len() > 8 => {
+            let mime = if u32_at(4) == 2 { "image/png" } else { "image/jpeg" };
+            WsEvent::Preview { prompt_id: None, mime, image: frame[8..].to_vec() }
+        }
+        4 if frame.len() > 8 => {
+            let len = u32_at(4) as usize;
+            let Some(meta) = frame.get(8..8 + len) else { return WsEvent::Other };
+            let meta: Value = serde_json::from_slice(meta).unwrap_or(Value::Null);
+            let mime = if meta.get("image_type").and_then(Value::as_str) == Some("image/png") {
+                "image/png"
+            } else {
+                "image/jpeg"
+            };
+            WsEvent::Preview {
+                prompt_id: opt_text(&meta, "prompt_id"),
+                mime,
+                image: frame[8 + len..].to_vec(),
+            }
+        }
+        _ => WsEvent::Other,
+    }
+}
+
+/// An output file a node wrote, as listed in the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputFile {
+    /// Node that wrote it.
+    pub node: String,
+    /// File name.
+    pub filename: String,
+    /// Subfolder of the output directory.
+    pub subfolder: String,
+}
+
+/// How a finished prompt ended, from its history entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    /// Every output written.
+    Success(Vec<OutputFile>),
+    /// A node failed.
+    Failed(NodeFailure),
+    /// Interrupted.
+    Interrupted { node_id: String, node_type: String },
+}
+
+/// Reads `/history/{id}`'s answer: `None` while the entry is not stored yet (`{}`), which
+/// happens between `execution_success` and `executing` with `node: null`.
+pub fn parse_history(body: &Value, prompt_id: &str) -> Option<Finished> {
+    let entry = body.get(prompt_id)?;
+    let status = entry.get("status");
+    let messages = status.and_then(|s| s.get("messages")).and_then(Value::as_array);
+    let message = |kind: &str| {
+        messages?.iter().find_map(|m| {
+            let pair = m.as_array()?;
+            (pair.first()?.as_str()? == kind).then(|| pair.get(1).cloned().unwrap_or(Value::Null))
+        })
+    };
+    if let Some(d) = message("execution_error") {
+        return Some(Finished::Failed(NodeFailure::from_data(&d)));
+    }
+    if let Some(d) = message("execution_interrupted") {
+        return Some(Finished::Interrupted {
+            node_id: text(&d, "node_id"),
+            node_type: text(&d, "node_type"),
+        });
+    }
+    match status.and_then(|s| s.get("status_str")).and_then(Value::as_str) {
+        Some("success") | None => {
+            Some(Finished::Success(outputs(entry.get("outputs").unwrap_or(&Value::Null))))
+        }
+        Some(other) => Some(Finished::Failed(NodeFailure {
+            node_id: String::new(),
+            node_type: String::new(),
+            exception_type: String::new(),
+            exception_message: format!("prompt ended with status {other:?}"),
+            traceback: Vec::new(),
+        })),
+    }
+}
+
+/// Every file saved to the output directory, from every output key of every node (images,
+/// gifs, ...), in node order. Temporary previews (`type: temp`) are not results.
+pub fn outputs(outputs: &Value) -> Vec<OutputFile> {
+    let Some(nodes) = outputs.as_object() else { return Vec::new() };
+    let mut ids: Vec<&String> = nodes.keys().collect();
+    ids.sort_by(|a, b| a.parse::<u64>().ok().cmp(&b.parse::<u64>().ok()).then(a.cmp(b)));
+    let mut files = Vec::new();
+    for id in ids {
+        let Some(keys) = nodes[id].as_object() else { continue };
+        for list in keys.values().filter_map(Value::as_array) {
+            for f in list {
+                let (Some(filename), kind) = (f.get("filename").and_then(Value::as_str), text(f, "type"))
+                else {
+                    continue;
+                };
+                if kind == "output" {
+                    files.push(OutputFile {
+                        node: id.clone(),
+                        filename: filename.to_owned(),
+                        subfolder: text(f, "subfolder"),
+                    });
+                }
+            }
+        }
+    }
+    files
+}
+
+/// Turns POST /prompt's 400 answer into a message naming the node, its class and the
+/// input at fault.
+pub fn describe_invalid_prompt(body: &Value) -> String {
+    let error = body.get("error").unwrap_or(&Value::Null);
+    let mut parts = Vec::new();
+    if let Some(nodes) = body.get("node_errors").and_then(Value::as_object) {
+        for (id, node) in nodes {
+            let class = text(node, "class_type");
+            for e in node.get("errors").and_then(Value::as_array).into_iter().flatten() {
+                let input = e.pointer("/extra_info/input_name").and_then(Value::as_str);
+                let mut s = format!("node {id} ({class})");
+                if let Some(input) = input {
+                    let _ = write!(s, " input {input:?}");
+                }
+                let _ = write!(s, ": {}", text(e, "message"));
+                let details = text(e, "details");
+                if !details.is_empty() && input != Some(details.as_str()) {
+                    let _ = write!(s, " ({details})");
+                }
+                parts.push(s);
+            }
+        }
+    }
+    if parts.is_empty() {
+        let mut s = text(error, "message");
+        let details = text(error, "details");
+        if !details.is_empty() && details != s {
+            let _ = write!(s, " ({details})");
+        }
+        parts.push(s);
+    }
+    format!("ComfyUI refused the workflow: {}", parts.join("; "))
+}
+
+/// Why an HTTP call to ComfyUI failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// Not reachable, timed out, or a 5xx.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A 4xx with its body.
+    #[error("HTTP {status}")]
+    Refused {
+        /// Status code.
+        status: u16,
+        /// Body parsed as JSON, or `null`.
+        body: Value,
+    },
+}
+
+/// ComfyUI's HTTP API, for one server.
+#[derive(Debug, Clone)]
+pub struct Api {
+    base: reqwest::Url,
+    http: reqwest::Client,
+}
+
+impl Api {
+    /// A client for `base` (`http://host:port`).
+    pub fn new(base: &str, timeout: Duration) -> Result<Self, String> {
+        let base = reqwest::Url::parse(base).map_err(|e| format!("{base:?}: {e}"))?;
+        // reqwest's TLS layer needs the process-wide provider even for plain HTTP.
+        sakuga_mesh::tls::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self { base, http })
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &reqwest::Url {
+        &self.base
+    }
+
+    /// The WebSocket URL for `client_id`.
+    pub fn ws_url(&self, client_id: &str) -> String {
+        let mut url = self.base.clone();
+        let _ = url.set_scheme(if self.base.scheme() == "https" { "wss" } else { "ws" });
+        url.set_path("/ws");
+        url.query_pairs_mut().clear().append_pair("clientId", client_id);
+        url.to_string()
+    }
+
+    async fn call(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, HttpError> {
+        let resp = req.send().await.map_err(|e| HttpError::Unavailable(format!("{}: {e}", self.base)))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| HttpError::Unavailable(format!("{}: {e}", self.base)))?;
+        if status.is_success() {
+            return Ok(body.to_vec());
+        }
+        if status.is_client_error() {
+            return Err(HttpError::Refused {
+                status: status.as_u16(),
+                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            });
+        }
+        Err(HttpError::Unavailable(format!("{} answered HTTP {}", self.base, status.as_u16())))
+    }
+
+    fn url(&self, path: &str) -> reqwest::Url {
+        let mut url = self.base.clone();
+        url.set_path(path);
+        url
+    }
+
+    async fn get_json(&self, url: reqwest::Url) -> Result<Value, HttpError> {
+        let body = self.call(self.http.get(url)).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| HttpError::Unavailable(format!("{}: bad JSON: {e}", self.base)))
+    }
+
+    async fn post_json(&self, path: &str, body: &Value) -> Result<Vec<u8>, HttpError> {
+        let req = self
+            .http
+            .post(self.url(path))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        self.call(req).await
+    }
+
+    /// POST /prompt with our prompt id; returns the queue number.
+    pub async fn submit(&self, workflow: &Value, client_id: &str, prompt_id: &str) -> Result<(), HttpError> {
+        self.post_json(
+            "/prompt",
+            &json!({"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// GET /history/{id}: the finished prompt, or `None` when there is no entry (yet).
+    pub async fn history(&self, prompt_id: &str) -> Result<Option<Finished>, HttpError> {
+        let mut url = self.url("/history/");
+        url.path_segments_mut()
+            .map_err(|()| HttpError::Unavailable("bad base URL".into()))?
+            .pop_if_empty()
+            .push(prompt_id);
+        Ok(parse_history(&self.get_json(url).await?, prompt_id))
+    }
+
+    /// Whether GET /queue lists the prompt as running or pending.
+    pub async fn queued(&self, prompt_id: &str) -> Result<bool, HttpError> {
+        let q = self.get_json(self.url("/queue")).await?;
+        Ok(["queue_running", "queue_pending"].iter().any(|k| {
+            q.get(*k).and_then(Value::as_array).is_some_and(|items| {
+                items.iter().any(|i| i.get(1).and_then(Value::as_str) == Some(prompt_id))
+            })
+        }))
+    }
+
+    /// POST /interrupt naming the prompt (only that prompt is interrupted).
+    pub async fn interrupt(&self, prompt_id: &str) -> Result<(), HttpError> {
+        self.post_json("/interrupt", &json!({"prompt_id": prompt_id})).await.map(|_| ())
+    }
+
+    /// POST /queue `{"delete": [id]}`: removes a prompt that has not started.
+    pub async fn dequeue(&self, prompt_id: &str) -> Result<(), HttpError> {
+        self.post_json("/queue", &json!({"delete": [prompt_id]})).await.map(|_| ())
+    }
+
+    /// GET /view for an output file.
+    pub async fn view(&self, file: &OutputFile) -> Result<Vec<u8>, HttpError> {
+        let mut url = self.url("/view");
+        url.query_pairs_mut()
+            .append_pair("filename", &file.filename)
+            .append_pair("subfolder", &file.subfolder)
+            .append_pair("type", "output");
+        self.call(self.http.get(url)).await
+    }
+
+    /// GET /object_info/{class}: whether the node class is installed (`{}` when not).
+    pub async fn has_node(&self, class: &str) -> Result<bool, HttpError> {
+        let mut url = self.url("/object_info/");
+        url.path_segments_mut()
+            .map_err(|()| HttpError::Unavailable("bad base URL".into()))?
+            .pop_if_empty()
+            .push(class);
+        Ok(self.get_json(url).await?.get(class).is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_frames_of_both_kinds_are_read() {
+        let mut legacy = vec![0, 0, 0, 1, 0, 0, 0, 1];
+        legacy.extend([0xff, 0xd8, 0xff, 0xe0]);
+        assert_eq!(
+            parse_binary(&legacy),
+            WsEvent::Preview { prompt_id: None, mime: "image/jpeg", image: vec![0xff, 0xd8, 0xff, 0xe0] }
+        );
+        let meta = br#"{"prompt_id": "p1", "image_type": "image/png"}"#;
+        let mut with_meta = vec![0, 0, 0, 4];
+        with_meta.extend(u32::try_from(meta.len()).unwrap().to_be_bytes());
+        with_meta.extend(meta);
+        with_meta.extend([0x89, b'P']);
+        assert_eq!(
+            parse_binary(&with_meta),
+            WsEvent::Preview { prompt_id: Some("p1".into()), mime: "image/png", image: vec![0x89, b'P'] }
+        );
+        assert_eq!(
+            parse_binary(&[0, 0, 0, 4, 0, 0, 1, 0, 1]),
+            WsEvent::Other,
+            "metadata longer than the frame"
+        );
+        assert_eq!(parse_binary(&[0, 0, 0, 9]), WsEvent::Other);
+    }
+
+    #[test]
+    fn outputs_come_from_every_key_and_skip_temp_files() {
+        let o = json!({
+            "12": {"images": [{"filename": "b.png", "subfolder": "s", "type": "output"}], "animated": [true]},
+            "9": {"gifs": [{"filename": "a.gif", "subfolder": "", "type": "output"}]},
+            "3": {"images": [{"filename": "t.png", "subfolder": "", "type": "temp"}]}
+        });
+        let names: Vec<_> = outputs(&o).into_iter().map(|f| (f.node, f.filename)).collect();
+        assert_eq!(names, [("9".to_owned(), "a.gif".to_owned()), ("12".to_owned(), "b.png".to_owned())]);
+    }
+}
