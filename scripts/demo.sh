@@ -102,18 +102,22 @@ log "generator health: SERVING"
 
 # ---------------------------------------------------------------------------- submit
 
-log "SubmitJob: ${SIZE}x${SIZE} image, $STEPS steps"
+# With SAKUGA_COMFYUI_URL set, `make up` put the generator on the comfyui backend.
+BACKEND=builtin
+[ -z "${SAKUGA_COMFYUI_URL:-}" ] || BACKEND=comfyui
+log "SubmitJob: ${SIZE}x${SIZE} image, $STEPS steps, backend $BACKEND"
 submit_out="$(python3 -c '
 import json, sys, time
-steps, size = int(sys.argv[1]), int(sys.argv[2])
+steps, size, backend = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 print(json.dumps({
     "spec": {
         "kind": "JOB_KIND_IMAGE",
         "prompt": "sakura petals drifting over a quiet seaside train station at dusk, anime key visual",
         "width": size, "height": size, "steps": steps, "batchSize": 1, "seed": "20261123",
+        "backend": backend,
     },
     "idempotencyKey": "demo-%d" % time.time_ns(),
-}))' "$STEPS" "$SIZE" | call "$SAKUGA_SCHEDULER_ADDR" sakuga.v1.JobService/SubmitJob)" ||
+}))' "$STEPS" "$SIZE" "$BACKEND" | call "$SAKUGA_SCHEDULER_ADDR" sakuga.v1.JobService/SubmitJob)" ||
     fail_with_logs "SubmitJob failed"
 JOB_ID="$(printf '%s' "$submit_out" | json_get 'd["job"]["id"]')"
 log "job $JOB_ID queued"

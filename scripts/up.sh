@@ -263,8 +263,26 @@ write_config() {
             echo "scheduler_addr = $(toml_str "$LOOPBACK:${SERVICE_PORT[scheduler]}")"
             echo "organizer_addr = $(toml_str "$LOOPBACK:${SERVICE_PORT[organizer]}")"
             echo "slots = ${SAKUGA_GENERATOR_SLOTS:-2}"
+            if [ -n "${SAKUGA_COMFYUI_URL:-}" ]; then
+                echo 'backend = "comfyui"'
+            fi
             ;;
         esac
+        if [ "$s" = generator ] && [ -n "${SAKUGA_COMFYUI_URL:-}" ]; then
+            # Several servers: comma-separated; each is one slot.
+            local urls="" u
+            IFS=',' read -ra comfy_urls <<<"$SAKUGA_COMFYUI_URL"
+            for u in "${comfy_urls[@]}"; do
+                urls="${urls:+$urls, }$(toml_str "$u")"
+            done
+            echo
+            echo "[comfyui]"
+            echo "urls = [$urls]"
+            echo "image_template = $(toml_str "${SAKUGA_COMFYUI_TEMPLATE:-smoke}")"
+            echo "video_template = $(toml_str "${SAKUGA_COMFYUI_VIDEO_TEMPLATE:-animation}")"
+            [ -z "${SAKUGA_COMFYUI_CHECKPOINT:-}" ] ||
+                echo "default_checkpoint = $(toml_str "$SAKUGA_COMFYUI_CHECKPOINT")"
+        fi
         echo
         echo "[vault]"
         echo "addr = $(toml_str "$BAO_URL")"
