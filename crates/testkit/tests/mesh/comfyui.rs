@@ -29,7 +29,15 @@ const INVALID: &str = r#"{"1": {"class_type": "EmptyImage", "inputs": {"width": 
 
 fn templates_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for (name, text) in [("fake", FAKE), ("empty", EMPTY), ("failing", FAILING), ("invalid", INVALID)] {
+    let with_checkpoint =
+        FAKE.replace(r#""seed": "{{seed}}""#, r#""seed": "{{seed}}", "ckpt_name": "{{checkpoint}}""#);
+    for (name, text) in [
+        ("fake", FAKE),
+        ("empty", EMPTY),
+        ("failing", FAILING),
+        ("invalid", INVALID),
+        ("checkpoint", &with_checkpoint),
+    ] {
         std::fs::write(dir.path().join(format!("{name}.json")), text).unwrap();
     }
     dir
@@ -305,6 +313,34 @@ async fn templates_are_checked_against_the_server_at_start_up() {
     );
     bad.urls = vec!["https://comfy:8188".into()];
     assert!(ComfyUi::new(bad).unwrap_err().contains("only http://"));
+}
+
+#[tokio::test]
+async fn configured_models_are_preloaded_at_start_up_and_reported_with_the_last_one_used() {
+    let replay = ReplayComfy::start(Pacing::Instant).await;
+    let dir = templates_dir();
+    let mut cfg = config(&replay.url(), dir.path(), "checkpoint", false);
+    cfg.preload_models = vec!["anime-v3.safetensors".into()];
+    cfg.default_checkpoint = "base.safetensors".into();
+    let backend = ComfyUi::new(cfg).unwrap();
+    assert!(backend.loaded_models().is_empty());
+    backend.warm_up(CancellationToken::new()).await.unwrap();
+    assert_eq!(backend.loaded_models(), ["anime-v3.safetensors"]);
+    let warm_up = &replay.requests().into_iter().find(|(m, p, _)| m == "POST" && p == "/prompt").unwrap().2;
+    let warm_up: serde_json::Value = serde_json::from_str(warm_up).unwrap();
+    assert_eq!(warm_up["prompt"]["1"]["inputs"]["ckpt_name"], "anime-v3.safetensors");
+    assert_eq!(warm_up["prompt"]["1"]["inputs"]["steps"], 1, "a tiny run");
+
+    let mut input = job(512, 8);
+    input.spec.model = "default".into();
+    run(&backend, input, Sink::discard()).await.unwrap();
+    assert_eq!(backend.loaded_models(), ["anime-v3.safetensors", "base.safetensors"]);
+
+    // A template that loads a checkpoint cannot run a job that names none.
+    let mut cfg = config(&replay.url(), dir.path(), "checkpoint", false);
+    cfg.default_checkpoint = String::new();
+    let err = run(&ComfyUi::new(cfg).unwrap(), job(512, 8), Sink::discard()).await.unwrap_err();
+    assert!(matches!(&err, BackendError::Permanent(m) if m.starts_with("spec.model:")), "{err:?}");
 }
 
 #[tokio::test]

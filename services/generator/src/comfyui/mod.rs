@@ -723,9 +723,9 @@ impl Backend for ComfyUi {
 
     fn warm_up(&self, cancel: CancellationToken) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            for server in &self.servers {
-                self.warm_server(server, &cancel).await?;
-            }
+            // All servers at once: one unreachable server costs connect_timeout once.
+            futures_util::future::try_join_all(self.servers.iter().map(|s| self.warm_server(s, &cancel)))
+                .await?;
             Ok(())
         })
     }
