@@ -25,10 +25,7 @@ fn main() -> anyhow::Result<()> {
     let fds = protox::compile(FILES, [&root])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out_dir.join("sakuga_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure()
-        // RPCs that a server has not implemented yet answer UNIMPLEMENTED (the gRPC
-        // status for exactly that) instead of each service writing its own refusals.
-        .generate_default_stubs(true)
-        .compile_fds(fds)?;
+    // No default stubs: every RPC of every service must be implemented to compile.
+    tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

@@ -102,6 +102,9 @@ pub enum InspectError {
     /// The file is corrupt or unsupported.
     #[error("invalid png: {0}")]
     Decode(#[source] png::DecodingError),
+    /// Encoding a thumbnail failed.
+    #[error("png encoding failed: {0}")]
+    Encode(String),
 }
 
 impl From<png::DecodingError> for InspectError {

@@ -30,6 +30,8 @@ pub mod inspect;
 mod math;
 pub mod render;
 mod scene;
+pub mod thumb;
 
 pub use inspect::{InspectError, Inspection, Limits, inspect_png};
 pub use render::{Artifact, Kind, Preview, Progress, RenderError, RenderRequest, render};
+pub use thumb::{decode_rgb, downscale_rgb, encode_rgb_png, thumbnail_png};

@@ -40,6 +40,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "result_reuse",
         sql: include_str!("../../../migrations/0004_result_reuse.sql"),
     },
+    Migration { version: 5, name: "projects", sql: include_str!("../../../migrations/0005_projects.sql") },
+    Migration {
+        version: 6,
+        name: "file_integrity",
+        sql: include_str!("../../../migrations/0006_file_integrity.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying the migration lock.

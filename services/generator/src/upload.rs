@@ -35,8 +35,8 @@ pub struct Target {
 /// Why an upload failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
-    /// The organizer refused the bytes (a check failed).
-    #[error("organizer rejected the artifact: {0}")]
+    /// The organizer refused the bytes (a check failed); the organizer's reason.
+    #[error("{0}")]
     Rejected(String),
     /// The organizer could not be reached or failed.
     #[error("upload failed: {0}")]

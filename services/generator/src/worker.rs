@@ -440,10 +440,9 @@ async fn produce_and_store(
         })));
         let id = upload::store(organizer, &target, index, artifact, config.upload_chunk_bytes)
             .await
-            .map_err(|e| match e {
-                upload::UploadError::Rejected(_) => BackendError::Permanent(e.to_string()),
-                upload::UploadError::Failed(_) => BackendError::Retryable(e.to_string()),
-            })?;
+            // A refused artifact (a failed check) is retried like a failed upload: another
+            // attempt may render it right; the scheduler's attempt limit bounds the retries.
+            .map_err(|e| BackendError::Retryable(e.to_string()))?;
         file_ids.push(id);
     }
     Ok(file_ids)

@@ -33,6 +33,16 @@ pub struct Config {
     pub max_artifact_bytes: u64,
     /// Time in-flight calls get after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// Longest side of thumbnails, in pixels.
+    pub thumbnail_max_side: u32,
+    /// The reconciler runs at start-up and then this often.
+    pub reconcile_interval_secs: u64,
+    /// Bytes no record points at are removed once this old (protects uploads in flight).
+    pub orphan_grace_secs: u64,
+    /// Test fault hook, never read from configuration: store the bytes of an upload, then
+    /// fail before inserting its record, as a crash at that moment would.
+    #[serde(skip)]
+    pub fault_crash_after_write: bool,
 }
 
 impl Default for Config {
@@ -48,6 +58,10 @@ impl Default for Config {
             storage_root: PathBuf::from("files"),
             max_artifact_bytes: 256 * 1024 * 1024,
             shutdown_grace_secs: 20,
+            thumbnail_max_side: 256,
+            reconcile_interval_secs: 3600,
+            orphan_grace_secs: 600,
+            fault_crash_after_write: false,
         }
     }
 }
@@ -60,6 +74,12 @@ impl Config {
         self.rate_limits.validate()?;
         if self.storage_root.as_os_str().is_empty() {
             return Err(MeshError::Config("storage_root: must not be empty".to_owned()));
+        }
+        if !(16..=1024).contains(&self.thumbnail_max_side) {
+            return Err(MeshError::Config("thumbnail_max_side: must be between 16 and 1024".to_owned()));
+        }
+        if self.reconcile_interval_secs == 0 {
+            return Err(MeshError::Config("reconcile_interval_secs: must be at least 1".to_owned()));
         }
         if self.max_artifact_bytes < 1024 {
             return Err(MeshError::Config("max_artifact_bytes: must be at least 1024".to_owned()));

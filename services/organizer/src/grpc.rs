@@ -8,7 +8,6 @@ use sakuga_mesh::{
     auth as mesh_auth,
 };
 use sakuga_proto::v1::{self as pb, file_service_server::FileService, store_artifact_request::Part};
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
@@ -18,6 +17,7 @@ use crate::{
     Config, checks,
     error::OrganizerError,
     layout,
+    storage::{Storage, thumb_key},
     store::{FileRecord, ListFilter, Store},
 };
 
@@ -61,18 +61,21 @@ fn parse_id(field: &'static str, s: &str) -> Result<Uuid, OrganizerError> {
     Uuid::parse_str(s).map_err(|_| OrganizerError::invalid(field, "must be a UUID"))
 }
 
-/// FileService over the store and the storage root.
+/// FileService over the records and the bytes.
 #[derive(Debug, Clone)]
 pub struct Api {
     /// Records.
     pub store: Store,
-    /// Configuration (storage root, limits).
+    /// Bytes.
+    pub storage: Arc<dyn Storage>,
+    /// Configuration (limits).
     pub config: Arc<Config>,
 }
 
 struct Header {
     job_id: Uuid,
     owner_id: String,
+    project_id: Option<Uuid>,
     index: u32,
     kind: &'static str,
     expected: checks::Expected,
@@ -83,11 +86,8 @@ fn check_header(h: pb::ArtifactHeader, max_bytes: u64) -> Result<Header, Organiz
     if h.owner_id.is_empty() || h.owner_id.len() > 256 {
         return Err(OrganizerError::invalid("header.owner_id", "must be 1..=256 characters"));
     }
-    if !h.project_id.is_empty() {
-        parse_id("header.project_id", &h.project_id)?;
-        // Projects arrive with ProjectService; until then no project id is known.
-        return Err(OrganizerError::NotFound(format!("project {}", h.project_id)));
-    }
+    let project_id =
+        if h.project_id.is_empty() { None } else { Some(parse_id("header.project_id", &h.project_id)?) };
     if h.index > 7 {
         return Err(OrganizerError::invalid("header.index", "must be between 0 and 7"));
     }
@@ -108,6 +108,7 @@ fn check_header(h: pb::ArtifactHeader, max_bytes: u64) -> Result<Header, Organiz
     Ok(Header {
         job_id,
         owner_id: h.owner_id,
+        project_id,
         index: h.index,
         kind,
         expected: checks::Expected {
@@ -121,8 +122,56 @@ fn check_header(h: pb::ArtifactHeader, max_bytes: u64) -> Result<Header, Organiz
     })
 }
 
+impl Api {
+    /// Stores the bytes under `key` (linked to identical bytes already stored, so they are
+    /// kept once) and their thumbnail beside them.
+    async fn write(&self, key: &str, sha256: &str, bytes: Vec<u8>) -> Result<(), OrganizerError> {
+        if let Some(same) = self.store.key_with_sha(sha256).await?
+            && same != key
+        {
+            match self.storage.put_same_as(&same, key).await {
+                Ok(()) => {
+                    if self.storage.put_same_as(&thumb_key(&same), &thumb_key(key)).await.is_err() {
+                        self.write_thumbnail(key, bytes).await;
+                    }
+                    return Ok(());
+                }
+                Err(e) => warn!(error = %e, "identical bytes could not be linked; storing a copy"),
+            }
+        }
+        self.storage.put(key, bytes.clone()).await?;
+        self.write_thumbnail(key, bytes).await;
+        Ok(())
+    }
+
+    /// Makes and stores the thumbnail of `bytes`; returns it. A failure is logged (a
+    /// thumbnail is made again when asked for).
+    async fn write_thumbnail(&self, key: &str, bytes: Vec<u8>) -> Option<Vec<u8>> {
+        let side = self.config.thumbnail_max_side;
+        let thumb =
+            match tokio::task::spawn_blocking(move || sakuga_imaging::thumbnail_png(&bytes, side)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "thumbnail not made");
+                    return None;
+                }
+                Err(e) => {
+                    warn!(error = %e, "thumbnail task failed");
+                    return None;
+                }
+            };
+        if let Err(e) = self.storage.put(&thumb_key(key), thumb.clone()).await {
+            warn!(error = %e, "thumbnail not stored");
+        }
+        Some(thumb)
+    }
+}
+
 #[tonic::async_trait]
 impl FileService for Api {
+    type ReadFileStream = tonic::codegen::BoxStream<pb::ReadFileResponse>;
+    type GetThumbnailStream = tonic::codegen::BoxStream<pb::GetThumbnailResponse>;
+
     async fn store_artifact(
         &self,
         req: Request<Streaming<pb::StoreArtifactRequest>>,
@@ -169,19 +218,27 @@ impl FileService for Api {
         let checks = checks::run(&bytes, &header.expected).inspect_err(|e| {
             warn!(job_id = %header.job_id, index = header.index, error = %e, "artifact rejected");
         })?;
+        let slug = match header.project_id {
+            Some(p) => Some(
+                self.store
+                    .project_slug(p, &header.owner_id)
+                    .await?
+                    .ok_or_else(|| OrganizerError::NotFound(format!("project {p}")))?,
+            ),
+            None => None,
+        };
         let now = Utc::now();
         let ext = layout::extension(&header.expected.mime).unwrap_or("bin");
-        let key = layout::storage_key(None, now, header.job_id, header.index, ext);
-        let root = self.config.storage_root.clone();
-        let key_for_write = key.clone();
-        tokio::task::spawn_blocking(move || layout::write_atomic(&root, &key_for_write, &bytes))
-            .await
-            .map_err(|e| OrganizerError::Storage(std::io::Error::other(e)))??;
+        let key = layout::storage_key(slug.as_deref(), now, header.job_id, header.index, ext);
+        self.write(&key, &header.expected.sha256, bytes).await?;
+        if self.config.fault_crash_after_write {
+            return Err(Status::unavailable("organizer stopped after writing the bytes (test fault)"));
+        }
         let record = FileRecord {
             id: Uuid::now_v7(),
             job_id: header.job_id,
             owner_id: header.owner_id,
-            project_id: None,
+            project_id: header.project_id,
             index: header.index,
             kind: header.kind.to_owned(),
             mime_type: header.expected.mime,
@@ -190,7 +247,7 @@ impl FileService for Api {
             frames: header.expected.frames,
             size_bytes: header.expected.size_bytes,
             sha256: header.expected.sha256,
-            storage_key: key.to_string_lossy().into_owned(),
+            storage_key: key,
             checks,
             created_at: now,
         };
@@ -216,9 +273,8 @@ impl FileService for Api {
         let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let r = req.into_inner();
         let page = Page::parse(r.page_size, &r.page_token)?;
-        if !r.project_id.is_empty() {
-            parse_id("project_id", &r.project_id)?;
-        }
+        let project_id =
+            if r.project_id.is_empty() { None } else { Some(parse_id("project_id", &r.project_id)?) };
         let prompt = r.prompt_contains.trim();
         if prompt.chars().count() > 200 {
             return Err(OrganizerError::invalid("prompt_contains", "must be at most 200 characters").into());
@@ -230,12 +286,9 @@ impl FileService for Api {
             before: from_timestamp("created_before", r.created_before)?,
             prompt_contains: (!prompt.is_empty()).then(|| prompt.to_owned()),
             cursor: page.after,
+            project_id,
         };
         let mut files = self.store.list(scope.as_deref(), &filter, page.fetch()).await?;
-        // No file carries a project before ProjectService lands: a project filter matches none.
-        if !r.project_id.is_empty() {
-            files.clear();
-        }
         let next_page_token = page.finish(&mut files, |f| (f.created_at, f.id));
         Ok(Response::new(pb::ListFilesResponse {
             files: files.iter().map(file_to_pb).collect(),
@@ -260,33 +313,65 @@ impl FileService for Api {
         }
         let end =
             if r.length == 0 { f.size_bytes } else { (r.offset.saturating_add(r.length)).min(f.size_bytes) };
-        let path = self.config.storage_root.join(&f.storage_key);
-        let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
-            warn!(file_id = %id, error = %e, "stored bytes missing");
-            Status::data_loss(format!("bytes of file {id} are missing"))
-        })?;
-        file.seek(std::io::SeekFrom::Start(r.offset)).await.map_err(OrganizerError::Storage)?;
+        if !self.storage.exists(&f.storage_key).await.map_err(OrganizerError::Storage)? {
+            warn!(file_id = %id, "stored bytes missing");
+            return Err(Status::data_loss(format!("bytes of file {id} are missing")));
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let size = f.size_bytes;
+        let (size, storage, key) = (f.size_bytes, self.storage.clone(), f.storage_key);
         tokio::spawn(async move {
             let mut offset = r.offset;
             while offset < end {
-                let want = usize::try_from((end - offset).min(READ_CHUNK as u64)).unwrap_or(READ_CHUNK);
-                let mut buf = vec![0; want];
-                if let Err(e) = file.read_exact(&mut buf).await {
-                    let _ = tx
-                        .send(Err(Status::data_loss(format!("reading file {id} failed: {}", e.kind()))))
-                        .await;
-                    return;
-                }
-                let msg = pb::ReadFileResponse { chunk: buf, offset, size_bytes: size };
+                let want = (end - offset).min(READ_CHUNK as u64);
+                let chunk = match storage.read(&key, offset, want).await {
+                    Ok(buf) if buf.len() as u64 == want => buf,
+                    Ok(_) => {
+                        let _ = tx
+                            .send(Err(Status::data_loss(format!("file {id} is shorter than its record"))))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::data_loss(format!("reading file {id} failed: {}", e.kind()))))
+                            .await;
+                        return;
+                    }
+                };
+                let msg = pb::ReadFileResponse { chunk, offset, size_bytes: size };
                 if tx.send(Ok(msg)).await.is_err() {
                     return;
                 }
-                offset += want as u64;
+                offset += want;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_thumbnail(
+        &self,
+        req: Request<pb::GetThumbnailRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<pb::GetThumbnailResponse>>, Status> {
+        let scope = mesh_auth::caller(&req)?.owner_scope()?;
+        let id = parse_id("file_id", &req.get_ref().file_id)?;
+        let f = self.store.get(id, scope.as_deref()).await?;
+        let thumb = match self.storage.read(&thumb_key(&f.storage_key), 0, 0).await {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Made again from the bytes (a thumbnail lost, or made before they existed).
+                let bytes = self.storage.read(&f.storage_key, 0, 0).await.map_err(|e| {
+                    warn!(file_id = %id, error = %e, "stored bytes missing");
+                    Status::data_loss(format!("bytes of file {id} are missing"))
+                })?;
+                self.write_thumbnail(&f.storage_key, bytes)
+                    .await
+                    .ok_or_else(|| Status::internal(format!("no thumbnail could be made of file {id}")))?
+            }
+            Err(e) => return Err(OrganizerError::Storage(e).into()),
+        };
+        let chunks: Vec<Result<pb::GetThumbnailResponse, Status>> =
+            thumb.chunks(READ_CHUNK).map(|c| Ok(pb::GetThumbnailResponse { chunk: c.to_vec() })).collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
     async fn delete_file(
@@ -296,15 +381,16 @@ impl FileService for Api {
         let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let id = parse_id("file_id", &req.get_ref().file_id)?;
         let f = self.store.delete(id, scope.as_deref()).await?;
-        let path = self.config.storage_root.join(&f.storage_key);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                warn!(file_id = %id, error = %e, "record deleted but bytes could not be removed");
+        // Bytes shared with another record (same sha256) stay for it: on disk a name is
+        // removed, and the bytes go with their last name.
+        for key in [f.storage_key.clone(), thumb_key(&f.storage_key)] {
+            if let Err(e) = self.storage.delete(&key).await {
+                warn!(file_id = %id, error = %e, "record deleted but bytes could not be removed; the reconciler will");
             }
         }
         info!(file_id = %id, "file deleted");
-        Ok(Response::new(pb::DeleteFileResponse {}))
+        let mut resp = Response::new(pb::DeleteFileResponse {});
+        resp.extensions_mut().insert(mesh_auth::AuditTarget(format!("file:{id}")));
+        Ok(resp)
     }
 }

@@ -6,6 +6,8 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod layout;
+pub mod reconcile;
+pub mod storage;
 pub mod store;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -46,9 +48,13 @@ impl Service for Application {
     /// migrates), prepares the storage root and binds the listener.
     async fn build(config: Config) -> Result<Self, MeshError> {
         config.validate()?;
-        std::fs::create_dir_all(&config.storage_root).map_err(|e| {
-            MeshError::Config(format!("storage_root: cannot create {}: {e}", config.storage_root.display()))
-        })?;
+        let storage: Arc<dyn storage::Storage> =
+            Arc::new(storage::LocalDisk::new(config.storage_root.clone()).map_err(|e| {
+                MeshError::Config(format!(
+                    "storage_root: cannot create {}: {e}",
+                    config.storage_root.display()
+                ))
+            })?);
         let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
         let pool = db::connect_with_vault(&vault, &config.database).await?;
         let redis = Redis::connect_with_vault(&vault, &config.redis).await?;
@@ -59,7 +65,7 @@ impl Service for Application {
         ));
         let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool);
         let server = GrpcServer::bind(config.listen, &[service_names::FILES], guard).await?;
-        let api = grpc::Api { store: store::Store::new(pool), config: Arc::new(config) };
+        let api = grpc::Api { store: store::Store::new(pool), storage, config: Arc::new(config) };
         Ok(Self { server, api, tls, vault, verifier, redis })
     }
 
@@ -75,6 +81,19 @@ impl Service for Application {
         let keys = verifier.spawn_refresh(shutdown.clone());
         let pool = api.store.pool().clone();
         let root = api.config.storage_root.clone();
+        // Bytes and records in step before the first upload, then periodically.
+        let reconciler = reconcile::Reconciler {
+            store: api.store.clone(),
+            storage: api.storage.clone(),
+            audit: sakuga_mesh::auth::Audit::new(pool.clone()),
+            grace: Duration::from_secs(api.config.orphan_grace_secs),
+        };
+        match reconciler.run_once().await {
+            Ok(report) => tracing::info!(?report, "storage reconciled at start-up"),
+            Err(e) => tracing::warn!(error = %e, "start-up reconcile failed; the periodic pass retries"),
+        }
+        let reconciling =
+            reconciler.spawn(Duration::from_secs(api.config.reconcile_interval_secs), shutdown.clone());
         let checks: Vec<(&'static str, sakuga_mesh::server::HealthCheck)> = vec![
             ("postgres", db::health_check(&pool)),
             ("redis", redis.health_check()),
@@ -96,6 +115,7 @@ impl Service for Application {
             .await;
         renewal.abort();
         keys.abort();
+        reconciling.abort();
         result
     }
 

@@ -88,6 +88,8 @@ pub struct ListFilter {
     pub prompt_contains: Option<String>,
     /// Keyset cursor: (created_at, id) of the last row of the previous page.
     pub cursor: Option<(DateTime<Utc>, Uuid)>,
+    /// Only this project.
+    pub project_id: Option<Uuid>,
 }
 
 /// PostgreSQL access for files.
@@ -191,6 +193,7 @@ impl Store {
                  AND ($6::text IS NULL OR EXISTS (SELECT 1 FROM jobs j WHERE j.id = f.job_id \
                       AND strpos(lower(j.prompt), lower($6)) > 0)) \
                  AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8)) \
+                 AND ($10::uuid IS NULL OR project_id = $10) \
                  ORDER BY created_at DESC, id DESC LIMIT $9"
             ))
             .await?;
@@ -208,6 +211,7 @@ impl Store {
                     &cursor_at,
                     &cursor_id,
                     &i64::from(limit),
+                    &filter.project_id,
                 ],
             )
             .await?;
@@ -227,5 +231,53 @@ impl Store {
             .await?
             .map(|r| record(&r))
             .ok_or_else(|| OrganizerError::NotFound(format!("file {id}")))
+    }
+
+    /// The slug of `owner`'s project (`None`: no such project of theirs).
+    pub async fn project_slug(&self, project: Uuid, owner: &str) -> Result<Option<String>, OrganizerError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached("SELECT slug FROM projects WHERE id = $1 AND owner_id = $2").await?;
+        Ok(client.query_opt(&stmt, &[&project, &owner]).await?.map(|r| r.get(0)))
+    }
+
+    /// The key of bytes already stored with this sha256, if any (they are stored once).
+    pub async fn key_with_sha(&self, sha256: &str) -> Result<Option<String>, OrganizerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached("SELECT storage_key FROM files WHERE sha256 = $1 AND missing_at IS NULL LIMIT 1")
+            .await?;
+        Ok(client.query_opt(&stmt, &[&sha256]).await?.map(|r| r.get(0)))
+    }
+
+    /// Every storage key with a record, and whether the record is flagged missing.
+    pub async fn all_keys(&self) -> Result<Vec<(Uuid, String, bool)>, OrganizerError> {
+        let client = self.pool.get().await?;
+        let rows = client.query("SELECT id, storage_key, missing_at IS NOT NULL FROM files", &[]).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    /// Flags (or clears the flag of) a record whose bytes are gone.
+    pub async fn set_missing(&self, id: Uuid, missing: bool) -> Result<(), OrganizerError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE files SET missing_at = CASE WHEN $2 THEN COALESCE(missing_at, now()) END WHERE id = $1",
+                &[&id, &missing],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes up to `limit` records of projects with a retention period whose files are
+    /// older than it; returns them so their bytes can be removed.
+    pub async fn delete_expired(&self, limit: i64) -> Result<Vec<FileRecord>, OrganizerError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "DELETE FROM files WHERE id IN (SELECT f.id FROM files f JOIN projects p ON p.id = f.project_id \
+             WHERE p.retention_days > 0 AND f.created_at < now() - make_interval(days => p.retention_days) \
+             LIMIT $1) RETURNING {COLUMNS}"
+        );
+        let rows = client.query(&sql, &[&limit]).await?;
+        Ok(rows.iter().map(record).collect())
     }
 }

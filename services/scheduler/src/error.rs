@@ -17,6 +17,9 @@ pub enum SchedulerError {
     /// The object does not exist or belongs to someone else.
     #[error("{0} not found")]
     NotFound(String),
+    /// An object with this unique name exists.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// The object is in a state that does not allow this.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -51,6 +54,7 @@ impl From<SchedulerError> for Status {
             }
             SchedulerError::NotFound(what) => Status::not_found(format!("{what} not found")),
             SchedulerError::FailedPrecondition(why) => Status::failed_precondition(why),
+            SchedulerError::AlreadyExists(why) => Status::already_exists(why),
             SchedulerError::QueueFull { active, cap } => Status::resource_exhausted(format!(
                 "{active} of your jobs are queued or running, the limit is {cap}: wait for some to finish"
             )),

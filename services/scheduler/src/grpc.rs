@@ -109,7 +109,7 @@ pub fn job_to_pb(job: &Job) -> pb::Job {
         update_time: Some(timestamp(job.updated_at)),
         start_time: job.started_at.map(timestamp),
         finish_time: job.finished_at.map(timestamp),
-        character_ids: Vec::new(),
+        character_ids: job.character_ids.iter().map(Uuid::to_string).collect(),
     }
 }
 
@@ -145,7 +145,8 @@ pub fn assignment(job: &Job, lease: Uuid) -> AttachResponse {
         msg: Some(attach_response::Msg::Assignment(Assignment {
             job_id: job.id.to_string(),
             lease_token: lease.to_string(),
-            spec: Some(pb_spec(job)),
+            // The backend renders the composed prompts (characters' fragments included).
+            spec: Some(pb::JobSpec { negative_prompt: job.composed_negative.clone(), ..pb_spec(job) }),
             composed_prompt: job.composed_prompt.clone(),
             owner_id: job.owner_id.clone(),
             project_id: job.project_id.map(|p| p.to_string()).unwrap_or_default(),
@@ -194,6 +195,8 @@ type AttachStream = tonic::codegen::BoxStream<AttachResponse>;
 
 #[tonic::async_trait]
 impl JobService for Api {
+    type WatchJobStream = EventStream;
+
     async fn submit_job(
         &self,
         req: Request<pb::SubmitJobRequest>,
@@ -205,18 +208,11 @@ impl JobService for Api {
         let spec = validate::spec(raw_spec(spec), self.state.config.max_job_pixels, rand::random::<u64>)?;
         let idempotency_key = validate::idempotency_key(&r.idempotency_key)?;
         let priority = validate::priority(r.priority)?;
-        if !r.project_id.is_empty() {
-            parse_id("project_id", &r.project_id)?;
-            // No project exists before ProjectService lands, so any id is unknown.
-            return Err(SchedulerError::NotFound(format!("project {}", r.project_id)).into());
-        }
-        if let Some(c) = r.character_ids.first() {
-            return Err(SchedulerError::invalid(
-                "character_ids",
-                format!("character {c} needs a project_id"),
-            )
-            .into());
-        }
+        let (project_id, composed) = self
+            .state
+            .projects
+            .compose(&owner, &r.project_id, &r.character_ids, &spec.prompt, &spec.negative_prompt)
+            .await?;
         if r.reuse_result
             && fixed_seed
             && let Some(earlier) = self.state.store.reusable(&owner, &spec.hash()).await?
@@ -231,7 +227,10 @@ impl JobService for Api {
         let new = NewJob {
             id: Uuid::now_v7(),
             owner_id: owner,
-            composed_prompt: spec.prompt.clone(),
+            composed_prompt: composed.prompt,
+            composed_negative: composed.negative,
+            project_id,
+            character_ids: composed.character_ids,
             spec,
             priority,
             idempotency_key,
@@ -267,9 +266,8 @@ impl JobService for Api {
         if status.is_none() && r.status != 0 {
             return Err(SchedulerError::invalid("status", format!("unknown status {}", r.status)).into());
         }
-        if !r.project_id.is_empty() {
-            parse_id("project_id", &r.project_id)?;
-        }
+        let project_id =
+            if r.project_id.is_empty() { None } else { Some(parse_id("project_id", &r.project_id)?) };
         let prompt = r.prompt_contains.trim();
         if prompt.chars().count() > 200 {
             return Err(SchedulerError::invalid("prompt_contains", "must be at most 200 characters").into());
@@ -280,12 +278,9 @@ impl JobService for Api {
             created_after: from_timestamp("created_after", r.created_after)?,
             created_before: from_timestamp("created_before", r.created_before)?,
             prompt_contains: (!prompt.is_empty()).then(|| prompt.to_owned()),
+            project_id,
         };
         let mut jobs = self.state.store.list(scope.as_deref(), &filter, page.fetch()).await?;
-        // Jobs never carry a project before ProjectService lands: a project filter matches none.
-        if !r.project_id.is_empty() {
-            jobs.clear();
-        }
         let next_page_token = page.finish(&mut jobs, |j| (j.created_at, j.id));
         Ok(Response::new(pb::ListJobsResponse {
             jobs: jobs.iter().map(job_to_pb).collect(),
@@ -440,6 +435,8 @@ impl Seen {
 
 #[tonic::async_trait]
 impl WorkerService for Api {
+    type AttachStream = AttachStream;
+
     async fn attach(&self, req: Request<Streaming<AttachRequest>>) -> Result<Response<AttachStream>, Status> {
         // The guard admits only generator certificates here (see the authorization table).
         let rx = crate::worker::attach(

@@ -149,6 +149,12 @@ pub struct NewJob {
     pub spec: Spec,
     /// Prompt sent to the backend.
     pub composed_prompt: String,
+    /// Negative prompt sent to the backend (with the characters' negative fragments).
+    pub composed_negative: String,
+    /// Project, if any.
+    pub project_id: Option<Uuid>,
+    /// Characters whose fragments were composed in.
+    pub character_ids: Vec<Uuid>,
     /// Higher first.
     pub priority: i32,
     /// Optional idempotency key.
@@ -170,6 +176,10 @@ pub struct Job {
     pub spec: Spec,
     /// Prompt sent to the backend.
     pub composed_prompt: String,
+    /// Negative prompt sent to the backend.
+    pub composed_negative: String,
+    /// Characters composed in.
+    pub character_ids: Vec<Uuid>,
     /// State.
     pub status: Status,
     /// Higher first.

@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod job;
+pub mod projects;
 pub mod store;
 pub mod validate;
 mod worker;
@@ -26,7 +27,10 @@ use sakuga_mesh::{
 };
 use sakuga_proto::{
     service_names,
-    v1::{job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer},
+    v1::{
+        job_service_server::JobServiceServer, project_service_server::ProjectServiceServer,
+        worker_service_server::WorkerServiceServer,
+    },
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +44,8 @@ pub struct State {
     pub config: Config,
     /// Jobs in PostgreSQL.
     pub store: store::Store,
+    /// Projects and characters.
+    pub projects: projects::Projects,
     /// Event fan-out.
     pub events: events::Events,
     /// Attached workers.
@@ -81,9 +87,14 @@ impl Service for Application {
             Some(pool.clone()),
         ));
         let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool);
-        let server =
-            GrpcServer::bind(config.listen, &[service_names::JOBS, service_names::WORKER], guard).await?;
+        let server = GrpcServer::bind(
+            config.listen,
+            &[service_names::JOBS, service_names::WORKER, service_names::PROJECTS],
+            guard,
+        )
+        .await?;
         let state = Arc::new(State {
+            projects: projects::Projects::new(pool.clone()),
             store: store::Store::new(pool),
             verifier,
             events: events::Events::new(redis.clone()),
@@ -121,6 +132,7 @@ impl Service for Application {
         let result = server
             .add_service(JobServiceServer::new(api.clone()))
             .add_service(WorkerServiceServer::new(api))
+            .add_service(ProjectServiceServer::new(state.projects.clone()))
             .serve(tls, checks, Duration::from_secs(2), grace, shutdown)
             .await;
         for task in [renewal, listener, dispatcher, reaper, keys, notified, retention] {

@@ -15,7 +15,8 @@ use crate::{
 const JOB_COLUMNS: &str = "id, owner_id, project_id, kind, backend, model, prompt, negative_prompt, \
     composed_prompt, width, height, steps, batch_size, frames, fps, seed, cfg_scale, sampler, \
     priority, status, attempts, max_attempts, lease_token, worker_id, progress_step, progress_total, \
-    progress_stage, progress_item, error, file_ids, created_at, updated_at, started_at, finished_at";
+    progress_stage, progress_item, error, file_ids, created_at, updated_at, started_at, finished_at, \
+    character_ids, composed_negative";
 
 fn u32_of(row: &Row, col: &str) -> u32 {
     u32::try_from(row.get::<_, i32>(col)).unwrap_or(0)
@@ -47,6 +48,8 @@ fn job_from_row(row: &Row) -> Job {
             model: row.get("model"),
         },
         composed_prompt: row.get("composed_prompt"),
+        composed_negative: row.get("composed_negative"),
+        character_ids: row.get("character_ids"),
         status: Status::parse(&status).unwrap_or(Status::Failed),
         priority: row.get("priority"),
         attempts: u32_of(row, "attempts"),
@@ -102,6 +105,8 @@ pub struct ListFilter {
     pub created_before: Option<chrono::DateTime<chrono::Utc>>,
     /// Prompt substring, case-insensitive.
     pub prompt_contains: Option<String>,
+    /// Only this project's jobs.
+    pub project_id: Option<Uuid>,
 }
 
 /// A claimed job with its fresh lease.
@@ -162,8 +167,8 @@ impl Store {
         let sql = format!(
             "INSERT INTO jobs (id, owner_id, kind, backend, model, prompt, negative_prompt, composed_prompt, \
              width, height, steps, batch_size, frames, fps, seed, cfg_scale, sampler, priority, \
-             idempotency_key, max_attempts, spec_hash) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21) \
+             idempotency_key, max_attempts, spec_hash, project_id, character_ids, composed_negative) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24) \
              ON CONFLICT (owner_id, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
         );
         let stmt = tx.prepare_cached(&sql).await?;
@@ -194,6 +199,9 @@ impl Store {
                     &new.idempotency_key,
                     &i32_of(new.max_attempts),
                     &s.hash(),
+                    &new.project_id,
+                    &new.character_ids,
+                    &new.composed_negative,
                 ],
             )
             .await?;
@@ -243,6 +251,7 @@ impl Store {
              AND ($5::timestamptz IS NULL OR created_at >= $5) \
              AND ($6::timestamptz IS NULL OR created_at < $6) \
              AND ($7::text IS NULL OR strpos(lower(prompt), lower($7)) > 0) \
+             AND ($9::uuid IS NULL OR project_id = $9) \
              ORDER BY created_at DESC, id DESC LIMIT $8"
         );
         let stmt = client.prepare_cached(&sql).await?;
@@ -259,6 +268,7 @@ impl Store {
                     &filter.created_before,
                     &filter.prompt_contains,
                     &i64::from(limit),
+                    &filter.project_id,
                 ],
             )
             .await?;

@@ -54,16 +54,19 @@ pub struct RawSpec {
 }
 
 fn check_text(field: &'static str, text: &str, min: usize) -> Result<String, SchedulerError> {
+    text_field(field, text, min, MAX_PROMPT_CHARS)
+}
+
+/// Trims `text` and checks it has `min..=max` characters and no control characters other
+/// than newline and tab.
+pub fn text_field(field: &'static str, text: &str, min: usize, max: usize) -> Result<String, SchedulerError> {
     let trimmed = text.trim();
     let chars = trimmed.chars().count();
     if chars < min {
         return Err(SchedulerError::invalid(field, "must not be empty"));
     }
-    if chars > MAX_PROMPT_CHARS {
-        return Err(SchedulerError::invalid(
-            field,
-            format!("must be at most {MAX_PROMPT_CHARS} characters, got {chars}"),
-        ));
+    if chars > max {
+        return Err(SchedulerError::invalid(field, format!("must be at most {max} characters, got {chars}")));
     }
     if let Some(c) = trimmed.chars().find(|c| c.is_control() && *c != '\n' && *c != '\t') {
         return Err(SchedulerError::invalid(

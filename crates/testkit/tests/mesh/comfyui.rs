@@ -347,7 +347,8 @@ async fn configured_models_are_preloaded_at_start_up_and_reported_with_the_last_
 async fn a_comfyui_job_goes_through_the_mesh_to_a_stored_file() {
     let replay = ReplayComfy::start(Pacing::Instant).await;
     let dir = templates_dir();
-    let mut mesh = Mesh::without_generator().await;
+    // Two attempts: a refused artifact is retried once, then the job fails with the reason.
+    let mut mesh = Mesh::with_scheduler_config(|c| c.max_attempts = 2).await;
     let url = replay.url();
     mesh.attach_generator_with(|c| {
         c.backend = "comfyui".into();
@@ -371,9 +372,10 @@ async fn a_comfyui_job_goes_through_the_mesh_to_a_stored_file() {
     let id = jobs.submit_job(req).await.unwrap().into_inner().job.unwrap().id;
     let job = mesh.finished(&alice.token, &id).await;
     // The recorded FakeSampler output is 512x512 while this job asked for 128x128: the
-    // organizer's dimension check refuses it, which fails the job without retries.
+    // organizer's dimension check refuses it.
     assert_eq!(job.status, i32::from(JobStatus::Failed), "{job:?}");
-    assert!(job.error.contains("dimensions") || job.error.contains("512"), "{}", job.error);
+    assert!(job.error.contains("dimensions are 512x512, the job asked for 128x128"), "{}", job.error);
+    assert_eq!(job.attempts, 2, "the refusal was retried: {job:?}");
 
     let req = SubmitJobRequest {
         spec: Some(JobSpec {

@@ -6,7 +6,7 @@ use sakuga_mesh::tls::MeshTls;
 use sakuga_proto::v1::{
     CreateUserRequest, JobKind, JobSpec, JobStatus, Role, SubmitJobRequest,
     auth_service_client::AuthServiceClient, file_service_client::FileServiceClient,
-    job_service_client::JobServiceClient,
+    job_service_client::JobServiceClient, project_service_client::ProjectServiceClient,
 };
 use sakuga_testkit::{Authed, Bearer, Spawned, TestEnv};
 use tonic::transport::Channel;
@@ -77,6 +77,31 @@ impl Mesh {
 
     pub(crate) async fn attach_generator(&mut self) {
         self.attach_generator_with(|_| {}).await;
+    }
+
+    /// Where the organizer keeps files.
+    pub(crate) fn files_root(&self) -> std::path::PathBuf {
+        self.env.dir.path().join("files")
+    }
+
+    /// Stops the organizer and starts another on the same storage with `adjust`ed
+    /// configuration (on a new port: attach generators afterwards).
+    pub(crate) async fn restart_organizer(&mut self, adjust: impl FnOnce(&mut sakuga_organizer::Config)) {
+        let mut cfg = sakuga_testkit::organizer_config(&self.env, &self.auth, self.files_root());
+        adjust(&mut cfg);
+        let new = sakuga_testkit::spawn_organizer(cfg).await.unwrap();
+        let old = std::mem::replace(&mut self.organizer, new);
+        old.stop().await.unwrap();
+    }
+
+    /// FileService as a generator calls it (generator certificate, no token).
+    pub(crate) async fn files_as_generator(&self) -> FileServiceClient<Channel> {
+        let tls = self.env.identity("generator").await.unwrap();
+        FileServiceClient::new(tls.channel(&self.organizer.addr_string()).unwrap())
+    }
+
+    pub(crate) fn projects(&self, token: &str) -> ProjectServiceClient<Authed> {
+        ProjectServiceClient::new(self.authed(&self.scheduler.addr_string(), token))
     }
 
     /// Attaches a generator whose configuration `adjust` changed.

@@ -5,6 +5,7 @@
 
 mod comfyui;
 mod common;
+mod files;
 mod generator;
 mod job_path;
 mod outage;

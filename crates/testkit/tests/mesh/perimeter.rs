@@ -188,6 +188,20 @@ async fn users_see_only_their_own_jobs_and_files_and_admins_see_all() {
             .map(|_| ())
             .map(tonic::Response::new),
     );
+    not_found(
+        files_b
+            .get_thumbnail(sakuga_proto::v1::GetThumbnailRequest { file_id: file_id.clone() })
+            .await
+            .map(|_| ())
+            .map(tonic::Response::new),
+    );
+    not_found(
+        files_b
+            .delete_file(sakuga_proto::v1::DeleteFileRequest { file_id: file_id.clone() })
+            .await
+            .map(|_| ())
+            .map(tonic::Response::new),
+    );
     assert!(files_b.list_files(ListFilesRequest::default()).await.unwrap().into_inner().files.is_empty());
 
     // Alice and the admin see it.
@@ -396,6 +410,9 @@ async fn sql_payloads_as_usernames_and_api_keys_change_nothing() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(tables, 7, "jobs, files, users, refresh_tokens, api_keys, audit_events, schema_migrations");
+    assert_eq!(
+        tables, 9,
+        "jobs, files, users, refresh_tokens, api_keys, audit_events, schema_migrations, projects, characters"
+    );
     mesh.stop().await;
 }

@@ -47,7 +47,10 @@ async fn reflection_lists_the_mounted_services_on_every_port() {
     };
     for (addr, expected) in [
         (mesh.auth.addr_string(), expect(&["sakuga.v1.AuthService"])),
-        (mesh.scheduler.addr_string(), expect(&["sakuga.v1.JobService", "sakuga.v1.WorkerService"])),
+        (
+            mesh.scheduler.addr_string(),
+            expect(&["sakuga.v1.JobService", "sakuga.v1.ProjectService", "sakuga.v1.WorkerService"]),
+        ),
         (mesh.organizer.addr_string(), expect(&["sakuga.v1.FileService"])),
         (mesh.generator.as_ref().unwrap().addr_string(), expect(&[])),
     ] {

@@ -1,0 +1,122 @@
+//! Keeps bytes and records in step, at start-up and periodically:
+//! - partial writes older than the grace period are removed;
+//! - bytes (and thumbnails) no record points at, older than the grace period, are removed:
+//!   they are what a crash between writing the bytes and inserting the record leaves;
+//! - records whose bytes are gone are flagged (`missing_at`), and unflagged if they return;
+//! - files of projects with a retention period, once older than it, are deleted (bytes,
+//!   thumbnail, record) and audited.
+//!
+//! The grace period keeps it from racing an upload that has written its bytes and is about
+//! to insert the record.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use sakuga_mesh::auth::{Audit, AuditEvent};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::{
+    error::OrganizerError,
+    storage::{Storage, THUMBS_DIR, thumb_key},
+    store::Store,
+};
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Partial writes removed.
+    pub partial: usize,
+    /// Unreferenced bytes and thumbnails removed.
+    pub orphans: usize,
+    /// Records newly flagged as missing their bytes.
+    pub missing: usize,
+    /// Files deleted by project retention.
+    pub expired: usize,
+}
+
+/// The reconciler.
+#[derive(Debug, Clone)]
+pub struct Reconciler {
+    /// Records.
+    pub store: Store,
+    /// Bytes.
+    pub storage: Arc<dyn Storage>,
+    /// Audit log of retention deletions.
+    pub audit: Audit,
+    /// Unreferenced bytes younger than this are left alone.
+    pub grace: Duration,
+}
+
+impl Reconciler {
+    /// One pass.
+    pub async fn run_once(&self) -> Result<Report, OrganizerError> {
+        let mut report =
+            Report { partial: self.storage.sweep_partial(self.grace).await?, ..Report::default() };
+        report.expired = self.expire().await?;
+        // Records first: bytes written after this read are younger than the grace period.
+        let records = self.store.all_keys().await?;
+        let referenced: HashSet<String> =
+            records.iter().flat_map(|(_, key, _)| [key.clone(), thumb_key(key)]).collect();
+        for object in self.storage.keys().await? {
+            let old = object.modified.elapsed().unwrap_or_default() >= self.grace;
+            if old && !referenced.contains(&object.key) {
+                warn!(key = %object.key, thumbnail = object.key.starts_with(THUMBS_DIR), "removing bytes no record points at");
+                self.storage.delete(&object.key).await?;
+                report.orphans += 1;
+            }
+        }
+        for (id, key, flagged) in records {
+            let present = self.storage.exists(&key).await?;
+            if !present && !flagged {
+                error!(file_id = %id, "stored bytes are missing; the record is flagged");
+                report.missing += 1;
+            }
+            if present == flagged {
+                self.store.set_missing(id, !present).await?;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn expire(&self) -> Result<usize, OrganizerError> {
+        let mut total = 0;
+        loop {
+            let batch = self.store.delete_expired(500).await?;
+            if batch.is_empty() {
+                return Ok(total);
+            }
+            for f in &batch {
+                self.storage.delete(&f.storage_key).await?;
+                self.storage.delete(&thumb_key(&f.storage_key)).await?;
+                self.audit
+                    .record(AuditEvent {
+                        actor: "service:organizer".to_owned(),
+                        action: "FileService.Retention".to_owned(),
+                        target: format!("file:{}", f.id),
+                        result: "OK".to_owned(),
+                        ..AuditEvent::default()
+                    })
+                    .await;
+            }
+            total += batch.len();
+        }
+    }
+
+    /// Runs a pass every `every` until `shutdown`.
+    pub fn spawn(self, every: Duration, shutdown: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                match self.run_once().await {
+                    Ok(r) if r != Report::default() => info!(?r, "reconciled storage and records"),
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "reconcile pass failed"),
+                }
+            }
+        })
+    }
+}

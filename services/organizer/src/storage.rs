@@ -1,0 +1,248 @@
+//! Where bytes live, behind a trait so the service logic does not know it is a disk. Keys
+//! are `/`-separated relative names (`<slug>/<YYYY>/<MM>/<DD>/<job>-<n>.png`); a key never
+//! reaches a client. [`LocalDisk`] is the store used now; an S3-compatible one implements the
+//! same calls (put = PutObject, which is atomic; `put_same_as` = CopyObject, or a
+//! content-addressed key; `keys` = ListObjectsV2; `sweep_partial` = abort stale multipart
+//! uploads).
+
+use std::{
+    fmt,
+    future::Future,
+    io::{self, Write as _},
+    path::{Component, Path, PathBuf},
+    pin::Pin,
+    time::{Duration, SystemTime},
+};
+
+use uuid::Uuid;
+
+/// A boxed future, so stores can sit behind `Arc<dyn Storage>`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Folder of partial writes (never listed as keys).
+pub const TMP_DIR: &str = ".tmp";
+/// Folder of thumbnails; a file's thumbnail key is `.thumbs/<its key>`.
+pub const THUMBS_DIR: &str = ".thumbs";
+
+/// The thumbnail key of a file key.
+pub fn thumb_key(key: &str) -> String {
+    format!("{THUMBS_DIR}/{key}")
+}
+
+/// A stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    /// Key.
+    pub key: String,
+    /// Last modified.
+    pub modified: SystemTime,
+}
+
+/// A byte store.
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Stores `bytes` under `key` atomically and durably: afterwards the key holds all of
+    /// them, and after a crash it holds all or nothing.
+    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> BoxFuture<'a, io::Result<()>>;
+
+    /// Stores under `key` the bytes `existing` holds, without a second copy where the store
+    /// can (a hard link on disk). `NotFound` when `existing` is gone.
+    fn put_same_as<'a>(&'a self, existing: &'a str, key: &'a str) -> BoxFuture<'a, io::Result<()>>;
+
+    /// `len` bytes (0: to the end) from `offset`.
+    fn read<'a>(&'a self, key: &'a str, offset: u64, len: u64) -> BoxFuture<'a, io::Result<Vec<u8>>>;
+
+    /// Whether `key` exists.
+    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<bool>>;
+
+    /// Removes `key`; a missing key is not an error.
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<()>>;
+
+    /// Every key (thumbnails included, partial writes not).
+    fn keys(&self) -> BoxFuture<'_, io::Result<Vec<Object>>>;
+
+    /// Removes partial writes older than `age`; returns how many.
+    fn sweep_partial(&self, age: Duration) -> BoxFuture<'_, io::Result<usize>>;
+}
+
+/// Files under a root folder.
+#[derive(Debug, Clone)]
+pub struct LocalDisk {
+    root: PathBuf,
+}
+
+impl LocalDisk {
+    /// A store under `root` (created if missing).
+    pub fn new(root: PathBuf) -> io::Result<Self> {
+        std::fs::create_dir_all(&root)?;
+        Ok(Self { root })
+    }
+
+    /// The path of `key`; keys with `..`, absolute parts or empty segments are refused.
+    fn path(&self, key: &str) -> io::Result<PathBuf> {
+        let rel = Path::new(key);
+        if key.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "storage key must be a relative name"));
+        }
+        Ok(self.root.join(rel))
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+}
+
+impl Storage for LocalDisk {
+    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move {
+            let (path, tmp_dir) = (self.path(key)?, self.root.join(TMP_DIR));
+            blocking(move || {
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                std::fs::create_dir_all(&dir)?;
+                std::fs::create_dir_all(&tmp_dir)?;
+                let tmp = tmp_dir.join(format!("{}.part", Uuid::new_v4()));
+                let result = (|| {
+                    let mut f = std::fs::File::create(&tmp)?;
+                    f.write_all(&bytes)?;
+                    f.sync_all()?;
+                    drop(f);
+                    std::fs::rename(&tmp, &path)?;
+                    sync_dir(&dir)
+                })();
+                if result.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                result
+            })
+            .await
+        })
+    }
+
+    fn put_same_as<'a>(&'a self, existing: &'a str, key: &'a str) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move {
+            let (from, to) = (self.path(existing)?, self.path(key)?);
+            blocking(move || {
+                let dir = to.parent().map(Path::to_path_buf).unwrap_or_default();
+                std::fs::create_dir_all(&dir)?;
+                match std::fs::hard_link(&from, &to) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
+                sync_dir(&dir)
+            })
+            .await
+        })
+    }
+
+    fn read<'a>(&'a self, key: &'a str, offset: u64, len: u64) -> BoxFuture<'a, io::Result<Vec<u8>>> {
+        Box::pin(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+            let mut f = tokio::fs::File::open(self.path(key)?).await?;
+            f.seek(io::SeekFrom::Start(offset)).await?;
+            let mut buf = Vec::new();
+            if len == 0 {
+                f.read_to_end(&mut buf).await?;
+            } else {
+                f.take(len).read_to_end(&mut buf).await?;
+            }
+            Ok(buf)
+        })
+    }
+
+    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<bool>> {
+        Box::pin(async move { tokio::fs::try_exists(self.path(key)?).await })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move {
+            match tokio::fs::remove_file(self.path(key)?).await {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn keys(&self) -> BoxFuture<'_, io::Result<Vec<Object>>> {
+        let root = self.root.clone();
+        Box::pin(blocking(move || {
+            let mut out = Vec::new();
+            let mut stack = vec![root.clone()];
+            while let Some(dir) = stack.pop() {
+                for entry in std::fs::read_dir(&dir)? {
+                    let entry = entry?;
+                    let path = entry.path();
+                    let kind = entry.file_type()?;
+                    if kind.is_dir() {
+                        if path != root.join(TMP_DIR) {
+                            stack.push(path);
+                        }
+                    } else if kind.is_file() {
+                        let rel = path.strip_prefix(&root).map_err(io::Error::other)?;
+                        let key = rel.iter().map(|c| c.to_string_lossy()).collect::<Vec<_>>().join("/");
+                        out.push(Object { key, modified: entry.metadata()?.modified()? });
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        }))
+    }
+
+    fn sweep_partial(&self, age: Duration) -> BoxFuture<'_, io::Result<usize>> {
+        let dir = self.root.join(TMP_DIR);
+        Box::pin(blocking(move || {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(e),
+            };
+            let mut removed = 0;
+            for entry in entries {
+                let entry = entry?;
+                let old = entry.metadata()?.modified()?.elapsed().unwrap_or_default() >= age;
+                if old && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_read_link_list_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = LocalDisk::new(dir.path().to_path_buf()).unwrap();
+        disk.put("a/2026/01/01/x-0.png", b"hello world".to_vec()).await.unwrap();
+        assert_eq!(disk.read("a/2026/01/01/x-0.png", 6, 0).await.unwrap(), b"world");
+        assert_eq!(disk.read("a/2026/01/01/x-0.png", 0, 5).await.unwrap(), b"hello");
+        disk.put_same_as("a/2026/01/01/x-0.png", "b/2026/01/02/y-0.png").await.unwrap();
+        assert_eq!(disk.read("b/2026/01/02/y-0.png", 0, 0).await.unwrap(), b"hello world");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            let ino = |k: &str| std::fs::metadata(dir.path().join(k)).unwrap().ino();
+            assert_eq!(ino("a/2026/01/01/x-0.png"), ino("b/2026/01/02/y-0.png"), "one copy of the bytes");
+        }
+        std::fs::create_dir_all(dir.path().join(TMP_DIR)).unwrap();
+        std::fs::write(dir.path().join(TMP_DIR).join("z.part"), b"partial").unwrap();
+        let keys: Vec<_> = disk.keys().await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(keys, ["a/2026/01/01/x-0.png", "b/2026/01/02/y-0.png"], "partial writes are not keys");
+        assert_eq!(disk.sweep_partial(Duration::ZERO).await.unwrap(), 1);
+        disk.delete("a/2026/01/01/x-0.png").await.unwrap();
+        disk.delete("a/2026/01/01/x-0.png").await.unwrap();
+        assert!(!disk.exists("a/2026/01/01/x-0.png").await.unwrap());
+        assert!(disk.exists("b/2026/01/02/y-0.png").await.unwrap(), "the other name keeps the bytes");
+        for bad in ["", "../x", "/etc/passwd", "a/../../x"] {
+            assert!(disk.read(bad, 0, 0).await.is_err(), "{bad}");
+        }
+    }
+}
