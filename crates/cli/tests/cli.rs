@@ -1,0 +1,253 @@
+//! The `sakuga` binary against the four services (in-process, real mTLS, OpenBao,
+//! PostgreSQL, Redis): profiles, login and refresh, submit with a live progress bar, JSON
+//! output, downloads, API keys and the exit codes scripts rely on.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use sakuga_mesh::vault::Vault;
+use sakuga_testkit::{Spawned, TestEnv};
+use secrecy::ExposeSecret as _;
+use serde_json::Value;
+
+struct Stack {
+    env: TestEnv,
+    services: Vec<Spawned>,
+    auth: String,
+    scheduler: String,
+    organizer: String,
+    config: tempfile::TempDir,
+}
+
+async fn stack() -> Stack {
+    sakuga_testkit::init_logging();
+    let env = TestEnv::new().await.unwrap();
+    let auth = sakuga_testkit::spawn_auth(sakuga_testkit::auth_config(&env)).await.unwrap();
+    let scheduler =
+        sakuga_testkit::spawn_scheduler(sakuga_testkit::scheduler_config(&env, &auth)).await.unwrap();
+    let organizer = sakuga_testkit::spawn_organizer(sakuga_testkit::organizer_config(
+        &env,
+        &auth,
+        env.dir.path().join("files"),
+    ))
+    .await
+    .unwrap();
+    let generator = sakuga_testkit::spawn_generator(sakuga_testkit::generator_config(
+        &env, &auth, &scheduler, &organizer,
+    ))
+    .await
+    .unwrap();
+    let (a, s, o) = (auth.addr_string(), scheduler.addr_string(), organizer.addr_string());
+    Stack {
+        env,
+        services: vec![generator, organizer, scheduler, auth],
+        auth: a,
+        scheduler: s,
+        organizer: o,
+        config: tempfile::tempdir().unwrap(),
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `sakuga args…` with `stdin`, in the stack's configuration folder.
+async fn sakuga(stack: &Stack, args: &[&str], stdin: &str) -> Run {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let (dir, stdin) = (stack.config.path().to_path_buf(), stdin.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sakuga"))
+            .args(&args)
+            .env("SAKUGA_CONFIG_DIR", &dir)
+            .env_remove("SAKUGA_API_KEY")
+            .env_remove("SAKUGA_PROFILE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+fn ok(r: &Run) {
+    assert_eq!(r.code, 0, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+}
+
+async fn write_certs(env: &TestEnv, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let vault = Vault::connect(&env.vault_config()).await.unwrap();
+    let cert = vault.issue_certificate("operator", &[], &[]).await.unwrap();
+    let paths = (dir.join("ca.pem"), dir.join("operator.pem"), dir.join("operator.key"));
+    std::fs::write(&paths.0, &cert.ca_pem).unwrap();
+    std::fs::write(&paths.1, &cert.chain_pem).unwrap();
+    std::fs::write(&paths.2, cert.key_pem.expose_secret()).unwrap();
+    (paths.0, paths.1, paths.2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_logs_in_submits_with_a_live_bar_lists_downloads_and_scripts_get_stable_exit_codes() {
+    let st = stack().await;
+    let certs = tempfile::tempdir().unwrap();
+
+    // Nothing configured: a usage error that says what to do.
+    let r = sakuga(&st, &["jobs", "list"], "").await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("sakuga profile import-dev"), "{}", r.stderr);
+
+    let (ca, cert, key) = write_certs(&st.env, certs.path()).await;
+    let (ca, cert, key) = (ca.to_string_lossy(), cert.to_string_lossy(), key.to_string_lossy());
+    ok(&sakuga(
+        &st,
+        &[
+            "profile",
+            "add",
+            "test",
+            "--auth",
+            &st.auth,
+            "--scheduler",
+            &st.scheduler,
+            "--organizer",
+            &st.organizer,
+            "--ca",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ],
+        "",
+    )
+    .await);
+
+    // Not logged in: exit 3 with the fix.
+    let r = sakuga(&st, &["jobs", "list"], "").await;
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("run `sakuga login`"), "{}", r.stderr);
+    let r = sakuga(&st, &["login", "-u", "admin", "--password-stdin"], "wrong password\n").await;
+    assert_eq!(r.code, 3, "{}", r.stderr);
+
+    ok(&sakuga(&st, &["login", "-u", "admin", "--password-stdin"], &format!("{}\n", st.env.admin_password))
+        .await);
+    let tokens = st.config.path().join("tokens/test.json");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&tokens).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let alice_password = "alice-has-a-long-password"; // secret-scan: allow (test fixture)
+    ok(&sakuga(&st, &["admin", "users", "create", "alice", "--password-stdin"], alice_password).await);
+    ok(&sakuga(&st, &["login", "-u", "alice", "--password-stdin"], alice_password).await);
+
+    // Submit and watch: a frame per step, in order, then the file id.
+    let r = sakuga(
+        &st,
+        &[
+            "submit",
+            "a lantern festival by the river",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--steps",
+            "6",
+            "--seed",
+            "3",
+            "--watch",
+        ],
+        "",
+    )
+    .await;
+    ok(&r);
+    let steps: Vec<String> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("generating"))
+        .map(|l| l.split_whitespace().find(|w| w.contains('/')).unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        steps,
+        ["1/6", "2/6", "3/6", "4/6", "5/6", "6/6"],
+        "the bar advances step by step:\n{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("succeeded"), "{}", r.stderr);
+    let file_id = r.stdout.trim().to_owned();
+    uuid::Uuid::parse_str(&file_id).unwrap();
+
+    // Stable JSON for scripts.
+    let r = sakuga(&st, &["jobs", "list", "--json"], "").await;
+    ok(&r);
+    let jobs: Value = serde_json::from_str(&r.stdout).unwrap();
+    let job = &jobs[0];
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(job["file_ids"][0], file_id.as_str());
+    assert_eq!(job["progress"]["step"], 6);
+    for key in
+        ["id", "kind", "prompt", "composed_prompt", "width", "height", "steps", "seed", "created", "finished"]
+    {
+        assert!(job.get(key).is_some(), "jobs list --json has {key}: {job}");
+    }
+    let r = sakuga(&st, &["jobs", "list"], "").await;
+    ok(&r);
+    assert!(r.stdout.starts_with("ID"), "a table for people: {}", r.stdout);
+
+    // Download, checked against the sha256.
+    let out = tempfile::tempdir().unwrap();
+    let r = sakuga(&st, &["files", "download", &file_id, "--out", &out.path().to_string_lossy()], "").await;
+    ok(&r);
+    let saved = std::fs::read(r.stdout.trim()).unwrap();
+    let found = sakuga_imaging::inspect_png(&saved, sakuga_imaging::Limits::default()).unwrap();
+    assert_eq!(found.text_value("prompt"), Some("a lantern festival by the river"));
+
+    // Exit codes: not found 4, refused input 2, a canceled job 5.
+    let r = sakuga(&st, &["jobs", "get", &uuid::Uuid::now_v7().to_string()], "").await;
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    let r = sakuga(&st, &["submit", "odd size", "--width", "65"], "").await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("spec.width"), "{}", r.stderr);
+    let r = sakuga(&st, &["submit", "waits for a comfyui worker", "--backend", "comfyui"], "").await;
+    ok(&r);
+    let queued = r.stdout.trim().to_owned();
+    ok(&sakuga(&st, &["jobs", "cancel", &queued], "").await);
+    let r = sakuga(&st, &["jobs", "watch", &queued], "").await;
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(r.stderr.contains("canceled"), "{}", r.stderr);
+
+    // An expired access token is refreshed on the next call.
+    let mut stored: Value = serde_json::from_str(&std::fs::read_to_string(&tokens).unwrap()).unwrap();
+    stored["access_expires"] = 0.into();
+    stored["access_token"] = "expired".into();
+    std::fs::write(&tokens, stored.to_string()).unwrap();
+    ok(&sakuga(&st, &["jobs", "list"], "").await);
+    let refreshed: Value = serde_json::from_str(&std::fs::read_to_string(&tokens).unwrap()).unwrap();
+    assert_ne!(refreshed["access_token"], "expired");
+
+    // API keys for scripts; after logout only the key works.
+    let r = sakuga(&st, &["admin", "keys", "create", "ci", "--json"], "").await;
+    ok(&r);
+    let secret = serde_json::from_str::<Value>(&r.stdout).unwrap()["secret"].as_str().unwrap().to_owned();
+    ok(&sakuga(&st, &["logout"], "").await);
+    assert!(!tokens.exists());
+    assert_eq!(sakuga(&st, &["jobs", "list"], "").await.code, 3);
+    ok(&sakuga(&st, &["jobs", "list", "--api-key", &secret], "").await);
+
+    for s in st.services {
+        s.stop().await.unwrap();
+    }
+    st.env.cleanup().await;
+}
