@@ -36,12 +36,16 @@ down: ## stop what `make up` / `make test` started, remove the Redis ACL user
 demo: up ## submit a job with grpcurl, stream its progress, show the stored file
 	@bash scripts/demo.sh
 
+.PHONY: e2e
+e2e: up ## grpcurl alone against the stack: list/describe/health on every port, one job, its file's bytes
+	@bash scripts/e2e.sh
+
 .PHONY: test
 test: ## buf lint, clippy, then the test suite against real PostgreSQL/Redis/OpenBao
 	@bash scripts/test.sh
 
 .PHONY: bench
-bench: ## dispatch latency and throughput benchmark (release build); figures in benches/RESULTS.md
+bench: ## dispatch and backend benchmarks (release build); figures in benches/RESULTS.md
 	@bash scripts/bench.sh
 
 .PHONY: test-env

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make lint: rustfmt --check, clippy -D warnings, buf lint, buf format --diff, the secret
+# make lint: rustfmt --check, clippy -D warnings, buf lint, buf format --diff, buf breaking
+# against main once a version is tagged, the secret
 # scan (with its self-test). Runs every
 # check and fails at the end if any failed.  scripts/lint.sh --fix formats in place instead
 # (make fmt).
@@ -32,6 +33,12 @@ check "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 buf() { (cd "$BUF_DIR" && "$TOOLS_BIN/buf" "$@"); }
 check "buf lint" buf lint
 check "buf format" buf format -d --exit-code
+# Once a version is tagged, the API must not break against main's protos.
+if [ -n "$(git -C "$ROOT" tag -l 'v*' 2>/dev/null)" ] && git -C "$ROOT" rev-parse -q --verify main >/dev/null; then
+    check "buf breaking (against main)" buf breaking --against "$ROOT/.git#branch=main,subdir=$(realpath --relative-to="$ROOT" "$BUF_DIR")"
+else
+    log "buf breaking: skipped until a version is tagged (git tag v…)"
+fi
 check "secret scan self-test" bash "$ROOT/scripts/secret-scan.sh" --self-test
 check "secret scan" bash "$ROOT/scripts/secret-scan.sh"
 
