@@ -24,6 +24,12 @@ tools: ## install pinned bao, grpcurl and buf into .tools/bin
 build: ## cargo build --workspace --bins
 	cargo build --workspace --bins
 
+.PHONY: cli
+cli: ## build the sakuga command into .tools/bin/sakuga (export PATH="$$PWD/.tools/bin:$$PATH")
+	cargo build -p sakuga-cli
+	@mkdir -p .tools/bin && ln -sf "$(CARGO_TARGET_DIR)/debug/sakuga" .tools/bin/sakuga
+	@echo "built .tools/bin/sakuga"
+
 .PHONY: up
 up: ## build, then start PostgreSQL/Redis (if needed), OpenBao and the four services
 	@bash scripts/up.sh
