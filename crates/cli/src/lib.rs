@@ -244,6 +244,33 @@ pub struct SubmitArgs {
     pub download: Option<PathBuf>,
 }
 
+/// Filters and paging shared by the list commands.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this project (id or slug).
+    #[arg(long)]
+    pub project: Option<String>,
+    /// The (job's) prompt contains this, case-insensitive.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Page size (1..=100).
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Continue from a previous page.
+    #[arg(long, default_value = "")]
+    pub page_token: String,
+}
+
+impl ListArgs {
+    /// The project id the filter names (empty: none).
+    async fn project_id(&self, s: &Session) -> Result<String, CliError> {
+        match &self.project {
+            Some(p) => project_id(s, p).await,
+            None => Ok(String::new()),
+        }
+    }
+}
+
 /// `jobs …`
 #[derive(Debug, Subcommand)]
 pub enum JobsCmd {
@@ -252,18 +279,9 @@ pub enum JobsCmd {
         /// Only this status (queued, assigned, running, succeeded, failed, canceled).
         #[arg(long)]
         status: Option<String>,
-        /// Only this project (id or slug).
-        #[arg(long)]
-        project: Option<String>,
-        /// Prompt contains (case-insensitive).
-        #[arg(long)]
-        prompt: Option<String>,
-        /// Page size (1..=100).
-        #[arg(long, default_value_t = 20)]
-        limit: u32,
-        /// Continue from a previous page.
-        #[arg(long, default_value = "")]
-        page_token: String,
+        /// Filters and paging.
+        #[command(flatten)]
+        list: ListArgs,
     },
     /// One job.
     Get {
@@ -298,21 +316,12 @@ pub enum FilesCmd {
         /// Only this job.
         #[arg(long)]
         job: Option<String>,
-        /// Only this project (id or slug).
-        #[arg(long)]
-        project: Option<String>,
         /// Only images or videos.
         #[arg(long)]
         kind: Option<String>,
-        /// The job's prompt contains.
-        #[arg(long)]
-        prompt: Option<String>,
-        /// Page size (1..=100).
-        #[arg(long, default_value_t = 20)]
-        limit: u32,
-        /// Continue from a previous page.
-        #[arg(long, default_value = "")]
-        page_token: String,
+        /// Filters and paging.
+        #[command(flatten)]
+        list: ListArgs,
     },
     /// One file's metadata.
     Get {
@@ -887,20 +896,16 @@ fn page_note(json: bool, token: &str) {
 
 async fn jobs_cmd(s: &Session, cmd: &JobsCmd, json: bool) -> Result<(), CliError> {
     match cmd {
-        JobsCmd::List { status, project, prompt, limit, page_token } => {
-            let project_id = match project {
-                Some(p) => project_id(s, p).await?,
-                None => String::new(),
-            };
+        JobsCmd::List { status, list } => {
             let resp = s
                 .jobs()
                 .await?
                 .list_jobs(pb::ListJobsRequest {
-                    page_size: *limit,
-                    page_token: page_token.clone(),
+                    page_size: list.limit,
+                    page_token: list.page_token.clone(),
                     status: status_filter(status.as_deref())?,
-                    project_id,
-                    prompt_contains: prompt.clone().unwrap_or_default(),
+                    project_id: list.project_id(s).await?,
+                    prompt_contains: list.prompt.clone().unwrap_or_default(),
                     ..Default::default()
                 })
                 .await?
@@ -930,11 +935,7 @@ async fn jobs_cmd(s: &Session, cmd: &JobsCmd, json: bool) -> Result<(), CliError
 
 async fn files_cmd(s: &Session, cmd: &FilesCmd, json: bool) -> Result<(), CliError> {
     match cmd {
-        FilesCmd::List { job, project, kind, prompt, limit, page_token } => {
-            let project_id = match project {
-                Some(p) => project_id(s, p).await?,
-                None => String::new(),
-            };
+        FilesCmd::List { job, kind, list } => {
             let kind = match kind.as_deref() {
                 None => 0,
                 Some("image") => pb::JobKind::Image.into(),
@@ -947,12 +948,12 @@ async fn files_cmd(s: &Session, cmd: &FilesCmd, json: bool) -> Result<(), CliErr
                 .files()
                 .await?
                 .list_files(pb::ListFilesRequest {
-                    page_size: *limit,
-                    page_token: page_token.clone(),
-                    project_id,
+                    page_size: list.limit,
+                    page_token: list.page_token.clone(),
+                    project_id: list.project_id(s).await?,
                     job_id: job.clone().unwrap_or_default(),
                     kind,
-                    prompt_contains: prompt.clone().unwrap_or_default(),
+                    prompt_contains: list.prompt.clone().unwrap_or_default(),
                     ..Default::default()
                 })
                 .await?

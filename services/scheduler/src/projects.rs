@@ -93,8 +93,13 @@ fn check_retention(days: u32) -> Result<i32, SchedulerError> {
         .ok_or_else(|| SchedulerError::invalid("retention_days", "must be at most 36500 (0 keeps files)"))
 }
 
-fn unique_violation(e: &tokio_postgres::Error) -> bool {
-    e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+/// ALREADY_EXISTS with `why` for a unique violation, else the database error.
+fn conflict(e: tokio_postgres::Error, why: impl FnOnce() -> String) -> SchedulerError {
+    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+        SchedulerError::AlreadyExists(why())
+    } else {
+        e.into()
+    }
 }
 
 /// What a job gets from its project and characters.
@@ -257,15 +262,7 @@ impl ProjectService for Projects {
         let row = client
             .query_one(&sql, &[&Uuid::now_v7(), &owner, &name, &slug, &description, &retention])
             .await
-            .map_err(|e| {
-                if unique_violation(&e) {
-                    SchedulerError::AlreadyExists(format!(
-                        "slug: you already have a project with slug {slug:?}"
-                    ))
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(|e| conflict(e, || format!("slug: you already have a project with slug {slug:?}")))?;
         let project = project_from_row(&row);
         let target = format!("project:{}", project.id);
         Ok(audited(pb::CreateProjectResponse { project: Some(project) }, target))
@@ -365,16 +362,7 @@ impl ProjectService for Projects {
                 ],
             )
             .await
-            .map_err(|e| {
-                if unique_violation(&e) {
-                    SchedulerError::AlreadyExists(format!(
-                        "name: the project already has a character {:?}",
-                        f.name
-                    ))
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(|e| conflict(e, || format!("name: the project already has a character {:?}", f.name)))?;
         let character = character_from_row(&row);
         let target = format!("character:{}", character.id);
         Ok(audited(pb::CreateCharacterResponse { character: Some(character) }, target))
@@ -418,16 +406,7 @@ impl ProjectService for Projects {
         let row = client
             .query_opt(&sql, &[&id, &f.name, &f.description, &f.prompt_fragment, &f.negative_fragment])
             .await
-            .map_err(|e| {
-                if unique_violation(&e) {
-                    SchedulerError::AlreadyExists(format!(
-                        "name: the project already has a character {:?}",
-                        f.name
-                    ))
-                } else {
-                    e.into()
-                }
-            })?
+            .map_err(|e| conflict(e, || format!("name: the project already has a character {:?}", f.name)))?
             .ok_or_else(|| SchedulerError::NotFound(format!("character {id}")))?;
         Ok(audited(
             pb::UpdateCharacterResponse { character: Some(character_from_row(&row)) },

@@ -343,6 +343,21 @@ async fn configured_models_are_preloaded_at_start_up_and_reported_with_the_last_
     assert!(matches!(&err, BackendError::Permanent(m) if m.starts_with("spec.model:")), "{err:?}");
 }
 
+fn comfyui_request(size: u32) -> SubmitJobRequest {
+    SubmitJobRequest {
+        spec: Some(JobSpec {
+            kind: JobKind::Image.into(),
+            prompt: "through the mesh".into(),
+            width: size,
+            height: size,
+            steps: 4,
+            backend: "comfyui".into(),
+            ..JobSpec::default()
+        }),
+        ..SubmitJobRequest::default()
+    }
+}
+
 #[tokio::test]
 async fn a_comfyui_job_goes_through_the_mesh_to_a_stored_file() {
     let replay = ReplayComfy::start(Pacing::Instant).await;
@@ -357,19 +372,7 @@ async fn a_comfyui_job_goes_through_the_mesh_to_a_stored_file() {
     .await;
     let alice = mesh.person("alice").await;
     let mut jobs = mesh.jobs(&alice.token);
-    let req = SubmitJobRequest {
-        spec: Some(JobSpec {
-            kind: JobKind::Image.into(),
-            prompt: "through the mesh".into(),
-            width: 128,
-            height: 128,
-            steps: 4,
-            backend: "comfyui".into(),
-            ..JobSpec::default()
-        }),
-        ..SubmitJobRequest::default()
-    };
-    let id = jobs.submit_job(req).await.unwrap().into_inner().job.unwrap().id;
+    let id = jobs.submit_job(comfyui_request(128)).await.unwrap().into_inner().job.unwrap().id;
     let job = mesh.finished(&alice.token, &id).await;
     // The recorded FakeSampler output is 512x512 while this job asked for 128x128: the
     // organizer's dimension check refuses it.
@@ -377,19 +380,7 @@ async fn a_comfyui_job_goes_through_the_mesh_to_a_stored_file() {
     assert!(job.error.contains("dimensions are 512x512, the job asked for 128x128"), "{}", job.error);
     assert_eq!(job.attempts, 2, "the refusal was retried: {job:?}");
 
-    let req = SubmitJobRequest {
-        spec: Some(JobSpec {
-            kind: JobKind::Image.into(),
-            prompt: "through the mesh".into(),
-            width: 512,
-            height: 512,
-            steps: 4,
-            backend: "comfyui".into(),
-            ..JobSpec::default()
-        }),
-        ..SubmitJobRequest::default()
-    };
-    let id = jobs.submit_job(req).await.unwrap().into_inner().job.unwrap().id;
+    let id = jobs.submit_job(comfyui_request(512)).await.unwrap().into_inner().job.unwrap().id;
     let job = mesh.finished(&alice.token, &id).await;
     assert_eq!(job.status, i32::from(JobStatus::Succeeded), "{job:?}");
     assert_eq!(job.progress.as_ref().unwrap().stage, "uploading");
