@@ -52,6 +52,12 @@ pub struct VaultConfig {
     pub secret_id_file: Option<PathBuf>,
     /// Mount of the AppRole auth method.
     pub approle_mount: String,
+    /// Vault role to log in as (`auth = "kubernetes"`); usually the service's name.
+    pub kubernetes_role: String,
+    /// Mount of the Kubernetes auth method.
+    pub kubernetes_mount: String,
+    /// The pod's service account token (`auth = "kubernetes"`).
+    pub kubernetes_token_file: PathBuf,
     /// Mount of the KV v2 secrets engine.
     pub kv_mount: String,
     /// Mount of the PKI secrets engine that issues service certificates.
@@ -74,6 +80,9 @@ pub enum VaultAuth {
     Token,
     /// AppRole with `role_id_file` and `secret_id_file`.
     Approle,
+    /// Kubernetes: the pod's service account token, exchanged for a Vault token under
+    /// `kubernetes_role`.
+    Kubernetes,
 }
 
 impl Default for VaultConfig {
@@ -85,6 +94,9 @@ impl Default for VaultConfig {
             role_id_file: None,
             secret_id_file: None,
             approle_mount: "approle".to_owned(),
+            kubernetes_role: String::new(),
+            kubernetes_mount: "kubernetes".to_owned(),
+            kubernetes_token_file: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token"),
             kv_mount: "secret".to_owned(),
             pki_mount: "pki".to_owned(),
             pki_role: "sakuga-service".to_owned(),
@@ -113,6 +125,9 @@ impl VaultConfig {
             )),
             VaultAuth::Approle if self.secret_id_file.is_none() => Err(MeshError::Config(
                 "vault.secret_id_file: required when vault.auth = \"approle\"".to_owned(),
+            )),
+            VaultAuth::Kubernetes if self.kubernetes_role.is_empty() => Err(MeshError::Config(
+                "vault.kubernetes_role: required when vault.auth = \"kubernetes\"".to_owned(),
             )),
             _ if self.cert_ttl_secs < 10 => {
                 Err(MeshError::Config("vault.cert_ttl_secs: must be at least 10".to_owned()))

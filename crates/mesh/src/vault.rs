@@ -150,6 +150,21 @@ impl Vault {
                 c.lookup().await.map_err(|e| classify(&e))?;
                 c
             }
+            VaultAuth::Kubernetes => {
+                let jwt = read_file_trimmed("vault.kubernetes_token_file", &config.kubernetes_token_file)
+                    .map_err(LoginError::Local)?;
+                let mut c = client("")?;
+                let auth = vaultrs::auth::kubernetes::login(
+                    &c,
+                    &config.kubernetes_mount,
+                    &config.kubernetes_role,
+                    jwt.expose_secret(),
+                )
+                .await
+                .map_err(|e| classify(&e))?;
+                c.set_token(&auth.client_token);
+                c
+            }
             VaultAuth::Approle => {
                 let empty = std::path::Path::new("");
                 let role_id =

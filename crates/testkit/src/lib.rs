@@ -190,6 +190,51 @@ impl TestEnv {
         Ok(path)
     }
 
+    /// Enables a Kubernetes auth mount for this test whose token reviews go to `host` (a
+    /// stand-in for the Kubernetes API), with role `role` bound to the service account
+    /// `namespace/account`; returns the mount.
+    pub async fn kubernetes_auth(
+        &self,
+        host: &str,
+        role: &str,
+        namespace: &str,
+        account: &str,
+    ) -> anyhow::Result<String> {
+        let root = bao::shared().await?.client()?;
+        let mount = format!("k8s-{}", self.id);
+        let why = |step: &'static str| move |e: vaultrs::error::ClientError| anyhow::anyhow!("{step}: {e:?}");
+        vaultrs::sys::auth::enable(&root, &mount, "kubernetes", None).await.map_err(why("enable"))?;
+        // Required by the method; unused with an http:// host.
+        let ca = rcgen::generate_simple_self_signed(vec!["kubernetes.default.svc".to_owned()])?.cert.pem();
+        vaultrs::auth::kubernetes::configure(
+            &root,
+            &mount,
+            host,
+            Some(
+                vaultrs::api::auth::kubernetes::requests::ConfigureKubernetesAuthRequest::builder()
+                    .disable_local_ca_jwt(true)
+                    .disable_iss_validation(true)
+                    .kubernetes_ca_cert(ca),
+            ),
+        )
+        .await
+        .map_err(why("configure"))?;
+        vaultrs::auth::kubernetes::role::create(
+            &root,
+            &mount,
+            role,
+            Some(
+                vaultrs::api::auth::kubernetes::requests::CreateKubernetesRoleRequest::builder()
+                    .bound_service_account_names(vec![account.to_owned()])
+                    .bound_service_account_namespaces(vec![namespace.to_owned()])
+                    .token_policies(vec!["default".to_owned()]),
+            ),
+        )
+        .await
+        .map_err(why("role"))?;
+        Ok(mount)
+    }
+
     /// The private key (PKCS#8 PEM) stored under `kid` in this test's signing secret.
     pub async fn signing_key_pem(&self, kid: &str) -> anyhow::Result<String> {
         let root = bao::shared().await?.client()?;

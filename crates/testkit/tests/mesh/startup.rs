@@ -50,3 +50,78 @@ async fn migrations_are_recorded_and_not_applied_twice() {
     assert_eq!(versions, expected);
     env.cleanup().await;
 }
+
+/// A Kubernetes API stand-in that answers TokenReview: `token` belongs to `sakuga/sakuga-scheduler`,
+/// anything else is not authenticated.
+async fn token_review_server(token: String) -> String {
+    use axum::{Json, Router, routing::post};
+    let app = Router::new().route(
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        post(move |Json(review): Json<serde_json::Value>| {
+            let ok = review["spec"]["token"] == token.as_str();
+            async move {
+                let status = if ok {
+                    serde_json::json!({"authenticated": true, "user": {
+                        "username": "system:serviceaccount:sakuga:sakuga-scheduler",
+                        "uid": "0b3c7d9e-uid",
+                        "groups": ["system:serviceaccounts", "system:serviceaccounts:sakuga"]}})
+                } else {
+                    serde_json::json!({"authenticated": false, "error": "invalid bearer token"})
+                };
+                Json(serde_json::json!({
+                    "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": status}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// A service account token as a pod sees it (the signature is the Kubernetes API's to
+/// check, through TokenReview).
+fn service_account_jwt(namespace: &str, account: &str) -> String {
+    use base64::Engine as _;
+    let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let claims = serde_json::json!({
+        "iss": "kubernetes/serviceaccount",
+        "sub": format!("system:serviceaccount:{namespace}:{account}"),
+        "kubernetes.io/serviceaccount/namespace": namespace,
+        "kubernetes.io/serviceaccount/service-account.name": account,
+        "kubernetes.io/serviceaccount/service-account.uid": "0b3c7d9e-uid",
+        "kubernetes.io/serviceaccount/secret.name": format!("{account}-token"),
+    });
+    format!("{}.{}.c2lnbmF0dXJl", b64(serde_json::json!({"alg": "RS256", "typ": "JWT"})), b64(claims))
+}
+
+#[tokio::test]
+async fn a_pod_logs_in_to_vault_with_its_service_account_token() {
+    let env = sakuga_testkit::TestEnv::new().await.unwrap();
+    let jwt = service_account_jwt("sakuga", "sakuga-scheduler");
+    let host = token_review_server(jwt.clone()).await;
+    let mount = env.kubernetes_auth(&host, "sakuga-scheduler", "sakuga", "sakuga-scheduler").await.unwrap();
+    let token_file = env.dir.path().join("sa-token");
+    std::fs::write(&token_file, &jwt).unwrap();
+    let mut cfg = env.vault_config();
+    cfg.auth = sakuga_mesh::config::VaultAuth::Kubernetes;
+    cfg.kubernetes_role = "sakuga-scheduler".into();
+    cfg.kubernetes_mount = mount;
+    cfg.kubernetes_token_file = token_file.clone();
+    cfg.connect_attempts = 1;
+    cfg.validate().unwrap();
+    sakuga_mesh::vault::Vault::connect(&cfg).await.unwrap();
+
+    // Another service account's token is refused, clearly.
+    std::fs::write(&token_file, service_account_jwt("sakuga", "intruder")).unwrap();
+    let err = sakuga_mesh::vault::Vault::connect(&cfg).await.unwrap_err().to_string();
+    assert!(err.starts_with("vault:"), "{err}");
+    assert!(
+        err.contains("refused") || err.contains("denied") || err.contains("403") || err.contains("not"),
+        "{err}"
+    );
+    let mut missing = cfg.clone();
+    missing.kubernetes_role = String::new();
+    assert!(missing.validate().unwrap_err().to_string().contains("vault.kubernetes_role"));
+    env.cleanup().await;
+}
