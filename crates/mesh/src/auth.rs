@@ -583,6 +583,7 @@ pub struct Guard {
     verifier: Option<Arc<Verifier>>,
     limiter: Option<RateLimiter>,
     audit: Option<Audit>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Guard {
@@ -590,7 +591,15 @@ impl Guard {
     /// (each optional: a service without Redis has no limiter, one without a database
     /// writes no audit rows).
     pub fn new(verifier: Option<Arc<Verifier>>, limiter: Option<RateLimiter>, audit: Option<Audit>) -> Self {
-        Self { verifier, limiter, audit }
+        Self { verifier, limiter, audit, metrics: None }
+    }
+
+    /// Counts every call (by method and code, with its latency), refused credentials (by
+    /// reason) and rate-limit refusals (by class) in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The guard of a service with a database and Redis: verification with `verifier`,
@@ -713,7 +722,10 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let guard = self.guard.clone();
-        Box::pin(async move {
+        let metrics = guard.metrics.clone();
+        let method = action_of(req.uri().path());
+        let started = std::time::Instant::now();
+        let call = async move {
             let path = req.uri().path().to_owned();
             let request_id = req
                 .headers()
@@ -740,6 +752,14 @@ where
             let caller = match guard.admit(rule, peer.as_ref(), bearer.as_deref()).await {
                 Ok(c) => c,
                 Err(status) => {
+                    if let Some(m) = &guard.metrics {
+                        m.inc(
+                            "sakuga_auth_failures_total",
+                            "Calls refused before reaching the service, by reason.",
+                            &[("reason", refusal_reason(&status))],
+                            1.0,
+                        );
+                    }
                     if status.code() == Code::PermissionDenied
                         && let Some(audit) = &guard.audit
                     {
@@ -761,6 +781,16 @@ where
             if let Some(class) = rule.class
                 && let Err(status) = guard.limit(class, &caller).await
             {
+                if let Some(m) = &guard.metrics
+                    && status.code() == Code::ResourceExhausted
+                {
+                    m.inc(
+                        "sakuga_rate_limited_total",
+                        "Calls refused by a rate limit, by class.",
+                        &[("class", class.as_str())],
+                        1.0,
+                    );
+                }
                 return Ok(refuse(status));
             }
             req.extensions_mut().insert(caller.clone());
@@ -792,7 +822,48 @@ where
                     .await;
             }
             Ok(resp)
+        };
+        Box::pin(async move {
+            let result = call.await;
+            if let (Some(m), Ok(resp)) = (&metrics, &result) {
+                // Unary errors and refusals carry grpc-status in the headers; successes (and
+                // streams) in the trailers, so a missing header is OK. A stream's latency is
+                // the time to its first response headers.
+                let code = resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or_else(|| "OK".to_owned(), |c| code_name(Code::from(c)));
+                m.inc(
+                    "sakuga_rpc_requests_total",
+                    "RPCs handled, by method and status code.",
+                    &[("method", &method), ("code", &code)],
+                    1.0,
+                );
+                m.observe(
+                    "sakuga_rpc_duration_seconds",
+                    "RPC latency to the response headers, by method.",
+                    &[("method", &method)],
+                    started.elapsed().as_secs_f64(),
+                );
+            }
+            result
         })
+    }
+}
+
+/// Why a call was refused, for the auth failure counter.
+fn refusal_reason(status: &Status) -> &'static str {
+    let msg = status.message().to_ascii_lowercase();
+    match status.code() {
+        Code::PermissionDenied => "forbidden",
+        Code::Unauthenticated if msg.contains("missing") || msg.contains("no mesh identity") => "missing",
+        Code::Unauthenticated if msg.contains("expired") => "expired",
+        Code::Unauthenticated if msg.contains("revoked") || msg.contains("disabled") => "revoked",
+        Code::Unauthenticated => "invalid",
+        Code::Unimplemented => "unknown_method",
+        _ => "other",
     }
 }
 

@@ -28,6 +28,8 @@ pub trait Service: Sized + Send + 'static {
     fn build(config: Self::Config) -> impl Future<Output = Result<Self, MeshError>> + Send;
     /// The bound address.
     fn local_addr(&self) -> SocketAddr;
+    /// The bound metrics address, if the service has one.
+    fn metrics_addr(&self) -> Option<SocketAddr>;
     /// Serves until `shutdown`, then drains.
     fn run_until_stopped(
         self,

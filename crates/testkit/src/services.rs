@@ -21,6 +21,8 @@ pub struct Spawned {
     pub shutdown: CancellationToken,
     /// Ends when it stopped.
     pub task: JoinHandle<Result<(), MeshError>>,
+    /// Its Prometheus scrape address.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Spawned {
@@ -35,7 +37,7 @@ impl Spawned {
         let addr = std::net::TcpListener::bind(loopback())
             .and_then(|l| l.local_addr())
             .unwrap_or_else(|_| loopback());
-        Self { addr, shutdown: CancellationToken::new(), task: tokio::spawn(async { Ok(()) }) }
+        Self { addr, shutdown: CancellationToken::new(), task: tokio::spawn(async { Ok(()) }), metrics: None }
     }
 
     /// Stops it and waits.
@@ -51,11 +53,13 @@ fn loopback() -> SocketAddr {
 
 fn spawn<A, F>(app: A, addr: SocketAddr, run: impl FnOnce(A, CancellationToken) -> F) -> Spawned
 where
+    A: sakuga_mesh::service::Service,
     F: Future<Output = Result<(), MeshError>> + Send + 'static,
 {
     let shutdown = CancellationToken::new();
+    let metrics = app.metrics_addr();
     let task = tokio::spawn(run(app, shutdown.clone()));
-    Spawned { addr, shutdown, task }
+    Spawned { addr, shutdown, task, metrics }
 }
 
 /// Limits generous enough for functional tests (the rate-limit tests set their own).
@@ -68,6 +72,7 @@ pub fn test_rate_limits() -> RateLimits {
 pub fn scheduler_config(env: &TestEnv, auth: &Spawned) -> sakuga_scheduler::Config {
     sakuga_scheduler::Config {
         listen: loopback(),
+        metrics_listen: Some(loopback()),
         vault: env.vault_config(),
         tls: env.tls_config(),
         database: env.database_config(),
@@ -93,6 +98,7 @@ pub async fn spawn_scheduler(config: sakuga_scheduler::Config) -> anyhow::Result
 pub fn organizer_config(env: &TestEnv, auth: &Spawned, root: PathBuf) -> sakuga_organizer::Config {
     sakuga_organizer::Config {
         listen: loopback(),
+        metrics_listen: Some(loopback()),
         vault: env.vault_config(),
         tls: env.tls_config(),
         database: env.database_config(),
@@ -116,6 +122,7 @@ pub async fn spawn_organizer(config: sakuga_organizer::Config) -> anyhow::Result
 pub fn auth_config(env: &TestEnv) -> sakuga_auth::Config {
     sakuga_auth::Config {
         listen: loopback(),
+        metrics_listen: Some(loopback()),
         vault: env.vault_config(),
         tls: env.tls_config(),
         database: env.database_config(),
@@ -144,6 +151,7 @@ pub fn generator_config(
 ) -> sakuga_generator::Config {
     sakuga_generator::Config {
         listen: loopback(),
+        metrics_listen: Some(loopback()),
         vault: env.vault_config(),
         tls: env.tls_config(),
         scheduler_addr: scheduler.addr_string(),

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// gRPC listen address (AuthService, health, reflection).
     pub listen: SocketAddr,
+    /// Prometheus scrape port (`GET /metrics`, plain HTTP); unset: none.
+    pub metrics_listen: Option<SocketAddr>,
     /// Vault login and mounts.
     pub vault: VaultConfig,
     /// Names on the service certificate.
@@ -43,6 +45,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9101))),
             vault: VaultConfig::default(),
             tls: TlsConfig::default(),
             database: DatabaseConfig::default(),

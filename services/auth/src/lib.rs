@@ -34,6 +34,8 @@ pub struct Application {
     api: grpc::Api,
     tls: Arc<MeshTls>,
     vault: Vault,
+    metrics: Arc<sakuga_mesh::metrics::Metrics>,
+    metrics_listener: Option<sakuga_mesh::metrics::Listener>,
 }
 
 impl Service for Application {
@@ -58,18 +60,28 @@ impl Service for Application {
             Arc::new(Verifier::with_keys(keys.decoding()?, Some(redis.clone()), Some(pool.clone())));
         let limiter = RateLimiter::new(redis.clone(), config.rate_limits.clone());
         let audit = Audit::new(pool);
-        let guard = Guard::new(Some(verifier), Some(limiter.clone()), Some(audit.clone()));
+        let metrics = sakuga_mesh::metrics::Metrics::new();
+        let guard = Guard::new(Some(verifier), Some(limiter.clone()), Some(audit.clone()))
+            .with_metrics(metrics.clone());
         let server = GrpcServer::bind(config.listen, &[service_names::AUTH], guard).await?;
+        let metrics_listener = sakuga_mesh::metrics::Listener::bind(config.metrics_listen).await?;
         let api = grpc::Api { store, keys: Arc::new(keys), redis, limiter, audit, config: Arc::new(config) };
-        Ok(Self { server, api, tls, vault })
+        Ok(Self { server, api, tls, vault, metrics, metrics_listener })
     }
 
     fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
 
+    fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(sakuga_mesh::metrics::Listener::local_addr)
+    }
+
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { server, api, tls, vault } = self;
+        let Self { server, api, tls, vault, metrics, metrics_listener } = self;
+        if let Some(l) = metrics_listener {
+            l.spawn(metrics, None, shutdown.clone());
+        }
         let renewal = tls.spawn_renewal(vault, api.config.tls.clone(), shutdown.clone());
         let checks: Vec<(&'static str, HealthCheck)> =
             vec![("postgres", db::health_check(api.store.pool())), ("redis", api.redis.health_check())];

@@ -16,6 +16,8 @@ use crate::comfyui::ComfyConfig;
 pub struct Config {
     /// Listen address of the health (and later metrics) server.
     pub listen: SocketAddr,
+    /// Prometheus scrape port (`GET /metrics`, plain HTTP); unset: none.
+    pub metrics_listen: Option<SocketAddr>,
     /// Vault login and mounts.
     pub vault: VaultConfig,
     /// Names on the service certificate.
@@ -52,6 +54,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50054)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9104))),
             vault: VaultConfig::default(),
             tls: TlsConfig::default(),
             scheduler_addr: "127.0.0.1:50052".to_owned(),

@@ -50,6 +50,8 @@ pub struct Application {
     vault: Vault,
     verifier: Arc<Verifier>,
     backend: Arc<dyn Backend>,
+    metrics: Arc<sakuga_mesh::metrics::Metrics>,
+    metrics_listener: Option<sakuga_mesh::metrics::Listener>,
 }
 
 impl Service for Application {
@@ -64,9 +66,20 @@ impl Service for Application {
         let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
         let verifier = Arc::new(Verifier::remote(tls.channel(&config.auth_addr)?, None, None));
         let backend = backend_for(&config)?;
-        let server =
-            GrpcServer::bind(config.listen, &[], Guard::new(Some(verifier.clone()), None, None)).await?;
-        Ok(Self { server, config: Arc::new(config), tls, vault, verifier, backend })
+        let metrics = sakuga_mesh::metrics::Metrics::new();
+        let guard = Guard::new(Some(verifier.clone()), None, None).with_metrics(metrics.clone());
+        let server = GrpcServer::bind(config.listen, &[], guard).await?;
+        let metrics_listener = sakuga_mesh::metrics::Listener::bind(config.metrics_listen).await?;
+        Ok(Self {
+            server,
+            config: Arc::new(config),
+            tls,
+            vault,
+            verifier,
+            backend,
+            metrics,
+            metrics_listener,
+        })
     }
 
     /// The health listener's address.
@@ -74,9 +87,18 @@ impl Service for Application {
         self.server.local_addr()
     }
 
+    fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(sakuga_mesh::metrics::Listener::local_addr)
+    }
+
     /// Works until `shutdown`, then drains (running jobs get the grace period).
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { server, config, tls, vault, verifier, backend } = self;
+        let Self { server, config, tls, vault, verifier, backend, metrics, metrics_listener } = self;
+        let busy = worker::Busy::default();
+        if let Some(l) = metrics_listener {
+            let gauges = worker::slot_gauges(metrics.clone(), backend.clone(), busy.clone());
+            l.spawn(metrics.clone(), Some(gauges), shutdown.clone());
+        }
         // Templates are checked against the servers and models preloaded before the first
         // hello, so the scheduler hears of warm models at once.
         tokio::select! {
@@ -97,7 +119,8 @@ impl Service for Application {
             let (config, attached, shutdown, done) =
                 (config.clone(), attached.clone(), shutdown.clone(), worker_done.clone());
             tokio::spawn(async move {
-                worker::run(config, backend, schedulers, organizer, attached, shutdown).await;
+                worker::run(config, backend, (metrics, busy), schedulers, organizer, attached, shutdown)
+                    .await;
                 done.cancel();
             })
         };

@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use sakuga_mesh::metrics::Metrics;
 use sakuga_proto::v1::{
     Assignment, AssignmentAck, AttachRequest, AttachResponse, Heartbeat, JobCanceledAck, JobCompleted,
     JobFailed, JobKind, JobProgress, LeasedJob, PreviewUpdate, ProgressUpdate, WorkerDraining, WorkerHello,
@@ -29,6 +30,34 @@ use crate::{
     backend::{Backend, BackendError, JobInput, Report, Sink},
     upload,
 };
+
+/// Attempts running now on a worker.
+pub(crate) type Busy = Arc<std::sync::atomic::AtomicU32>;
+
+/// Before each scrape: slots in all and in use.
+pub(crate) fn slot_gauges(
+    metrics: Arc<Metrics>,
+    backend: Arc<dyn Backend>,
+    busy: Busy,
+) -> sakuga_mesh::metrics::Refresh {
+    Arc::new(move || {
+        let (metrics, backend, busy) = (metrics.clone(), backend.clone(), busy.clone());
+        Box::pin(async move {
+            metrics.set(
+                "sakuga_worker_slots",
+                "Slots of this worker.",
+                &[("backend", backend.name())],
+                f64::from(backend.slots()),
+            );
+            metrics.set(
+                "sakuga_worker_slots_busy",
+                "Slots of this worker running a job.",
+                &[("backend", backend.name())],
+                f64::from(busy.load(Ordering::Relaxed)),
+            );
+        })
+    })
+}
 
 /// What job tasks tell the connection loop.
 #[derive(Debug)]
@@ -50,6 +79,7 @@ struct Running {
 pub(crate) async fn run(
     config: Arc<Config>,
     backend: Arc<dyn Backend>,
+    (metrics, busy): (Arc<Metrics>, Busy),
     schedulers: Vec<Channel>,
     organizer: Channel,
     attached: Arc<AtomicBool>,
@@ -60,6 +90,8 @@ pub(crate) async fn run(
         id: config.effective_worker_id(),
         config,
         backend,
+        metrics,
+        busy,
         organizer: FileServiceClient::new(organizer),
         jobs: HashMap::new(),
         unsent: VecDeque::new(),
@@ -126,6 +158,8 @@ enum SessionEnd {
 struct Worker {
     config: Arc<Config>,
     backend: Arc<dyn Backend>,
+    metrics: Arc<Metrics>,
+    busy: Busy,
     id: String,
     organizer: FileServiceClient<Channel>,
     jobs: HashMap<String, Running>,
@@ -316,6 +350,7 @@ impl Worker {
                 tokio::spawn(run_job(
                     a,
                     self.backend.clone(),
+                    (self.metrics.clone(), self.busy.clone()),
                     self.config.clone(),
                     self.organizer.clone(),
                     self.events_tx.clone(),
@@ -348,6 +383,7 @@ impl Worker {
 async fn run_job(
     a: Assignment,
     backend: Arc<dyn Backend>,
+    (metrics, busy): (Arc<Metrics>, Busy),
     config: Arc<Config>,
     organizer: FileServiceClient<Channel>,
     events: mpsc::Sender<Event>,
@@ -361,7 +397,29 @@ async fn run_job(
         }
     };
     emit(Msg::Ack(AssignmentAck { job: Some(job.clone()) })).await;
+    let started = std::time::Instant::now();
+    busy.fetch_add(1, Ordering::Relaxed);
     let outcome = produce_and_store(&a, &job, backend.as_ref(), &config, &organizer, &events, &cancel).await;
+    busy.fetch_sub(1, Ordering::Relaxed);
+    let result = match &outcome {
+        Ok(_) => "succeeded",
+        Err(BackendError::Canceled) => "canceled",
+        Err(BackendError::Permanent(_)) => "failed",
+        Err(BackendError::Retryable(_)) => "retryable",
+    };
+    let backend_name = backend.name();
+    metrics.inc(
+        "sakuga_generator_jobs_total",
+        "Job attempts run by this worker, by backend and result.",
+        &[("backend", backend_name), ("result", result)],
+        1.0,
+    );
+    metrics.observe(
+        "sakuga_generator_job_seconds",
+        "Time an attempt took on this worker (generation and uploads), by backend.",
+        &[("backend", backend_name)],
+        started.elapsed().as_secs_f64(),
+    );
     let msg = match outcome {
         Ok(file_ids) => {
             info!(job_id = %a.job_id, files = file_ids.len(), "job done");

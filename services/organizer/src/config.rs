@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// gRPC listen address (FileService, health, reflection).
     pub listen: SocketAddr,
+    /// Prometheus scrape port (`GET /metrics`, plain HTTP); unset: none.
+    pub metrics_listen: Option<SocketAddr>,
     /// Vault login and mounts.
     pub vault: VaultConfig,
     /// Names on the service certificate.
@@ -49,6 +51,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50053)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9103))),
             vault: VaultConfig::default(),
             tls: TlsConfig::default(),
             database: DatabaseConfig::default(),

@@ -36,6 +36,7 @@ pub struct Application {
     vault: Vault,
     verifier: Arc<Verifier>,
     redis: Redis,
+    metrics_listener: Option<sakuga_mesh::metrics::Listener>,
 }
 
 impl Service for Application {
@@ -63,10 +64,13 @@ impl Service for Application {
             Some(redis.clone()),
             Some(pool.clone()),
         ));
-        let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool);
+        let metrics = sakuga_mesh::metrics::Metrics::new();
+        let guard =
+            Guard::for_service(&verifier, &redis, &config.rate_limits, &pool).with_metrics(metrics.clone());
         let server = GrpcServer::bind(config.listen, &[service_names::FILES], guard).await?;
-        let api = grpc::Api { store: store::Store::new(pool), storage, config: Arc::new(config) };
-        Ok(Self { server, api, tls, vault, verifier, redis })
+        let metrics_listener = sakuga_mesh::metrics::Listener::bind(config.metrics_listen).await?;
+        let api = grpc::Api { store: store::Store::new(pool), storage, metrics, config: Arc::new(config) };
+        Ok(Self { server, api, tls, vault, verifier, redis, metrics_listener })
     }
 
     /// The bound address.
@@ -74,9 +78,16 @@ impl Service for Application {
         self.server.local_addr()
     }
 
+    fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(sakuga_mesh::metrics::Listener::local_addr)
+    }
+
     /// Serves until `shutdown`, then drains.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { server, api, tls, vault, verifier, redis } = self;
+        let Self { server, api, tls, vault, verifier, redis, metrics_listener } = self;
+        if let Some(l) = metrics_listener {
+            l.spawn(api.metrics.clone(), None, shutdown.clone());
+        }
         let renewal = tls.spawn_renewal(vault, api.config.tls.clone(), shutdown.clone());
         let keys = verifier.spawn_refresh(shutdown.clone());
         let pool = api.store.pool().clone();

@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod job;
+pub mod metrics;
 pub mod projects;
 pub mod store;
 pub mod validate;
@@ -52,6 +53,8 @@ pub struct State {
     pub registry: dispatch::Registry,
     /// Token verification (keys refreshed from the auth service).
     pub verifier: Arc<Verifier>,
+    /// Prometheus metrics.
+    pub metrics: Arc<sakuga_mesh::metrics::Metrics>,
     redis: Redis,
 }
 
@@ -64,6 +67,7 @@ pub struct Application {
     vault: Vault,
     /// For the dedicated LISTEN connection.
     listen: tokio_postgres::Config,
+    metrics_listener: Option<sakuga_mesh::metrics::Listener>,
 }
 
 impl Service for Application {
@@ -86,7 +90,10 @@ impl Service for Application {
             Some(redis.clone()),
             Some(pool.clone()),
         ));
-        let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool);
+        let metrics = sakuga_mesh::metrics::Metrics::new();
+        let guard =
+            Guard::for_service(&verifier, &redis, &config.rate_limits, &pool).with_metrics(metrics.clone());
+        let metrics_listener = sakuga_mesh::metrics::Listener::bind(config.metrics_listen).await?;
         let server = GrpcServer::bind(
             config.listen,
             &[service_names::JOBS, service_names::WORKER, service_names::PROJECTS],
@@ -99,10 +106,11 @@ impl Service for Application {
             verifier,
             events: events::Events::new(redis.clone()),
             registry: dispatch::Registry::default(),
+            metrics,
             redis,
             config,
         });
-        Ok(Self { server, state, tls, vault, listen })
+        Ok(Self { server, state, tls, vault, listen, metrics_listener })
     }
 
     /// The bound address.
@@ -110,9 +118,16 @@ impl Service for Application {
         self.server.local_addr()
     }
 
+    fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(sakuga_mesh::metrics::Listener::local_addr)
+    }
+
     /// Serves until `shutdown`, then drains.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { server, state, tls, vault, listen } = self;
+        let Self { server, state, tls, vault, listen, metrics_listener } = self;
+        if let Some(l) = metrics_listener {
+            l.spawn(state.metrics.clone(), Some(metrics::refresh(&state)), shutdown.clone());
+        }
         let wake = Arc::new(Notify::new());
         let renewal = tls.spawn_renewal(vault, state.config.tls.clone(), shutdown.clone());
         let listener = state.events.spawn_listener(shutdown.clone());

@@ -533,4 +533,11 @@ impl Store {
             .await?;
         Ok(client.execute(&stmt, &[&f64::from(days), &batch]).await?)
     }
+
+    /// Number of jobs in each state.
+    pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>, SchedulerError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached("SELECT status, count(*) FROM jobs GROUP BY status").await?;
+        Ok(client.query(&stmt, &[]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
 }

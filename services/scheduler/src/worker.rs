@@ -242,6 +242,7 @@ impl Session {
                     .map_err(|_| SchedulerError::invalid("completed.file_ids", "not a UUID"))?;
                 match self.state.store.complete(id, lease, &file_ids).await? {
                     Some(job) => {
+                        crate::metrics::finished(&self.state.metrics, &job);
                         info!(job_id = %id, worker_id = %self.worker_id, files = file_ids.len(), "job succeeded");
                         self.state.events.publish(id, &grpc::status_event(&job));
                         self.finished(id);
@@ -255,6 +256,7 @@ impl Session {
                 let error: String = f.error.chars().take(2000).collect();
                 match self.state.store.fail(id, lease, &error, f.retryable).await? {
                     Some(job) => {
+                        crate::metrics::finished(&self.state.metrics, &job);
                         warn!(job_id = %id, worker_id = %self.worker_id, retryable = f.retryable, status = job.status.as_str(), error = %error, "job attempt failed");
                         self.state.events.publish(id, &grpc::status_event(&job));
                         self.finished(id);

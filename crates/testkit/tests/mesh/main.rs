@@ -8,6 +8,7 @@ mod common;
 mod files;
 mod generator;
 mod job_path;
+mod metrics;
 mod outage;
 mod perimeter;
 mod queue;
