@@ -584,6 +584,7 @@ pub struct Guard {
     limiter: Option<RateLimiter>,
     audit: Option<Audit>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    service: &'static str,
 }
 
 impl Guard {
@@ -591,14 +592,16 @@ impl Guard {
     /// (each optional: a service without Redis has no limiter, one without a database
     /// writes no audit rows).
     pub fn new(verifier: Option<Arc<Verifier>>, limiter: Option<RateLimiter>, audit: Option<Audit>) -> Self {
-        Self { verifier, limiter, audit, metrics: None }
+        Self { verifier, limiter, audit, metrics: None, service: "" }
     }
 
     /// Counts every call (by method and code, with its latency), refused credentials (by
-    /// reason) and rate-limit refusals (by class) in `metrics`.
+    /// reason) and rate-limit refusals (by class) in `metrics`, and names `service` on the
+    /// span of every call.
     #[must_use]
-    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+    pub fn observed(mut self, service: &'static str, metrics: Arc<crate::metrics::Metrics>) -> Self {
         self.metrics = Some(metrics);
+        self.service = service;
         self
     }
 
@@ -725,6 +728,20 @@ where
         let metrics = guard.metrics.clone();
         let method = action_of(req.uri().path());
         let started = std::time::Instant::now();
+        // One server span per call, child of the caller's trace context when it sent one.
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = %method,
+            otel.kind = "server",
+            service = guard.service,
+            request_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        crate::telemetry::set_parent(&span, crate::telemetry::extract(req.headers()));
+        let trace_id = crate::telemetry::trace_id(&span);
+        if !trace_id.is_empty() {
+            span.record("trace_id", trace_id.as_str());
+        }
         let call = async move {
             let path = req.uri().path().to_owned();
             let request_id = req
@@ -733,6 +750,7 @@ where
                 .and_then(|v| v.to_str().ok())
                 .filter(|v| !v.is_empty() && v.len() <= 128)
                 .map_or_else(|| Uuid::new_v4().to_string(), str::to_owned);
+            tracing::Span::current().record("request_id", request_id.as_str());
             let (peer, remote) = peer_of(&req);
             let peer_text = remote.map(|a| a.to_string()).unwrap_or_default();
             let refuse = |status: Status| {
@@ -824,7 +842,7 @@ where
             Ok(resp)
         };
         Box::pin(async move {
-            let result = call.await;
+            let result = tracing::Instrument::instrument(call, span).await;
             if let (Some(m), Ok(resp)) = (&metrics, &result) {
                 // Unary errors and refusals carry grpc-status in the headers; successes (and
                 // streams) in the trailers, so a missing header is OK. A stream's latency is

@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "file_integrity",
         sql: include_str!("../../../migrations/0006_file_integrity.sql"),
     },
+    Migration {
+        version: 7,
+        name: "trace_context",
+        sql: include_str!("../../../migrations/0007_trace_context.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying the migration lock.

@@ -65,12 +65,18 @@ pub fn main<S: Service>() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    crate::telemetry::init(S::NAME);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(S::NAME, S::BINARY, &MeshError::Io(e)),
     };
-    match runtime.block_on(run::<S>(cli)) {
+    // The OTLP exporter runs on the runtime.
+    let provider = runtime.block_on(async { crate::telemetry::init(S::NAME) });
+    let result = runtime.block_on(run::<S>(cli));
+    if let Some(p) = provider {
+        // Flush what is batched before exiting.
+        let _ = runtime.block_on(async move { tokio::task::spawn_blocking(move || p.shutdown()).await });
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(S::NAME, S::BINARY, &e),
     }

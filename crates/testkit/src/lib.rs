@@ -13,6 +13,7 @@
 
 mod bao;
 pub mod comfy;
+pub mod otlp;
 mod pg;
 mod services;
 

@@ -62,7 +62,7 @@ impl Service for Application {
         let audit = Audit::new(pool);
         let metrics = sakuga_mesh::metrics::Metrics::new();
         let guard = Guard::new(Some(verifier), Some(limiter.clone()), Some(audit.clone()))
-            .with_metrics(metrics.clone());
+            .observed(Self::NAME, metrics.clone());
         let server = GrpcServer::bind(config.listen, &[service_names::AUTH], guard).await?;
         let metrics_listener = sakuga_mesh::metrics::Listener::bind(config.metrics_listen).await?;
         let api = grpc::Api { store, keys: Arc::new(keys), redis, limiter, audit, config: Arc::new(config) };

@@ -67,7 +67,7 @@ impl Service for Application {
         let verifier = Arc::new(Verifier::remote(tls.channel(&config.auth_addr)?, None, None));
         let backend = backend_for(&config)?;
         let metrics = sakuga_mesh::metrics::Metrics::new();
-        let guard = Guard::new(Some(verifier.clone()), None, None).with_metrics(metrics.clone());
+        let guard = Guard::new(Some(verifier.clone()), None, None).observed(Self::NAME, metrics.clone());
         let server = GrpcServer::bind(config.listen, &[], guard).await?;
         let metrics_listener = sakuga_mesh::metrics::Listener::bind(config.metrics_listen).await?;
         Ok(Self {

@@ -76,7 +76,10 @@ pub async fn store(
                 .map(|c| StoreArtifactRequest { part: Some(Part::Chunk(c.to_vec())) }),
         );
         let mut client = client.clone();
-        match client.store_artifact(tokio_stream::iter(messages)).await {
+        let mut request = tonic::Request::new(tokio_stream::iter(messages));
+        // The organizer's span joins the job's trace.
+        sakuga_mesh::telemetry::inject(request.metadata_mut());
+        match client.store_artifact(request).await {
             Ok(resp) => {
                 return resp
                     .into_inner()

@@ -399,7 +399,14 @@ async fn run_job(
     emit(Msg::Ack(AssignmentAck { job: Some(job.clone()) })).await;
     let started = std::time::Instant::now();
     busy.fetch_add(1, Ordering::Relaxed);
-    let outcome = produce_and_store(&a, &job, backend.as_ref(), &config, &organizer, &events, &cancel).await;
+    // Generation and uploads join the job's trace (carried in the assignment).
+    let span = tracing::info_span!("generate", otel.name = "generate", service = "generator", job_id = %a.job_id, attempt = a.attempt);
+    sakuga_mesh::telemetry::set_parent_from_map(&span, &a.trace_context);
+    let outcome = tracing::Instrument::instrument(
+        produce_and_store(&a, &job, backend.as_ref(), &config, &organizer, &events, &cancel),
+        span,
+    )
+    .await;
     busy.fetch_sub(1, Ordering::Relaxed);
     let result = match &outcome {
         Ok(_) => "succeeded",
@@ -496,11 +503,15 @@ async fn produce_and_store(
             job: Some(job.clone()),
             progress: Some(uploading),
         })));
-        let id = upload::store(organizer, &target, index, artifact, config.upload_chunk_bytes)
-            .await
-            // A refused artifact (a failed check) is retried like a failed upload: another
-            // attempt may render it right; the scheduler's attempt limit bounds the retries.
-            .map_err(|e| BackendError::Retryable(e.to_string()))?;
+        let upload = tracing::info_span!("upload", otel.name = "upload", service = "generator", index);
+        let id = tracing::Instrument::instrument(
+            upload::store(organizer, &target, index, artifact, config.upload_chunk_bytes),
+            upload,
+        )
+        .await
+        // A refused artifact (a failed check) is retried like a failed upload: another
+        // attempt may render it right; the scheduler's attempt limit bounds the retries.
+        .map_err(|e| BackendError::Retryable(e.to_string()))?;
         file_ids.push(id);
     }
     Ok(file_ids)

@@ -192,7 +192,17 @@ async fn dispatch_once(state: &State) -> Result<(), crate::error::SchedulerError
                 .claim(&worker.worker_id, &worker.backends, models, worker.free, state.config.lease_ttl())
                 .await?;
             for c in claimed {
-                let msg = grpc::assignment(&c.job, c.lease_token);
+                // The dispatch joins the submitter's trace; the worker's spans join it.
+                let span = tracing::info_span!(
+                    "dispatch",
+                    otel.name = "dispatch",
+                    service = "scheduler",
+                    job_id = %c.job.id,
+                    worker_id = %worker.worker_id,
+                );
+                sakuga_mesh::telemetry::set_parent_from_map(&span, &c.job.trace_context);
+                let context = span.in_scope(sakuga_mesh::telemetry::current_context_map);
+                let msg = grpc::assignment(&c.job, c.lease_token, context);
                 if state.registry.assign(worker.session, c.job.id, c.lease_token, msg) {
                     crate::metrics::dispatched(&state.metrics, &c.job);
                     info!(job_id = %c.job.id, worker_id = %worker.worker_id, attempt = c.job.attempts, warm, "job assigned");

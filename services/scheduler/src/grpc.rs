@@ -140,7 +140,12 @@ pub fn preview_event(job_id: Uuid, png: Vec<u8>, step: u32, item: u32) -> pb::Jo
 }
 
 /// The assignment message for a claimed job.
-pub fn assignment(job: &Job, lease: Uuid) -> AttachResponse {
+#[allow(clippy::implicit_hasher)] // the map is the proto field itself
+pub fn assignment(
+    job: &Job,
+    lease: Uuid,
+    trace_context: std::collections::HashMap<String, String>,
+) -> AttachResponse {
     AttachResponse {
         msg: Some(attach_response::Msg::Assignment(Assignment {
             job_id: job.id.to_string(),
@@ -151,7 +156,7 @@ pub fn assignment(job: &Job, lease: Uuid) -> AttachResponse {
             owner_id: job.owner_id.clone(),
             project_id: job.project_id.map(|p| p.to_string()).unwrap_or_default(),
             attempt: job.attempts,
-            trace_context: std::collections::HashMap::new(),
+            trace_context,
         })),
     }
 }
@@ -231,6 +236,7 @@ impl JobService for Api {
             composed_negative: composed.negative,
             project_id,
             character_ids: composed.character_ids,
+            trace_context: sakuga_mesh::telemetry::current_context_map(),
             spec,
             priority,
             idempotency_key,

@@ -155,6 +155,8 @@ pub struct NewJob {
     pub project_id: Option<Uuid>,
     /// Characters whose fragments were composed in.
     pub character_ids: Vec<Uuid>,
+    /// W3C trace context of the submit.
+    pub trace_context: std::collections::HashMap<String, String>,
     /// Higher first.
     pub priority: i32,
     /// Optional idempotency key.
@@ -180,6 +182,8 @@ pub struct Job {
     pub composed_negative: String,
     /// Characters composed in.
     pub character_ids: Vec<Uuid>,
+    /// W3C trace context of the submit (empty when tracing is off).
+    pub trace_context: std::collections::HashMap<String, String>,
     /// State.
     pub status: Status,
     /// Higher first.

@@ -91,8 +91,8 @@ impl Service for Application {
             Some(pool.clone()),
         ));
         let metrics = sakuga_mesh::metrics::Metrics::new();
-        let guard =
-            Guard::for_service(&verifier, &redis, &config.rate_limits, &pool).with_metrics(metrics.clone());
+        let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool)
+            .observed(Self::NAME, metrics.clone());
         let metrics_listener = sakuga_mesh::metrics::Listener::bind(config.metrics_listen).await?;
         let server = GrpcServer::bind(
             config.listen,

@@ -16,7 +16,7 @@ const JOB_COLUMNS: &str = "id, owner_id, project_id, kind, backend, model, promp
     composed_prompt, width, height, steps, batch_size, frames, fps, seed, cfg_scale, sampler, \
     priority, status, attempts, max_attempts, lease_token, worker_id, progress_step, progress_total, \
     progress_stage, progress_item, error, file_ids, created_at, updated_at, started_at, finished_at, \
-    character_ids, composed_negative";
+    character_ids, composed_negative, trace_context";
 
 fn u32_of(row: &Row, col: &str) -> u32 {
     u32::try_from(row.get::<_, i32>(col)).unwrap_or(0)
@@ -50,6 +50,8 @@ fn job_from_row(row: &Row) -> Job {
         composed_prompt: row.get("composed_prompt"),
         composed_negative: row.get("composed_negative"),
         character_ids: row.get("character_ids"),
+        trace_context: serde_json::from_value(row.get::<_, serde_json::Value>("trace_context"))
+            .unwrap_or_default(),
         status: Status::parse(&status).unwrap_or(Status::Failed),
         priority: row.get("priority"),
         attempts: u32_of(row, "attempts"),
@@ -167,8 +169,9 @@ impl Store {
         let sql = format!(
             "INSERT INTO jobs (id, owner_id, kind, backend, model, prompt, negative_prompt, composed_prompt, \
              width, height, steps, batch_size, frames, fps, seed, cfg_scale, sampler, priority, \
-             idempotency_key, max_attempts, spec_hash, project_id, character_ids, composed_negative) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24) \
+             idempotency_key, max_attempts, spec_hash, project_id, character_ids, composed_negative, \
+             trace_context) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25) \
              ON CONFLICT (owner_id, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
         );
         let stmt = tx.prepare_cached(&sql).await?;
@@ -202,6 +205,7 @@ impl Store {
                     &new.project_id,
                     &new.character_ids,
                     &new.composed_negative,
+                    &serde_json::to_value(&new.trace_context).unwrap_or_default(),
                 ],
             )
             .await?;

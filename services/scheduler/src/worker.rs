@@ -243,7 +243,11 @@ impl Session {
                 match self.state.store.complete(id, lease, &file_ids).await? {
                     Some(job) => {
                         crate::metrics::finished(&self.state.metrics, &job);
-                        info!(job_id = %id, worker_id = %self.worker_id, files = file_ids.len(), "job succeeded");
+                        let span = tracing::info_span!("complete", otel.name = "complete", service = "scheduler", job_id = %id);
+                        sakuga_mesh::telemetry::set_parent_from_map(&span, &job.trace_context);
+                        span.in_scope(|| {
+                            info!(job_id = %id, worker_id = %self.worker_id, files = file_ids.len(), "job succeeded");
+                        });
                         self.state.events.publish(id, &grpc::status_event(&job));
                         self.finished(id);
                     }

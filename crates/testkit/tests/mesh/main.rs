@@ -16,3 +16,4 @@ mod reflection;
 mod security;
 mod startup;
 mod tls;
+mod tracing;
