@@ -733,6 +733,7 @@ where
             "rpc",
             otel.name = %method,
             otel.kind = "server",
+            method = %method,
             service = guard.service,
             request_id = tracing::field::Empty,
             trace_id = tracing::field::Empty,

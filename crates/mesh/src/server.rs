@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::Router};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::layer::util::{Identity, Stack};
-use tracing::{info, info_span, warn};
+use tracing::{info, warn};
 
 use crate::{auth::Guard, error::MeshError, tls::MeshTls};
 
@@ -28,6 +28,8 @@ pub struct GrpcServer {
     router: Router<Stack<Guard, Identity>>,
     health: HealthReporter,
     services: Vec<&'static str>,
+    probe: Router,
+    probe_listener: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -71,20 +73,42 @@ impl GrpcServer {
         };
         let v1 = reflection().build_v1().map_err(|e| MeshError::Server(e.to_string()))?;
         let v1alpha = reflection().build_v1alpha().map_err(|e| MeshError::Server(e.to_string()))?;
+        let probe = Server::builder().add_service(health_service.clone());
         let router = Server::builder()
             .layer(guard)
-            .trace_fn(|req| info_span!("grpc", method = %req.uri().path()))
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(health_service)
             .add_service(v1)
             .add_service(v1alpha);
-        Ok(Self { listener, local_addr, router, health, services: services.to_vec() })
+        Ok(Self {
+            listener,
+            local_addr,
+            router,
+            health,
+            services: services.to_vec(),
+            probe,
+            probe_listener: None,
+        })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Also serves `grpc.health.v1.Health` alone, in plaintext, on `addr`: for kubelet's
+    /// gRPC probes, which cannot present a client certificate. It reveals only
+    /// SERVING/NOT_SERVING. `None` leaves it off.
+    pub async fn with_probe(mut self, addr: Option<SocketAddr>) -> Result<Self, MeshError> {
+        if let Some(addr) = addr {
+            self.probe_listener = Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| MeshError::Server(format!("probe_listen: cannot listen on {addr}: {e}")))?,
+            );
+        }
+        Ok(self)
     }
 
     /// The health reporter (for services that report their own state).
@@ -129,6 +153,14 @@ impl GrpcServer {
             interval,
             shutdown.clone(),
         );
+        if let Some(listener) = self.probe_listener {
+            let (probe, stop) = (self.probe, shutdown.clone());
+            info!(addr = ?listener.local_addr().ok(), "plaintext health for probes");
+            tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let _ = probe.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await;
+            });
+        }
         let incoming = crate::tls::incoming(self.listener, tls.acceptor(), shutdown.clone());
         info!(addr = %self.local_addr, services = ?self.services, "serving");
         let serve = self.router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());

@@ -63,7 +63,10 @@ impl Service for Application {
         let metrics = sakuga_mesh::metrics::Metrics::new();
         let guard = Guard::new(Some(verifier), Some(limiter.clone()), Some(audit.clone()))
             .observed(Self::NAME, metrics.clone());
-        let server = GrpcServer::bind(config.listen, &[service_names::AUTH], guard).await?;
+        let server = GrpcServer::bind(config.listen, &[service_names::AUTH], guard)
+            .await?
+            .with_probe(config.probe_listen)
+            .await?;
         let metrics_listener = sakuga_mesh::metrics::Listener::bind(config.metrics_listen).await?;
         let api = grpc::Api { store, keys: Arc::new(keys), redis, limiter, audit, config: Arc::new(config) };
         Ok(Self { server, api, tls, vault, metrics, metrics_listener })

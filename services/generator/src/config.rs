@@ -18,6 +18,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Prometheus scrape port (`GET /metrics`, plain HTTP); unset: none.
     pub metrics_listen: Option<SocketAddr>,
+    /// Plaintext gRPC health (only) for kubelet probes; unset: none.
+    pub probe_listen: Option<SocketAddr>,
     /// Vault login and mounts.
     pub vault: VaultConfig,
     /// Names on the service certificate.
@@ -55,6 +57,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50054)),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9104))),
+            probe_listen: None,
             vault: VaultConfig::default(),
             tls: TlsConfig::default(),
             scheduler_addr: "127.0.0.1:50052".to_owned(),

@@ -68,7 +68,8 @@ impl Service for Application {
         let backend = backend_for(&config)?;
         let metrics = sakuga_mesh::metrics::Metrics::new();
         let guard = Guard::new(Some(verifier.clone()), None, None).observed(Self::NAME, metrics.clone());
-        let server = GrpcServer::bind(config.listen, &[], guard).await?;
+        let server =
+            GrpcServer::bind(config.listen, &[], guard).await?.with_probe(config.probe_listen).await?;
         let metrics_listener = sakuga_mesh::metrics::Listener::bind(config.metrics_listen).await?;
         Ok(Self {
             server,

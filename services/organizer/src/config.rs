@@ -17,6 +17,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Prometheus scrape port (`GET /metrics`, plain HTTP); unset: none.
     pub metrics_listen: Option<SocketAddr>,
+    /// Plaintext gRPC health (only) for kubelet probes; unset: none.
+    pub probe_listen: Option<SocketAddr>,
     /// Vault login and mounts.
     pub vault: VaultConfig,
     /// Names on the service certificate.
@@ -52,6 +54,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50053)),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9103))),
+            probe_listen: None,
             vault: VaultConfig::default(),
             tls: TlsConfig::default(),
             database: DatabaseConfig::default(),

@@ -67,7 +67,10 @@ impl Service for Application {
         let metrics = sakuga_mesh::metrics::Metrics::new();
         let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool)
             .observed(Self::NAME, metrics.clone());
-        let server = GrpcServer::bind(config.listen, &[service_names::FILES], guard).await?;
+        let server = GrpcServer::bind(config.listen, &[service_names::FILES], guard)
+            .await?
+            .with_probe(config.probe_listen)
+            .await?;
         let metrics_listener = sakuga_mesh::metrics::Listener::bind(config.metrics_listen).await?;
         let api = grpc::Api { store: store::Store::new(pool), storage, metrics, config: Arc::new(config) };
         Ok(Self { server, api, tls, vault, verifier, redis, metrics_listener })

@@ -99,6 +99,8 @@ impl Service for Application {
             &[service_names::JOBS, service_names::WORKER, service_names::PROJECTS],
             guard,
         )
+        .await?
+        .with_probe(config.probe_listen)
         .await?;
         let state = Arc::new(State {
             projects: projects::Projects::new(pool.clone()),

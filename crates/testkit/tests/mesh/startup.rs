@@ -125,3 +125,37 @@ async fn a_pod_logs_in_to_vault_with_its_service_account_token() {
     assert!(missing.validate().unwrap_err().to_string().contains("vault.kubernetes_role"));
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_probe_port_answers_health_in_plaintext_and_nothing_else() {
+    let env = sakuga_testkit::TestEnv::new().await.unwrap();
+    let auth = sakuga_testkit::spawn_auth(sakuga_testkit::auth_config(&env)).await.unwrap();
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut cfg = sakuga_testkit::scheduler_config(&env, &auth);
+    cfg.probe_listen = Some(probe);
+    let scheduler = sakuga_testkit::spawn_scheduler(cfg).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{probe}")).unwrap().connect_lazy();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .await
+            .map(|r| r.into_inner().status);
+        if status
+            .as_ref()
+            .is_ok_and(|s| *s == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "probe port never SERVING: {status:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Only health: the API is not reachable here.
+    let mut jobs = sakuga_proto::v1::job_service_client::JobServiceClient::new(channel);
+    let err = jobs.list_jobs(sakuga_proto::v1::ListJobsRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    scheduler.stop().await.unwrap();
+    auth.stop().await.unwrap();
+    env.cleanup().await;
+}
