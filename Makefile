@@ -62,6 +62,10 @@ test-env: ## print the exports `make test` gives the tests (eval "$(make -s test
 lint: ## rustfmt check, clippy -D warnings, buf lint, buf format check
 	@bash scripts/lint.sh
 
+.PHONY: k8s-check
+k8s-check: ## validate deploy/k8s: kubernetes-validate, kubectl kustomize of each overlay, probes/non-root/network policies
+	@bash scripts/k8s-check.sh
+
 .PHONY: fmt
 fmt: ## rustfmt and buf format, in place
 	@bash scripts/lint.sh --fix

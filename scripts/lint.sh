@@ -39,6 +39,7 @@ if [ -n "$(git -C "$ROOT" tag -l 'v*' 2>/dev/null)" ] && git -C "$ROOT" rev-pars
 else
     log "buf breaking: skipped until a version is tagged (git tag v…)"
 fi
+check "deploy/k8s (kubernetes-validate, kubectl kustomize, policy)" bash "$ROOT/scripts/k8s-check.sh"
 check "secret scan self-test" bash "$ROOT/scripts/secret-scan.sh" --self-test
 check "secret scan" bash "$ROOT/scripts/secret-scan.sh"
 

@@ -16,6 +16,8 @@ use crate::{auth::Guard, error::MeshError, tls::MeshTls};
 /// Name under which health reports the server as a whole.
 const OVERALL: &str = "";
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+/// Health service name that is SERVING while the process serves gRPC at all.
+pub const LIVENESS: &str = "liveness";
 
 /// A dependency probe for health: `Err` carries a short reason for the log.
 pub type HealthCheck =
@@ -59,6 +61,9 @@ impl GrpcServer {
         for name in services.iter().copied().chain([OVERALL]) {
             health.set_service_status(name, ServingStatus::NotServing).await;
         }
+        // For liveness probes: the process serves gRPC. Dependencies are readiness's business
+        // (the overall status), so an outage of PostgreSQL does not restart every pod.
+        health.set_service_status(LIVENESS, ServingStatus::Serving).await;
         let reflection = || {
             let mut b = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(sakuga_proto::FILE_DESCRIPTOR_SET)

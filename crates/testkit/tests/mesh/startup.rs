@@ -151,6 +151,14 @@ async fn the_probe_port_answers_health_in_plaintext_and_nothing_else() {
         assert!(tokio::time::Instant::now() < deadline, "probe port never SERVING: {status:?}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // Liveness: SERVING while the process serves gRPC, whatever its dependencies do.
+    let live = health
+        .check(tonic_health::pb::HealthCheckRequest { service: sakuga_mesh::server::LIVENESS.to_owned() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(live, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     // Only health: the API is not reachable here.
     let mut jobs = sakuga_proto::v1::job_service_client::JobServiceClient::new(channel);
     let err = jobs.list_jobs(sakuga_proto::v1::ListJobsRequest::default()).await.unwrap_err();
