@@ -24,7 +24,7 @@ async fn one_job_is_one_trace_across_the_four_services() {
     // Log in and submit inside the client span, sending its context along.
     let mut login = tonic::Request::new(LoginRequest {
         username: "alice".into(),
-        password: "alice-correct-horse-battery".into(),
+        password: "alice-correct-horse-battery".into(), // secret-scan: allow (test fixture)
     });
     root.in_scope(|| sakuga_mesh::telemetry::inject(login.metadata_mut()));
     AuthServiceClient::new(mesh.channel(&mesh.auth.addr_string())).login(login).await.unwrap();
