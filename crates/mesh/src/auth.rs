@@ -862,8 +862,8 @@ where
                 );
                 m.observe(
                     "sakuga_rpc_duration_seconds",
-                    "RPC latency to the response headers, by method.",
-                    &[("method", &method)],
+                    "RPC latency to the response headers, by method and status code.",
+                    &[("method", &method), ("code", &code)],
                     started.elapsed().as_secs_f64(),
                 );
             }

@@ -247,11 +247,14 @@ impl JobService for Api {
             tracing::info!(job_id = %inserted.job.id, owner = %inserted.job.owner_id, "job queued");
             self.wake.notify_one();
         }
-        Ok(Response::new(pb::SubmitJobResponse {
+        let target = format!("job:{}", inserted.job.id);
+        let mut resp = Response::new(pb::SubmitJobResponse {
             job: Some(job_to_pb(&inserted.job)),
             deduplicated: inserted.deduplicated,
             reused: false,
-        }))
+        });
+        resp.extensions_mut().insert(mesh_auth::AuditTarget(target));
+        Ok(resp)
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
