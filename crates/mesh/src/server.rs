@@ -32,6 +32,8 @@ pub struct GrpcServer {
     services: Vec<&'static str>,
     probe: Router,
     probe_listener: Option<TcpListener>,
+    metrics:
+        Option<(crate::metrics::Listener, Arc<crate::metrics::Metrics>, Option<crate::metrics::Refresh>)>,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -94,12 +96,38 @@ impl GrpcServer {
             services: services.to_vec(),
             probe,
             probe_listener: None,
+            metrics: None,
         })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Also serves `metrics` on `addr` (`GET /metrics`, see [`crate::metrics`]); `None`
+    /// leaves it off.
+    pub async fn with_metrics(
+        mut self,
+        addr: Option<SocketAddr>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, MeshError> {
+        self.metrics = crate::metrics::Listener::bind(addr).await?.map(|l| (l, metrics, None));
+        Ok(self)
+    }
+
+    /// Runs `refresh` before each scrape (gauges read from elsewhere).
+    #[must_use]
+    pub fn with_metrics_refresh(mut self, refresh: crate::metrics::Refresh) -> Self {
+        if let Some((_, _, r)) = self.metrics.as_mut() {
+            *r = Some(refresh);
+        }
+        self
+    }
+
+    /// The bound metrics address, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(l, _, _)| l.local_addr())
     }
 
     /// Also serves `grpc.health.v1.Health` alone, in plaintext, on `addr`: for kubelet's
@@ -158,6 +186,9 @@ impl GrpcServer {
             interval,
             shutdown.clone(),
         );
+        if let Some((listener, metrics, refresh)) = self.metrics {
+            listener.spawn(metrics, refresh, shutdown.clone());
+        }
         if let Some(listener) = self.probe_listener {
             let (probe, stop) = (self.probe, shutdown.clone());
             info!(addr = ?listener.local_addr().ok(), "plaintext health for probes");

@@ -34,8 +34,6 @@ pub struct Application {
     api: grpc::Api,
     tls: Arc<MeshTls>,
     vault: Vault,
-    metrics: Arc<sakuga_mesh::metrics::Metrics>,
-    metrics_listener: Option<sakuga_mesh::metrics::Listener>,
 }
 
 impl Service for Application {
@@ -66,10 +64,11 @@ impl Service for Application {
         let server = GrpcServer::bind(config.listen, &[service_names::AUTH], guard)
             .await?
             .with_probe(config.probe_listen)
+            .await?
+            .with_metrics(config.metrics_listen, metrics)
             .await?;
-        let metrics_listener = sakuga_mesh::metrics::Listener::bind(config.metrics_listen).await?;
         let api = grpc::Api { store, keys: Arc::new(keys), redis, limiter, audit, config: Arc::new(config) };
-        Ok(Self { server, api, tls, vault, metrics, metrics_listener })
+        Ok(Self { server, api, tls, vault })
     }
 
     fn local_addr(&self) -> SocketAddr {
@@ -77,14 +76,11 @@ impl Service for Application {
     }
 
     fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref().map(sakuga_mesh::metrics::Listener::local_addr)
+        self.server.metrics_addr()
     }
 
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { server, api, tls, vault, metrics, metrics_listener } = self;
-        if let Some(l) = metrics_listener {
-            l.spawn(metrics, None, shutdown.clone());
-        }
+        let Self { server, api, tls, vault } = self;
         let renewal = tls.spawn_renewal(vault, api.config.tls.clone(), shutdown.clone());
         let checks: Vec<(&'static str, HealthCheck)> =
             vec![("postgres", db::health_check(api.store.pool())), ("redis", api.redis.health_check())];

@@ -51,7 +51,6 @@ pub struct Application {
     verifier: Arc<Verifier>,
     backend: Arc<dyn Backend>,
     metrics: Arc<sakuga_mesh::metrics::Metrics>,
-    metrics_listener: Option<sakuga_mesh::metrics::Listener>,
 }
 
 impl Service for Application {
@@ -68,19 +67,13 @@ impl Service for Application {
         let backend = backend_for(&config)?;
         let metrics = sakuga_mesh::metrics::Metrics::new();
         let guard = Guard::new(Some(verifier.clone()), None, None).observed(Self::NAME, metrics.clone());
-        let server =
-            GrpcServer::bind(config.listen, &[], guard).await?.with_probe(config.probe_listen).await?;
-        let metrics_listener = sakuga_mesh::metrics::Listener::bind(config.metrics_listen).await?;
-        Ok(Self {
-            server,
-            config: Arc::new(config),
-            tls,
-            vault,
-            verifier,
-            backend,
-            metrics,
-            metrics_listener,
-        })
+        let server = GrpcServer::bind(config.listen, &[], guard)
+            .await?
+            .with_probe(config.probe_listen)
+            .await?
+            .with_metrics(config.metrics_listen, metrics.clone())
+            .await?;
+        Ok(Self { server, config: Arc::new(config), tls, vault, verifier, backend, metrics })
     }
 
     /// The health listener's address.
@@ -89,17 +82,15 @@ impl Service for Application {
     }
 
     fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref().map(sakuga_mesh::metrics::Listener::local_addr)
+        self.server.metrics_addr()
     }
 
     /// Works until `shutdown`, then drains (running jobs get the grace period).
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { server, config, tls, vault, verifier, backend, metrics, metrics_listener } = self;
+        let Self { server, config, tls, vault, verifier, backend, metrics } = self;
         let busy = worker::Busy::default();
-        if let Some(l) = metrics_listener {
-            let gauges = worker::slot_gauges(metrics.clone(), backend.clone(), busy.clone());
-            l.spawn(metrics.clone(), Some(gauges), shutdown.clone());
-        }
+        let server =
+            server.with_metrics_refresh(worker::slot_gauges(metrics.clone(), backend.clone(), busy.clone()));
         // Templates are checked against the servers and models preloaded before the first
         // hello, so the scheduler hears of warm models at once.
         tokio::select! {

@@ -36,7 +36,6 @@ pub struct Application {
     vault: Vault,
     verifier: Arc<Verifier>,
     redis: Redis,
-    metrics_listener: Option<sakuga_mesh::metrics::Listener>,
 }
 
 impl Service for Application {
@@ -70,10 +69,11 @@ impl Service for Application {
         let server = GrpcServer::bind(config.listen, &[service_names::FILES], guard)
             .await?
             .with_probe(config.probe_listen)
+            .await?
+            .with_metrics(config.metrics_listen, metrics.clone())
             .await?;
-        let metrics_listener = sakuga_mesh::metrics::Listener::bind(config.metrics_listen).await?;
         let api = grpc::Api { store: store::Store::new(pool), storage, metrics, config: Arc::new(config) };
-        Ok(Self { server, api, tls, vault, verifier, redis, metrics_listener })
+        Ok(Self { server, api, tls, vault, verifier, redis })
     }
 
     /// The bound address.
@@ -82,15 +82,12 @@ impl Service for Application {
     }
 
     fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref().map(sakuga_mesh::metrics::Listener::local_addr)
+        self.server.metrics_addr()
     }
 
     /// Serves until `shutdown`, then drains.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { server, api, tls, vault, verifier, redis, metrics_listener } = self;
-        if let Some(l) = metrics_listener {
-            l.spawn(api.metrics.clone(), None, shutdown.clone());
-        }
+        let Self { server, api, tls, vault, verifier, redis } = self;
         let renewal = tls.spawn_renewal(vault, api.config.tls.clone(), shutdown.clone());
         let keys = verifier.spawn_refresh(shutdown.clone());
         let pool = api.store.pool().clone();

@@ -67,7 +67,6 @@ pub struct Application {
     vault: Vault,
     /// For the dedicated LISTEN connection.
     listen: tokio_postgres::Config,
-    metrics_listener: Option<sakuga_mesh::metrics::Listener>,
 }
 
 impl Service for Application {
@@ -93,7 +92,6 @@ impl Service for Application {
         let metrics = sakuga_mesh::metrics::Metrics::new();
         let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool)
             .observed(Self::NAME, metrics.clone());
-        let metrics_listener = sakuga_mesh::metrics::Listener::bind(config.metrics_listen).await?;
         let server = GrpcServer::bind(
             config.listen,
             &[service_names::JOBS, service_names::WORKER, service_names::PROJECTS],
@@ -101,6 +99,8 @@ impl Service for Application {
         )
         .await?
         .with_probe(config.probe_listen)
+        .await?
+        .with_metrics(config.metrics_listen, metrics.clone())
         .await?;
         let state = Arc::new(State {
             projects: projects::Projects::new(pool.clone()),
@@ -112,7 +112,7 @@ impl Service for Application {
             redis,
             config,
         });
-        Ok(Self { server, state, tls, vault, listen, metrics_listener })
+        Ok(Self { server, state, tls, vault, listen })
     }
 
     /// The bound address.
@@ -121,15 +121,13 @@ impl Service for Application {
     }
 
     fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref().map(sakuga_mesh::metrics::Listener::local_addr)
+        self.server.metrics_addr()
     }
 
     /// Serves until `shutdown`, then drains.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { server, state, tls, vault, listen, metrics_listener } = self;
-        if let Some(l) = metrics_listener {
-            l.spawn(state.metrics.clone(), Some(metrics::refresh(&state)), shutdown.clone());
-        }
+        let Self { server, state, tls, vault, listen } = self;
+        let server = server.with_metrics_refresh(metrics::refresh(&state));
         let wake = Arc::new(Notify::new());
         let renewal = tls.spawn_renewal(vault, state.config.tls.clone(), shutdown.clone());
         let listener = state.events.spawn_listener(shutdown.clone());
