@@ -8,7 +8,7 @@ use sakuga_mesh::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::comfyui::ComfyConfig;
+use crate::{benchmark::BenchmarkConfig, comfyui::ComfyConfig};
 
 /// Everything the generator reads at start-up.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -36,12 +36,16 @@ pub struct Config {
     /// Stable worker id; empty means `$HOSTNAME` (the pod name in Kubernetes) or
     /// `generator-<pid>`.
     pub worker_id: String,
-    /// The backend this worker runs: `builtin` or `comfyui`.
+    /// The backend this worker runs: `builtin`, `comfyui`, or `benchmark` (load tests only:
+    /// a tiny generated image at once).
     pub backend: String,
-    /// Jobs the builtin backend runs at once (a comfyui worker has one slot per server).
+    /// Jobs the builtin or benchmark backend runs at once (a comfyui worker has one slot per
+    /// server).
     pub slots: u32,
     /// Settings of the comfyui backend.
     pub comfyui: ComfyConfig,
+    /// Settings of the benchmark backend.
+    pub benchmark: BenchmarkConfig,
     /// A preview is sent every this many steps; 0 sends none.
     pub preview_every_steps: u32,
     /// Upload chunk size in bytes (at most 1 MiB).
@@ -67,6 +71,7 @@ impl Default for Config {
             backend: "builtin".to_owned(),
             slots: 2,
             comfyui: ComfyConfig::default(),
+            benchmark: BenchmarkConfig::default(),
             preview_every_steps: 5,
             upload_chunk_bytes: 256 * 1024,
             reconnect_max_backoff_ms: 5_000,
@@ -84,13 +89,13 @@ impl Config {
             return bad("slots", "must be between 1 and 64");
         }
         match self.backend.as_str() {
-            "builtin" => {}
+            "builtin" | "benchmark" => {}
             "comfyui" => {
                 self.comfyui.templates().map_err(MeshError::Config)?;
             }
             other => {
                 return Err(MeshError::Config(format!(
-                    "backend: unknown backend {other:?} (available: builtin, comfyui)"
+                    "backend: unknown backend {other:?} (available: builtin, comfyui, benchmark)"
                 )));
             }
         }

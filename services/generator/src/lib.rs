@@ -3,6 +3,7 @@
 //! reports progress and completion. It serves only health (SERVING while attached).
 
 pub mod backend;
+pub mod benchmark;
 pub mod builtin;
 pub mod comfyui;
 pub mod config;
@@ -37,6 +38,7 @@ use crate::backend::Backend;
 pub fn backend_for(config: &Config) -> Result<Arc<dyn Backend>, MeshError> {
     Ok(match config.backend.as_str() {
         "comfyui" => Arc::new(comfyui::ComfyUi::new(config.comfyui.clone()).map_err(MeshError::Config)?),
+        "benchmark" => Arc::new(benchmark::Benchmark::new(config.slots, &config.benchmark)),
         _ => Arc::new(builtin::Builtin::new(config.slots, config.preview_every_steps)),
     })
 }

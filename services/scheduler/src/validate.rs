@@ -11,11 +11,12 @@ pub const MAX_PROMPT_CHARS: usize = 2000;
 /// Samplers the backends understand.
 pub const SAMPLERS: &[&str] = &["euler", "euler_a", "dpmpp_2m", "ddim"];
 /// Backends a worker may offer.
-pub const BACKENDS: &[&str] = &["builtin", "comfyui"];
+pub const BACKENDS: &[&str] = &["builtin", "comfyui", "benchmark"];
 /// Model each backend uses when the request names none.
 pub fn default_model(backend: &str) -> &'static str {
     match backend {
         "comfyui" => "default",
+        "benchmark" => "benchmark",
         _ => "builtin-v1",
     }
 }
