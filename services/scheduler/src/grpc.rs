@@ -25,6 +25,11 @@ use crate::{
     validate::{self, RawSpec},
 };
 
+/// A watcher re-reads its job after this long without an event ...
+const RESYNC_WHEN_QUIET: Duration = Duration::from_secs(1);
+/// ... and at least this often.
+const RESYNC_ALWAYS: Duration = Duration::from_secs(10);
+
 /// prost Duration from std.
 pub fn duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
@@ -314,21 +319,33 @@ impl JobService for Api {
             {
                 return;
             }
-            let mut resync = tokio::time::interval(Duration::from_secs(1));
-            resync.tick().await;
+            // The job row is re-read after a quiet second (a lost message, Redis away) and
+            // every ten seconds regardless; while events flow, watchers do not each hit the
+            // database once a second.
+            let quiet = tokio::time::sleep(RESYNC_WHEN_QUIET);
+            tokio::pin!(quiet);
+            let mut every = tokio::time::interval(RESYNC_ALWAYS);
+            every.tick().await;
             loop {
                 let out = tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tx.closed() => return,
-                    received = live.recv() => match received {
-                        Ok(ev) => seen.filter(ev),
-                        Err(RecvError::Lagged(_)) => seen.resync(&state, id).await,
-                        Err(RecvError::Closed) => {
-                            live = state.events.subscribe(id);
-                            seen.resync(&state, id).await
+                    received = live.recv() => {
+                        quiet.as_mut().reset(tokio::time::Instant::now() + RESYNC_WHEN_QUIET);
+                        match received {
+                            Ok(ev) => seen.filter(ev),
+                            Err(RecvError::Lagged(_)) => seen.resync(&state, id).await,
+                            Err(RecvError::Closed) => {
+                                live = state.events.subscribe(id);
+                                seen.resync(&state, id).await
+                            }
                         }
                     },
-                    _ = resync.tick() => seen.resync(&state, id).await,
+                    () = &mut quiet => {
+                        quiet.as_mut().reset(tokio::time::Instant::now() + RESYNC_WHEN_QUIET);
+                        seen.resync(&state, id).await
+                    }
+                    _ = every.tick() => seen.resync(&state, id).await,
                 };
                 for ev in out {
                     if tx.send(Ok(pb::WatchJobResponse { event: Some(ev) })).await.is_err() {
