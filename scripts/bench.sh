@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# make bench: the dispatch and backend benchmarks (release build) against real PostgreSQL, Redis and a
-# fresh OpenBao dev server, as the tests use them. Prints a Markdown table; the latest
-# figures and the method are kept in benches/RESULTS.md.
-#   BENCH_JOBS=2000 BENCH_WORKERS=8 BENCH_SLOTS=8 BENCH_CLIENTS=16
+# make bench: the load harness, the backend benchmarks and the criterion micro-benchmarks, in
+# release builds, against real PostgreSQL, Redis and a fresh OpenBao dev server, as the tests
+# use them. Writes .dev/bench/report.json and report.md (the load harness) and prints every
+# table; benches/RESULTS.md keeps the latest figures with the method.
+#
+#   BENCH_SECTIONS=rpc,dispatch,concurrency,fanout,processes  (see benches/benches/load/main.rs
+#   for every BENCH_* setting)   BENCH_SKIP_MICRO=1   BENCH_SKIP_BACKENDS=1
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+started=$SECONDS
 bash "$ROOT/scripts/tools.sh"
 ensure_postgres
 ensure_redis
@@ -17,6 +21,36 @@ export SAKUGA_TEST_DATABASE_URL
 export SAKUGA_TEST_REDIS_URL="redis://$LOOPBACK:$REDIS_PORT"
 start_test_bao
 cd "$ROOT"
-cargo bench -p sakuga-benches --bench dispatch
-# Backends need no database: builtin render cost and the ComfyUI backend's own overhead.
-cargo bench -p sakuga-benches --bench backends
+
+log "cargo build --release (services, benchmarks)"
+cargo build --release -q --bins -p sakuga-auth -p sakuga-scheduler -p sakuga-organizer -p sakuga-generator
+cargo bench -q -p sakuga-benches --no-run 2>/dev/null
+built=$SECONDS
+
+# What the figures ran on, beside them in the report.
+BENCH_META="$(
+    python3 - "$(rustc -V)" "$(pg_admin -Atc 'SHOW server_version' 2>/dev/null || echo unknown)" \
+        "$(redis_admin INFO server 2>/dev/null | tr -d '\r' | sed -n 's/^redis_version://p')" \
+        "$("$TOOLS_BIN/bao" version 2>/dev/null | head -n 1)" \
+        "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+changes')" \
+        "$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")" "$(uname -r)" <<'PY'
+import json, sys
+keys = ["rustc", "postgresql", "redis", "openbao", "commit", "os", "kernel"]
+print(json.dumps(dict(zip(keys, sys.argv[1:]))))
+PY
+)"
+export BENCH_META
+export BENCH_OUT="${BENCH_OUT:-$DEV/bench}"
+export BENCH_BIN_DIR="$CARGO_TARGET_DIR/release"
+
+log "load harness (benches/benches/load)"
+cargo bench -q -p sakuga-benches --bench load
+if [ "${BENCH_SKIP_BACKENDS:-0}" != 1 ]; then
+    log "generator backends (benches/benches/backends.rs)"
+    cargo bench -q -p sakuga-benches --bench backends
+fi
+if [ "${BENCH_SKIP_MICRO:-0}" != 1 ]; then
+    log "criterion micro-benchmarks (benches/benches/micro.rs)"
+    cargo bench -q -p sakuga-benches --bench micro -- --warm-up-time 1 --measurement-time 3 --noplot
+fi
+log "make bench: $((SECONDS - built)) s measuring, $((built - started)) s building and setting up; report in $BENCH_OUT"

@@ -1,0 +1,151 @@
+//! `make bench`: the load harness. It starts the mesh against real PostgreSQL, Redis and
+//! OpenBao, with mTLS on every connection and an access token on every client call, and
+//! measures it from the outside through the public gRPC API. Each section gets a fresh mesh
+//! (its own database, Redis prefix and certificates), so no section sees another's jobs.
+//!
+//! - `rpc`: SubmitJob and GetJob requests/s and latency at 1, 10 and 50 clients;
+//! - `dispatch`: submit → assignment at a steady 100 jobs/s and at saturation;
+//! - `concurrency`: five jobs on one worker with five slots against one slot;
+//! - `fanout`: WatchJob watchers one scheduler holds with events still under 100 ms;
+//! - `processes`: the four services as release binaries (one process each): pipeline
+//!   throughput end to end with the benchmark backend, and each process's RSS idle and
+//!   under that load.
+//!
+//! The first four run the services in this process (tokio tasks, as the tests do); the
+//! last runs them as processes. Settings come from `BENCH_*` variables (see `Settings`);
+//! `BENCH_SECTIONS=rpc,fanout` runs a subset. The report goes to `BENCH_OUT` (default
+//! `.dev/bench`) as `report.json` and `report.md`, and the Markdown is printed.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::too_many_lines,
+    clippy::cast_possible_wrap,
+    clippy::similar_names,
+    unreachable_pub
+)]
+
+mod concurrency;
+mod dispatch;
+mod fanout;
+mod mesh;
+mod processes;
+mod rpc;
+
+use std::path::PathBuf;
+
+use sakuga_benches::{Report, env_or};
+use serde_json::json;
+
+/// What the run does, from `BENCH_*` variables.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Seconds each (method, clients) point of `rpc` runs.
+    pub rpc_secs: u64,
+    /// Client counts of `rpc`.
+    pub rpc_clients: Vec<usize>,
+    /// Seconds of the steady-rate dispatch run.
+    pub steady_secs: u64,
+    /// Submits per second of the steady run.
+    pub steady_rate: u64,
+    /// Jobs of the saturation run.
+    pub saturation_jobs: usize,
+    /// Submitting clients of the saturation and pipeline runs.
+    pub saturation_clients: usize,
+    /// Simulated workers × slots of the dispatch runs.
+    pub workers: usize,
+    /// Slots per worker.
+    pub slots: usize,
+    /// Jobs of the pipeline run.
+    pub pipeline_jobs: usize,
+    /// Generator processes of the pipeline run.
+    pub pipeline_generators: usize,
+    /// Slots per generator in the pipeline run.
+    pub pipeline_slots: usize,
+    /// Largest watcher count the fan-out run tries.
+    pub fanout_max: usize,
+    /// Sections to run.
+    pub sections: Vec<String>,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let list = |name: &str, default: &str| -> Vec<String> {
+            std::env::var(name)
+                .unwrap_or_else(|_| default.to_owned())
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        Self {
+            rpc_secs: env_or("BENCH_RPC_SECS", 5),
+            rpc_clients: list("BENCH_RPC_CLIENTS", "1,10,50").iter().filter_map(|s| s.parse().ok()).collect(),
+            steady_secs: env_or("BENCH_STEADY_SECS", 10),
+            steady_rate: env_or("BENCH_STEADY_RATE", 100),
+            saturation_jobs: env_or("BENCH_JOBS", 2000),
+            saturation_clients: env_or("BENCH_CLIENTS", 16),
+            workers: env_or("BENCH_WORKERS", 8),
+            slots: env_or("BENCH_SLOTS", 8),
+            pipeline_jobs: env_or("BENCH_PIPELINE_JOBS", 2000),
+            pipeline_generators: env_or("BENCH_GENERATORS", 4),
+            pipeline_slots: env_or("BENCH_GENERATOR_SLOTS", 8),
+            fanout_max: env_or("BENCH_FANOUT_MAX", 10_000),
+            sections: list("BENCH_SECTIONS", "rpc,dispatch,concurrency,fanout,processes"),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "rpc_secs": self.rpc_secs,
+            "rpc_clients": self.rpc_clients,
+            "steady_secs": self.steady_secs,
+            "steady_rate": self.steady_rate,
+            "saturation_jobs": self.saturation_jobs,
+            "saturation_clients": self.saturation_clients,
+            "workers": self.workers,
+            "slots": self.slots,
+            "pipeline_jobs": self.pipeline_jobs,
+            "pipeline_generators": self.pipeline_generators,
+            "pipeline_slots": self.pipeline_slots,
+            "fanout_max": self.fanout_max,
+            "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::from_env();
+    let meta =
+        std::env::var("BENCH_META").ok().and_then(|m| serde_json::from_str(&m).ok()).unwrap_or(json!({}));
+    let mut report = Report::new(meta, settings.json());
+    let out = std::env::var("BENCH_OUT")
+        .map_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.dev/bench"), PathBuf::from);
+    std::fs::create_dir_all(&out)?;
+    for section in &settings.sections {
+        let started = std::time::Instant::now();
+        eprintln!("==> bench section {section}");
+        let s = match section.as_str() {
+            "rpc" => vec![rpc::run(&settings).await?],
+            "dispatch" => vec![dispatch::run(&settings).await?],
+            "concurrency" => vec![concurrency::run(&settings).await?],
+            "fanout" => vec![fanout::run(&settings).await?],
+            "processes" => processes::run(&settings).await?,
+            other => anyhow::bail!("BENCH_SECTIONS: unknown section {other:?}"),
+        };
+        eprintln!("    {section} took {:.0} s", started.elapsed().as_secs_f64());
+        for s in s {
+            eprint!("{}", s.markdown());
+            report.sections.push(s);
+        }
+        // Written after every section, so a failure later keeps what was measured.
+        std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+        std::fs::write(out.join("report.md"), report.markdown())?;
+    }
+    println!("{}", report.markdown());
+    println!("(written to {}/report.json and report.md)", out.display());
+    Ok(())
+}

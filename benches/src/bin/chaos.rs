@@ -1,0 +1,477 @@
+//! The driver of `make chaos` (see scripts/chaos.sh, which starts the stack and runs this).
+//!
+//! It submits `--jobs` jobs paced over `--submit-secs` with an idempotency key each, retrying
+//! any call that fails (a restarting scheduler, Redis or PostgreSQL away), while a timeline
+//! of faults runs through `--script act ...`. When every job is finished it stops the faults
+//! and checks that nothing was lost or done twice:
+//! - every submitted job succeeded;
+//! - one job per submit: the scheduler holds exactly `--jobs` jobs of this run;
+//! - one completion per job: the scheduler logged "job succeeded" once for each;
+//! - one set of files per job: each job names one file, the organizer lists exactly one
+//!   file per job and that file is the one the job names;
+//! - no orphan bytes: every file under the storage folder is a recorded file or its
+//!   thumbnail, and every recorded file is on disk.
+//!
+//! It prints the counts and exits with 1 on any loss, duplicate or orphan.
+
+#![allow(clippy::cast_possible_truncation, clippy::cast_precision_loss, clippy::too_many_lines)]
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use sakuga_mesh::tls::MeshTls;
+use sakuga_proto::v1::{
+    Job, JobKind, JobSpec, JobStatus, ListFilesRequest, ListJobsRequest, LoginRequest, SubmitJobRequest,
+    auth_service_client::AuthServiceClient, file_service_client::FileServiceClient,
+    job_service_client::JobServiceClient,
+};
+use tokio::process::Command;
+use tonic::{Request, transport::Channel};
+
+#[derive(Parser, Debug)]
+#[command(about = "make chaos: jobs under faults, then the exactly-once checks")]
+struct Args {
+    /// The chaos stack's folder (stack.env, certs, logs, files).
+    #[arg(long)]
+    dev: PathBuf,
+    /// Jobs to submit.
+    #[arg(long, default_value_t = 1000)]
+    jobs: usize,
+    /// Seconds over which the submits are spread.
+    #[arg(long, default_value_t = 40)]
+    submit_secs: u64,
+    /// The script whose `act` subcommand performs a fault.
+    #[arg(long)]
+    script: PathBuf,
+    /// Generator names, space-separated, killed in turn.
+    #[arg(long)]
+    generators: String,
+    /// Longest wait for every job to finish after the last submit.
+    #[arg(long, default_value_t = 600)]
+    finish_secs: u64,
+}
+
+/// The scheduled faults: seconds from the first submit, action and arguments.
+const TIMELINE: &[(u64, &[&str])] = &[
+    (5, &["restart", "scheduler"]),
+    (10, &["restart", "organizer"]),
+    (14, &["redis-stop"]),
+    (24, &["redis-start"]),
+    (26, &["pg-restart"]),
+    (30, &["restart", "scheduler"]),
+];
+
+struct Stack {
+    tls: MeshTls,
+    auth: String,
+    scheduler: Channel,
+    organizer: Channel,
+    token: Mutex<String>,
+    password: String,
+}
+
+fn stack_env(dev: &Path) -> anyhow::Result<HashMap<String, String>> {
+    let text = std::fs::read_to_string(dev.join("stack.env")).context("stack.env")?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches(['\'', '"']).to_owned()))
+        .collect())
+}
+
+impl Stack {
+    fn open(dev: &Path) -> anyhow::Result<Self> {
+        sakuga_mesh::tls::install_crypto_provider();
+        let env = stack_env(dev)?;
+        let get = |k: &str| env.get(k).cloned().with_context(|| format!("stack.env has no {k}"));
+        let read = |k: &str| -> anyhow::Result<String> {
+            std::fs::read_to_string(get(k)?).with_context(|| format!("reading {k}"))
+        };
+        let tls = MeshTls::from_pem(
+            "chaos",
+            &read("SAKUGA_CLIENT_CERT")?,
+            &read("SAKUGA_CLIENT_KEY")?,
+            &read("SAKUGA_CA")?,
+        )?;
+        let password = std::fs::read_to_string(dev.join("admin.password"))?.trim().to_owned();
+        Ok(Self {
+            scheduler: tls.channel(&get("SAKUGA_SCHEDULER_ADDR")?)?,
+            organizer: tls.channel(&get("SAKUGA_ORGANIZER_ADDR")?)?,
+            auth: get("SAKUGA_AUTH_ADDR")?,
+            tls,
+            token: Mutex::new(String::new()),
+            password,
+        })
+    }
+
+    async fn login(&self) -> anyhow::Result<()> {
+        let mut auth = AuthServiceClient::new(self.tls.channel(&self.auth)?);
+        let resp = auth
+            .login(LoginRequest { username: "admin".into(), password: self.password.clone() })
+            .await?
+            .into_inner();
+        *self.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            resp.tokens.context("login returned no tokens")?.access_token;
+        Ok(())
+    }
+
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut req = Request::new(msg);
+        let token = self.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Ok(v) = format!("Bearer {token}").parse() {
+            req.metadata_mut().insert("authorization", v);
+        }
+        req.set_timeout(Duration::from_secs(10));
+        req
+    }
+}
+
+/// Runs `op` until it succeeds, logging in again when the token is refused; counts retries.
+async fn retry<T, F, Fut>(stack: &Stack, retries: &AtomicUsize, what: &str, mut op: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_mins(5);
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(s) if Instant::now() > deadline => bail!("{what}: still failing after 5 minutes: {s}"),
+            Err(s) => {
+                retries.fetch_add(1, Ordering::Relaxed);
+                if s.code() == tonic::Code::Unauthenticated {
+                    let _ = stack.login().await;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn act(script: &Path, args: &[&str], log: &Mutex<Vec<String>>, started: Instant) {
+    let t = started.elapsed().as_secs_f64();
+    let out = Command::new("bash").arg(script).arg("act").args(args).output().await;
+    let result = match out {
+        Ok(o) if o.status.success() => "ok".to_owned(),
+        Ok(o) => format!("FAILED: {}", String::from_utf8_lossy(&o.stderr).trim()),
+        Err(e) => format!("FAILED: {e}"),
+    };
+    let line = format!("{t:6.1}s  {}  {result}", args.join(" "));
+    println!("  fault {line}");
+    log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(line);
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<std::process::ExitCode> {
+    let args = Args::parse();
+    let stack = Arc::new(Stack::open(&args.dev)?);
+    let retries = Arc::new(AtomicUsize::new(0));
+    retry(&stack, &retries, "login", || async {
+        stack.login().await.map_err(|e| tonic::Status::unavailable(e.to_string()))
+    })
+    .await?;
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let tag = format!("chaos-{run}");
+    println!("chaos run {tag}: {} jobs over {} s", args.jobs, args.submit_secs);
+
+    let started = Instant::now();
+    let faults: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    // A generator killed every 2 s, in turn, until every job is finished.
+    let killer = {
+        let (stop, faults, script) = (stop.clone(), faults.clone(), args.script.clone());
+        let generators: Vec<String> = args.generators.split_whitespace().map(str::to_owned).collect();
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                act(&script, &["kill-generator", &generators[i % generators.len()]], &faults, started).await;
+                i += 1;
+            }
+        })
+    };
+    let timeline = {
+        let (faults, script) = (faults.clone(), args.script.clone());
+        tokio::spawn(async move {
+            for (at, what) in TIMELINE {
+                tokio::time::sleep_until((started + Duration::from_secs(*at)).into()).await;
+                act(&script, what, &faults, started).await;
+            }
+        })
+    };
+
+    // Submits, paced; each retried until the scheduler takes it (idempotency key: no duplicate).
+    let ids: Arc<Mutex<BTreeMap<usize, String>>> = Arc::default();
+    let mut submits = Vec::new();
+    let period = Duration::from_secs_f64(args.submit_secs as f64 / args.jobs.max(1) as f64);
+    for i in 0..args.jobs {
+        tokio::time::sleep_until((started + period * i as u32).into()).await;
+        let (stack, retries, ids, tag) = (stack.clone(), retries.clone(), ids.clone(), tag.clone());
+        submits.push(tokio::spawn(async move {
+            let spec = JobSpec {
+                kind: JobKind::Image.into(),
+                prompt: format!("{tag} job {i}"),
+                width: 64,
+                height: 64,
+                steps: 1,
+                backend: "benchmark".into(),
+                ..JobSpec::default()
+            };
+            let req = SubmitJobRequest {
+                spec: Some(spec),
+                idempotency_key: format!("{tag}-{i}"),
+                ..Default::default()
+            };
+            let resp = retry(&stack, &retries, "SubmitJob", || {
+                let mut c = JobServiceClient::new(stack.scheduler.clone());
+                let r = stack.request(req.clone());
+                async move { c.submit_job(r).await }
+            })
+            .await?;
+            let id = resp.into_inner().job.context("SubmitJob returned no job")?.id;
+            ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(i, id);
+            anyhow::Ok(())
+        }));
+    }
+    for s in submits {
+        s.await??;
+    }
+    let ids: Vec<String> =
+        ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect();
+    println!(
+        "  all {} submitted after {:.1} s ({} calls retried so far)",
+        ids.len(),
+        started.elapsed().as_secs_f64(),
+        retries.load(Ordering::Relaxed)
+    );
+
+    // Wait until every job is finished, listing this run's jobs once a second.
+    let finish_by = Instant::now() + Duration::from_secs(args.finish_secs);
+    let mut jobs: HashMap<String, Job> = HashMap::new();
+    loop {
+        jobs.clear();
+        let mut token = String::new();
+        loop {
+            let page = retry(&stack, &retries, "ListJobs", || {
+                let mut c = JobServiceClient::new(stack.scheduler.clone());
+                let r = stack.request(ListJobsRequest {
+                    page_size: 100,
+                    page_token: token.clone(),
+                    prompt_contains: tag.clone(),
+                    ..Default::default()
+                });
+                async move { c.list_jobs(r).await }
+            })
+            .await?
+            .into_inner();
+            for j in page.jobs {
+                jobs.insert(j.id.clone(), j);
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        let pending = ids
+            .iter()
+            .filter(|id| {
+                !jobs.get(*id).is_some_and(|j| {
+                    matches!(
+                        JobStatus::try_from(j.status),
+                        Ok(JobStatus::Succeeded | JobStatus::Failed | JobStatus::Canceled)
+                    )
+                })
+            })
+            .count();
+        if pending == 0 {
+            break;
+        }
+        if Instant::now() > finish_by {
+            println!("  {pending} jobs still unfinished after {} s", args.finish_secs);
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let wall = started.elapsed();
+    timeline.await?;
+    stop.store(true, Ordering::SeqCst);
+    killer.await?;
+    // Running generators get a moment to settle (a killed one's restart is already under way).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // ---------------------------------------------------------------- checks
+    let succeeded = jobs.values().filter(|j| j.status == JobStatus::Succeeded as i32).count();
+    let failed: Vec<_> = jobs.values().filter(|j| j.status != JobStatus::Succeeded as i32).collect();
+    let lost = args.jobs - succeeded;
+
+    // One job per submit: the list above holds every job of this run.
+    let listed = jobs.len();
+    let duplicated_jobs = listed.saturating_sub(args.jobs);
+
+    // One completion per job, from the scheduler's log (JSON lines, appended across restarts).
+    let log = std::fs::read_to_string(args.dev.join("logs/scheduler.log")).context("scheduler log")?;
+    let mut completions: HashMap<String, usize> = HashMap::new();
+    for line in log.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if v["fields"]["message"] == "job succeeded"
+            && let Some(id) = v["fields"]["job_id"].as_str()
+        {
+            *completions.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    let completed_twice = ids.iter().filter(|id| completions.get(*id).copied().unwrap_or(0) > 1).count();
+    let unlogged = ids
+        .iter()
+        .filter(|id| jobs.get(*id).is_some_and(|j| j.status == JobStatus::Succeeded as i32))
+        .filter(|id| !completions.contains_key(*id))
+        .count();
+
+    // One set of files per job.
+    let ours: HashSet<&String> = ids.iter().collect();
+    let mut files_by_job: HashMap<String, Vec<String>> = HashMap::new();
+    let mut token = String::new();
+    loop {
+        let page = retry(&stack, &retries, "ListFiles", || {
+            let mut c = FileServiceClient::new(stack.organizer.clone());
+            let r = stack.request(ListFilesRequest {
+                page_size: 100,
+                page_token: token.clone(),
+                ..Default::default()
+            });
+            async move { c.list_files(r).await }
+        })
+        .await?
+        .into_inner();
+        for f in page.files {
+            files_by_job.entry(f.job_id.clone()).or_default().push(f.id);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut file_mismatch = 0usize;
+    let mut duplicated_files = 0usize;
+    for id in &ids {
+        let named = jobs.get(id).map(|j| j.file_ids.clone()).unwrap_or_default();
+        let stored = files_by_job.get(id).cloned().unwrap_or_default();
+        duplicated_files += stored.len().saturating_sub(1);
+        let mut a = named.clone();
+        let mut b = stored.clone();
+        a.sort();
+        b.sort();
+        if jobs.get(id).is_some_and(|j| j.status == JobStatus::Succeeded as i32) && (a != b || a.len() != 1) {
+            file_mismatch += 1;
+        }
+    }
+    let foreign_files = files_by_job.keys().filter(|j| !ours.contains(j)).count();
+
+    // No orphan bytes: the storage folder against the records' keys.
+    let keys_out = Command::new("bash").arg(&args.script).arg("act").arg("storage-keys").output().await?;
+    anyhow::ensure!(keys_out.status.success(), "storage-keys: {}", String::from_utf8_lossy(&keys_out.stderr));
+    let keys: HashSet<String> =
+        String::from_utf8_lossy(&keys_out.stdout).lines().map(str::to_owned).collect();
+    let root = args.dev.join("files");
+    let mut on_disk = Vec::new();
+    walk(&root, &root, &mut on_disk)?;
+    let on_disk_set: HashSet<&String> = on_disk.iter().collect();
+    let orphans: Vec<&String> = on_disk
+        .iter()
+        .filter(|k| {
+            let key = k.strip_prefix(".thumbs/").unwrap_or(k);
+            !keys.contains(key)
+        })
+        .collect();
+    let missing = keys.iter().filter(|k| !on_disk_set.contains(k)).count();
+
+    // ---------------------------------------------------------------- report
+    let mut attempts: BTreeMap<u32, usize> = BTreeMap::new();
+    for j in jobs.values() {
+        *attempts.entry(j.attempts).or_default() += 1;
+    }
+    let faults = faults.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let failed_faults = faults.iter().filter(|f| f.contains("FAILED")).count();
+    let kills = faults.iter().filter(|f| f.contains("kill-generator")).count();
+    println!();
+    println!(
+        "chaos run {tag}: {:.1} s, {kills} generator kills, {} scheduled faults",
+        wall.as_secs_f64(),
+        TIMELINE.len()
+    );
+    println!("  submitted      {}", ids.len());
+    println!("  succeeded      {succeeded}");
+    println!("  lost           {lost}");
+    println!(
+        "  duplicated     {} (jobs {duplicated_jobs}, completions {completed_twice}, files {duplicated_files})",
+        duplicated_jobs + completed_twice + duplicated_files
+    );
+    println!("  orphans        {} (files on disk without a record)", orphans.len());
+    println!("  missing bytes  {missing} (records without their file)");
+    println!(
+        "  file sets      {file_mismatch} jobs whose files differ from the one file they name; {foreign_files} files of unknown jobs"
+    );
+    println!(
+        "  attempts       {}",
+        attempts.iter().map(|(a, n)| format!("{n} jobs × {a}")).collect::<Vec<_>>().join(", ")
+    );
+    println!("  retried calls  {}", retries.load(Ordering::Relaxed));
+    if unlogged > 0 {
+        println!("  note: {unlogged} succeeded jobs have no \"job succeeded\" line in the scheduler log");
+    }
+    for j in failed.iter().take(10) {
+        println!("  not succeeded: {} status {} after {} attempts: {}", j.id, j.status, j.attempts, j.error);
+    }
+    for o in orphans.iter().take(10) {
+        println!("  orphan: {o}");
+    }
+    let bad = lost
+        + duplicated_jobs
+        + completed_twice
+        + duplicated_files
+        + orphans.len()
+        + missing
+        + file_mismatch
+        + foreign_files
+        + unlogged
+        + failed_faults;
+    if failed_faults > 0 {
+        println!("  {failed_faults} faults could not be carried out (see above)");
+    }
+    if bad == 0 {
+        println!("PASS: {succeeded} succeeded, 0 lost, 0 duplicated, 0 orphans");
+        Ok(std::process::ExitCode::SUCCESS)
+    } else {
+        println!("FAIL");
+        Ok(std::process::ExitCode::FAILURE)
+    }
+}
+
+/// Every file under `dir`, as a path relative to `root` with `/` separators.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for e in entries {
+        let e = e?;
+        let path = e.path();
+        if e.file_type()?.is_dir() {
+            walk(root, &path, out)?;
+        } else {
+            out.push(path.strip_prefix(root)?.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}
