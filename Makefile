@@ -51,8 +51,13 @@ test: ## buf lint, clippy, then the test suite against real PostgreSQL/Redis/Ope
 	@bash scripts/test.sh
 
 .PHONY: bench
-bench: ## dispatch and backend benchmarks (release build); figures in benches/RESULTS.md
+bench: ## load harness, backend and micro benchmarks (release build); report in .dev/bench, figures in benches/RESULTS.md
 	@bash scripts/bench.sh
+
+JOBS ?= 1000
+.PHONY: chaos
+chaos: ## JOBS jobs (default 1000) while generators are SIGKILLed and the scheduler, organizer, Redis and PostgreSQL restart; fails on any loss or duplicate
+	@JOBS=$(JOBS) bash scripts/chaos.sh
 
 .PHONY: test-env
 test-env: ## print the exports `make test` gives the tests (eval "$(make -s test-env)")

@@ -12,7 +12,7 @@
 #   SAKUGA_GENERATOR_PORT (50054, the generator's health port), CARGO_TARGET_DIR.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
-DEV="$ROOT/.dev"
+DEV="${SAKUGA_DEV_DIR:-$ROOT/.dev}"
 TOOLS="$ROOT/.tools"
 TOOLS_BIN="$TOOLS/bin"
 PIDS="$DEV/pids"
@@ -146,6 +146,7 @@ expected_exe() {
     bao) echo bao ;;
     redis) echo redis-server ;;
     postgres) echo postgres ;;
+    generator-*) echo sakuga-generator ;;
     *) echo "sakuga-$1" ;;
     esac
 }
@@ -355,4 +356,52 @@ start_test_bao() {
         pid_alive "$_TEST_BAO_PID" || die "the test OpenBao server exited; see .dev/logs/test-bao.log"
         sleep 0.1
     done
+}
+
+# ---------------------------------------------------------------------------- services
+
+# Prints grpcurl's answer to a health check on 127.0.0.1:PORT with the operator certificate.
+health_check() { # PORT
+    "$TOOLS_BIN/grpcurl" -max-time 5 -cacert "$DEV/certs/ca.pem" -cert "$DEV/certs/operator.pem" \
+        -key "$DEV/certs/operator.key" "$LOOPBACK:$1" grpc.health.v1.Health/Check 2>&1 || true
+}
+
+# Starts service NAME (auth, scheduler, organizer, generator or generator-N) with
+# $DEV/config/NAME.toml, records it in $DEV/pids and waits until its health check says
+# SERVING (${UP_TIMEOUT:-60} s). NAME's port is ${SERVICE_PORT[NAME]}.
+#   --append   keep the log file (a restart); the default starts it empty
+#   --no-wait  return once the process is started
+start_service() { # NAME [--append] [--no-wait]
+    local s="$1" append=0 wait=1 a
+    shift
+    for a in "$@"; do
+        case "$a" in
+        --append) append=1 ;;
+        --no-wait) wait=0 ;;
+        *) die "start_service: unknown option $a" ;;
+        esac
+    done
+    local svc="${s%%-*}" port="${SERVICE_PORT[$s]}" log_file="$DEV/logs/$s.log" pid i out=""
+    port_open "$LOOPBACK" "$port" &&
+        die "$LOOPBACK:$port (for $s) is taken by another process; free it or set SAKUGA_${svc^^}_PORT"
+    mkdir -p "$DEV/logs"
+    [ "$append" -eq 1 ] || : >"$log_file"
+    log "starting $s on $LOOPBACK:$port (log $log_file)"
+    (cd "$ROOT" && exec_clean "SAKUGA_${svc^^}__" "$BIN_DIR/sakuga-$svc" --config "$DEV/config/$s.toml" serve \
+        >>"$log_file" 2>&1 </dev/null) &
+    pid=$!
+    disown "$pid" 2>/dev/null || true # its end (a kill, in chaos runs) is not this shell's news
+    pids_add "$s" "$pid"
+    [ "$wait" -eq 1 ] || return 0
+    for ((i = 0; i < ${UP_TIMEOUT:-60}; i++)); do
+        if ! pid_alive "$pid"; then
+            tail -n 40 "$log_file" >&2
+            die "$s exited during start-up (log above, in $log_file)"
+        fi
+        out="$(health_check "$port")"
+        [[ "$out" == *'"SERVING"'* ]] && return 0
+        sleep 1
+    done
+    tail -n 40 "$log_file" >&2
+    die "$s did not report SERVING within ${UP_TIMEOUT:-60}s; last health answer: $(printf '%s' "$out" | head -n 3)"
 }

@@ -318,34 +318,6 @@ mkdir -p "$DEV/files"
 
 # ---------------------------------------------------------------------------- 6. services
 
-health_check() { # PORT -> prints grpcurl's answer
-    "$GRPCURL" -max-time 5 -cacert "$DEV/certs/ca.pem" -cert "$DEV/certs/operator.pem" \
-        -key "$DEV/certs/operator.key" "$LOOPBACK:$1" grpc.health.v1.Health/Check 2>&1 || true
-}
-
-start_service() {
-    local s="$1" port="${SERVICE_PORT[$1]}" log_file="$DEV/logs/$1.log" pid i out=""
-    port_open "$LOOPBACK" "$port" &&
-        die "$LOOPBACK:$port (for $s) is taken by another process; free it or set SAKUGA_${s^^}_PORT"
-    : >"$log_file"
-    log "starting $s on $LOOPBACK:$port (log .dev/logs/$s.log)"
-    (cd "$ROOT" && exec_clean "SAKUGA_${s^^}__" "$BIN_DIR/sakuga-$s" --config "$DEV/config/$s.toml" serve \
-        >>"$log_file" 2>&1 </dev/null) &
-    pid=$!
-    pids_add "$s" "$pid"
-    for ((i = 0; i < UP_TIMEOUT; i++)); do
-        if ! pid_alive "$pid"; then
-            tail -n 40 "$log_file" >&2
-            die "$s exited during start-up (log above, in .dev/logs/$s.log)"
-        fi
-        out="$(health_check "$port")"
-        [[ "$out" == *'"SERVING"'* ]] && return 0
-        sleep 1
-    done
-    tail -n 40 "$log_file" >&2
-    die "$s did not report SERVING within ${UP_TIMEOUT}s; last health answer: $(printf '%s' "$out" | head -n 3)"
-}
-
 for s in "${SERVICES[@]}"; do
     start_service "$s"
 done
