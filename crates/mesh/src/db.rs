@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "trace_context",
         sql: include_str!("../../../migrations/0007_trace_context.sql"),
     },
+    Migration {
+        version: 8,
+        name: "active_jobs_index",
+        sql: include_str!("../../../migrations/0008_active_jobs_index.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying the migration lock.

@@ -156,13 +156,14 @@ impl Store {
                 return Ok(Inserted { job: job_from_row(&row), deduplicated: true });
             }
         }
-        let active: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM jobs WHERE owner_id = $1 AND status IN ('queued', 'assigned', 'running')",
-                &[&new.owner_id],
+        // Counting stops at the cap: whether the caller is at it is all that matters.
+        let count = tx
+            .prepare_cached(
+                "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE owner_id = $1 \
+                 AND status IN ('queued', 'assigned', 'running') LIMIT $2) active",
             )
-            .await?
-            .get(0);
+            .await?;
+        let active: i64 = tx.query_one(&count, &[&new.owner_id, &i64::from(cap)]).await?.get(0);
         if active >= i64::from(cap) {
             return Err(SchedulerError::QueueFull { active, cap });
         }
@@ -511,6 +512,41 @@ impl Store {
             )
             .await?;
         let rows = client.query(&stmt, &[]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let status: String = r.get(1);
+                Expired {
+                    id: r.get(0),
+                    status: Status::parse(&status).unwrap_or(Status::Queued),
+                    error: r.get(2),
+                }
+            })
+            .collect())
+    }
+
+    /// Hands back, at once, the jobs leased to `worker_id` that it did not announce when it
+    /// attached: a worker that restarted lost them, so waiting for their leases to expire
+    /// would only delay them. Same accounting as an expired lease.
+    pub async fn release_unannounced(
+        &self,
+        worker_id: &str,
+        kept: &[Uuid],
+    ) -> Result<Vec<Expired>, SchedulerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE jobs SET \
+                   status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END, \
+                   finished_at = CASE WHEN attempts < max_attempts THEN NULL ELSE now() END, \
+                   not_before = now() + least(power(2, attempts), 60) * interval '1 second', \
+                   error = 'worker ' || worker_id || ' restarted without it', \
+                   lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, updated_at = now() \
+                 WHERE status IN ('assigned', 'running') AND worker_id = $1 AND NOT (id = ANY($2)) \
+                 RETURNING id, status, error",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[&worker_id, &kept]).await?;
         Ok(rows
             .iter()
             .map(|r| {

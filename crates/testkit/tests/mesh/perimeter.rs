@@ -253,6 +253,34 @@ async fn a_burst_of_fifty_submits_gets_only_the_configured_burst_through() {
 }
 
 #[tokio::test]
+async fn the_active_job_cap_refuses_the_next_submit_until_one_finishes() {
+    let mesh = Mesh::with_scheduler_config(|c| c.max_active_jobs_per_user = 3).await;
+    let alice = mesh.person("alice").await;
+    let mut jobs = mesh.jobs(&alice.token);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            jobs.submit_job(image_request(&format!("queued {i}"), 1))
+                .await
+                .unwrap()
+                .into_inner()
+                .job
+                .unwrap()
+                .id,
+        );
+    }
+    let refused = jobs.submit_job(image_request("one too many", 1)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("the limit is 3"), "{}", refused.message());
+    jobs.cancel_job(CancelJobRequest { job_id: ids[0].clone() }).await.unwrap();
+    jobs.submit_job(image_request("room again", 1)).await.unwrap();
+    let rows: i64 =
+        mesh.env.db().await.unwrap().query_one("SELECT count(*) FROM jobs", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 4, "the refused submit wrote nothing");
+    mesh.stop().await;
+}
+
+#[tokio::test]
 async fn refresh_tokens_rotate_and_a_reused_one_revokes_its_family() {
     let mesh = Mesh::without_generator().await;
     let _alice = mesh.person("alice").await;
