@@ -83,6 +83,17 @@ pub(crate) async fn attach(
         .extend_leases(&hello.worker_id, &announced, state.config.lease_ttl())
         .await
         .map_err(Status::from)?;
+    let released = state.store.release_unannounced(&hello.worker_id, &kept).await.map_err(Status::from)?;
+    if !released.is_empty() {
+        crate::metrics::leases_expired(&state.metrics, &released);
+        for e in &released {
+            warn!(job_id = %e.id, worker_id = %hello.worker_id, status = e.status.as_str(), "job handed back: its worker restarted without it");
+            if let Ok(job) = state.store.get(e.id, None).await {
+                state.events.publish(e.id, &grpc::status_event(&job));
+            }
+        }
+        wake.notify_one();
+    }
     let session = Uuid::now_v7();
     let (tx, rx) = mpsc::channel(256);
     let running: HashMap<Uuid, Uuid> =

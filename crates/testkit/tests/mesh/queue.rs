@@ -144,6 +144,70 @@ async fn a_dead_workers_job_is_reassigned_and_completes_once_and_a_late_completi
 }
 
 #[tokio::test]
+async fn a_restarted_worker_hands_back_what_it_lost_at_once_not_when_the_lease_expires() {
+    // Leases of ten minutes: only the hand-back at attach can free the job within this test.
+    let mesh = Mesh::with_scheduler_config(|c| c.lease_ttl_ms = 600_000).await;
+    let alice = mesh.person("alice").await;
+    let job = mesh
+        .jobs(&alice.token)
+        .submit_job(image_request("outlives its worker", 2))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let identity = mesh.env.identity("generator").await.unwrap();
+    let attach = || {
+        let channel = identity.channel(&mesh.scheduler.addr_string()).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let hello = WorkerHello {
+            worker_id: "phoenix".into(),
+            slots: 1,
+            backends: vec!["builtin".into()],
+            ..WorkerHello::default()
+        };
+        tx.try_send(AttachRequest { msg: Some(Msg::Hello(hello)) }).unwrap();
+        async move {
+            let inbound = WorkerServiceClient::new(channel)
+                .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            (tx, inbound)
+        }
+    };
+    let next_assignment = |mut inbound: tonic::Streaming<sakuga_proto::v1::AttachResponse>| async move {
+        while let Some(msg) = inbound.next().await {
+            if let Some(attach_response::Msg::Assignment(a)) = msg.unwrap().msg {
+                return (a, inbound);
+            }
+        }
+        panic!("the stream ended before an assignment");
+    };
+    let (tx, inbound) = attach().await;
+    let (first, inbound) = next_assignment(inbound).await;
+    assert_eq!(first.job_id, job.id);
+    drop((tx, inbound)); // killed: it remembers nothing
+
+    // The same worker comes back announcing no running job: the job is handed back at once
+    // (with the attempt counted and a reason) and assigned again under a new lease.
+    let (_tx, inbound) = attach().await;
+    let (second, _inbound) = tokio::time::timeout(Duration::from_mins(1), next_assignment(inbound))
+        .await
+        .expect("the job was not handed back when its worker came back without it");
+    assert_eq!(second.job_id, job.id);
+    assert_ne!(second.lease_token, first.lease_token);
+    let db = mesh.env.db().await.unwrap();
+    let row = db
+        .query_one("SELECT attempts, error FROM jobs WHERE id = $1", &[&Uuid::parse_str(&job.id).unwrap()])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2, "the lost attempt counts");
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("worker phoenix restarted without it"));
+    mesh.stop().await;
+}
+
+#[tokio::test]
 async fn a_worker_with_five_slots_runs_five_jobs_at_once() {
     let mut mesh = Mesh::without_generator().await;
     let alice = mesh.person("alice").await;
