@@ -236,9 +236,72 @@ pub fn parse_listen(field: &str, value: &str) -> Result<SocketAddr, MeshError> {
     value.parse().map_err(|_| MeshError::Config(format!("{field}: not a socket address: {value:?}")))
 }
 
+/// Serde for an address that is on by default (`metrics_listen`): `"off"` (or `""`) turns
+/// it off, since TOML has no null. Use with `#[serde(with = "...::switchable_addr")]`.
+pub mod switchable_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    /// `None` is written as `"off"`.
+    #[allow(clippy::ref_option)]
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    /// An address, or `"off"`/`""` for none.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.trim() {
+            "" | "off" => Ok(None),
+            t => t.parse().map(Some).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "{t:?} is not an address such as 127.0.0.1:9101, nor \"off\""
+                ))
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Switchable {
+        #[serde(with = "switchable_addr")]
+        metrics_listen: Option<SocketAddr>,
+    }
+
+    impl Default for Switchable {
+        fn default() -> Self {
+            Self { metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9101))) }
+        }
+    }
+
+    #[test]
+    fn an_address_that_is_on_by_default_can_be_turned_off_in_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "").unwrap();
+        let c: Switchable = load("switchtest", Some(&path)).unwrap();
+        assert_eq!(c.metrics_listen, Some(SocketAddr::from(([127, 0, 0, 1], 9101))));
+        std::fs::write(&path, "metrics_listen = \"off\"\n").unwrap();
+        let c: Switchable = load("switchtest", Some(&path)).unwrap();
+        assert_eq!(c.metrics_listen, None);
+        std::fs::write(&path, "metrics_listen = \"0.0.0.0:9300\"\n").unwrap();
+        let c: Switchable = load("switchtest", Some(&path)).unwrap();
+        assert_eq!(c.metrics_listen, Some(SocketAddr::from(([0, 0, 0, 0], 9300))));
+        std::fs::write(&path, "metrics_listen = \"nine\"\n").unwrap();
+        let err = load::<Switchable>("switchtest", Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("metrics_listen") && err.contains("\"off\""), "{err}");
+        let written = serde_json::to_value(Switchable { metrics_listen: None }).unwrap();
+        assert_eq!(written["metrics_listen"], "off", "None round-trips through a file");
+    }
 
     #[derive(Debug, Default, Serialize, Deserialize)]
     #[serde(deny_unknown_fields, default)]

@@ -16,7 +16,8 @@ use crate::{benchmark::BenchmarkConfig, comfyui::ComfyConfig};
 pub struct Config {
     /// Listen address of the health (and later metrics) server.
     pub listen: SocketAddr,
-    /// Prometheus scrape port (`GET /metrics`, plain HTTP); unset: none.
+    /// Prometheus scrape port (`GET /metrics`, plain HTTP); `"off"`: none.
+    #[serde(with = "sakuga_mesh::config::switchable_addr")]
     pub metrics_listen: Option<SocketAddr>,
     /// Plaintext gRPC health (only) for kubelet probes; unset: none.
     pub probe_listen: Option<SocketAddr>,

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// gRPC listen address (JobService, WorkerService, health, reflection).
     pub listen: SocketAddr,
-    /// Prometheus scrape port (`GET /metrics`, plain HTTP); unset: none.
+    /// Prometheus scrape port (`GET /metrics`, plain HTTP); `"off"`: none.
+    #[serde(with = "sakuga_mesh::config::switchable_addr")]
     pub metrics_listen: Option<SocketAddr>,
     /// Plaintext gRPC health (only) for kubelet probes; unset: none.
     pub probe_listen: Option<SocketAddr>,
