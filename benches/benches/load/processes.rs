@@ -30,6 +30,7 @@ struct Proc {
     name: String,
     child: Child,
     addr: SocketAddr,
+    log: PathBuf,
 }
 
 impl Proc {
@@ -43,6 +44,11 @@ impl Proc {
             })
             .unwrap_or(0)
     }
+}
+
+/// A metrics address on a port the system picks, so that no two processes collide.
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
@@ -66,7 +72,8 @@ fn start(
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, toml::to_string(config)?)?;
     let service = name.split('-').next().unwrap_or(name);
-    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    let log_path = dir.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path)?;
     let child = Command::new(bin_dir.join(format!("sakuga-{service}")))
         .arg("--config")
         .arg(&path)
@@ -79,14 +86,20 @@ fn start(
         .map_err(|e| {
             anyhow::anyhow!("starting {}: {e}", bin_dir.join(format!("sakuga-{service}")).display())
         })?;
-    Ok(Proc { name: name.to_owned(), child, addr })
+    Ok(Proc { name: name.to_owned(), child, addr, log: log_path })
 }
 
 async fn serving(operator: &MeshTls, p: &mut Proc) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_mins(1);
     loop {
         if let Some(status) = p.child.try_wait()? {
-            anyhow::bail!("{} exited during start-up ({status}); see its log", p.name);
+            let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            anyhow::bail!(
+                "{} exited during start-up ({status}); the end of its log:\n{}",
+                p.name,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         let mut health = HealthClient::new(operator.channel(&p.addr.to_string())?);
         if let Ok(r) = health.check(HealthCheckRequest { service: String::new() }).await
@@ -101,7 +114,8 @@ async fn serving(operator: &MeshTls, p: &mut Proc) -> anyhow::Result<()> {
 
 fn stop(procs: &mut [Proc]) {
     for p in procs.iter().rev() {
-        let _ = Command::new("kill").arg("-TERM").arg(p.child.id().to_string()).status();
+        let _ =
+            Command::new("kill").arg("-TERM").arg(p.child.id().to_string()).stderr(Stdio::null()).status();
     }
     for p in procs.iter_mut() {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -127,12 +141,12 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Section>> {
     let (a_addr, s_addr, o_addr) = (free_addr()?, free_addr()?, free_addr()?);
 
     let mut ac = sakuga_testkit::auth_config(&env);
-    (ac.listen, ac.metrics_listen, ac.rate_limits) = (a_addr, None, unlimited());
+    (ac.listen, ac.metrics_listen, ac.rate_limits) = (a_addr, Some(any_port()), unlimited());
     let auth = at(a_addr);
     let mut sc = crate::mesh::scheduler_config(&env, &auth);
-    (sc.listen, sc.metrics_listen) = (s_addr, None);
+    (sc.listen, sc.metrics_listen) = (s_addr, Some(any_port()));
     let mut oc = sakuga_testkit::organizer_config(&env, &auth, files.clone());
-    (oc.listen, oc.metrics_listen, oc.rate_limits) = (o_addr, None, unlimited());
+    (oc.listen, oc.metrics_listen, oc.rate_limits) = (o_addr, Some(any_port()), unlimited());
 
     let operator = env.identity("operator").await?;
     let mut procs = Vec::new();
@@ -148,7 +162,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Section>> {
         for g in 0..settings.pipeline_generators {
             let addr = free_addr()?;
             let mut gc = sakuga_testkit::generator_config(&env, &auth, &at(s_addr), &at(o_addr));
-            (gc.listen, gc.metrics_listen) = (addr, None);
+            (gc.listen, gc.metrics_listen) = (addr, Some(any_port()));
             gc.worker_id = format!("bench-generator-{g}");
             gc.backend = "benchmark".into();
             gc.slots = settings.pipeline_slots as u32;

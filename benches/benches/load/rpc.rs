@@ -3,12 +3,15 @@
 use std::time::{Duration, Instant};
 
 use sakuga_benches::{Section, Stats};
-use sakuga_proto::v1::GetJobRequest;
+use sakuga_proto::v1::{
+    AttachRequest, GetJobRequest, JobCompleted, LeasedJob, attach_request::Msg, attach_response,
+};
 use serde_json::json;
+use tokio_stream::StreamExt as _;
 
 use crate::{
     Settings,
-    mesh::{Mesh, small_job},
+    mesh::{Mesh, attach, small_job},
 };
 
 pub async fn run(settings: &Settings) -> anyhow::Result<Section> {
@@ -20,14 +23,27 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Section> {
              real PostgreSQL, Redis and OpenBao-issued certificates. Each client is its own mTLS \
              connection and sends an access token with every call (verified, rate-limit script \
              run in Redis, audit row for SubmitJob); it sends the next call when the last one \
-             answers (closed loop), for {} s per point. SubmitJob inserts a queued 64×64 job (no \
-             worker is attached, so the queue only grows); GetJob reads one job. Latency is the \
-             client's round trip.",
+             answers (closed loop), for {} s per point. SubmitJob inserts a queued 64×64 job (\
+             four simulated workers with 8 slots each take and complete every job at once, so \
+             the queue stays short, as in a system keeping up); GetJob reads one job. Latency is \
+             the client's round trip.",
             settings.rpc_secs
         ),
         &["method", "clients", "requests", "errors", "req/s", "p50", "p95", "p99"],
     );
     let mesh = Mesh::start(false).await?;
+    for w in 0..4 {
+        let mut sim = attach(&mesh, &format!("drain-{w}"), 8, "builtin").await?;
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = sim.inbound.next().await {
+                if let Some(attach_response::Msg::Assignment(a)) = msg.msg {
+                    let job = LeasedJob { job_id: a.job_id, lease_token: a.lease_token };
+                    let done = Msg::Completed(JobCompleted { job: Some(job), file_ids: vec![] });
+                    let _ = sim.tx.send(AttachRequest { msg: Some(done) }).await;
+                }
+            }
+        });
+    }
     let first = mesh.jobs()?.submit_job(small_job("rpc bench seed".into(), "builtin")).await?.into_inner();
     let job_id = first.job.map(|j| j.id).unwrap_or_default();
     for &clients in &settings.rpc_clients {
