@@ -56,6 +56,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "active_jobs_index",
         sql: include_str!("../../../migrations/0008_active_jobs_index.sql"),
     },
+    Migration {
+        version: 9,
+        name: "queue_by_owner",
+        sql: include_str!("../../../migrations/0009_queue_by_owner.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying the migration lock.
