@@ -513,31 +513,12 @@ impl Store {
     /// Leases that ran out (worker killed, network cut): queued again with the attempt
     /// counted, or failed after the last attempt.
     pub async fn expire_leases(&self) -> Result<Vec<Expired>, SchedulerError> {
-        let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached(
-                "UPDATE jobs SET \
-                   status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END, \
-                   finished_at = CASE WHEN attempts < max_attempts THEN NULL ELSE now() END, \
-                   not_before = now() + least(power(2, attempts), 60) * interval '1 second', \
-                   error = 'lease expired: worker ' || COALESCE(worker_id, '?') || ' stopped responding', \
-                   lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, updated_at = now() \
-                 WHERE status IN ('assigned', 'running') AND lease_expires_at < now() \
-                 RETURNING id, status, error",
-            )
-            .await?;
-        let rows = client.query(&stmt, &[]).await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let status: String = r.get(1);
-                Expired {
-                    id: r.get(0),
-                    status: Status::parse(&status).unwrap_or(Status::Queued),
-                    error: r.get(2),
-                }
-            })
-            .collect())
+        self.hand_back(
+            "'lease expired: worker ' || COALESCE(worker_id, '?') || ' stopped responding'",
+            "lease_expires_at < now()",
+            &[],
+        )
+        .await
     }
 
     /// Hands back, at once, the jobs leased to `worker_id` that it did not announce when it
@@ -548,20 +529,36 @@ impl Store {
         worker_id: &str,
         kept: &[Uuid],
     ) -> Result<Vec<Expired>, SchedulerError> {
+        self.hand_back(
+            "'worker ' || worker_id || ' restarted without it'",
+            "worker_id = $1 AND NOT (id = ANY($2))",
+            &[&worker_id, &kept],
+        )
+        .await
+    }
+
+    /// Requeues the leased jobs matching `filter` (after a backoff, attempt counted), or
+    /// fails those out of attempts, recording `error` (an SQL expression).
+    async fn hand_back(
+        &self,
+        error: &str,
+        filter: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Expired>, SchedulerError> {
         let client = self.pool.get().await?;
         let stmt = client
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "UPDATE jobs SET \
                    status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END, \
                    finished_at = CASE WHEN attempts < max_attempts THEN NULL ELSE now() END, \
                    not_before = now() + least(power(2, attempts), 60) * interval '1 second', \
-                   error = 'worker ' || worker_id || ' restarted without it', \
+                   error = {error}, \
                    lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, updated_at = now() \
-                 WHERE status IN ('assigned', 'running') AND worker_id = $1 AND NOT (id = ANY($2)) \
-                 RETURNING id, status, error",
-            )
+                 WHERE status IN ('assigned', 'running') AND {filter} \
+                 RETURNING id, status, error"
+            ))
             .await?;
-        let rows = client.query(&stmt, &[&worker_id, &kept]).await?;
+        let rows = client.query(&stmt, params).await?;
         Ok(rows
             .iter()
             .map(|r| {
