@@ -173,11 +173,16 @@ async fn a_person_logs_in_submits_with_a_live_bar_lists_downloads_and_scripts_ge
     )
     .await;
     ok(&r);
+    // Every frame of the bar, by step. The label of a frame may be the job's status instead
+    // of its stage when a status event carries the step (a watcher's re-read of the row can
+    // land between the row's first progress write and that progress event), so frames are
+    // told apart by their step alone: each step once, in order.
     let steps: Vec<String> = r
         .stderr
         .lines()
-        .filter(|l| l.contains("generating"))
-        .map(|l| l.split_whitespace().find(|w| w.contains('/')).unwrap().to_owned())
+        .filter(|l| l.contains('['))
+        .filter_map(|l| l.split_whitespace().find(|w| w.ends_with("/6")).map(str::to_owned))
+        .filter(|s| s != "0/6")
         .collect();
     assert_eq!(
         steps,
