@@ -30,6 +30,30 @@ async fn wait_for(mesh: &Mesh, id: &str, status: &str) {
     panic!("job {id} never reached {status}");
 }
 
+type Outbound = tokio::sync::mpsc::Sender<AttachRequest>;
+type Inbound = tonic::Streaming<sakuga_proto::v1::AttachResponse>;
+
+/// Attaches a bare worker session as `worker_id` (one builtin slot), announcing `running`.
+async fn attach_worker(mesh: &Mesh, worker_id: &str, running: Vec<LeasedJob>) -> (Outbound, Inbound) {
+    let identity = mesh.env.identity("generator").await.unwrap();
+    let channel = identity.channel(&mesh.scheduler.addr_string()).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let hello = WorkerHello {
+        worker_id: worker_id.into(),
+        slots: 1,
+        backends: vec!["builtin".into()],
+        running,
+        ..WorkerHello::default()
+    };
+    tx.try_send(AttachRequest { msg: Some(Msg::Hello(hello)) }).unwrap();
+    let inbound = WorkerServiceClient::new(channel)
+        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, inbound)
+}
+
 #[tokio::test]
 async fn fair_share_lets_a_second_user_through_a_long_queue() {
     let mut mesh = Mesh::with_scheduler_config(|c| c.max_active_jobs_per_user = 1_000).await;
@@ -76,29 +100,7 @@ async fn a_dead_workers_job_is_reassigned_and_completes_once_and_a_late_completi
         .unwrap();
 
     // A worker takes the job and dies without a word (its stream just drops).
-    let identity = mesh.env.identity("generator").await.unwrap();
-    let scheduler_addr = mesh.scheduler.addr_string();
-    let attach = |running: Vec<LeasedJob>| {
-        let channel = identity.channel(&scheduler_addr).unwrap();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let hello = WorkerHello {
-            worker_id: "doomed".into(),
-            slots: 1,
-            backends: vec!["builtin".into()],
-            running,
-            ..WorkerHello::default()
-        };
-        tx.try_send(AttachRequest { msg: Some(Msg::Hello(hello)) }).unwrap();
-        async move {
-            let inbound = WorkerServiceClient::new(channel)
-                .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-                .unwrap()
-                .into_inner();
-            (tx, inbound)
-        }
-    };
-    let (tx, mut inbound) = attach(Vec::new()).await;
+    let (tx, mut inbound) = attach_worker(&mesh, "doomed", Vec::new()).await;
     let mut lease = None;
     while let Some(msg) = inbound.next().await {
         if let Some(attach_response::Msg::Assignment(a)) = msg.unwrap().msg {
@@ -123,7 +125,7 @@ async fn a_dead_workers_job_is_reassigned_and_completes_once_and_a_late_completi
     assert_eq!(files, 1, "one set of files");
 
     // The dead worker comes back and reports completion under its old lease: refused.
-    let (tx, mut inbound) = attach(vec![stale.clone()]).await;
+    let (tx, mut inbound) = attach_worker(&mesh, "doomed", vec![stale.clone()]).await;
     let welcome = inbound.next().await.unwrap().unwrap();
     let Some(attach_response::Msg::Welcome(w)) = welcome.msg else { panic!("expected welcome") };
     assert_eq!(w.dropped_job_ids, vec![job.id.clone()], "the old lease is not kept");
@@ -156,27 +158,7 @@ async fn a_restarted_worker_hands_back_what_it_lost_at_once_not_when_the_lease_e
         .into_inner()
         .job
         .unwrap();
-    let identity = mesh.env.identity("generator").await.unwrap();
-    let attach = || {
-        let channel = identity.channel(&mesh.scheduler.addr_string()).unwrap();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let hello = WorkerHello {
-            worker_id: "phoenix".into(),
-            slots: 1,
-            backends: vec!["builtin".into()],
-            ..WorkerHello::default()
-        };
-        tx.try_send(AttachRequest { msg: Some(Msg::Hello(hello)) }).unwrap();
-        async move {
-            let inbound = WorkerServiceClient::new(channel)
-                .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-                .unwrap()
-                .into_inner();
-            (tx, inbound)
-        }
-    };
-    let next_assignment = |mut inbound: tonic::Streaming<sakuga_proto::v1::AttachResponse>| async move {
+    let next_assignment = |mut inbound: Inbound| async move {
         while let Some(msg) = inbound.next().await {
             if let Some(attach_response::Msg::Assignment(a)) = msg.unwrap().msg {
                 return (a, inbound);
@@ -184,14 +166,14 @@ async fn a_restarted_worker_hands_back_what_it_lost_at_once_not_when_the_lease_e
         }
         panic!("the stream ended before an assignment");
     };
-    let (tx, inbound) = attach().await;
+    let (tx, inbound) = attach_worker(&mesh, "phoenix", Vec::new()).await;
     let (first, inbound) = next_assignment(inbound).await;
     assert_eq!(first.job_id, job.id);
     drop((tx, inbound)); // killed: it remembers nothing
 
     // The same worker comes back announcing no running job: the job is handed back at once
     // (with the attempt counted and a reason) and assigned again under a new lease.
-    let (_tx, inbound) = attach().await;
+    let (_tx, inbound) = attach_worker(&mesh, "phoenix", Vec::new()).await;
     let (second, _inbound) = tokio::time::timeout(Duration::from_mins(1), next_assignment(inbound))
         .await
         .expect("the job was not handed back when its worker came back without it");
