@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod identity;
+pub mod listen;
 pub mod metrics;
 pub mod ratelimit;
 pub mod redis;

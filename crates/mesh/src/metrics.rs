@@ -1,22 +1,32 @@
-//! Prometheus metrics: counters, gauges and histograms with labels, one registry per
-//! service, served as the text exposition format on `GET /metrics` (plain HTTP on the
-//! service's metrics port; the network policy decides who may scrape).
+//! Prometheus metrics on `prometheus-client`: each service registers its families once, at
+//! start-up, with typed label sets whose values come from closed sets (a method of the
+//! authorization table or `unknown`, a gRPC code, a refusal reason, a ceiling's name),
+//! never from what a caller sent, so no request can add a series. They are served in the
+//! Prometheus text format (0.0.4) on `GET /metrics` by a small hyper server with header
+//! and connection timeouts and a cap on concurrent scrapes (plain HTTP on the service's
+//! metrics port; the network policy decides who may scrape).
 
 use std::{
-    collections::BTreeMap,
     fmt::Write as _,
     future::Future,
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpListener,
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::{Metric, Registry},
 };
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tonic::Code;
+use tracing::{debug, info, warn};
 
 use crate::MeshError;
 
@@ -24,136 +34,191 @@ use crate::MeshError;
 pub const BUCKETS: &[f64] =
     &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
-type Labels = Vec<(&'static str, String)>;
+/// How long a scraper may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one scrape connection may stay open in all.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Scrapes served at once; more wait for a free slot (the accept loop stops reading).
+const CONCURRENT_SCRAPES: usize = 8;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
+/// A latency histogram with [`BUCKETS`].
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS.iter().copied())
 }
 
-#[derive(Debug, Clone, Default)]
-struct Histogram {
-    buckets: Vec<u64>,
-    sum: f64,
-    count: u64,
+/// A family of latency histograms.
+pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// A new family of latency histograms with [`BUCKETS`].
+pub fn histogram_family<L: Clone + std::hash::Hash + Eq>() -> HistogramFamily<L> {
+    Family::new_with_constructor(latency_histogram as fn() -> Histogram)
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    help: BTreeMap<&'static str, (Kind, &'static str)>,
-    values: BTreeMap<(&'static str, Labels), f64>,
-    histograms: BTreeMap<(&'static str, Labels), Histogram>,
+/// A gRPC status code as a label value (`OK`, `NOT_FOUND`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CodeLabel(pub Code);
+
+impl CodeLabel {
+    /// The code of a response: `grpc-status` in its headers (unary errors and refusals),
+    /// otherwise OK (successes and streams carry it in the trailers).
+    pub fn of_response<B>(resp: &http::Response<B>) -> Self {
+        let code = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .map_or(Code::Ok, Code::from);
+        Self(code)
+    }
 }
 
-/// Runs before each scrape (to refresh gauges read from elsewhere, e.g. the database).
+/// `NOT_FOUND` for `Code::NotFound`.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+impl EncodeLabelValue for CodeLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(code_name(self.0))
+    }
+}
+
+/// Labels of the RPC families.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// `Service.Method` from the authorization table, or `unknown`.
+    pub method: &'static str,
+    /// The status code.
+    pub code: CodeLabel,
+}
+
+/// Labels of the refusal counter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The refusal's reason code (`TOKEN_EXPIRED`, ...).
+    pub reason: &'static str,
+}
+
+/// Labels of the rate-limit counter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ClassLabels {
+    /// The rate-limit class (`submit`, `read`, ...).
+    pub class: &'static str,
+}
+
+/// Labels of the ceiling counter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CeilingLabels {
+    /// The ceiling's name (`watchers_per_user`, `argon2_busy`, ...).
+    pub ceiling: &'static str,
+}
+
+/// Runs before each scrape (to refresh gauges read from elsewhere).
 pub type Refresh = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
-/// One service's metrics.
-#[derive(Debug, Default)]
+/// One service's metrics: the registry and the families every server has.
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    registry: Mutex<Registry>,
+    /// RPCs handled, by method and code.
+    pub rpc_requests: Family<RpcLabels, Counter>,
+    /// RPC latency to the response headers, by method and code.
+    pub rpc_duration: HistogramFamily<RpcLabels>,
+    /// Calls refused before reaching the service, by reason.
+    pub refusals: Family<ReasonLabels, Counter>,
+    /// Calls refused by a rate limit, by class.
+    pub rate_limited: Family<ClassLabels, Counter>,
+    /// Requests refused by a resource ceiling, by ceiling.
+    pub ceilings: Family<CeilingLabels, Counter>,
 }
 
-fn labels(l: &[(&'static str, &str)]) -> Labels {
-    l.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-fn label_text(l: &Labels, extra: Option<(&str, String)>) -> String {
-    let mut parts: Vec<String> = l.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
-    if let Some((k, v)) = extra {
-        parts.push(format!("{k}=\"{v}\""));
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
     }
-    if parts.is_empty() { String::new() } else { format!("{{{}}}", parts.join(",")) }
 }
 
 impl Metrics {
-    /// An empty registry.
+    /// A registry with the families every server has.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-
-    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        let mut g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&mut g)
-    }
-
-    /// Adds `by` to a counter.
-    pub fn inc(&self, name: &'static str, help: &'static str, l: &[(&'static str, &str)], by: f64) {
-        self.with(|i| {
-            i.help.insert(name, (Kind::Counter, help));
-            *i.values.entry((name, labels(l))).or_insert(0.0) += by;
-        });
-    }
-
-    /// Sets a gauge.
-    pub fn set(&self, name: &'static str, help: &'static str, l: &[(&'static str, &str)], value: f64) {
-        self.with(|i| {
-            i.help.insert(name, (Kind::Gauge, help));
-            i.values.insert((name, labels(l)), value);
-        });
-    }
-
-    /// Records one observation (seconds, or any unit the name says) in a histogram.
-    pub fn observe(&self, name: &'static str, help: &'static str, l: &[(&'static str, &str)], value: f64) {
-        self.with(|i| {
-            i.help.insert(name, (Kind::Histogram, help));
-            let h = i
-                .histograms
-                .entry((name, labels(l)))
-                .or_insert_with(|| Histogram { buckets: vec![0; BUCKETS.len()], ..Histogram::default() });
-            for (b, bound) in h.buckets.iter_mut().zip(BUCKETS) {
-                if value <= *bound {
-                    *b += 1;
-                }
-            }
-            h.sum += value;
-            h.count += 1;
-        });
-    }
-
-    /// The text exposition format.
-    pub fn render(&self) -> String {
-        self.with(|i| {
-            let mut out = String::new();
-            for (name, (kind, help)) in &i.help {
-                let kind_text = match kind {
-                    Kind::Counter => "counter",
-                    Kind::Gauge => "gauge",
-                    Kind::Histogram => "histogram",
-                };
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind_text}");
-                if *kind == Kind::Histogram {
-                    for ((n, l), h) in i.histograms.iter().filter(|((n, _), _)| n == name) {
-                        for (count, bound) in h.buckets.iter().zip(BUCKETS) {
-                            let _ = writeln!(
-                                out,
-                                "{n}_bucket{} {count}",
-                                label_text(l, Some(("le", bound.to_string())))
-                            );
-                        }
-                        let _ = writeln!(
-                            out,
-                            "{n}_bucket{} {}",
-                            label_text(l, Some(("le", "+Inf".to_owned()))),
-                            h.count
-                        );
-                        let _ = writeln!(out, "{n}_sum{} {}", label_text(l, None), h.sum);
-                        let _ = writeln!(out, "{n}_count{} {}", label_text(l, None), h.count);
-                    }
-                } else {
-                    for ((n, l), v) in i.values.iter().filter(|((n, _), _)| n == name) {
-                        let _ = writeln!(out, "{n}{} {v}", label_text(l, None));
-                    }
-                }
-            }
-            out
+        let mut registry = Registry::default();
+        let rpc_requests = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "sakuga_rpc_requests",
+            "RPCs handled, by method and status code.",
+            rpc_requests.clone(),
+        );
+        let rpc_duration = histogram_family::<RpcLabels>();
+        registry.register(
+            "sakuga_rpc_duration_seconds",
+            "RPC latency to the response headers, by method and status code.",
+            rpc_duration.clone(),
+        );
+        let refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "sakuga_auth_failures",
+            "Calls refused before reaching the service, by reason code.",
+            refusals.clone(),
+        );
+        let rate_limited = Family::<ClassLabels, Counter>::default();
+        registry.register(
+            "sakuga_rate_limited",
+            "Calls refused by a rate limit, by class.",
+            rate_limited.clone(),
+        );
+        let ceilings = Family::<CeilingLabels, Counter>::default();
+        registry.register(
+            "sakuga_limit_refusals",
+            "Requests refused by a resource ceiling, by ceiling.",
+            ceilings.clone(),
+        );
+        Arc::new(Self {
+            registry: Mutex::new(registry),
+            rpc_requests,
+            rpc_duration,
+            refusals,
+            rate_limited,
+            ceilings,
         })
+    }
+
+    /// Registers a service's own family (once, at start-up). Counters get `_total` appended
+    /// by the encoder: register `sakuga_jobs_finished`, not `sakuga_jobs_finished_total`.
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner).register(name, help, metric);
+    }
+
+    /// Counts one refusal of `ceiling`.
+    pub fn ceiling_refused(&self, ceiling: &'static str) {
+        self.ceilings.get_or_create(&CeilingLabels { ceiling }).inc();
+    }
+
+    /// The Prometheus text exposition format (0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
+            warn!(error = %e, "metrics could not be encoded");
+            let _ = writeln!(out, "# encoding failed");
+        }
+        out
     }
 }
 
@@ -184,8 +249,10 @@ impl Listener {
     pub fn spawn(self, metrics: Arc<Metrics>, refresh: Option<Refresh>, shutdown: CancellationToken) {
         let Self { listener, addr } = self;
         info!(%addr, "metrics on /metrics");
+        let slots = Arc::new(Semaphore::new(CONCURRENT_SCRAPES));
         tokio::spawn(async move {
             loop {
+                let Ok(permit) = slots.clone().acquire_owned().await else { return };
                 let (stream, _) = tokio::select! {
                     () = shutdown.cancelled() => return,
                     accepted = listener.accept() => match accepted {
@@ -193,61 +260,76 @@ impl Listener {
                         Err(e) => { warn!(error = %e, "metrics accept failed"); continue; }
                     },
                 };
-                tokio::spawn(answer(stream, metrics.clone(), refresh.clone()));
+                let (metrics, refresh) = (metrics.clone(), refresh.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| answer(req, metrics.clone(), refresh.clone()));
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(stream), service);
+                    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => debug!(error = %e, "metrics connection failed"),
+                        Err(_) => debug!("metrics connection timed out"),
+                    }
+                    drop(permit);
+                });
             }
         });
     }
 }
 
-async fn answer(mut stream: tokio::net::TcpStream, metrics: Arc<Metrics>, refresh: Option<Refresh>) {
-    let mut buf = vec![0_u8; 4096];
-    let mut read = 0;
-    while read < buf.len() {
-        match stream.read(&mut buf[read..]).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => read += n,
-        }
-        if buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
-    }
-    let head = String::from_utf8_lossy(&buf[..read]);
-    let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") {
+async fn answer(
+    req: Request<hyper::body::Incoming>,
+    metrics: Arc<Metrics>,
+    refresh: Option<Refresh>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let (status, content_type, body) = if req.method() == Method::GET && req.uri().path() == "/metrics" {
         if let Some(r) = refresh {
             r().await;
         }
-        ("200 OK", metrics.render())
+        (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", metrics.render())
     } else {
-        ("404 Not Found", "only GET /metrics is served here\n".to_owned())
+        (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "only GET /metrics is served here\n".to_owned())
     };
-    let resp = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(resp.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    Ok(resp)
 }
 
 #[cfg(test)]
 mod tests {
+    use prometheus_client::metrics::gauge::Gauge;
+
     use super::*;
 
     #[test]
-    fn counters_gauges_and_histograms_render_in_the_exposition_format() {
+    fn families_render_in_the_prometheus_text_format() {
         let m = Metrics::new();
-        m.inc("sakuga_jobs_total", "Jobs.", &[("outcome", "succeeded")], 1.0);
-        m.inc("sakuga_jobs_total", "Jobs.", &[("outcome", "succeeded")], 2.0);
-        m.set("sakuga_queue", "Queue.", &[("state", "queued")], 4.0);
-        m.observe("sakuga_latency_seconds", "Latency.", &[("method", "A\"b")], 0.02);
-        m.observe("sakuga_latency_seconds", "Latency.", &[("method", "A\"b")], 7.0);
+        let ok = RpcLabels { method: "JobService.GetJob", code: CodeLabel(Code::Ok) };
+        m.rpc_requests.get_or_create(&ok).inc_by(3);
+        m.rpc_duration.get_or_create(&ok).observe(0.02);
+        m.rpc_duration.get_or_create(&ok).observe(7.0);
+        m.ceiling_refused("watchers_per_user");
+        let queue = Gauge::<i64>::default();
+        m.register("sakuga_queue", "Queue.", queue.clone());
+        queue.set(4);
         let text = m.render();
+        assert!(text.contains("# TYPE sakuga_rpc_requests_total counter\n"), "{text}");
         assert!(
-            text.contains("# TYPE sakuga_jobs_total counter\nsakuga_jobs_total{outcome=\"succeeded\"} 3\n"),
+            text.contains("sakuga_rpc_requests_total{method=\"JobService.GetJob\",code=\"OK\"} 3\n"),
             "{text}"
         );
-        assert!(text.contains("sakuga_queue{state=\"queued\"} 4\n"), "{text}");
-        assert!(text.contains("sakuga_latency_seconds_bucket{method=\"A\\\"b\",le=\"0.025\"} 1\n"), "{text}");
-        assert!(text.contains("sakuga_latency_seconds_bucket{method=\"A\\\"b\",le=\"10\"} 2\n"), "{text}");
-        assert!(text.contains("sakuga_latency_seconds_count{method=\"A\\\"b\"} 2\n"), "{text}");
+        assert!(
+            text.contains("sakuga_rpc_duration_seconds_bucket{le=\"0.025\",method=\"JobService.GetJob\",code=\"OK\"} 1\n")
+                || text.contains(
+                    "sakuga_rpc_duration_seconds_bucket{method=\"JobService.GetJob\",code=\"OK\",le=\"0.025\"} 1\n"
+                ),
+            "{text}"
+        );
+        assert!(text.contains("sakuga_limit_refusals_total{ceiling=\"watchers_per_user\"} 1\n"), "{text}");
+        assert!(text.contains("sakuga_queue 4\n"), "{text}");
     }
 }

@@ -11,7 +11,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::layer::util::{Identity, Stack};
 use tracing::{info, warn};
 
-use crate::{auth::Guard, error::MeshError, tls::MeshTls};
+use crate::{auth::Guard, error::MeshError, listen::GrpcLimits, tls::MeshTls};
 
 /// Name under which health reports the server as a whole.
 const OVERALL: &str = "";
@@ -30,6 +30,7 @@ pub struct GrpcServer {
     router: Router<Stack<Guard, Identity>>,
     health: HealthReporter,
     services: Vec<&'static str>,
+    limits: GrpcLimits,
     probe: Router,
     probe_listener: Option<TcpListener>,
     metrics:
@@ -49,12 +50,15 @@ impl GrpcServer {
     /// Binds `listen` (port 0 picks a free port) and mounts health and reflection for
     /// `services`; add the services themselves with [`GrpcServer::add_service`]. Every
     /// call passes `guard` (the authorization table, credentials, rate limits, audit)
-    /// before it reaches a handler.
+    /// before it reaches a handler; connections, handshakes and streams are bounded by
+    /// `limits`.
     pub async fn bind(
         listen: SocketAddr,
         services: &[&'static str],
         guard: Guard,
+        limits: &GrpcLimits,
     ) -> Result<Self, MeshError> {
+        limits.validate()?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| MeshError::Server(format!("cannot listen on {listen}: {e}")))?;
@@ -83,8 +87,10 @@ impl GrpcServer {
         let probe = Server::builder().add_service(health_service.clone());
         let router = Server::builder()
             .layer(guard)
-            .http2_keepalive_interval(Some(Duration::from_secs(20)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_concurrent_streams(Some(limits.max_concurrent_streams))
+            .http2_max_header_list_size(Some(limits.max_header_list_bytes))
+            .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)))
             .add_service(health_service)
             .add_service(v1)
             .add_service(v1alpha);
@@ -94,6 +100,7 @@ impl GrpcServer {
             router,
             health,
             services: services.to_vec(),
+            limits: limits.clone(),
             probe,
             probe_listener: None,
             metrics: None,
@@ -186,6 +193,7 @@ impl GrpcServer {
             interval,
             shutdown.clone(),
         );
+        let metrics = self.metrics.as_ref().map(|(_, m, _)| m.clone());
         if let Some((listener, metrics, refresh)) = self.metrics {
             listener.spawn(metrics, refresh, shutdown.clone());
         }
@@ -197,7 +205,8 @@ impl GrpcServer {
                 let _ = probe.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await;
             });
         }
-        let incoming = crate::tls::incoming(self.listener, tls.acceptor(), shutdown.clone());
+        let incoming =
+            crate::listen::incoming(self.listener, tls.acceptor(), &self.limits, metrics, shutdown.clone());
         info!(addr = %self.local_addr, services = ?self.services, "serving");
         let serve = self.router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
         let deadline = async {

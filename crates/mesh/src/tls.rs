@@ -22,9 +22,8 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
 use secrecy::ExposeSecret as _;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::{TlsAcceptor, TlsConnector, server::TlsStream};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
@@ -310,45 +309,6 @@ fn split_host_port(addr: &str) -> Result<(&str, u16), MeshError> {
         return Err(MeshError::Config(format!("address {addr:?}: empty host")));
     }
     Ok((host, port))
-}
-
-/// Accepted TLS connections of a listener, handshakes done off the accept loop (a slow or
-/// hostile client cannot stall others). Stops accepting when `shutdown` fires.
-pub fn incoming(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    shutdown: CancellationToken,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                () = shutdown.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
-                    }
-                    Ok(Err(e)) => debug!(%peer, error = %e, "tls handshake refused"),
-                    Err(_) => debug!(%peer, "tls handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ pub struct Config {
     pub vault: VaultConfig,
     /// Names on the service certificate.
     pub tls: TlsConfig,
+    /// Limits of the gRPC port: connections, handshakes, streams per connection, keepalive.
+    pub grpc: sakuga_mesh::listen::GrpcLimits,
     /// PostgreSQL (users, keys, refresh tokens, audit log).
     pub database: DatabaseConfig,
     /// Redis (revocation list, rate limits).
@@ -52,6 +54,7 @@ impl Default for Config {
             probe_listen: None,
             vault: VaultConfig::default(),
             tls: TlsConfig::default(),
+            grpc: sakuga_mesh::listen::GrpcLimits::default(),
             database: DatabaseConfig::default(),
             redis: RedisConfig::default(),
             signing_keys_path: "sakuga/auth/signing".to_owned(),

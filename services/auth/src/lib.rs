@@ -61,7 +61,7 @@ impl Service for Application {
         let metrics = sakuga_mesh::metrics::Metrics::new();
         let guard = Guard::new(Some(verifier), Some(limiter.clone()), Some(audit.clone()))
             .observed(Self::NAME, metrics.clone());
-        let server = GrpcServer::bind(config.listen, &[service_names::AUTH], guard)
+        let server = GrpcServer::bind(config.listen, &[service_names::AUTH], guard, &config.grpc)
             .await?
             .with_probe(config.probe_listen)
             .await?

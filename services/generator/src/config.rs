@@ -25,6 +25,8 @@ pub struct Config {
     pub vault: VaultConfig,
     /// Names on the service certificate.
     pub tls: TlsConfig,
+    /// Limits of the gRPC port: connections, handshakes, streams per connection, keepalive.
+    pub grpc: sakuga_mesh::listen::GrpcLimits,
     /// Scheduler `host:port` (the host must be on its certificate); several replicas,
     /// comma-separated, are tried in turn whenever the stream drops, so a scheduler that
     /// shuts down hands its workers (and their running jobs, by lease) to another.
@@ -65,6 +67,7 @@ impl Default for Config {
             probe_listen: None,
             vault: VaultConfig::default(),
             tls: TlsConfig::default(),
+            grpc: sakuga_mesh::listen::GrpcLimits::default(),
             scheduler_addr: "127.0.0.1:50052".to_owned(),
             organizer_addr: "127.0.0.1:50053".to_owned(),
             auth_addr: "127.0.0.1:50051".to_owned(),

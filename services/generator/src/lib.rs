@@ -7,6 +7,7 @@ pub mod benchmark;
 pub mod builtin;
 pub mod comfyui;
 pub mod config;
+mod metrics;
 pub mod upload;
 mod worker;
 
@@ -52,7 +53,7 @@ pub struct Application {
     vault: Vault,
     verifier: Arc<Verifier>,
     backend: Arc<dyn Backend>,
-    metrics: Arc<sakuga_mesh::metrics::Metrics>,
+    families: Arc<metrics::Families>,
 }
 
 impl Service for Application {
@@ -69,13 +70,14 @@ impl Service for Application {
         let backend = backend_for(&config)?;
         let metrics = sakuga_mesh::metrics::Metrics::new();
         let guard = Guard::new(Some(verifier.clone()), None, None).observed(Self::NAME, metrics.clone());
-        let server = GrpcServer::bind(config.listen, &[], guard)
+        let server = GrpcServer::bind(config.listen, &[], guard, &config.grpc)
             .await?
             .with_probe(config.probe_listen)
             .await?
             .with_metrics(config.metrics_listen, metrics.clone())
             .await?;
-        Ok(Self { server, config: Arc::new(config), tls, vault, verifier, backend, metrics })
+        let families = Arc::new(metrics::Families::register(&metrics));
+        Ok(Self { server, config: Arc::new(config), tls, vault, verifier, backend, families })
     }
 
     /// The health listener's address.
@@ -89,10 +91,13 @@ impl Service for Application {
 
     /// Works until `shutdown`, then drains (running jobs get the grace period).
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { server, config, tls, vault, verifier, backend, metrics } = self;
+        let Self { server, config, tls, vault, verifier, backend, families } = self;
         let busy = worker::Busy::default();
-        let server =
-            server.with_metrics_refresh(worker::slot_gauges(metrics.clone(), backend.clone(), busy.clone()));
+        let server = server.with_metrics_refresh(metrics::slot_gauges(
+            families.clone(),
+            backend.clone(),
+            busy.clone(),
+        ));
         // Templates are checked against the servers and models preloaded before the first
         // hello, so the scheduler hears of warm models at once.
         tokio::select! {
@@ -113,7 +118,7 @@ impl Service for Application {
             let (config, attached, shutdown, done) =
                 (config.clone(), attached.clone(), shutdown.clone(), worker_done.clone());
             tokio::spawn(async move {
-                worker::run(config, backend, (metrics, busy), schedulers, organizer, attached, shutdown)
+                worker::run(config, backend, (families, busy), schedulers, organizer, attached, shutdown)
                     .await;
                 done.cancel();
             })

@@ -12,7 +12,6 @@ use std::{
     time::Duration,
 };
 
-use sakuga_mesh::metrics::Metrics;
 use sakuga_proto::v1::{
     Assignment, AssignmentAck, AttachRequest, AttachResponse, Heartbeat, JobCanceledAck, JobCompleted,
     JobFailed, JobKind, JobProgress, LeasedJob, PreviewUpdate, ProgressUpdate, WorkerDraining, WorkerHello,
@@ -28,36 +27,12 @@ use tracing::{info, warn};
 use crate::{
     Config,
     backend::{Backend, BackendError, JobInput, Report, Sink},
+    metrics::Families,
     upload,
 };
 
 /// Attempts running now on a worker.
 pub(crate) type Busy = Arc<std::sync::atomic::AtomicU32>;
-
-/// Before each scrape: slots in all and in use.
-pub(crate) fn slot_gauges(
-    metrics: Arc<Metrics>,
-    backend: Arc<dyn Backend>,
-    busy: Busy,
-) -> sakuga_mesh::metrics::Refresh {
-    Arc::new(move || {
-        let (metrics, backend, busy) = (metrics.clone(), backend.clone(), busy.clone());
-        Box::pin(async move {
-            metrics.set(
-                "sakuga_worker_slots",
-                "Slots of this worker.",
-                &[("backend", backend.name())],
-                f64::from(backend.slots()),
-            );
-            metrics.set(
-                "sakuga_worker_slots_busy",
-                "Slots of this worker running a job.",
-                &[("backend", backend.name())],
-                f64::from(busy.load(Ordering::Relaxed)),
-            );
-        })
-    })
-}
 
 /// What job tasks tell the connection loop.
 #[derive(Debug)]
@@ -79,7 +54,7 @@ struct Running {
 pub(crate) async fn run(
     config: Arc<Config>,
     backend: Arc<dyn Backend>,
-    (metrics, busy): (Arc<Metrics>, Busy),
+    (metrics, busy): (Arc<Families>, Busy),
     schedulers: Vec<Channel>,
     organizer: Channel,
     attached: Arc<AtomicBool>,
@@ -158,7 +133,7 @@ enum SessionEnd {
 struct Worker {
     config: Arc<Config>,
     backend: Arc<dyn Backend>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Families>,
     busy: Busy,
     id: String,
     organizer: FileServiceClient<Channel>,
@@ -383,7 +358,7 @@ impl Worker {
 async fn run_job(
     a: Assignment,
     backend: Arc<dyn Backend>,
-    (metrics, busy): (Arc<Metrics>, Busy),
+    (metrics, busy): (Arc<Families>, Busy),
     config: Arc<Config>,
     organizer: FileServiceClient<Channel>,
     events: mpsc::Sender<Event>,
@@ -414,19 +389,7 @@ async fn run_job(
         Err(BackendError::Permanent(_)) => "failed",
         Err(BackendError::Retryable(_)) => "retryable",
     };
-    let backend_name = backend.name();
-    metrics.inc(
-        "sakuga_generator_jobs_total",
-        "Job attempts run by this worker, by backend and result.",
-        &[("backend", backend_name), ("result", result)],
-        1.0,
-    );
-    metrics.observe(
-        "sakuga_generator_job_seconds",
-        "Time an attempt took on this worker (generation and uploads), by backend.",
-        &[("backend", backend_name)],
-        started.elapsed().as_secs_f64(),
-    );
+    metrics.attempt(backend.name(), result, started.elapsed().as_secs_f64());
     let msg = match outcome {
         Ok(file_ids) => {
             info!(job_id = %a.job_id, files = file_ids.len(), "job done");

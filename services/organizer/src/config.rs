@@ -24,6 +24,8 @@ pub struct Config {
     pub vault: VaultConfig,
     /// Names on the service certificate.
     pub tls: TlsConfig,
+    /// Limits of the gRPC port: connections, handshakes, streams per connection, keepalive.
+    pub grpc: sakuga_mesh::listen::GrpcLimits,
     /// PostgreSQL.
     pub database: DatabaseConfig,
     /// Redis (revocation list, rate limits).
@@ -58,6 +60,7 @@ impl Default for Config {
             probe_listen: None,
             vault: VaultConfig::default(),
             tls: TlsConfig::default(),
+            grpc: sakuga_mesh::listen::GrpcLimits::default(),
             database: DatabaseConfig::default(),
             redis: RedisConfig::default(),
             auth_addr: "127.0.0.1:50051".to_owned(),

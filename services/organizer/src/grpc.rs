@@ -70,6 +70,8 @@ pub struct Api {
     pub storage: Arc<dyn Storage>,
     /// Prometheus metrics.
     pub metrics: Arc<sakuga_mesh::metrics::Metrics>,
+    /// The organizer's own metric families.
+    pub families: crate::metrics::Families,
     /// Configuration (limits).
     pub config: Arc<Config>,
 }
@@ -219,7 +221,7 @@ impl FileService for Api {
         }
         let checks = checks::run(&bytes, &header.expected).inspect_err(|e| {
             warn!(job_id = %header.job_id, index = header.index, error = %e, "artifact rejected");
-            self.metrics.inc("sakuga_artifacts_rejected_total", "Artifacts refused by a check.", &[], 1.0);
+            self.families.rejected();
         })?;
         let slug = match header.project_id {
             Some(p) => Some(
@@ -255,19 +257,7 @@ impl FileService for Api {
             created_at: now,
         };
         let stored = self.store.insert(&record).await?;
-        #[allow(clippy::cast_precision_loss)]
-        self.metrics.inc(
-            "sakuga_upload_bytes_total",
-            "Bytes of artifacts stored, by kind.",
-            &[("kind", &stored.kind)],
-            stored.size_bytes as f64,
-        );
-        self.metrics.inc(
-            "sakuga_files_stored_total",
-            "Artifacts stored, by kind.",
-            &[("kind", &stored.kind)],
-            1.0,
-        );
+        self.families.stored(&stored.kind, stored.size_bytes);
         info!(file_id = %stored.id, job_id = %stored.job_id, index = stored.index, size = stored.size_bytes, "artifact stored");
         Ok(Response::new(pb::StoreArtifactResponse { file: Some(file_to_pb(&stored)) }))
     }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod layout;
+pub mod metrics;
 pub mod reconcile;
 pub mod storage;
 pub mod store;
@@ -66,13 +67,20 @@ impl Service for Application {
         let metrics = sakuga_mesh::metrics::Metrics::new();
         let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool)
             .observed(Self::NAME, metrics.clone());
-        let server = GrpcServer::bind(config.listen, &[service_names::FILES], guard)
+        let server = GrpcServer::bind(config.listen, &[service_names::FILES], guard, &config.grpc)
             .await?
             .with_probe(config.probe_listen)
             .await?
             .with_metrics(config.metrics_listen, metrics.clone())
             .await?;
-        let api = grpc::Api { store: store::Store::new(pool), storage, metrics, config: Arc::new(config) };
+        let families = metrics::Families::register(&metrics);
+        let api = grpc::Api {
+            store: store::Store::new(pool),
+            storage,
+            metrics,
+            families,
+            config: Arc::new(config),
+        };
         Ok(Self { server, api, tls, vault, verifier, redis })
     }
 

@@ -23,6 +23,8 @@ pub struct Config {
     pub vault: VaultConfig,
     /// Names on the service certificate.
     pub tls: TlsConfig,
+    /// Limits of the gRPC port: connections, handshakes, streams per connection, keepalive.
+    pub grpc: sakuga_mesh::listen::GrpcLimits,
     /// PostgreSQL.
     pub database: DatabaseConfig,
     /// Redis (progress fan-out).
@@ -63,6 +65,7 @@ impl Default for Config {
             probe_listen: None,
             vault: VaultConfig::default(),
             tls: TlsConfig::default(),
+            grpc: sakuga_mesh::listen::GrpcLimits::default(),
             database: DatabaseConfig::default(),
             redis: RedisConfig::default(),
             lease_ttl_ms: 10_000,

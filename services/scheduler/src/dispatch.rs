@@ -204,7 +204,7 @@ async fn dispatch_once(state: &State) -> Result<(), crate::error::SchedulerError
                 let context = span.in_scope(sakuga_mesh::telemetry::current_context_map);
                 let msg = grpc::assignment(&c.job, c.lease_token, context);
                 if state.registry.assign(worker.session, c.job.id, c.lease_token, msg) {
-                    crate::metrics::dispatched(&state.metrics, &c.job);
+                    state.families.dispatched(&c.job);
                     info!(job_id = %c.job.id, worker_id = %worker.worker_id, attempt = c.job.attempts, warm, "job assigned");
                     state.events.publish(c.job.id, &grpc::status_event(&c.job));
                 } else {
@@ -233,7 +233,7 @@ pub fn spawn_reaper(
             match state.store.expire_leases().await {
                 Ok(expired) if expired.is_empty() => {}
                 Ok(expired) => {
-                    crate::metrics::leases_expired(&state.metrics, &expired);
+                    state.families.leases_expired(&expired);
                     for e in &expired {
                         warn!(job_id = %e.id, status = e.status.as_str(), "lease expired");
                         let revoke = AttachResponse {

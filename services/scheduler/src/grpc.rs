@@ -384,7 +384,7 @@ impl JobService for Api {
             self.state.registry.send_to_holder(id, cancel, false);
             self.wake.notify_one();
         }
-        crate::metrics::finished(&self.state.metrics, &job);
+        self.state.families.finished(&job);
         self.state.events.publish(id, &status_event(&job));
         Ok(Response::new(pb::CancelJobResponse { job: Some(job_to_pb(&job)) }))
     }

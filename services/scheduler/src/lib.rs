@@ -55,6 +55,8 @@ pub struct State {
     pub verifier: Arc<Verifier>,
     /// Prometheus metrics.
     pub metrics: Arc<sakuga_mesh::metrics::Metrics>,
+    /// The scheduler's own metric families.
+    pub families: metrics::Families,
     redis: Redis,
 }
 
@@ -96,6 +98,7 @@ impl Service for Application {
             config.listen,
             &[service_names::JOBS, service_names::WORKER, service_names::PROJECTS],
             guard,
+            &config.grpc,
         )
         .await?
         .with_probe(config.probe_listen)
@@ -108,6 +111,7 @@ impl Service for Application {
             verifier,
             events: events::Events::new(redis.clone()),
             registry: dispatch::Registry::default(),
+            families: metrics::Families::register(&metrics),
             metrics,
             redis,
             config,

@@ -1,10 +1,15 @@
 //! The scheduler's metrics: jobs finished by outcome, job duration by backend, dispatch
 //! latency, lease expiries, and (refreshed at each scrape) queue depth by state and this
-//! replica's worker slots.
+//! replica's worker slots. Families are registered once; every label value comes from a
+//! closed set (job states, the validated backends).
 
 use std::sync::Arc;
 
-use sakuga_mesh::metrics::{Metrics, Refresh};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+};
+use sakuga_mesh::metrics::{HistogramFamily, Metrics, Refresh, histogram_family, latency_histogram};
 
 use crate::{
     State,
@@ -12,50 +17,113 @@ use crate::{
     store::Expired,
 };
 
-/// A job reached a final state.
-pub fn finished(m: &Metrics, job: &Job) {
-    if !matches!(job.status, Status::Succeeded | Status::Failed | Status::Canceled) {
-        return;
-    }
-    m.inc(
-        "sakuga_jobs_finished_total",
-        "Jobs that reached a final state, by outcome.",
-        &[("outcome", job.status.as_str())],
-        1.0,
-    );
-    if let (Some(start), Some(end)) = (job.started_at, job.finished_at) {
-        let secs = (end - start).to_std().unwrap_or_default().as_secs_f64();
-        m.observe(
+/// `outcome` label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+/// `backend` and `outcome` labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BackendOutcome {
+    backend: &'static str,
+    outcome: &'static str,
+}
+
+/// `state` label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct JobState {
+    state: &'static str,
+}
+
+/// The scheduler's own families.
+#[derive(Debug, Clone)]
+pub struct Families {
+    finished: Family<Outcome, Counter>,
+    duration: HistogramFamily<BackendOutcome>,
+    dispatch_latency: Histogram,
+    lease_expiries: Family<Outcome, Counter>,
+    jobs: Family<JobState, Gauge>,
+    slots_busy: Gauge,
+    slots: Gauge,
+}
+
+/// A backend name as a label: one of the validated backends, or `other`.
+fn backend_label(backend: &str) -> &'static str {
+    crate::validate::BACKENDS.iter().copied().find(|b| *b == backend).unwrap_or("other")
+}
+
+impl Families {
+    /// Registers the families in `m`.
+    pub fn register(m: &Metrics) -> Self {
+        let f = Self {
+            finished: Family::default(),
+            duration: histogram_family(),
+            dispatch_latency: latency_histogram(),
+            lease_expiries: Family::default(),
+            jobs: Family::default(),
+            slots_busy: Gauge::default(),
+            slots: Gauge::default(),
+        };
+        m.register(
+            "sakuga_jobs_finished",
+            "Jobs that reached a final state, by outcome.",
+            f.finished.clone(),
+        );
+        m.register(
             "sakuga_job_duration_seconds",
             "Time from a job's start to its final state, by backend and outcome.",
-            &[("backend", &job.spec.backend), ("outcome", job.status.as_str())],
-            secs,
+            f.duration.clone(),
         );
-    }
-}
-
-/// A job was handed to a worker; the first attempt's latency since submission is recorded.
-pub fn dispatched(m: &Metrics, job: &Job) {
-    if job.attempts <= 1 {
-        let secs = (chrono::Utc::now() - job.created_at).to_std().unwrap_or_default().as_secs_f64();
-        m.observe(
+        m.register(
             "sakuga_dispatch_latency_seconds",
             "Time from submission to assignment to a worker (first attempts).",
-            &[],
-            secs,
+            f.dispatch_latency.clone(),
         );
-    }
-}
-
-/// Leases that ran out.
-pub fn leases_expired(m: &Metrics, expired: &[Expired]) {
-    for e in expired {
-        m.inc(
-            "sakuga_lease_expiries_total",
+        m.register(
+            "sakuga_lease_expiries",
             "Job leases that ran out, by what became of the job.",
-            &[("outcome", if e.status == Status::Failed { "failed" } else { "requeued" })],
-            1.0,
+            f.lease_expiries.clone(),
         );
+        m.register("sakuga_jobs", "Jobs by state (all replicas).", f.jobs.clone());
+        m.register(
+            "sakuga_worker_slots_busy",
+            "Worker slots in use on this replica's sessions.",
+            f.slots_busy.clone(),
+        );
+        m.register("sakuga_worker_slots", "Worker slots on this replica's sessions.", f.slots.clone());
+        f
+    }
+
+    /// A job reached a final state.
+    pub fn finished(&self, job: &Job) {
+        if !matches!(job.status, Status::Succeeded | Status::Failed | Status::Canceled) {
+            return;
+        }
+        let outcome = job.status.as_str();
+        self.finished.get_or_create(&Outcome { outcome }).inc();
+        if let (Some(start), Some(end)) = (job.started_at, job.finished_at) {
+            let secs = (end - start).to_std().unwrap_or_default().as_secs_f64();
+            let labels = BackendOutcome { backend: backend_label(&job.spec.backend), outcome };
+            self.duration.get_or_create(&labels).observe(secs);
+        }
+    }
+
+    /// A job was handed to a worker; the first attempt's latency since submission is
+    /// recorded.
+    pub fn dispatched(&self, job: &Job) {
+        if job.attempts <= 1 {
+            let secs = (chrono::Utc::now() - job.created_at).to_std().unwrap_or_default().as_secs_f64();
+            self.dispatch_latency.observe(secs);
+        }
+    }
+
+    /// Leases that ran out.
+    pub fn leases_expired(&self, expired: &[Expired]) {
+        for e in expired {
+            let outcome = if e.status == Status::Failed { "failed" } else { "requeued" };
+            self.lease_expiries.get_or_create(&Outcome { outcome }).inc();
+        }
     }
 }
 
@@ -66,7 +134,7 @@ pub fn refresh(state: &Arc<State>) -> Refresh {
     Arc::new(move || {
         let state = state.clone();
         Box::pin(async move {
-            let m = &state.metrics;
+            let f = &state.families;
             if let Ok(counts) = state.store.count_by_status().await {
                 for s in [
                     Status::Queued,
@@ -77,19 +145,12 @@ pub fn refresh(state: &Arc<State>) -> Refresh {
                     Status::Canceled,
                 ] {
                     let n = counts.iter().find(|(k, _)| *k == s.as_str()).map_or(0, |(_, n)| *n);
-                    #[allow(clippy::cast_precision_loss)]
-                    m.set("sakuga_jobs", "Jobs by state (all replicas).", &[("state", s.as_str())], n as f64);
+                    f.jobs.get_or_create(&JobState { state: s.as_str() }).set(n);
                 }
             }
             let (busy, total) = state.registry.slot_usage();
-            #[allow(clippy::cast_precision_loss)]
-            m.set(
-                "sakuga_worker_slots_busy",
-                "Worker slots in use on this replica's sessions.",
-                &[],
-                busy as f64,
-            );
-            m.set("sakuga_worker_slots", "Worker slots on this replica's sessions.", &[], f64::from(total));
+            f.slots_busy.set(i64::try_from(busy).unwrap_or(i64::MAX));
+            f.slots.set(i64::from(total));
         })
     })
 }

@@ -85,7 +85,7 @@ pub(crate) async fn attach(
         .map_err(Status::from)?;
     let released = state.store.release_unannounced(&hello.worker_id, &kept).await.map_err(Status::from)?;
     if !released.is_empty() {
-        crate::metrics::leases_expired(&state.metrics, &released);
+        state.families.leases_expired(&released);
         for e in &released {
             warn!(job_id = %e.id, worker_id = %hello.worker_id, status = e.status.as_str(), "job handed back: its worker restarted without it");
             if let Ok(job) = state.store.get(e.id, None).await {
@@ -253,7 +253,7 @@ impl Session {
                     .map_err(|_| SchedulerError::invalid("completed.file_ids", "not a UUID"))?;
                 match self.state.store.complete(id, lease, &file_ids).await? {
                     Some(job) => {
-                        crate::metrics::finished(&self.state.metrics, &job);
+                        self.state.families.finished(&job);
                         let span = tracing::info_span!("complete", otel.name = "complete", service = "scheduler", job_id = %id);
                         sakuga_mesh::telemetry::set_parent_from_map(&span, &job.trace_context);
                         span.in_scope(|| {
@@ -271,7 +271,7 @@ impl Session {
                 let error: String = f.error.chars().take(2000).collect();
                 match self.state.store.fail(id, lease, &error, f.retryable).await? {
                     Some(job) => {
-                        crate::metrics::finished(&self.state.metrics, &job);
+                        self.state.families.finished(&job);
                         warn!(job_id = %id, worker_id = %self.worker_id, retryable = f.retryable, status = job.status.as_str(), error = %error, "job attempt failed");
                         self.state.events.publish(id, &grpc::status_event(&job));
                         self.finished(id);

@@ -47,7 +47,7 @@ async fn each_service_counts_the_job_and_fills_its_histograms() {
         value(&scheduler, r#"sakuga_rpc_duration_seconds_count{method="JobService.SubmitJob",code="OK"}"#)
             >= 1.0
     );
-    assert_eq!(value(&scheduler, r#"sakuga_auth_failures_total{reason="missing"}"#), 1.0);
+    assert_eq!(value(&scheduler, r#"sakuga_auth_failures_total{reason="CREDENTIALS_MISSING"}"#), 1.0);
     assert_eq!(value(&scheduler, r#"sakuga_jobs_finished_total{outcome="succeeded"}"#), 1.0);
     assert_eq!(value(&scheduler, r#"sakuga_jobs{state="succeeded"}"#), 1.0);
     assert_eq!(value(&scheduler, r#"sakuga_jobs{state="queued"}"#), 0.0);

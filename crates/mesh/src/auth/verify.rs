@@ -1,0 +1,285 @@
+//! Bearer credentials checked locally: access JWTs (EdDSA) against the auth service's
+//! published keys, API keys against their stored hashes, and both against the Redis
+//! revocation list. Refusals are typed ([`Refusal`]).
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use deadpool_postgres::Pool;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use super::{
+    API_KEY_PREFIX, AUDIENCE, Caller, ISSUER, Refusal, Role, revoked_jti_key, revoked_user_key, secret_hash,
+};
+use crate::redis::Redis;
+
+/// Claims of an access token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// Issuer.
+    pub iss: String,
+    /// Audience.
+    pub aud: String,
+    /// User id.
+    pub sub: String,
+    /// Role.
+    pub role: Role,
+    /// Issued at (seconds since the epoch).
+    pub iat: i64,
+    /// Expires at.
+    pub exp: i64,
+    /// Token id (for revocation).
+    pub jti: String,
+}
+
+/// Public keys that verify access tokens, by `kid`.
+pub type KeySet = HashMap<String, DecodingKey>;
+
+type Fetch = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<KeySet, String>> + Send>> + Send + Sync>;
+
+const KEYS_REFRESH: Duration = Duration::from_mins(5);
+const KEYS_MIN_REFETCH: Duration = Duration::from_secs(10);
+/// How long an API key lookup is reused: a revoked key stops working within this time.
+const API_KEY_CACHE: Duration = Duration::from_secs(2);
+
+/// Verifies bearer credentials locally.
+pub struct Verifier {
+    keys: RwLock<KeySet>,
+    fetch: Option<Fetch>,
+    last_fetch: Mutex<Option<Instant>>,
+    redis: Option<Redis>,
+    db: Option<Pool>,
+    api_keys: Mutex<HashMap<String, (Instant, Option<Caller>)>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kids: Vec<String> = self.keys.read().map(|k| k.keys().cloned().collect()).unwrap_or_default();
+        f.debug_struct("Verifier").field("kids", &kids).finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier with a fixed key set (the auth service verifies with its own keys).
+    pub fn with_keys(keys: KeySet, redis: Option<Redis>, db: Option<Pool>) -> Self {
+        Self {
+            keys: RwLock::new(keys),
+            fetch: None,
+            last_fetch: Mutex::new(None),
+            redis,
+            db,
+            api_keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A verifier that fetches the keys from the auth service's `GetJwks` (now, every five
+    /// minutes, and when a token names an unknown key) over mTLS.
+    pub fn remote(auth: tonic::transport::Channel, redis: Option<Redis>, db: Option<Pool>) -> Self {
+        let fetch: Fetch = Arc::new(move || {
+            let channel = auth.clone();
+            Box::pin(async move {
+                let mut client = sakuga_proto::v1::auth_service_client::AuthServiceClient::new(channel);
+                let jwks = client
+                    .get_jwks(sakuga_proto::v1::GetJwksRequest {})
+                    .await
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+                    .into_inner();
+                keyset_from_jwks(&jwks.keys)
+            })
+        });
+        Self {
+            keys: RwLock::new(HashMap::new()),
+            fetch: Some(fetch),
+            last_fetch: Mutex::new(None),
+            redis,
+            db,
+            api_keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Refreshes the remote key set every five minutes until `shutdown`.
+    pub fn spawn_refresh(
+        self: &Arc<Self>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if this.fetch.is_none() {
+                return;
+            }
+            loop {
+                this.refresh(true).await;
+                let wait = if this.has_keys() { KEYS_REFRESH } else { Duration::from_secs(1) };
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        })
+    }
+
+    fn has_keys(&self) -> bool {
+        self.keys.read().is_ok_and(|k| !k.is_empty())
+    }
+
+    async fn refresh(&self, force: bool) {
+        let Some(fetch) = &self.fetch else { return };
+        {
+            let mut last = self.last_fetch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !force && last.is_some_and(|t| t.elapsed() < KEYS_MIN_REFETCH) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        match fetch().await {
+            Ok(keys) => {
+                debug!(kids = ?keys.keys().collect::<Vec<_>>(), "verification keys loaded");
+                if let Ok(mut k) = self.keys.write() {
+                    *k = keys;
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot fetch verification keys from the auth service"),
+        }
+    }
+
+    fn key(&self, kid: &str) -> Option<DecodingKey> {
+        self.keys.read().ok()?.get(kid).cloned()
+    }
+
+    /// Verifies a bearer credential.
+    pub async fn verify(&self, bearer: &str) -> Result<Caller, Refusal> {
+        if bearer.starts_with(API_KEY_PREFIX) {
+            return self.verify_api_key(bearer).await;
+        }
+        let header = jsonwebtoken::decode_header(bearer).map_err(|_| Refusal::MalformedToken)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(Refusal::TokenAlgorithm);
+        }
+        let kid = header.kid.ok_or(Refusal::TokenAlgorithm)?;
+        let key = if let Some(k) = self.key(&kid) {
+            k
+        } else {
+            self.refresh(false).await;
+            if !self.has_keys() {
+                return Err(Refusal::KeysNotLoaded);
+            }
+            self.key(&kid).ok_or(Refusal::UnknownSigningKey)?
+        };
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        validation.leeway = 5;
+        let data = jsonwebtoken::decode::<Claims>(bearer, &key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => Refusal::TokenExpired,
+                _ => Refusal::TokenInvalid,
+            }
+        })?;
+        let claims = data.claims;
+        let id = Uuid::parse_str(&claims.sub).map_err(|_| Refusal::TokenInvalid)?;
+        self.check_revoked(&claims).await?;
+        Ok(Caller::User {
+            id,
+            role: claims.role,
+            jti: Some(claims.jti),
+            expires_at: Some(claims.exp),
+            api_key: None,
+        })
+    }
+
+    /// Refuses revoked tokens. Redis being unreachable does not stop people with the
+    /// `user` role (the check is skipped with a warning; logins and submits fail closed on
+    /// the rate limiter instead), but it stops admins: a revoked or disabled admin must not
+    /// keep admin powers through a Redis outage.
+    async fn check_revoked(&self, claims: &Claims) -> Result<(), Refusal> {
+        let Some(redis) = self.redis.as_ref() else { return Ok(()) };
+        let unreachable = |why: &str| {
+            if claims.role == Role::Admin {
+                warn!(error = %why, "revocation list unreachable; refusing an admin token");
+                Err(Refusal::RevocationUnavailable)
+            } else {
+                warn!(error = %why, "revocation list unreachable; accepting the token");
+                Ok(())
+            }
+        };
+        if redis.is_down() {
+            return unreachable("redis is down (breaker open)");
+        }
+        let mut conn = redis.manager.clone();
+        let keys = [revoked_jti_key(redis, &claims.jti), revoked_user_key(redis, &claims.sub)];
+        let result: redis::RedisResult<(Option<String>, Option<i64>)> =
+            redis::cmd("MGET").arg(&keys[..]).query_async(&mut conn).await;
+        redis.note(&result);
+        match result {
+            Ok((Some(_), _)) => Err(Refusal::TokenRevoked),
+            Ok((None, Some(not_before))) if claims.iat <= not_before => Err(Refusal::TokenRevoked),
+            Ok(_) => Ok(()),
+            Err(e) => unreachable(&e.to_string()),
+        }
+    }
+
+    async fn verify_api_key(&self, secret: &str) -> Result<Caller, Refusal> {
+        let hash = secret_hash(secret);
+        if let Some((at, cached)) =
+            self.api_keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&hash)
+            && at.elapsed() < API_KEY_CACHE
+        {
+            return cached.clone().ok_or(Refusal::ApiKeyInvalid);
+        }
+        let Some(db) = &self.db else {
+            return Err(Refusal::CredentialsNotAccepted);
+        };
+        let client = db.get().await.map_err(|_| Refusal::CredentialStoreUnavailable)?;
+        let row = client
+            .query_opt(
+                "UPDATE api_keys k SET last_used_at = now() FROM users u \
+                 WHERE k.key_hash = $1 AND u.id = k.user_id AND k.revoked_at IS NULL \
+                   AND (k.expires_at IS NULL OR k.expires_at > now()) AND NOT u.disabled \
+                 RETURNING k.id, k.user_id, u.role",
+                &[&hash],
+            )
+            .await
+            .map_err(|e| {
+                warn!(error = %e, "api key lookup failed");
+                Refusal::CredentialStoreUnavailable
+            })?;
+        let caller = row.map(|r| {
+            let role: String = r.get(2);
+            Caller::User {
+                id: r.get(1),
+                role: Role::parse(&role).unwrap_or(Role::User),
+                jti: None,
+                expires_at: None,
+                api_key: Some(r.get(0)),
+            }
+        });
+        self.api_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(hash, (Instant::now(), caller.clone()));
+        caller.ok_or(Refusal::ApiKeyInvalid)
+    }
+}
+
+/// Decodes a JWK set (Ed25519 keys) into verification keys.
+pub fn keyset_from_jwks(keys: &[sakuga_proto::v1::Jwk]) -> Result<KeySet, String> {
+    keys.iter()
+        .map(|k| {
+            if k.kty != "OKP" || k.crv != "Ed25519" {
+                return Err(format!("key {}: unsupported key type {}/{}", k.kid, k.kty, k.crv));
+            }
+            DecodingKey::from_ed_components(&k.x)
+                .map(|d| (k.kid.clone(), d))
+                .map_err(|e| format!("key {}: {e}", k.kid))
+        })
+        .collect()
+}
