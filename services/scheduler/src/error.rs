@@ -31,6 +31,14 @@ pub enum SchedulerError {
         /// The limit.
         cap: u32,
     },
+    /// The caller already holds as many `WatchJob` streams as a ceiling allows.
+    #[error("{} reached ({cap})", ceiling.name())]
+    TooManyWatchers {
+        /// Which ceiling.
+        ceiling: crate::watchers::WatchCeiling,
+        /// Its configured value.
+        cap: u32,
+    },
     /// PostgreSQL failed.
     #[error("database: {0}")]
     Db(#[from] tokio_postgres::Error),
@@ -57,6 +65,12 @@ impl From<SchedulerError> for Status {
             SchedulerError::AlreadyExists(why) => Status::already_exists(why),
             SchedulerError::QueueFull { active, cap } => Status::resource_exhausted(format!(
                 "{active} of your jobs are queued or running, the limit is {cap}: wait for some to finish"
+            )),
+            // No retry-after: a slot comes back only when one of the caller's own streams
+            // ends, which the caller sees and controls.
+            SchedulerError::TooManyWatchers { ceiling, cap } => Status::resource_exhausted(format!(
+                "{}: {cap} WatchJob streams already open, the limit; close one before watching another",
+                ceiling.name()
             )),
             SchedulerError::Db(e) => {
                 error!(error = %e, "database error");

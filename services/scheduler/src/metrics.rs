@@ -1,6 +1,6 @@
 //! The scheduler's metrics: jobs finished by outcome, job duration by backend, dispatch
-//! latency, lease expiries, and (refreshed at each scrape) queue depth by state and this
-//! replica's worker slots.
+//! latency, lease expiries, and (refreshed at each scrape) unfinished jobs by state, this
+//! replica's worker slots and its open job watches.
 
 use std::sync::Arc;
 
@@ -59,26 +59,26 @@ pub fn leases_expired(m: &Metrics, expired: &[Expired]) {
     }
 }
 
-/// Before each scrape: queue depth by state (all replicas, from PostgreSQL) and this
-/// replica's worker slots.
+/// Before each scrape: unfinished jobs by state (all replicas, from PostgreSQL; a count
+/// bounded by [`crate::store::UNFINISHED_COUNT_LIMIT`] over the unfinished jobs only, never a
+/// count of the whole history), this replica's worker slots, and its job watches (streams
+/// and the per-job channels they share, both back to zero when nobody watches).
 pub fn refresh(state: &Arc<State>) -> Refresh {
     let state = state.clone();
     Arc::new(move || {
         let state = state.clone();
         Box::pin(async move {
             let m = &state.metrics;
-            if let Ok(counts) = state.store.count_by_status().await {
-                for s in [
-                    Status::Queued,
-                    Status::Assigned,
-                    Status::Running,
-                    Status::Succeeded,
-                    Status::Failed,
-                    Status::Canceled,
-                ] {
+            if let Ok(counts) = state.store.count_unfinished().await {
+                for s in [Status::Queued, Status::Assigned, Status::Running] {
                     let n = counts.iter().find(|(k, _)| *k == s.as_str()).map_or(0, |(_, n)| *n);
                     #[allow(clippy::cast_precision_loss)]
-                    m.set("sakuga_jobs", "Jobs by state (all replicas).", &[("state", s.as_str())], n as f64);
+                    m.set(
+                        "sakuga_jobs",
+                        "Unfinished jobs by state (all replicas; counted up to 100000).",
+                        &[("state", s.as_str())],
+                        n as f64,
+                    );
                 }
             }
             let (busy, total) = state.registry.slot_usage();
@@ -90,6 +90,21 @@ pub fn refresh(state: &Arc<State>) -> Refresh {
                 busy as f64,
             );
             m.set("sakuga_worker_slots", "Worker slots on this replica's sessions.", &[], f64::from(total));
+            #[allow(clippy::cast_precision_loss)]
+            {
+                m.set(
+                    "sakuga_job_watchers",
+                    "WatchJob streams open on this replica.",
+                    &[],
+                    state.watchers.held() as f64,
+                );
+                m.set(
+                    "sakuga_job_event_channels",
+                    "Jobs with an in-process event channel on this replica (watched here now).",
+                    &[],
+                    state.events.channels() as f64,
+                );
+            }
         })
     })
 }
