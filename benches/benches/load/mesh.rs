@@ -129,6 +129,10 @@ pub fn scheduler_config(env: &TestEnv, auth: &Spawned) -> sakuga_scheduler::Conf
     let mut cfg = sakuga_testkit::scheduler_config(env, auth);
     cfg.rate_limits = unlimited();
     cfg.max_active_jobs_per_user = 1_000_000;
+    // The fan-out run is one user watching one job from thousands of streams, up to 150
+    // per connection: the watcher ceilings are what it measures past, not what it tests.
+    cfg.watch.max_per_user = 1_000_000;
+    cfg.watch.max_per_connection = 1_000;
     cfg.lease_ttl_ms = 30_000;
     cfg.heartbeat_interval_ms = 5_000;
     cfg

@@ -55,6 +55,28 @@ pub struct Config {
     pub job_retention_days: u32,
     /// How often the retention sweep runs.
     pub retention_sweep_secs: u64,
+    /// Ceilings on `WatchJob` streams.
+    pub watch: WatchConfig,
+}
+
+/// Ceilings on `WatchJob` streams: each open stream holds a task, a slot in its job's
+/// event channel and the caller's share of these caps.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// Events buffered per watched job on this replica; a watcher that falls further
+    /// behind re-reads the job row instead (previews in between are skipped).
+    pub channel_capacity: usize,
+    /// Streams one user may have open at once on this replica.
+    pub max_per_user: u32,
+    /// Streams one connection (peer address) may have open at once.
+    pub max_per_connection: u32,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self { channel_capacity: 64, max_per_user: 100, max_per_connection: 32 }
+    }
 }
 
 impl Default for Config {
@@ -80,6 +102,7 @@ impl Default for Config {
             max_active_jobs_per_user: 50,
             job_retention_days: 90,
             retention_sweep_secs: 3600,
+            watch: WatchConfig::default(),
         }
     }
 }
@@ -108,6 +131,15 @@ impl Config {
         }
         if self.max_active_jobs_per_user == 0 {
             return bad("max_active_jobs_per_user", "must be at least 1");
+        }
+        if !(1..=4096).contains(&self.watch.channel_capacity) {
+            return bad("watch.channel_capacity", "must be between 1 and 4096");
+        }
+        if self.watch.max_per_user == 0 {
+            return bad("watch.max_per_user", "must be at least 1");
+        }
+        if self.watch.max_per_connection == 0 {
+            return bad("watch.max_per_connection", "must be at least 1");
         }
         if self.max_job_pixels < 64 * 64 {
             return bad("max_job_pixels", "must be at least 4096");

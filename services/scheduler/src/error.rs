@@ -31,6 +31,14 @@ pub enum SchedulerError {
         /// The limit.
         cap: u32,
     },
+    /// The caller already holds as many `WatchJob` streams as a ceiling allows.
+    #[error("{} reached ({cap})", ceiling.name())]
+    TooManyWatchers {
+        /// Which ceiling.
+        ceiling: crate::watchers::WatchCeiling,
+        /// Its configured value.
+        cap: u32,
+    },
     /// PostgreSQL failed.
     #[error("database: {0}")]
     Db(#[from] tokio_postgres::Error),
@@ -55,9 +63,21 @@ impl From<SchedulerError> for Status {
             SchedulerError::NotFound(what) => Status::not_found(format!("{what} not found")),
             SchedulerError::FailedPrecondition(why) => Status::failed_precondition(why),
             SchedulerError::AlreadyExists(why) => Status::already_exists(why),
-            SchedulerError::QueueFull { active, cap } => Status::resource_exhausted(format!(
-                "{active} of your jobs are queued or running, the limit is {cap}: wait for some to finish"
-            )),
+            SchedulerError::QueueFull { active, cap } => sakuga_mesh::auth::ceiling(
+                "active_jobs_per_user",
+                format!("{active} of your jobs are queued or running, the limit is {cap}: wait for some to finish"),
+                None,
+            ),
+            // No retry-after: a slot comes back only when one of the caller's own streams
+            // ends, which the caller sees and controls.
+            SchedulerError::TooManyWatchers { ceiling, cap } => sakuga_mesh::auth::ceiling(
+                ceiling.name(),
+                format!(
+                    "{}: {cap} WatchJob streams already open, the limit; close one before watching another",
+                    ceiling.name()
+                ),
+                None,
+            ),
             SchedulerError::Db(e) => {
                 error!(error = %e, "database error");
                 Status::internal("internal error")

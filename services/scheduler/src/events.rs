@@ -3,6 +3,10 @@
 //!
 //! Redis is only the fast path. Watchers also re-read the job row periodically, so a lost
 //! message or a Redis outage delays an event, never loses the job's final state.
+//!
+//! A job has an in-process channel only while someone on this replica watches it: the
+//! first [`Subscription`] creates it, the last one to be dropped removes it. Watchers end
+//! at the job's final status, so a finished job's channel goes with its last watcher.
 
 use std::{
     collections::HashMap,
@@ -14,12 +18,19 @@ use futures_util::StreamExt as _;
 use prost::Message as _;
 use sakuga_mesh::redis::Redis;
 use sakuga_proto::v1::JobEvent;
-use tokio::sync::broadcast;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-type Subscribers = HashMap<Uuid, broadcast::Sender<JobEvent>>;
+/// One watched job's fan-out and the number of subscriptions that hold it.
+#[derive(Debug)]
+struct Channel {
+    tx: broadcast::Sender<JobEvent>,
+    watchers: usize,
+}
+
+type Subscribers = HashMap<Uuid, Channel>;
 
 /// Publisher and per-replica fan-out of job events.
 #[derive(Debug, Clone)]
@@ -27,6 +38,7 @@ pub struct Events {
     redis: Redis,
     subscribers: Arc<Mutex<Subscribers>>,
     outbox: tokio::sync::mpsc::Sender<(String, Vec<u8>)>,
+    capacity: usize,
 }
 
 /// Events waiting to be published; beyond this, new ones are dropped (watchers resync).
@@ -36,10 +48,49 @@ fn lock(m: &Mutex<Subscribers>) -> std::sync::MutexGuard<'_, Subscribers> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Events were skipped (the watcher fell more than the channel's capacity behind): the job
+/// row must be re-read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Missed;
+
+/// One watcher's live events of one job. Dropping it unsubscribes; the last subscription
+/// of a job removes the job's channel.
+#[derive(Debug)]
+pub struct Subscription {
+    job_id: Uuid,
+    rx: broadcast::Receiver<JobEvent>,
+    // Keeps the channel open for as long as this subscription exists, so `recv` never
+    // sees it closed.
+    _tx: broadcast::Sender<JobEvent>,
+    subscribers: Arc<Mutex<Subscribers>>,
+}
+
+impl Subscription {
+    /// Waits for the next event.
+    pub async fn recv(&mut self) -> Result<JobEvent, Missed> {
+        // `Closed` needs every sender gone, and this subscription holds one; were it ever
+        // seen, re-reading the row is still the right answer.
+        self.rx.recv().await.map_err(|(RecvError::Lagged(_) | RecvError::Closed)| Missed)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut subs = lock(&self.subscribers);
+        if let Some(channel) = subs.get_mut(&self.job_id) {
+            channel.watchers = channel.watchers.saturating_sub(1);
+            if channel.watchers == 0 {
+                subs.remove(&self.job_id);
+            }
+        }
+    }
+}
+
 impl Events {
-    /// Uses `redis` for publishing and subscribing. Publishing runs in its own task (in
-    /// order), so a slow or absent Redis never holds up a worker's stream.
-    pub fn new(redis: Redis) -> Self {
+    /// Uses `redis` for publishing and subscribing, with `capacity` events buffered per
+    /// watched job. Publishing runs in its own task (in order), so a slow or absent Redis
+    /// never holds up a worker's stream.
+    pub fn new(redis: Redis, capacity: usize) -> Self {
         let (outbox, mut queue) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(OUTBOX);
         let publisher = redis.clone();
         tokio::spawn(async move {
@@ -56,7 +107,7 @@ impl Events {
                 }
             }
         });
-        Self { redis, subscribers: Arc::new(Mutex::new(HashMap::new())), outbox }
+        Self { redis, subscribers: Arc::new(Mutex::new(HashMap::new())), outbox, capacity: capacity.max(1) }
     }
 
     fn channel(&self, job_id: Uuid) -> String {
@@ -71,9 +122,31 @@ impl Events {
         }
     }
 
-    /// Live events of one job on this replica.
-    pub fn subscribe(&self, job_id: Uuid) -> broadcast::Receiver<JobEvent> {
-        lock(&self.subscribers).entry(job_id).or_insert_with(|| broadcast::channel(256).0).subscribe()
+    /// Live events of one job on this replica, until the subscription is dropped. This
+    /// creates the job's channel: callers first check that the job exists and that the
+    /// caller may see it.
+    pub fn subscribe(&self, job_id: Uuid) -> Subscription {
+        let mut subs = lock(&self.subscribers);
+        let channel = subs
+            .entry(job_id)
+            .or_insert_with(|| Channel { tx: broadcast::channel(self.capacity).0, watchers: 0 });
+        channel.watchers += 1;
+        Subscription {
+            job_id,
+            rx: channel.tx.subscribe(),
+            _tx: channel.tx.clone(),
+            subscribers: self.subscribers.clone(),
+        }
+    }
+
+    /// Jobs with a live channel on this replica (each has at least one watcher here).
+    pub fn channels(&self) -> usize {
+        lock(&self.subscribers).len()
+    }
+
+    /// Subscriptions open on this replica.
+    pub fn subscriptions(&self) -> usize {
+        lock(&self.subscribers).values().map(|c| c.watchers).sum()
     }
 
     fn deliver(&self, channel: &str, payload: &[u8]) {
@@ -88,12 +161,10 @@ impl Events {
                 return;
             }
         };
-        let mut subs = lock(&self.subscribers);
-        if let Some(tx) = subs.get(&id)
-            && tx.send(event).is_err()
-        {
-            // Nobody watches this job any more.
-            subs.remove(&id);
+        // Only jobs watched here have a channel; the others' events are not for us. A send
+        // cannot fail: every subscription counted in the entry holds a receiver.
+        if let Some(channel) = lock(&self.subscribers).get(&id) {
+            let _ = channel.tx.send(event);
         }
     }
 

@@ -11,7 +11,7 @@ use sakuga_proto::v1::{
     self as pb, Assignment, AttachRequest, AttachResponse, attach_response, job_event,
     job_service_server::JobService, worker_service_server::WorkerService,
 };
-use tokio::sync::{Notify, broadcast::error::RecvError, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -200,6 +200,24 @@ pub struct Api {
     pub shutdown: CancellationToken,
 }
 
+impl Api {
+    /// Counts a refusal by one of the scheduler's ceilings (other errors are not counted
+    /// here).
+    fn count_refusal(&self, e: &SchedulerError) {
+        let ceiling = match e {
+            SchedulerError::QueueFull { .. } => "active_jobs_per_user",
+            SchedulerError::TooManyWatchers { ceiling, .. } => ceiling.name(),
+            SchedulerError::InvalidField { .. }
+            | SchedulerError::NotFound(_)
+            | SchedulerError::AlreadyExists(_)
+            | SchedulerError::FailedPrecondition(_)
+            | SchedulerError::Db(_)
+            | SchedulerError::Pool(_) => return,
+        };
+        self.state.metrics.ceiling_refused(ceiling);
+    }
+}
+
 type EventStream = tonic::codegen::BoxStream<pb::WatchJobResponse>;
 type AttachStream = tonic::codegen::BoxStream<AttachResponse>;
 
@@ -247,7 +265,12 @@ impl JobService for Api {
             idempotency_key,
             max_attempts: self.state.config.max_attempts,
         };
-        let inserted = self.state.store.insert(&new, self.state.config.max_active_jobs_per_user).await?;
+        let inserted = self
+            .state
+            .store
+            .insert(&new, self.state.config.max_active_jobs_per_user)
+            .await
+            .inspect_err(|e| self.count_refusal(e))?;
         if !inserted.deduplicated {
             tracing::info!(job_id = %inserted.job.id, owner = %inserted.job.owner_id, "job queued");
             self.wake.notify_one();
@@ -303,8 +326,18 @@ impl JobService for Api {
     }
 
     async fn watch_job(&self, req: Request<pb::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
-        let scope = mesh_auth::caller(&req)?.owner_scope()?;
+        let caller = mesh_auth::caller(&req)?;
+        let scope = caller.owner_scope()?;
+        let user = caller.user_id()?;
         let id = parse_id("job_id", &req.get_ref().job_id)?;
+        // Existence and ownership first: a call for a job the caller cannot see leaves
+        // nothing behind (no slot, no channel).
+        self.state.store.get(id, scope.as_deref()).await?;
+        let slot = self
+            .state
+            .watchers
+            .acquire(user, &mesh_auth::peer_addr(&req))
+            .inspect_err(|e| self.count_refusal(e))?;
         // Subscribe before reading the snapshot so nothing falls between the two.
         let mut live = self.state.events.subscribe(id);
         let job = self.state.store.get(id, scope.as_deref()).await?;
@@ -312,6 +345,10 @@ impl JobService for Api {
         let state = self.state.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            // The slot and the subscription live as long as this task: whichever way it
+            // ends (client gone, final status, shutdown, a panic), they are dropped, which
+            // gives the caller's slot back and, with the job's last watcher, its channel.
+            let _slot = slot;
             let mut seen = Seen { status: job.status, step: job.progress_step };
             let snapshot = event(id, job_event::Kind::Snapshot(job_to_pb(&job)));
             if tx.send(Ok(pb::WatchJobResponse { event: Some(snapshot) })).await.is_err()
@@ -334,11 +371,7 @@ impl JobService for Api {
                         quiet.as_mut().reset(tokio::time::Instant::now() + RESYNC_WHEN_QUIET);
                         match received {
                             Ok(ev) => seen.filter(ev),
-                            Err(RecvError::Lagged(_)) => seen.resync(&state, id).await,
-                            Err(RecvError::Closed) => {
-                                live = state.events.subscribe(id);
-                                seen.resync(&state, id).await
-                            }
+                            Err(crate::events::Missed) => seen.resync(&state, id).await,
                         }
                     },
                     () = &mut quiet => {
@@ -395,7 +428,11 @@ impl JobService for Api {
     ) -> Result<Response<pb::RetryJobResponse>, Status> {
         let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let id = parse_id("job_id", &req.get_ref().job_id)?;
-        let Some(job) = self.state.store.retry(id, scope.as_deref()).await? else {
+        // A retried job is active again: it counts against the owner's cap like a new one.
+        let cap = self.state.config.max_active_jobs_per_user;
+        let retried =
+            self.state.store.retry(id, scope.as_deref(), cap).await.inspect_err(|e| self.count_refusal(e))?;
+        let Some(job) = retried else {
             let job = self.state.store.get(id, scope.as_deref()).await?;
             return Err(SchedulerError::FailedPrecondition(format!(
                 "job {id} is {}; only failed or canceled jobs can be retried",

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod projects;
 pub mod store;
 pub mod validate;
+pub mod watchers;
 mod worker;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -49,6 +50,8 @@ pub struct State {
     pub projects: projects::Projects,
     /// Event fan-out.
     pub events: events::Events,
+    /// `WatchJob` streams held, per user and per connection.
+    pub watchers: watchers::Watchers,
     /// Attached workers.
     pub registry: dispatch::Registry,
     /// Token verification (keys refreshed from the auth service).
@@ -109,7 +112,8 @@ impl Service for Application {
             projects: projects::Projects::new(pool.clone()),
             store: store::Store::new(pool),
             verifier,
-            events: events::Events::new(redis.clone()),
+            events: events::Events::new(redis.clone(), config.watch.channel_capacity),
+            watchers: watchers::Watchers::new(&config.watch),
             registry: dispatch::Registry::default(),
             families: metrics::Families::register(&metrics),
             metrics,

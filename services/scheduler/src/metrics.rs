@@ -46,6 +46,8 @@ pub struct Families {
     jobs: Family<JobState, Gauge>,
     slots_busy: Gauge,
     slots: Gauge,
+    watchers: Gauge,
+    channels: Gauge,
 }
 
 /// A backend name as a label: one of the validated backends, or `other`.
@@ -64,6 +66,8 @@ impl Families {
             jobs: Family::default(),
             slots_busy: Gauge::default(),
             slots: Gauge::default(),
+            watchers: Gauge::default(),
+            channels: Gauge::default(),
         };
         m.register(
             "sakuga_jobs_finished",
@@ -85,13 +89,23 @@ impl Families {
             "Job leases that ran out, by what became of the job.",
             f.lease_expiries.clone(),
         );
-        m.register("sakuga_jobs", "Jobs by state (all replicas).", f.jobs.clone());
+        m.register(
+            "sakuga_jobs",
+            "Unfinished jobs by state (all replicas; counted up to 100000).",
+            f.jobs.clone(),
+        );
         m.register(
             "sakuga_worker_slots_busy",
             "Worker slots in use on this replica's sessions.",
             f.slots_busy.clone(),
         );
         m.register("sakuga_worker_slots", "Worker slots on this replica's sessions.", f.slots.clone());
+        m.register("sakuga_job_watchers", "WatchJob streams open on this replica.", f.watchers.clone());
+        m.register(
+            "sakuga_job_event_channels",
+            "Jobs with an in-process event channel on this replica (watched here now).",
+            f.channels.clone(),
+        );
         f
     }
 
@@ -127,23 +141,18 @@ impl Families {
     }
 }
 
-/// Before each scrape: queue depth by state (all replicas, from PostgreSQL) and this
-/// replica's worker slots.
+/// Before each scrape: unfinished jobs by state (all replicas, from PostgreSQL; a count
+/// bounded by [`crate::store::UNFINISHED_COUNT_LIMIT`] over the unfinished jobs only, never a
+/// count of the whole history), this replica's worker slots, and its job watches (streams
+/// and the per-job channels they share, both back to zero when nobody watches).
 pub fn refresh(state: &Arc<State>) -> Refresh {
     let state = state.clone();
     Arc::new(move || {
         let state = state.clone();
         Box::pin(async move {
             let f = &state.families;
-            if let Ok(counts) = state.store.count_by_status().await {
-                for s in [
-                    Status::Queued,
-                    Status::Assigned,
-                    Status::Running,
-                    Status::Succeeded,
-                    Status::Failed,
-                    Status::Canceled,
-                ] {
+            if let Ok(counts) = state.store.count_unfinished().await {
+                for s in [Status::Queued, Status::Assigned, Status::Running] {
                     let n = counts.iter().find(|(k, _)| *k == s.as_str()).map_or(0, |(_, n)| *n);
                     f.jobs.get_or_create(&JobState { state: s.as_str() }).set(n);
                 }
@@ -151,6 +160,8 @@ pub fn refresh(state: &Arc<State>) -> Refresh {
             let (busy, total) = state.registry.slot_usage();
             f.slots_busy.set(i64::try_from(busy).unwrap_or(i64::MAX));
             f.slots.set(i64::from(total));
+            f.watchers.set(i64::try_from(state.watchers.held()).unwrap_or(i64::MAX));
+            f.channels.set(i64::try_from(state.events.channels()).unwrap_or(i64::MAX));
         })
     })
 }

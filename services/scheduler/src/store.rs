@@ -71,6 +71,19 @@ fn job_from_row(row: &Row) -> Job {
     }
 }
 
+/// Fails the attempt under lease `$2` of job `$1` with error `$3`: back to the queue
+/// after a backoff while `$4` (retryable) and attempts remain, failed otherwise.
+fn fail_sql() -> String {
+    format!(
+        "UPDATE jobs SET \
+           status = CASE WHEN $4 AND attempts < max_attempts THEN 'queued' ELSE 'failed' END, \
+           finished_at = CASE WHEN $4 AND attempts < max_attempts THEN NULL ELSE now() END, \
+           not_before = now() + least(power(2, attempts), 60) * interval '1 second', \
+           error = $3, lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, updated_at = now() \
+         WHERE id = $1 AND lease_token = $2 AND status IN ('assigned', 'running') RETURNING {JOB_COLUMNS}"
+    )
+}
+
 fn i32_of(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
@@ -78,6 +91,56 @@ fn i32_of(v: u32) -> i32 {
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
+
+/// Serializes the active-job accounting of one owner until the transaction ends, so
+/// concurrent submits and retries cannot overshoot the cap together.
+async fn lock_owner(tx: &deadpool_postgres::Transaction<'_>, owner: &str) -> Result<(), SchedulerError> {
+    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[&owner]).await?;
+    Ok(())
+}
+
+/// Refuses when `owner` already has `cap` jobs queued or running (call under
+/// [`lock_owner`]).
+async fn ensure_room(
+    tx: &deadpool_postgres::Transaction<'_>,
+    owner: &str,
+    cap: u32,
+) -> Result<(), SchedulerError> {
+    // Counting stops at the cap: whether the owner is at it is all that matters.
+    let count = tx
+        .prepare_cached(
+            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE owner_id = $1 \
+             AND status IN ('queued', 'assigned', 'running') LIMIT $2) active",
+        )
+        .await?;
+    let active: i64 = tx.query_one(&count, &[&owner, &i64::from(cap)]).await?.get(0);
+    if active >= i64::from(cap) {
+        return Err(SchedulerError::QueueFull { active, cap });
+    }
+    Ok(())
+}
+
+/// What became of a completion.
+#[derive(Debug)]
+pub enum Completion {
+    /// The job succeeded with the named files.
+    Succeeded(Job),
+    /// The completion named files not recorded for this job: refused, and the attempt
+    /// failed instead (the job is queued again while attempts remain).
+    ForeignFiles {
+        /// The job after the failed attempt.
+        job: Job,
+        /// The ids that are not this job's.
+        foreign: Vec<Uuid>,
+    },
+    /// The lease is no longer held (expired, finished, canceled, another worker's):
+    /// nothing changed.
+    LeaseLost,
+}
+
+/// Unfinished jobs counted per metrics scrape at most; a state at this value has at least
+/// that many (the help text of `sakuga_jobs` quotes the number).
+pub const UNFINISHED_COUNT_LIMIT: i64 = 100_000;
 
 /// PostgreSQL access for jobs.
 #[derive(Debug, Clone)]
@@ -148,7 +211,7 @@ impl Store {
     pub async fn insert(&self, new: &NewJob, cap: u32) -> Result<Inserted, SchedulerError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[&new.owner_id]).await?;
+        lock_owner(&tx, &new.owner_id).await?;
         if let Some(key) = &new.idempotency_key {
             let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE owner_id = $1 AND idempotency_key = $2");
             if let Some(row) = tx.query_opt(&sql, &[&new.owner_id, key]).await? {
@@ -156,17 +219,7 @@ impl Store {
                 return Ok(Inserted { job: job_from_row(&row), deduplicated: true });
             }
         }
-        // Counting stops at the cap: whether the caller is at it is all that matters.
-        let count = tx
-            .prepare_cached(
-                "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE owner_id = $1 \
-                 AND status IN ('queued', 'assigned', 'running') LIMIT $2) active",
-            )
-            .await?;
-        let active: i64 = tx.query_one(&count, &[&new.owner_id, &i64::from(cap)]).await?.get(0);
-        if active >= i64::from(cap) {
-            return Err(SchedulerError::QueueFull { active, cap });
-        }
+        ensure_room(&tx, &new.owner_id, cap).await?;
         let sql = format!(
             "INSERT INTO jobs (id, owner_id, kind, backend, model, prompt, negative_prompt, composed_prompt, \
              width, height, steps, batch_size, frames, fps, seed, cfg_scale, sampler, priority, \
@@ -433,21 +486,60 @@ impl Store {
     }
 
     /// The attempt succeeded: running -> succeeded with the stored files.
+    ///
+    /// A worker's word on which files are the job's is not taken: every id must be a file
+    /// the organizer recorded for this very job (`files.job_id`), checked in the same
+    /// transaction that completes the job, under the job row's lock. A completion naming
+    /// any other id (another job's file, a made-up one) is refused as a whole and the
+    /// attempt counts as failed (retryable: the job is sound, the worker is not), so a
+    /// generator cannot attach someone else's files to a job, nor finish a job with files
+    /// it never stored.
     pub async fn complete(
         &self,
         id: Uuid,
         lease: Uuid,
         file_ids: &[Uuid],
-    ) -> Result<Option<Job>, SchedulerError> {
-        let client = self.pool.get().await?;
-        let sql = format!(
-            "UPDATE jobs SET status = 'succeeded', file_ids = $3, lease_token = NULL, lease_expires_at = NULL, \
-             progress_step = GREATEST(progress_step, progress_total), error = '', \
-             finished_at = now(), updated_at = now() \
-             WHERE id = $1 AND lease_token = $2 AND status IN ('assigned', 'running') RETURNING {JOB_COLUMNS}"
-        );
-        let stmt = client.prepare_cached(&sql).await?;
-        Ok(client.query_opt(&stmt, &[&id, &lease, &file_ids]).await?.map(|r| job_from_row(&r)))
+    ) -> Result<Completion, SchedulerError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let held = tx
+            .prepare_cached(
+                "SELECT 1 FROM jobs WHERE id = $1 AND lease_token = $2 AND status IN ('assigned', 'running') \
+                 FOR UPDATE",
+            )
+            .await?;
+        if tx.query_opt(&held, &[&id, &lease]).await?.is_none() {
+            return Ok(Completion::LeaseLost);
+        }
+        let foreign = tx
+            .prepare_cached(
+                "SELECT DISTINCT f.id FROM unnest($2::uuid[]) AS f(id) \
+                 WHERE NOT EXISTS (SELECT 1 FROM files WHERE files.id = f.id AND files.job_id = $1)",
+            )
+            .await?;
+        let foreign: Vec<Uuid> =
+            tx.query(&foreign, &[&id, &file_ids]).await?.iter().map(|r| r.get(0)).collect();
+        let outcome = if foreign.is_empty() {
+            let sql = format!(
+                "UPDATE jobs SET status = 'succeeded', file_ids = $3, lease_token = NULL, lease_expires_at = NULL, \
+                 progress_step = GREATEST(progress_step, progress_total), error = '', \
+                 finished_at = now(), updated_at = now() \
+                 WHERE id = $1 AND lease_token = $2 AND status IN ('assigned', 'running') RETURNING {JOB_COLUMNS}"
+            );
+            let stmt = tx.prepare_cached(&sql).await?;
+            tx.query_opt(&stmt, &[&id, &lease, &file_ids])
+                .await?
+                .map(|r| Completion::Succeeded(job_from_row(&r)))
+        } else {
+            let stmt = tx.prepare_cached(&fail_sql()).await?;
+            let error = "the completion named files not stored for this job";
+            tx.query_opt(&stmt, &[&id, &lease, &error, &true])
+                .await?
+                .map(|r| Completion::ForeignFiles { job: job_from_row(&r), foreign })
+        };
+        tx.commit().await?;
+        // The row is locked and held under this lease, so each UPDATE finds it.
+        Ok(outcome.unwrap_or(Completion::LeaseLost))
     }
 
     /// The attempt failed: back to the queue while attempts remain and the error is
@@ -460,15 +552,7 @@ impl Store {
         retryable: bool,
     ) -> Result<Option<Job>, SchedulerError> {
         let client = self.pool.get().await?;
-        let sql = format!(
-            "UPDATE jobs SET \
-               status = CASE WHEN $4 AND attempts < max_attempts THEN 'queued' ELSE 'failed' END, \
-               finished_at = CASE WHEN $4 AND attempts < max_attempts THEN NULL ELSE now() END, \
-               not_before = now() + least(power(2, attempts), 60) * interval '1 second', \
-               error = $3, lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, updated_at = now() \
-             WHERE id = $1 AND lease_token = $2 AND status IN ('assigned', 'running') RETURNING {JOB_COLUMNS}"
-        );
-        let stmt = client.prepare_cached(&sql).await?;
+        let stmt = client.prepare_cached(&fail_sql()).await?;
         Ok(client.query_opt(&stmt, &[&id, &lease, &error, &retryable]).await?.map(|r| job_from_row(&r)))
     }
 
@@ -496,18 +580,40 @@ impl Store {
         }))
     }
 
-    /// Queues a failed or canceled job again with fresh attempts.
-    pub async fn retry(&self, id: Uuid, owner: Option<&str>) -> Result<Option<Job>, SchedulerError> {
-        let client = self.pool.get().await?;
+    /// Queues a failed or canceled job again with fresh attempts, unless its owner already
+    /// has `cap` jobs queued or running (counted and locked exactly as for a new job).
+    /// `None`: no such job visible to `owner`, or not failed or canceled.
+    pub async fn retry(
+        &self,
+        id: Uuid,
+        owner: Option<&str>,
+        cap: u32,
+    ) -> Result<Option<Job>, SchedulerError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let retryable = tx
+            .prepare_cached(
+                "SELECT owner_id FROM jobs WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2) \
+                 AND status IN ('failed', 'canceled')",
+            )
+            .await?;
+        let Some(row) = tx.query_opt(&retryable, &[&id, &owner]).await? else {
+            return Ok(None);
+        };
+        let job_owner: String = row.get(0);
+        lock_owner(&tx, &job_owner).await?;
+        ensure_room(&tx, &job_owner, cap).await?;
         let sql = format!(
             "UPDATE jobs SET status = 'queued', attempts = 0, error = '', file_ids = '{{}}', worker_id = NULL, not_before = NULL, \
              progress_step = 0, progress_total = 0, progress_stage = '', progress_item = 0, \
              started_at = NULL, finished_at = NULL, updated_at = now() \
-             WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2) AND status IN ('failed', 'canceled') \
+             WHERE id = $1 AND status IN ('failed', 'canceled') \
              RETURNING {JOB_COLUMNS}"
         );
-        let stmt = client.prepare_cached(&sql).await?;
-        Ok(client.query_opt(&stmt, &[&id, &owner]).await?.map(|r| job_from_row(&r)))
+        let stmt = tx.prepare_cached(&sql).await?;
+        let job = tx.query_opt(&stmt, &[&id]).await?.map(|r| job_from_row(&r));
+        tx.commit().await?;
+        Ok(job)
     }
 
     /// Leases that ran out (worker killed, network cut): queued again with the attempt
@@ -586,10 +692,22 @@ impl Store {
         Ok(client.execute(&stmt, &[&f64::from(days), &batch]).await?)
     }
 
-    /// Number of jobs in each state.
-    pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>, SchedulerError> {
+    /// Unfinished jobs (queued, assigned, running) by state, all replicas, for the metrics
+    /// scrape. Finished jobs are not counted at all (their history grows without bound;
+    /// `sakuga_jobs_finished_total` counts them as they finish). The predicate is that of
+    /// the partial index `jobs_owner_active`, so PostgreSQL can read the few unfinished rows
+    /// through it instead of the table, and the scan stops at [`UNFINISHED_COUNT_LIMIT`]
+    /// rows: a scrape's cost does not grow with the history, and is bounded however long
+    /// the queue.
+    pub async fn count_unfinished(&self) -> Result<Vec<(String, i64)>, SchedulerError> {
         let client = self.pool.get().await?;
-        let stmt = client.prepare_cached("SELECT status, count(*) FROM jobs GROUP BY status").await?;
-        Ok(client.query(&stmt, &[]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
+        let stmt = client
+            .prepare_cached(
+                "SELECT status, count(*) FROM (SELECT status FROM jobs \
+                 WHERE status IN ('queued', 'assigned', 'running') LIMIT $1) unfinished GROUP BY status",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[&UNFINISHED_COUNT_LIMIT]).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }

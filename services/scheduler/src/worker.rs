@@ -25,6 +25,7 @@ use crate::{
     dispatch::{WorkerSession, WorkerTx},
     error::SchedulerError,
     grpc,
+    store::Completion,
 };
 
 /// How long a new stream may take to say hello.
@@ -252,7 +253,7 @@ impl Session {
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|_| SchedulerError::invalid("completed.file_ids", "not a UUID"))?;
                 match self.state.store.complete(id, lease, &file_ids).await? {
-                    Some(job) => {
+                    Completion::Succeeded(job) => {
                         self.state.families.finished(&job);
                         let span = tracing::info_span!("complete", otel.name = "complete", service = "scheduler", job_id = %id);
                         sakuga_mesh::telemetry::set_parent_from_map(&span, &job.trace_context);
@@ -262,7 +263,17 @@ impl Session {
                         self.state.events.publish(id, &grpc::status_event(&job));
                         self.finished(id);
                     }
-                    None => self.revoke(id, "finished or lease lost").await,
+                    // Refused, and the attempt failed in its place (see `Store::complete`).
+                    // The worker loses the lease like any worker whose attempt is over; its
+                    // session stays, its other jobs are not this one's business.
+                    Completion::ForeignFiles { job, foreign } => {
+                        self.state.families.finished(&job);
+                        warn!(job_id = %id, worker_id = %self.worker_id, foreign = ?foreign, status = job.status.as_str(), "completion refused: it named files not stored for this job");
+                        self.state.events.publish(id, &grpc::status_event(&job));
+                        self.revoke(id, "completion refused: it named files not stored for this job").await;
+                        self.wake.notify_one();
+                    }
+                    Completion::LeaseLost => self.revoke(id, "finished or lease lost").await,
                 }
                 Ok(())
             }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
+mod claims;
 mod comfyui;
 mod common;
 mod files;
@@ -17,3 +18,4 @@ mod security;
 mod startup;
 mod tls;
 mod tracing;
+mod watch;

@@ -30,11 +30,15 @@ async fn wait_for(mesh: &Mesh, id: &str, status: &str) {
     panic!("job {id} never reached {status}");
 }
 
-type Outbound = tokio::sync::mpsc::Sender<AttachRequest>;
-type Inbound = tonic::Streaming<sakuga_proto::v1::AttachResponse>;
+pub(crate) type Outbound = tokio::sync::mpsc::Sender<AttachRequest>;
+pub(crate) type Inbound = tonic::Streaming<sakuga_proto::v1::AttachResponse>;
 
 /// Attaches a bare worker session as `worker_id` (one builtin slot), announcing `running`.
-async fn attach_worker(mesh: &Mesh, worker_id: &str, running: Vec<LeasedJob>) -> (Outbound, Inbound) {
+pub(crate) async fn attach_worker(
+    mesh: &Mesh,
+    worker_id: &str,
+    running: Vec<LeasedJob>,
+) -> (Outbound, Inbound) {
     let identity = mesh.env.identity("generator").await.unwrap();
     let channel = identity.channel(&mesh.scheduler.addr_string()).unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(16);
