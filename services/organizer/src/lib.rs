@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod layout;
+pub mod limits;
 pub mod reconcile;
 pub mod storage;
 pub mod store;
@@ -72,7 +73,7 @@ impl Service for Application {
             .await?
             .with_metrics(config.metrics_listen, metrics.clone())
             .await?;
-        let api = grpc::Api { store: store::Store::new(pool), storage, metrics, config: Arc::new(config) };
+        let api = grpc::Api::new(store::Store::new(pool), storage, metrics, Arc::new(config));
         Ok(Self { server, api, tls, vault, verifier, redis })
     }
 
