@@ -5,7 +5,7 @@
 //! fails) and reports the format, size, frame count, text metadata and luminance statistics of
 //! the first frame (to flag blank images with [`Inspection::is_blank`]).
 
-use std::io::{Cursor, ErrorKind};
+use std::io::{BufRead, Cursor, ErrorKind, Seek};
 
 /// The 8-byte signature every PNG file starts with.
 const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1A, b'\n'];
@@ -130,11 +130,24 @@ impl From<png::DecodingError> for InspectError {
 /// [`InspectError::Truncated`] when the data stops early, [`InspectError::Decode`] for corrupt
 /// data (bad CRC, bad zlib stream, missing frames, …).
 pub fn inspect_png(bytes: &[u8], limits: Limits) -> Result<Inspection, InspectError> {
-    if !bytes.starts_with(&SIGNATURE) {
+    inspect_png_from(Cursor::new(bytes), limits)
+}
+
+/// [`inspect_png`] over a reader positioned at the start of the file (a file on disk, so an
+/// upload need not be held in memory): only the decoder's buffers and one frame are.
+///
+/// # Errors
+/// As [`inspect_png`]; a read error other than an early end is [`InspectError::Decode`].
+pub fn inspect_png_from<R: BufRead + Seek>(
+    mut reader: R,
+    limits: Limits,
+) -> Result<Inspection, InspectError> {
+    let mut signature = [0_u8; 8];
+    if reader.read_exact(&mut signature).is_err() || signature != SIGNATURE {
         return Err(InspectError::NotPng);
     }
-    let mut decoder =
-        png::Decoder::new_with_limits(Cursor::new(bytes), png::Limits { bytes: DECODER_MEMORY });
+    reader.rewind().map_err(|e| InspectError::Decode(png::DecodingError::IoError(e)))?;
+    let mut decoder = png::Decoder::new_with_limits(reader, png::Limits { bytes: DECODER_MEMORY });
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let (width, height) = {
         let info = decoder.read_header_info()?;

@@ -32,6 +32,8 @@ pub mod render;
 mod scene;
 pub mod thumb;
 
-pub use inspect::{InspectError, Inspection, Limits, inspect_png};
+pub use inspect::{InspectError, Inspection, Limits, inspect_png, inspect_png_from};
 pub use render::{Artifact, Kind, Preview, Progress, RenderError, RenderRequest, render};
-pub use thumb::{decode_rgb, downscale_rgb, encode_rgb_png, thumbnail_png};
+pub use thumb::{
+    decode_rgb, decode_rgb_from, downscale_rgb, encode_rgb_png, thumbnail_png, thumbnail_png_from,
+};

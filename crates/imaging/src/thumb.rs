@@ -1,7 +1,7 @@
 //! Small PNG renditions of images: thumbnails of stored files and previews of work in
 //! progress. Box-filtered (each output pixel averages the source pixels it covers).
 
-use std::io::Cursor;
+use std::io::{BufRead, Cursor, Seek};
 
 use crate::inspect::InspectError;
 
@@ -61,7 +61,12 @@ pub fn encode_rgb_png(width: u32, height: u32, rgb: &[u8]) -> Result<Vec<u8>, pn
 /// Decodes the first image of a PNG (the still of an animated PNG) as 8-bit RGB
 /// (alpha dropped, gray expanded). Returns width, height and pixels.
 pub fn decode_rgb(png_bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), InspectError> {
-    let mut d = png::Decoder::new_with_limits(Cursor::new(png_bytes), png::Limits { bytes: DECODER_MEMORY });
+    decode_rgb_from(Cursor::new(png_bytes))
+}
+
+/// [`decode_rgb`] over a reader positioned at the start of the file.
+pub fn decode_rgb_from<R: BufRead + Seek>(reader: R) -> Result<(u32, u32, Vec<u8>), InspectError> {
+    let mut d = png::Decoder::new_with_limits(reader, png::Limits { bytes: DECODER_MEMORY });
     d.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = d.read_info()?;
     let size = reader.output_buffer_size().ok_or(InspectError::MemoryLimit)?;
@@ -81,7 +86,12 @@ pub fn decode_rgb(png_bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), InspectError>
 
 /// A PNG thumbnail (longest side at most `max_side`) of a PNG or animated PNG's first image.
 pub fn thumbnail_png(png_bytes: &[u8], max_side: u32) -> Result<Vec<u8>, InspectError> {
-    let (w, h, rgb) = decode_rgb(png_bytes)?;
+    thumbnail_png_from(Cursor::new(png_bytes), max_side)
+}
+
+/// [`thumbnail_png`] over a reader positioned at the start of the file.
+pub fn thumbnail_png_from<R: BufRead + Seek>(reader: R, max_side: u32) -> Result<Vec<u8>, InspectError> {
+    let (w, h, rgb) = decode_rgb_from(reader)?;
     let (tw, th, small) = downscale_rgb(w, h, &rgb, max_side);
     encode_rgb_png(tw, th, &small).map_err(|e| InspectError::Encode(e.to_string()))
 }

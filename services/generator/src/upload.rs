@@ -1,6 +1,8 @@
-//! Streams an artifact to `FileService.StoreArtifact`: header (with size and sha256), then
-//! chunks. Retried on transient errors; the organizer answers a repeat of the same
-//! (job, index) with the record it already has.
+//! Streams an artifact to `FileService.StoreArtifact`: header (with size, sha256 and the
+//! job's lease token, without which the organizer refuses it), then chunks. Retried on
+//! transient errors (after the organizer's `retry-after` when it is busy); the organizer
+//! answers a repeat of the same (job, index) under the same lease with the record it
+//! already has.
 
 use std::time::Duration;
 
@@ -18,6 +20,8 @@ use tracing::warn;
 pub struct Target {
     /// Job id.
     pub job_id: String,
+    /// The lease token of the assignment: the organizer accepts artifacts only under it.
+    pub lease_token: String,
     /// Owner.
     pub owner_id: String,
     /// Project, empty for unsorted.
@@ -63,6 +67,7 @@ pub async fn store(
         frames: target.frames,
         size_bytes: artifact.bytes.len() as u64,
         sha256: hex::encode(Sha256::digest(&artifact.bytes)),
+        lease_token: target.lease_token.clone(),
     };
     let mut delay = Duration::from_millis(200);
     let mut attempt = 0;
@@ -92,7 +97,7 @@ pub async fn store(
             }
             Err(s) if attempt < 4 => {
                 warn!(job_id = %target.job_id, index, attempt, code = ?s.code(), error = %s.message(), "upload failed, retrying");
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep(delay.max(retry_after(&s))).await;
                 delay *= 2;
             }
             Err(s) => {
@@ -100,4 +105,10 @@ pub async fn store(
             }
         }
     }
+}
+
+/// The wait a refusal asks for (`retry-after` seconds, at most a minute); zero if none.
+fn retry_after(s: &tonic::Status) -> Duration {
+    let secs = s.metadata().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    Duration::from_secs(secs.unwrap_or(0_u64).min(60))
 }

@@ -426,6 +426,7 @@ async fn produce_and_store(
         JobInput { job_id: a.job_id.clone(), attempt: a.attempt, spec, prompt: a.composed_prompt.clone() };
     let target = upload::Target {
         job_id: a.job_id.clone(),
+        lease_token: job.lease_token.clone(),
         owner_id: a.owner_id.clone(),
         project_id: a.project_id.clone(),
         kind: input.kind(),

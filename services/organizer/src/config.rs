@@ -38,6 +38,17 @@ pub struct Config {
     pub storage_root: PathBuf,
     /// Largest artifact accepted, in bytes.
     pub max_artifact_bytes: u64,
+    /// Uploads (`StoreArtifact`) handled at once; more are refused with RESOURCE_EXHAUSTED
+    /// and `retry-after`.
+    pub max_concurrent_uploads: usize,
+    /// An upload whose next message takes longer than this is ended (ABORTED).
+    pub upload_idle_timeout_secs: u64,
+    /// `ReadFile` and `GetThumbnail` streams one user may have open at once; more are
+    /// refused with RESOURCE_EXHAUSTED and `retry-after`.
+    pub max_reads_per_user: usize,
+    /// A read stream the client stops reading for longer than this is ended (ABORTED),
+    /// freeing its slot.
+    pub read_idle_timeout_secs: u64,
     /// Time in-flight calls get after SIGTERM.
     pub shutdown_grace_secs: u64,
     /// Longest side of thumbnails, in pixels.
@@ -67,6 +78,10 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             storage_root: PathBuf::from("files"),
             max_artifact_bytes: 256 * 1024 * 1024,
+            max_concurrent_uploads: 8,
+            upload_idle_timeout_secs: 30,
+            max_reads_per_user: 8,
+            read_idle_timeout_secs: 30,
             shutdown_grace_secs: 20,
             thumbnail_max_side: 256,
             reconcile_interval_secs: 3600,
@@ -93,6 +108,22 @@ impl Config {
         }
         if self.max_artifact_bytes < 1024 {
             return Err(MeshError::Config("max_artifact_bytes: must be at least 1024".to_owned()));
+        }
+        for (key, value) in [
+            ("max_concurrent_uploads", self.max_concurrent_uploads),
+            ("max_reads_per_user", self.max_reads_per_user),
+        ] {
+            if value == 0 {
+                return Err(MeshError::Config(format!("{key}: must be at least 1")));
+            }
+        }
+        for (key, value) in [
+            ("upload_idle_timeout_secs", self.upload_idle_timeout_secs),
+            ("read_idle_timeout_secs", self.read_idle_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(MeshError::Config(format!("{key}: must be at least 1")));
+            }
         }
         Ok(())
     }

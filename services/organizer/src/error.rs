@@ -20,6 +20,30 @@ pub enum OrganizerError {
     /// The object does not exist or belongs to someone else.
     #[error("{0} not found")]
     NotFound(String),
+    /// An upload for a job that is not currently leased with the header's lease token
+    /// (no such job, finished, another lease, or expired: one answer for all of them).
+    #[error(
+        "job {0} is not leased with this lease token; an artifact is accepted only under the job's live lease"
+    )]
+    NotLeased(uuid::Uuid),
+    /// The caller may not do this (e.g. a header naming another owner than the job's).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A resource ceiling is reached; `ceiling` names it (the configuration key).
+    #[error("{what}: at most {limit} at a time ({ceiling}); retry in {retry_after_secs} s")]
+    Exhausted {
+        /// What was refused.
+        what: &'static str,
+        /// The configuration key of the ceiling.
+        ceiling: &'static str,
+        /// The ceiling.
+        limit: usize,
+        /// When to retry.
+        retry_after_secs: u64,
+    },
+    /// The peer stopped sending (or reading) for longer than the idle timeout.
+    #[error("{0}")]
+    Stalled(String),
     /// Disk error (logged with the path; clients never see paths).
     #[error("storage: {0}")]
     Storage(#[from] std::io::Error),
@@ -46,6 +70,14 @@ impl From<OrganizerError> for Status {
             }
             OrganizerError::Rejected(why) => Status::invalid_argument(format!("artifact rejected: {why}")),
             OrganizerError::NotFound(what) => Status::not_found(format!("{what} not found")),
+            e @ OrganizerError::NotLeased(_) => Status::permission_denied(e.to_string()),
+            OrganizerError::Forbidden(why) => Status::permission_denied(why),
+            e @ OrganizerError::Exhausted { ceiling, retry_after_secs, .. } => sakuga_mesh::auth::ceiling(
+                ceiling,
+                e.to_string(),
+                Some(std::time::Duration::from_secs(retry_after_secs)),
+            ),
+            OrganizerError::Stalled(why) => Status::aborted(why),
             OrganizerError::Storage(e) => {
                 error!(error = %e, "storage error");
                 Status::internal("internal error")

@@ -1,6 +1,6 @@
 //! Proto <-> domain conversions and FileService.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use sakuga_mesh::{
@@ -8,7 +8,8 @@ use sakuga_mesh::{
     auth as mesh_auth,
 };
 use sakuga_proto::v1::{self as pb, file_service_server::FileService, store_artifact_request::Part};
-use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
+use tokio::sync::Semaphore;
+use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -17,8 +18,9 @@ use crate::{
     Config, checks,
     error::OrganizerError,
     layout,
-    storage::{Storage, thumb_key},
-    store::{FileRecord, ListFilter, Store},
+    limits::{self, PerKeySlots, Slot},
+    storage::{Partial, Storage, thumb_key},
+    store::{FileRecord, JobLease, ListFilter, Store},
 };
 
 /// Largest chunk accepted in an upload.
@@ -61,6 +63,9 @@ fn parse_id(field: &'static str, s: &str) -> Result<Uuid, OrganizerError> {
     Uuid::parse_str(s).map_err(|_| OrganizerError::invalid(field, "must be a UUID"))
 }
 
+/// Seconds a refused caller is told to wait before retrying a ceiling.
+const RETRY_AFTER_SECS: u64 = 1;
+
 /// FileService over the records and the bytes.
 #[derive(Debug, Clone)]
 pub struct Api {
@@ -74,10 +79,16 @@ pub struct Api {
     pub families: crate::metrics::Families,
     /// Configuration (limits).
     pub config: Arc<Config>,
+    /// Permits of concurrent uploads (`max_concurrent_uploads`).
+    uploads: Arc<Semaphore>,
+    /// Read streams per user (`max_reads_per_user`).
+    reads: Arc<PerKeySlots>,
 }
 
+/// The header as sent: what the generator says it uploads.
 struct Header {
     job_id: Uuid,
+    lease_token: Option<Uuid>,
     owner_id: String,
     project_id: Option<Uuid>,
     index: u32,
@@ -87,8 +98,10 @@ struct Header {
 
 fn check_header(h: pb::ArtifactHeader, max_bytes: u64) -> Result<Header, OrganizerError> {
     let job_id = parse_id("header.job_id", &h.job_id)?;
-    if h.owner_id.is_empty() || h.owner_id.len() > 256 {
-        return Err(OrganizerError::invalid("header.owner_id", "must be 1..=256 characters"));
+    let lease_token =
+        if h.lease_token.is_empty() { None } else { Some(parse_id("header.lease_token", &h.lease_token)?) };
+    if h.owner_id.len() > 256 {
+        return Err(OrganizerError::invalid("header.owner_id", "must be at most 256 characters"));
     }
     let project_id =
         if h.project_id.is_empty() { None } else { Some(parse_id("header.project_id", &h.project_id)?) };
@@ -111,6 +124,7 @@ fn check_header(h: pb::ArtifactHeader, max_bytes: u64) -> Result<Header, Organiz
     }
     Ok(Header {
         job_id,
+        lease_token,
         owner_id: h.owner_id,
         project_id,
         index: h.index,
@@ -126,26 +140,194 @@ fn check_header(h: pb::ArtifactHeader, max_bytes: u64) -> Result<Header, Organiz
     })
 }
 
+/// What the job says where the header speaks for it: the owner and project recorded are
+/// the job's; a header naming others is refused, and kind, dimensions and index must be the
+/// job's. Returns the checks' expectations (the job's dimensions are the decode limits).
+fn against_job(header: &Header, job: &JobLease) -> Result<checks::Expected, OrganizerError> {
+    if !header.owner_id.is_empty() && header.owner_id != job.owner_id {
+        return Err(OrganizerError::Forbidden("header.owner_id: not the leased job's owner".to_owned()));
+    }
+    if header.project_id.is_some() && header.project_id != job.project_id {
+        return Err(OrganizerError::Forbidden("header.project_id: not the leased job's project".to_owned()));
+    }
+    if header.kind != job.kind {
+        return Err(OrganizerError::invalid("header.kind", "not the job's kind"));
+    }
+    if header.index >= job.batch_size.max(1) {
+        return Err(OrganizerError::invalid("header.index", "past the job's batch size"));
+    }
+    let frames = if job.kind == "video" { job.frames.max(1) } else { 1 };
+    let e = &header.expected;
+    if (e.width, e.height, e.frames) != (job.width, job.height, frames) {
+        return Err(OrganizerError::invalid("header.width", "width, height and frames must be the job's"));
+    }
+    Ok(checks::Expected { width: job.width, height: job.height, frames, ..e.clone() })
+}
+
 impl Api {
-    /// Stores the bytes under `key` (linked to identical bytes already stored, so they are
-    /// kept once) and their thumbnail beside them.
-    async fn write(&self, key: &str, sha256: &str, bytes: Vec<u8>) -> Result<(), OrganizerError> {
+    /// The service, with its ceilings from `config`.
+    pub fn new(
+        store: Store,
+        storage: Arc<dyn Storage>,
+        metrics: Arc<sakuga_mesh::metrics::Metrics>,
+        config: Arc<Config>,
+    ) -> Self {
+        let uploads = Arc::new(Semaphore::new(config.max_concurrent_uploads));
+        let reads = PerKeySlots::new(config.max_reads_per_user);
+        let families = crate::metrics::Families::register(&metrics);
+        Self { store, storage, metrics, families, config, uploads, reads }
+    }
+
+    /// Counts a refusal by a ceiling (label: the ceiling's name).
+    fn refused(&self, ceiling: &'static str) {
+        self.metrics.ceiling_refused(ceiling);
+    }
+
+    /// A read slot of `caller`, or RESOURCE_EXHAUSTED.
+    fn read_slot(&self, caller: &mesh_auth::Caller) -> Result<Slot, OrganizerError> {
+        self.reads.try_acquire(&caller.actor()).ok_or_else(|| {
+            self.refused("reads_per_user");
+            OrganizerError::Exhausted {
+                what: "open file reads of this user",
+                ceiling: "max_reads_per_user",
+                limit: self.reads.limit(),
+                retry_after_secs: RETRY_AFTER_SECS,
+            }
+        })
+    }
+
+    /// A response stream bounded by the read idle timeout.
+    fn read_outbox<T: Send + 'static>(&self) -> (limits::Outbox<T>, tonic::codegen::BoxStream<T>) {
+        let secs = self.config.read_idle_timeout_secs;
+        limits::outbox(
+            4,
+            Duration::from_secs(secs),
+            format!("stream ended: nothing was read for {secs} s (read_idle_timeout_secs)"),
+        )
+    }
+
+    /// Counts why a read stream's producer stopped early.
+    fn undelivered(&self, why: limits::Undelivered) {
+        if why == limits::Undelivered::Stalled {
+            self.refused("read_idle_timeout");
+        }
+    }
+
+    /// The next message of an upload, waiting at most the upload idle timeout.
+    async fn next_part(
+        &self,
+        stream: &mut Streaming<pb::StoreArtifactRequest>,
+    ) -> Result<Option<pb::StoreArtifactRequest>, Status> {
+        let secs = self.config.upload_idle_timeout_secs;
+        let Ok(next) = tokio::time::timeout(Duration::from_secs(secs), stream.next()).await else {
+            self.refused("upload_idle_timeout");
+            return Err(OrganizerError::Stalled(format!(
+                "upload ended: no message for {secs} s (upload_idle_timeout_secs)"
+            ))
+            .into());
+        };
+        next.transpose()
+    }
+
+    /// Streams the chunks into a partial object of the store, refusing the first byte past
+    /// the header's size; returns it finished, with what arrived.
+    async fn receive(
+        &self,
+        stream: &mut Streaming<pb::StoreArtifactRequest>,
+        size_bytes: u64,
+    ) -> Result<(Box<dyn Partial>, checks::Received), Status> {
+        let mut partial = self.storage.begin().await.map_err(OrganizerError::Storage)?;
+        while let Some(msg) = self.next_part(stream).await? {
+            match msg.part {
+                Some(Part::Chunk(chunk)) => {
+                    if chunk.len() > MAX_CHUNK {
+                        return Err(OrganizerError::invalid("chunk", "must be at most 1 MiB").into());
+                    }
+                    if partial.written() + chunk.len() as u64 > size_bytes {
+                        return Err(OrganizerError::Rejected(
+                            "more bytes than the header's size_bytes".to_owned(),
+                        )
+                        .into());
+                    }
+                    partial.write(chunk).await.map_err(OrganizerError::Storage)?;
+                }
+                Some(Part::Header(_)) => {
+                    return Err(OrganizerError::invalid("header", "sent twice").into());
+                }
+                None => {}
+            }
+        }
+        let sha256 = partial.finish().await.map_err(OrganizerError::Storage)?;
+        let received = checks::Received { size_bytes: partial.written(), sha256 };
+        Ok((partial, received))
+    }
+
+    /// Runs the checks and makes the thumbnail off the async runtime, reading the partial
+    /// object from disk (never the whole artifact in memory). Returns the checks passed, the
+    /// thumbnail (if one could be made) and the partial object.
+    async fn check(
+        &self,
+        partial: Box<dyn Partial>,
+        received: checks::Received,
+        expected: checks::Expected,
+    ) -> Result<(Vec<String>, Option<Vec<u8>>, Box<dyn Partial>), OrganizerError> {
+        let side = self.config.thumbnail_max_side;
+        tokio::task::spawn_blocking(move || {
+            let passed = checks::run(&received, partial.open()?, &expected)?;
+            let thumb = match partial.open().map(|r| sakuga_imaging::thumbnail_png_from(r, side)) {
+                Ok(Ok(t)) => Some(t),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "thumbnail not made");
+                    None
+                }
+                Err(e) => {
+                    warn!(error = %e, "thumbnail not made");
+                    None
+                }
+            };
+            Ok((passed, thumb, partial))
+        })
+        .await
+        .map_err(|e| OrganizerError::Storage(std::io::Error::other(e)))?
+    }
+
+    /// Stores the checked bytes under `key` (linked to identical bytes already stored, so
+    /// they are kept once; else the partial object is renamed to it) and their thumbnail
+    /// beside them.
+    async fn write(
+        &self,
+        key: &str,
+        sha256: &str,
+        partial: Box<dyn Partial>,
+        thumb: Option<Vec<u8>>,
+    ) -> Result<(), OrganizerError> {
         if let Some(same) = self.store.key_with_sha(sha256).await?
             && same != key
         {
             match self.storage.put_same_as(&same, key).await {
                 Ok(()) => {
+                    drop(partial);
                     if self.storage.put_same_as(&thumb_key(&same), &thumb_key(key)).await.is_err() {
-                        self.write_thumbnail(key, bytes).await;
+                        self.put_thumbnail(key, thumb).await;
                     }
                     return Ok(());
                 }
                 Err(e) => warn!(error = %e, "identical bytes could not be linked; storing a copy"),
             }
         }
-        self.storage.put(key, bytes.clone()).await?;
-        self.write_thumbnail(key, bytes).await;
+        partial.commit(key).await?;
+        self.put_thumbnail(key, thumb).await;
         Ok(())
+    }
+
+    /// Stores a thumbnail made at upload; a failure is logged (a thumbnail is made again
+    /// when asked for).
+    async fn put_thumbnail(&self, key: &str, thumb: Option<Vec<u8>>) {
+        if let Some(thumb) = thumb
+            && let Err(e) = self.storage.put(&thumb_key(key), thumb).await
+        {
+            warn!(error = %e, "thumbnail not stored");
+        }
     }
 
     /// Makes and stores the thumbnail of `bytes`; returns it. A failure is logged (a
@@ -180,83 +362,97 @@ impl FileService for Api {
         &self,
         req: Request<Streaming<pb::StoreArtifactRequest>>,
     ) -> Result<Response<pb::StoreArtifactResponse>, Status> {
-        // The guard admits only generator certificates here (see the authorization table).
+        // The guard admits only generator certificates here (see the authorization table);
+        // the job's lease decides which job a generator may upload for.
         let mut stream = req.into_inner();
-        let header = match stream.next().await {
-            Some(Ok(pb::StoreArtifactRequest { part: Some(Part::Header(h)) })) => h,
-            Some(Ok(_)) => {
+        let header = match self.next_part(&mut stream).await? {
+            Some(pb::StoreArtifactRequest { part: Some(Part::Header(h)) }) => h,
+            Some(_) => {
                 return Err(OrganizerError::invalid("header", "the first message must be the header").into());
             }
-            Some(Err(e)) => return Err(e),
             None => {
                 return Err(OrganizerError::invalid("header", "stream closed before the header").into());
             }
         };
         let header = check_header(header, self.config.max_artifact_bytes)?;
-        let expected_len = usize::try_from(header.expected.size_bytes).unwrap_or(usize::MAX);
-        let mut bytes = Vec::with_capacity(expected_len);
-        while let Some(msg) = stream.next().await {
-            match msg?.part {
-                Some(Part::Chunk(chunk)) => {
-                    if chunk.len() > MAX_CHUNK {
-                        return Err(OrganizerError::invalid("chunk", "must be at most 1 MiB").into());
-                    }
-                    if bytes.len() + chunk.len() > expected_len {
-                        return Err(OrganizerError::Rejected(
-                            "more bytes than the header's size_bytes".to_owned(),
-                        )
-                        .into());
-                    }
-                    bytes.extend_from_slice(&chunk);
-                }
-                Some(Part::Header(_)) => {
-                    return Err(OrganizerError::invalid("header", "sent twice").into());
-                }
-                None => {}
-            }
+        let (job_id, index) = (header.job_id, header.index);
+        let Some(lease) = header.lease_token else {
+            warn!(%job_id, index, "artifact refused: no lease token");
+            return Err(OrganizerError::NotLeased(job_id).into());
+        };
+        let job = self.store.job_lease(job_id).await?;
+        if let Some(why) = job.as_ref().map_or(Some("no such job"), |j| j.refusal(lease)) {
+            warn!(%job_id, index, reason = why, "artifact refused: not under the job's live lease");
+            return Err(OrganizerError::NotLeased(job_id).into());
         }
-        if let Some(existing) = self.store.by_job_index(header.job_id, header.index).await? {
-            info!(file_id = %existing.id, job_id = %header.job_id, index = header.index, "artifact already stored");
+        let job = job.ok_or(OrganizerError::NotLeased(job_id))?;
+        let expected = against_job(&header, &job).inspect_err(|e| {
+            warn!(%job_id, index, error = %e, "artifact refused: the header disagrees with the job");
+        })?;
+        let _permit = self.uploads.clone().try_acquire_owned().map_err(|_| {
+            self.refused("uploads_concurrent");
+            OrganizerError::Exhausted {
+                what: "uploads",
+                ceiling: "max_concurrent_uploads",
+                limit: self.config.max_concurrent_uploads,
+                retry_after_secs: RETRY_AFTER_SECS,
+            }
+        })?;
+        // Every early return from here drops the partial object, which removes its bytes.
+        let (partial, received) = self.receive(&mut stream, expected.size_bytes).await?;
+        if let Some(existing) = self.store.by_job_index(job_id, index).await? {
+            info!(file_id = %existing.id, %job_id, index, "artifact already stored");
             return Ok(Response::new(pb::StoreArtifactResponse { file: Some(file_to_pb(&existing)) }));
         }
-        let checks = checks::run(&bytes, &header.expected).inspect_err(|e| {
-            warn!(job_id = %header.job_id, index = header.index, error = %e, "artifact rejected");
-            self.families.rejected();
-        })?;
-        let slug = match header.project_id {
+        let (checks, thumb, partial) =
+            self.check(partial, received, expected.clone()).await.inspect_err(|e| {
+                warn!(%job_id, index, error = %e, "artifact rejected");
+                self.families.rejected();
+            })?;
+        let slug = match job.project_id {
             Some(p) => Some(
                 self.store
-                    .project_slug(p, &header.owner_id)
+                    .project_slug(p, &job.owner_id)
                     .await?
                     .ok_or_else(|| OrganizerError::NotFound(format!("project {p}")))?,
             ),
             None => None,
         };
         let now = Utc::now();
-        let ext = layout::extension(&header.expected.mime).unwrap_or("bin");
-        let key = layout::storage_key(slug.as_deref(), now, header.job_id, header.index, ext);
-        self.write(&key, &header.expected.sha256, bytes).await?;
+        let ext = layout::extension(&expected.mime).unwrap_or("bin");
+        let key = layout::storage_key(slug.as_deref(), now, job_id, index, ext);
+        self.write(&key, &expected.sha256, partial, thumb).await?;
         if self.config.fault_crash_after_write {
             return Err(Status::unavailable("organizer stopped after writing the bytes (test fault)"));
         }
         let record = FileRecord {
             id: Uuid::now_v7(),
-            job_id: header.job_id,
-            owner_id: header.owner_id,
-            project_id: header.project_id,
-            index: header.index,
+            job_id,
+            owner_id: job.owner_id,
+            project_id: job.project_id,
+            index,
             kind: header.kind.to_owned(),
-            mime_type: header.expected.mime,
-            width: header.expected.width,
-            height: header.expected.height,
-            frames: header.expected.frames,
-            size_bytes: header.expected.size_bytes,
-            sha256: header.expected.sha256,
+            mime_type: expected.mime,
+            width: expected.width,
+            height: expected.height,
+            frames: expected.frames,
+            size_bytes: expected.size_bytes,
+            sha256: expected.sha256,
             storage_key: key,
             checks,
             created_at: now,
         };
-        let stored = self.store.insert(&record).await?;
+        let Some(stored) = self.store.insert(&record, lease).await? else {
+            // The lease ended while the bytes arrived: nothing is recorded, and the name just
+            // written (unique to this job and index) goes too.
+            warn!(%job_id, index, "artifact refused: the lease ended during the upload");
+            for k in [record.storage_key.clone(), thumb_key(&record.storage_key)] {
+                if let Err(e) = self.storage.delete(&k).await {
+                    warn!(error = %e, "bytes of a refused upload not removed; the reconciler will");
+                }
+            }
+            return Err(OrganizerError::NotLeased(job_id).into());
+        };
         self.families.stored(&stored.kind, stored.size_bytes);
         info!(file_id = %stored.id, job_id = %stored.job_id, index = stored.index, size = stored.size_bytes, "artifact stored");
         Ok(Response::new(pb::StoreArtifactResponse { file: Some(file_to_pb(&stored)) }))
@@ -306,7 +502,9 @@ impl FileService for Api {
         &self,
         req: Request<pb::ReadFileRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<pb::ReadFileResponse>>, Status> {
-        let scope = mesh_auth::caller(&req)?.owner_scope()?;
+        let caller = mesh_auth::caller(&req)?;
+        let scope = caller.owner_scope()?;
+        let slot = self.read_slot(&caller)?;
         let r = req.into_inner();
         let id = parse_id("file_id", &r.file_id)?;
         let f = self.store.get(id, scope.as_deref()).await?;
@@ -323,42 +521,43 @@ impl FileService for Api {
             warn!(file_id = %id, "stored bytes missing");
             return Err(Status::data_loss(format!("bytes of file {id} are missing")));
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let (size, storage, key) = (f.size_bytes, self.storage.clone(), f.storage_key);
+        let (out, stream) = self.read_outbox();
+        let (size, storage, key, api) = (f.size_bytes, self.storage.clone(), f.storage_key, self.clone());
         tokio::spawn(async move {
+            // The slot is held until the stream is read to its end, the client goes, or it
+            // stops reading for longer than the idle timeout.
+            let _slot = slot;
             let mut offset = r.offset;
             while offset < end {
                 let want = (end - offset).min(READ_CHUNK as u64);
-                let chunk = match storage.read(&key, offset, want).await {
-                    Ok(buf) if buf.len() as u64 == want => buf,
-                    Ok(_) => {
-                        let _ = tx
-                            .send(Err(Status::data_loss(format!("file {id} is shorter than its record"))))
-                            .await;
-                        return;
+                let msg = match storage.read(&key, offset, want).await {
+                    Ok(buf) if buf.len() as u64 == want => {
+                        Ok(pb::ReadFileResponse { chunk: buf, offset, size_bytes: size })
                     }
-                    Err(e) => {
-                        let _ = tx
-                            .send(Err(Status::data_loss(format!("reading file {id} failed: {}", e.kind()))))
-                            .await;
-                        return;
-                    }
+                    Ok(_) => Err(Status::data_loss(format!("file {id} is shorter than its record"))),
+                    Err(e) => Err(Status::data_loss(format!("reading file {id} failed: {}", e.kind()))),
                 };
-                let msg = pb::ReadFileResponse { chunk, offset, size_bytes: size };
-                if tx.send(Ok(msg)).await.is_err() {
+                let failed = msg.is_err();
+                if let Err(why) = out.send(msg).await {
+                    api.undelivered(why);
+                    return;
+                }
+                if failed {
                     return;
                 }
                 offset += want;
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(stream))
     }
 
     async fn get_thumbnail(
         &self,
         req: Request<pb::GetThumbnailRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<pb::GetThumbnailResponse>>, Status> {
-        let scope = mesh_auth::caller(&req)?.owner_scope()?;
+        let caller = mesh_auth::caller(&req)?;
+        let scope = caller.owner_scope()?;
+        let slot = self.read_slot(&caller)?;
         let id = parse_id("file_id", &req.get_ref().file_id)?;
         let f = self.store.get(id, scope.as_deref()).await?;
         let thumb = match self.storage.read(&thumb_key(&f.storage_key), 0, 0).await {
@@ -375,9 +574,18 @@ impl FileService for Api {
             }
             Err(e) => return Err(OrganizerError::Storage(e).into()),
         };
-        let chunks: Vec<Result<pb::GetThumbnailResponse, Status>> =
-            thumb.chunks(READ_CHUNK).map(|c| Ok(pb::GetThumbnailResponse { chunk: c.to_vec() })).collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let (out, stream) = self.read_outbox();
+        let api = self.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            for c in thumb.chunks(READ_CHUNK) {
+                if let Err(why) = out.send(Ok(pb::GetThumbnailResponse { chunk: c.to_vec() })).await {
+                    api.undelivered(why);
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
     }
 
     async fn delete_file(

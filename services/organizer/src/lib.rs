@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod layout;
+pub mod limits;
 pub mod metrics;
 pub mod reconcile;
 pub mod storage;
@@ -73,14 +74,7 @@ impl Service for Application {
             .await?
             .with_metrics(config.metrics_listen, metrics.clone())
             .await?;
-        let families = metrics::Families::register(&metrics);
-        let api = grpc::Api {
-            store: store::Store::new(pool),
-            storage,
-            metrics,
-            families,
-            config: Arc::new(config),
-        };
+        let api = grpc::Api::new(store::Store::new(pool), storage, metrics, Arc::new(config));
         Ok(Self { server, api, tls, vault, verifier, redis })
     }
 

@@ -8,6 +8,10 @@
 //!
 //! The grace period keeps it from racing an upload that has written its bytes and is about
 //! to insert the record.
+//!
+//! A database with no file records at all while the store holds files is taken for the
+//! wrong database (or an emptied one), not for a library to erase: the pass logs an error
+//! and removes no bytes.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -33,6 +37,9 @@ pub struct Report {
     pub missing: usize,
     /// Files deleted by project retention.
     pub expired: usize,
+    /// Unreferenced bytes were not removed: the database holds no file records at all while
+    /// the store holds files.
+    pub refused_empty_database: bool,
 }
 
 /// The reconciler.
@@ -58,7 +65,17 @@ impl Reconciler {
         let records = self.store.all_keys().await?;
         let referenced: HashSet<String> =
             records.iter().flat_map(|(_, key, _)| [key.clone(), thumb_key(key)]).collect();
-        for object in self.storage.keys().await? {
+        let objects = self.storage.keys().await?;
+        if records.is_empty() && !objects.is_empty() {
+            error!(
+                stored = objects.len(),
+                "the database holds no file records but the store holds files: is this the right \
+                 database? nothing is deleted"
+            );
+            report.refused_empty_database = true;
+            return Ok(report);
+        }
+        for object in objects {
             let old = object.modified.elapsed().unwrap_or_default() >= self.grace;
             if old && !referenced.contains(&object.key) {
                 warn!(key = %object.key, thumbnail = object.key.starts_with(THUMBS_DIR), "removing bytes no record points at");

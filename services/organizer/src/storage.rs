@@ -3,7 +3,7 @@
 //! reaches a client. [`LocalDisk`] is the store used now; an S3-compatible one implements the
 //! same calls (put = PutObject, which is atomic; `put_same_as` = CopyObject, or a
 //! content-addressed key; `keys` = ListObjectsV2; `sweep_partial` = abort stale multipart
-//! uploads).
+//! uploads; `begin` = a multipart upload, committed by CompleteMultipartUpload).
 
 use std::{
     fmt,
@@ -14,6 +14,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 /// A boxed future, so stores can sit behind `Arc<dyn Storage>`.
@@ -62,6 +63,112 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// Removes partial writes older than `age`; returns how many.
     fn sweep_partial(&self, age: Duration) -> BoxFuture<'_, io::Result<usize>>;
+
+    /// Starts an upload: bytes are written to a partial object in the store (never a key
+    /// until [`Partial::commit`]), hashed as they arrive.
+    fn begin(&self) -> BoxFuture<'_, io::Result<Box<dyn Partial>>>;
+}
+
+/// Bytes that can be read back from the start and seeked, off the async runtime.
+pub trait ReadSeek: io::BufRead + io::Seek + Send {}
+impl<T: io::BufRead + io::Seek + Send> ReadSeek for T {}
+
+/// An upload being written (see [`Storage::begin`]). Dropped without a commit, its partial
+/// bytes are removed at once, whatever failed.
+pub trait Partial: Send + fmt::Debug {
+    /// Appends `chunk` and adds it to the hash.
+    fn write(&mut self, chunk: Vec<u8>) -> BoxFuture<'_, io::Result<()>>;
+
+    /// Bytes written so far.
+    fn written(&self) -> u64;
+
+    /// Makes the bytes durable; returns the hex sha256 of everything written. No write after.
+    fn finish(&mut self) -> BoxFuture<'_, io::Result<String>>;
+
+    /// The bytes written, for reading from the start (blocking I/O: call it off the async
+    /// runtime, e.g. in `spawn_blocking`).
+    fn open(&self) -> io::Result<Box<dyn ReadSeek>>;
+
+    /// Stores the bytes under `key` atomically: afterwards the key holds all of them, and
+    /// the partial object is gone.
+    fn commit(self: Box<Self>, key: &str) -> BoxFuture<'_, io::Result<()>>;
+}
+
+/// A partial file under the store's `.tmp/`, removed on drop unless committed.
+#[derive(Debug)]
+struct LocalPartial {
+    disk: LocalDisk,
+    path: PathBuf,
+    /// `None` once finished (or after a failed write, which leaves the upload unusable).
+    open: Option<(std::fs::File, Sha256)>,
+    written: u64,
+    committed: bool,
+}
+
+impl Partial for LocalPartial {
+    fn write(&mut self, chunk: Vec<u8>) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move {
+            let (mut file, mut hash) = self.open.take().ok_or_else(finished)?;
+            let len = chunk.len() as u64;
+            let (file, hash) = blocking(move || {
+                file.write_all(&chunk)?;
+                hash.update(&chunk);
+                Ok((file, hash))
+            })
+            .await?;
+            self.open = Some((file, hash));
+            self.written += len;
+            Ok(())
+        })
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn finish(&mut self) -> BoxFuture<'_, io::Result<String>> {
+        Box::pin(async move {
+            let (file, hash) = self.open.take().ok_or_else(finished)?;
+            blocking(move || file.sync_all()).await?;
+            Ok(hex::encode(hash.finalize()))
+        })
+    }
+
+    fn open(&self) -> io::Result<Box<dyn ReadSeek>> {
+        Ok(Box::new(io::BufReader::new(std::fs::File::open(&self.path)?)))
+    }
+
+    fn commit(mut self: Box<Self>, key: &str) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move {
+            let path = self.disk.path(key)?;
+            let tmp = self.path.clone();
+            blocking(move || {
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                std::fs::create_dir_all(&dir)?;
+                std::fs::rename(&tmp, &path)?;
+                sync_dir(&dir)
+            })
+            .await?;
+            self.committed = true;
+            Ok(())
+        })
+    }
+}
+
+impl Drop for LocalPartial {
+    fn drop(&mut self) {
+        // One unlink, on whichever path ends the upload (refusal, error, cancelled call).
+        if !self.committed
+            && let Err(e) = std::fs::remove_file(&self.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, "partial upload not removed; the reconciler will");
+        }
+    }
+}
+
+fn finished() -> io::Error {
+    io::Error::other("upload already finished or failed")
 }
 
 /// Files under a root folder.
@@ -211,6 +318,29 @@ impl Storage for LocalDisk {
             Ok(removed)
         }))
     }
+
+    fn begin(&self) -> BoxFuture<'_, io::Result<Box<dyn Partial>>> {
+        let (disk, tmp_dir) = (self.clone(), self.root.join(TMP_DIR));
+        Box::pin(async move {
+            let path = tmp_dir.join(format!("{}.part", Uuid::new_v4()));
+            let file = {
+                let path = path.clone();
+                blocking(move || {
+                    std::fs::create_dir_all(&tmp_dir)?;
+                    std::fs::File::create_new(&path)
+                })
+                .await?
+            };
+            let partial: Box<dyn Partial> = Box::new(LocalPartial {
+                disk,
+                path,
+                open: Some((file, Sha256::new())),
+                written: 0,
+                committed: false,
+            });
+            Ok(partial)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -244,5 +374,35 @@ mod tests {
         for bad in ["", "../x", "/etc/passwd", "a/../../x"] {
             assert!(disk.read(bad, 0, 0).await.is_err(), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_upload_is_hashed_as_written_and_becomes_a_key_only_on_commit() {
+        use std::io::Read as _;
+        let dir = tempfile::tempdir().unwrap();
+        let disk = LocalDisk::new(dir.path().to_path_buf()).unwrap();
+        let partials = || std::fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count();
+        let mut up = disk.begin().await.unwrap();
+        up.write(b"hello ".to_vec()).await.unwrap();
+        up.write(b"world".to_vec()).await.unwrap();
+        assert_eq!(up.written(), 11);
+        assert_eq!(up.finish().await.unwrap(), hex::encode(Sha256::digest(b"hello world")));
+        assert!(up.write(b"!".to_vec()).await.is_err(), "nothing after finish");
+        let mut back = String::new();
+        up.open().unwrap().read_to_string(&mut back).unwrap();
+        assert_eq!(back, "hello world");
+        assert!(disk.keys().await.unwrap().is_empty(), "not a key before the commit");
+        up.commit("u/2026/01/01/x-0.png").await.unwrap();
+        assert_eq!(disk.read("u/2026/01/01/x-0.png", 0, 0).await.unwrap(), b"hello world");
+        assert_eq!(partials(), 0, "the partial became the key");
+
+        // Dropped without a commit (any failure), the partial bytes go at once.
+        let mut up = disk.begin().await.unwrap();
+        up.write(vec![7; 1000]).await.unwrap();
+        assert_eq!(partials(), 1);
+        drop(up);
+        assert_eq!(partials(), 0);
+        assert!(disk.begin().await.unwrap().commit("../escape").await.is_err());
+        assert_eq!(partials(), 0);
     }
 }

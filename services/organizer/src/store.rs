@@ -73,6 +73,47 @@ fn i32_of(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
 
+/// What the organizer reads of a job: who owns it, what it asked for, and its lease.
+#[derive(Debug, Clone)]
+pub struct JobLease {
+    /// Owner.
+    pub owner_id: String,
+    /// Project.
+    pub project_id: Option<Uuid>,
+    /// "image" or "video".
+    pub kind: String,
+    /// Pixels.
+    pub width: u32,
+    /// Pixels.
+    pub height: u32,
+    /// Frames (0 for an image).
+    pub frames: u32,
+    /// Artifacts the job makes.
+    pub batch_size: u32,
+    /// Status.
+    pub status: String,
+    /// Current lease token, if leased.
+    pub lease_token: Option<Uuid>,
+    /// Whether the lease has not expired.
+    pub lease_live: bool,
+}
+
+impl JobLease {
+    /// Why an upload under `token` is not accepted, or `None` when the job is leased with
+    /// it (status assigned or running, the same token, not expired).
+    pub fn refusal(&self, token: Uuid) -> Option<&'static str> {
+        if !matches!(self.status.as_str(), "assigned" | "running") {
+            Some("the job is not assigned or running")
+        } else if self.lease_token != Some(token) {
+            Some("the job is leased with another token")
+        } else if !self.lease_live {
+            Some("the lease has expired")
+        } else {
+            None
+        }
+    }
+}
+
 /// Filters of ListFiles.
 #[derive(Debug, Default)]
 pub struct ListFilter {
@@ -118,14 +159,44 @@ impl Store {
         Ok(client.query_opt(&stmt, &[&job_id, &i32_of(index)]).await?.map(|r| record(&r)))
     }
 
-    /// Inserts a record; if one exists for (job, index), returns that one.
-    pub async fn insert(&self, f: &FileRecord) -> Result<FileRecord, OrganizerError> {
+    /// A job's owner, request and lease (`None`: no such job). Reads the columns `id`,
+    /// `owner_id`, `project_id`, `kind`, `width`, `height`, `frames`, `batch_size`,
+    /// `status`, `lease_token` and `lease_expires_at` of `jobs`.
+    pub async fn job_lease(&self, job_id: Uuid) -> Result<Option<JobLease>, OrganizerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT owner_id, project_id, kind, width, height, frames, batch_size, status, lease_token, \
+                 coalesce(lease_expires_at > now(), false) AS lease_live FROM jobs WHERE id = $1",
+            )
+            .await?;
+        Ok(client.query_opt(&stmt, &[&job_id]).await?.map(|r| JobLease {
+            owner_id: r.get("owner_id"),
+            project_id: r.get("project_id"),
+            kind: r.get("kind"),
+            width: u32_of(&r, "width"),
+            height: u32_of(&r, "height"),
+            frames: u32_of(&r, "frames"),
+            batch_size: u32_of(&r, "batch_size"),
+            status: r.get("status"),
+            lease_token: r.get("lease_token"),
+            lease_live: r.get("lease_live"),
+        }))
+    }
+
+    /// Inserts a record while its job is still leased with `lease` (checked in the same
+    /// statement). If one exists for (job, index), returns that one; `None` when the lease
+    /// is no longer live and nothing was recorded.
+    pub async fn insert(&self, f: &FileRecord, lease: Uuid) -> Result<Option<FileRecord>, OrganizerError> {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(&format!(
                 "INSERT INTO files (id, job_id, owner_id, project_id, idx, kind, mime_type, width, height, frames, \
                  size_bytes, sha256, storage_key, checks, created_at) \
-                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) \
+                 SELECT $1::uuid, $2::uuid, $3::text, $4::uuid, $5::integer, $6::text, $7::text, $8::integer, \
+                 $9::integer, $10::integer, $11::bigint, $12::text, $13::text, $14::text[], $15::timestamptz \
+                 WHERE EXISTS (SELECT 1 FROM jobs WHERE id = $2 AND lease_token = $16 \
+                   AND status IN ('assigned', 'running') AND lease_expires_at > now()) \
                  ON CONFLICT (job_id, idx) DO NOTHING RETURNING {COLUMNS}"
             ))
             .await?;
@@ -149,14 +220,13 @@ impl Store {
                     &f.storage_key,
                     &f.checks,
                     &f.created_at,
+                    &lease,
                 ],
             )
             .await?;
         match row {
-            Some(r) => Ok(record(&r)),
-            None => self.by_job_index(f.job_id, f.index).await?.ok_or_else(|| {
-                OrganizerError::NotFound(format!("file of job {} index {}", f.job_id, f.index))
-            }),
+            Some(r) => Ok(Some(record(&r))),
+            None => self.by_job_index(f.job_id, f.index).await,
         }
     }
 

@@ -375,9 +375,9 @@ async fn a_comfyui_job_goes_through_the_mesh_to_a_stored_file() {
     let id = jobs.submit_job(comfyui_request(128)).await.unwrap().into_inner().job.unwrap().id;
     let job = mesh.finished(&alice.token, &id).await;
     // The recorded FakeSampler output is 512x512 while this job asked for 128x128: the
-    // organizer's dimension check refuses it.
+    // organizer refuses it from its header, before decoding (the job's size is the limit).
     assert_eq!(job.status, i32::from(JobStatus::Failed), "{job:?}");
-    assert!(job.error.contains("dimensions are 512x512, the job asked for 128x128"), "{}", job.error);
+    assert!(job.error.contains("image declares 512x512, more than the job's 128x128"), "{}", job.error);
     assert_eq!(job.attempts, 2, "the refusal was retried: {job:?}");
 
     let id = jobs.submit_job(comfyui_request(512)).await.unwrap().into_inner().job.unwrap().id;

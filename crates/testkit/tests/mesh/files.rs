@@ -234,10 +234,57 @@ async fn projects_refuse_bad_input_and_foreign_ids_and_archived_projects_take_no
     mesh.stop().await;
 }
 
-fn header(job: &str, owner: &str, bytes: &[u8], width: u32, height: u32) -> ArtifactHeader {
+/// A job as the scheduler leaves it once a generator holds it: running, its lease live for
+/// an hour, owned by `owner` (in `project`), asking for one `width`×`height` image.
+struct Leased {
+    id: String,
+    lease: String,
+}
+
+async fn leased_job(mesh: &Mesh, owner: &str, project: Option<&str>, width: u32, height: u32) -> Leased {
+    leased_job_as(mesh, owner, project, (width, height), "running", "1 hour").await
+}
+
+/// Like [`leased_job`] with the job's `status` and its lease expiring after `expires_in`
+/// (an SQL interval, negative for a lease already expired).
+async fn leased_job_as(
+    mesh: &Mesh,
+    owner: &str,
+    project: Option<&str>,
+    (width, height): (u32, u32),
+    status: &str,
+    expires_in: &str,
+) -> Leased {
+    let db = mesh.env.db().await.unwrap();
+    let (id, lease) = (Uuid::now_v7(), Uuid::new_v4());
+    let project = project.map(|p| Uuid::parse_str(p).unwrap());
+    db.execute(
+        "INSERT INTO jobs (id, owner_id, project_id, kind, backend, model, prompt, composed_prompt, width, height, \
+         steps, batch_size, frames, fps, seed, cfg_scale, sampler, status, attempts, lease_token, lease_expires_at, \
+         worker_id) VALUES ($1, $2, $3, 'image', 'builtin', 'builtin', 'leased', 'leased', $4, $5, 1, 1, 0, 0, 7, \
+         7.0, 'euler', $6, 1, $7, now() + $8::text::interval, 'elsewhere')",
+        &[
+            &id,
+            &owner,
+            &project,
+            &i32::try_from(width).unwrap(),
+            &i32::try_from(height).unwrap(),
+            &status,
+            &lease,
+            &expires_in,
+        ],
+    )
+    .await
+    .unwrap();
+    Leased { id: id.to_string(), lease: lease.to_string() }
+}
+
+/// The header a generator sends for `job`: its lease token, no owner or project (the
+/// organizer takes both from the job).
+fn header(job: &Leased, bytes: &[u8], width: u32, height: u32) -> ArtifactHeader {
     ArtifactHeader {
-        job_id: job.to_owned(),
-        owner_id: owner.to_owned(),
+        job_id: job.id.clone(),
+        lease_token: job.lease.clone(),
         index: 0,
         kind: JobKind::Image.into(),
         mime_type: "image/png".into(),
@@ -279,15 +326,16 @@ async fn blank_truncated_and_wrongly_sized_images_are_refused_with_reasons() {
         (&blank, 64, 64, "blank"),
         (&truncated, 64, 64, "truncated"),
         (&good, 128, 128, "dimensions are 64x64, the job asked for 128x128"),
+        (&gradient(128, 128), 64, 64, "image declares 128x128, more than the job's 64x64"),
     ] {
-        let job = Uuid::now_v7().to_string();
-        let err = store(&mesh, header(&job, &owner, bytes, w, h), bytes).await.unwrap_err();
+        let job = leased_job(&mesh, &owner, None, w, h).await;
+        let err = store(&mesh, header(&job, bytes, w, h), bytes).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{reason}: {err:?}");
         assert!(err.message().contains(reason), "{reason}: {}", err.message());
     }
-    assert!(files_under(&mesh.files_root()).iter().all(|f| f.starts_with(".tmp")), "nothing stored");
-    let stored =
-        store(&mesh, header(&Uuid::now_v7().to_string(), &owner, &good, 64, 64), &good).await.unwrap();
+    assert_eq!(files_under(&mesh.files_root()), Vec::<String>::new(), "nothing stored, no partial file left");
+    let job = leased_job(&mesh, &owner, None, 64, 64).await;
+    let stored = store(&mesh, header(&job, &good, 64, 64), &good).await.unwrap();
     assert_eq!(stored.checks, ["size", "sha256", "decodes", "mime", "dimensions", "frames", "not_blank"]);
     mesh.stop().await;
 }
@@ -297,9 +345,11 @@ async fn identical_bytes_are_stored_once_and_survive_deleting_one_record() {
     let mesh = Mesh::without_generator().await;
     let alice = mesh.person("alice").await;
     let bytes = gradient(64, 64);
-    let (a, b) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
-    let fa = store(&mesh, header(&a, &alice.id, &bytes, 64, 64), &bytes).await.unwrap();
-    let fb = store(&mesh, header(&b, &alice.id, &bytes, 64, 64), &bytes).await.unwrap();
+    let (ja, jb) =
+        (leased_job(&mesh, &alice.id, None, 64, 64).await, leased_job(&mesh, &alice.id, None, 64, 64).await);
+    let fa = store(&mesh, header(&ja, &bytes, 64, 64), &bytes).await.unwrap();
+    let fb = store(&mesh, header(&jb, &bytes, 64, 64), &bytes).await.unwrap();
+    let (a, b) = (ja.id, jb.id);
     assert_ne!(fa.id, fb.id);
     let today = chrono::Utc::now().format("%Y/%m/%d").to_string();
     let (pa, pb) = (
@@ -340,11 +390,14 @@ async fn a_crash_between_writing_bytes_and_the_record_leaves_no_orphan_after_a_r
     let alice = mesh.person("alice").await;
     let bytes = gradient(96, 64);
     mesh.restart_organizer(|c| c.fault_crash_after_write = true).await;
-    let job = Uuid::now_v7().to_string();
-    let err = store(&mesh, header(&job, &alice.id, &bytes, 96, 64), &bytes).await.unwrap_err();
+    let job = leased_job(&mesh, &alice.id, None, 96, 64).await;
+    let err = store(&mesh, header(&job, &bytes, 96, 64), &bytes).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     let left = files_under(&mesh.files_root());
-    assert!(left.iter().any(|f| f.ends_with(&format!("{job}-0.png"))), "the bytes were written: {left:?}");
+    assert!(
+        left.iter().any(|f| f.ends_with(&format!("{}-0.png", job.id))),
+        "the bytes were written: {left:?}"
+    );
     // A record whose bytes are gone, as a lost disk would leave it.
     let db = mesh.env.db().await.unwrap();
     let ghost = Uuid::now_v7();
@@ -377,7 +430,7 @@ async fn a_crash_between_writing_bytes_and_the_record_leaves_no_orphan_after_a_r
         .unwrap_err();
     assert_eq!(err.code(), Code::DataLoss);
     // The upload, retried, now succeeds.
-    store(&mesh, header(&job, &alice.id, &bytes, 96, 64), &bytes).await.unwrap();
+    store(&mesh, header(&job, &bytes, 96, 64), &bytes).await.unwrap();
     mesh.stop().await;
 }
 
@@ -398,12 +451,14 @@ async fn files_past_their_project_retention_are_deleted_and_audited() {
         .project
         .unwrap();
     let (old_bytes, new_bytes) = (gradient(64, 64), gradient(72, 64));
-    let mut h = header(&Uuid::now_v7().to_string(), &alice.id, &old_bytes, 64, 64);
-    h.project_id.clone_from(&project.id);
-    let old = store(&mesh, h, &old_bytes).await.unwrap();
-    let mut h = header(&Uuid::now_v7().to_string(), &alice.id, &new_bytes, 72, 64);
-    h.project_id.clone_from(&project.id);
-    let new = store(&mesh, h, &new_bytes).await.unwrap();
+    let job = leased_job(&mesh, &alice.id, Some(&project.id), 64, 64).await;
+    let old = store(&mesh, header(&job, &old_bytes, 64, 64), &old_bytes).await.unwrap();
+    let job = leased_job(&mesh, &alice.id, Some(&project.id), 72, 64).await;
+    let new = store(&mesh, header(&job, &new_bytes, 72, 64), &new_bytes).await.unwrap();
+    assert_eq!(
+        (old.project_id.as_str(), new.project_id.as_str()),
+        (project.id.as_str(), project.id.as_str())
+    );
     let db = mesh.env.db().await.unwrap();
     db.execute(
         "UPDATE files SET created_at = now() - interval '8 days' WHERE id = $1",
@@ -569,5 +624,299 @@ async fn sql_payloads_as_project_and_character_names_are_stored_as_text() {
     }
     let count: i64 = db.query_one("SELECT count(*) FROM projects", &[]).await.unwrap().get(0);
     assert_eq!(count, 5, "exactly the five projects, tables intact");
+    mesh.stop().await;
+}
+
+/// Audit rows of refused StoreArtifact calls.
+async fn audited_refused_uploads(mesh: &Mesh) -> i64 {
+    let db = mesh.env.db().await.unwrap();
+    db.query_one(
+        "SELECT count(*) FROM audit_events WHERE action = 'FileService.StoreArtifact' AND result <> 'OK'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test]
+async fn an_artifact_is_accepted_only_under_the_jobs_live_lease_and_owned_as_the_job_is() {
+    let mesh = Mesh::without_generator().await;
+    let alice = mesh.person("alice").await;
+    let bob = mesh.person("bob").await;
+    let project = mesh
+        .projects(&alice.token)
+        .create_project(CreateProjectRequest { name: "Leased".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .project
+        .unwrap();
+    let bytes = gradient(64, 64);
+    let job = leased_job(&mesh, &alice.id, Some(&project.id), 64, 64).await;
+    let finished = leased_job_as(&mesh, &alice.id, None, (64, 64), "succeeded", "1 hour").await;
+    let expired = leased_job_as(&mesh, &alice.id, None, (64, 64), "running", "-1 minute").await;
+    let refused = [
+        ("no lease token", ArtifactHeader { lease_token: String::new(), ..header(&job, &bytes, 64, 64) }),
+        (
+            "another lease token",
+            ArtifactHeader { lease_token: Uuid::new_v4().to_string(), ..header(&job, &bytes, 64, 64) },
+        ),
+        (
+            "a job that does not exist",
+            header(&Leased { id: Uuid::now_v7().to_string(), lease: job.lease.clone() }, &bytes, 64, 64),
+        ),
+        ("a finished job", header(&finished, &bytes, 64, 64)),
+        ("an expired lease", header(&expired, &bytes, 64, 64)),
+        (
+            "the header naming another owner",
+            ArtifactHeader { owner_id: bob.id.clone(), ..header(&job, &bytes, 64, 64) },
+        ),
+        (
+            "the header naming another project",
+            ArtifactHeader { project_id: Uuid::now_v7().to_string(), ..header(&job, &bytes, 64, 64) },
+        ),
+    ];
+    let n = refused.len();
+    for (case, h) in refused {
+        let err = store(&mesh, h, &bytes).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{case}: {err:?}");
+        for private in [&alice.id, &project.id] {
+            assert!(
+                !err.message().contains(private.as_str()),
+                "{case}: the refusal names the owner's data: {}",
+                err.message()
+            );
+        }
+    }
+    assert_eq!(files_under(&mesh.files_root()), Vec::<String>::new(), "nothing stored");
+    let listed =
+        mesh.files(&mesh.admin_token).list_files(ListFilesRequest::default()).await.unwrap().into_inner();
+    assert!(listed.files.is_empty(), "nothing recorded: {listed:?}");
+    eventually("each refusal is audited", || async {
+        audited_refused_uploads(&mesh).await == i64::try_from(n).unwrap()
+    })
+    .await;
+
+    // Under the live lease it is stored, as the job's owner's, in the job's project.
+    let stored = store(&mesh, header(&job, &bytes, 64, 64), &bytes).await.unwrap();
+    assert_eq!(
+        (stored.owner_id.as_str(), stored.project_id.as_str()),
+        (alice.id.as_str(), project.id.as_str())
+    );
+    let today = chrono::Utc::now().format("%Y/%m/%d").to_string();
+    assert!(mesh.files_root().join(format!("{}/{today}/{}-0.png", project.slug, job.id)).exists());
+    let err =
+        mesh.files(&bob.token).get_file(GetFileRequest { file_id: stored.id.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "not bob's");
+    // A header naming the job's own owner and project is the same upload; a retry under the
+    // same lease answers with the record already stored.
+    let again = ArtifactHeader {
+        owner_id: alice.id.clone(),
+        project_id: project.id.clone(),
+        ..header(&job, &bytes, 64, 64)
+    };
+    assert_eq!(store(&mesh, again, &bytes).await.unwrap().id, stored.id);
+    // Once the job is finished (the lease gone), no more uploads for it.
+    let db = mesh.env.db().await.unwrap();
+    db.execute(
+        "UPDATE jobs SET status = 'succeeded', lease_token = NULL, lease_expires_at = NULL WHERE id = $1",
+        &[&Uuid::parse_str(&job.id).unwrap()],
+    )
+    .await
+    .unwrap();
+    let err =
+        store(&mesh, ArtifactHeader { index: 1, ..header(&job, &bytes, 64, 64) }, &bytes).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn an_upload_past_its_declared_size_is_refused_as_it_arrives_and_leaves_no_partial_file() {
+    let mesh = Mesh::without_generator().await;
+    let owner = Uuid::now_v7().to_string();
+    let bytes = gradient(64, 64);
+    let job = leased_job(&mesh, &owner, None, 64, 64).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(StoreArtifactRequest { part: Some(Part::Header(header(&job, &bytes, 64, 64))) }).await.unwrap();
+    tx.send(StoreArtifactRequest { part: Some(Part::Chunk(bytes.clone())) }).await.unwrap();
+    tx.send(StoreArtifactRequest { part: Some(Part::Chunk(vec![0])) }).await.unwrap();
+    // The stream stays open: the refusal comes from the byte past the size, not its end.
+    let mut files = mesh.files_as_generator().await;
+    let err = files.store_artifact(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("more bytes than the header's size_bytes"), "{}", err.message());
+    drop(tx);
+    // Bytes that are not what the header promised are refused after the last chunk.
+    let mut h = header(&job, &bytes, 64, 64);
+    h.sha256 = hex::encode(Sha256::digest(b"something else"));
+    let err = store(&mesh, h, &bytes).await.unwrap_err();
+    assert!(err.message().contains("sha256 does not match"), "{}", err.message());
+    assert_eq!(files_under(&mesh.files_root()), Vec::<String>::new(), "no partial file remains");
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn the_concurrent_upload_cap_refuses_with_retry_after_and_frees_its_slot() {
+    let mut mesh = Mesh::without_generator().await;
+    mesh.restart_organizer(|c| c.max_concurrent_uploads = 1).await;
+    let owner = Uuid::now_v7().to_string();
+    let bytes = gradient(64, 64);
+    let (first, second) =
+        (leased_job(&mesh, &owner, None, 64, 64).await, leased_job(&mesh, &owner, None, 64, 64).await);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(StoreArtifactRequest { part: Some(Part::Header(header(&first, &bytes, 64, 64))) }).await.unwrap();
+    let (head, tail) = bytes.split_at(bytes.len() / 2);
+    tx.send(StoreArtifactRequest { part: Some(Part::Chunk(head.to_vec())) }).await.unwrap();
+    let mut files = mesh.files_as_generator().await;
+    let in_flight =
+        tokio::spawn(
+            async move { files.store_artifact(tokio_stream::wrappers::ReceiverStream::new(rx)).await },
+        );
+    // The first upload holds the only permit once its partial file exists.
+    let tmp = mesh.files_root().join(".tmp");
+    eventually("the first upload is being written", || {
+        let tmp = tmp.clone();
+        async move { std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some()) }
+    })
+    .await;
+    let err = store(&mesh, header(&second, &bytes, 64, 64), &bytes).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("max_concurrent_uploads"), "names the ceiling: {}", err.message());
+    let retry: u64 = err.metadata().get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1, "retry-after in seconds: {retry}");
+    tx.send(StoreArtifactRequest { part: Some(Part::Chunk(tail.to_vec())) }).await.unwrap();
+    drop(tx);
+    in_flight.await.unwrap().unwrap();
+    // The permit is back: the refused upload, retried, is stored.
+    store(&mesh, header(&second, &bytes, 64, 64), &bytes).await.unwrap();
+    mesh.stop().await;
+}
+
+/// A file record of `owner` whose bytes are `size` bytes on disk (reads do not decode).
+async fn big_file(mesh: &Mesh, owner: &str, size: usize) -> String {
+    let key = format!("unsorted/2026/01/01/{}-0.png", Uuid::now_v7());
+    let path = mesh.files_root().join(&key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let bytes: Vec<u8> = (0..size).map(|i| u8::try_from(i % 251).unwrap()).collect();
+    std::fs::write(&path, &bytes).unwrap();
+    let id = Uuid::now_v7();
+    let db = mesh.env.db().await.unwrap();
+    db.execute(
+        "INSERT INTO files (id, job_id, owner_id, idx, kind, mime_type, width, height, frames, size_bytes, \
+         sha256, storage_key) VALUES ($1, $2, $3, 0, 'image', 'image/png', 64, 64, 1, $4, $5, $6)",
+        &[
+            &id,
+            &Uuid::now_v7(),
+            &owner,
+            &i64::try_from(size).unwrap(),
+            &hex::encode(Sha256::digest(&bytes)),
+            &key,
+        ],
+    )
+    .await
+    .unwrap();
+    id.to_string()
+}
+
+async fn open_read(
+    mesh: &Mesh,
+    token: &str,
+    file_id: &str,
+) -> Result<tonic::Streaming<sakuga_proto::v1::ReadFileResponse>, tonic::Status> {
+    let req = sakuga_proto::v1::ReadFileRequest { file_id: file_id.to_owned(), offset: 0, length: 0 };
+    Ok(mesh.files(token).read_file(req).await?.into_inner())
+}
+
+#[tokio::test]
+async fn reads_are_capped_per_user_and_a_reader_that_stops_reading_loses_its_slot() {
+    let mut mesh = Mesh::without_generator().await;
+    mesh.restart_organizer(|c| c.max_reads_per_user = 1).await;
+    let alice = mesh.person("alice").await;
+    let bob = mesh.person("bob").await;
+    // Far more than the channel, HTTP/2 windows and buffers hold: the sender blocks.
+    let size = 16 * 1024 * 1024;
+    let (hers, his) = (big_file(&mesh, &alice.id, size).await, big_file(&mesh, &bob.id, size).await);
+    let stalled = open_read(&mesh, &alice.token, &hers).await.unwrap();
+    for err in [
+        open_read(&mesh, &alice.token, &hers).await.map(|_| ()).unwrap_err(),
+        thumbnail(&mesh, &alice.token, &hers).await.map(|_| ()).unwrap_err(),
+    ] {
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("max_reads_per_user"), "names the ceiling: {}", err.message());
+        assert!(err.metadata().get("retry-after").is_some());
+    }
+    // Per user: bob reads meanwhile.
+    let mut s = open_read(&mesh, &bob.token, &his).await.unwrap();
+    let mut read = 0;
+    while let Some(c) = s.next().await {
+        read += c.unwrap().chunk.len();
+    }
+    assert_eq!(read, size);
+    // A client that goes frees its slot.
+    drop(stalled);
+    eventually("alice's slot is freed when her reader goes", || async {
+        open_read(&mesh, &alice.token, &hers).await.is_ok()
+    })
+    .await;
+
+    // A reader that stops reading for longer than the idle timeout loses its slot, and its
+    // stream ends with ABORTED, not as if the file were complete.
+    mesh.restart_organizer(|c| {
+        c.max_reads_per_user = 1;
+        c.read_idle_timeout_secs = 1;
+    })
+    .await;
+    let mut stalled = open_read(&mesh, &alice.token, &hers).await.unwrap();
+    eventually("the stalled stream's slot is freed", || async {
+        open_read(&mesh, &alice.token, &hers).await.is_ok()
+    })
+    .await;
+    let mut read = 0;
+    let err = loop {
+        match stalled.next().await {
+            Some(Ok(c)) => read += c.chunk.len(),
+            Some(Err(e)) => break e,
+            None => panic!("the stalled stream ended as if complete after {read} bytes"),
+        }
+    };
+    assert!(read < size, "{read}");
+    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    assert!(err.message().contains("read_idle_timeout_secs"), "{}", err.message());
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn the_reconciler_deletes_nothing_when_the_database_has_no_file_records_but_the_store_has_files() {
+    let mesh = Mesh::without_generator().await;
+    let root = mesh.files_root();
+    let key = "unsorted/2020/01/01/library-0.png";
+    std::fs::create_dir_all(root.join("unsorted/2020/01/01")).unwrap();
+    std::fs::write(root.join(key), b"a file of the real library").unwrap();
+    let vault = sakuga_mesh::vault::Vault::connect(&mesh.env.vault_config()).await.unwrap();
+    let pool = sakuga_mesh::db::connect_with_vault(&vault, &mesh.env.database_config()).await.unwrap();
+    let reconciler = sakuga_organizer::reconcile::Reconciler {
+        store: sakuga_organizer::store::Store::new(pool.clone()),
+        storage: std::sync::Arc::new(sakuga_organizer::storage::LocalDisk::new(root.clone()).unwrap()),
+        audit: sakuga_mesh::auth::Audit::new(pool),
+        grace: Duration::ZERO,
+    };
+    let report = reconciler.run_once().await.unwrap();
+    assert!(report.refused_empty_database, "{report:?}");
+    assert_eq!(report.orphans, 0);
+    assert!(root.join(key).exists(), "the library is kept");
+    // With a record in the database, bytes no record points at are orphans again.
+    let db = mesh.env.db().await.unwrap();
+    db.execute(
+        "INSERT INTO files (id, job_id, owner_id, idx, kind, mime_type, width, height, frames, size_bytes, \
+         sha256, storage_key) VALUES ($1, $2, 'someone', 0, 'image', 'image/png', 64, 64, 1, 10, $3, 'unsorted/x-0.png')",
+        &[&Uuid::now_v7(), &Uuid::now_v7(), &"0".repeat(64)],
+    )
+    .await
+    .unwrap();
+    let report = reconciler.run_once().await.unwrap();
+    assert!(!report.refused_empty_database);
+    assert_eq!(report.orphans, 1, "{report:?}");
+    assert!(!root.join(key).exists());
     mesh.stop().await;
 }
