@@ -168,10 +168,78 @@ impl TestEnv {
         TlsConfig::default()
     }
 
-    /// A mesh identity issued by the test PKI, e.g. `operator` or `generator`.
-    pub async fn identity(&self, service: &str) -> anyhow::Result<Arc<MeshTls>> {
+    /// A mesh identity issued by the test PKI: a service's (`generator`) from that
+    /// service's own PKI role, anyone else's (`operator`) a client-only certificate from
+    /// the people's role, as [`TestEnv::user_identity`].
+    pub async fn identity(&self, name: &str) -> anyhow::Result<Arc<MeshTls>> {
+        if !bao::SERVICES.contains(&name) {
+            return self.user_identity(name).await;
+        }
         let vault = Vault::connect(&self.vault_config()).await?;
-        Ok(Arc::new(MeshTls::issue(&vault, service, &self.tls_config()).await?))
+        Ok(Arc::new(MeshTls::issue(&vault, name, &self.tls_config()).await?))
+    }
+
+    /// A person's client certificate from the client-only role: CN `<name>.user.sakuga`,
+    /// URI `spiffe://sakuga/user/<name>`.
+    pub async fn user_identity(&self, name: &str) -> anyhow::Result<Arc<MeshTls>> {
+        let uri = format!("spiffe://{}/user/{name}", sakuga_mesh::identity::TRUST_DOMAIN);
+        let issued = self
+            .issue_with_role(sakuga_mesh::config::USER_PKI_ROLE, &format!("{name}.user.sakuga"), &[], &uri)
+            .await?;
+        Ok(Arc::new(MeshTls::from_pem(name, &issued.chain_pem, &issued.key_pem, &issued.ca_pem)?))
+    }
+
+    /// Asks the test PKI (as root, so only the role's own rules apply) for a certificate
+    /// from `role`; Vault's refusal is the error.
+    pub async fn issue_with_role(
+        &self,
+        role: &str,
+        common_name: &str,
+        alt_names: &[&str],
+        uri_san: &str,
+    ) -> anyhow::Result<IssuedPem> {
+        let root = bao::shared().await?.client()?;
+        let mut req = vaultrs::api::pki::requests::GenerateCertificateRequest::builder();
+        req.common_name(common_name).alt_names(alt_names.join(",")).uri_sans(uri_san).ttl("1h");
+        let r = vaultrs::pki::cert::generate(&root, &self.pki_mount, role, Some(&mut req))
+            .await
+            .map_err(|e| anyhow::anyhow!("issuing from {role}: {e:?}"))?;
+        let chain = r.ca_chain.clone().unwrap_or_else(|| vec![r.issuing_ca.clone()]);
+        let mut chain_pem = r.certificate.trim_end().to_owned();
+        for ca in chain {
+            chain_pem.push('\n');
+            chain_pem.push_str(ca.trim_end());
+        }
+        chain_pem.push('\n');
+        Ok(IssuedPem { chain_pem, key_pem: r.private_key, ca_pem: r.issuing_ca })
+    }
+
+    /// Vault settings with which `service` logs in through its own AppRole of this test
+    /// process (its policy may issue only from the service's own PKI role).
+    pub async fn service_vault_config(&self, service: &str) -> anyhow::Result<VaultConfig> {
+        let bao = bao::shared().await?;
+        let root = bao.client()?;
+        let role_id = vaultrs::auth::approle::role::read_id(&root, &bao.approle_mount, service)
+            .await
+            .map_err(|e| anyhow::anyhow!("role id of {service}: {e:?}"))?
+            .role_id;
+        let secret_id =
+            vaultrs::auth::approle::role::secret::generate(&root, &bao.approle_mount, service, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("secret id of {service}: {e:?}"))?
+                .secret_id;
+        let role_id_file = self.dir.path().join(format!("{service}-role-id"));
+        let secret_id_file = self.dir.path().join(format!("{service}-secret-id"));
+        std::fs::write(&role_id_file, role_id)?;
+        std::fs::write(&secret_id_file, secret_id)?;
+        Ok(VaultConfig {
+            auth: VaultAuth::Approle,
+            token_file: None,
+            role_id_file: Some(role_id_file),
+            secret_id_file: Some(secret_id_file),
+            approle_mount: bao.approle_mount.clone(),
+            ..self.vault_config()
+        })
     }
 
     /// A connection to this test's database (as the test role).
@@ -249,6 +317,18 @@ impl TestEnv {
         let _ = self.pg.drop_database(&self.db_name).await;
         let _ = pg::delete_redis_user(&self.redis_user).await;
     }
+    }
+}
+
+/// A certificate straight from the test PKI, PEM.
+#[derive(Debug, Clone)]
+pub struct IssuedPem {
+    /// Leaf followed by the CA chain.
+    pub chain_pem: String,
+    /// Private key.
+    pub key_pem: String,
+    /// The issuing CA.
+    pub ca_pem: String,
 }
 
 /// A KV secret of Ed25519 signing keys (`active` plus one PKCS#8 PEM per key id).

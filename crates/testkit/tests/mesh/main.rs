@@ -7,6 +7,7 @@ mod comfyui;
 mod common;
 mod files;
 mod generator;
+mod identity;
 mod job_path;
 mod metrics;
 mod outage;
