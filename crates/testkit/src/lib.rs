@@ -69,6 +69,8 @@ pub struct TestEnv {
     /// Redis key prefix.
     pub redis_prefix: String,
     redis_user: String,
+    /// Users made by [`TestEnv::redis_as`], removed by cleanup.
+    service_redis_users: std::sync::Mutex<Vec<String>>,
     /// KV path of the auth signing keys.
     pub signing_secret: String,
     /// KV path of the bootstrap admin.
@@ -122,6 +124,7 @@ impl TestEnv {
             db_name,
             redis_prefix,
             redis_user,
+            service_redis_users: std::sync::Mutex::default(),
             dir,
             pg,
         })
@@ -247,6 +250,27 @@ impl TestEnv {
         self.pg.connect(&self.db_name).await
     }
 
+    /// A connection to this test's database whose privileges are those of the group role
+    /// `role` (`sakuga_organizer`, ...): `SET ROLE` on a connection of the test role.
+    pub async fn db_as(&self, role: &str) -> anyhow::Result<tokio_postgres::Client> {
+        anyhow::ensure!(role.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "bad role name {role:?}");
+        let client = self.pg.connect(&self.db_name).await?;
+        client.batch_execute(&format!("SET ROLE {role}")).await?;
+        Ok(client)
+    }
+
+    /// A Redis connection as `service`'s own ACL user, with the rules `make up` gives it
+    /// (deploy/redis/acl.conf), on this test's key prefix.
+    pub async fn redis_as(&self, service: &str) -> anyhow::Result<sakuga_mesh::redis::Redis> {
+        let (user, password) = pg::create_service_redis_user(&self.id, service, &self.redis_prefix).await?;
+        self.service_redis_users.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(user.clone());
+        let creds = sakuga_mesh::vault::Credentials {
+            username: Some(user),
+            password: Some(secrecy::SecretString::from(password)),
+        };
+        Ok(sakuga_mesh::redis::Redis::connect(&self.redis_config(), &creds).await?)
+    }
+
     /// Writes a KV secret under this test's Vault path; returns the path.
     pub async fn put_secret(
         &self,
@@ -316,7 +340,12 @@ impl TestEnv {
     pub async fn cleanup(self) {
         let _ = self.pg.drop_database(&self.db_name).await;
         let _ = pg::delete_redis_user(&self.redis_user).await;
-    }
+        let users = std::mem::take(
+            &mut *self.service_redis_users.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for user in users {
+            let _ = pg::delete_redis_user(&user).await;
+        }
     }
 }
 

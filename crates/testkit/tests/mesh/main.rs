@@ -5,6 +5,7 @@
 
 mod comfyui;
 mod common;
+mod data_tier;
 mod files;
 mod generator;
 mod identity;
