@@ -103,6 +103,24 @@ async fn each_service_database_role_reaches_only_its_own_tables() {
 }
 
 #[tokio::test]
+async fn the_grants_migration_can_run_again_and_leaves_the_same_privileges() {
+    let env = TestEnv::new().await.unwrap();
+    let owner = env.db().await.unwrap();
+    let grants = sakuga_mesh::db::MIGRATIONS.iter().find(|m| m.name == "service_roles").unwrap();
+    // A privilege granted by hand is revoked by the re-run: the migration states them all.
+    owner.batch_execute("GRANT SELECT ON users TO sakuga_organizer").await.unwrap();
+    owner.batch_execute(grants.sql).await.unwrap();
+    owner.batch_execute(grants.sql).await.unwrap();
+    let db = env.db_as("sakuga_organizer").await.unwrap();
+    assert_refused(&db, "organizer", "SELECT id FROM users").await;
+    assert_allowed(&db, "organizer", "SELECT id FROM files").await;
+    let db = env.db_as("sakuga_scheduler").await.unwrap();
+    assert_refused(&db, "scheduler", "DELETE FROM audit_events").await;
+    assert_allowed(&db, "scheduler", "SELECT id FROM jobs").await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn services_without_access_to_users_verify_api_keys_through_the_owner_function() {
     let env = TestEnv::new().await.unwrap();
     let owner = env.db().await.unwrap();
