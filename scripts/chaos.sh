@@ -65,13 +65,14 @@ redis_start() {
         sleep 0.2
     done
     pids_add redis "$(cat "$DEV/run/redis.pid")" own
-    # Redis keeps nothing on disk here, so the services' ACL user is made again from the
-    # password they read from OpenBao.
-    local pw
-    pw="$(BAO_ADDR="$BAO_URL" BAO_TOKEN="$(cat "$DEV/vault/root-token")" "$TOOLS_BIN/bao" kv get \
-        -mount=secret -field=password sakuga/redis)"
-    printf 'ACL SETUSER %s reset on >%s ~sakuga:* &sakuga:* &sakuga:job:* +@all -@admin -@dangerous\n' \
-        "$APP_REDIS_USER" "$pw" | redis_admin >/dev/null
+    # Redis keeps nothing on disk here, so the services' ACL users are made again from the
+    # passwords they read from OpenBao.
+    local pw s
+    for s in $(redis_acl_services); do
+        pw="$(BAO_ADDR="$BAO_URL" BAO_TOKEN="$(cat "$DEV/vault/root-token")" "$TOOLS_BIN/bao" kv get \
+            -mount=secret -field=password "sakuga/$s/redis")"
+        redis_acl_setuser "$s" "$pw" | redis_admin >/dev/null
+    done
 }
 
 # One fault, by name; the driver's timeline calls these.

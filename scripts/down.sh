@@ -56,8 +56,8 @@ remove_redis_user() {
         out="$(printf 'ACL DELUSER %s\n' "${user:-$APP_REDIS_USER}" |
             env -u REDISCLI_AUTH redis-cli -h "${host:-$LOOPBACK}" -p "$port" 2>&1 || true)"
         case "$out" in
-        1 | 0) log "removed the Redis ACL user ${user:-$APP_REDIS_USER} on $host:$port" ;;
-        *) warn "could not remove the Redis ACL user on $host:$port: $out" ;;
+        [0-9]*) log "removed the Redis ACL users ${user:-$APP_REDIS_USER} on $host:$port" ;;
+        *) warn "could not remove the Redis ACL users on $host:$port: $out" ;;
         esac
     fi
     rm -f "$marker"

@@ -329,6 +329,40 @@ SELECT format('CREATE ROLE %I', '$TEST_DB_USER')
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$TEST_DB_USER') \gexec
 ALTER ROLE $TEST_DB_USER WITH LOGIN CREATEDB NOSUPERUSER NOCREATEROLE PASSWORD '$pw';
 SQL
+    # Member of the services' group roles: the tests check each one's privileges with
+    # SET ROLE on databases this role migrated.
+    ensure_service_db_groups
+    printf 'GRANT %s TO %s;\n' "$(IFS=,; echo "${SERVICE_DB_GROUPS[*]}")" "$TEST_DB_USER" | pg_admin
+}
+
+# ---------------------------------------------------------------------------- service database roles
+
+# The NOLOGIN group role of each service (migration 0010 grants each exactly what that
+# service's queries need; a service's login role is a member of its group). Created here as
+# the superuser, so a migrating role without CREATEROLE finds them.
+SERVICE_DB_GROUPS=(sakuga_auth sakuga_scheduler sakuga_organizer sakuga_generator)
+ensure_service_db_groups() {
+    local g
+    for g in "${SERVICE_DB_GROUPS[@]}"; do
+        printf "SELECT format('CREATE ROLE %%I NOLOGIN', '%s') WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '%s') \\gexec\n" "$g" "$g"
+    done | pg_admin
+}
+
+# ---------------------------------------------------------------------------- service Redis users
+
+# The services that have a Redis ACL user of their own (deploy/redis/acl.conf).
+redis_acl_services() {
+    sed -n 's/^\([a-z][a-z]*\) .*/\1/p' "$ROOT/deploy/redis/acl.conf"
+}
+
+# Prints the ACL SETUSER line that (re)creates SERVICE's user `sakuga-SERVICE` with
+# PASSWORD and its rules from deploy/redis/acl.conf on the prefix `sakuga:`; for
+# redis_admin's stdin (the password never reaches argv).
+redis_acl_setuser() { # SERVICE PASSWORD
+    local rules
+    rules="$(sed -n "s/^$1 //p" "$ROOT/deploy/redis/acl.conf")"
+    [ -n "$rules" ] || die "deploy/redis/acl.conf has no rules for $1"
+    printf 'ACL SETUSER sakuga-%s reset on >%s %s\n' "$1" "$2" "${rules//\{prefix\}/sakuga:}"
 }
 
 test_database_url() {

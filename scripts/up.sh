@@ -121,36 +121,57 @@ start_bao
 # ---------------------------------------------------------------------------- 4. seed
 
 # Application credentials: new random passwords on every `make up`, applied to PostgreSQL
-# and Redis and stored in KV. They travel through stdin only, never through argv.
+# and Redis and stored in KV, each service's under its own path (`sakuga/<service>/...`)
+# that only its policy reads. They travel through stdin only, never through argv.
 seed_credentials() {
-    local db_pw redis_pw out
-    db_pw="$(random_secret)"
-    redis_pw="$(random_secret)"
+    local owner_pw pw out s users=()
+    owner_pw="$(random_secret)"
 
-    log "PostgreSQL: role $APP_DB_USER and database $APP_DB_NAME"
+    log "PostgreSQL: owner role $APP_DB_USER (runs the migrations) and database $APP_DB_NAME"
     pg_admin <<SQL
 SELECT format('CREATE ROLE %I', '$APP_DB_USER')
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$APP_DB_USER') \gexec
-ALTER ROLE $APP_DB_USER WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '$db_pw';
+ALTER ROLE $APP_DB_USER WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '$owner_pw';
 SELECT format('CREATE DATABASE %I OWNER %I', '$APP_DB_NAME', '$APP_DB_USER')
  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$APP_DB_NAME') \gexec
 ALTER DATABASE $APP_DB_NAME OWNER TO $APP_DB_USER;
 REVOKE ALL ON DATABASE $APP_DB_NAME FROM PUBLIC;
 SQL
+    printf '{"username":"%s","password":"%s"}' "$APP_DB_USER" "$owner_pw" |
+        bao_cli kv put -mount=secret sakuga/migrator/database - >/dev/null
 
-    log "Redis: ACL user $APP_REDIS_USER (keys and channels sakuga:*)"
-    out="$(printf 'ACL SETUSER %s reset on >%s ~sakuga:* &sakuga:* &sakuga:job:* +@all -@admin -@dangerous\nAUTH %s %s\nPING\n' \
-        "$APP_REDIS_USER" "$redis_pw" "$APP_REDIS_USER" "$redis_pw" | redis_admin 2>&1 || true)"
-    [ "$(printf '%s\n' "$out" | tr -d '\r' | paste -sd' ')" = "OK OK PONG" ] ||
-        die "could not create the Redis ACL user $APP_REDIS_USER: $(printf '%s' "$out" | head -n 3)"
+    # One login role per service, a member of the group role whose privileges migration
+    # 0010 grants (the groups are made here too, so the owner needs no CREATEROLE).
+    ensure_service_db_groups
+    for s in auth scheduler organizer; do
+        pw="$(random_secret)"
+        log "PostgreSQL: login role sakuga_${s}_login (group sakuga_$s), OpenBao KV secret/sakuga/$s/database"
+        pg_admin <<SQL
+SELECT format('CREATE ROLE %I', 'sakuga_${s}_login')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'sakuga_${s}_login') \gexec
+ALTER ROLE sakuga_${s}_login WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT PASSWORD '$pw';
+GRANT sakuga_$s TO sakuga_${s}_login;
+SQL
+        printf '{"username":"sakuga_%s_login","password":"%s"}' "$s" "$pw" |
+            bao_cli kv put -mount=secret "sakuga/$s/database" - >/dev/null
+    done
+
+    # One ACL user per service with its own keys and channels (deploy/redis/acl.conf).
+    for s in $(redis_acl_services); do
+        pw="$(random_secret)"
+        log "Redis: ACL user sakuga-$s, OpenBao KV secret/sakuga/$s/redis"
+        out="$({
+            redis_acl_setuser "$s" "$pw"
+            printf 'AUTH sakuga-%s %s\nPING\n' "$s" "$pw"
+        } | redis_admin 2>&1 || true)"
+        [ "$(printf '%s\n' "$out" | tr -d '\r' | paste -sd' ')" = "OK OK PONG" ] ||
+            die "could not create the Redis ACL user sakuga-$s: $(printf '%s' "$out" | head -n 3)"
+        users+=("sakuga-$s")
+        printf '{"username":"sakuga-%s","password":"%s"}' "$s" "$pw" |
+            bao_cli kv put -mount=secret "sakuga/$s/redis" - >/dev/null
+    done
     mkdir -p "$DEV/run"
-    echo "$LOOPBACK $REDIS_PORT $APP_REDIS_USER" >"$DEV/run/redis-acl"
-
-    log "OpenBao KV: secret/sakuga/database, secret/sakuga/redis"
-    printf '{"username":"%s","password":"%s"}' "$APP_DB_USER" "$db_pw" |
-        bao_cli kv put -mount=secret sakuga/database - >/dev/null
-    printf '{"username":"%s","password":"%s"}' "$APP_REDIS_USER" "$redis_pw" |
-        bao_cli kv put -mount=secret sakuga/redis - >/dev/null
+    echo "$LOOPBACK $REDIS_PORT ${users[*]}" >"$DEV/run/redis-acl"
 
     # The token signing key: Ed25519, a new one every `make up` (tokens of an earlier
     # stack stop verifying, which is what a fresh dev stack wants).
@@ -173,7 +194,7 @@ SQL
 }
 
 seed_pki() {
-    log "OpenBao PKI: root CA sakuga-dev-root, role sakuga-service"
+    log "OpenBao PKI: root CA sakuga-dev-root, a role per service (sakuga-<service>), client-only role sakuga-user"
     mkdir -p "$DEV/certs"
     bao_cli secrets enable pki >/dev/null
     bao_cli secrets tune -max-lease-ttl=87600h pki >/dev/null
@@ -182,14 +203,26 @@ seed_pki() {
     echo >>"$DEV/certs/ca.pem.tmp"
     mv "$DEV/certs/ca.pem.tmp" "$DEV/certs/ca.pem"
     chmod 644 "$DEV/certs/ca.pem"
-    bao_cli write pki/roles/sakuga-service \
-        allowed_domains="localhost,sakuga" allow_subdomains=true allow_bare_domains=true \
-        allow_localhost=true allow_ip_sans=true allowed_uri_sans="spiffe://sakuga/*" \
-        server_flag=true client_flag=true key_type=ec key_bits=256 max_ttl=72h >/dev/null
+    # Each service's role issues only its own names (those deploy/k8s uses too) and its
+    # own SPIFFE id; its policy (seed_approles) may issue from that role alone.
+    local s
+    for s in "${SERVICES[@]}"; do
+        bao_cli write "pki/roles/sakuga-$s" \
+            allowed_domains="$s.sakuga,$s,$s.sakuga.svc,$s.sakuga.svc.cluster.local" \
+            allow_bare_domains=true allow_subdomains=false allow_glob_domains=false \
+            allow_localhost=true allow_ip_sans=true allowed_uri_sans="spiffe://sakuga/$s" \
+            server_flag=true client_flag=true key_type=ec key_bits=256 max_ttl=72h >/dev/null
+    done
+    # People and scripts: client certificates only, for spiffe://sakuga/user/<name>.
+    bao_cli write pki/roles/sakuga-user \
+        allowed_domains=user.sakuga allow_subdomains=true allow_bare_domains=false \
+        allow_glob_domains=false allow_localhost=false allow_ip_sans=false \
+        allowed_uri_sans="spiffe://sakuga/user/*" server_flag=false client_flag=true \
+        key_type=ec key_bits=256 max_ttl=72h >/dev/null
 
-    log "operator client certificate (CN operator.sakuga, spiffe://sakuga/operator)"
-    bao_cli write -format=json pki/issue/sakuga-service common_name=operator.sakuga \
-        uri_sans=spiffe://sakuga/operator ttl=72h |
+    log "operator client certificate (CN operator.user.sakuga, spiffe://sakuga/user/operator, client-only)"
+    bao_cli write -format=json pki/issue/sakuga-user common_name=operator.user.sakuga \
+        uri_sans=spiffe://sakuga/user/operator ttl=72h |
         python3 -c '
 import json, os, sys
 d = json.load(sys.stdin)["data"]
@@ -204,7 +237,7 @@ with os.fdopen(fd, "w") as f:
 }
 
 seed_approles() {
-    log "OpenBao AppRole: roles ${SERVICES[*]}"
+    log "OpenBao AppRole: roles ${SERVICES[*]} migrator"
     bao_cli auth enable approle >/dev/null
     # Logins and tokens are bound to loopback when OpenBao listens there.
     local bind=()
@@ -212,17 +245,16 @@ seed_approles() {
     127.* | localhost | "[::1]") bind=(secret_id_bound_cidrs=127.0.0.0/8 token_bound_cidrs=127.0.0.0/8) ;;
     esac
     local s
-    for s in "${SERVICES[@]}"; do
+    for s in "${SERVICES[@]}" migrator; do
         {
-            # Least privilege: only auth reads its signing key and the bootstrap admin.
+            # Least privilege: each reads only its own secrets (the generator has none)
+            # and issues only its own certificate; the migrator reads the owner's login.
             case "$s" in
-            auth) printf 'path "secret/data/sakuga/auth/*" {\n  capabilities = ["read"]\n}\n' ;;
+            generator) ;;
+            *) printf 'path "secret/data/sakuga/%s/*" {\n  capabilities = ["read"]\n}\n' "$s" ;;
             esac
-            if [ "$s" != generator ]; then
-                printf 'path "secret/data/sakuga/database" {\n  capabilities = ["read"]\n}\n'
-                printf 'path "secret/data/sakuga/redis" {\n  capabilities = ["read"]\n}\n'
-            fi
-            printf 'path "pki/issue/sakuga-service" {\n  capabilities = ["update"]\n}\n'
+            [ "$s" = migrator ] ||
+                printf 'path "pki/issue/sakuga-%s" {\n  capabilities = ["update"]\n}\n' "$s"
         } | bao_cli policy write "sakuga-$s" - >/dev/null
         bao_cli write "auth/approle/role/$s" token_policies="sakuga-$s" \
             token_ttl=1h token_max_ttl=24h secret_id_ttl=0 "${bind[@]}" >/dev/null
@@ -291,21 +323,21 @@ write_config() {
         echo "secret_id_file = $(toml_str "$DEV/vault/$s/secret-id")"
         echo 'kv_mount = "secret"'
         echo 'pki_mount = "pki"'
-        echo 'pki_role = "sakuga-service"'
+        echo "pki_role = \"sakuga-$s\""
         if [ "$s" != generator ]; then
             echo
             echo "[database]"
             echo "host = $(toml_str "$LOOPBACK")"
             echo "port = $PG_PORT"
             echo "dbname = $(toml_str "$APP_DB_NAME")"
-            echo 'vault_path = "sakuga/database"'
+            echo "vault_path = \"sakuga/$s/database\""
         fi
         if [ "$s" != generator ]; then
             echo
             echo "[redis]"
             echo "host = $(toml_str "$LOOPBACK")"
             echo "port = $REDIS_PORT"
-            echo 'vault_path = "sakuga/redis"'
+            echo "vault_path = \"sakuga/$s/redis\""
             echo 'key_prefix = "sakuga:"'
         fi
     } >"$f"
@@ -315,6 +347,28 @@ for s in "${SERVICES[@]}"; do
     write_config "$s"
 done
 mkdir -p "$DEV/files"
+
+# The schema is changed by its owner alone: `migrate` of the auth binary, logged in to
+# OpenBao as the migrator (which reads only the owner's login). The services' own roles
+# may not change the schema; at start-up they only check that it is current.
+{
+    echo "# written by scripts/up.sh: migrations as the owner role; no secrets here"
+    echo
+    echo "[vault]"
+    echo "addr = $(toml_str "$BAO_URL")"
+    echo 'auth = "approle"'
+    echo "role_id_file = $(toml_str "$DEV/vault/migrator/role-id")"
+    echo "secret_id_file = $(toml_str "$DEV/vault/migrator/secret-id")"
+    echo
+    echo "[database]"
+    echo "host = $(toml_str "$LOOPBACK")"
+    echo "port = $PG_PORT"
+    echo "dbname = $(toml_str "$APP_DB_NAME")"
+    echo 'vault_path = "sakuga/migrator/database"'
+} >"$DEV/config/migrate.toml"
+log "migrations as the owner role $APP_DB_USER"
+(cd "$ROOT" && exec_clean "SAKUGA_AUTH__" "$BIN_DIR/sakuga-auth" --config "$DEV/config/migrate.toml" migrate) ||
+    die "the migrations failed (see above)"
 
 # ---------------------------------------------------------------------------- 6. services
 

@@ -10,9 +10,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use sakuga_mesh::vault::Vault;
 use sakuga_testkit::{Spawned, TestEnv};
-use secrecy::ExposeSecret as _;
 use serde_json::Value;
 
 struct Stack {
@@ -91,12 +89,20 @@ fn ok(r: &Run) {
 }
 
 async fn write_certs(env: &TestEnv, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let vault = Vault::connect(&env.vault_config()).await.unwrap();
-    let cert = vault.issue_certificate("operator", &[], &[]).await.unwrap();
+    // A person's client certificate, from the client-only role.
+    let cert = env
+        .issue_with_role(
+            sakuga_mesh::config::USER_PKI_ROLE,
+            "operator.user.sakuga",
+            &[],
+            &sakuga_mesh::identity::person_spiffe_id("operator"),
+        )
+        .await
+        .unwrap();
     let paths = (dir.join("ca.pem"), dir.join("operator.pem"), dir.join("operator.key"));
     std::fs::write(&paths.0, &cert.ca_pem).unwrap();
     std::fs::write(&paths.1, &cert.chain_pem).unwrap();
-    std::fs::write(&paths.2, cert.key_pem.expose_secret()).unwrap();
+    std::fs::write(&paths.2, &cert.key_pem).unwrap();
     (paths.0, paths.1, paths.2)
 }
 

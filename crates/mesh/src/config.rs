@@ -62,7 +62,8 @@ pub struct VaultConfig {
     pub kv_mount: String,
     /// Mount of the PKI secrets engine that issues service certificates.
     pub pki_mount: String,
-    /// PKI role used to issue service certificates.
+    /// PKI role that issues this service's certificate; empty means the service's own role,
+    /// `sakuga-<service>`, which may issue only that service's names and SPIFFE id.
     pub pki_role: String,
     /// Lifetime requested for the service certificate; it is renewed at two thirds.
     pub cert_ttl_secs: u64,
@@ -99,7 +100,7 @@ impl Default for VaultConfig {
             kubernetes_token_file: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token"),
             kv_mount: "secret".to_owned(),
             pki_mount: "pki".to_owned(),
-            pki_role: "sakuga-service".to_owned(),
+            pki_role: String::new(),
             cert_ttl_secs: 24 * 3600,
             connect_attempts: 6,
             backoff_initial_ms: 250,
@@ -108,6 +109,16 @@ impl Default for VaultConfig {
 }
 
 impl VaultConfig {
+    /// The defaults of `service`: its certificate comes from its own PKI role.
+    pub fn for_service(service: &str) -> Self {
+        Self { pki_role: pki_role_of(service), ..Self::default() }
+    }
+
+    /// The PKI role that issues `service`'s certificate: `pki_role`, or the service's own.
+    pub fn pki_role_for(&self, service: &str) -> String {
+        if self.pki_role.is_empty() { pki_role_of(service) } else { self.pki_role.clone() }
+    }
+
     /// Checks the fields that must agree with each other.
     pub fn validate(&self) -> Result<(), MeshError> {
         if !(self.addr.starts_with("http://") || self.addr.starts_with("https://")) {
@@ -144,6 +155,15 @@ impl VaultConfig {
         Duration::from_millis(self.backoff_initial_ms)
     }
 }
+
+/// The PKI role of a service: `sakuga-<service>`.
+pub fn pki_role_of(service: &str) -> String {
+    format!("sakuga-{service}")
+}
+
+/// The PKI role that issues client-only certificates to people and scripts
+/// (`spiffe://sakuga/user/<name>`); no service certificate comes from it.
+pub const USER_PKI_ROLE: &str = "sakuga-user";
 
 /// Names and addresses the service certificate carries.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -193,6 +213,11 @@ impl Default for DatabaseConfig {
 }
 
 impl DatabaseConfig {
+    /// The defaults of `service`: its credentials are its own, at `sakuga/<service>/database`.
+    pub fn for_service(service: &str) -> Self {
+        Self { vault_path: format!("sakuga/{service}/database"), ..Self::default() }
+    }
+
     /// Checks ranges.
     pub fn validate(&self) -> Result<(), MeshError> {
         if self.max_connections == 0 {
@@ -228,6 +253,13 @@ impl Default for RedisConfig {
             vault_path: "sakuga/redis".to_owned(),
             key_prefix: "sakuga:".to_owned(),
         }
+    }
+}
+
+impl RedisConfig {
+    /// The defaults of `service`: its ACL user is its own, at `sakuga/<service>/redis`.
+    pub fn for_service(service: &str) -> Self {
+        Self { vault_path: format!("sakuga/{service}/redis"), ..Self::default() }
     }
 }
 

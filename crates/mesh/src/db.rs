@@ -61,6 +61,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "queue_by_owner",
         sql: include_str!("../../../migrations/0009_queue_by_owner.sql"),
     },
+    Migration {
+        version: 10,
+        name: "service_roles",
+        sql: include_str!("../../../migrations/0010_service_roles.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying the migration lock.
@@ -124,10 +129,23 @@ pub async fn connect(cfg: &DatabaseConfig, creds: &Credentials) -> Result<Pool, 
 }
 
 /// Applies the migrations not yet recorded in `schema_migrations`; returns the versions
-/// applied now.
+/// applied now. When every migration is recorded it only reads: a service's own database
+/// role, which may not change the schema, starts against a schema its owner migrated.
 pub async fn migrate(pool: &Pool) -> Result<Vec<i64>, MeshError> {
     let db = |e: tokio_postgres::Error| MeshError::Database(format!("migration: {e}"));
     let mut client = pool.get().await.map_err(|e| MeshError::Database(e.to_string()))?;
+    let recorded = client
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await
+        .map_err(db)?
+        .get::<_, bool>(0);
+    if recorded {
+        let rows = client.query("SELECT version FROM schema_migrations", &[]).await.map_err(db)?;
+        let done: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        if MIGRATIONS.iter().all(|m| done.contains(&m.version)) {
+            return Ok(Vec::new());
+        }
+    }
     client
         .batch_execute(
             "SET client_min_messages = warning;

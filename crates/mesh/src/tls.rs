@@ -14,13 +14,17 @@ use std::{
 
 use hyper_util::rt::TokioIo;
 use rustls::{
-    ClientConfig, RootCertStore, ServerConfig, SignatureScheme,
-    client::{ResolvesClientCert, WebPkiServerVerifier},
+    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, ServerConfig,
+    SignatureScheme,
+    client::{
+        ResolvesClientCert, WebPkiServerVerifier,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
     crypto::CryptoProvider,
     server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
     sign::CertifiedKey,
 };
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject as _};
 use secrecy::ExposeSecret as _;
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -108,11 +112,66 @@ pub fn root_store(ca_pem: &str) -> Result<RootCertStore, MeshError> {
     Ok(roots)
 }
 
+/// Verifies a server as WebPKI does (mesh CA, name, validity), then pins its identity: the
+/// leaf must carry exactly one SPIFFE URI, the one of the service the client meant to
+/// call. Any certificate of the mesh CA passes WebPKI for `localhost`, so without the pin
+/// a service could answer for another.
+#[derive(Debug)]
+struct PinnedServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    expected: String,
+}
+
+impl ServerCertVerifier for PinnedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified =
+            self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        let found = crate::identity::spiffe_uris(end_entity.as_ref());
+        if found.len() == 1 && found[0] == self.expected {
+            return Ok(verified);
+        }
+        let named = if found.is_empty() { "no spiffe id".to_owned() } else { found.join(", ") };
+        Err(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(MeshError::Tls(
+            format!("server certificate names {named}, expected {}", self.expected),
+        ))))))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// This service's mTLS material: its current certificate and the mesh CA.
 #[derive(Debug)]
 pub struct MeshTls {
     service: String,
     current: Arc<CurrentKey>,
+    roots: Arc<RootCertStore>,
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
     expires_at: RwLock<u64>,
@@ -135,7 +194,7 @@ impl MeshTls {
             .with_cert_resolver(current.clone());
         server.alpn_protocols = vec![b"h2".to_vec()];
 
-        let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        let server_verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
             .map_err(|e| MeshError::Tls(format!("server verifier: {e}")))?;
         let mut client = ClientConfig::builder_with_provider(provider)
@@ -148,6 +207,7 @@ impl MeshTls {
         Ok(Self {
             service: service.to_owned(),
             current,
+            roots,
             server: Arc::new(server),
             client: Arc::new(client),
             expires_at: RwLock::new(0),
@@ -214,10 +274,35 @@ impl MeshTls {
         self.client.clone()
     }
 
+    /// A client config that presents this service's certificate and accepts only a server
+    /// certificate of the mesh CA carrying exactly `spiffe://sakuga/<peer>`.
+    pub fn client_config_for(&self, peer: &str) -> Result<Arc<ClientConfig>, MeshError> {
+        let provider = provider();
+        let inner = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| MeshError::Tls(format!("server verifier: {e}")))?;
+        let verifier = PinnedServerVerifier { inner, expected: crate::identity::spiffe_id(peer) };
+        let mut client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| MeshError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_cert_resolver(self.current.clone());
+        client.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(client))
+    }
+
     /// A lazily connecting channel to `addr` (`host:port`). The server certificate must
-    /// carry `host` as a DNS or IP SAN.
+    /// carry `host` as a DNS or IP SAN. For people's tools, which may call any service;
+    /// services call each other with [`MeshTls::channel_to`].
     pub fn channel(&self, addr: &str) -> Result<Channel, MeshError> {
         channel_with(self.client.clone(), addr)
+    }
+
+    /// A lazily connecting channel to the service `peer` at `addr`: the handshake fails
+    /// unless the server's certificate carries `host` and exactly `spiffe://sakuga/<peer>`.
+    pub fn channel_to(&self, addr: &str, peer: &str) -> Result<Channel, MeshError> {
+        channel_with(self.client_config_for(peer)?, addr)
     }
 
     /// Re-issues the certificate at two thirds of its lifetime until `shutdown`. Failures

@@ -229,9 +229,11 @@ impl Vault {
         })
     }
 
-    /// Issues a certificate for `service` from the PKI engine: CN `<service>.sakuga`,
-    /// URI SAN `spiffe://sakuga/<service>` (the identity peers authorize), plus the given
-    /// DNS and IP SANs.
+    /// Issues a certificate for `service` from the PKI engine under the service's own role
+    /// (`vault.pki_role`, by default `sakuga-<service>`): CN `<service>.sakuga`, URI SAN
+    /// `spiffe://sakuga/<service>` (the identity peers authorize), plus the given DNS and IP
+    /// SANs. The role allows only that service's names, so a name it does not list is
+    /// refused by Vault.
     pub async fn issue_certificate(
         &self,
         service: &str,
@@ -246,14 +248,12 @@ impl Vault {
             .ip_sans(ip_addresses.join(","))
             .uri_sans(crate::identity::spiffe_id(service))
             .ttl(format!("{}s", self.config.cert_ttl_secs));
-        let r = vaultrs::pki::cert::generate(
-            &self.client,
-            &self.config.pki_mount,
-            &self.config.pki_role,
-            Some(&mut req),
-        )
-        .await
-        .map_err(|e| MeshError::Vault(format!("issuing certificate for {service}: {}", describe(&e))))?;
+        let role = self.config.pki_role_for(service);
+        let r = vaultrs::pki::cert::generate(&self.client, &self.config.pki_mount, &role, Some(&mut req))
+            .await
+            .map_err(|e| {
+                MeshError::Vault(format!("issuing certificate for {service} (role {role}): {}", describe(&e)))
+            })?;
         let mut chain_pem = r.certificate.trim_end().to_owned();
         chain_pem.push('\n');
         // Behind an intermediate CA the leaf alone does not verify: send the chain too.

@@ -69,6 +69,8 @@ pub struct TestEnv {
     /// Redis key prefix.
     pub redis_prefix: String,
     redis_user: String,
+    /// Users made by [`TestEnv::redis_as`], removed by cleanup.
+    service_redis_users: std::sync::Mutex<Vec<String>>,
     /// KV path of the auth signing keys.
     pub signing_secret: String,
     /// KV path of the bootstrap admin.
@@ -122,6 +124,7 @@ impl TestEnv {
             db_name,
             redis_prefix,
             redis_user,
+            service_redis_users: std::sync::Mutex::default(),
             dir,
             pg,
         })
@@ -168,15 +171,104 @@ impl TestEnv {
         TlsConfig::default()
     }
 
-    /// A mesh identity issued by the test PKI, e.g. `operator` or `generator`.
-    pub async fn identity(&self, service: &str) -> anyhow::Result<Arc<MeshTls>> {
+    /// A mesh identity issued by the test PKI: a service's (`generator`) from that
+    /// service's own PKI role, anyone else's (`operator`) a client-only certificate from
+    /// the people's role, as [`TestEnv::user_identity`].
+    pub async fn identity(&self, name: &str) -> anyhow::Result<Arc<MeshTls>> {
+        if !bao::SERVICES.contains(&name) {
+            return self.user_identity(name).await;
+        }
         let vault = Vault::connect(&self.vault_config()).await?;
-        Ok(Arc::new(MeshTls::issue(&vault, service, &self.tls_config()).await?))
+        Ok(Arc::new(MeshTls::issue(&vault, name, &self.tls_config()).await?))
+    }
+
+    /// A person's client certificate from the client-only role: CN `<name>.user.sakuga`,
+    /// URI `spiffe://sakuga/user/<name>`.
+    pub async fn user_identity(&self, name: &str) -> anyhow::Result<Arc<MeshTls>> {
+        let uri = format!("spiffe://{}/user/{name}", sakuga_mesh::identity::TRUST_DOMAIN);
+        let issued = self
+            .issue_with_role(sakuga_mesh::config::USER_PKI_ROLE, &format!("{name}.user.sakuga"), &[], &uri)
+            .await?;
+        Ok(Arc::new(MeshTls::from_pem(name, &issued.chain_pem, &issued.key_pem, &issued.ca_pem)?))
+    }
+
+    /// Asks the test PKI (as root, so only the role's own rules apply) for a certificate
+    /// from `role`; Vault's refusal is the error.
+    pub async fn issue_with_role(
+        &self,
+        role: &str,
+        common_name: &str,
+        alt_names: &[&str],
+        uri_san: &str,
+    ) -> anyhow::Result<IssuedPem> {
+        let root = bao::shared().await?.client()?;
+        let mut req = vaultrs::api::pki::requests::GenerateCertificateRequest::builder();
+        req.common_name(common_name).alt_names(alt_names.join(",")).uri_sans(uri_san).ttl("1h");
+        let r = vaultrs::pki::cert::generate(&root, &self.pki_mount, role, Some(&mut req))
+            .await
+            .map_err(|e| anyhow::anyhow!("issuing from {role}: {e:?}"))?;
+        let chain = r.ca_chain.clone().unwrap_or_else(|| vec![r.issuing_ca.clone()]);
+        let mut chain_pem = r.certificate.trim_end().to_owned();
+        for ca in chain {
+            chain_pem.push('\n');
+            chain_pem.push_str(ca.trim_end());
+        }
+        chain_pem.push('\n');
+        Ok(IssuedPem { chain_pem, key_pem: r.private_key, ca_pem: r.issuing_ca })
+    }
+
+    /// Vault settings with which `service` logs in through its own AppRole of this test
+    /// process (its policy may issue only from the service's own PKI role).
+    pub async fn service_vault_config(&self, service: &str) -> anyhow::Result<VaultConfig> {
+        let bao = bao::shared().await?;
+        let root = bao.client()?;
+        let role_id = vaultrs::auth::approle::role::read_id(&root, &bao.approle_mount, service)
+            .await
+            .map_err(|e| anyhow::anyhow!("role id of {service}: {e:?}"))?
+            .role_id;
+        let secret_id =
+            vaultrs::auth::approle::role::secret::generate(&root, &bao.approle_mount, service, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("secret id of {service}: {e:?}"))?
+                .secret_id;
+        let role_id_file = self.dir.path().join(format!("{service}-role-id"));
+        let secret_id_file = self.dir.path().join(format!("{service}-secret-id"));
+        std::fs::write(&role_id_file, role_id)?;
+        std::fs::write(&secret_id_file, secret_id)?;
+        Ok(VaultConfig {
+            auth: VaultAuth::Approle,
+            token_file: None,
+            role_id_file: Some(role_id_file),
+            secret_id_file: Some(secret_id_file),
+            approle_mount: bao.approle_mount.clone(),
+            ..self.vault_config()
+        })
     }
 
     /// A connection to this test's database (as the test role).
     pub async fn db(&self) -> anyhow::Result<tokio_postgres::Client> {
         self.pg.connect(&self.db_name).await
+    }
+
+    /// A connection to this test's database whose privileges are those of the group role
+    /// `role` (`sakuga_organizer`, ...): `SET ROLE` on a connection of the test role.
+    pub async fn db_as(&self, role: &str) -> anyhow::Result<tokio_postgres::Client> {
+        anyhow::ensure!(role.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "bad role name {role:?}");
+        let client = self.pg.connect(&self.db_name).await?;
+        client.batch_execute(&format!("SET ROLE {role}")).await?;
+        Ok(client)
+    }
+
+    /// A Redis connection as `service`'s own ACL user, with the rules `make up` gives it
+    /// (deploy/redis/acl.conf), on this test's key prefix.
+    pub async fn redis_as(&self, service: &str) -> anyhow::Result<sakuga_mesh::redis::Redis> {
+        let (user, password) = pg::create_service_redis_user(&self.id, service, &self.redis_prefix).await?;
+        self.service_redis_users.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(user.clone());
+        let creds = sakuga_mesh::vault::Credentials {
+            username: Some(user),
+            password: Some(secrecy::SecretString::from(password)),
+        };
+        Ok(sakuga_mesh::redis::Redis::connect(&self.redis_config(), &creds).await?)
     }
 
     /// Writes a KV secret under this test's Vault path; returns the path.
@@ -248,7 +340,24 @@ impl TestEnv {
     pub async fn cleanup(self) {
         let _ = self.pg.drop_database(&self.db_name).await;
         let _ = pg::delete_redis_user(&self.redis_user).await;
+        let users = std::mem::take(
+            &mut *self.service_redis_users.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for user in users {
+            let _ = pg::delete_redis_user(&user).await;
+        }
     }
+}
+
+/// A certificate straight from the test PKI, PEM.
+#[derive(Debug, Clone)]
+pub struct IssuedPem {
+    /// Leaf followed by the CA chain.
+    pub chain_pem: String,
+    /// Private key.
+    pub key_pem: String,
+    /// The issuing CA.
+    pub ca_pem: String,
 }
 
 /// A KV secret of Ed25519 signing keys (`active` plus one PKCS#8 PEM per key id).

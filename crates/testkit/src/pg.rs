@@ -170,6 +170,41 @@ pub(crate) async fn create_redis_user(id: &str) -> anyhow::Result<(String, Strin
     Ok((user, password, prefix))
 }
 
+/// The rules of `service`'s own Redis user (deploy/redis/acl.conf) for key prefix `prefix`.
+pub(crate) fn service_acl_rules(service: &str, prefix: &str) -> anyhow::Result<Vec<String>> {
+    const ACL: &str = include_str!("../../../deploy/redis/acl.conf");
+    let line = ACL
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .find(|l| l.split_whitespace().next() == Some(service))
+        .ok_or_else(|| anyhow::anyhow!("deploy/redis/acl.conf has no user for {service}"))?;
+    Ok(line.split_whitespace().skip(1).map(|r| r.replace("{prefix}", prefix)).collect())
+}
+
+/// Creates an ACL user for `service` with its deployed rules on the test's prefix;
+/// returns (user, password).
+pub(crate) async fn create_service_redis_user(
+    id: &str,
+    service: &str,
+    prefix: &str,
+) -> anyhow::Result<(String, String)> {
+    let rules = service_acl_rules(service, prefix)?;
+    let client = redis::Client::open(redis_url())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let user = format!("sakuga-test-{}-{id}-{service}", now_secs());
+    let password = uuid::Uuid::new_v4().simple().to_string();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("reset")
+        .arg("on")
+        .arg(format!(">{password}"))
+        .arg(&rules)
+        .query_async(&mut conn)
+        .await?;
+    Ok((user, password))
+}
+
 /// Removes users of tests that died over an hour ago without cleaning up.
 async fn sweep_redis_users(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<()> {
     let users: Vec<String> = redis::cmd("ACL").arg("USERS").query_async(conn).await?;

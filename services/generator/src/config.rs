@@ -65,7 +65,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 50054)),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9104))),
             probe_listen: None,
-            vault: VaultConfig::default(),
+            vault: VaultConfig::for_service("generator"),
             tls: TlsConfig::default(),
             grpc: sakuga_mesh::listen::GrpcLimits::default(),
             scheduler_addr: "127.0.0.1:50052".to_owned(),

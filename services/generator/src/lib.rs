@@ -66,7 +66,7 @@ impl Service for Application {
     async fn build(config: Config) -> Result<Self, MeshError> {
         config.validate()?;
         let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
-        let verifier = Arc::new(Verifier::remote(tls.channel(&config.auth_addr)?, None, None));
+        let verifier = Arc::new(Verifier::remote(tls.channel_to(&config.auth_addr, "auth")?, None, None));
         let backend = backend_for(&config)?;
         let metrics = sakuga_mesh::metrics::Metrics::new();
         let guard = Guard::new(Some(verifier.clone()), None, None).observed(Self::NAME, metrics.clone());
@@ -107,9 +107,12 @@ impl Service for Application {
         info!(backend = backend.name(), slots = backend.slots(), loaded = ?backend.loaded_models(), "backend ready");
         let renewal = tls.spawn_renewal(vault, config.tls.clone(), shutdown.clone());
         let keys = verifier.spawn_refresh(shutdown.clone());
-        let schedulers =
-            config.scheduler_addrs().iter().map(|addr| tls.channel(addr)).collect::<Result<Vec<_>, _>>()?;
-        let organizer = tls.channel(&config.organizer_addr)?;
+        let schedulers = config
+            .scheduler_addrs()
+            .iter()
+            .map(|addr| tls.channel_to(addr, "scheduler"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let organizer = tls.channel_to(&config.organizer_addr, "organizer")?;
         let attached = Arc::new(AtomicBool::new(false));
         // The worker outlives `shutdown` until it has drained; the health server stops
         // when the worker is done.

@@ -61,7 +61,7 @@ impl Service for Application {
         let pool = db::connect_with_vault(&vault, &config.database).await?;
         let redis = Redis::connect_with_vault(&vault, &config.redis).await?;
         let verifier = Arc::new(Verifier::remote(
-            tls.channel(&config.auth_addr)?,
+            tls.channel_to(&config.auth_addr, "auth")?,
             Some(redis.clone()),
             Some(pool.clone()),
         ));

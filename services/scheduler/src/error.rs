@@ -65,7 +65,9 @@ impl From<SchedulerError> for Status {
             SchedulerError::AlreadyExists(why) => Status::already_exists(why),
             SchedulerError::QueueFull { active, cap } => sakuga_mesh::auth::ceiling(
                 "active_jobs_per_user",
-                format!("{active} of your jobs are queued or running, the limit is {cap}: wait for some to finish"),
+                format!(
+                    "{active} of your jobs are queued or running, the limit is {cap}: wait for some to finish"
+                ),
                 None,
             ),
             // No retry-after: a slot comes back only when one of the caller's own streams

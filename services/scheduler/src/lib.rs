@@ -90,7 +90,7 @@ impl Service for Application {
             db::pg_config(&config.database, &vault.read_credentials(&config.database.vault_path).await?);
         let redis = Redis::connect_with_vault(&vault, &config.redis).await?;
         let verifier = Arc::new(Verifier::remote(
-            tls.channel(&config.auth_addr)?,
+            tls.channel_to(&config.auth_addr, "auth")?,
             Some(redis.clone()),
             Some(pool.clone()),
         ));

@@ -241,10 +241,9 @@ impl Verifier {
         let client = db.get().await.map_err(|_| Refusal::CredentialStoreUnavailable)?;
         let row = client
             .query_opt(
-                "UPDATE api_keys k SET last_used_at = now() FROM users u \
-                 WHERE k.key_hash = $1 AND u.id = k.user_id AND k.revoked_at IS NULL \
-                   AND (k.expires_at IS NULL OR k.expires_at > now()) AND NOT u.disabled \
-                 RETURNING k.id, k.user_id, u.role",
+                // A function owned by the tables' owner: services whose database role may
+                // not read `users` or `api_keys` still verify keys (migration 0010).
+                "SELECT key_id, user_id, role FROM sakuga_use_api_key($1)",
                 &[&hash],
             )
             .await

@@ -6,8 +6,10 @@
 mod claims;
 mod comfyui;
 mod common;
+mod data_tier;
 mod files;
 mod generator;
+mod identity;
 mod job_path;
 mod metrics;
 mod outage;
