@@ -61,6 +61,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "queue_by_owner",
         sql: include_str!("../../../migrations/0009_queue_by_owner.sql"),
     },
+    Migration {
+        version: 10,
+        name: "refresh_access_tokens",
+        sql: include_str!("../../../migrations/0010_refresh_access_tokens.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying the migration lock.
