@@ -17,8 +17,7 @@ use tonic::Streaming;
 /// Limits no benchmark reaches: the figures are the mesh's, not the limiter's refusals.
 /// (The limiter still runs its Redis script on every call.)
 pub fn unlimited() -> RateLimits {
-    let l = Limit { per_minute: 100_000_000, burst: 10_000_000 };
-    RateLimits { login: l, submit: l, read: l, write: l }
+    RateLimits::uniform(Limit { per_minute: 100_000_000, burst: 10_000_000 })
 }
 
 /// Auth and scheduler (and, when asked, an organizer) in this process.

@@ -66,6 +66,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "service_roles",
         sql: include_str!("../../../migrations/0010_service_roles.sql"),
     },
+    Migration {
+        version: 11,
+        name: "refresh_access_tokens",
+        sql: include_str!("../../../migrations/0011_refresh_access_tokens.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying the migration lock.

@@ -22,9 +22,10 @@
 //!
 //! # Keys
 //!
-//! `<prefix>rl:<class>:<sha256(subject) hex>`: the subject (user id, `username|peer-ip`)
-//! is hashed, so it can hold any character and no username or address lands in Redis; the
-//! key always goes through [`Redis::key`] to stay under the service's ACL key prefix.
+//! `<prefix>rl:<class>:<sha256(subject) hex>` (users, logins) and
+//! `<prefix>rl:<class>:<tier>:<sha256(subject) hex>` (admins, API keys): the subject (user
+//! id, API key id, `username|peer-ip`, peer ip, username) is hashed, so it can hold any
+//! character and no username or address lands in Redis; the key always goes through [`Redis::key`] to stay under the service's ACL key prefix.
 //!
 //! # When Redis is down
 //!
@@ -38,7 +39,6 @@ use std::{sync::LazyLock, time::Duration};
 use redis::Script;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tonic::metadata::MetadataValue;
 
 use crate::{error::MeshError, redis::Redis};
 
@@ -64,56 +64,166 @@ impl Limit {
     }
 }
 
+/// Per-tier overrides of the per-user classes (`[rate_limits.admin]`,
+/// `[rate_limits.api_key]`): a class left unset (`null`) uses the user limit.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TierLimits {
+    /// Job submissions per subject of this tier; unset: `rate_limits.submit`.
+    pub submit: Option<Limit>,
+    /// Reads per subject of this tier; unset: `rate_limits.read`.
+    pub read: Option<Limit>,
+    /// Other writes per subject of this tier; unset: `rate_limits.write`.
+    pub write: Option<Limit>,
+}
+
+impl TierLimits {
+    fn get(&self, class: Class) -> Option<Limit> {
+        match class {
+            Class::Submit => self.submit,
+            Class::Read => self.read,
+            Class::Write => self.write,
+            Class::Login | Class::LoginAddress | Class::LoginUsername => None,
+        }
+    }
+}
+
 /// Limits per class of RPC, from config (`[rate_limits]` table in each service's TOML).
+///
+/// Login attempts are limited three ways, each a GCRA limit of its own (see
+/// [`RateLimiter::check_login`]): per (username, address) pair, per username (from any
+/// address) and per address (for any username). The defaults are chosen so that
+///
+/// - one person mistyping a password gets a burst of 5 and then one try every 6 s (pair);
+/// - the per-username limit (20/min) is twice the pair limit, so a single address can never
+///   use up a victim's username budget and lock them out; only many addresses together
+///   can, and they are held to 20 guesses a minute on that account;
+/// - one address spraying made-up usernames is held to 30 attempts a minute, each of which
+///   costs an Argon2 verification; a studio behind one NAT still logs in at the start of
+///   the day (burst 20; refresh tokens make logins rare afterwards).
+///
+/// Per-user classes (`submit`, `read`, `write`) apply per user id; `[rate_limits.admin]`
+/// and `[rate_limits.api_key]` override them for admins and for API keys (per key), see
+/// [`RateLimiter::check_tier`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimits {
-    /// Login attempts, per `username|peer-ip`.
+    /// Login attempts per (username, peer address) pair.
     pub login: Limit,
+    /// Login attempts per peer address, whatever the username.
+    pub login_address: Limit,
+    /// Login attempts per username, whatever the address.
+    pub login_username: Limit,
     /// Generation requests (SubmitJob), per user.
     pub submit: Limit,
     /// Read RPCs, per user.
     pub read: Limit,
     /// Other mutating RPCs, per user.
     pub write: Limit,
+    /// Overrides for callers with the admin role.
+    pub admin: TierLimits,
+    /// Overrides for callers authenticated by an API key (counted per key).
+    pub api_key: TierLimits,
 }
 
 impl Default for RateLimits {
     fn default() -> Self {
         Self {
             login: Limit { per_minute: 10, burst: 5 },
-            // The auditors' "about 10 generation requests per minute per user".
-            submit: Limit { per_minute: 10, burst: 5 },
+            login_address: Limit { per_minute: 30, burst: 20 },
+            login_username: Limit { per_minute: 20, burst: 10 },
+            // A studio member queueing 20 variations of a shot at once is normal use: the
+            // burst takes 30 submissions back to back, then one a second; the active-job
+            // cap (`max_active_jobs_per_user`) bounds the queue, this bounds the rate.
+            submit: Limit { per_minute: 60, burst: 30 },
             read: Limit { per_minute: 600, burst: 100 },
             write: Limit { per_minute: 120, burst: 30 },
+            admin: TierLimits::default(),
+            api_key: TierLimits::default(),
         }
     }
 }
 
 impl RateLimits {
+    /// The same `limit` for every class and tier (tests and benchmarks).
+    pub fn uniform(limit: Limit) -> Self {
+        let tier = TierLimits { submit: Some(limit), read: Some(limit), write: Some(limit) };
+        Self {
+            login: limit,
+            login_address: limit,
+            login_username: limit,
+            submit: limit,
+            read: limit,
+            write: limit,
+            admin: tier,
+            api_key: tier,
+        }
+    }
+
     /// Every rate and burst must be at least 1; the error names the field.
     pub fn validate(&self) -> Result<(), MeshError> {
-        for class in Class::ALL {
-            let limit = self.get(class);
-            for (field, value) in [("per_minute", limit.per_minute), ("burst", limit.burst)] {
-                if value == 0 {
-                    return Err(MeshError::Config(format!(
-                        "rate_limits.{}.{field}: must be at least 1",
-                        class.as_str()
-                    )));
+        let tiers = [("", None), ("admin.", Some(&self.admin)), ("api_key.", Some(&self.api_key))];
+        for (prefix, tier) in tiers {
+            for class in Class::ALL {
+                let limit = match tier {
+                    None => Some(self.get(class)),
+                    Some(t) => t.get(class),
+                };
+                let Some(limit) = limit else { continue };
+                for (field, value) in [("per_minute", limit.per_minute), ("burst", limit.burst)] {
+                    if value == 0 {
+                        return Err(MeshError::Config(format!(
+                            "rate_limits.{prefix}{}.{field}: must be at least 1",
+                            class.as_str()
+                        )));
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    /// The limit of `class`.
+    /// The limit of `class` (for users).
     pub fn get(&self, class: Class) -> Limit {
         match class {
             Class::Login => self.login,
+            Class::LoginAddress => self.login_address,
+            Class::LoginUsername => self.login_username,
             Class::Submit => self.submit,
             Class::Read => self.read,
             Class::Write => self.write,
+        }
+    }
+
+    /// The limit of `class` for a caller of `tier`: the tier's override, else the user's.
+    pub fn get_tier(&self, class: Class, tier: Tier) -> Limit {
+        let over = match tier {
+            Tier::User => None,
+            Tier::Admin => self.admin.get(class),
+            Tier::ApiKey => self.api_key.get(class),
+        };
+        over.unwrap_or_else(|| self.get(class))
+    }
+}
+
+/// Who is calling, for per-tier limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// A person with an access token and the user role (subject: user id).
+    User,
+    /// A person with an access token and the admin role (subject: user id).
+    Admin,
+    /// A script with an API key (subject: the key id, whoever owns it).
+    ApiKey,
+}
+
+impl Tier {
+    /// The config table and key segment: `user`, `admin`, `api_key`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Admin => "admin",
+            Self::ApiKey => "api_key",
         }
     }
 }
@@ -123,6 +233,10 @@ impl RateLimits {
 pub enum Class {
     /// Logins (subject: `username|peer-ip`).
     Login,
+    /// Logins (subject: peer ip).
+    LoginAddress,
+    /// Logins (subject: username).
+    LoginUsername,
     /// Job submissions (subject: user id).
     Submit,
     /// Reads (subject: user id).
@@ -133,12 +247,16 @@ pub enum Class {
 
 impl Class {
     /// Every class.
-    pub const ALL: [Self; 4] = [Self::Login, Self::Submit, Self::Read, Self::Write];
+    pub const ALL: [Self; 6] =
+        [Self::Login, Self::LoginAddress, Self::LoginUsername, Self::Submit, Self::Read, Self::Write];
 
-    /// The config field and key segment: `login`, `submit`, `read`, `write`.
+    /// The config field and key segment: `login`, `login_address`, `login_username`,
+    /// `submit`, `read`, `write`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Login => "login",
+            Self::LoginAddress => "login_address",
+            Self::LoginUsername => "login_username",
             Self::Submit => "submit",
             Self::Read => "read",
             Self::Write => "write",
@@ -163,6 +281,20 @@ pub enum Decision {
     /// Refused (and not counted); the next request is allowed after `retry_after`.
     Limited {
         /// Wait at least this long (> 0, at most `T`) before retrying.
+        retry_after: Duration,
+    },
+}
+
+/// The outcome of [`RateLimiter::check_login`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginDecision {
+    /// Within all three limits (and counted in each).
+    Allowed,
+    /// Refused by the limit of `class` (`login_address`, `login_username` or `login`).
+    Limited {
+        /// The limit that refused.
+        class: Class,
+        /// Wait at least this long before retrying.
         retry_after: Duration,
     },
 }
@@ -224,13 +356,48 @@ impl RateLimiter {
     }
 
     /// Counts one request of `subject` (user id, `username|peer-ip`) against the `class`
-    /// limit, in one atomic round trip. A `Limited` request is not counted.
+    /// limit, in one atomic round trip. A `Limited` request is not counted. The same as
+    /// [`RateLimiter::check_tier`] with [`Tier::User`].
     pub async fn check(&self, class: Class, subject: &str) -> Result<Decision, RateLimitError> {
+        self.check_tier(class, Tier::User, subject).await
+    }
+
+    /// Counts one request of `subject` of `tier` against that tier's `class` limit (its
+    /// override in `[rate_limits.admin]` / `[rate_limits.api_key]`, else the user limit).
+    /// Each tier has its own buckets: a user's API key and their token do not share one.
+    pub async fn check_tier(
+        &self,
+        class: Class,
+        tier: Tier,
+        subject: &str,
+    ) -> Result<Decision, RateLimitError> {
+        self.check_limit(self.limits.get_tier(class, tier), self.key(class, tier, subject)).await
+    }
+
+    /// Counts one login attempt of `username` from `address` (an IP, without port) against
+    /// the per-address, per-pair and per-username limits, in that order, stopping at the
+    /// first that refuses (which then names it). The username's bucket is charged only by
+    /// attempts its address and pair allowed: one address (held to the pair limit) cannot
+    /// use up a victim's username budget, and a sprayer refused per address charges no one
+    /// else's.
+    pub async fn check_login(&self, username: &str, address: &str) -> Result<LoginDecision, RateLimitError> {
+        let checks = [
+            (Class::LoginAddress, address.to_owned()),
+            (Class::Login, format!("{username}|{address}")),
+            (Class::LoginUsername, username.to_owned()),
+        ];
+        for (class, subject) in checks {
+            if let Decision::Limited { retry_after } = self.check(class, &subject).await? {
+                return Ok(LoginDecision::Limited { class, retry_after });
+            }
+        }
+        Ok(LoginDecision::Allowed)
+    }
+
+    async fn check_limit(&self, limit: Limit, key: String) -> Result<Decision, RateLimitError> {
         if self.redis.is_down() {
             return Err(RateLimitError::Unavailable("redis is down (breaker open)".to_owned()));
         }
-        let limit = self.limits.get(class);
-        let key = self.key(class, subject);
         let mut conn = self.redis.manager.clone();
         let result: redis::RedisResult<(i64, i64, i64)> =
             GCRA.key(key).arg(limit.interval_us()).arg(limit.tolerance_us()).invoke_async(&mut conn).await;
@@ -245,22 +412,17 @@ impl RateLimiter {
         })
     }
 
-    /// `<prefix>rl:<class>:<sha256(subject)>`.
-    fn key(&self, class: Class, subject: &str) -> String {
+    /// `<prefix>rl:<class>:<sha256(subject)>` for users, `<prefix>rl:<class>:<tier>:<sha256>`
+    /// for the other tiers.
+    fn key(&self, class: Class, tier: Tier, subject: &str) -> String {
         let digest = hex::encode(Sha256::digest(subject.as_bytes()));
-        self.redis.key(&format!("rl:{}:{digest}", class.as_str()))
+        match tier {
+            Tier::User => self.redis.key(&format!("rl:{}:{digest}", class.as_str())),
+            Tier::Admin | Tier::ApiKey => {
+                self.redis.key(&format!("rl:{}:{}:{digest}", class.as_str(), tier.as_str()))
+            }
+        }
     }
-}
-
-/// The gRPC answer for a refusal: `RESOURCE_EXHAUSTED`, message
-/// "rate limit exceeded for <class>; retry after N s" and metadata `retry-after: N`, with
-/// N the whole seconds rounded up, at least 1.
-pub fn limited_status(class: Class, retry_after: Duration) -> tonic::Status {
-    let secs = (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1);
-    let mut status =
-        tonic::Status::resource_exhausted(format!("rate limit exceeded for {class}; retry after {secs} s"));
-    status.metadata_mut().insert("retry-after", MetadataValue::from(secs));
-    status
 }
 
 #[cfg(test)]
@@ -294,8 +456,7 @@ mod tests {
     }
 
     fn uniform(per_minute: u32, burst: u32) -> RateLimits {
-        let limit = Limit { per_minute, burst };
-        RateLimits { login: limit, submit: limit, read: limit, write: limit }
+        RateLimits::uniform(Limit { per_minute, burst })
     }
 
     /// Deletes every key under the limiter's prefix (they expire anyway).
@@ -343,7 +504,7 @@ mod tests {
         let decisions = futures_util::future::join_all(calls).await;
         let allowed =
             decisions.into_iter().filter(|d| matches!(d.as_ref().unwrap(), Decision::Allowed { .. })).count();
-        assert_eq!(allowed, 5);
+        assert_eq!(allowed, 30);
         cleanup(&limiter).await;
     }
 
@@ -370,19 +531,6 @@ mod tests {
         tokio::time::sleep(retry_after).await;
         assert!(matches!(limiter.check(Class::Write, "user-1").await.unwrap(), Decision::Allowed { .. }));
         cleanup(&limiter).await;
-    }
-
-    #[test]
-    fn limited_status_carries_retry_after_seconds() {
-        for (wait, secs) in
-            [(Duration::from_millis(1), 1), (Duration::from_secs(2), 2), (Duration::from_millis(2001), 3)]
-        {
-            let status = limited_status(Class::Submit, wait);
-            assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-            let value: u64 = status.metadata().get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
-            assert_eq!(value, secs);
-            assert_eq!(status.message(), format!("rate limit exceeded for submit; retry after {secs} s"));
-        }
     }
 
     /// Connects through a TCP relay to the real Redis, then kills the relay: checks fail on
@@ -431,6 +579,95 @@ mod tests {
         limits.login.per_minute = 0;
         let err = limits.validate().unwrap_err().to_string();
         assert!(err.contains("rate_limits.login.per_minute: must be at least 1"), "{err}");
+    }
+
+    #[test]
+    fn the_default_submit_burst_takes_twenty_variations_at_once() {
+        assert!(RateLimits::default().submit.burst >= 20);
+    }
+
+    #[tokio::test]
+    async fn tiers_use_their_override_or_the_user_limit_in_buckets_of_their_own() {
+        let mut limits = RateLimits::uniform(Limit { per_minute: 10, burst: 2 });
+        limits.admin =
+            TierLimits { submit: Some(Limit { per_minute: 10, burst: 4 }), ..TierLimits::default() };
+        limits.api_key =
+            TierLimits { submit: Some(Limit { per_minute: 10, burst: 3 }), ..TierLimits::default() };
+        let limiter = limiter(limits).await;
+        let count = |tier, class| {
+            let limiter = limiter.clone();
+            async move {
+                let mut allowed = 0;
+                for _ in 0..6 {
+                    if matches!(
+                        limiter.check_tier(class, tier, "s-1").await.unwrap(),
+                        Decision::Allowed { .. }
+                    ) {
+                        allowed += 1;
+                    }
+                }
+                allowed
+            }
+        };
+        assert_eq!(count(Tier::User, Class::Submit).await, 2);
+        assert_eq!(count(Tier::Admin, Class::Submit).await, 4, "the admin override, not the user bucket");
+        assert_eq!(count(Tier::ApiKey, Class::Submit).await, 3);
+        assert_eq!(count(Tier::Admin, Class::Read).await, 2, "no override: the user limit");
+        // check() is the user tier: its bucket for s-1 is already spent.
+        assert!(matches!(limiter.check(Class::Submit, "s-1").await.unwrap(), Decision::Limited { .. }));
+        cleanup(&limiter).await;
+    }
+
+    fn login_limits() -> RateLimits {
+        RateLimits {
+            login: Limit { per_minute: 1, burst: 2 },
+            login_username: Limit { per_minute: 1, burst: 3 },
+            login_address: Limit { per_minute: 1, burst: 4 },
+            ..RateLimits::default()
+        }
+    }
+
+    async fn login_outcomes(limiter: &RateLimiter, attempts: &[(&str, &str)]) -> Vec<Option<Class>> {
+        let mut out = Vec::new();
+        for (user, addr) in attempts {
+            out.push(match limiter.check_login(user, addr).await.unwrap() {
+                LoginDecision::Allowed => None,
+                LoginDecision::Limited { class, retry_after } => {
+                    assert!(retry_after > Duration::ZERO);
+                    Some(class)
+                }
+            });
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn logins_are_limited_per_pair_per_username_and_per_address() {
+        let limiter = limiter(login_limits()).await;
+        // One pair: its own burst of 2.
+        let pair = login_outcomes(&limiter, &[("alice", "10.0.0.1"); 3]).await;
+        assert_eq!(pair, [None, None, Some(Class::Login)]);
+        // The username from another address: one left of its 3 (2 used), then refused.
+        let user = login_outcomes(&limiter, &[("alice", "10.0.0.2"), ("alice", "10.0.0.3")]).await;
+        assert_eq!(user, [None, Some(Class::LoginUsername)]);
+        // An address spraying distinct names: 4, whatever the names.
+        let names: Vec<String> = (0..5).map(|i| format!("made-up-{i}")).collect();
+        let spray: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "10.0.0.9")).collect();
+        assert_eq!(
+            login_outcomes(&limiter, &spray).await,
+            [None, None, None, None, Some(Class::LoginAddress)]
+        );
+        // Refused per address: not charged to the username, which still logs in elsewhere.
+        assert_eq!(login_outcomes(&limiter, &[("made-up-4", "10.0.0.10")]).await, [None]);
+        cleanup(&limiter).await;
+    }
+
+    #[test]
+    fn zero_in_a_tier_override_is_refused_by_name() {
+        let mut limits = RateLimits::default();
+        limits.api_key.read = Some(Limit { per_minute: 0, burst: 1 });
+        let err = limits.validate().unwrap_err().to_string();
+        assert!(err.contains("rate_limits.api_key.read.per_minute: must be at least 1"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod bao;
 pub mod comfy;
 pub mod otlp;
 mod pg;
+pub mod process;
 mod services;
 
 use std::{path::PathBuf, sync::Arc};
@@ -26,6 +27,7 @@ use sakuga_mesh::{
 };
 use tempfile::TempDir;
 
+pub use process::{ProcessConfig, ServiceProcess};
 pub use services::{
     Spawned, auth_config, generator_config, organizer_config, scheduler_config, spawn_auth, spawn_generator,
     spawn_organizer, spawn_scheduler, test_rate_limits,

@@ -64,8 +64,7 @@ where
 
 /// Limits generous enough for functional tests (the rate-limit tests set their own).
 pub fn test_rate_limits() -> RateLimits {
-    let roomy = Limit { per_minute: 60_000, burst: 1_000 };
-    RateLimits { login: roomy, submit: roomy, read: roomy, write: roomy }
+    RateLimits::uniform(Limit { per_minute: 60_000, burst: 1_000 })
 }
 
 /// Scheduler configuration for this environment.

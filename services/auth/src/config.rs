@@ -33,8 +33,9 @@ pub struct Config {
     /// KV path of the signing keys: field `active` names the key id that signs; every other
     /// field is a key id holding an Ed25519 private key (PKCS#8 PEM), all published.
     pub signing_keys_path: String,
-    /// KV path of the bootstrap admin (`username`, `password`): created, or its password
-    /// set, at start-up. Absent secret: no bootstrap account.
+    /// KV path of the bootstrap admin (`username`, `password`): created at start-up if no
+    /// user of that name exists, never changed afterwards. Absent secret: no bootstrap
+    /// account.
     pub bootstrap_admin_path: String,
     /// Access token lifetime.
     pub access_token_ttl_secs: u64,
@@ -44,6 +45,15 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// Time in-flight calls get after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// Argon2id computations (19 MiB each) allowed at once; 0: the number of cores.
+    pub argon2_permits: usize,
+    /// How long a login or user creation waits for an Argon2 permit before it is refused
+    /// with RESOURCE_EXHAUSTED.
+    pub argon2_wait_ms: u64,
+    /// Audit events older than this many days are deleted; 0 keeps them forever.
+    pub audit_retention_days: u32,
+    /// How often the audit retention sweep runs.
+    pub audit_sweep_secs: u64,
 }
 
 impl Default for Config {
@@ -63,6 +73,12 @@ impl Default for Config {
             refresh_token_ttl_secs: 30 * 24 * 3600,
             rate_limits: RateLimits::default(),
             shutdown_grace_secs: 20,
+            argon2_permits: 0,
+            // Long enough to wait out a few computations ahead in the queue; a longer
+            // queue means overload, and the caller is told to come back.
+            argon2_wait_ms: 1_000,
+            audit_retention_days: 365,
+            audit_sweep_secs: 3_600,
         }
     }
 }
@@ -80,6 +96,12 @@ impl Config {
             return Err(MeshError::Config(
                 "refresh_token_ttl_secs: must be at least access_token_ttl_secs".to_owned(),
             ));
+        }
+        if self.argon2_wait_ms > 60_000 {
+            return Err(MeshError::Config("argon2_wait_ms: must be at most 60000".to_owned()));
+        }
+        if self.audit_sweep_secs == 0 {
+            return Err(MeshError::Config("audit_sweep_secs: must be positive".to_owned()));
         }
         Ok(())
     }

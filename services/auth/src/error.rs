@@ -29,6 +29,14 @@ pub enum AuthError {
     /// Redis (rate limits, revocation) unreachable: fail closed.
     #[error("{0}")]
     Unavailable(&'static str),
+    /// A resource ceiling is reached (`ceiling` names it); retry after the given seconds.
+    #[error("too many requests in progress ({ceiling}); retry after {retry_after_secs} s")]
+    Busy {
+        /// The ceiling's name, as in the metric label.
+        ceiling: &'static str,
+        /// Whole seconds to wait.
+        retry_after_secs: u64,
+    },
     /// Token signing failed.
     #[error("signing: {0}")]
     Signing(String),
@@ -58,6 +66,11 @@ impl From<AuthError> for Status {
             AuthError::NotFound(what) => Status::not_found(format!("{what} not found")),
             AuthError::AlreadyExists(what) => Status::already_exists(what),
             AuthError::Unavailable(why) => Status::unavailable(why),
+            e @ AuthError::Busy { ceiling, retry_after_secs } => sakuga_mesh::auth::ceiling(
+                ceiling,
+                e.to_string(),
+                Some(std::time::Duration::from_secs(retry_after_secs)),
+            ),
             AuthError::Signing(e) => {
                 error!(error = %e, "token signing failed");
                 Status::internal("internal error")

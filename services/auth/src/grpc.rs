@@ -3,10 +3,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use argon2::{
-    Argon2,
-    password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString, rand_core::OsRng},
-};
 use base64::Engine as _;
 use chrono::Utc;
 use jsonwebtoken::{Algorithm, Header};
@@ -14,7 +10,8 @@ use rand::RngCore as _;
 use sakuga_mesh::{
     api::{Page, from_timestamp, timestamp},
     auth::{self as mesh_auth, Audit, AuditEvent, AuditTarget, Caller, Claims, Role},
-    ratelimit::{Class, Decision, RateLimiter, limited_status},
+    metrics::Metrics,
+    ratelimit::{Class, LoginDecision, RateLimiter},
     redis::Redis,
 };
 use sakuga_proto::v1::{self as pb, auth_service_server::AuthService};
@@ -26,7 +23,8 @@ use crate::{
     Config,
     error::AuthError,
     keys::SigningKeys,
-    store::{ApiKey, Redeemed, Store, User},
+    password::Passwords,
+    store::{ApiKey, LiveAccess, NewRefresh, Redeemed, Store, User},
 };
 
 /// Everything the handlers need.
@@ -44,6 +42,19 @@ pub struct Api {
     pub audit: Audit,
     /// Lifetimes.
     pub config: Arc<Config>,
+    /// Argon2id work, bounded.
+    pub passwords: Passwords,
+    /// Refusals by resource ceiling.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Tokens about to be issued: the access token's id and expiry are fixed before the
+/// refresh token is stored, so the row records them.
+struct Pending {
+    access: LiveAccess,
+    iat: i64,
+    refresh: String,
+    next: NewRefresh,
 }
 
 fn random_token(prefix: &str, bytes: usize) -> String {
@@ -52,32 +63,70 @@ fn random_token(prefix: &str, bytes: usize) -> String {
     format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf))
 }
 
-/// Hashes a password with argon2id (default parameters) on the blocking pool.
-pub async fn hash_password(password: String) -> Result<String, AuthError> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
-    })
-    .await
-    .map_err(|e| AuthError::Signing(e.to_string()))?
-    .map_err(|e| AuthError::Signing(e.to_string()))
-}
-
 /// A hash that no password matches, verified when the user does not exist so a wrong
 /// username costs the same time as a wrong password.
 const DUMMY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c2FrdWdhLWR1bW15LXNhbHQ$Qm9ndXNCb2d1c0JvZ3VzQm9ndXNCb2d1c0JvZ3VzQm8";
 
-async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
-    })
-    .await
-    .unwrap_or(false)
+/// Characters that print nothing or change how text around them is shown: soft hyphen,
+/// combining grapheme joiner, Arabic letter mark, Hangul fillers, Mongolian selectors,
+/// zero-width and bidirectional controls, word joiner and invisible operators, variation
+/// selectors, byte order mark, interlinear annotations, shorthand format controls, musical
+/// symbol formatting, tags and private use.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0xAD | 0x34F
+            | 0x61C
+            | 0x115F
+            | 0x1160
+            | 0x17B4
+            | 0x17B5
+            | 0x180B..=0x180F
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x206F
+            | 0x3164
+            | 0xE000..=0xF8FF
+            | 0xFE00..=0xFE0F
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF0..=0xFFFB
+            | 0x1_BCA0..=0x1_BCA3
+            | 0x1_D173..=0x1_D17A
+            | 0xE_0000..=0xE_0FFF
+            | 0xF_0000..=0x10_FFFF
+    )
 }
 
-fn check_username(u: &str) -> Result<(), AuthError> {
+/// A username as typed at login (surrounding whitespace trimmed): 1..=64 characters, each
+/// printable (no control, format, whitespace or invisible character), so nothing that
+/// could not be a username reaches the rate limiter, the audit log or the logs.
+fn check_login_username(raw: &str) -> Result<String, AuthError> {
+    let u = raw.trim();
+    if u.is_empty() || u.chars().count() > 64 {
+        return Err(AuthError::invalid("username", "must be 1..=64 characters"));
+    }
+    if u.chars().any(|c| c.is_control() || c.is_whitespace() || is_invisible(c)) {
+        return Err(AuthError::invalid(
+            "username",
+            "must be printable: no control, format, whitespace or invisible characters",
+        ));
+    }
+    Ok(u.to_owned())
+}
+
+/// The metric label of a login limit.
+fn login_ceiling(class: Class) -> &'static str {
+    match class {
+        Class::LoginAddress => "login_address",
+        Class::LoginUsername => "login_username",
+        _ => "login_pair",
+    }
+}
+
+/// A new username (created users, the bootstrap admin): what the `users` table accepts.
+pub fn check_username(u: &str) -> Result<(), AuthError> {
     let ok = (3..=64).contains(&u.len())
         && u.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c));
     if ok {
@@ -155,40 +204,76 @@ impl Api {
             .await;
     }
 
-    /// An access token and a refresh token (new family unless `family` continues one).
-    async fn issue(&self, user: &User, family: Option<Uuid>) -> Result<pb::TokenPair, AuthError> {
+    /// Ids and expiries of the next token pair (nothing stored or signed yet).
+    fn pending(&self) -> Pending {
         let now = Utc::now();
         let access_ttl = i64::try_from(self.config.access_token_ttl_secs).unwrap_or(900);
+        let refresh = random_token("rt_", 32);
+        let refresh_ttl =
+            chrono::Duration::seconds(i64::try_from(self.config.refresh_token_ttl_secs).unwrap_or(0));
+        let access = LiveAccess {
+            jti: Uuid::new_v4().to_string(),
+            expires_at: now + chrono::Duration::seconds(access_ttl),
+        };
+        let next = NewRefresh {
+            hash: mesh_auth::secret_hash(&refresh),
+            expires_at: now + refresh_ttl,
+            access: access.clone(),
+        };
+        Pending { access, iat: now.timestamp(), refresh, next }
+    }
+
+    /// Signs the access token of `pending` for `user` (its refresh token is stored).
+    fn sign(&self, user: &User, pending: Pending) -> Result<pb::TokenPair, AuthError> {
         let claims = Claims {
             iss: mesh_auth::ISSUER.to_owned(),
             aud: mesh_auth::AUDIENCE.to_owned(),
             sub: user.id.to_string(),
             role: user.role,
-            iat: now.timestamp(),
-            exp: now.timestamp() + access_ttl,
-            jti: Uuid::new_v4().to_string(),
+            iat: pending.iat,
+            exp: pending.access.expires_at.timestamp(),
+            jti: pending.access.jti,
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.keys.active.clone());
         let access = jsonwebtoken::encode(&header, &claims, self.keys.encoding())
             .map_err(|e| AuthError::Signing(e.to_string()))?;
-        let refresh = random_token("rt_", 32);
-        let refresh_ttl =
-            chrono::Duration::seconds(i64::try_from(self.config.refresh_token_ttl_secs).unwrap_or(0));
-        let refresh_expires = now + refresh_ttl;
-        self.store
-            .insert_refresh(
-                user.id,
-                family.unwrap_or_else(Uuid::now_v7),
-                &mesh_auth::secret_hash(&refresh),
-                refresh_expires,
-            )
-            .await?;
         Ok(pb::TokenPair {
             access_token: access,
             access_expire_time: mesh_auth::from_secs(claims.exp).map(timestamp),
-            refresh_token: refresh,
-            refresh_expire_time: Some(timestamp(refresh_expires)),
+            refresh_token: pending.refresh,
+            refresh_expire_time: Some(timestamp(pending.next.expires_at)),
+        })
+    }
+
+    /// An access token and a refresh token starting a new family.
+    async fn issue(&self, user: &User) -> Result<pb::TokenPair, AuthError> {
+        let pending = self.pending();
+        self.store.insert_refresh(user.id, Uuid::now_v7(), &pending.next).await?;
+        self.sign(user, pending)
+    }
+
+    /// Puts the access tokens of a revoked family on the revocation list (each until it
+    /// expires), so revoking a family also ends its sessions now, not at expiry.
+    async fn deny_access(&self, live: &[LiveAccess]) -> Result<(), AuthError> {
+        if live.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now();
+        let mut pipe = redis::pipe();
+        for a in live {
+            let left = u64::try_from((a.expires_at - now).num_seconds()).unwrap_or(0) + 5;
+            pipe.cmd("SET")
+                .arg(mesh_auth::revoked_jti_key(&self.redis, &a.jti))
+                .arg(1)
+                .arg("EX")
+                .arg(left)
+                .ignore();
+        }
+        let mut conn = self.redis.manager.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(|e| {
+            warn!(error = %e, "revocation list unreachable");
+            AuthError::Unavailable("revocation list unavailable, retry later")
         })
     }
 
@@ -210,20 +295,18 @@ impl AuthService for Api {
     async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
         let peer = mesh_auth::peer_addr(&req);
         let r = req.get_ref();
-        let username = r.username.trim().to_owned();
-        if username.is_empty() || username.len() > 64 {
-            return Err(AuthError::invalid("username", "must be 1..=64 characters").into());
-        }
+        let username = check_login_username(&r.username)?;
         if r.password.is_empty() || r.password.chars().count() > 1024 {
             return Err(AuthError::invalid("password", "must be 1..=1024 characters").into());
         }
-        // Attempts per username and peer address (without the port).
+        // Attempts per peer address (without the port), per pair and per username.
         let host = peer.rsplit_once(':').map_or(peer.as_str(), |(h, _)| h);
-        match self.limiter.check(Class::Login, &format!("{username}|{host}")).await {
-            Ok(Decision::Allowed { .. }) => {}
-            Ok(Decision::Limited { retry_after }) => {
+        match self.limiter.check_login(&username, host).await {
+            Ok(LoginDecision::Allowed) => {}
+            Ok(LoginDecision::Limited { class, retry_after }) => {
+                self.metrics.ceiling_refused(login_ceiling(class));
                 self.event(&req, &username, "auth.login.limited", &username, "RESOURCE_EXHAUSTED").await;
-                return Err(limited_status(Class::Login, retry_after));
+                return Err(mesh_auth::Refusal::RateLimited { class, retry_after }.into());
             }
             Err(e) => {
                 warn!(error = %e, "login refused: rate limiter unavailable");
@@ -232,7 +315,7 @@ impl AuthService for Api {
         }
         let user = self.store.user_by_name(&username).await?;
         let hash = user.as_ref().map_or_else(|| DUMMY_HASH.to_owned(), |u| u.password_hash.clone());
-        let matches = verify_password(r.password.clone(), hash).await;
+        let matches = self.passwords.verify(r.password.clone(), hash).await?;
         let user = match user {
             Some(u) if matches && !u.disabled => u,
             _ => {
@@ -240,7 +323,7 @@ impl AuthService for Api {
                 return Err(AuthError::Unauthenticated("wrong username or password").into());
             }
         };
-        let tokens = self.issue(&user, None).await?;
+        let tokens = self.issue(&user).await?;
         info!(user_id = %user.id, "login");
         self.event(&req, &user.id.to_string(), "auth.login.ok", &username, "OK").await;
         Ok(with_target(
@@ -257,14 +340,20 @@ impl AuthService for Api {
         if token.is_empty() || token.len() > 256 {
             return Err(AuthError::invalid("refresh_token", "required").into());
         }
-        match self.store.redeem_refresh(&mesh_auth::secret_hash(&token)).await? {
+        let pending = self.pending();
+        match self.store.redeem_refresh(&mesh_auth::secret_hash(&token), &pending.next).await? {
             Redeemed::Fresh { user, family } => {
-                let tokens = self.issue(&user, Some(family)).await?;
+                let tokens = self.sign(&user, pending)?;
                 self.event(&req, &user.id.to_string(), "auth.refresh", &family.to_string(), "OK").await;
                 Ok(with_target(pb::RefreshResponse { tokens: Some(tokens) }, user.id.to_string()))
             }
-            Redeemed::Reused { user_id } => {
+            Redeemed::Reused { user_id, live_access } => {
                 warn!(%user_id, "refresh token reused: its family is revoked");
+                // The family's refresh tokens are already revoked; its access tokens too
+                // if the revocation list takes them (else they live out their few minutes).
+                if let Err(e) = self.deny_access(&live_access).await {
+                    warn!(%user_id, error = %e, "access tokens of a revoked family stay valid until expiry");
+                }
                 self.event(&req, &user_id.to_string(), "auth.refresh.reuse_detected", "", "UNAUTHENTICATED")
                     .await;
                 Err(AuthError::Unauthenticated(
@@ -285,7 +374,8 @@ impl AuthService for Api {
         }
         let refresh = req.get_ref().refresh_token.trim();
         if !refresh.is_empty() {
-            self.store.revoke_family_of(&mesh_auth::secret_hash(refresh), user_id).await?;
+            let live = self.store.revoke_family_of(&mesh_auth::secret_hash(refresh), user_id).await?;
+            self.deny_access(&live).await?;
         }
         Ok(with_target(pb::LogoutResponse {}, user_id.to_string()))
     }
@@ -329,7 +419,7 @@ impl AuthService for Api {
         check_username(&r.username)?;
         check_new_password(&r.password)?;
         let role = if r.role == 0 { Role::User } else { role_from_pb(r.role, "role")? };
-        let hash = hash_password(r.password).await?;
+        let hash = self.passwords.hash(r.password).await?;
         let user = self
             .store
             .create_user(&r.username, &hash, role)
@@ -376,15 +466,24 @@ impl AuthService for Api {
     ) -> Result<Response<pb::SetUserDisabledResponse>, Status> {
         let r = req.into_inner();
         let id = parse_id("user_id", &r.user_id)?;
-        let user = self.store.set_disabled(id, r.disabled).await?;
-        if r.disabled {
-            self.deny(
-                mesh_auth::revoked_user_key(&self.redis, &id.to_string()),
-                mesh_auth::now_secs(),
-                Duration::from_secs(self.config.access_token_ttl_secs + 60),
-            )
+        // The denylist entry is written inside the transaction, before the commit: if Redis
+        // cannot take it, the change is rolled back and the call fails (UNAVAILABLE), so a
+        // "disabled" answer always means the user's tokens are void.
+        let disabled = r.disabled;
+        let user = self
+            .store
+            .set_disabled(id, disabled, |_| async move {
+                if !disabled {
+                    return Ok(());
+                }
+                self.deny(
+                    mesh_auth::revoked_user_key(&self.redis, &id.to_string()),
+                    mesh_auth::now_secs(),
+                    Duration::from_secs(self.config.access_token_ttl_secs + 60),
+                )
+                .await
+            })
             .await?;
-        }
         Ok(with_target(pb::SetUserDisabledResponse { user: Some(user_to_pb(&user)) }, id.to_string()))
     }
 
@@ -496,9 +595,33 @@ mod tests {
 
     #[test]
     fn the_dummy_hash_is_a_real_argon2id_hash_so_unknown_users_cost_a_verification() {
+        use argon2::password_hash::{PasswordHash, PasswordVerifier as _};
         let parsed = PasswordHash::new(DUMMY_HASH).unwrap();
         assert_eq!(parsed.algorithm.as_str(), "argon2id");
-        assert!(Argon2::default().verify_password(b"anything", &parsed).is_err());
+        assert!(argon2::Argon2::default().verify_password(b"anything", &parsed).is_err());
+    }
+
+    #[test]
+    fn login_usernames_must_be_printable_and_the_error_names_the_field() {
+        assert_eq!(check_login_username("  alice ").unwrap(), "alice");
+        assert_eq!(check_login_username("Zoë-ｱﾆﾒ").unwrap(), "Zoë-ｱﾆﾒ", "printable non-ASCII is fine");
+        for bad in [
+            "",
+            "   ",
+            "\u{3000}\u{3000}",
+            "ali\nce",
+            "ali\u{1b}[31mce",
+            "alice\u{200b}",
+            "\u{202e}ecila",
+            "al\u{feff}ice",
+            "al ice",
+            "a\u{00ad}lice",
+            "\u{e0061}lice",
+            &"x".repeat(65),
+        ] {
+            let e = check_login_username(bad).unwrap_err().to_string();
+            assert!(e.starts_with("username: "), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod keys;
+pub mod password;
 pub mod store;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -23,7 +24,7 @@ use sakuga_mesh::{
 };
 use sakuga_proto::{service_names, v1::auth_service_server::AuthServiceServer};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info};
 
 pub use config::Config;
 
@@ -51,23 +52,37 @@ impl Service for Application {
         let pool = db::connect_with_vault(&vault, &config.database).await?;
         let redis = Redis::connect_with_vault(&vault, &config.redis).await?;
         let store = store::Store::new(pool.clone());
+        let metrics = sakuga_mesh::metrics::Metrics::new();
+        let passwords = password::Passwords::new(
+            config.argon2_permits,
+            Duration::from_millis(config.argon2_wait_ms),
+            Some(metrics.clone()),
+        );
         if let Some(admin) = vault.read_kv_optional(&config.bootstrap_admin_path).await? {
-            bootstrap_admin(&store, admin).await?;
+            bootstrap_admin(&store, &passwords, admin).await?;
         }
         let verifier =
             Arc::new(Verifier::with_keys(keys.decoding()?, Some(redis.clone()), Some(pool.clone())));
         let limiter = RateLimiter::new(redis.clone(), config.rate_limits.clone());
         let audit = Audit::new(pool);
-        let metrics = sakuga_mesh::metrics::Metrics::new();
         let guard = Guard::new(Some(verifier), Some(limiter.clone()), Some(audit.clone()))
             .observed(Self::NAME, metrics.clone());
         let server = GrpcServer::bind(config.listen, &[service_names::AUTH], guard, &config.grpc)
             .await?
             .with_probe(config.probe_listen)
             .await?
-            .with_metrics(config.metrics_listen, metrics)
+            .with_metrics(config.metrics_listen, metrics.clone())
             .await?;
-        let api = grpc::Api { store, keys: Arc::new(keys), redis, limiter, audit, config: Arc::new(config) };
+        let api = grpc::Api {
+            store,
+            keys: Arc::new(keys),
+            redis,
+            limiter,
+            audit,
+            config: Arc::new(config),
+            passwords,
+            metrics,
+        };
         Ok(Self { server, api, tls, vault })
     }
 
@@ -82,6 +97,12 @@ impl Service for Application {
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
         let Self { server, api, tls, vault } = self;
         let renewal = tls.spawn_renewal(vault, api.config.tls.clone(), shutdown.clone());
+        let retention = spawn_audit_retention(
+            api.store.clone(),
+            api.config.audit_retention_days,
+            Duration::from_secs(api.config.audit_sweep_secs),
+            shutdown.clone(),
+        );
         let checks: Vec<(&'static str, HealthCheck)> =
             vec![("postgres", db::health_check(api.store.pool())), ("redis", api.redis.health_check())];
         let grace = Duration::from_secs(api.config.shutdown_grace_secs);
@@ -90,6 +111,7 @@ impl Service for Application {
             .serve(tls, checks, Duration::from_secs(2), grace, shutdown)
             .await;
         renewal.abort();
+        retention.abort();
         result
     }
 
@@ -100,20 +122,67 @@ impl Service for Application {
     }
 }
 
-/// Creates the bootstrap admin from its Vault secret, or resets its password and role:
-/// the secret is the source of truth for that one account.
+/// Creates the bootstrap admin from its Vault secret if no user of that name exists. An
+/// existing account is left as it is: an operator who disabled it, demoted it or changed
+/// its password keeps that across restarts (the secret only seeds the first start).
 async fn bootstrap_admin(
     store: &store::Store,
+    passwords: &password::Passwords,
     mut secret: std::collections::HashMap<String, String>,
 ) -> Result<(), MeshError> {
     let bad = |why: &str| MeshError::Config(format!("bootstrap admin secret: {why}"));
     let username = secret.remove("username").ok_or_else(|| bad("field `username` missing"))?;
     let password = secret.remove("password").ok_or_else(|| bad("field `password` missing"))?;
+    grpc::check_username(&username).map_err(|e| bad(&e.to_string()))?;
     if password.chars().count() < 12 {
         return Err(bad("the password must have at least 12 characters"));
     }
-    let hash = grpc::hash_password(password).await.map_err(|e| bad(&e.to_string()))?;
-    let user = store.upsert_admin(&username, &hash).await.map_err(|e| bad(&e.to_string()))?;
-    info!(user_id = %user.id, username = %user.username, "bootstrap admin ready");
+    if let Some(existing) = store.user_by_name(&username).await.map_err(|e| bad(&e.to_string()))? {
+        info!(user_id = %existing.id, username = %existing.username, "bootstrap admin exists; left as it is");
+        return Ok(());
+    }
+    let hash = passwords.hash(password).await.map_err(|e| bad(&e.to_string()))?;
+    let created = store.create_admin_once(&username, &hash).await.map_err(|e| bad(&e.to_string()))?;
+    if let Some(user) = created {
+        info!(user_id = %user.id, username = %user.username, "bootstrap admin created");
+    } else {
+        // Another replica created it in between.
+        info!(username = %username, "bootstrap admin exists; left as it is");
+    }
     Ok(())
+}
+
+/// Deletes audit events older than `days` (0: never) in batches of 1,000, now and then
+/// every `period`, until `shutdown`.
+fn spawn_audit_retention(
+    store: store::Store,
+    days: u32,
+    period: Duration,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if days == 0 {
+            return;
+        }
+        loop {
+            let mut total = 0;
+            loop {
+                match store.prune_audit(days, 1_000).await {
+                    Ok(0) => break,
+                    Ok(n) => total += n,
+                    Err(e) => {
+                        error!(error = %e, "audit retention sweep failed");
+                        break;
+                    }
+                }
+            }
+            if total > 0 {
+                info!(deleted = total, days, "audit events past retention deleted");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(period) => {}
+            }
+        }
+    })
 }

@@ -97,9 +97,45 @@ pub enum Redeemed {
     Reused {
         /// The user whose family was revoked.
         user_id: Uuid,
+        /// The family's access tokens that have not expired yet, to put on the denylist.
+        live_access: Vec<LiveAccess>,
     },
     /// Unknown or expired.
     Invalid,
+}
+
+/// An access token issued with a refresh token, recorded so revoking the family can void it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveAccess {
+    /// Its `jti` claim.
+    pub jti: String,
+    /// Its `exp` claim.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A refresh token to store, with the access token issued beside it.
+#[derive(Debug, Clone)]
+pub struct NewRefresh {
+    /// sha256 of the token.
+    pub hash: String,
+    /// Expiry of the refresh token.
+    pub expires_at: DateTime<Utc>,
+    /// The access token issued with it.
+    pub access: LiveAccess,
+}
+
+const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens \
+     (id, family_id, user_id, token_hash, expires_at, access_jti, access_expires_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// Revokes a family's tokens and returns its access tokens still live.
+const REVOKE_FAMILY: &str = "WITH revoked AS (UPDATE refresh_tokens SET revoked_at = COALESCE(revoked_at, now()) \
+     WHERE family_id = $1 RETURNING access_jti, access_expires_at) \
+     SELECT access_jti, access_expires_at FROM revoked \
+     WHERE access_jti IS NOT NULL AND access_expires_at > now()";
+
+fn live_access(rows: &[Row]) -> Vec<LiveAccess> {
+    rows.iter().map(|r| LiveAccess { jti: r.get(0), expires_at: r.get(1) }).collect()
 }
 
 const USER_COLUMNS: &str = "id, username, password_hash, role, disabled, created_at";
@@ -156,17 +192,11 @@ impl Store {
         Ok(c.query_opt(&stmt, &[&Uuid::now_v7(), &username, &hash, &role.as_str()]).await?.map(|r| user(&r)))
     }
 
-    /// Creates the bootstrap admin, or sets its password and admin role if it exists.
-    pub async fn upsert_admin(&self, username: &str, hash: &str) -> Result<User, AuthError> {
-        let c = self.pool.get().await?;
-        let stmt = c
-            .prepare_cached(&format!(
-                "INSERT INTO users (id, username, password_hash, role) VALUES ($1, $2, $3, 'admin') \
-                 ON CONFLICT (username) DO UPDATE SET password_hash = EXCLUDED.password_hash, role = 'admin', \
-                 disabled = false RETURNING {USER_COLUMNS}"
-            ))
-            .await?;
-        Ok(user(&c.query_one(&stmt, &[&Uuid::now_v7(), &username, &hash]).await?))
+    /// Creates the bootstrap admin unless a user of that name exists; `None` if one did
+    /// (it is left exactly as it is: an operator may have disabled, demoted or
+    /// re-passworded it).
+    pub async fn create_admin_once(&self, username: &str, hash: &str) -> Result<Option<User>, AuthError> {
+        self.create_user(username, hash, Role::Admin).await
     }
 
     /// A page of users, newest first.
@@ -194,8 +224,19 @@ impl Store {
             .ok_or_else(|| AuthError::NotFound(format!("user {id}")))
     }
 
-    /// Disables or enables a user; disabling revokes their refresh tokens.
-    pub async fn set_disabled(&self, id: Uuid, disabled: bool) -> Result<User, AuthError> {
+    /// Disables or enables a user; disabling revokes their refresh tokens. `before_commit`
+    /// runs inside the transaction with the changed user (the denylist write): if it
+    /// fails, the transaction is rolled back and nothing changes.
+    pub async fn set_disabled<F, Fut>(
+        &self,
+        id: Uuid,
+        disabled: bool,
+        before_commit: F,
+    ) -> Result<User, AuthError>
+    where
+        F: FnOnce(User) -> Fut + Send,
+        Fut: Future<Output = Result<(), AuthError>> + Send,
+    {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         let row = tx
@@ -212,31 +253,47 @@ impl Store {
             )
             .await?;
         }
+        let changed = user(&row);
+        // Dropping `tx` on error rolls it back.
+        before_commit(changed.clone()).await?;
         tx.commit().await?;
-        Ok(user(&row))
+        Ok(changed)
     }
 
-    /// Stores a refresh token (its hash).
+    /// Stores a refresh token (its hash) starting or continuing `family`.
     pub async fn insert_refresh(
         &self,
         user_id: Uuid,
         family: Uuid,
-        hash: &str,
-        expires_at: DateTime<Utc>,
+        new: &NewRefresh,
     ) -> Result<(), AuthError> {
         let c = self.pool.get().await?;
-        let stmt = c
-            .prepare_cached(
-                "INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, expires_at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .await?;
-        c.execute(&stmt, &[&Uuid::now_v7(), &family, &user_id, &hash, &expires_at]).await?;
+        let stmt = c.prepare_cached(INSERT_REFRESH).await?;
+        c.execute(
+            &stmt,
+            &[
+                &Uuid::now_v7(),
+                &family,
+                &user_id,
+                &new.hash,
+                &new.expires_at,
+                &new.access.jti,
+                &new.access.expires_at,
+            ],
+        )
+        .await?;
         Ok(())
     }
 
-    /// Spends a refresh token. A token presented a second time (or after its family was
-    /// revoked) revokes the whole family: whoever holds a copy is locked out.
-    pub async fn redeem_refresh(&self, hash: &str) -> Result<Redeemed, AuthError> {
+    /// Spends the refresh token `hash` and stores its successor `next` in the same
+    /// transaction. A token presented a second time (or after its family was revoked)
+    /// revokes the whole family, successors included: whoever holds a copy is locked out.
+    ///
+    /// Two concurrent calls with one token: the first locks and spends the row, inserts
+    /// the successor and commits; the second waits on the row lock, then finds it spent and
+    /// revokes the family, which by then holds the first call's successor. At most one
+    /// succeeds, and its tokens die with the family.
+    pub async fn redeem_refresh(&self, hash: &str, next: &NewRefresh) -> Result<Redeemed, AuthError> {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         let spent = tx
@@ -249,13 +306,28 @@ impl Store {
         if let Some(row) = spent {
             let family: Uuid = row.get(0);
             let user_id: Uuid = row.get(1);
-            let u =
-                tx.query_one(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"), &[&user_id]).await?;
-            tx.commit().await?;
-            let u = user(&u);
+            let u = user(
+                &tx.query_one(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"), &[&user_id])
+                    .await?,
+            );
             if u.disabled {
+                tx.commit().await?;
                 return Ok(Redeemed::Invalid);
             }
+            tx.execute(
+                INSERT_REFRESH,
+                &[
+                    &Uuid::now_v7(),
+                    &family,
+                    &user_id,
+                    &next.hash,
+                    &next.expires_at,
+                    &next.access.jti,
+                    &next.access.expires_at,
+                ],
+            )
+            .await?;
+            tx.commit().await?;
             return Ok(Redeemed::Fresh { user: Box::new(u), family });
         }
         let seen = tx
@@ -268,12 +340,8 @@ impl Store {
         let outcome = match seen {
             Some(row) if row.get::<_, bool>(2) => {
                 let family: Uuid = row.get(0);
-                tx.execute(
-                    "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
-                    &[&family],
-                )
-                .await?;
-                Redeemed::Reused { user_id: row.get(1) }
+                let live = tx.query(REVOKE_FAMILY, &[&family]).await?;
+                Redeemed::Reused { user_id: row.get(1), live_access: live_access(&live) }
             }
             _ => Redeemed::Invalid,
         };
@@ -281,15 +349,31 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Revokes the family of a refresh token if it belongs to `user_id`.
-    pub async fn revoke_family_of(&self, hash: &str, user_id: Uuid) -> Result<u64, AuthError> {
+    /// Revokes the family of a refresh token if it belongs to `user_id`; returns the
+    /// family's access tokens still live (none if the token is unknown or another's).
+    pub async fn revoke_family_of(&self, hash: &str, user_id: Uuid) -> Result<Vec<LiveAccess>, AuthError> {
         let c = self.pool.get().await?;
-        Ok(c.execute(
-            "UPDATE refresh_tokens SET revoked_at = now() WHERE revoked_at IS NULL AND family_id IN \
-             (SELECT family_id FROM refresh_tokens WHERE token_hash = $1 AND user_id = $2)",
-            &[&hash, &user_id],
-        )
-        .await?)
+        let family: Option<Uuid> = c
+            .query_opt(
+                "SELECT family_id FROM refresh_tokens WHERE token_hash = $1 AND user_id = $2",
+                &[&hash, &user_id],
+            )
+            .await?
+            .map(|r| r.get(0));
+        let Some(family) = family else { return Ok(Vec::new()) };
+        Ok(live_access(&c.query(REVOKE_FAMILY, &[&family]).await?))
+    }
+
+    /// Deletes up to `batch` audit events older than `days` days; returns how many.
+    pub async fn prune_audit(&self, days: u32, batch: i64) -> Result<u64, AuthError> {
+        let c = self.pool.get().await?;
+        let stmt = c
+            .prepare_cached(
+                "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events \
+                 WHERE time < now() - $1 * interval '1 day' ORDER BY time LIMIT $2)",
+            )
+            .await?;
+        Ok(c.execute(&stmt, &[&f64::from(days), &batch]).await?)
     }
 
     /// Stores an API key (its hash).

@@ -1,11 +1,23 @@
-//! Rate limits: GCRA in Redis per caller and class (the method's rule names the class).
-//! Submits, writes and logins fail closed when Redis cannot decide; reads go on.
+//! Rate limits: GCRA in Redis per caller and class (the method's rule names the class),
+//! in the caller's tier: an API key is limited per key with the `api_key` limits, an admin
+//! with the `admin` limits, everyone else per user id with the user limits. Submits,
+//! writes and logins fail closed when Redis cannot decide; reads go on.
 
 use tonic::body::Body;
 use tracing::warn;
 
-use super::{Caller, Refusal, context::Call, layer::Step};
-use crate::ratelimit::{Class, Decision, RateLimiter};
+use super::{Caller, Refusal, Role, context::Call, layer::Step};
+use crate::ratelimit::{Class, Decision, RateLimiter, Tier};
+
+/// The tier and subject a caller is limited as.
+fn tier_of(caller: &Caller) -> (Tier, String) {
+    match caller {
+        Caller::User { api_key: Some(key), .. } => (Tier::ApiKey, key.to_string()),
+        Caller::User { role: Role::Admin, id, .. } => (Tier::Admin, id.to_string()),
+        Caller::User { id, .. } => (Tier::User, id.to_string()),
+        Caller::Service(_) | Caller::Anonymous => (Tier::User, caller.actor()),
+    }
+}
 
 /// The rate-limit step.
 #[derive(Debug, Clone)]
@@ -22,9 +34,8 @@ impl Step for Limit {
         else {
             return Ok(());
         };
-        let subject =
-            req.extensions().get::<Caller>().map_or_else(|| Caller::Anonymous.actor(), Caller::actor);
-        match limiter.check(class, &subject).await {
+        let (tier, subject) = tier_of(req.extensions().get::<Caller>().unwrap_or(&Caller::Anonymous));
+        match limiter.check_tier(class, tier, &subject).await {
             Ok(Decision::Allowed { .. }) => Ok(()),
             Ok(Decision::Limited { retry_after }) => Err(Refusal::RateLimited { class, retry_after }),
             Err(e) if matches!(class, Class::Submit | Class::Login | Class::Write) => {

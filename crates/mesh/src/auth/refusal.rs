@@ -243,6 +243,14 @@ mod tests {
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(status.metadata().get("retry-after").unwrap(), "2");
         assert_eq!(reason_of(&status).as_deref(), Some("RATE_LIMITED"));
+        for (wait, secs) in
+            [(Duration::from_millis(1), 1), (Duration::from_secs(2), 2), (Duration::from_millis(2001), 3)]
+        {
+            let status = Refusal::RateLimited { class: Class::Submit, retry_after: wait }.to_status();
+            let value: u64 = status.metadata().get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+            assert_eq!(value, secs);
+            assert_eq!(status.message(), format!("rate limit exceeded for submit; retry after {secs} s"));
+        }
         let full = ceiling("watchers_per_user", "too many watchers", None);
         assert!(full.metadata().get("retry-after").is_none());
         let info = full.get_error_details().error_info().cloned().unwrap();

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
+mod auth_load;
 mod claims;
 mod comfyui;
 mod common;

@@ -132,3 +132,58 @@ async fn login_attempts_are_limited_per_username_and_address() {
     assert_eq!(e.code(), Code::Unauthenticated);
     mesh.stop().await;
 }
+
+/// Runs a redis-cli style command on the private Redis.
+async fn private_redis(port: u16, args: &[&str]) {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async::<()>(&mut conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn disabling_a_user_fails_and_changes_nothing_when_the_denylist_cannot_be_written() {
+    let redis = PrivateRedis::start();
+    let port = redis.port;
+    let mesh = Mesh::with_config(|env, auth, _| {
+        auth.redis.port = port;
+        auth.redis.vault_path = env.redis_secret.replace("/redis", "/redis-private");
+    })
+    .await;
+    let bob = mesh.person("bob").await;
+    // Redis answers (rate limits go on) but refuses every write outside the limiter's keys,
+    // as it does when it is out of memory or read-only.
+    let prefix = mesh.env.redis_prefix.clone();
+    private_redis(port, &["ACL", "SETUSER", "default", "resetkeys", "%R~*", &format!("~{prefix}rl:*")]).await;
+    let mut admin = mesh.auth_client(&mesh.admin_token);
+    let disable = sakuga_proto::v1::SetUserDisabledRequest { user_id: bob.id.clone(), disabled: true };
+    let e = admin.set_user_disabled(disable.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let db = mesh.env.db().await.unwrap();
+    let id = uuid::Uuid::parse_str(&bob.id).unwrap();
+    let disabled: bool =
+        db.query_one("SELECT disabled FROM users WHERE id = $1", &[&id]).await.unwrap().get(0);
+    assert!(!disabled, "the change was rolled back");
+    let revoked: i64 = db
+        .query_one(
+            "SELECT count(*) FROM refresh_tokens WHERE user_id = $1 AND revoked_at IS NOT NULL",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(revoked, 0, "no refresh token was revoked");
+    let whoami = sakuga_proto::v1::WhoAmIRequest {};
+    mesh.auth_client(&bob.token).who_am_i(whoami).await.unwrap();
+
+    // Writable again: the same call succeeds and bob's token is void.
+    private_redis(port, &["ACL", "SETUSER", "default", "allkeys"]).await;
+    admin.set_user_disabled(disable).await.unwrap();
+    let e = mesh.auth_client(&bob.token).who_am_i(whoami).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    drop(redis);
+    mesh.stop().await;
+}
