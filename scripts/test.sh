@@ -16,6 +16,8 @@ if [ "${1:-}" = --env ]; then mode="env"; fi
 
 prepare() {
     bash "$ROOT/scripts/tools.sh"
+    # promtool (Debian's prometheus package) lints every service's /metrics in the tests.
+    command -v promtool >/dev/null 2>&1 || apt_install prometheus
     ensure_postgres
     ensure_redis
     ensure_test_db_role
@@ -28,12 +30,14 @@ fi
 
 export SAKUGA_BAO_BIN="$TOOLS_BIN/bao"
 export SAKUGA_GRPCURL_BIN="$TOOLS_BIN/grpcurl"
+SAKUGA_PROMTOOL_BIN="$(command -v promtool)"
+export SAKUGA_PROMTOOL_BIN
 SAKUGA_TEST_DATABASE_URL="$(test_database_url)"
 export SAKUGA_TEST_DATABASE_URL
 export SAKUGA_TEST_REDIS_URL="redis://$LOOPBACK:$REDIS_PORT"
 
 if [ "$mode" = env ]; then
-    for v in SAKUGA_BAO_BIN SAKUGA_GRPCURL_BIN SAKUGA_TEST_DATABASE_URL SAKUGA_TEST_REDIS_URL CARGO_TARGET_DIR; do
+    for v in SAKUGA_BAO_BIN SAKUGA_GRPCURL_BIN SAKUGA_PROMTOOL_BIN SAKUGA_TEST_DATABASE_URL SAKUGA_TEST_REDIS_URL CARGO_TARGET_DIR; do
         printf 'export %s=%q\n' "$v" "${!v}"
     done
     exit 0

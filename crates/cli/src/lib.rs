@@ -56,11 +56,16 @@ impl CliError {
 impl From<tonic::Status> for CliError {
     fn from(s: tonic::Status) -> Self {
         let msg = s.message().to_owned();
+        // What to do depends on the refusal's reason code (google.rpc.ErrorInfo), never on
+        // the message's wording.
+        let reason = sakuga_mesh::auth::reason_of(&s);
         match s.code() {
-            Code::Unauthenticated if msg.contains("expired") => {
+            Code::Unauthenticated if reason.as_deref() == Some("TOKEN_EXPIRED") => {
                 Self::auth("token expired: run `sakuga login`")
             }
-            Code::Unauthenticated => Self::auth(format!("{msg}: run `sakuga login` (or pass --api-key)")),
+            Code::Unauthenticated => {
+                Self::auth(format!("{msg}: run `sakuga login` (or use --api-key-file / $SAKUGA_API_KEY)"))
+            }
             Code::PermissionDenied => Self::auth(format!("permission denied: {msg}")),
             Code::NotFound => Self::not_found(msg),
             Code::InvalidArgument | Code::OutOfRange => Self::usage(msg),
@@ -84,8 +89,13 @@ pub struct Cli {
     /// Profile to use (see `sakuga profile list`); default: $SAKUGA_PROFILE, then the configured default.
     #[arg(long, global = true)]
     pub profile: Option<String>,
-    /// Authenticate with an API key instead of the stored login (for scripts).
-    #[arg(long, global = true, env = "SAKUGA_API_KEY", hide_env_values = true)]
+    /// Authenticate with the API key in this file instead of the stored login (for scripts;
+    /// or set $SAKUGA_API_KEY). The key itself is never taken from the command line, where
+    /// every user of the machine could read it in the process list.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub api_key_file: Option<std::path::PathBuf>,
+    /// Refused: an API key on the command line is visible to everyone on the machine.
+    #[arg(long, global = true, hide = true, value_name = "KEY")]
     pub api_key: Option<String>,
     /// Print JSON (stable, documented in the README) instead of tables.
     #[arg(long, global = true)]
@@ -559,7 +569,27 @@ fn print(json: bool, value: &Value, columns: &[&str]) {
 
 fn session(cli: &Cli) -> Result<Session, CliError> {
     let (name, profile) = ConfigFile::load()?.pick(cli.profile.as_deref())?;
-    Session::open(name, profile, cli.api_key.clone())
+    Session::open(name, profile, api_key(cli)?)
+}
+
+/// The API key of a script: from `--api-key-file`, else `$SAKUGA_API_KEY`; never argv.
+fn api_key(cli: &Cli) -> Result<Option<String>, CliError> {
+    if cli.api_key.is_some() {
+        return Err(CliError::usage(
+            "--api-key: not accepted on the command line (other users can read it in the process \
+             list); use --api-key-file FILE or $SAKUGA_API_KEY",
+        ));
+    }
+    if let Some(path) = &cli.api_key_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::usage(format!("--api-key-file {}: {e}", path.display())))?;
+        let key = text.trim();
+        if key.is_empty() {
+            return Err(CliError::usage(format!("--api-key-file {}: the file is empty", path.display())));
+        }
+        return Ok(Some(key.to_owned()));
+    }
+    Ok(std::env::var("SAKUGA_API_KEY").ok().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()))
 }
 
 fn read_password(from_stdin: bool, prompt: &str) -> Result<String, CliError> {

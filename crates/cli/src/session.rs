@@ -73,16 +73,18 @@ impl Session {
         Ok(Self { name, profile, tls: Arc::new(tls), api_key: api_key.filter(|k| !k.is_empty()) })
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, CliError> {
-        self.tls.channel(addr).map_err(|e| CliError::usage(format!("profile {:?}: {e}", self.name)))
+    /// A channel to the service `peer` at `addr`; the server must present that service's
+    /// own SPIFFE id (a certificate of another service, or a person's, fails the handshake).
+    fn channel(&self, addr: &str, peer: &str) -> Result<Channel, CliError> {
+        self.tls.channel_to(addr, peer).map_err(|e| CliError::usage(format!("profile {:?}: {e}", self.name)))
     }
 
-    fn authed(&self, addr: &str, credential: Option<&str>) -> Result<Authed, CliError> {
+    fn authed(&self, addr: &str, peer: &str, credential: Option<&str>) -> Result<Authed, CliError> {
         let value = credential
             .map(|c| format!("Bearer {c}").parse::<MetadataValue<Ascii>>())
             .transpose()
             .map_err(|_| CliError::auth("the credential is not valid text"))?;
-        Ok(InterceptedService::new(self.channel(addr)?, Bearer(value)))
+        Ok(InterceptedService::new(self.channel(addr, peer)?, Bearer(value)))
     }
 
     /// The credential for a call: the API key, or a fresh access token.
@@ -92,14 +94,14 @@ impl Session {
         }
         let Some(tokens) = profile::load_tokens(&self.name)? else {
             return Err(CliError::auth(format!(
-                "not logged in to {:?}: run `sakuga login` (or pass --api-key)",
+                "not logged in to {:?}: run `sakuga login` (or use --api-key-file / $SAKUGA_API_KEY)",
                 self.name
             )));
         };
         if tokens.access_expires - 30 > now() {
             return Ok(tokens.access_token);
         }
-        let mut auth = AuthServiceClient::new(self.channel(&self.profile.auth)?);
+        let mut auth = AuthServiceClient::new(self.channel(&self.profile.auth, "auth")?);
         match auth.refresh(RefreshRequest { refresh_token: tokens.refresh_token.clone() }).await {
             Ok(resp) => {
                 let pair = resp.into_inner().tokens.unwrap_or_default();
@@ -122,7 +124,7 @@ impl Session {
 
     /// Logs in and stores the tokens.
     pub async fn login(&self, username: &str, password: &str) -> Result<sakuga_proto::v1::User, CliError> {
-        let mut auth = AuthServiceClient::new(self.channel(&self.profile.auth)?);
+        let mut auth = AuthServiceClient::new(self.channel(&self.profile.auth, "auth")?);
         let resp = auth
             .login(LoginRequest { username: username.to_owned(), password: password.to_owned() })
             .await?
@@ -154,24 +156,24 @@ impl Session {
     /// AuthService with the credential.
     pub async fn auth(&self) -> Result<AuthServiceClient<Authed>, CliError> {
         let c = self.credential().await?;
-        Ok(AuthServiceClient::new(self.authed(&self.profile.auth, Some(&c))?))
+        Ok(AuthServiceClient::new(self.authed(&self.profile.auth, "auth", Some(&c))?))
     }
 
     /// JobService.
     pub async fn jobs(&self) -> Result<JobServiceClient<Authed>, CliError> {
         let c = self.credential().await?;
-        Ok(JobServiceClient::new(self.authed(&self.profile.scheduler, Some(&c))?))
+        Ok(JobServiceClient::new(self.authed(&self.profile.scheduler, "scheduler", Some(&c))?))
     }
 
     /// ProjectService.
     pub async fn projects(&self) -> Result<ProjectServiceClient<Authed>, CliError> {
         let c = self.credential().await?;
-        Ok(ProjectServiceClient::new(self.authed(&self.profile.scheduler, Some(&c))?))
+        Ok(ProjectServiceClient::new(self.authed(&self.profile.scheduler, "scheduler", Some(&c))?))
     }
 
     /// FileService.
     pub async fn files(&self) -> Result<FileServiceClient<Authed>, CliError> {
         let c = self.credential().await?;
-        Ok(FileServiceClient::new(self.authed(&self.profile.organizer, Some(&c))?))
+        Ok(FileServiceClient::new(self.authed(&self.profile.organizer, "organizer", Some(&c))?))
     }
 }

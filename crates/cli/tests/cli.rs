@@ -255,7 +255,13 @@ async fn a_person_logs_in_submits_with_a_live_bar_lists_downloads_and_scripts_ge
     ok(&sakuga(&st, &["logout"], "").await);
     assert!(!tokens.exists());
     assert_eq!(sakuga(&st, &["jobs", "list"], "").await.code, 3);
-    ok(&sakuga(&st, &["jobs", "list", "--api-key", &secret], "").await);
+    // Never on the command line: refused as a usage error.
+    let r = sakuga(&st, &["jobs", "list", "--api-key", &secret], "").await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--api-key-file"), "{}", r.stderr);
+    let key_file = st.config.path().join("ci.key");
+    std::fs::write(&key_file, format!("{secret}\n")).unwrap();
+    ok(&sakuga(&st, &["jobs", "list", "--api-key-file", key_file.to_str().unwrap()], "").await);
 
     for s in st.services {
         s.stop().await.unwrap();

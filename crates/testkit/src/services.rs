@@ -64,7 +64,7 @@ where
 
 /// Limits generous enough for functional tests (the rate-limit tests set their own).
 pub fn test_rate_limits() -> RateLimits {
-    RateLimits::uniform(Limit { per_minute: 60_000, burst: 1_000 })
+    RateLimits::uniform(Limit { per_minute: 600_000, burst: 10_000 })
 }
 
 /// Scheduler configuration for this environment.

@@ -81,5 +81,90 @@ async fn each_service_counts_the_job_and_fills_its_histograms() {
 
     let auth = scrape(mesh.auth.metrics.unwrap()).await;
     assert!(value(&auth, r#"sakuga_rpc_requests_total{method="AuthService.Login",code="OK"}"#) >= 2.0);
+
+    // Every endpoint passes Prometheus' own linter.
+    for (service, text) in
+        [("scheduler", &scheduler), ("organizer", &organizer), ("generator", &generator), ("auth", &auth)]
+    {
+        promtool_check(service, text);
+    }
+    mesh.stop().await;
+}
+
+/// `promtool check metrics` on a scrape (headers stripped). `make test` installs Debian's
+/// `prometheus` package and exports `SAKUGA_PROMTOOL_BIN`; by hand, `promtool` on the PATH.
+fn promtool_check(service: &str, scrape: &str) {
+    use std::io::Write as _;
+    let body = scrape.split_once("\r\n\r\n").map_or(scrape, |(_, b)| b);
+    let bin = std::env::var("SAKUGA_PROMTOOL_BIN").unwrap_or_else(|_| "promtool".to_owned());
+    let mut child = std::process::Command::new(&bin)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{bin}: {e} (install Debian's prometheus package; make test does)"));
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed for the {service}:\n{}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The series of a scrape: every sample line's name and labels, without the value.
+fn series(text: &str) -> std::collections::BTreeSet<String> {
+    let body = text.split_once("\r\n\r\n").map_or(text, |(_, b)| b);
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' ').map(|(series, _)| series.to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_thousand_calls_to_invented_paths_add_no_metric_series() {
+    let mesh = Mesh::without_generator().await;
+    let channel = mesh.channel(&mesh.scheduler.addr_string());
+    let call = |path: String| {
+        let channel = channel.clone();
+        async move {
+            let mut grpc = tonic::client::Grpc::new(channel);
+            grpc.ready().await.unwrap();
+            let path = http::uri::PathAndQuery::try_from(path).unwrap();
+            grpc.unary::<(), (), _>(tonic::Request::new(()), path, tonic_prost::ProstCodec::default())
+                .await
+                .unwrap_err()
+        }
+    };
+    // The first unknown call creates the `unknown` series once; none after it may add one.
+    let first = call("/evil.Probe/m-first".to_owned()).await;
+    assert_eq!(first.code(), tonic::Code::Unimplemented, "{first:?}");
+    assert_eq!(sakuga_mesh::auth::reason_of(&first).as_deref(), Some("UNKNOWN_METHOD"));
+    let before = scrape(mesh.scheduler.metrics.unwrap()).await;
+    for batch in 0..20 {
+        let calls =
+            (0..50).map(|i| call(format!("/evil.Probe{batch}/m{i}-{}", uuid::Uuid::new_v4().simple())));
+        for e in futures_util::future::join_all(calls).await {
+            assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
+        }
+    }
+    let after = scrape(mesh.scheduler.metrics.unwrap()).await;
+    assert_eq!(series(&before), series(&after), "invented paths added series");
+    assert!(!after.contains("evil"), "a caller's path reached the metrics");
+    assert_eq!(value(&after, r#"sakuga_rpc_requests_total{method="unknown",code="UNIMPLEMENTED"}"#), 1001.0);
+    assert_eq!(value(&after, r#"sakuga_auth_failures_total{reason="UNKNOWN_METHOD"}"#), 1001.0);
+    // A thousand refusals by one caller cost a bounded number of audit rows.
+    let rows: i64 = mesh
+        .env
+        .db()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM audit_events WHERE action = 'auth.refused'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "refusals of one caller, method and reason share one row per window");
     mesh.stop().await;
 }

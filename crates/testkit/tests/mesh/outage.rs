@@ -81,6 +81,11 @@ async fn without_redis_logins_and_submits_fail_closed_and_reads_go_on() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "logins fail closed: {e:?}");
+    // Admin tokens fail closed too: a revoked or disabled admin keeps no admin power through
+    // an outage of the revocation list. People's reads go on (below).
+    let e = mesh.jobs(&mesh.admin_token).list_jobs(ListJobsRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "admin tokens fail closed: {e:?}");
+    assert_eq!(sakuga_mesh::auth::reason_of(&e).as_deref(), Some("REVOCATION_UNAVAILABLE"));
     // Reads go on, and the job submitted before still finishes (progress fan-out is gone,
     // PostgreSQL is the source of truth).
     let mut done = None;

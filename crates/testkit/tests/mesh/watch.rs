@@ -167,3 +167,41 @@ async fn watchers_over_each_ceiling_are_refused_and_a_freed_slot_is_usable_again
     assert_eq!(e.code(), Code::ResourceExhausted, "full again: {e:?}");
     mesh.stop().await;
 }
+
+/// The reported leak, as an attacker would do it: the scheduler as a process of its own,
+/// 2,000 `WatchJob` calls for random ids, and its resident size read from /proc.
+#[tokio::test]
+async fn two_thousand_watches_of_random_ids_leave_the_scheduler_process_within_ten_percent() {
+    const MIB: u64 = 1024 * 1024;
+    let mesh = Mesh::without_generator().await;
+    let alice = mesh.person("alice").await;
+    let scheduler =
+        sakuga_testkit::ServiceProcess::start(sakuga_testkit::scheduler_config(&mesh.env, &mesh.auth))
+            .await
+            .unwrap();
+    let jobs = JobServiceClient::new(mesh.authed(&scheduler.addr_string(), &alice.token));
+    let burst = |n: usize| {
+        let jobs = jobs.clone();
+        async move {
+            for _ in 0..n / 50 {
+                let calls = (0..50).map(|_| watch(&jobs, &Uuid::new_v4().to_string()));
+                for r in futures_util::future::join_all(calls).await {
+                    assert_eq!(r.err().map(|e| e.code()), Some(Code::NotFound));
+                }
+            }
+        }
+    };
+    // Warm up pools, caches and the allocator first: the ceiling is about growth per call.
+    burst(200).await;
+    let before = scheduler.rss_bytes().unwrap();
+    burst(2_000).await;
+    let after = scheduler.rss_bytes().unwrap();
+    println!(
+        "scheduler VmRSS before {} KiB, after 2,000 watches of random ids {} KiB",
+        before / 1024,
+        after / 1024
+    );
+    assert!(after <= before + before / 10, "the scheduler grew from {} to {} MiB", before / MIB, after / MIB);
+    drop(scheduler);
+    mesh.stop().await;
+}
