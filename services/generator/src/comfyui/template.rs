@@ -210,7 +210,7 @@ impl Template {
     /// Whether any input uses `{{name}}`.
     pub fn uses(&self, name: &str) -> bool {
         let mut found = Vec::new();
-        self.nodes.values().for_each(|n| walk(n, &mut found));
+        self.nodes.values().filter_map(|n| n.get("inputs")).for_each(|n| walk(n, &mut found));
         found.contains(&name)
     }
 
@@ -265,7 +265,16 @@ impl Template {
                 other => other.clone(),
             }
         }
-        Value::Object(self.nodes.iter().map(|(k, n)| (k.clone(), fill_value(n, values))).collect())
+        // Only inputs are templated (parsing checks placeholders there alone): a node's class
+        // and metadata stay as written.
+        let fill_node = |node: &Value| {
+            let mut node = node.clone();
+            if let Some(inputs) = node.get_mut("inputs") {
+                *inputs = fill_value(inputs, values);
+            }
+            node
+        };
+        Value::Object(self.nodes.iter().map(|(k, n)| (k.clone(), fill_node(n))).collect())
     }
 }
 
@@ -320,6 +329,20 @@ mod tests {
             w["1"]["inputs"]["text"], r#"masterpiece, a "quoted" sky, seed 9007199254740993, a "quoted" sky"#,
             "every occurrence, spaces inside the braces or not"
         );
+    }
+
+    #[test]
+    fn only_inputs_are_filled() {
+        let t = Template::parse(
+            "t",
+            r#"{"1":{"class_type":"{{seed}}","_meta":{"title":"{{prompt}}"},"inputs":{"s":"{{seed}}"}}}"#,
+        )
+        .unwrap();
+        let w = t.fill(&values());
+        assert_eq!(w["1"]["class_type"], "{{seed}}");
+        assert_eq!(w["1"]["_meta"]["title"], "{{prompt}}");
+        assert_eq!(w["1"]["inputs"]["s"].as_u64(), Some(9_007_199_254_740_993));
+        assert!(!t.uses("prompt"), "the title is not an input");
     }
 
     #[test]
