@@ -50,6 +50,11 @@ e2e: up ## grpcurl alone against the stack: list/describe/health on every port, 
 test: ## buf lint, clippy, then the test suite against real PostgreSQL/Redis/OpenBao
 	@bash scripts/test.sh
 
+FUZZ_SECONDS ?= 300
+.PHONY: fuzz
+fuzz: ## each fuzz target for FUZZ_SECONDS (default 300) on its corpus, keeping new entries in fuzz/corpus/
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
+
 .PHONY: bench
 bench: ## load harness, backend and micro benchmarks (release build); report in .dev/bench, figures in benches/RESULTS.md
 	@bash scripts/bench.sh

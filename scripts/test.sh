@@ -2,7 +2,7 @@
 # make test: pinned tools, PostgreSQL and Redis (running ones, or started), the test role,
 # the lint checks (rustfmt, clippy -D warnings, buf lint, buf format), then the test suite
 # (cargo nextest when installed, else cargo test) against one OpenBao dev server started
-# here for the whole run and stopped at the end. (Run by hand without SAKUGA_TEST_VAULT_*,
+# here for the whole run and stopped at the end, then a short run of every fuzz target. (Run by hand without SAKUGA_TEST_VAULT_*,
 # each test process starts its own from SAKUGA_BAO_BIN.)
 #
 #   scripts/test.sh --env     only prepare, and print the exports for running tests by hand
@@ -57,3 +57,6 @@ else
     log "cargo test --workspace (cargo-nextest is not installed)"
     cargo test --workspace --no-fail-fast ${SAKUGA_TEST_ARGS:-}
 fi
+
+log "fuzz targets, a few seconds each"
+bash "$ROOT/scripts/fuzz.sh" --smoke

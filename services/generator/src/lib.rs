@@ -35,10 +35,16 @@ use tracing::info;
 
 use crate::backend::Backend;
 
-/// The backend the configuration names.
-pub fn backend_for(config: &Config) -> Result<Arc<dyn Backend>, MeshError> {
+/// The backend the configuration names; refusals by its ceilings are counted in `metrics`.
+pub fn backend_for(
+    config: &Config,
+    metrics: &Arc<sakuga_mesh::metrics::Metrics>,
+) -> Result<Arc<dyn Backend>, MeshError> {
     Ok(match config.backend.as_str() {
-        "comfyui" => Arc::new(comfyui::ComfyUi::new(config.comfyui.clone()).map_err(MeshError::Config)?),
+        "comfyui" => Arc::new(
+            comfyui::ComfyUi::with_metrics(config.comfyui.clone(), metrics.clone())
+                .map_err(MeshError::Config)?,
+        ),
         "benchmark" => Arc::new(benchmark::Benchmark::new(config.slots, &config.benchmark)),
         _ => Arc::new(builtin::Builtin::new(config.slots, config.preview_every_steps)),
     })
@@ -67,8 +73,8 @@ impl Service for Application {
         config.validate()?;
         let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
         let verifier = Arc::new(Verifier::remote(tls.channel_to(&config.auth_addr, "auth")?, None, None));
-        let backend = backend_for(&config)?;
         let metrics = sakuga_mesh::metrics::Metrics::new();
+        let backend = backend_for(&config, &metrics)?;
         let guard = Guard::new(Some(verifier.clone()), None, None).observed(Self::NAME, metrics.clone());
         let server = GrpcServer::bind(config.listen, &[], guard, &config.grpc)
             .await?

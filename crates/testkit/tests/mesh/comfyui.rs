@@ -213,10 +213,9 @@ async fn the_recorded_execution_error_fails_the_job_naming_the_node() {
     let backend = ComfyUi::new(config(&replay.url(), dir.path(), "failing", false)).unwrap();
     let err = run(&backend, job(64, 1), Sink::discard()).await.unwrap_err();
     let BackendError::Permanent(message) = err else { panic!("not retryable: {err:?}") };
-    assert_eq!(
-        message,
-        "ComfyUI node 2 (FailingNode) failed: RuntimeError: FailingNode: intentional failure for protocol testing"
-    );
+    // The exception's text ("FailingNode: intentional failure ...") and traceback stay in
+    // the generator's log.
+    assert_eq!(message, "ComfyUI node 2 (FailingNode) failed: RuntimeError");
     assert!(!message.contains("File \""), "no traceback for users");
 }
 
@@ -269,6 +268,10 @@ async fn a_comfyui_restart_mid_job_fails_it_as_retryable() {
     let err = run(&backend, job(512, 8), Sink::discard()).await.unwrap_err();
     let BackendError::Retryable(message) = err else { panic!("retryable: {err:?}") };
     assert!(message.contains("no longer knows the job"), "{message}");
+    assert!(
+        !message.contains("127.0.0.1") && !message.contains("http"),
+        "no server URL for users: {message}"
+    );
 }
 
 #[tokio::test]
@@ -281,6 +284,120 @@ async fn an_unreachable_server_is_a_retryable_error() {
     let err = run(&backend, job(512, 8), Sink::discard()).await.unwrap_err();
     let BackendError::Retryable(message) = err else { panic!("retryable: {err:?}") };
     assert!(message.contains("is not reachable"), "{message}");
+    assert!(!message.contains(&port) && !message.contains("http"), "no server URL for users: {message}");
+}
+
+/// The count of refusals by `ceiling` in the backend's metrics.
+fn refusals(backend: &ComfyUi, ceiling: &str) -> f64 {
+    let line = format!("sakuga_limit_refusals_total{{ceiling=\"{ceiling}\"}} ");
+    backend
+        .metrics()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()).map(|v| v.trim().parse().unwrap()))
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn an_output_over_the_ceiling_is_refused_unread_and_fails_the_job() {
+    let replay = ReplayComfy::start(Pacing::Instant).await;
+    let dir = templates_dir();
+    // The recorded output is 7402 bytes.
+    let mut cfg = config(&replay.url(), dir.path(), "fake", false);
+    cfg.max_output_bytes = 4096;
+    let backend = ComfyUi::new(cfg).unwrap();
+    let input = job(512, 8);
+    assert_eq!(backend.output_limit(&input), 4096, "the absolute maximum caps the job's own size");
+    let err = run(&backend, input, Sink::discard()).await.unwrap_err();
+    let BackendError::Permanent(message) = err else { panic!("permanent: {err:?}") };
+    assert!(
+        message.contains("output file exceeds") && message.contains("comfyui.max_output_bytes"),
+        "{message}"
+    );
+    assert!(!message.contains("127.0.0.1"), "{message}");
+    assert!((refusals(&backend, "comfyui_output_bytes") - 1.0).abs() < f64::EPSILON);
+
+    // Below the absolute maximum, the job's own size sets the cap: twice its raw RGBA size
+    // plus 4 MiB of slack, times its frames for a video.
+    let backend = ComfyUi::new(config(&replay.url(), dir.path(), "fake", false)).unwrap();
+    assert_eq!(backend.output_limit(&job(64, 1)), 64 * 64 * 4 * 2 + (4 << 20));
+    let mut video = job(256, 1);
+    video.spec.kind = JobKind::Video.into();
+    video.spec.frames = 10;
+    assert_eq!(backend.output_limit(&video), 256 * 256 * 4 * 10 * 2 + (4 << 20));
+    assert_eq!(backend.output_limit(&job(2048, 1)), 2048 * 2048 * 4 * 2 + (4 << 20));
+}
+
+#[tokio::test]
+async fn a_json_answer_over_the_ceiling_fails_the_job_naming_the_setting() {
+    let replay = ReplayComfy::start(Pacing::Instant).await;
+    let dir = templates_dir();
+    // The recorded history entry is 965 bytes; the prompt's and the queue's answers are
+    // far smaller.
+    let mut cfg = config(&replay.url(), dir.path(), "fake", false);
+    cfg.max_response_bytes = 600;
+    let backend = ComfyUi::new(cfg).unwrap();
+    let err = run(&backend, job(512, 8), Sink::discard()).await.unwrap_err();
+    assert_eq!(
+        err,
+        BackendError::Permanent("ComfyUI response exceeds comfyui.max_response_bytes (600 bytes)".into())
+    );
+    assert!(refusals(&backend, "comfyui_response_bytes") >= 1.0);
+    assert_eq!(replay.count("GET", "/view"), 0, "nothing fetched after the refusal");
+}
+
+#[tokio::test]
+async fn previews_declaring_more_than_the_cap_are_skipped_and_counted() {
+    let replay = ReplayComfy::start(Pacing::Instant).await;
+    let dir = templates_dir();
+    // The recorded previews are 64x64 JPEGs.
+    let mut cfg = config(&replay.url(), dir.path(), "fake", false);
+    cfg.max_preview_side = 32;
+    let backend = ComfyUi::new(cfg).unwrap();
+    let (sink, reports) = collecting();
+    let artifacts = run(&backend, job(512, 8), sink).await.unwrap();
+    assert_eq!(artifacts.len(), 1, "a preview is never worth failing a job over");
+    assert!(previews(&reports).is_empty(), "no preview over the cap decoded or forwarded");
+    assert_eq!(steps(&reports).len(), 8, "progress goes on");
+    assert!((refusals(&backend, "comfyui_preview_dimensions") - 8.0).abs() < f64::EPSILON);
+}
+
+#[tokio::test]
+async fn a_socket_message_over_the_ceiling_fails_the_attempt_as_retryable() {
+    let replay = ReplayComfy::start(Pacing::Instant).await;
+    let dir = templates_dir();
+    // The recorded preview frames are 1689 bytes; every text frame is smaller than 1200.
+    let mut cfg = config(&replay.url(), dir.path(), "fake", false);
+    cfg.max_ws_message_bytes = 1200;
+    let backend = ComfyUi::new(cfg).unwrap();
+    let err = run(&backend, job(512, 8), Sink::discard()).await.unwrap_err();
+    assert_eq!(
+        err,
+        BackendError::Retryable(
+            "ComfyUI sent a socket message over comfyui.max_ws_message_bytes (1200 bytes)".into()
+        )
+    );
+    assert!(refusals(&backend, "comfyui_ws_message_bytes") >= 1.0);
+}
+
+#[tokio::test]
+async fn ceilings_are_checked_with_the_configuration() {
+    let dir = templates_dir();
+    for (set, expect) in [
+        (
+            (|c: &mut ComfyConfig| c.max_response_bytes = 10) as fn(&mut ComfyConfig),
+            "comfyui.max_response_bytes",
+        ),
+        (|c: &mut ComfyConfig| c.max_output_bytes = 0, "comfyui.max_output_bytes"),
+        (|c: &mut ComfyConfig| c.max_ws_message_bytes = 1, "comfyui.max_ws_message_bytes"),
+        (|c: &mut ComfyConfig| c.max_preview_side = 0, "comfyui.max_preview_side"),
+        (|c: &mut ComfyConfig| c.max_preview_side = 100_000, "comfyui.max_preview_side"),
+    ] {
+        let mut cfg = config("http://127.0.0.1:9", dir.path(), "fake", false);
+        set(&mut cfg);
+        let err = ComfyUi::new(cfg).unwrap_err();
+        assert!(err.starts_with(expect), "{err}");
+    }
 }
 
 #[tokio::test]

@@ -184,7 +184,8 @@ async fn two_thousand_watches_of_random_ids_leave_the_scheduler_process_within_t
         let jobs = jobs.clone();
         async move {
             for _ in 0..n / 50 {
-                let calls = (0..50).map(|_| watch(&jobs, &Uuid::new_v4().to_string()));
+                let ids: Vec<String> = (0..50).map(|_| Uuid::new_v4().to_string()).collect();
+                let calls = ids.iter().map(|id| watch(&jobs, id));
                 for r in futures_util::future::join_all(calls).await {
                     assert_eq!(r.err().map(|e| e.code()), Some(Code::NotFound));
                 }

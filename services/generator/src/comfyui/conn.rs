@@ -3,15 +3,16 @@
 //! prompt's frames to the new socket). Frames become [`Conn`] events for whichever job runs
 //! on the server.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use sakuga_mesh::metrics::Metrics;
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message, protocol::WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::wire::{WsEvent, parse_binary, parse_text};
+use super::wire::{WsEvent, count_refusal, parse_binary, parse_text};
 
 /// What the socket task tells the job.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,17 +21,25 @@ pub(super) enum Conn {
     Up,
     /// The socket closed or failed.
     Down(String),
+    /// The server sent a message over `comfyui.max_ws_message_bytes`; the socket was
+    /// closed (and is reopened) without reading it.
+    TooLarge,
     /// A frame.
     Event(WsEvent),
 }
 
 /// Starts the socket task for `ws_url`. The watch holds `Ok` while the socket is open,
-/// else the last error.
+/// else the last error. No message or frame larger than `max_message_bytes` is read.
 pub(super) fn spawn(
     ws_url: String,
     preview_metadata: bool,
+    max_message_bytes: usize,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> (mpsc::UnboundedReceiver<Conn>, watch::Receiver<Result<(), String>>) {
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes));
     let (tx, rx) = mpsc::unbounded_channel();
     let (state_tx, state_rx) = watch::channel(Err("not connected yet".to_owned()));
     tokio::spawn(async move {
@@ -38,7 +47,7 @@ pub(super) fn spawn(
         loop {
             let connected = tokio::select! {
                 () = shutdown.cancelled() => return,
-                c = tokio_tungstenite::connect_async(ws_url.as_str()) => c,
+                c = tokio_tungstenite::connect_async_with_config(ws_url.as_str(), Some(ws_config), false) => c,
             };
             match connected {
                 Ok((mut ws, _)) => {
@@ -70,6 +79,13 @@ pub(super) fn spawn(
                             }
                             Some(Ok(Message::Close(_))) | None => break "closed by the server".to_owned(),
                             Some(Ok(_)) => {}
+                            Some(Err(tungstenite::Error::Capacity(e))) => {
+                                count_refusal(&metrics, "comfyui_ws_message_bytes");
+                                warn!(url = %ws_url, error = %e, limit = max_message_bytes,
+                                      "ComfyUI socket message over comfyui.max_ws_message_bytes, refused");
+                                let _ = tx.send(Conn::TooLarge);
+                                break format!("message over comfyui.max_ws_message_bytes: {e}");
+                            }
                             Some(Err(e)) => break e.to_string(),
                         }
                     };

@@ -19,6 +19,7 @@ use std::{
 };
 
 use sakuga_imaging::{Artifact, InspectError, Limits, inspect_png};
+use sakuga_mesh::metrics::Metrics;
 use sakuga_proto::v1::JobKind;
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -26,12 +27,12 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use self::{
     conn::Conn,
     template::{Template, Values},
-    wire::{Api, Finished, HttpError, OutputFile, WsEvent},
+    wire::{Api, BodyLimit, Finished, HttpError, OutputFile, WsEvent, count_refusal},
 };
 use crate::backend::{Backend, BackendError, BoxFuture, JobInput, Sink};
 
@@ -63,7 +64,22 @@ pub struct ComfyConfig {
     pub lost_after_secs: u64,
     /// Longest a job may run in ComfyUI.
     pub job_timeout_secs: u64,
+    /// Largest JSON answer read from ComfyUI (history, queue, object_info, errors).
+    pub max_response_bytes: u64,
+    /// Largest output file read from `/view`, whatever the job's size. Below it, a file may
+    /// be at most twice the job's raw RGBA size (width × height × 4 × frames) plus 4 MiB.
+    pub max_output_bytes: u64,
+    /// Largest WebSocket message (and frame) read from ComfyUI; a larger one closes the
+    /// socket and fails the running job's attempt.
+    pub max_ws_message_bytes: u64,
+    /// Longest side a preview may declare to be decoded; larger previews are skipped.
+    pub max_preview_side: u32,
 }
+
+/// Added to an output's expected raw size for metadata (ComfyUI embeds the workflow).
+const OUTPUT_SLACK_BYTES: u64 = 4 << 20;
+/// Longest preview side that may be configured (keeps the downscaler's arithmetic in u32).
+const MAX_PREVIEW_SIDE_LIMIT: u32 = 8192;
 
 impl Default for ComfyConfig {
     fn default() -> Self {
@@ -80,6 +96,10 @@ impl Default for ComfyConfig {
             connect_timeout_secs: 10,
             lost_after_secs: 60,
             job_timeout_secs: 3600,
+            max_response_bytes: 8 << 20,
+            max_output_bytes: 512 << 20,
+            max_ws_message_bytes: 16 << 20,
+            max_preview_side: 2048,
         }
     }
 }
@@ -110,6 +130,21 @@ impl ComfyConfig {
             if secs == 0 {
                 return Err(format!("{field}: must be at least 1"));
             }
+        }
+        for (field, bytes) in [
+            ("comfyui.max_response_bytes", self.max_response_bytes),
+            ("comfyui.max_output_bytes", self.max_output_bytes),
+            ("comfyui.max_ws_message_bytes", self.max_ws_message_bytes),
+        ] {
+            if bytes < 512 {
+                return Err(format!("{field}: must be at least 512"));
+            }
+        }
+        if usize::try_from(self.max_ws_message_bytes).is_err() {
+            return Err("comfyui.max_ws_message_bytes: too large for this platform".to_owned());
+        }
+        if !(1..=MAX_PREVIEW_SIDE_LIMIT).contains(&self.max_preview_side) {
+            return Err(format!("comfyui.max_preview_side: must be between 1 and {MAX_PREVIEW_SIDE_LIMIT}"));
         }
         let all = Template::load_all(self.templates_dir.as_deref())?;
         for (field, name) in [
@@ -145,6 +180,7 @@ pub struct ComfyUi {
     templates: BTreeMap<String, Template>,
     servers: Vec<Arc<Server>>,
     sockets: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl Drop for ComfyUi {
@@ -163,17 +199,29 @@ fn sampler_name(ours: &str) -> &str {
 }
 
 impl ComfyUi {
-    /// Checks the configuration and opens one socket per server (in the background).
+    /// Checks the configuration and opens one socket per server (in the background);
+    /// refusals by the input ceilings are counted in a registry of its own.
     pub fn new(config: ComfyConfig) -> Result<Self, String> {
+        Self::with_metrics(config, Metrics::new())
+    }
+
+    /// As [`ComfyUi::new`], counting refusals by the input ceilings in `metrics`.
+    pub fn with_metrics(config: ComfyConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
         let templates = config.templates()?;
+        let max_ws = usize::try_from(config.max_ws_message_bytes).unwrap_or(usize::MAX);
         let sockets = CancellationToken::new();
         let timeout = Duration::from_secs(config.request_timeout_secs);
         let mut servers = Vec::new();
         for url in &config.urls {
-            let api = Api::new(url, timeout)?;
+            let api = Api::new(url, timeout, config.max_response_bytes, metrics.clone())?;
             let client_id = uuid::Uuid::new_v4().to_string();
-            let (events, state) =
-                conn::spawn(api.ws_url(&client_id), config.preview_metadata, sockets.clone());
+            let (events, state) = conn::spawn(
+                api.ws_url(&client_id),
+                config.preview_metadata,
+                max_ws,
+                metrics.clone(),
+                sockets.clone(),
+            );
             servers.push(Arc::new(Server {
                 api,
                 client_id,
@@ -182,7 +230,7 @@ impl ComfyUi {
                 loaded: StdMutex::new(BTreeSet::new()),
             }));
         }
-        Ok(Self { config, templates, servers, sockets })
+        Ok(Self { config, templates, servers, sockets, metrics })
     }
 
     fn template_for(&self, kind: JobKind) -> &Template {
@@ -230,8 +278,22 @@ impl ComfyUi {
         })
     }
 
+    /// The registry refusals are counted in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The most bytes read for one output file of `job`: twice its raw RGBA size plus
+    /// slack, never more than `comfyui.max_output_bytes`.
+    pub fn output_limit(&self, job: &JobInput) -> u64 {
+        let s = &job.spec;
+        let frames = if job.kind() == JobKind::Video { s.frames.max(1) } else { 1 };
+        let raw = u64::from(s.width.max(1)) * u64::from(s.height.max(1)) * 4 * u64::from(frames);
+        raw.saturating_mul(2).saturating_add(OUTPUT_SLACK_BYTES).min(self.config.max_output_bytes)
+    }
+
     /// Waits until the server's socket is open, so no frame of the job is missed.
-    async fn socket_ready(&self, server: &Server) -> Result<(), BackendError> {
+    async fn socket_ready(&self, server: &Server, job_id: &str) -> Result<(), BackendError> {
         let mut state = server.state.clone();
         let wait = state.wait_for(Result::is_ok);
         if let Ok(Ok(_)) =
@@ -240,7 +302,11 @@ impl ComfyUi {
             return Ok(());
         }
         let why = server.state.borrow().clone().err().unwrap_or_default();
-        Err(BackendError::Retryable(format!("ComfyUI at {} is not reachable: {why}", server.api.base())))
+        warn!(job_id, url = %server.api.base(), reason = %why, "ComfyUI socket not open in time");
+        Err(BackendError::Retryable(format!(
+            "ComfyUI is not reachable: its socket did not open within comfyui.connect_timeout_secs ({} s)",
+            self.config.connect_timeout_secs
+        )))
     }
 
     /// Runs one job on `server`, whose event receiver the caller holds.
@@ -257,8 +323,9 @@ impl ComfyUi {
         let workflow = template.fill(&values);
         // Frames of earlier jobs are of no use now.
         while events.try_recv().is_ok() {}
-        self.socket_ready(server).await?;
         let id = job.job_id.as_str();
+        self.socket_ready(server, id).await?;
+        let output_limit = self.output_limit(job);
         let api = &server.api;
         let mut already_queued = false;
         if job.attempt > 1 {
@@ -267,10 +334,10 @@ impl ComfyUi {
             match api.history(id).await {
                 Ok(Some(Finished::Success(files))) => {
                     info!(job_id = %id, "earlier attempt finished in ComfyUI, taking its outputs");
-                    return self.fetch(api, template, &files).await;
+                    return self.fetch(api, template, &files, id, output_limit).await;
                 }
                 Ok(_) => already_queued = api.queued(id).await.unwrap_or(false),
-                Err(e) => return Err(unavailable(api, &e)),
+                Err(e) => return Err(failed(api, id, &e)),
             }
         }
         if already_queued {
@@ -279,17 +346,19 @@ impl ComfyUi {
             match api.submit(&workflow, &server.client_id, id).await {
                 Ok(()) => {}
                 Err(HttpError::Refused { status: 400, body }) => {
+                    warn!(job_id = %id, answer = %body, "ComfyUI refused the workflow");
                     return Err(BackendError::Permanent(wire::describe_invalid_prompt(&body)));
                 }
-                Err(HttpError::Refused { status, .. }) => {
+                Err(HttpError::Refused { status, body }) => {
+                    warn!(job_id = %id, status, answer = %body, "ComfyUI refused the prompt");
                     return Err(BackendError::Permanent(format!(
                         "ComfyUI refused the prompt: HTTP {status}"
                     )));
                 }
-                Err(e) => return Err(unavailable(api, &e)),
+                Err(e) => return Err(failed(api, id, &e)),
             }
         }
-        let mut run = Run::new(template, values.steps, id);
+        let mut run = Run::new(template, values.steps, id, self.config.max_preview_side, &self.metrics);
         let outcome = self.follow(server, events, &mut run, sink, cancel).await?;
         match outcome {
             Finished::Success(files) => {
@@ -301,12 +370,13 @@ impl ComfyUi {
                     loaded.retain(|m| self.config.preload_models.contains(m));
                     loaded.insert(values.checkpoint.clone());
                 }
-                self.fetch(api, template, &files).await
+                self.fetch(api, template, &files, id, output_limit).await
             }
             Finished::Failed(failure) => {
+                // The whole exception stays here; the job's error names node, class and type.
                 warn!(job_id = %id, node = %failure.node_id, node_type = %failure.node_type,
-                      exception = %failure.exception_type, traceback = %failure.traceback.concat(),
-                      "ComfyUI node failed");
+                      exception = %failure.exception_type, message = %failure.exception_message,
+                      traceback = %failure.traceback.concat(), "ComfyUI node failed");
                 let message = failure.describe();
                 Err(if failure.retryable() {
                     BackendError::Retryable(message)
@@ -353,20 +423,30 @@ impl ComfyUi {
             if check_now || !socket_up || success_late {
                 check_now = false;
                 match self.check(api, id).await {
+                    // A refused socket message fails the attempt even when the socket's
+                    // drop made the history answer first.
+                    Ok(Some(_))
+                        if std::iter::from_fn(|| events.try_recv().ok()).any(|c| c == Conn::TooLarge) =>
+                    {
+                        return Err(self.socket_message_refused(api, id).await);
+                    }
                     Ok(Some(done)) => return Ok(done),
                     Ok(None) => unreachable_since = None,
                     Err(Gone) => {
-                        return Err(BackendError::Retryable(format!(
-                            "ComfyUI at {} no longer knows the job (restarted?)",
-                            api.base()
-                        )));
+                        warn!(job_id = %id, url = %api.base(), "ComfyUI no longer knows the job");
+                        return Err(BackendError::Retryable(
+                            "ComfyUI no longer knows the job (restarted?)".to_owned(),
+                        ));
                     }
                     Err(Unreachable(e)) => {
+                        if matches!(e, HttpError::TooLarge { .. }) {
+                            return Err(failed(api, id, &e));
+                        }
                         let since = *unreachable_since.get_or_insert_with(Instant::now);
                         if since.elapsed() >= lost_after {
+                            warn!(job_id = %id, url = %api.base(), error = %e, "ComfyUI unreachable, giving up on the job");
                             return Err(BackendError::Retryable(format!(
-                                "ComfyUI at {} unreachable for {} s: {e}",
-                                api.base(),
+                                "ComfyUI unreachable for {} s",
                                 since.elapsed().as_secs()
                             )));
                         }
@@ -385,6 +465,7 @@ impl ComfyUi {
                         warn!(job_id = %id, reason = %why, "ComfyUI socket dropped mid-job; polling history");
                         socket_up = false;
                     }
+                    Some(Conn::TooLarge) => return Err(self.socket_message_refused(api, id).await),
                     Some(Conn::Event(ev)) => match run.on_event(ev, sink) {
                         Step::Continue => {}
                         Step::Succeeded => { success_seen = Some(Instant::now()); }
@@ -415,6 +496,15 @@ impl ComfyUi {
         }
     }
 
+    /// Stops the prompt after a socket message over the ceiling: the attempt fails.
+    async fn socket_message_refused(&self, api: &Api, id: &str) -> BackendError {
+        let _ = api.interrupt(id).await;
+        BackendError::Retryable(format!(
+            "ComfyUI sent a socket message over comfyui.max_ws_message_bytes ({} bytes)",
+            self.config.max_ws_message_bytes
+        ))
+    }
+
     /// Reads the history once the server said it is stored; `{}` means "not yet": retried
     /// briefly, then left to the polling backstop.
     async fn history_after_success(&self, api: &Api, id: &str) -> Result<Option<Finished>, BackendError> {
@@ -422,7 +512,7 @@ impl ComfyUi {
             match api.history(id).await {
                 Ok(Some(done)) => return Ok(Some(done)),
                 Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
-                Err(e) => return Err(unavailable(api, &e)),
+                Err(e) => return Err(failed(api, id, &e)),
             }
         }
         Ok(None)
@@ -432,8 +522,8 @@ impl ComfyUi {
     async fn check(&self, api: &Api, id: &str) -> Result<Option<Finished>, Lost> {
         // Queue first: ComfyUI stores the history before it takes a prompt off the
         // running list, so "not queued" then "no history" means it is really gone.
-        let queued = api.queued(id).await.map_err(|e| Unreachable(e.to_string()))?;
-        match api.history(id).await.map_err(|e| Unreachable(e.to_string()))? {
+        let queued = api.queued(id).await.map_err(Unreachable)?;
+        match api.history(id).await.map_err(Unreachable)? {
             Some(done) => Ok(Some(done)),
             None if queued => Ok(None),
             None => Err(Gone),
@@ -470,6 +560,8 @@ impl ComfyUi {
         api: &Api,
         template: &Template,
         files: &[OutputFile],
+        job_id: &str,
+        output_limit: u64,
     ) -> Result<Vec<Artifact>, BackendError> {
         if files.is_empty() {
             return Err(BackendError::Permanent(format!(
@@ -477,9 +569,15 @@ impl ComfyUi {
                 template.name
             )));
         }
+        let limit = BodyLimit {
+            what: "output file",
+            setting: "the job's size (twice width × height × 4 × frames, plus 4 MiB) or comfyui.max_output_bytes",
+            ceiling: "comfyui_output_bytes",
+            bytes: output_limit,
+        };
         let mut artifacts = Vec::with_capacity(files.len());
         for file in files {
-            let bytes = api.view(file).await.map_err(|e| unavailable(api, &e))?;
+            let bytes = api.view(file, limit).await.map_err(|e| failed(api, job_id, &e))?;
             let node = || format!("node {} ({})", file.node, template.class_of(&file.node).unwrap_or("?"));
             let found = match inspect_png(&bytes, Limits::default()) {
                 Ok(found) => found,
@@ -509,7 +607,7 @@ impl ComfyUi {
     }
 
     async fn warm_server(&self, server: &Server, cancel: &CancellationToken) -> Result<(), String> {
-        if self.socket_ready(server).await.is_err() {
+        if self.socket_ready(server, "warm-up").await.is_err() {
             warn!(url = %server.api.base(), "ComfyUI not reachable at start-up; templates not checked, nothing preloaded");
             return Ok(());
         }
@@ -570,16 +668,27 @@ impl ComfyUi {
     }
 }
 
-fn unavailable(api: &Api, e: &HttpError) -> BackendError {
-    BackendError::Retryable(format!("ComfyUI at {} failed: {e}", api.base()))
+/// A failed request as the job's error: the full text (with the server's URL) to the log,
+/// a short reason to the job. An answer over a ceiling would be as large the next time.
+fn failed(api: &Api, job_id: &str, e: &HttpError) -> BackendError {
+    match e {
+        HttpError::TooLarge { .. } => {
+            error!(job_id, url = %api.base(), error = %e, "ComfyUI answer refused");
+            BackendError::Permanent(e.public())
+        }
+        HttpError::Unavailable(_) | HttpError::Refused { .. } => {
+            warn!(job_id, url = %api.base(), error = %e, "ComfyUI request failed");
+            BackendError::Retryable(e.public())
+        }
+    }
 }
 
 /// Why a job is no longer followed.
 enum Lost {
     /// Neither queued nor in history: the server forgot it.
     Gone,
-    /// The server does not answer.
-    Unreachable(String),
+    /// The server does not answer (or answers beyond a ceiling).
+    Unreachable(HttpError),
 }
 use Lost::{Gone, Unreachable};
 
@@ -599,6 +708,8 @@ enum Step {
 struct Run<'a> {
     template: &'a Template,
     prompt_id: &'a str,
+    max_preview_side: u32,
+    metrics: &'a Metrics,
     steps: u32,
     step_nodes: BTreeSet<String>,
     total: u32,
@@ -610,13 +721,21 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    fn new(template: &'a Template, steps: u32, prompt_id: &'a str) -> Self {
+    fn new(
+        template: &'a Template,
+        steps: u32,
+        prompt_id: &'a str,
+        max_preview_side: u32,
+        metrics: &'a Metrics,
+    ) -> Self {
         let step_nodes = template.step_nodes();
         let plain = u32::try_from(template.len() - step_nodes.len()).unwrap_or(u32::MAX);
         let total = plain.saturating_add(steps.saturating_mul(u32::try_from(step_nodes.len()).unwrap_or(0)));
         Self {
             template,
             prompt_id,
+            max_preview_side,
+            metrics,
             steps,
             step_nodes,
             total,
@@ -681,8 +800,14 @@ impl<'a> Run<'a> {
                 sink.step(self.step, self.total, 0, self.stage("sampling", &node));
             }
             WsEvent::Preview { prompt_id, mime, image } if self.ours(prompt_id.as_deref()) => {
-                if let Some(png) = preview::to_small_png(mime, &image) {
-                    sink.preview(png, self.step, 0);
+                match preview::to_small_png(mime, &image, self.max_preview_side) {
+                    Ok(png) => sink.preview(png, self.step, 0),
+                    Err(preview::PreviewError::TooLarge { width, height }) => {
+                        count_refusal(self.metrics, "comfyui_preview_dimensions");
+                        warn!(job_id = %self.prompt_id, width, height, limit = self.max_preview_side,
+                              "ComfyUI preview over comfyui.max_preview_side, skipped");
+                    }
+                    Err(preview::PreviewError::Unreadable) => {}
                 }
             }
             WsEvent::Executed { prompt_id, node } if prompt_id == self.prompt_id => {

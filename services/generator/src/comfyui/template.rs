@@ -210,7 +210,7 @@ impl Template {
     /// Whether any input uses `{{name}}`.
     pub fn uses(&self, name: &str) -> bool {
         let mut found = Vec::new();
-        self.nodes.values().for_each(|n| walk(n, &mut found));
+        self.nodes.values().filter_map(|n| n.get("inputs")).for_each(|n| walk(n, &mut found));
         found.contains(&name)
     }
 
@@ -241,15 +241,21 @@ impl Template {
                     if found.len() == 1 && whole.starts_with("{{") && whole.ends_with("}}") {
                         return values.get(found[0]).unwrap_or_else(|| v.clone());
                     }
-                    let mut out = s.clone();
-                    for name in found {
-                        let text = match values.get(name) {
-                            Some(Value::String(t)) => t,
-                            Some(other) => other.to_string(),
-                            None => continue,
-                        };
-                        out = out.replace(&format!("{{{{{name}}}}}"), &text);
+                    // Substituted where found, so `{{ prompt }}` (spaces inside) is filled too.
+                    let mut out = String::with_capacity(s.len());
+                    let mut rest = s.as_str();
+                    while let Some(start) = rest.find("{{") {
+                        let after = &rest[start + 2..];
+                        let Some(end) = after.find("}}") else { break };
+                        out.push_str(&rest[..start]);
+                        match values.get(after[..end].trim()) {
+                            Some(Value::String(t)) => out.push_str(&t),
+                            Some(other) => out.push_str(&other.to_string()),
+                            None => out.push_str(&rest[start..start + 2 + end + 2]),
+                        }
+                        rest = &after[end + 2..];
                     }
+                    out.push_str(rest);
                     Value::String(out)
                 }
                 Value::Array(items) => Value::Array(items.iter().map(|i| fill_value(i, values)).collect()),
@@ -259,7 +265,16 @@ impl Template {
                 other => other.clone(),
             }
         }
-        Value::Object(self.nodes.iter().map(|(k, n)| (k.clone(), fill_value(n, values))).collect())
+        // Only inputs are templated (parsing checks placeholders there alone): a node's class
+        // and metadata stay as written.
+        let fill_node = |node: &Value| {
+            let mut node = node.clone();
+            if let Some(inputs) = node.get_mut("inputs") {
+                *inputs = fill_value(inputs, values);
+            }
+            node
+        };
+        Value::Object(self.nodes.iter().map(|(k, n)| (k.clone(), fill_node(n))).collect())
     }
 }
 
@@ -306,11 +321,28 @@ mod tests {
     fn text_placeholders_inside_longer_strings_are_substituted() {
         let t = Template::parse(
             "t",
-            r#"{"1":{"class_type":"CLIPTextEncode","inputs":{"text":"masterpiece, {{prompt}}, seed {{seed}}"}}}"#,
+            r#"{"1":{"class_type":"CLIPTextEncode","inputs":{"text":"masterpiece, {{prompt}}, seed {{ seed }}, {{prompt}}"}}}"#,
         )
         .unwrap();
         let w = t.fill(&values());
-        assert_eq!(w["1"]["inputs"]["text"], r#"masterpiece, a "quoted" sky, seed 9007199254740993"#);
+        assert_eq!(
+            w["1"]["inputs"]["text"], r#"masterpiece, a "quoted" sky, seed 9007199254740993, a "quoted" sky"#,
+            "every occurrence, spaces inside the braces or not"
+        );
+    }
+
+    #[test]
+    fn only_inputs_are_filled() {
+        let t = Template::parse(
+            "t",
+            r#"{"1":{"class_type":"{{seed}}","_meta":{"title":"{{prompt}}"},"inputs":{"s":"{{seed}}"}}}"#,
+        )
+        .unwrap();
+        let w = t.fill(&values());
+        assert_eq!(w["1"]["class_type"], "{{seed}}");
+        assert_eq!(w["1"]["_meta"]["title"], "{{prompt}}");
+        assert_eq!(w["1"]["inputs"]["s"].as_u64(), Some(9_007_199_254_740_993));
+        assert!(!t.uses("prompt"), "the title is not an input");
     }
 
     #[test]

@@ -1,9 +1,25 @@
 //! ComfyUI's wire protocol, as recorded from a real server: WebSocket text frames
 //! (`{"type", "data"}`), binary preview frames, and the HTTP endpoints this backend uses.
 
-use std::{fmt::Write as _, time::Duration};
+use std::{fmt::Write as _, sync::Arc, time::Duration};
 
+use sakuga_mesh::metrics::Metrics;
 use serde_json::{Value, json};
+
+/// Longest piece of ComfyUI-supplied text (node id, class, exception type, validation
+/// message) put into a message users see.
+pub const MAX_VISIBLE_CHARS: usize = 120;
+
+/// `text` cut to `max` characters, control characters replaced by spaces: ComfyUI's words
+/// in a job's visible error stay short and on one line.
+pub fn visible(text: &str, max: usize) -> String {
+    let mut out: String =
+        text.trim().chars().take(max).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if text.trim().chars().count() > max {
+        out.push('…');
+    }
+    out
+}
 
 /// One WebSocket message, reduced to what the backend acts on.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,20 +79,21 @@ impl NodeFailure {
         }
     }
 
-    /// The message users see: node, class and the exception, no traceback.
+    /// The message users see: node, class and the exception type. The exception message
+    /// and the traceback may quote server paths, URLs or prompt internals: they go to the
+    /// generator's log, never into the job.
     pub fn describe(&self) -> String {
-        let mut s = format!("ComfyUI node {} ({}) failed", self.node_id, self.node_type);
-        match (self.exception_type.is_empty(), self.exception_message.is_empty()) {
-            (false, false) => {
-                let _ = write!(s, ": {}: {}", self.exception_type, self.exception_message);
-            }
-            (true, false) => {
-                let _ = write!(s, ": {}", self.exception_message);
-            }
-            (false, true) => {
-                let _ = write!(s, ": {}", self.exception_type);
-            }
-            (true, true) => {}
+        let mut s = if self.node_id.is_empty() && self.node_type.is_empty() {
+            "ComfyUI prompt failed".to_owned()
+        } else {
+            format!(
+                "ComfyUI node {} ({}) failed",
+                visible(&self.node_id, MAX_VISIBLE_CHARS),
+                visible(&self.node_type, MAX_VISIBLE_CHARS)
+            )
+        };
+        if !self.exception_type.trim().is_empty() {
+            let _ = write!(s, ": {}", visible(&self.exception_type, MAX_VISIBLE_CHARS));
         }
         s
     }
@@ -210,7 +227,7 @@ pub fn parse_history(body: &Value, prompt_id: &str) -> Option<Finished> {
         Some(other) => Some(Finished::Failed(NodeFailure {
             node_id: String::new(),
             node_type: String::new(),
-            exception_type: String::new(),
+            exception_type: format!("status {:?}", visible(other, MAX_VISIBLE_CHARS)),
             exception_message: format!("prompt ended with status {other:?}"),
             traceback: Vec::new(),
         })),
@@ -245,8 +262,9 @@ pub fn outputs(outputs: &Value) -> Vec<OutputFile> {
     files
 }
 
-/// Turns POST /prompt's 400 answer into a message naming the node, its class and the
-/// input at fault.
+/// Turns POST /prompt's 400 answer into a message naming the node, its class, the input at
+/// fault and ComfyUI's short reason. The `details` (which may hold an exception's text or
+/// the server's lists of files) stay out: the caller logs the whole answer.
 pub fn describe_invalid_prompt(body: &Value) -> String {
     let error = body.get("error").unwrap_or(&Value::Null);
     let mut parts = Vec::new();
@@ -254,35 +272,38 @@ pub fn describe_invalid_prompt(body: &Value) -> String {
         for (id, node) in nodes {
             let class = text(node, "class_type");
             for e in node.get("errors").and_then(Value::as_array).into_iter().flatten() {
-                let input = e.pointer("/extra_info/input_name").and_then(Value::as_str);
-                let mut s = format!("node {id} ({class})");
-                if let Some(input) = input {
-                    let _ = write!(s, " input {input:?}");
+                let mut s = format!(
+                    "node {} ({})",
+                    visible(id, MAX_VISIBLE_CHARS),
+                    visible(&class, MAX_VISIBLE_CHARS)
+                );
+                if let Some(input) = e.pointer("/extra_info/input_name").and_then(Value::as_str) {
+                    let _ = write!(s, " input {:?}", visible(input, MAX_VISIBLE_CHARS));
                 }
-                let _ = write!(s, ": {}", text(e, "message"));
-                let details = text(e, "details");
-                if !details.is_empty() && input != Some(details.as_str()) {
-                    let _ = write!(s, " ({details})");
-                }
+                let _ = write!(s, ": {}", visible(&text(e, "message"), MAX_VISIBLE_CHARS));
                 parts.push(s);
+                if parts.len() == MAX_VISIBLE_ERRORS {
+                    break;
+                }
+            }
+            if parts.len() == MAX_VISIBLE_ERRORS {
+                break;
             }
         }
     }
     if parts.is_empty() {
-        let mut s = text(error, "message");
-        let details = text(error, "details");
-        if !details.is_empty() && details != s {
-            let _ = write!(s, " ({details})");
-        }
-        parts.push(s);
+        parts.push(visible(&text(error, "message"), MAX_VISIBLE_CHARS));
     }
     format!("ComfyUI refused the workflow: {}", parts.join("; "))
 }
 
+/// Node errors named in [`describe_invalid_prompt`]'s message (the rest are in the log).
+pub const MAX_VISIBLE_ERRORS: usize = 5;
+
 /// Why an HTTP call to ComfyUI failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    /// Not reachable, timed out, or a 5xx.
+    /// Not reachable, timed out, or a 5xx. The text names the server and is for logs.
     #[error("{0}")]
     Unavailable(String),
     /// A 4xx with its body.
@@ -293,6 +314,47 @@ pub enum HttpError {
         /// Body parsed as JSON, or `null`.
         body: Value,
     },
+    /// The answer was larger than a ceiling; nothing more of it was read.
+    #[error("ComfyUI {what} exceeds {setting} ({limit} bytes)")]
+    TooLarge {
+        /// What was being read ("response", "output file").
+        what: &'static str,
+        /// The setting (or rule) that sets the ceiling.
+        setting: &'static str,
+        /// The ceiling, in bytes.
+        limit: u64,
+    },
+}
+
+impl HttpError {
+    /// A short reason fit for a job's visible error: no URL, no server text.
+    pub fn public(&self) -> String {
+        match self {
+            Self::Unavailable(_) => {
+                "ComfyUI request failed (unreachable, timed out or a server error)".to_owned()
+            }
+            Self::Refused { status, .. } => format!("ComfyUI answered HTTP {status}"),
+            Self::TooLarge { .. } => self.to_string(),
+        }
+    }
+}
+
+/// A ceiling on how much of one answer is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimit {
+    /// What is read ("response", "output file").
+    pub what: &'static str,
+    /// The setting (or rule) that sets the ceiling.
+    pub setting: &'static str,
+    /// Metric label of the ceiling.
+    pub ceiling: &'static str,
+    /// Most bytes accepted.
+    pub bytes: u64,
+}
+
+/// Counts a refusal by a ComfyUI input ceiling.
+pub fn count_refusal(metrics: &Metrics, ceiling: &'static str) {
+    metrics.ceiling_refused(ceiling);
 }
 
 /// ComfyUI's HTTP API, for one server.
@@ -300,11 +362,19 @@ pub enum HttpError {
 pub struct Api {
     base: reqwest::Url,
     http: reqwest::Client,
+    max_response_bytes: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl Api {
-    /// A client for `base` (`http://host:port`).
-    pub fn new(base: &str, timeout: Duration) -> Result<Self, String> {
+    /// A client for `base` (`http://host:port`) that reads at most `max_response_bytes` of
+    /// any JSON answer and counts refusals in `metrics`.
+    pub fn new(
+        base: &str,
+        timeout: Duration,
+        max_response_bytes: u64,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         let base = reqwest::Url::parse(base).map_err(|e| format!("{base:?}: {e}"))?;
         // reqwest's TLS layer needs the process-wide provider even for plain HTTP.
         sakuga_mesh::tls::install_crypto_provider();
@@ -313,7 +383,7 @@ impl Api {
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Self { base, http })
+        Ok(Self { base, http, max_response_bytes, metrics })
     }
 
     /// The server's base URL.
@@ -330,12 +400,23 @@ impl Api {
         url.to_string()
     }
 
-    async fn call(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, HttpError> {
-        let resp = req.send().await.map_err(|e| HttpError::Unavailable(format!("{}: {e}", self.base)))?;
+    fn json_limit(&self) -> BodyLimit {
+        BodyLimit {
+            what: "response",
+            setting: "comfyui.max_response_bytes",
+            ceiling: "comfyui_response_bytes",
+            bytes: self.max_response_bytes,
+        }
+    }
+
+    async fn call(&self, req: reqwest::RequestBuilder, limit: BodyLimit) -> Result<Vec<u8>, HttpError> {
+        let mut resp = req.send().await.map_err(|e| HttpError::Unavailable(format!("{}: {e}", self.base)))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| HttpError::Unavailable(format!("{}: {e}", self.base)))?;
+        // Error bodies are JSON too, read under the JSON ceiling.
+        let limit = if status.is_success() { limit } else { self.json_limit() };
+        let body = self.read_capped(&mut resp, limit).await?;
         if status.is_success() {
-            return Ok(body.to_vec());
+            return Ok(body);
         }
         if status.is_client_error() {
             return Err(HttpError::Refused {
@@ -346,6 +427,34 @@ impl Api {
         Err(HttpError::Unavailable(format!("{} answered HTTP {}", self.base, status.as_u16())))
     }
 
+    /// Reads the body chunk by chunk, refusing it as soon as it would pass `limit` (at
+    /// once when its declared length already does).
+    async fn read_capped(
+        &self,
+        resp: &mut reqwest::Response,
+        limit: BodyLimit,
+    ) -> Result<Vec<u8>, HttpError> {
+        let too_large = || {
+            count_refusal(&self.metrics, limit.ceiling);
+            tracing::warn!(url = %self.base, what = limit.what, setting = limit.setting, limit = limit.bytes,
+                           "ComfyUI answer over its ceiling, refused");
+            HttpError::TooLarge { what: limit.what, setting: limit.setting, limit: limit.bytes }
+        };
+        if resp.content_length().is_some_and(|n| n > limit.bytes) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) =
+            resp.chunk().await.map_err(|e| HttpError::Unavailable(format!("{}: {e}", self.base)))?
+        {
+            if (body.len() + chunk.len()) as u64 > limit.bytes {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
     fn url(&self, path: &str) -> reqwest::Url {
         let mut url = self.base.clone();
         url.set_path(path);
@@ -353,7 +462,7 @@ impl Api {
     }
 
     async fn get_json(&self, url: reqwest::Url) -> Result<Value, HttpError> {
-        let body = self.call(self.http.get(url)).await?;
+        let body = self.call(self.http.get(url), self.json_limit()).await?;
         serde_json::from_slice(&body)
             .map_err(|e| HttpError::Unavailable(format!("{}: bad JSON: {e}", self.base)))
     }
@@ -364,7 +473,7 @@ impl Api {
             .post(self.url(path))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.to_string());
-        self.call(req).await
+        self.call(req, self.json_limit()).await
     }
 
     /// POST /prompt with our prompt id; returns the queue number.
@@ -407,14 +516,14 @@ impl Api {
         self.post_json("/queue", &json!({"delete": [prompt_id]})).await.map(|_| ())
     }
 
-    /// GET /view for an output file.
-    pub async fn view(&self, file: &OutputFile) -> Result<Vec<u8>, HttpError> {
+    /// GET /view for an output file, read up to `limit`.
+    pub async fn view(&self, file: &OutputFile, limit: BodyLimit) -> Result<Vec<u8>, HttpError> {
         let mut url = self.url("/view");
         url.query_pairs_mut()
             .append_pair("filename", &file.filename)
             .append_pair("subfolder", &file.subfolder)
             .append_pair("type", "output");
-        self.call(self.http.get(url)).await
+        self.call(self.http.get(url), limit).await
     }
 
     /// GET /object_info/{class}: whether the node class is installed (`{}` when not).
@@ -455,6 +564,59 @@ mod tests {
             "metadata longer than the frame"
         );
         assert_eq!(parse_binary(&[0, 0, 0, 9]), WsEvent::Other);
+    }
+
+    #[test]
+    fn users_see_node_class_and_exception_type_but_not_the_exception_text() {
+        let failure = NodeFailure {
+            node_id: "7".into(),
+            node_type: "KSampler".into(),
+            exception_type: "torch.OutOfMemoryError".into(),
+            exception_message:
+                "CUDA out of memory at /opt/comfy/models/x.safetensors via http://10.0.0.5:8188".into(),
+            traceback: vec!["File \"/opt/comfy/execution.py\", line 3\n".into()],
+        };
+        assert_eq!(failure.describe(), "ComfyUI node 7 (KSampler) failed: torch.OutOfMemoryError");
+        assert!(failure.retryable(), "out of memory is still recognised from the full text");
+        let long = NodeFailure { node_type: "N\nx".repeat(100), ..failure };
+        let shown = long.describe();
+        assert!(!shown.contains('\n') && shown.chars().count() < 200, "{shown}");
+        let whole = parse_history(
+            &json!({"p": {"status": {"status_str": "error", "messages": []}, "outputs": {}}}),
+            "p",
+        );
+        let Some(Finished::Failed(f)) = whole else { panic!("{whole:?}") };
+        assert_eq!(f.describe(), "ComfyUI prompt failed: status \"error\"");
+    }
+
+    #[test]
+    fn invalid_prompt_details_stay_out_of_the_visible_error() {
+        let body = json!({
+            "error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                      "details": "", "extra_info": {}},
+            "node_errors": {"4": {"class_type": "CheckpointLoaderSimple", "errors": [{
+                "type": "value_not_in_list", "message": "Value not in list",
+                "details": "ckpt_name: 'x' not in ['secret-internal-model.safetensors']",
+                "extra_info": {"input_name": "ckpt_name"}}]}}
+        });
+        assert_eq!(
+            describe_invalid_prompt(&body),
+            "ComfyUI refused the workflow: node 4 (CheckpointLoaderSimple) input \"ckpt_name\": Value not in list"
+        );
+        let global = json!({"error": {"message": "Cannot execute", "details": "Traceback: /opt/comfy/x.py"}});
+        assert_eq!(describe_invalid_prompt(&global), "ComfyUI refused the workflow: Cannot execute");
+        let errors: Vec<Value> =
+            (0..50).map(|i| json!({"message": format!("m{i}"), "extra_info": {"input_name": "a"}})).collect();
+        let many = json!({"node_errors": {"1": {"class_type": "X", "errors": errors}}});
+        assert_eq!(describe_invalid_prompt(&many).matches("node 1 (X)").count(), MAX_VISIBLE_ERRORS);
+    }
+
+    #[test]
+    fn http_errors_show_users_no_url() {
+        let e = HttpError::Unavailable("http://10.1.2.3:8188/: connection refused".into());
+        assert!(!e.public().contains("10.1.2.3"), "{}", e.public());
+        let e = HttpError::TooLarge { what: "response", setting: "comfyui.max_response_bytes", limit: 2048 };
+        assert_eq!(e.public(), "ComfyUI response exceeds comfyui.max_response_bytes (2048 bytes)");
     }
 
     #[test]
