@@ -46,7 +46,7 @@ async fn sixty_concurrent_logins_with_made_up_names_leave_the_auth_process_under
             client
                 .login(LoginRequest {
                     username: format!("made-up-{i}-{}", uuid::Uuid::new_v4().simple()),
-                    password: "not-the-password-at-all".into(),
+                    password: "not-the-password-at-all".into(), // secret-scan: allow (test fixture)
                 })
                 .await
                 .unwrap_err()
@@ -85,7 +85,7 @@ async fn logins_are_refused_per_pair_and_per_address_naming_the_limit() {
     })
     .await;
     let mut anon = anon(&mesh);
-    let attempt = |user: &str| LoginRequest { username: user.into(), password: "wrong-password-123".into() };
+    let attempt = |user: &str| LoginRequest { username: user.into(), password: "wrong-password-123".into() }; // secret-scan: allow (test fixture)
     for _ in 0..2 {
         assert_eq!(anon.login(attempt("alice")).await.unwrap_err().code(), Code::Unauthenticated);
     }
@@ -131,7 +131,7 @@ async fn login_usernames_with_invisible_or_control_characters_are_refused_naming
     let mut anon = anon(&mesh);
     for bad in ["ad\u{202e}min", "admin\u{200b}", "ad\nmin", "ad min", "\u{feff}", &"a".repeat(65)] {
         let e = anon
-            .login(LoginRequest { username: bad.into(), password: "whatever-password".into() })
+            .login(LoginRequest { username: bad.into(), password: "whatever-password".into() }) // secret-scan: allow (test fixture)
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}");
