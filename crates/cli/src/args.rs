@@ -176,7 +176,7 @@ pub struct SubmitArgs {
     /// Show live progress until the job ends.
     #[arg(long)]
     pub watch: bool,
-    /// When the job succeeds, download its files here (implies --watch).
+    /// When the job succeeds, download its files into this folder, created if need be (implies --watch).
     #[arg(long)]
     pub download: Option<PathBuf>,
 }
@@ -219,7 +219,7 @@ pub enum JobsCmd {
     Watch {
         /// Job id.
         id: String,
-        /// Download the files here when it succeeds.
+        /// Download the files into this folder (created if need be) when it succeeds.
         #[arg(long)]
         download: Option<PathBuf>,
     },

@@ -111,6 +111,10 @@ pub(super) async fn watch(
         return Err(CliError::job_ended(format!("job {id} {name}{why}")));
     }
     if let Some(dir) = download {
+        // A folder, even when it does not exist yet and is not written with a trailing `/`:
+        // every file of a batch lands in it under its own name, instead of each
+        // overwriting the last at `dir` itself.
+        files::create_folder(dir)?;
         for f in &job.file_ids {
             let path = files::download(s, f, dir).await?;
             if !json {
