@@ -106,6 +106,40 @@ async fn write_certs(env: &TestEnv, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (paths.0, paths.1, paths.2)
 }
 
+/// A batch downloads into a folder that does not exist yet, written as `out/` or `out`:
+/// one file per image, none overwriting another.
+async fn batch_downloads_into_new_folders(st: &Stack, out: &Path) {
+    for folder in ["batch/", "more/batch"] {
+        let folder = out.join(folder);
+        let r = sakuga(
+            st,
+            &[
+                "submit",
+                "four paper lanterns",
+                "--width",
+                "64",
+                "--height",
+                "64",
+                "--steps",
+                "2",
+                "--batch",
+                "4",
+                "--download",
+                &folder.to_string_lossy(),
+            ],
+            "",
+        )
+        .await;
+        ok(&r);
+        let saved: Vec<_> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(saved.len(), 4, "{saved:?}\n{}", r.stderr);
+        for path in saved {
+            sakuga_imaging::inspect_png(&std::fs::read(&path).unwrap(), sakuga_imaging::Limits::default())
+                .unwrap();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_logs_in_submits_with_a_live_bar_lists_downloads_and_scripts_get_stable_exit_codes() {
     let st = stack().await;
@@ -224,6 +258,8 @@ async fn a_person_logs_in_submits_with_a_live_bar_lists_downloads_and_scripts_ge
     let saved = std::fs::read(r.stdout.trim()).unwrap();
     let found = sakuga_imaging::inspect_png(&saved, sakuga_imaging::Limits::default()).unwrap();
     assert_eq!(found.text_value("prompt"), Some("a lantern festival by the river"));
+
+    batch_downloads_into_new_folders(&st, out.path()).await;
 
     // Exit codes: not found 4, refused input 2, a canceled job 5.
     let r = sakuga(&st, &["jobs", "get", &uuid::Uuid::now_v7().to_string()], "").await;
