@@ -20,7 +20,6 @@ use std::{
 
 use sakuga_imaging::{Artifact, InspectError, Limits, inspect_png};
 use sakuga_mesh::metrics::Metrics;
-use sakuga_proto::v1::JobKind;
 use serde::{Deserialize, Serialize};
 use tokio::{
     sync::{Mutex, mpsc, watch},
@@ -34,7 +33,7 @@ use self::{
     template::{Template, Values},
     wire::{Api, BodyLimit, Finished, HttpError, OutputFile, WsEvent, count_refusal},
 };
-use crate::backend::{Backend, BackendError, BoxFuture, JobInput, Sink};
+use crate::backend::{Backend, BackendError, BoxFuture, GenerationSpec, JobInput, Kind, Sink};
 
 /// `[comfyui]` settings of the generator.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -233,16 +232,16 @@ impl ComfyUi {
         Ok(Self { config, templates, servers, sockets, metrics })
     }
 
-    fn template_for(&self, kind: JobKind) -> &Template {
+    fn template_for(&self, kind: Kind) -> &Template {
         let name =
-            if kind == JobKind::Video { &self.config.video_template } else { &self.config.image_template };
+            if kind == Kind::Video { &self.config.video_template } else { &self.config.image_template };
         // Checked at construction.
         &self.templates[name]
     }
 
     fn values(&self, job: &JobInput, template: &Template) -> Result<Values, BackendError> {
         let s = &job.spec;
-        let video = job.kind() == JobKind::Video;
+        let video = job.kind() == Kind::Video;
         if video && job.batch() > 1 {
             return Err(BackendError::Permanent(
                 "spec.batch_size: the comfyui backend makes one clip per video job; submit several jobs"
@@ -287,7 +286,7 @@ impl ComfyUi {
     /// slack, never more than `comfyui.max_output_bytes`.
     pub fn output_limit(&self, job: &JobInput) -> u64 {
         let s = &job.spec;
-        let frames = if job.kind() == JobKind::Video { s.frames.max(1) } else { 1 };
+        let frames = if job.kind() == Kind::Video { s.frames.max(1) } else { 1 };
         let raw = u64::from(s.width.max(1)) * u64::from(s.height.max(1)) * 4 * u64::from(frames);
         raw.saturating_mul(2).saturating_add(OUTPUT_SLACK_BYTES).min(self.config.max_output_bytes)
     }
@@ -631,7 +630,7 @@ impl ComfyUi {
                 }
             }
         }
-        let template = self.template_for(JobKind::Image);
+        let template = self.template_for(Kind::Image);
         if !template.uses("checkpoint") {
             return Ok(());
         }
@@ -639,9 +638,8 @@ impl ComfyUi {
             let job = JobInput {
                 job_id: uuid::Uuid::new_v4().to_string(),
                 attempt: 1,
-                spec: sakuga_proto::v1::JobSpec {
-                    kind: JobKind::Image.into(),
-                    prompt: "warm-up".into(),
+                spec: GenerationSpec {
+                    kind: Kind::Image,
                     width: 64,
                     height: 64,
                     steps: 1,
