@@ -42,7 +42,8 @@ fn job(size: u32, steps: u32, seed: u64) -> JobInput {
             seed: Some(seed),
             model: "default".into(),
             ..JobSpec::default()
-        },
+        }
+        .into(),
         prompt: "sakura over a seaside station at dusk".into(),
     }
 }

@@ -223,7 +223,7 @@ fn render_request(side: u32, steps: u32) -> sakuga_imaging::RenderRequest {
         model: "builtin-v1".to_owned(),
         ..JobSpec::default()
     };
-    sakuga_generator::builtin::request(&spec, PROMPT)
+    sakuga_generator::builtin::request(&spec.into(), PROMPT)
 }
 
 fn bench_render(c: &mut Criterion) {

@@ -1,11 +1,11 @@
 //! What the worker drives: a backend runs one job with a progress sink and a cancel token
 //! and returns its artifacts or a typed error. Streams, leases and uploads stay in the
-//! worker; backends know nothing of them.
+//! worker; backends know nothing of them, nor of the wire: a job reaches them as a
+//! [`GenerationSpec`], converted once where the worker receives it (`convert`).
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
 use sakuga_imaging::Artifact;
-use sakuga_proto::v1::{JobKind, JobSpec};
 use tokio_util::sync::CancellationToken;
 
 /// A boxed future, so backends can sit behind `Arc<dyn Backend>`.
@@ -26,6 +26,46 @@ pub enum BackendError {
     Retryable(String),
 }
 
+/// What a job makes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Kind {
+    /// One PNG per batch item.
+    #[default]
+    Image,
+    /// One animated PNG per batch item.
+    Video,
+}
+
+/// A job's generation parameters, with the scheduler's defaults applied and the seed
+/// resolved. Zero means "the backend's default" where the API says so.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationSpec {
+    /// Image or video.
+    pub kind: Kind,
+    /// What to leave out of the picture.
+    pub negative_prompt: String,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Sampling steps.
+    pub steps: u32,
+    /// Items of the batch; 0 means 1.
+    pub batch_size: u32,
+    /// Video: frames per clip.
+    pub frames: u32,
+    /// Video: playback rate; 0 means the default.
+    pub fps: u32,
+    /// Seed; absent only for jobs the scheduler did not resolve.
+    pub seed: Option<u64>,
+    /// Guidance scale; 0 means the default.
+    pub cfg_scale: f32,
+    /// Sampler name; empty means the default.
+    pub sampler: String,
+    /// Model (checkpoint) name; empty means the backend's default.
+    pub model: String,
+}
+
 /// One job as a backend sees it.
 #[derive(Debug, Clone)]
 pub struct JobInput {
@@ -34,15 +74,15 @@ pub struct JobInput {
     /// 1-based attempt number.
     pub attempt: u32,
     /// Parameters with the scheduler's defaults applied and the seed resolved.
-    pub spec: JobSpec,
-    /// The prompt to render (spec.prompt plus character fragments).
+    pub spec: GenerationSpec,
+    /// The prompt to render (the job's prompt plus character fragments).
     pub prompt: String,
 }
 
 impl JobInput {
     /// Image or video.
-    pub fn kind(&self) -> JobKind {
-        JobKind::try_from(self.spec.kind).unwrap_or(JobKind::Image)
+    pub fn kind(&self) -> Kind {
+        self.spec.kind
     }
 
     /// Items of the batch (at least 1).

@@ -10,11 +10,10 @@
 use std::time::Duration;
 
 use sakuga_imaging::{Artifact, encode_rgb_png, render::MIME_PNG};
-use sakuga_proto::v1::JobKind;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, BackendError, BoxFuture, JobInput, Sink};
+use crate::backend::{Backend, BackendError, BoxFuture, JobInput, Kind, Sink};
 
 /// The model the benchmark backend reports.
 pub const MODEL: &str = "benchmark";
@@ -87,7 +86,7 @@ impl Backend for Benchmark {
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<Vec<Artifact>, BackendError>> {
         Box::pin(async move {
-            if job.kind() != JobKind::Image {
+            if job.kind() != Kind::Image {
                 return Err(BackendError::Permanent(
                     "spec.kind: the benchmark backend makes images only".to_owned(),
                 ));
@@ -115,22 +114,21 @@ impl Backend for Benchmark {
 
 #[cfg(test)]
 mod tests {
-    use sakuga_imaging::{Limits, inspect_png};
-    use sakuga_proto::v1::JobSpec;
-
     use super::*;
+    use crate::backend::GenerationSpec;
+    use sakuga_imaging::{Limits, inspect_png};
 
-    fn job(kind: JobKind, batch: u32) -> JobInput {
+    fn job(kind: Kind, batch: u32) -> JobInput {
         JobInput {
             job_id: "j".into(),
             attempt: 1,
-            spec: JobSpec {
-                kind: kind.into(),
+            spec: GenerationSpec {
+                kind,
                 width: 64,
                 height: 48,
                 batch_size: batch,
                 seed: Some(7),
-                ..JobSpec::default()
+                ..GenerationSpec::default()
             },
             prompt: "p".into(),
         }
@@ -139,8 +137,7 @@ mod tests {
     #[tokio::test]
     async fn returns_one_non_blank_image_of_the_asked_size_per_item() {
         let backend = Benchmark::new(2, &BenchmarkConfig::default());
-        let out =
-            backend.run(job(JobKind::Image, 2), Sink::discard(), CancellationToken::new()).await.unwrap();
+        let out = backend.run(job(Kind::Image, 2), Sink::discard(), CancellationToken::new()).await.unwrap();
         assert_eq!(out.len(), 2);
         for a in &out {
             let found = inspect_png(&a.bytes, Limits::default()).unwrap();
@@ -153,11 +150,11 @@ mod tests {
     #[tokio::test]
     async fn refuses_video_and_stops_when_canceled_while_held() {
         let backend = Benchmark::new(1, &BenchmarkConfig { hold_ms: 60_000 });
-        let err = backend.run(job(JobKind::Video, 1), Sink::discard(), CancellationToken::new()).await;
+        let err = backend.run(job(Kind::Video, 1), Sink::discard(), CancellationToken::new()).await;
         assert!(matches!(err, Err(BackendError::Permanent(ref m)) if m.contains("spec.kind")), "{err:?}");
         let cancel = CancellationToken::new();
         cancel.cancel();
-        let err = backend.run(job(JobKind::Image, 1), Sink::discard(), cancel).await;
+        let err = backend.run(job(Kind::Image, 1), Sink::discard(), cancel).await;
         assert!(matches!(err, Err(BackendError::Canceled)), "{err:?}");
     }
 }

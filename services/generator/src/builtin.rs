@@ -3,11 +3,10 @@
 
 use std::ops::ControlFlow;
 
-use sakuga_imaging::{Artifact, Kind, RenderError, RenderRequest, render};
-use sakuga_proto::v1::{JobKind, JobSpec};
+use sakuga_imaging::{Artifact, RenderError, RenderRequest, render};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, BackendError, BoxFuture, JobInput, Sink};
+use crate::backend::{Backend, BackendError, BoxFuture, GenerationSpec, JobInput, Kind, Sink};
 
 /// The built-in renderer as a backend.
 #[derive(Debug)]
@@ -43,14 +42,13 @@ impl Backend for Builtin {
     /// One tiny render, so code and allocator are warm before the first job.
     fn warm_up(&self, cancel: CancellationToken) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            let spec = JobSpec {
-                kind: JobKind::Image.into(),
-                prompt: "warm-up".into(),
+            let spec = GenerationSpec {
+                kind: Kind::Image,
                 width: 64,
                 height: 64,
                 steps: 1,
                 model: MODEL.into(),
-                ..JobSpec::default()
+                ..GenerationSpec::default()
             };
             generate(request(&spec, "warm-up"), 0, 0, cancel, |_, _| {})
                 .await
@@ -99,8 +97,8 @@ pub struct Step {
     pub total: u32,
 }
 
-/// Builds the renderer's request from an assignment's spec.
-pub fn request(spec: &JobSpec, prompt: &str) -> RenderRequest {
+/// Builds the renderer's request from a job's spec.
+pub fn request(spec: &GenerationSpec, prompt: &str) -> RenderRequest {
     RenderRequest {
         prompt: prompt.to_owned(),
         negative_prompt: spec.negative_prompt.clone(),
@@ -108,7 +106,10 @@ pub fn request(spec: &JobSpec, prompt: &str) -> RenderRequest {
         width: spec.width,
         height: spec.height,
         steps: spec.steps,
-        kind: if spec.kind == i32::from(JobKind::Video) { Kind::Video } else { Kind::Image },
+        kind: match spec.kind {
+            Kind::Image => sakuga_imaging::Kind::Image,
+            Kind::Video => sakuga_imaging::Kind::Video,
+        },
         frames: spec.frames,
         fps: spec.fps,
         model: spec.model.clone(),
@@ -156,16 +157,15 @@ mod tests {
 
     use super::*;
 
-    fn spec() -> JobSpec {
-        JobSpec {
-            kind: JobKind::Image.into(),
-            prompt: "a long render".into(),
+    fn spec() -> GenerationSpec {
+        GenerationSpec {
+            kind: Kind::Image,
             width: 128,
             height: 128,
             steps: 50,
             seed: Some(1),
             model: "builtin-v1".into(),
-            ..JobSpec::default()
+            ..GenerationSpec::default()
         }
     }
 

@@ -7,6 +7,7 @@ pub mod benchmark;
 pub mod builtin;
 pub mod comfyui;
 pub mod config;
+mod convert;
 mod metrics;
 pub mod upload;
 mod worker;

@@ -15,6 +15,8 @@ use sha2::{Digest as _, Sha256};
 use tonic::{Code, transport::Channel};
 use tracing::warn;
 
+use crate::backend::Kind;
+
 /// Where an artifact belongs.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -27,7 +29,7 @@ pub struct Target {
     /// Project, empty for unsorted.
     pub project_id: String,
     /// Image or video.
-    pub kind: JobKind,
+    pub kind: Kind,
     /// Width the job asked for (the organizer checks the artifact against it).
     pub width: u32,
     /// Height the job asked for.
@@ -60,7 +62,7 @@ pub async fn store(
         owner_id: target.owner_id.clone(),
         project_id: target.project_id.clone(),
         index,
-        kind: target.kind.into(),
+        kind: JobKind::from(target.kind).into(),
         mime_type: artifact.mime.to_owned(),
         width: target.width,
         height: target.height,

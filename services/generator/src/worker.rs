@@ -14,7 +14,7 @@ use std::{
 
 use sakuga_proto::v1::{
     Assignment, AssignmentAck, AttachRequest, AttachResponse, Heartbeat, JobCanceledAck, JobCompleted,
-    JobFailed, JobKind, JobProgress, LeasedJob, PreviewUpdate, ProgressUpdate, WorkerDraining, WorkerHello,
+    JobFailed, JobProgress, LeasedJob, PreviewUpdate, ProgressUpdate, WorkerDraining, WorkerHello,
     attach_request::Msg, attach_response, file_service_client::FileServiceClient,
     worker_service_client::WorkerServiceClient,
 };
@@ -26,7 +26,8 @@ use tracing::{info, warn};
 
 use crate::{
     Config,
-    backend::{Backend, BackendError, JobInput, Report, Sink},
+    backend::{Backend, BackendError, Kind, Report, Sink},
+    convert,
     metrics::Families,
     upload,
 };
@@ -421,9 +422,7 @@ async fn produce_and_store(
     events: &mpsc::Sender<Event>,
     cancel: &CancellationToken,
 ) -> Result<Vec<String>, BackendError> {
-    let spec = a.spec.clone().ok_or_else(|| BackendError::Permanent("assignment without spec".to_owned()))?;
-    let input =
-        JobInput { job_id: a.job_id.clone(), attempt: a.attempt, spec, prompt: a.composed_prompt.clone() };
+    let input = convert::job_input(a)?;
     let target = upload::Target {
         job_id: a.job_id.clone(),
         lease_token: job.lease_token.clone(),
@@ -432,7 +431,7 @@ async fn produce_and_store(
         kind: input.kind(),
         width: input.spec.width,
         height: input.spec.height,
-        frames: if input.kind() == JobKind::Video { input.spec.frames } else { 1 },
+        frames: if input.kind() == Kind::Video { input.spec.frames } else { 1 },
     };
     let (tx, lease) = (events.clone(), job.clone());
     let last = Arc::new(std::sync::atomic::AtomicU32::new(0));

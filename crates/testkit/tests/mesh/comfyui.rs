@@ -71,7 +71,8 @@ fn job(size: u32, steps: u32) -> JobInput {
             model: "default".into(),
             backend: "comfyui".into(),
             ..JobSpec::default()
-        },
+        }
+        .into(),
         prompt: "replayed".into(),
     }
 }

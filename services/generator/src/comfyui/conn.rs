@@ -12,7 +12,10 @@ use tokio_tungstenite::tungstenite::{self, Message, protocol::WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::wire::{WsEvent, count_refusal, parse_binary, parse_text};
+use super::{
+    http::count_refusal,
+    wire::{WsEvent, parse_binary, parse_text},
+};
 
 /// What the socket task tells the job.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,22 +6,23 @@
 //! is never left hanging: it finishes from history, or fails as retryable when ComfyUI
 //! no longer knows it (a restart).
 
+mod config;
 mod conn;
+pub mod http;
 pub mod preview;
+mod run;
 pub mod template;
+mod warm;
 pub mod wire;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
     sync::{Arc, Mutex as StdMutex},
     time::Duration,
 };
 
 use sakuga_imaging::{Artifact, InspectError, Limits, inspect_png};
 use sakuga_mesh::metrics::Metrics;
-use sakuga_proto::v1::JobKind;
-use serde::{Deserialize, Serialize};
 use tokio::{
     sync::{Mutex, mpsc, watch},
     time::Instant,
@@ -29,138 +30,18 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+pub use self::config::ComfyConfig;
 use self::{
     conn::Conn,
+    http::{Api, BodyLimit, HttpError},
+    run::{Run, Step},
     template::{Template, Values},
-    wire::{Api, BodyLimit, Finished, HttpError, OutputFile, WsEvent, count_refusal},
+    wire::{Finished, OutputFile},
 };
-use crate::backend::{Backend, BackendError, BoxFuture, JobInput, Sink};
-
-/// `[comfyui]` settings of the generator.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ComfyConfig {
-    /// ComfyUI servers (`http://host:port`); each is one slot.
-    pub urls: Vec<String>,
-    /// Extra or replacement templates (`<name>.json`, API format); unset: the shipped ones.
-    pub templates_dir: Option<PathBuf>,
-    /// Template for image jobs.
-    pub image_template: String,
-    /// Template for video jobs.
-    pub video_template: String,
-    /// Checkpoint used when a job names no model (or "default").
-    pub default_checkpoint: String,
-    /// ComfyUI scheduler name filled into `{{scheduler}}`.
-    pub scheduler: String,
-    /// Checkpoints loaded at start-up by a tiny warm-up run on every server.
-    pub preload_models: Vec<String>,
-    /// Ask for previews with metadata (binary frame type 4) instead of bare JPEGs.
-    pub preview_metadata: bool,
-    /// Timeout of one HTTP request to ComfyUI.
-    pub request_timeout_secs: u64,
-    /// How long a job waits for the server's socket before failing as retryable.
-    pub connect_timeout_secs: u64,
-    /// A server unreachable this long in the middle of a job fails it as retryable.
-    pub lost_after_secs: u64,
-    /// Longest a job may run in ComfyUI.
-    pub job_timeout_secs: u64,
-    /// Largest JSON answer read from ComfyUI (history, queue, object_info, errors).
-    pub max_response_bytes: u64,
-    /// Largest output file read from `/view`, whatever the job's size. Below it, a file may
-    /// be at most twice the job's raw RGBA size (width × height × 4 × frames) plus 4 MiB.
-    pub max_output_bytes: u64,
-    /// Largest WebSocket message (and frame) read from ComfyUI; a larger one closes the
-    /// socket and fails the running job's attempt.
-    pub max_ws_message_bytes: u64,
-    /// Longest side a preview may declare to be decoded; larger previews are skipped.
-    pub max_preview_side: u32,
-}
+use crate::backend::{Backend, BackendError, BoxFuture, JobInput, Kind, Sink};
 
 /// Added to an output's expected raw size for metadata (ComfyUI embeds the workflow).
 const OUTPUT_SLACK_BYTES: u64 = 4 << 20;
-/// Longest preview side that may be configured (keeps the downscaler's arithmetic in u32).
-const MAX_PREVIEW_SIDE_LIMIT: u32 = 8192;
-
-impl Default for ComfyConfig {
-    fn default() -> Self {
-        Self {
-            urls: vec!["http://127.0.0.1:8188".to_owned()],
-            templates_dir: None,
-            image_template: "txt2img".to_owned(),
-            video_template: "animation".to_owned(),
-            default_checkpoint: String::new(),
-            scheduler: "normal".to_owned(),
-            preload_models: Vec::new(),
-            preview_metadata: true,
-            request_timeout_secs: 30,
-            connect_timeout_secs: 10,
-            lost_after_secs: 60,
-            job_timeout_secs: 3600,
-            max_response_bytes: 8 << 20,
-            max_output_bytes: 512 << 20,
-            max_ws_message_bytes: 16 << 20,
-            max_preview_side: 2048,
-        }
-    }
-}
-
-impl ComfyConfig {
-    /// Checks the settings and loads the templates; errors name the field.
-    pub fn templates(&self) -> Result<BTreeMap<String, Template>, String> {
-        if self.urls.is_empty() {
-            return Err("comfyui.urls: must name at least one ComfyUI server".to_owned());
-        }
-        for url in &self.urls {
-            match reqwest::Url::parse(url) {
-                Ok(u) if u.scheme() == "http" && u.host_str().is_some() => {}
-                Ok(u) if u.scheme() == "https" => {
-                    return Err(format!(
-                        "comfyui.urls: {url:?}: only http:// is supported; reach ComfyUI over the pod network"
-                    ));
-                }
-                _ => return Err(format!("comfyui.urls: {url:?} is not an http://host:port URL")),
-            }
-        }
-        for (field, secs) in [
-            ("comfyui.request_timeout_secs", self.request_timeout_secs),
-            ("comfyui.connect_timeout_secs", self.connect_timeout_secs),
-            ("comfyui.lost_after_secs", self.lost_after_secs),
-            ("comfyui.job_timeout_secs", self.job_timeout_secs),
-        ] {
-            if secs == 0 {
-                return Err(format!("{field}: must be at least 1"));
-            }
-        }
-        for (field, bytes) in [
-            ("comfyui.max_response_bytes", self.max_response_bytes),
-            ("comfyui.max_output_bytes", self.max_output_bytes),
-            ("comfyui.max_ws_message_bytes", self.max_ws_message_bytes),
-        ] {
-            if bytes < 512 {
-                return Err(format!("{field}: must be at least 512"));
-            }
-        }
-        if usize::try_from(self.max_ws_message_bytes).is_err() {
-            return Err("comfyui.max_ws_message_bytes: too large for this platform".to_owned());
-        }
-        if !(1..=MAX_PREVIEW_SIDE_LIMIT).contains(&self.max_preview_side) {
-            return Err(format!("comfyui.max_preview_side: must be between 1 and {MAX_PREVIEW_SIDE_LIMIT}"));
-        }
-        let all = Template::load_all(self.templates_dir.as_deref())?;
-        for (field, name) in [
-            ("comfyui.image_template", &self.image_template),
-            ("comfyui.video_template", &self.video_template),
-        ] {
-            if !all.contains_key(name) {
-                return Err(format!(
-                    "{field}: no template named {name:?} (available: {})",
-                    all.keys().cloned().collect::<Vec<_>>().join(", ")
-                ));
-            }
-        }
-        Ok(all)
-    }
-}
 
 /// One ComfyUI server: its API, its socket's events (held by the job running on it, which
 /// makes the server a slot) and the models it has loaded.
@@ -233,16 +114,16 @@ impl ComfyUi {
         Ok(Self { config, templates, servers, sockets, metrics })
     }
 
-    fn template_for(&self, kind: JobKind) -> &Template {
+    fn template_for(&self, kind: Kind) -> &Template {
         let name =
-            if kind == JobKind::Video { &self.config.video_template } else { &self.config.image_template };
+            if kind == Kind::Video { &self.config.video_template } else { &self.config.image_template };
         // Checked at construction.
         &self.templates[name]
     }
 
     fn values(&self, job: &JobInput, template: &Template) -> Result<Values, BackendError> {
         let s = &job.spec;
-        let video = job.kind() == JobKind::Video;
+        let video = job.kind() == Kind::Video;
         if video && job.batch() > 1 {
             return Err(BackendError::Permanent(
                 "spec.batch_size: the comfyui backend makes one clip per video job; submit several jobs"
@@ -287,7 +168,7 @@ impl ComfyUi {
     /// slack, never more than `comfyui.max_output_bytes`.
     pub fn output_limit(&self, job: &JobInput) -> u64 {
         let s = &job.spec;
-        let frames = if job.kind() == JobKind::Video { s.frames.max(1) } else { 1 };
+        let frames = if job.kind() == Kind::Video { s.frames.max(1) } else { 1 };
         let raw = u64::from(s.width.max(1)) * u64::from(s.height.max(1)) * 4 * u64::from(frames);
         raw.saturating_mul(2).saturating_add(OUTPUT_SLACK_BYTES).min(self.config.max_output_bytes)
     }
@@ -605,67 +486,6 @@ impl ComfyUi {
         }
         Ok(artifacts)
     }
-
-    async fn warm_server(&self, server: &Server, cancel: &CancellationToken) -> Result<(), String> {
-        if self.socket_ready(server, "warm-up").await.is_err() {
-            warn!(url = %server.api.base(), "ComfyUI not reachable at start-up; templates not checked, nothing preloaded");
-            return Ok(());
-        }
-        for (field, name) in [
-            ("comfyui.image_template", &self.config.image_template),
-            ("comfyui.video_template", &self.config.video_template),
-        ] {
-            for class in self.templates[name].class_types() {
-                match server.api.has_node(class).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return Err(format!(
-                            "{field}: template {name:?} uses node class {class}, which ComfyUI at {} does not have",
-                            server.api.base()
-                        ));
-                    }
-                    Err(e) => {
-                        warn!(url = %server.api.base(), error = %e, "cannot check templates");
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        let template = self.template_for(JobKind::Image);
-        if !template.uses("checkpoint") {
-            return Ok(());
-        }
-        for model in &self.config.preload_models {
-            let job = JobInput {
-                job_id: uuid::Uuid::new_v4().to_string(),
-                attempt: 1,
-                spec: sakuga_proto::v1::JobSpec {
-                    kind: JobKind::Image.into(),
-                    prompt: "warm-up".into(),
-                    width: 64,
-                    height: 64,
-                    steps: 1,
-                    seed: Some(0),
-                    model: model.clone(),
-                    ..Default::default()
-                },
-                prompt: "warm-up".into(),
-            };
-            let mut events = server.events.lock().await;
-            match self.run_on(server, &mut events, &job, template, &Sink::discard(), cancel).await {
-                Ok(_) => {
-                    info!(url = %server.api.base(), %model, "model preloaded");
-                    server
-                        .loaded
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(model.clone());
-                }
-                Err(e) => warn!(url = %server.api.base(), %model, error = %e, "model preload failed"),
-            }
-        }
-        Ok(())
-    }
 }
 
 /// A failed request as the job's error: the full text (with the server's URL) to the log,
@@ -691,143 +511,6 @@ enum Lost {
     Unreachable(HttpError),
 }
 use Lost::{Gone, Unreachable};
-
-/// What an event means for the job.
-enum Step {
-    Continue,
-    /// `execution_success`: the history is about to be stored.
-    Succeeded,
-    /// `executing` with `node: null`: the history is stored.
-    HistoryStored,
-    /// The outcome is known without the history.
-    Ended(Finished),
-}
-
-/// Progress accounting for one prompt. Units: each node counts 1, except the samplers
-/// (nodes fed `{{steps}}`), which count `steps`; cached nodes count as done.
-struct Run<'a> {
-    template: &'a Template,
-    prompt_id: &'a str,
-    max_preview_side: u32,
-    metrics: &'a Metrics,
-    steps: u32,
-    step_nodes: BTreeSet<String>,
-    total: u32,
-    done_nodes: BTreeSet<String>,
-    current: Option<String>,
-    step: u32,
-    started: bool,
-    success: bool,
-}
-
-impl<'a> Run<'a> {
-    fn new(
-        template: &'a Template,
-        steps: u32,
-        prompt_id: &'a str,
-        max_preview_side: u32,
-        metrics: &'a Metrics,
-    ) -> Self {
-        let step_nodes = template.step_nodes();
-        let plain = u32::try_from(template.len() - step_nodes.len()).unwrap_or(u32::MAX);
-        let total = plain.saturating_add(steps.saturating_mul(u32::try_from(step_nodes.len()).unwrap_or(0)));
-        Self {
-            template,
-            prompt_id,
-            max_preview_side,
-            metrics,
-            steps,
-            step_nodes,
-            total,
-            done_nodes: BTreeSet::new(),
-            current: None,
-            step: 0,
-            started: false,
-            success: false,
-        }
-    }
-
-    fn weight(&self, node: &str) -> u32 {
-        if self.step_nodes.contains(node) { self.steps } else { 1 }
-    }
-
-    fn done_units(&self) -> u32 {
-        self.done_nodes.iter().map(|n| self.weight(n)).sum()
-    }
-
-    fn stage(&self, what: &str, node: &str) -> String {
-        format!("{what}: node {node} {}", self.template.class_of(node).unwrap_or("?"))
-    }
-
-    /// Whether an event is about this prompt: frames naming another prompt are not;
-    /// frames naming none (legacy previews, `executing` after a reconnect) are while this
-    /// prompt runs, since ComfyUI sends a prompt's frames only to its client's socket.
-    fn ours(&self, prompt_id: Option<&str>) -> bool {
-        prompt_id.map_or(self.started, |p| p == self.prompt_id)
-    }
-
-    fn finish_current(&mut self) {
-        if let Some(node) = self.current.take() {
-            self.done_nodes.insert(node);
-        }
-    }
-
-    fn on_event(&mut self, ev: WsEvent, sink: &Sink) -> Step {
-        match ev {
-            WsEvent::Started { prompt_id } if prompt_id == self.prompt_id => self.started = true,
-            WsEvent::Cached { prompt_id, nodes } if prompt_id == self.prompt_id && !nodes.is_empty() => {
-                self.done_nodes.extend(nodes);
-                self.step = self.step.max(self.done_units());
-                sink.step(self.step, self.total, 0, "cached");
-            }
-            WsEvent::Executing { prompt_id, node } if self.ours(prompt_id.as_deref()) => match node {
-                Some(node) if self.current.as_deref() != Some(node.as_str()) => {
-                    self.finish_current();
-                    self.current = Some(node);
-                }
-                None if prompt_id.as_deref() == Some(self.prompt_id) => {
-                    self.finish_current();
-                    return if self.success { Step::HistoryStored } else { Step::Continue };
-                }
-                // The same node again, or the end named without our prompt id.
-                _ => {}
-            },
-            WsEvent::Progress { prompt_id, node, value, max } if self.ours(prompt_id.as_deref()) => {
-                let node = node.or_else(|| self.current.clone()).unwrap_or_default();
-                let weight = u64::from(self.weight(&node));
-                let partial = u32::try_from(value.min(max) * weight / max.max(1)).unwrap_or(0);
-                self.step = self.step.max(self.done_units() + partial).min(self.total);
-                sink.step(self.step, self.total, 0, self.stage("sampling", &node));
-            }
-            WsEvent::Preview { prompt_id, mime, image } if self.ours(prompt_id.as_deref()) => {
-                match preview::to_small_png(mime, &image, self.max_preview_side) {
-                    Ok(png) => sink.preview(png, self.step, 0),
-                    Err(preview::PreviewError::TooLarge { width, height }) => {
-                        count_refusal(self.metrics, "comfyui_preview_dimensions");
-                        warn!(job_id = %self.prompt_id, width, height, limit = self.max_preview_side,
-                              "ComfyUI preview over comfyui.max_preview_side, skipped");
-                    }
-                    Err(preview::PreviewError::Unreadable) => {}
-                }
-            }
-            WsEvent::Executed { prompt_id, node } if prompt_id == self.prompt_id => {
-                self.done_nodes.insert(node);
-            }
-            WsEvent::Success { prompt_id } if prompt_id == self.prompt_id => {
-                self.success = true;
-                return Step::Succeeded;
-            }
-            WsEvent::Error { prompt_id, failure } if prompt_id == self.prompt_id => {
-                return Step::Ended(Finished::Failed(failure));
-            }
-            WsEvent::Interrupted { prompt_id, node_id, node_type } if prompt_id == self.prompt_id => {
-                return Step::Ended(Finished::Interrupted { node_id, node_type });
-            }
-            _ => {}
-        }
-        Step::Continue
-    }
-}
 
 impl Backend for ComfyUi {
     fn name(&self) -> &'static str {

@@ -1,10 +1,10 @@
 //! ComfyUI's wire protocol, as recorded from a real server: WebSocket text frames
-//! (`{"type", "data"}`), binary preview frames, and the HTTP endpoints this backend uses.
+//! (`{"type", "data"}`), binary preview frames, and the JSON answers of the HTTP endpoints
+//! this backend uses (the calls themselves are in `http`).
 
-use std::{fmt::Write as _, sync::Arc, time::Duration};
+use std::fmt::Write as _;
 
-use sakuga_mesh::metrics::Metrics;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Longest piece of ComfyUI-supplied text (node id, class, exception type, validation
 /// message) put into a message users see.
@@ -300,245 +300,10 @@ pub fn describe_invalid_prompt(body: &Value) -> String {
 /// Node errors named in [`describe_invalid_prompt`]'s message (the rest are in the log).
 pub const MAX_VISIBLE_ERRORS: usize = 5;
 
-/// Why an HTTP call to ComfyUI failed.
-#[derive(Debug, thiserror::Error)]
-pub enum HttpError {
-    /// Not reachable, timed out, or a 5xx. The text names the server and is for logs.
-    #[error("{0}")]
-    Unavailable(String),
-    /// A 4xx with its body.
-    #[error("HTTP {status}")]
-    Refused {
-        /// Status code.
-        status: u16,
-        /// Body parsed as JSON, or `null`.
-        body: Value,
-    },
-    /// The answer was larger than a ceiling; nothing more of it was read.
-    #[error("ComfyUI {what} exceeds {setting} ({limit} bytes)")]
-    TooLarge {
-        /// What was being read ("response", "output file").
-        what: &'static str,
-        /// The setting (or rule) that sets the ceiling.
-        setting: &'static str,
-        /// The ceiling, in bytes.
-        limit: u64,
-    },
-}
-
-impl HttpError {
-    /// A short reason fit for a job's visible error: no URL, no server text.
-    pub fn public(&self) -> String {
-        match self {
-            Self::Unavailable(_) => {
-                "ComfyUI request failed (unreachable, timed out or a server error)".to_owned()
-            }
-            Self::Refused { status, .. } => format!("ComfyUI answered HTTP {status}"),
-            Self::TooLarge { .. } => self.to_string(),
-        }
-    }
-}
-
-/// A ceiling on how much of one answer is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BodyLimit {
-    /// What is read ("response", "output file").
-    pub what: &'static str,
-    /// The setting (or rule) that sets the ceiling.
-    pub setting: &'static str,
-    /// Metric label of the ceiling.
-    pub ceiling: &'static str,
-    /// Most bytes accepted.
-    pub bytes: u64,
-}
-
-/// Counts a refusal by a ComfyUI input ceiling.
-pub fn count_refusal(metrics: &Metrics, ceiling: &'static str) {
-    metrics.ceiling_refused(ceiling);
-}
-
-/// ComfyUI's HTTP API, for one server.
-#[derive(Debug, Clone)]
-pub struct Api {
-    base: reqwest::Url,
-    http: reqwest::Client,
-    max_response_bytes: u64,
-    metrics: Arc<Metrics>,
-}
-
-impl Api {
-    /// A client for `base` (`http://host:port`) that reads at most `max_response_bytes` of
-    /// any JSON answer and counts refusals in `metrics`.
-    pub fn new(
-        base: &str,
-        timeout: Duration,
-        max_response_bytes: u64,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
-        let base = reqwest::Url::parse(base).map_err(|e| format!("{base:?}: {e}"))?;
-        // reqwest's TLS layer needs the process-wide provider even for plain HTTP.
-        sakuga_mesh::tls::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok(Self { base, http, max_response_bytes, metrics })
-    }
-
-    /// The server's base URL.
-    pub fn base(&self) -> &reqwest::Url {
-        &self.base
-    }
-
-    /// The WebSocket URL for `client_id`.
-    pub fn ws_url(&self, client_id: &str) -> String {
-        let mut url = self.base.clone();
-        let _ = url.set_scheme(if self.base.scheme() == "https" { "wss" } else { "ws" });
-        url.set_path("/ws");
-        url.query_pairs_mut().clear().append_pair("clientId", client_id);
-        url.to_string()
-    }
-
-    fn json_limit(&self) -> BodyLimit {
-        BodyLimit {
-            what: "response",
-            setting: "comfyui.max_response_bytes",
-            ceiling: "comfyui_response_bytes",
-            bytes: self.max_response_bytes,
-        }
-    }
-
-    async fn call(&self, req: reqwest::RequestBuilder, limit: BodyLimit) -> Result<Vec<u8>, HttpError> {
-        let mut resp = req.send().await.map_err(|e| HttpError::Unavailable(format!("{}: {e}", self.base)))?;
-        let status = resp.status();
-        // Error bodies are JSON too, read under the JSON ceiling.
-        let limit = if status.is_success() { limit } else { self.json_limit() };
-        let body = self.read_capped(&mut resp, limit).await?;
-        if status.is_success() {
-            return Ok(body);
-        }
-        if status.is_client_error() {
-            return Err(HttpError::Refused {
-                status: status.as_u16(),
-                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-            });
-        }
-        Err(HttpError::Unavailable(format!("{} answered HTTP {}", self.base, status.as_u16())))
-    }
-
-    /// Reads the body chunk by chunk, refusing it as soon as it would pass `limit` (at
-    /// once when its declared length already does).
-    async fn read_capped(
-        &self,
-        resp: &mut reqwest::Response,
-        limit: BodyLimit,
-    ) -> Result<Vec<u8>, HttpError> {
-        let too_large = || {
-            count_refusal(&self.metrics, limit.ceiling);
-            tracing::warn!(url = %self.base, what = limit.what, setting = limit.setting, limit = limit.bytes,
-                           "ComfyUI answer over its ceiling, refused");
-            HttpError::TooLarge { what: limit.what, setting: limit.setting, limit: limit.bytes }
-        };
-        if resp.content_length().is_some_and(|n| n > limit.bytes) {
-            return Err(too_large());
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) =
-            resp.chunk().await.map_err(|e| HttpError::Unavailable(format!("{}: {e}", self.base)))?
-        {
-            if (body.len() + chunk.len()) as u64 > limit.bytes {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
-    }
-
-    fn url(&self, path: &str) -> reqwest::Url {
-        let mut url = self.base.clone();
-        url.set_path(path);
-        url
-    }
-
-    async fn get_json(&self, url: reqwest::Url) -> Result<Value, HttpError> {
-        let body = self.call(self.http.get(url), self.json_limit()).await?;
-        serde_json::from_slice(&body)
-            .map_err(|e| HttpError::Unavailable(format!("{}: bad JSON: {e}", self.base)))
-    }
-
-    async fn post_json(&self, path: &str, body: &Value) -> Result<Vec<u8>, HttpError> {
-        let req = self
-            .http
-            .post(self.url(path))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string());
-        self.call(req, self.json_limit()).await
-    }
-
-    /// POST /prompt with our prompt id; returns the queue number.
-    pub async fn submit(&self, workflow: &Value, client_id: &str, prompt_id: &str) -> Result<(), HttpError> {
-        self.post_json(
-            "/prompt",
-            &json!({"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}),
-        )
-        .await
-        .map(|_| ())
-    }
-
-    /// GET /history/{id}: the finished prompt, or `None` when there is no entry (yet).
-    pub async fn history(&self, prompt_id: &str) -> Result<Option<Finished>, HttpError> {
-        let mut url = self.url("/history/");
-        url.path_segments_mut()
-            .map_err(|()| HttpError::Unavailable("bad base URL".into()))?
-            .pop_if_empty()
-            .push(prompt_id);
-        Ok(parse_history(&self.get_json(url).await?, prompt_id))
-    }
-
-    /// Whether GET /queue lists the prompt as running or pending.
-    pub async fn queued(&self, prompt_id: &str) -> Result<bool, HttpError> {
-        let q = self.get_json(self.url("/queue")).await?;
-        Ok(["queue_running", "queue_pending"].iter().any(|k| {
-            q.get(*k).and_then(Value::as_array).is_some_and(|items| {
-                items.iter().any(|i| i.get(1).and_then(Value::as_str) == Some(prompt_id))
-            })
-        }))
-    }
-
-    /// POST /interrupt naming the prompt (only that prompt is interrupted).
-    pub async fn interrupt(&self, prompt_id: &str) -> Result<(), HttpError> {
-        self.post_json("/interrupt", &json!({"prompt_id": prompt_id})).await.map(|_| ())
-    }
-
-    /// POST /queue `{"delete": [id]}`: removes a prompt that has not started.
-    pub async fn dequeue(&self, prompt_id: &str) -> Result<(), HttpError> {
-        self.post_json("/queue", &json!({"delete": [prompt_id]})).await.map(|_| ())
-    }
-
-    /// GET /view for an output file, read up to `limit`.
-    pub async fn view(&self, file: &OutputFile, limit: BodyLimit) -> Result<Vec<u8>, HttpError> {
-        let mut url = self.url("/view");
-        url.query_pairs_mut()
-            .append_pair("filename", &file.filename)
-            .append_pair("subfolder", &file.subfolder)
-            .append_pair("type", "output");
-        self.call(self.http.get(url), limit).await
-    }
-
-    /// GET /object_info/{class}: whether the node class is installed (`{}` when not).
-    pub async fn has_node(&self, class: &str) -> Result<bool, HttpError> {
-        let mut url = self.url("/object_info/");
-        url.path_segments_mut()
-            .map_err(|()| HttpError::Unavailable("bad base URL".into()))?
-            .pop_if_empty()
-            .push(class);
-        Ok(self.get_json(url).await?.get(class).is_some())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -609,14 +374,6 @@ mod tests {
             (0..50).map(|i| json!({"message": format!("m{i}"), "extra_info": {"input_name": "a"}})).collect();
         let many = json!({"node_errors": {"1": {"class_type": "X", "errors": errors}}});
         assert_eq!(describe_invalid_prompt(&many).matches("node 1 (X)").count(), MAX_VISIBLE_ERRORS);
-    }
-
-    #[test]
-    fn http_errors_show_users_no_url() {
-        let e = HttpError::Unavailable("http://10.1.2.3:8188/: connection refused".into());
-        assert!(!e.public().contains("10.1.2.3"), "{}", e.public());
-        let e = HttpError::TooLarge { what: "response", setting: "comfyui.max_response_bytes", limit: 2048 };
-        assert_eq!(e.public(), "ComfyUI response exceeds comfyui.max_response_bytes (2048 bytes)");
     }
 
     #[test]

@@ -1,0 +1,132 @@
+//! The `[comfyui]` settings: their defaults and their checks, which load the templates
+//! (shipped and from `templates_dir`) so a broken one stops the service at start-up.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::template::Template;
+
+/// `[comfyui]` settings of the generator.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComfyConfig {
+    /// ComfyUI servers (`http://host:port`); each is one slot.
+    pub urls: Vec<String>,
+    /// Extra or replacement templates (`<name>.json`, API format); unset: the shipped ones.
+    pub templates_dir: Option<PathBuf>,
+    /// Template for image jobs.
+    pub image_template: String,
+    /// Template for video jobs.
+    pub video_template: String,
+    /// Checkpoint used when a job names no model (or "default").
+    pub default_checkpoint: String,
+    /// ComfyUI scheduler name filled into `{{scheduler}}`.
+    pub scheduler: String,
+    /// Checkpoints loaded at start-up by a tiny warm-up run on every server.
+    pub preload_models: Vec<String>,
+    /// Ask for previews with metadata (binary frame type 4) instead of bare JPEGs.
+    pub preview_metadata: bool,
+    /// Timeout of one HTTP request to ComfyUI.
+    pub request_timeout_secs: u64,
+    /// How long a job waits for the server's socket before failing as retryable.
+    pub connect_timeout_secs: u64,
+    /// A server unreachable this long in the middle of a job fails it as retryable.
+    pub lost_after_secs: u64,
+    /// Longest a job may run in ComfyUI.
+    pub job_timeout_secs: u64,
+    /// Largest JSON answer read from ComfyUI (history, queue, object_info, errors).
+    pub max_response_bytes: u64,
+    /// Largest output file read from `/view`, whatever the job's size. Below it, a file may
+    /// be at most twice the job's raw RGBA size (width × height × 4 × frames) plus 4 MiB.
+    pub max_output_bytes: u64,
+    /// Largest WebSocket message (and frame) read from ComfyUI; a larger one closes the
+    /// socket and fails the running job's attempt.
+    pub max_ws_message_bytes: u64,
+    /// Longest side a preview may declare to be decoded; larger previews are skipped.
+    pub max_preview_side: u32,
+}
+
+/// Longest preview side that may be configured (keeps the downscaler's arithmetic in u32).
+const MAX_PREVIEW_SIDE_LIMIT: u32 = 8192;
+
+impl Default for ComfyConfig {
+    fn default() -> Self {
+        Self {
+            urls: vec!["http://127.0.0.1:8188".to_owned()],
+            templates_dir: None,
+            image_template: "txt2img".to_owned(),
+            video_template: "animation".to_owned(),
+            default_checkpoint: String::new(),
+            scheduler: "normal".to_owned(),
+            preload_models: Vec::new(),
+            preview_metadata: true,
+            request_timeout_secs: 30,
+            connect_timeout_secs: 10,
+            lost_after_secs: 60,
+            job_timeout_secs: 3600,
+            max_response_bytes: 8 << 20,
+            max_output_bytes: 512 << 20,
+            max_ws_message_bytes: 16 << 20,
+            max_preview_side: 2048,
+        }
+    }
+}
+
+impl ComfyConfig {
+    /// Checks the settings and loads the templates; errors name the field.
+    pub fn templates(&self) -> Result<BTreeMap<String, Template>, String> {
+        if self.urls.is_empty() {
+            return Err("comfyui.urls: must name at least one ComfyUI server".to_owned());
+        }
+        for url in &self.urls {
+            match reqwest::Url::parse(url) {
+                Ok(u) if u.scheme() == "http" && u.host_str().is_some() => {}
+                Ok(u) if u.scheme() == "https" => {
+                    return Err(format!(
+                        "comfyui.urls: {url:?}: only http:// is supported; reach ComfyUI over the pod network"
+                    ));
+                }
+                _ => return Err(format!("comfyui.urls: {url:?} is not an http://host:port URL")),
+            }
+        }
+        for (field, secs) in [
+            ("comfyui.request_timeout_secs", self.request_timeout_secs),
+            ("comfyui.connect_timeout_secs", self.connect_timeout_secs),
+            ("comfyui.lost_after_secs", self.lost_after_secs),
+            ("comfyui.job_timeout_secs", self.job_timeout_secs),
+        ] {
+            if secs == 0 {
+                return Err(format!("{field}: must be at least 1"));
+            }
+        }
+        for (field, bytes) in [
+            ("comfyui.max_response_bytes", self.max_response_bytes),
+            ("comfyui.max_output_bytes", self.max_output_bytes),
+            ("comfyui.max_ws_message_bytes", self.max_ws_message_bytes),
+        ] {
+            if bytes < 512 {
+                return Err(format!("{field}: must be at least 512"));
+            }
+        }
+        if usize::try_from(self.max_ws_message_bytes).is_err() {
+            return Err("comfyui.max_ws_message_bytes: too large for this platform".to_owned());
+        }
+        if !(1..=MAX_PREVIEW_SIDE_LIMIT).contains(&self.max_preview_side) {
+            return Err(format!("comfyui.max_preview_side: must be between 1 and {MAX_PREVIEW_SIDE_LIMIT}"));
+        }
+        let all = Template::load_all(self.templates_dir.as_deref())?;
+        for (field, name) in [
+            ("comfyui.image_template", &self.image_template),
+            ("comfyui.video_template", &self.video_template),
+        ] {
+            if !all.contains_key(name) {
+                return Err(format!(
+                    "{field}: no template named {name:?} (available: {})",
+                    all.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        Ok(all)
+    }
+}
