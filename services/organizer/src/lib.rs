@@ -1,10 +1,12 @@
 //! The file organizer: checks, stores and serves the artifacts generators produce.
 //! Clients get ids and metadata and read bytes through streams; no RPC returns a path.
 
+pub mod api;
 pub mod checks;
 pub mod config;
+pub mod convert;
 pub mod error;
-pub mod grpc;
+pub mod ingest;
 pub mod layout;
 pub mod limits;
 pub mod metrics;
@@ -28,16 +30,26 @@ use sakuga_proto::{service_names, v1::file_service_server::FileServiceServer};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+pub use ingest::Faults;
 
 /// A built, not yet running organizer.
 #[derive(Debug)]
 pub struct Application {
     server: GrpcServer,
-    api: grpc::Api,
+    api: api::Api,
     tls: Arc<MeshTls>,
     vault: Vault,
     verifier: Arc<Verifier>,
     redis: Redis,
+}
+
+impl Application {
+    /// The same organizer, its uploads failing as `faults` say: a test's way to see what a
+    /// crash at a given moment leaves behind. Never set in production.
+    #[must_use]
+    pub fn with_faults(self, faults: Faults) -> Self {
+        Self { api: self.api.with_faults(faults), ..self }
+    }
 }
 
 impl Service for Application {
@@ -74,7 +86,7 @@ impl Service for Application {
             .await?
             .with_metrics(config.metrics_listen, metrics.clone())
             .await?;
-        let api = grpc::Api::new(store::Store::new(pool), storage, metrics, Arc::new(config));
+        let api = api::Api::new(store::Store::new(pool), storage, metrics, Arc::new(config));
         Ok(Self { server, api, tls, vault, verifier, redis })
     }
 
