@@ -24,6 +24,14 @@ pub struct Api {
     pub auth: Auth,
 }
 
+/// The gRPC services this module serves (health and reflection name them).
+pub const SERVICES: &[&str] = &[sakuga_proto::service_names::AUTH];
+
+/// The tonic service over `api`.
+pub fn server(api: Api) -> sakuga_proto::v1::auth_service_server::AuthServiceServer<Api> {
+    sakuga_proto::v1::auth_service_server::AuthServiceServer::new(api)
+}
+
 fn with_target<T>(msg: T, target: impl Into<String>) -> Response<T> {
     let mut resp = Response::new(msg);
     resp.extensions_mut().insert(AuditTarget(target.into()));

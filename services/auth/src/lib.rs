@@ -28,7 +28,6 @@ use sakuga_mesh::{
     tls::MeshTls,
     vault::Vault,
 };
-use sakuga_proto::{service_names, v1::auth_service_server::AuthServiceServer};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -73,7 +72,7 @@ impl Service for Application {
         let audit = Audit::new(pool);
         let guard = Guard::new(Some(verifier), Some(limiter.clone()), Some(audit.clone()))
             .observed(Self::NAME, metrics.clone());
-        let server = GrpcServer::bind(config.listen, &[service_names::AUTH], guard, &config.grpc)
+        let server = GrpcServer::bind(config.listen, api::SERVICES, guard, &config.grpc)
             .await?
             .with_probe(config.probe_listen)
             .await?
@@ -114,7 +113,7 @@ impl Service for Application {
             vec![("postgres", db::health_check(auth.store.pool())), ("redis", auth.redis.health_check())];
         let grace = Duration::from_secs(auth.config.shutdown_grace_secs);
         let result = server
-            .add_service(AuthServiceServer::new(api))
+            .add_service(api::server(api))
             .serve(tls, checks, Duration::from_secs(2), grace, shutdown)
             .await;
         renewal.abort();

@@ -42,6 +42,14 @@ pub struct Api {
     reads: Arc<PerKeySlots>,
 }
 
+/// The gRPC services this module serves (health and reflection name them).
+pub const SERVICES: &[&str] = &[sakuga_proto::service_names::FILES];
+
+/// The tonic service over `api`.
+pub fn server(api: Api) -> sakuga_proto::v1::file_service_server::FileServiceServer<Api> {
+    sakuga_proto::v1::file_service_server::FileServiceServer::new(api)
+}
+
 /// An upload's messages after the header, as the ingest use case reads them.
 fn parts(
     stream: Streaming<pb::StoreArtifactRequest>,

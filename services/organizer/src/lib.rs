@@ -26,7 +26,6 @@ use sakuga_mesh::{
     tls::MeshTls,
     vault::Vault,
 };
-use sakuga_proto::{service_names, v1::file_service_server::FileServiceServer};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -80,7 +79,7 @@ impl Service for Application {
         let metrics = sakuga_mesh::metrics::Metrics::new();
         let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool)
             .observed(Self::NAME, metrics.clone());
-        let server = GrpcServer::bind(config.listen, &[service_names::FILES], guard, &config.grpc)
+        let server = GrpcServer::bind(config.listen, api::SERVICES, guard, &config.grpc)
             .await?
             .with_probe(config.probe_listen)
             .await?
@@ -135,7 +134,7 @@ impl Service for Application {
         ];
         let grace = Duration::from_secs(api.config.shutdown_grace_secs);
         let result = server
-            .add_service(FileServiceServer::new(api))
+            .add_service(api::server(api))
             .serve(tls, checks, Duration::from_secs(2), grace, shutdown)
             .await;
         renewal.abort();
