@@ -30,7 +30,7 @@ use tempfile::TempDir;
 pub use process::{ProcessConfig, ServiceProcess};
 pub use services::{
     Spawned, auth_config, generator_config, organizer_config, scheduler_config, spawn_auth, spawn_generator,
-    spawn_organizer, spawn_scheduler, test_rate_limits,
+    spawn_organizer, spawn_organizer_with_faults, spawn_scheduler, test_rate_limits,
 };
 
 /// Logs to stderr when `TEST_LOG=1`.

@@ -112,7 +112,15 @@ pub fn organizer_config(env: &TestEnv, auth: &Spawned, root: PathBuf) -> sakuga_
 
 /// Starts an organizer.
 pub async fn spawn_organizer(config: sakuga_organizer::Config) -> anyhow::Result<Spawned> {
-    let app = sakuga_organizer::Application::build(config).await?;
+    spawn_organizer_with_faults(config, sakuga_organizer::Faults::default()).await
+}
+
+/// Starts an organizer whose uploads fail as `faults` say.
+pub async fn spawn_organizer_with_faults(
+    config: sakuga_organizer::Config,
+    faults: sakuga_organizer::Faults,
+) -> anyhow::Result<Spawned> {
+    let app = sakuga_organizer::Application::build(config).await?.with_faults(faults);
     let addr = app.local_addr();
     Ok(spawn(app, addr, sakuga_organizer::Application::run_until_stopped))
 }

@@ -37,6 +37,9 @@ pub enum AuthError {
         /// Whole seconds to wait.
         retry_after_secs: u64,
     },
+    /// A login limit is reached (the mesh's refusal, with its reason and retry-after).
+    #[error("{0}")]
+    Refused(sakuga_mesh::auth::Refusal),
     /// Token signing failed.
     #[error("signing: {0}")]
     Signing(String),
@@ -71,6 +74,7 @@ impl From<AuthError> for Status {
                 e.to_string(),
                 Some(std::time::Duration::from_secs(retry_after_secs)),
             ),
+            AuthError::Refused(refusal) => refusal.into(),
             AuthError::Signing(e) => {
                 error!(error = %e, "token signing failed");
                 Status::internal("internal error")

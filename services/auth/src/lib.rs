@@ -2,12 +2,18 @@
 //! refresh tokens, API keys and the audit log. Other services verify tokens locally with
 //! the keys it publishes (`GetJwks`).
 
+pub mod api;
+pub mod api_keys;
 pub mod config;
+pub mod convert;
 pub mod error;
-pub mod grpc;
 pub mod keys;
+pub mod login;
 pub mod password;
+pub mod service;
 pub mod store;
+pub mod tokens;
+pub mod users;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -22,7 +28,6 @@ use sakuga_mesh::{
     tls::MeshTls,
     vault::Vault,
 };
-use sakuga_proto::{service_names, v1::auth_service_server::AuthServiceServer};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -32,7 +37,7 @@ pub use config::Config;
 #[derive(Debug)]
 pub struct Application {
     server: GrpcServer,
-    api: grpc::Api,
+    api: api::Api,
     tls: Arc<MeshTls>,
     vault: Vault,
 }
@@ -67,13 +72,13 @@ impl Service for Application {
         let audit = Audit::new(pool);
         let guard = Guard::new(Some(verifier), Some(limiter.clone()), Some(audit.clone()))
             .observed(Self::NAME, metrics.clone());
-        let server = GrpcServer::bind(config.listen, &[service_names::AUTH], guard, &config.grpc)
+        let server = GrpcServer::bind(config.listen, api::SERVICES, guard, &config.grpc)
             .await?
             .with_probe(config.probe_listen)
             .await?
             .with_metrics(config.metrics_listen, metrics.clone())
             .await?;
-        let api = grpc::Api {
+        let auth = service::Auth {
             store,
             keys: Arc::new(keys),
             redis,
@@ -83,7 +88,7 @@ impl Service for Application {
             passwords,
             metrics,
         };
-        Ok(Self { server, api, tls, vault })
+        Ok(Self { server, api: api::Api { auth }, tls, vault })
     }
 
     fn local_addr(&self) -> SocketAddr {
@@ -96,18 +101,19 @@ impl Service for Application {
 
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
         let Self { server, api, tls, vault } = self;
-        let renewal = tls.spawn_renewal(vault, api.config.tls.clone(), shutdown.clone());
+        let auth = &api.auth;
+        let renewal = tls.spawn_renewal(vault, auth.config.tls.clone(), shutdown.clone());
         let retention = spawn_audit_retention(
-            api.store.clone(),
-            api.config.audit_retention_days,
-            Duration::from_secs(api.config.audit_sweep_secs),
+            auth.store.clone(),
+            auth.config.audit_retention_days,
+            Duration::from_secs(auth.config.audit_sweep_secs),
             shutdown.clone(),
         );
         let checks: Vec<(&'static str, HealthCheck)> =
-            vec![("postgres", db::health_check(api.store.pool())), ("redis", api.redis.health_check())];
-        let grace = Duration::from_secs(api.config.shutdown_grace_secs);
+            vec![("postgres", db::health_check(auth.store.pool())), ("redis", auth.redis.health_check())];
+        let grace = Duration::from_secs(auth.config.shutdown_grace_secs);
         let result = server
-            .add_service(AuthServiceServer::new(api))
+            .add_service(api::server(api))
             .serve(tls, checks, Duration::from_secs(2), grace, shutdown)
             .await;
         renewal.abort();
@@ -133,7 +139,7 @@ async fn bootstrap_admin(
     let bad = |why: &str| MeshError::Config(format!("bootstrap admin secret: {why}"));
     let username = secret.remove("username").ok_or_else(|| bad("field `username` missing"))?;
     let password = secret.remove("password").ok_or_else(|| bad("field `password` missing"))?;
-    grpc::check_username(&username).map_err(|e| bad(&e.to_string()))?;
+    users::check_username(&username).map_err(|e| bad(&e.to_string()))?;
     if password.chars().count() < 12 {
         return Err(bad("the password must have at least 12 characters"));
     }

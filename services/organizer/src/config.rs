@@ -57,10 +57,6 @@ pub struct Config {
     pub reconcile_interval_secs: u64,
     /// Bytes no record points at are removed once this old (protects uploads in flight).
     pub orphan_grace_secs: u64,
-    /// Test fault hook, never read from configuration: store the bytes of an upload, then
-    /// fail before inserting its record, as a crash at that moment would.
-    #[serde(skip)]
-    pub fault_crash_after_write: bool,
 }
 
 impl Default for Config {
@@ -86,7 +82,6 @@ impl Default for Config {
             thumbnail_max_side: 256,
             reconcile_interval_secs: 3600,
             orphan_grace_secs: 600,
-            fault_crash_after_write: false,
         }
     }
 }

@@ -44,6 +44,18 @@ pub enum OrganizerError {
     /// The peer stopped sending (or reading) for longer than the idle timeout.
     #[error("{0}")]
     Stalled(String),
+    /// Stored bytes are missing or shorter than their record says.
+    #[error("{0}")]
+    DataLoss(String),
+    /// No thumbnail could be made of a file whose bytes are there.
+    #[error("no thumbnail could be made of file {0}")]
+    NoThumbnail(uuid::Uuid),
+    /// The service cannot finish the call now; retrying may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The client's stream failed (the status it ended with is passed on).
+    #[error("stream: {}", .0.message())]
+    Stream(Status),
     /// Disk error (logged with the path; clients never see paths).
     #[error("storage: {0}")]
     Storage(#[from] std::io::Error),
@@ -78,6 +90,10 @@ impl From<OrganizerError> for Status {
                 Some(std::time::Duration::from_secs(retry_after_secs)),
             ),
             OrganizerError::Stalled(why) => Status::aborted(why),
+            OrganizerError::DataLoss(why) => Status::data_loss(why),
+            e @ OrganizerError::NoThumbnail(_) => Status::internal(e.to_string()),
+            OrganizerError::Unavailable(why) => Status::unavailable(why),
+            OrganizerError::Stream(status) => status,
             OrganizerError::Storage(e) => {
                 error!(error = %e, "storage error");
                 Status::internal("internal error")

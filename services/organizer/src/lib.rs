@@ -1,10 +1,12 @@
 //! The file organizer: checks, stores and serves the artifacts generators produce.
 //! Clients get ids and metadata and read bytes through streams; no RPC returns a path.
 
+pub mod api;
 pub mod checks;
 pub mod config;
+pub mod convert;
 pub mod error;
-pub mod grpc;
+pub mod ingest;
 pub mod layout;
 pub mod limits;
 pub mod metrics;
@@ -24,20 +26,29 @@ use sakuga_mesh::{
     tls::MeshTls,
     vault::Vault,
 };
-use sakuga_proto::{service_names, v1::file_service_server::FileServiceServer};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+pub use ingest::Faults;
 
 /// A built, not yet running organizer.
 #[derive(Debug)]
 pub struct Application {
     server: GrpcServer,
-    api: grpc::Api,
+    api: api::Api,
     tls: Arc<MeshTls>,
     vault: Vault,
     verifier: Arc<Verifier>,
     redis: Redis,
+}
+
+impl Application {
+    /// The same organizer, its uploads failing as `faults` say: a test's way to see what a
+    /// crash at a given moment leaves behind. Never set in production.
+    #[must_use]
+    pub fn with_faults(self, faults: Faults) -> Self {
+        Self { api: self.api.with_faults(faults), ..self }
+    }
 }
 
 impl Service for Application {
@@ -68,13 +79,13 @@ impl Service for Application {
         let metrics = sakuga_mesh::metrics::Metrics::new();
         let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool)
             .observed(Self::NAME, metrics.clone());
-        let server = GrpcServer::bind(config.listen, &[service_names::FILES], guard, &config.grpc)
+        let server = GrpcServer::bind(config.listen, api::SERVICES, guard, &config.grpc)
             .await?
             .with_probe(config.probe_listen)
             .await?
             .with_metrics(config.metrics_listen, metrics.clone())
             .await?;
-        let api = grpc::Api::new(store::Store::new(pool), storage, metrics, Arc::new(config));
+        let api = api::Api::new(store::Store::new(pool), storage, metrics, Arc::new(config));
         Ok(Self { server, api, tls, vault, verifier, redis })
     }
 
@@ -123,7 +134,7 @@ impl Service for Application {
         ];
         let grace = Duration::from_secs(api.config.shutdown_grace_secs);
         let result = server
-            .add_service(FileServiceServer::new(api))
+            .add_service(api::server(api))
             .serve(tls, checks, Duration::from_secs(2), grace, shutdown)
             .await;
         renewal.abort();

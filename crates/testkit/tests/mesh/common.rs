@@ -87,9 +87,19 @@ impl Mesh {
     /// Stops the organizer and starts another on the same storage with `adjust`ed
     /// configuration (on a new port: attach generators afterwards).
     pub(crate) async fn restart_organizer(&mut self, adjust: impl FnOnce(&mut sakuga_organizer::Config)) {
+        self.restart_organizer_with_faults(adjust, sakuga_organizer::Faults::default()).await;
+    }
+
+    /// Restarts the organizer with `adjust`ed configuration, its uploads failing as
+    /// `faults` say.
+    pub(crate) async fn restart_organizer_with_faults(
+        &mut self,
+        adjust: impl FnOnce(&mut sakuga_organizer::Config),
+        faults: sakuga_organizer::Faults,
+    ) {
         let mut cfg = sakuga_testkit::organizer_config(&self.env, &self.auth, self.files_root());
         adjust(&mut cfg);
-        let new = sakuga_testkit::spawn_organizer(cfg).await.unwrap();
+        let new = sakuga_testkit::spawn_organizer_with_faults(cfg, faults).await.unwrap();
         let old = std::mem::replace(&mut self.organizer, new);
         old.stop().await.unwrap();
     }
