@@ -10,17 +10,41 @@ use std::{
     time::Duration,
 };
 
-use sakuga_proto::v1::{AttachResponse, LeaseRevoked, attach_response};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use tonic::Status as GrpcStatus;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
-use crate::{State, grpc};
+use crate::{State, job::Job};
 
-/// Messages to one worker.
-pub type WorkerTx = mpsc::Sender<Result<AttachResponse, GrpcStatus>>;
+/// What the scheduler tells one worker.
+#[derive(Debug, Clone)]
+pub enum WorkerCommand {
+    /// Run this job under this lease.
+    Assign {
+        /// The job, status assigned.
+        job: Box<Job>,
+        /// Its fresh lease token.
+        lease: Uuid,
+        /// W3C trace context of the dispatch, for the worker's spans.
+        trace_context: HashMap<String, String>,
+    },
+    /// Stop the job (its owner canceled it).
+    Cancel {
+        /// The job.
+        job_id: Uuid,
+    },
+    /// The worker no longer holds the job's lease.
+    Revoke {
+        /// The job.
+        job_id: Uuid,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Commands to one worker.
+pub type WorkerTx = mpsc::Sender<WorkerCommand>;
 
 /// One attached worker session.
 #[derive(Debug)]
@@ -122,12 +146,12 @@ impl Registry {
 
     /// Records an assignment and queues it on the session's stream. `false` when the
     /// session is gone or its stream is full: the caller hands the job back.
-    fn assign(&self, session: Uuid, job: Uuid, lease: Uuid, msg: AttachResponse) -> bool {
+    fn assign(&self, session: Uuid, job: Uuid, lease: Uuid, command: WorkerCommand) -> bool {
         let mut sessions = self.lock();
         let Some(w) = sessions.get_mut(&session) else {
             return false;
         };
-        if w.tx.try_send(Ok(msg)).is_err() {
+        if w.tx.try_send(command).is_err() {
             return false;
         }
         w.running.insert(job, lease);
@@ -135,11 +159,11 @@ impl Registry {
     }
 
     /// Sends a message to whichever session holds `job` and frees its slot if `release`.
-    pub fn send_to_holder(&self, job: Uuid, msg: AttachResponse, release: bool) -> bool {
+    pub fn send_to_holder(&self, job: Uuid, command: WorkerCommand, release: bool) -> bool {
         let mut sessions = self.lock();
         for w in sessions.values_mut() {
             if w.running.contains_key(&job) {
-                let sent = w.tx.try_send(Ok(msg)).is_ok();
+                let sent = w.tx.try_send(command).is_ok();
                 if release {
                     w.running.remove(&job);
                 }
@@ -202,11 +226,13 @@ async fn dispatch_once(state: &State) -> Result<(), crate::error::SchedulerError
                 );
                 sakuga_mesh::telemetry::set_parent_from_map(&span, &c.job.trace_context);
                 let context = span.in_scope(sakuga_mesh::telemetry::current_context_map);
-                let msg = grpc::assignment(&c.job, c.lease_token, context);
-                if state.registry.assign(worker.session, c.job.id, c.lease_token, msg) {
+                let (id, lease) = (c.job.id, c.lease_token);
+                let command =
+                    WorkerCommand::Assign { job: Box::new(c.job.clone()), lease, trace_context: context };
+                if state.registry.assign(worker.session, id, lease, command) {
                     state.families.dispatched(&c.job);
                     info!(job_id = %c.job.id, worker_id = %worker.worker_id, attempt = c.job.attempts, warm, "job assigned");
-                    state.events.publish(c.job.id, &grpc::status_event(&c.job));
+                    state.events.status_changed(&c.job);
                 } else {
                     warn!(job_id = %c.job.id, worker_id = %worker.worker_id, "worker went away, job handed back");
                     state.store.unclaim(c.job.id, c.lease_token).await?;
@@ -236,15 +262,10 @@ pub fn spawn_reaper(
                     state.families.leases_expired(&expired);
                     for e in &expired {
                         warn!(job_id = %e.id, status = e.status.as_str(), "lease expired");
-                        let revoke = AttachResponse {
-                            msg: Some(attach_response::Msg::LeaseRevoked(LeaseRevoked {
-                                job_id: e.id.to_string(),
-                                reason: "expired".to_owned(),
-                            })),
-                        };
+                        let revoke = WorkerCommand::Revoke { job_id: e.id, reason: "expired".to_owned() };
                         state.registry.send_to_holder(e.id, revoke, true);
                         if let Ok(job) = state.store.get(e.id, None).await {
-                            state.events.publish(e.id, &grpc::status_event(&job));
+                            state.events.status_changed(&job);
                         }
                     }
                     debug!(count = expired.len(), "expired leases handled");

@@ -2,18 +2,19 @@
 //! `WorkerService` to generators; PostgreSQL is the source of truth, Redis carries progress
 //! fan-out.
 
+mod api;
 pub mod config;
+mod convert;
 pub mod dispatch;
 pub mod error;
 pub mod events;
-pub mod grpc;
 pub mod job;
 pub mod metrics;
 pub mod projects;
 pub mod store;
 pub mod validate;
 pub mod watchers;
-mod worker;
+pub mod worker;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -26,13 +27,6 @@ use sakuga_mesh::{
     service::Service,
     tls::MeshTls,
     vault::Vault,
-};
-use sakuga_proto::{
-    service_names,
-    v1::{
-        job_service_server::JobServiceServer, project_service_server::ProjectServiceServer,
-        worker_service_server::WorkerServiceServer,
-    },
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -97,17 +91,12 @@ impl Service for Application {
         let metrics = sakuga_mesh::metrics::Metrics::new();
         let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool)
             .observed(Self::NAME, metrics.clone());
-        let server = GrpcServer::bind(
-            config.listen,
-            &[service_names::JOBS, service_names::WORKER, service_names::PROJECTS],
-            guard,
-            &config.grpc,
-        )
-        .await?
-        .with_probe(config.probe_listen)
-        .await?
-        .with_metrics(config.metrics_listen, metrics.clone())
-        .await?;
+        let server = GrpcServer::bind(config.listen, &api::SERVICES, guard, &config.grpc)
+            .await?
+            .with_probe(config.probe_listen)
+            .await?
+            .with_metrics(config.metrics_listen, metrics.clone())
+            .await?;
         let state = Arc::new(State {
             projects: projects::Projects::new(pool.clone()),
             store: store::Store::new(pool),
@@ -149,13 +138,9 @@ impl Service for Application {
             let wake = wake.clone();
             db::spawn_listener(listen, "sakuga_jobs_queued", move || wake.notify_one(), shutdown.clone())
         };
-        let api = grpc::Api { state: state.clone(), wake, shutdown: shutdown.clone() };
         let checks = health_checks(&state);
         let grace = Duration::from_secs(state.config.shutdown_grace_secs);
-        let result = server
-            .add_service(JobServiceServer::new(api.clone()))
-            .add_service(WorkerServiceServer::new(api))
-            .add_service(ProjectServiceServer::new(state.projects.clone()))
+        let result = api::add_services(server, &state, wake, shutdown.clone())
             .serve(tls, checks, Duration::from_secs(2), grace, shutdown)
             .await;
         for task in [renewal, listener, dispatcher, reaper, keys, notified, retention] {
