@@ -18,6 +18,7 @@ use crate::{
     dispatch::WorkerCommand,
     error::SchedulerError,
     job::{EventKind, Job, JobEvent, Kind, Progress, Status},
+    projects::{Character, Project},
     validate::RawSpec,
     worker::{Attached, Hello, WorkerMessage},
 };
@@ -304,4 +305,30 @@ pub(crate) fn worker_message(msg: attach_request::Msg) -> Result<WorkerMessage, 
         Msg::Canceled(c) => WorkerMessage::Canceled { job_id: lease(c.job.as_ref())?.0 },
         Msg::Draining(d) => WorkerMessage::Draining { reason: d.reason },
     })
+}
+
+/// The API view of a project.
+pub(crate) fn project(p: &Project) -> pb::Project {
+    pb::Project {
+        id: p.id.to_string(),
+        owner_id: p.owner_id.clone(),
+        name: p.name.clone(),
+        slug: p.slug.clone(),
+        description: p.description.clone(),
+        archived: p.archived,
+        retention_days: p.retention_days,
+        create_time: Some(timestamp(p.created_at)),
+    }
+}
+
+/// The API view of a character.
+pub(crate) fn character(c: &Character) -> pb::Character {
+    pb::Character {
+        id: c.id.to_string(),
+        project_id: c.project_id.to_string(),
+        name: c.name.clone(),
+        description: c.description.clone(),
+        prompt_fragment: c.prompt_fragment.clone(),
+        negative_fragment: c.negative_fragment.clone(),
+    }
 }

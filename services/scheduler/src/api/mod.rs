@@ -1,9 +1,10 @@
 //! The gRPC surface: `JobService` ([`jobs`]), `WorkerService` ([`worker_session`]) and
-//! `ProjectService`. Handlers check the caller, translate the request with
+//! `ProjectService` ([`projects`]). Handlers check the caller, translate the request with
 //! [`crate::convert`], call the domain, and translate the answer back; nothing below this
 //! layer sees a proto type.
 
 mod jobs;
+mod projects;
 mod worker_session;
 
 use std::sync::Arc;
@@ -64,5 +65,5 @@ pub(crate) fn add_services(
     server
         .add_service(JobServiceServer::new(api.clone()))
         .add_service(WorkerServiceServer::new(api))
-        .add_service(ProjectServiceServer::new(state.projects.clone()))
+        .add_service(ProjectServiceServer::new(projects::ProjectApi(state.projects.clone())))
 }
