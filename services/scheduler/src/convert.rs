@@ -332,3 +332,46 @@ pub(crate) fn character(c: &Character) -> pb::Character {
         negative_fragment: c.negative_fragment.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_events_read_back_as_they_were_sent() {
+        let job_id = Uuid::now_v7();
+        let time = Utc::now();
+        for kind in [
+            EventKind::StatusChanged {
+                status: Status::Succeeded,
+                error: String::new(),
+                file_ids: vec![Uuid::now_v7(), Uuid::now_v7()],
+            },
+            EventKind::Progress(Progress { step: 3, total_steps: 20, stage: "sampling".to_owned(), item: 1 }),
+            EventKind::Preview { png: vec![0x89, b'P', b'N', b'G'], step: 5, item: 0 },
+        ] {
+            let sent = JobEvent { job_id, time, kind };
+            assert_eq!(decode_event(&encode_event(&sent)).unwrap(), sent);
+        }
+    }
+
+    #[test]
+    fn events_no_replica_publishes_are_refused() {
+        assert!(matches!(decode_event(b"\xff\xff"), Err(EventDecodeError::Wire(_))));
+        let snapshot = pb::JobEvent { job_id: Uuid::now_v7().to_string(), time: None, kind: None };
+        assert!(matches!(decode_event(&snapshot.encode_to_vec()), Err(EventDecodeError::Content(_))));
+    }
+
+    #[test]
+    fn worker_messages_name_the_bad_field() {
+        let ack = |job_id: &str| {
+            attach_request::Msg::Ack(pb::AssignmentAck {
+                job: Some(LeasedJob { job_id: job_id.to_owned(), lease_token: Uuid::now_v7().to_string() }),
+            })
+        };
+        let err = worker_message(ack("nope")).unwrap_err();
+        assert_eq!(err.to_string(), "msg: job.job_id: not a UUID");
+        let id = Uuid::now_v7();
+        assert!(matches!(worker_message(ack(&id.to_string())), Ok(WorkerMessage::Ack((j, _))) if j == id));
+    }
+}
