@@ -1,7 +1,7 @@
 //! Projects (name, slug unique per owner, description, archived, file retention) and their
 //! characters (prompt and negative fragments composed into jobs). Everything is scoped to
 //! an owner (`None`: any, for admins); another user's project is NOT_FOUND. The gRPC
-//! `ProjectService` over this is in [`crate::api`].
+//! `ProjectService` over this is in `api::projects`.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;

@@ -1,6 +1,6 @@
 //! One worker session, in domain terms: a hello, then assignments one way and acks,
 //! heartbeats, progress, completion and failure the other (the wire side is
-//! [`crate::api`]). Every message about a job carries its lease token; a stale one changes
+//! `api::worker_session`). Every message about a job carries its lease token; a stale one changes
 //! nothing and is answered with [`WorkerCommand::Revoke`].
 
 use std::{

@@ -2,8 +2,8 @@
 //! connection); every state change is one guarded UPDATE.
 //!
 //! Here: the job rows, submits and the client's reads and changes (get, list, cancel,
-//! retry). [`leases`]: the queue seen from the workers (claims, leases, progress,
-//! completion, failure, hand-backs). [`retention`]: pruning and the metrics counts.
+//! retry). `leases`: the queue seen from the workers (claims, leases, progress,
+//! completion, failure, hand-backs). `retention`: pruning and the metrics counts.
 
 mod leases;
 mod retention;
