@@ -1,7 +1,7 @@
 //! The wire and the domain: every conversion between `sakuga_proto` messages and the
-//! scheduler's own types lives here. Only this module and [`crate::api`] import the proto
-//! crate; the domain modules (dispatch, worker sessions, events, the store) speak in
-//! [`crate::job`], [`crate::worker`] and [`crate::dispatch`] types.
+//! scheduler's own types lives here. Only this module and `api` import the proto crate; the
+//! domain modules (dispatch, worker sessions, events, the store) speak in `job`, `worker`
+//! and `registry` types.
 
 use std::time::Duration;
 
@@ -15,10 +15,10 @@ use sakuga_proto::v1::{
 use uuid::Uuid;
 
 use crate::{
-    dispatch::WorkerCommand,
     error::SchedulerError,
     job::{EventKind, Job, JobEvent, Kind, Progress, Status},
     projects::{Character, Project},
+    registry::WorkerCommand,
     validate::RawSpec,
     worker::{Attached, Hello, WorkerMessage},
 };

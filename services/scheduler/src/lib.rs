@@ -11,6 +11,8 @@ pub mod events;
 pub mod job;
 pub mod metrics;
 pub mod projects;
+pub mod registry;
+pub mod state;
 pub mod store;
 pub mod validate;
 pub mod watchers;
@@ -32,30 +34,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-
-/// State shared by the RPC handlers and background loops.
-#[derive(Debug)]
-pub struct State {
-    /// Configuration.
-    pub config: Config,
-    /// Jobs in PostgreSQL.
-    pub store: store::Store,
-    /// Projects and characters.
-    pub projects: projects::Projects,
-    /// Event fan-out.
-    pub events: events::Events,
-    /// `WatchJob` streams held, per user and per connection.
-    pub watchers: watchers::Watchers,
-    /// Attached workers.
-    pub registry: dispatch::Registry,
-    /// Token verification (keys refreshed from the auth service).
-    pub verifier: Arc<Verifier>,
-    /// Prometheus metrics.
-    pub metrics: Arc<sakuga_mesh::metrics::Metrics>,
-    /// The scheduler's own metric families.
-    pub families: metrics::Families,
-    redis: Redis,
-}
+pub use state::State;
 
 /// A built, not yet running scheduler.
 #[derive(Debug)]
@@ -103,7 +82,7 @@ impl Service for Application {
             verifier,
             events: events::Events::new(redis.clone(), config.watch.channel_capacity),
             watchers: watchers::Watchers::new(&config.watch),
-            registry: dispatch::Registry::default(),
+            registry: registry::Registry::default(),
             families: metrics::Families::register(&metrics),
             metrics,
             redis,
@@ -124,7 +103,7 @@ impl Service for Application {
     /// Serves until `shutdown`, then drains.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
         let Self { server, state, tls, vault, listen } = self;
-        let server = server.with_metrics_refresh(metrics::refresh(&state));
+        let server = server.with_metrics_refresh(state::metrics_refresh(&state));
         let wake = Arc::new(Notify::new());
         let renewal = tls.spawn_renewal(vault, state.config.tls.clone(), shutdown.clone());
         let listener = state.events.spawn_listener(shutdown.clone());

@@ -14,10 +14,10 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::{
-    State,
-    dispatch::{WorkerCommand, WorkerSession, WorkerTx},
     error::SchedulerError,
     job::Progress,
+    registry::{WorkerCommand, WorkerSession, WorkerTx},
+    state::State,
     store::Completion,
 };
 

@@ -14,11 +14,11 @@ use uuid::Uuid;
 
 use super::Api;
 use crate::{
-    State,
     convert::{self, parse_id},
-    dispatch::WorkerCommand,
     error::SchedulerError,
     job::{EventKind, JobEvent, NewJob, Status as JobStatus},
+    registry::WorkerCommand,
+    state::State,
     store::ListFilter,
     validate,
 };

@@ -20,7 +20,7 @@ use sakuga_proto::{
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{State, error::SchedulerError};
+use crate::{error::SchedulerError, state::State};
 
 /// The services the scheduler serves, for the guard's authorization table.
 pub(crate) const SERVICES: [&str; 3] = [service_names::JOBS, service_names::WORKER, service_names::PROJECTS];

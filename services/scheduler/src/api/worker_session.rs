@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::Api;
 use crate::{
     convert,
-    dispatch::WorkerCommand,
+    registry::WorkerCommand,
     worker::{self, Session},
 };
 

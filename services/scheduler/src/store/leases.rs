@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{JOB_COLUMNS, Store, i32_of, job_from_row};
+use super::rows::{JOB_COLUMNS, Store, i32_of, job_from_row};
 use crate::{
     error::SchedulerError,
     job::{Job, Status},

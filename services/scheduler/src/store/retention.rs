@@ -1,6 +1,6 @@
 //! Retention of finished jobs and the counts the metrics scrape reads.
 
-use super::Store;
+use super::rows::Store;
 use crate::error::SchedulerError;
 
 /// Unfinished jobs counted per metrics scrape at most; a state at this value has at least
