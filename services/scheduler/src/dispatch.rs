@@ -1,160 +1,15 @@
-//! Attached workers and the dispatcher that hands them queued jobs, plus the lease reaper.
-//!
-//! The registry is this replica's view of its own worker sessions: free slots, backends
-//! and the leases each session holds. PostgreSQL stays the source of truth: claims use
+//! The dispatcher that hands queued jobs to attached workers (as
+//! [`WorkerCommand::Assign`] on the [`crate::registry`]), the lease reaper and the
+//! retention sweep. PostgreSQL stays the source of truth: claims use
 //! `FOR UPDATE SKIP LOCKED`, so several replicas never hand out the same job.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use sakuga_proto::v1::{AttachResponse, LeaseRevoked, attach_response};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tonic::Status as GrpcStatus;
 use tracing::{debug, error, info, warn};
-use uuid::Uuid;
 
-use crate::{State, grpc};
-
-/// Messages to one worker.
-pub type WorkerTx = mpsc::Sender<Result<AttachResponse, GrpcStatus>>;
-
-/// One attached worker session.
-#[derive(Debug)]
-pub struct WorkerSession {
-    /// Worker's own id.
-    pub worker_id: String,
-    /// Jobs it runs at once.
-    pub slots: u32,
-    /// Backends it offers.
-    pub backends: Vec<String>,
-    /// Models it has loaded.
-    pub models: Vec<String>,
-    /// Jobs it holds, with their lease tokens.
-    pub running: HashMap<Uuid, Uuid>,
-    /// No new work when draining.
-    pub draining: bool,
-    /// Its stream.
-    pub tx: WorkerTx,
-}
-
-/// Sessions attached to this replica.
-#[derive(Debug, Default)]
-pub struct Registry {
-    sessions: Mutex<HashMap<Uuid, WorkerSession>>,
-}
-
-/// A worker with room for more jobs.
-#[derive(Debug)]
-pub struct FreeWorker {
-    session: Uuid,
-    worker_id: String,
-    backends: Vec<String>,
-    models: Vec<String>,
-    free: u32,
-}
-
-impl Registry {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, WorkerSession>> {
-        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Adds a session.
-    pub fn register(&self, session: Uuid, worker: WorkerSession) {
-        self.lock().insert(session, worker);
-    }
-
-    /// Removes a session (its leases stay valid until they expire, so a reconnecting
-    /// worker keeps its jobs).
-    pub fn unregister(&self, session: Uuid) {
-        self.lock().remove(&session);
-    }
-
-    /// Does the session hold this lease?
-    pub fn holds(&self, session: Uuid, job: Uuid, lease: Uuid) -> bool {
-        self.lock().get(&session).is_some_and(|w| w.running.get(&job) == Some(&lease))
-    }
-
-    /// Frees the slot of a job.
-    pub fn release(&self, session: Uuid, job: Uuid) {
-        if let Some(w) = self.lock().get_mut(&session) {
-            w.running.remove(&job);
-        }
-    }
-
-    /// Records the models a session has loaded now (from its heartbeat).
-    pub fn set_models(&self, session: Uuid, models: Vec<String>) {
-        if let Some(w) = self.lock().get_mut(&session) {
-            w.models = models;
-        }
-    }
-
-    /// Stops giving the session work.
-    pub fn set_draining(&self, session: Uuid) {
-        if let Some(w) = self.lock().get_mut(&session) {
-            w.draining = true;
-        }
-    }
-
-    /// Sessions with free slots, most free first.
-    pub fn free_workers(&self) -> Vec<FreeWorker> {
-        let mut free: Vec<FreeWorker> = self
-            .lock()
-            .iter()
-            .filter(|(_, w)| !w.draining)
-            .filter_map(|(id, w)| {
-                let used = u32::try_from(w.running.len()).unwrap_or(u32::MAX);
-                (w.slots > used).then(|| FreeWorker {
-                    session: *id,
-                    worker_id: w.worker_id.clone(),
-                    backends: w.backends.clone(),
-                    models: w.models.clone(),
-                    free: w.slots - used,
-                })
-            })
-            .collect();
-        free.sort_by_key(|w| std::cmp::Reverse(w.free));
-        free
-    }
-
-    /// Records an assignment and queues it on the session's stream. `false` when the
-    /// session is gone or its stream is full: the caller hands the job back.
-    fn assign(&self, session: Uuid, job: Uuid, lease: Uuid, msg: AttachResponse) -> bool {
-        let mut sessions = self.lock();
-        let Some(w) = sessions.get_mut(&session) else {
-            return false;
-        };
-        if w.tx.try_send(Ok(msg)).is_err() {
-            return false;
-        }
-        w.running.insert(job, lease);
-        true
-    }
-
-    /// Sends a message to whichever session holds `job` and frees its slot if `release`.
-    pub fn send_to_holder(&self, job: Uuid, msg: AttachResponse, release: bool) -> bool {
-        let mut sessions = self.lock();
-        for w in sessions.values_mut() {
-            if w.running.contains_key(&job) {
-                let sent = w.tx.try_send(Ok(msg)).is_ok();
-                if release {
-                    w.running.remove(&job);
-                }
-                return sent;
-            }
-        }
-        false
-    }
-
-    /// Slots in use and in all, over this replica's sessions.
-    pub fn slot_usage(&self) -> (usize, u32) {
-        let s = self.lock();
-        (s.values().map(|w| w.running.len()).sum(), s.values().map(|w| w.slots).sum())
-    }
-}
+use crate::{registry::WorkerCommand, state::State};
 
 /// Hands queued jobs to free workers whenever woken, and at least every `poll`.
 pub fn spawn_dispatcher(
@@ -202,11 +57,13 @@ async fn dispatch_once(state: &State) -> Result<(), crate::error::SchedulerError
                 );
                 sakuga_mesh::telemetry::set_parent_from_map(&span, &c.job.trace_context);
                 let context = span.in_scope(sakuga_mesh::telemetry::current_context_map);
-                let msg = grpc::assignment(&c.job, c.lease_token, context);
-                if state.registry.assign(worker.session, c.job.id, c.lease_token, msg) {
+                let (id, lease) = (c.job.id, c.lease_token);
+                let command =
+                    WorkerCommand::Assign { job: Box::new(c.job.clone()), lease, trace_context: context };
+                if state.registry.assign(worker.session, id, lease, command) {
                     state.families.dispatched(&c.job);
                     info!(job_id = %c.job.id, worker_id = %worker.worker_id, attempt = c.job.attempts, warm, "job assigned");
-                    state.events.publish(c.job.id, &grpc::status_event(&c.job));
+                    state.events.status_changed(&c.job);
                 } else {
                     warn!(job_id = %c.job.id, worker_id = %worker.worker_id, "worker went away, job handed back");
                     state.store.unclaim(c.job.id, c.lease_token).await?;
@@ -236,15 +93,10 @@ pub fn spawn_reaper(
                     state.families.leases_expired(&expired);
                     for e in &expired {
                         warn!(job_id = %e.id, status = e.status.as_str(), "lease expired");
-                        let revoke = AttachResponse {
-                            msg: Some(attach_response::Msg::LeaseRevoked(LeaseRevoked {
-                                job_id: e.id.to_string(),
-                                reason: "expired".to_owned(),
-                            })),
-                        };
+                        let revoke = WorkerCommand::Revoke { job_id: e.id, reason: "expired".to_owned() };
                         state.registry.send_to_holder(e.id, revoke, true);
                         if let Ok(job) = state.store.get(e.id, None).await {
-                            state.events.publish(e.id, &grpc::status_event(&job));
+                            state.events.status_changed(&job);
                         }
                     }
                     debug!(count = expired.len(), "expired leases handled");

@@ -35,7 +35,7 @@ pub enum SchedulerError {
     #[error("{} reached ({cap})", ceiling.name())]
     TooManyWatchers {
         /// Which ceiling.
-        ceiling: crate::watchers::WatchCeiling,
+        ceiling: WatchCeiling,
         /// Its configured value.
         cap: u32,
     },
@@ -88,6 +88,25 @@ impl From<SchedulerError> for Status {
                 error!(error = %e, "database pool exhausted or unreachable");
                 Status::unavailable("database unavailable, retry later")
             }
+        }
+    }
+}
+
+/// Which watcher ceiling a refusal hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchCeiling {
+    /// `watch.max_per_user`.
+    PerUser,
+    /// `watch.max_per_connection`.
+    PerConnection,
+}
+
+impl WatchCeiling {
+    /// The ceiling's name in metrics and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PerUser => "watchers_per_user",
+            Self::PerConnection => "watchers_per_connection",
         }
     }
 }

@@ -15,13 +15,16 @@ use std::{
 };
 
 use futures_util::StreamExt as _;
-use prost::Message as _;
 use sakuga_mesh::redis::Redis;
-use sakuga_proto::v1::JobEvent;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
+
+use crate::{
+    convert,
+    job::{EventKind, Job, JobEvent, Progress},
+};
 
 /// One watched job's fan-out and the number of subscriptions that hold it.
 #[derive(Debug)]
@@ -116,10 +119,26 @@ impl Events {
 
     /// Queues an event for publishing; never waits for Redis. Dropped events (Redis down,
     /// outbox full) are made up for by the watchers' periodic re-read of the job row.
-    pub fn publish(&self, job_id: Uuid, event: &JobEvent) {
-        if self.outbox.try_send((self.channel(job_id), event.encode_to_vec())).is_err() {
+    fn publish(&self, event: &JobEvent) {
+        let job_id = event.job_id;
+        if self.outbox.try_send((self.channel(job_id), convert::encode_event(event))).is_err() {
             warn!(%job_id, "job event outbox full; event dropped");
         }
+    }
+
+    /// The job reached its current state.
+    pub fn status_changed(&self, job: &Job) {
+        self.publish(&JobEvent::status_changed(job));
+    }
+
+    /// The job's worker reported progress.
+    pub fn progress(&self, job_id: Uuid, progress: Progress) {
+        self.publish(&JobEvent::now(job_id, EventKind::Progress(progress)));
+    }
+
+    /// The job's worker sent a preview image.
+    pub fn preview(&self, job_id: Uuid, png: Vec<u8>, step: u32, item: u32) {
+        self.publish(&JobEvent::now(job_id, EventKind::Preview { png, step, item }));
     }
 
     /// Live events of one job on this replica, until the subscription is dropped. This
@@ -154,7 +173,7 @@ impl Events {
         else {
             return;
         };
-        let event = match JobEvent::decode(payload) {
+        let event = match convert::decode_event(payload) {
             Ok(e) => e,
             Err(e) => {
                 warn!(channel, error = %e, "undecodable job event");

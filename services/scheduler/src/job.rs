@@ -217,3 +217,83 @@ pub struct Job {
     /// Finished.
     pub finished_at: Option<DateTime<Utc>>,
 }
+
+impl Job {
+    /// Where the current attempt is.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            step: self.progress_step,
+            total_steps: self.progress_total,
+            stage: self.progress_stage.clone(),
+            item: self.progress_item,
+        }
+    }
+}
+
+/// Where a running job is, as its worker reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Steps done.
+    pub step: u32,
+    /// Steps in all.
+    pub total_steps: u32,
+    /// Stage label.
+    pub stage: String,
+    /// Batch item.
+    pub item: u32,
+}
+
+/// What happened to a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// The job reached a new state.
+    StatusChanged {
+        /// The new state.
+        status: Status,
+        /// The error, for failed attempts.
+        error: String,
+        /// Stored files, once succeeded.
+        file_ids: Vec<Uuid>,
+    },
+    /// The worker made progress.
+    Progress(Progress),
+    /// The worker sent a preview image.
+    Preview {
+        /// PNG bytes.
+        png: Vec<u8>,
+        /// Step it shows.
+        step: u32,
+        /// Batch item it shows.
+        item: u32,
+    },
+}
+
+/// An event of one job, as watchers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobEvent {
+    /// The job.
+    pub job_id: Uuid,
+    /// When it happened.
+    pub time: DateTime<Utc>,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+impl JobEvent {
+    /// `kind` happening to `job_id` now.
+    pub fn now(job_id: Uuid, kind: EventKind) -> Self {
+        Self { job_id, time: Utc::now(), kind }
+    }
+
+    /// The job's current state, as a status change.
+    pub fn status_changed(job: &Job) -> Self {
+        Self::now(
+            job.id,
+            EventKind::StatusChanged {
+                status: job.status,
+                error: job.error.clone(),
+                file_ids: job.file_ids.clone(),
+            },
+        )
+    }
+}

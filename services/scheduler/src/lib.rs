@@ -2,18 +2,21 @@
 //! `WorkerService` to generators; PostgreSQL is the source of truth, Redis carries progress
 //! fan-out.
 
+mod api;
 pub mod config;
+mod convert;
 pub mod dispatch;
 pub mod error;
 pub mod events;
-pub mod grpc;
 pub mod job;
 pub mod metrics;
 pub mod projects;
+pub mod registry;
+pub mod state;
 pub mod store;
 pub mod validate;
 pub mod watchers;
-mod worker;
+pub mod worker;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -27,41 +30,11 @@ use sakuga_mesh::{
     tls::MeshTls,
     vault::Vault,
 };
-use sakuga_proto::{
-    service_names,
-    v1::{
-        job_service_server::JobServiceServer, project_service_server::ProjectServiceServer,
-        worker_service_server::WorkerServiceServer,
-    },
-};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-
-/// State shared by the RPC handlers and background loops.
-#[derive(Debug)]
-pub struct State {
-    /// Configuration.
-    pub config: Config,
-    /// Jobs in PostgreSQL.
-    pub store: store::Store,
-    /// Projects and characters.
-    pub projects: projects::Projects,
-    /// Event fan-out.
-    pub events: events::Events,
-    /// `WatchJob` streams held, per user and per connection.
-    pub watchers: watchers::Watchers,
-    /// Attached workers.
-    pub registry: dispatch::Registry,
-    /// Token verification (keys refreshed from the auth service).
-    pub verifier: Arc<Verifier>,
-    /// Prometheus metrics.
-    pub metrics: Arc<sakuga_mesh::metrics::Metrics>,
-    /// The scheduler's own metric families.
-    pub families: metrics::Families,
-    redis: Redis,
-}
+pub use state::State;
 
 /// A built, not yet running scheduler.
 #[derive(Debug)]
@@ -97,24 +70,19 @@ impl Service for Application {
         let metrics = sakuga_mesh::metrics::Metrics::new();
         let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool)
             .observed(Self::NAME, metrics.clone());
-        let server = GrpcServer::bind(
-            config.listen,
-            &[service_names::JOBS, service_names::WORKER, service_names::PROJECTS],
-            guard,
-            &config.grpc,
-        )
-        .await?
-        .with_probe(config.probe_listen)
-        .await?
-        .with_metrics(config.metrics_listen, metrics.clone())
-        .await?;
+        let server = GrpcServer::bind(config.listen, &api::SERVICES, guard, &config.grpc)
+            .await?
+            .with_probe(config.probe_listen)
+            .await?
+            .with_metrics(config.metrics_listen, metrics.clone())
+            .await?;
         let state = Arc::new(State {
             projects: projects::Projects::new(pool.clone()),
             store: store::Store::new(pool),
             verifier,
             events: events::Events::new(redis.clone(), config.watch.channel_capacity),
             watchers: watchers::Watchers::new(&config.watch),
-            registry: dispatch::Registry::default(),
+            registry: registry::Registry::default(),
             families: metrics::Families::register(&metrics),
             metrics,
             redis,
@@ -135,7 +103,7 @@ impl Service for Application {
     /// Serves until `shutdown`, then drains.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
         let Self { server, state, tls, vault, listen } = self;
-        let server = server.with_metrics_refresh(metrics::refresh(&state));
+        let server = server.with_metrics_refresh(state::metrics_refresh(&state));
         let wake = Arc::new(Notify::new());
         let renewal = tls.spawn_renewal(vault, state.config.tls.clone(), shutdown.clone());
         let listener = state.events.spawn_listener(shutdown.clone());
@@ -149,13 +117,9 @@ impl Service for Application {
             let wake = wake.clone();
             db::spawn_listener(listen, "sakuga_jobs_queued", move || wake.notify_one(), shutdown.clone())
         };
-        let api = grpc::Api { state: state.clone(), wake, shutdown: shutdown.clone() };
         let checks = health_checks(&state);
         let grace = Duration::from_secs(state.config.shutdown_grace_secs);
-        let result = server
-            .add_service(JobServiceServer::new(api.clone()))
-            .add_service(WorkerServiceServer::new(api))
-            .add_service(ProjectServiceServer::new(state.projects.clone()))
+        let result = api::add_services(server, &state, wake, shutdown.clone())
             .serve(tls, checks, Duration::from_secs(2), grace, shutdown)
             .await;
         for task in [renewal, listener, dispatcher, reaper, keys, notified, retention] {

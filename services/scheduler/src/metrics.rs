@@ -3,16 +3,13 @@
 //! replica's worker slots. Families are registered once; every label value comes from a
 //! closed set (job states, the validated backends).
 
-use std::sync::Arc;
-
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
 };
-use sakuga_mesh::metrics::{HistogramFamily, Metrics, Refresh, histogram_family, latency_histogram};
+use sakuga_mesh::metrics::{HistogramFamily, Metrics, histogram_family, latency_histogram};
 
 use crate::{
-    State,
     job::{Job, Status},
     store::Expired,
 };
@@ -139,29 +136,22 @@ impl Families {
             self.lease_expiries.get_or_create(&Outcome { outcome }).inc();
         }
     }
-}
 
-/// Before each scrape: unfinished jobs by state (all replicas, from PostgreSQL; a count
-/// bounded by [`crate::store::UNFINISHED_COUNT_LIMIT`] over the unfinished jobs only, never a
-/// count of the whole history), this replica's worker slots, and its job watches (streams
-/// and the per-job channels they share, both back to zero when nobody watches).
-pub fn refresh(state: &Arc<State>) -> Refresh {
-    let state = state.clone();
-    Arc::new(move || {
-        let state = state.clone();
-        Box::pin(async move {
-            let f = &state.families;
-            if let Ok(counts) = state.store.count_unfinished().await {
-                for s in [Status::Queued, Status::Assigned, Status::Running] {
-                    let n = counts.iter().find(|(k, _)| *k == s.as_str()).map_or(0, |(_, n)| *n);
-                    f.jobs.get_or_create(&JobState { state: s.as_str() }).set(n);
-                }
-            }
-            let (busy, total) = state.registry.slot_usage();
-            f.slots_busy.set(i64::try_from(busy).unwrap_or(i64::MAX));
-            f.slots.set(i64::from(total));
-            f.watchers.set(i64::try_from(state.watchers.held()).unwrap_or(i64::MAX));
-            f.channels.set(i64::try_from(state.events.channels()).unwrap_or(i64::MAX));
-        })
-    })
+    /// Unfinished jobs in state `s`, all replicas (set at each scrape).
+    pub fn set_jobs(&self, s: Status, n: i64) {
+        self.jobs.get_or_create(&JobState { state: s.as_str() }).set(n);
+    }
+
+    /// This replica's worker slots in use and in all (set at each scrape).
+    pub fn set_slots(&self, busy: usize, total: u32) {
+        self.slots_busy.set(i64::try_from(busy).unwrap_or(i64::MAX));
+        self.slots.set(i64::from(total));
+    }
+
+    /// This replica's `WatchJob` streams and the job channels they share (set at each
+    /// scrape).
+    pub fn set_watch(&self, watchers: usize, channels: usize) {
+        self.watchers.set(i64::try_from(watchers).unwrap_or(i64::MAX));
+        self.channels.set(i64::try_from(channels).unwrap_or(i64::MAX));
+    }
 }

@@ -1,16 +1,11 @@
-//! ProjectService: projects (name, slug unique per owner, description, archived, file
-//! retention) and their characters (prompt and negative fragments composed into jobs).
-//! Everything is scoped to the caller; another user's project answers NOT_FOUND.
+//! Projects (name, slug unique per owner, description, archived, file retention) and their
+//! characters (prompt and negative fragments composed into jobs). Everything is scoped to
+//! an owner (`None`: any, for admins); another user's project is NOT_FOUND. The gRPC
+//! `ProjectService` over this is in `api::projects`.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use sakuga_mesh::{
-    api::{Page, timestamp},
-    auth as mesh_auth,
-};
-use sakuga_proto::v1::{self as pb, project_service_server::ProjectService};
 use tokio_postgres::Row;
-use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{error::SchedulerError, validate::text_field};
@@ -20,35 +15,92 @@ const CHARACTER_COLUMNS: &str = "id, project_id, name, description, prompt_fragm
 /// Characters one job may name.
 pub const MAX_CHARACTERS_PER_JOB: usize = 8;
 
-fn project_from_row(r: &Row) -> pb::Project {
-    pb::Project {
-        id: r.get::<_, Uuid>("id").to_string(),
+/// A project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    /// Id.
+    pub id: Uuid,
+    /// Owner principal.
+    pub owner_id: String,
+    /// Display name.
+    pub name: String,
+    /// Folder name of its files, unique per owner; never changes.
+    pub slug: String,
+    /// Free text.
+    pub description: String,
+    /// No new jobs while archived.
+    pub archived: bool,
+    /// Days its files are kept (0: for ever).
+    pub retention_days: u32,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A character of a project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Character {
+    /// Id.
+    pub id: Uuid,
+    /// Its project.
+    pub project_id: Uuid,
+    /// Name, unique in the project.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Composed into the prompt of jobs naming it.
+    pub prompt_fragment: String,
+    /// Composed into the negative prompt of jobs naming it.
+    pub negative_fragment: String,
+}
+
+/// Changes to a project; `None` keeps the field.
+#[derive(Debug, Clone, Default)]
+pub struct ProjectChanges {
+    /// New name.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New file retention.
+    pub retention_days: Option<u32>,
+    /// Archive or unarchive.
+    pub archived: Option<bool>,
+}
+
+/// Changes to a character; `None` keeps the field.
+#[derive(Debug, Clone, Default)]
+pub struct CharacterChanges {
+    /// New name.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New prompt fragment.
+    pub prompt_fragment: Option<String>,
+    /// New negative fragment.
+    pub negative_fragment: Option<String>,
+}
+
+fn project_from_row(r: &Row) -> Project {
+    Project {
+        id: r.get("id"),
         owner_id: r.get("owner_id"),
         name: r.get("name"),
         slug: r.get("slug"),
         description: r.get("description"),
         archived: r.get("archived"),
         retention_days: u32::try_from(r.get::<_, i32>("retention_days")).unwrap_or(0),
-        create_time: Some(timestamp(r.get("created_at"))),
+        created_at: r.get("created_at"),
     }
 }
 
-fn character_from_row(r: &Row) -> pb::Character {
-    pb::Character {
-        id: r.get::<_, Uuid>("id").to_string(),
-        project_id: r.get::<_, Uuid>("project_id").to_string(),
+fn character_from_row(r: &Row) -> Character {
+    Character {
+        id: r.get("id"),
+        project_id: r.get("project_id"),
         name: r.get("name"),
         description: r.get("description"),
         prompt_fragment: r.get("prompt_fragment"),
         negative_fragment: r.get("negative_fragment"),
     }
-}
-
-/// A response naming what it changed, for the audit row.
-fn audited<T>(msg: T, target: String) -> Response<T> {
-    let mut resp = Response::new(msg);
-    resp.extensions_mut().insert(mesh_auth::AuditTarget(target));
-    resp
 }
 
 fn parse_id(field: &'static str, s: &str) -> Result<Uuid, SchedulerError> {
@@ -113,7 +165,7 @@ pub struct Composition {
     pub character_ids: Vec<Uuid>,
 }
 
-/// The service over the scheduler's database.
+/// Projects and characters in the scheduler's database.
 #[derive(Debug, Clone)]
 pub struct Projects {
     pool: Pool,
@@ -242,19 +294,21 @@ fn character_fields(
     })
 }
 
-#[tonic::async_trait]
-impl ProjectService for Projects {
-    async fn create_project(
+impl Projects {
+    /// Creates a project for `owner`; an empty `slug` is made from the name.
+    pub async fn create(
         &self,
-        req: Request<pb::CreateProjectRequest>,
-    ) -> Result<Response<pb::CreateProjectResponse>, Status> {
-        let owner = mesh_auth::caller(&req)?.user_id()?.to_string();
-        let r = req.into_inner();
-        let name = text_field("name", &r.name, 1, 120)?;
-        let slug = check_slug(&if r.slug.is_empty() { slugify(&name) } else { r.slug })?;
-        let description = text_field("description", &r.description, 0, 2000)?;
-        let retention = check_retention(r.retention_days)?;
-        let client = self.pool.get().await.map_err(SchedulerError::from)?;
+        owner: &str,
+        name: &str,
+        slug: &str,
+        description: &str,
+        retention_days: u32,
+    ) -> Result<Project, SchedulerError> {
+        let name = text_field("name", name, 1, 120)?;
+        let slug = check_slug(&if slug.is_empty() { slugify(&name) } else { slug.to_owned() })?;
+        let description = text_field("description", description, 0, 2000)?;
+        let retention = check_retention(retention_days)?;
+        let client = self.pool.get().await?;
         let sql = format!(
             "INSERT INTO projects (id, owner_id, name, slug, description, retention_days) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING {PROJECT_COLUMNS}"
@@ -263,88 +317,74 @@ impl ProjectService for Projects {
             .query_one(&sql, &[&Uuid::now_v7(), &owner, &name, &slug, &description, &retention])
             .await
             .map_err(|e| conflict(e, || format!("slug: you already have a project with slug {slug:?}")))?;
-        let project = project_from_row(&row);
-        let target = format!("project:{}", project.id);
-        Ok(audited(pb::CreateProjectResponse { project: Some(project) }, target))
+        Ok(project_from_row(&row))
     }
 
-    async fn get_project(
-        &self,
-        req: Request<pb::GetProjectRequest>,
-    ) -> Result<Response<pb::GetProjectResponse>, Status> {
-        let scope = mesh_auth::caller(&req)?.owner_scope()?;
-        let id = parse_id("project_id", &req.get_ref().project_id)?;
-        let row = self.project_row(id, scope.as_deref()).await?;
-        Ok(Response::new(pb::GetProjectResponse { project: Some(project_from_row(&row)) }))
+    /// A project visible to `owner`.
+    pub async fn get(&self, id: Uuid, owner: Option<&str>) -> Result<Project, SchedulerError> {
+        Ok(project_from_row(&self.project_row(id, owner).await?))
     }
 
-    async fn list_projects(
+    /// Up to `limit` projects visible to `owner`, newest first, after the keyset cursor
+    /// `after` (created_at, id); archived ones only when asked.
+    pub async fn list(
         &self,
-        req: Request<pb::ListProjectsRequest>,
-    ) -> Result<Response<pb::ListProjectsResponse>, Status> {
-        let scope = mesh_auth::caller(&req)?.owner_scope()?;
-        let r = req.into_inner();
-        let page = Page::parse(r.page_size, &r.page_token)?;
-        let (after_ts, after_id) = page.after.map_or((None, None), |(t, i)| (Some(t), Some(i)));
-        let client = self.pool.get().await.map_err(SchedulerError::from)?;
+        owner: Option<&str>,
+        include_archived: bool,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: u32,
+    ) -> Result<Vec<Project>, SchedulerError> {
+        let (after_ts, after_id) = after.map_or((None, None), |(t, i)| (Some(t), Some(i)));
+        let client = self.pool.get().await?;
         let sql = format!(
             "SELECT {PROJECT_COLUMNS} FROM projects WHERE ($1::text IS NULL OR owner_id = $1) \
              AND ($2 OR NOT archived) \
              AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
              ORDER BY created_at DESC, id DESC LIMIT $5"
         );
-        let rows = client
-            .query(&sql, &[&scope, &r.include_archived, &after_ts, &after_id, &i64::from(page.fetch())])
-            .await
-            .map_err(SchedulerError::from)?;
-        let mut rows: Vec<(DateTime<Utc>, Uuid, pb::Project)> =
-            rows.iter().map(|r| (r.get("created_at"), r.get("id"), project_from_row(r))).collect();
-        let next_page_token = page.finish(&mut rows, |(t, id, _)| (*t, *id));
-        Ok(Response::new(pb::ListProjectsResponse {
-            projects: rows.into_iter().map(|(_, _, p)| p).collect(),
-            next_page_token,
-        }))
+        let rows =
+            client.query(&sql, &[&owner, &include_archived, &after_ts, &after_id, &i64::from(limit)]).await?;
+        Ok(rows.iter().map(project_from_row).collect())
     }
 
-    async fn update_project(
+    /// Changes a project visible to `owner`. The slug stays: it names the folder files
+    /// already live in.
+    pub async fn update(
         &self,
-        req: Request<pb::UpdateProjectRequest>,
-    ) -> Result<Response<pb::UpdateProjectResponse>, Status> {
-        let scope = mesh_auth::caller(&req)?.owner_scope()?;
-        let r = req.into_inner();
-        let id = parse_id("project_id", &r.project_id)?;
-        let name = r.name.as_deref().map(|n| text_field("name", n, 1, 120)).transpose()?;
+        id: Uuid,
+        owner: Option<&str>,
+        changes: &ProjectChanges,
+    ) -> Result<Project, SchedulerError> {
+        let name = changes.name.as_deref().map(|n| text_field("name", n, 1, 120)).transpose()?;
         let description =
-            r.description.as_deref().map(|d| text_field("description", d, 0, 2000)).transpose()?;
-        let retention = r.retention_days.map(check_retention).transpose()?;
-        let client = self.pool.get().await.map_err(SchedulerError::from)?;
-        // The slug stays: it names the folder files already live in.
+            changes.description.as_deref().map(|d| text_field("description", d, 0, 2000)).transpose()?;
+        let retention = changes.retention_days.map(check_retention).transpose()?;
+        let client = self.pool.get().await?;
         let sql = format!(
             "UPDATE projects SET name = COALESCE($3, name), description = COALESCE($4, description), \
              retention_days = COALESCE($5, retention_days), archived = COALESCE($6, archived) \
              WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2) RETURNING {PROJECT_COLUMNS}"
         );
         let row = client
-            .query_opt(&sql, &[&id, &scope, &name, &description, &retention, &r.archived])
-            .await
-            .map_err(SchedulerError::from)?
+            .query_opt(&sql, &[&id, &owner, &name, &description, &retention, &changes.archived])
+            .await?
             .ok_or_else(|| SchedulerError::NotFound(format!("project {id}")))?;
-        Ok(audited(
-            pb::UpdateProjectResponse { project: Some(project_from_row(&row)) },
-            format!("project:{id}"),
-        ))
+        Ok(project_from_row(&row))
     }
 
-    async fn create_character(
+    /// Adds a character to a project visible to `owner`.
+    pub async fn create_character(
         &self,
-        req: Request<pb::CreateCharacterRequest>,
-    ) -> Result<Response<pb::CreateCharacterResponse>, Status> {
-        let scope = mesh_auth::caller(&req)?.owner_scope()?;
-        let r = req.into_inner();
-        let project = parse_id("project_id", &r.project_id)?;
-        let f = character_fields(&r.name, &r.description, &r.prompt_fragment, &r.negative_fragment)?;
-        self.project_row(project, scope.as_deref()).await?;
-        let client = self.pool.get().await.map_err(SchedulerError::from)?;
+        project: Uuid,
+        owner: Option<&str>,
+        name: &str,
+        description: &str,
+        prompt_fragment: &str,
+        negative_fragment: &str,
+    ) -> Result<Character, SchedulerError> {
+        let f = character_fields(name, description, prompt_fragment, negative_fragment)?;
+        self.project_row(project, owner).await?;
+        let client = self.pool.get().await?;
         let sql = format!(
             "INSERT INTO characters (id, project_id, name, description, prompt_fragment, negative_fragment) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING {CHARACTER_COLUMNS}"
@@ -363,42 +403,38 @@ impl ProjectService for Projects {
             )
             .await
             .map_err(|e| conflict(e, || format!("name: the project already has a character {:?}", f.name)))?;
-        let character = character_from_row(&row);
-        let target = format!("character:{}", character.id);
-        Ok(audited(pb::CreateCharacterResponse { character: Some(character) }, target))
+        Ok(character_from_row(&row))
     }
 
-    async fn list_characters(
+    /// The characters of a project visible to `owner`, by name.
+    pub async fn characters(
         &self,
-        req: Request<pb::ListCharactersRequest>,
-    ) -> Result<Response<pb::ListCharactersResponse>, Status> {
-        let scope = mesh_auth::caller(&req)?.owner_scope()?;
-        let project = parse_id("project_id", &req.get_ref().project_id)?;
-        self.project_row(project, scope.as_deref()).await?;
-        let client = self.pool.get().await.map_err(SchedulerError::from)?;
+        project: Uuid,
+        owner: Option<&str>,
+    ) -> Result<Vec<Character>, SchedulerError> {
+        self.project_row(project, owner).await?;
+        let client = self.pool.get().await?;
         let sql =
             format!("SELECT {CHARACTER_COLUMNS} FROM characters WHERE project_id = $1 ORDER BY name, id");
-        let rows = client.query(&sql, &[&project]).await.map_err(SchedulerError::from)?;
-        Ok(Response::new(pb::ListCharactersResponse {
-            characters: rows.iter().map(character_from_row).collect(),
-        }))
+        let rows = client.query(&sql, &[&project]).await?;
+        Ok(rows.iter().map(character_from_row).collect())
     }
 
-    async fn update_character(
+    /// Changes a character of a project visible to `owner`.
+    pub async fn update_character(
         &self,
-        req: Request<pb::UpdateCharacterRequest>,
-    ) -> Result<Response<pb::UpdateCharacterResponse>, Status> {
-        let scope = mesh_auth::caller(&req)?.owner_scope()?;
-        let r = req.into_inner();
-        let id = parse_id("character_id", &r.character_id)?;
-        let current = character_from_row(&self.character_scoped(id, scope.as_deref()).await?);
+        id: Uuid,
+        owner: Option<&str>,
+        changes: &CharacterChanges,
+    ) -> Result<Character, SchedulerError> {
+        let current = character_from_row(&self.character_scoped(id, owner).await?);
         let f = character_fields(
-            r.name.as_deref().unwrap_or(&current.name),
-            r.description.as_deref().unwrap_or(&current.description),
-            r.prompt_fragment.as_deref().unwrap_or(&current.prompt_fragment),
-            r.negative_fragment.as_deref().unwrap_or(&current.negative_fragment),
+            changes.name.as_deref().unwrap_or(&current.name),
+            changes.description.as_deref().unwrap_or(&current.description),
+            changes.prompt_fragment.as_deref().unwrap_or(&current.prompt_fragment),
+            changes.negative_fragment.as_deref().unwrap_or(&current.negative_fragment),
         )?;
-        let client = self.pool.get().await.map_err(SchedulerError::from)?;
+        let client = self.pool.get().await?;
         let sql = format!(
             "UPDATE characters SET name = $2, description = $3, prompt_fragment = $4, negative_fragment = $5 \
              WHERE id = $1 RETURNING {CHARACTER_COLUMNS}"
@@ -408,22 +444,15 @@ impl ProjectService for Projects {
             .await
             .map_err(|e| conflict(e, || format!("name: the project already has a character {:?}", f.name)))?
             .ok_or_else(|| SchedulerError::NotFound(format!("character {id}")))?;
-        Ok(audited(
-            pb::UpdateCharacterResponse { character: Some(character_from_row(&row)) },
-            format!("character:{id}"),
-        ))
+        Ok(character_from_row(&row))
     }
 
-    async fn delete_character(
-        &self,
-        req: Request<pb::DeleteCharacterRequest>,
-    ) -> Result<Response<pb::DeleteCharacterResponse>, Status> {
-        let scope = mesh_auth::caller(&req)?.owner_scope()?;
-        let id = parse_id("character_id", &req.get_ref().character_id)?;
-        self.character_scoped(id, scope.as_deref()).await?;
-        let client = self.pool.get().await.map_err(SchedulerError::from)?;
-        client.execute("DELETE FROM characters WHERE id = $1", &[&id]).await.map_err(SchedulerError::from)?;
-        Ok(audited(pb::DeleteCharacterResponse {}, format!("character:{id}")))
+    /// Deletes a character of a project visible to `owner`.
+    pub async fn delete_character(&self, id: Uuid, owner: Option<&str>) -> Result<(), SchedulerError> {
+        self.character_scoped(id, owner).await?;
+        let client = self.pool.get().await?;
+        client.execute("DELETE FROM characters WHERE id = $1", &[&id]).await?;
+        Ok(())
     }
 }
 

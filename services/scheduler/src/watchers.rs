@@ -13,26 +13,8 @@ use std::{
 
 use uuid::Uuid;
 
+pub use crate::error::WatchCeiling;
 use crate::{config::WatchConfig, error::SchedulerError};
-
-/// Which watcher ceiling a refusal hit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WatchCeiling {
-    /// `watch.max_per_user`.
-    PerUser,
-    /// `watch.max_per_connection`.
-    PerConnection,
-}
-
-impl WatchCeiling {
-    /// The ceiling's name in metrics and messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::PerUser => "watchers_per_user",
-            Self::PerConnection => "watchers_per_connection",
-        }
-    }
-}
 
 #[derive(Debug, Default)]
 struct Held {

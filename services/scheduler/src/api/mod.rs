@@ -1,0 +1,69 @@
+//! The gRPC surface: `JobService` ([`jobs`]), `WorkerService` ([`worker_session`]) and
+//! `ProjectService` ([`projects`]). Handlers check the caller, translate the request with
+//! [`crate::convert`], call the domain, and translate the answer back; nothing below this
+//! layer sees a proto type.
+
+mod jobs;
+mod projects;
+mod worker_session;
+
+use std::sync::Arc;
+
+use sakuga_mesh::server::GrpcServer;
+use sakuga_proto::{
+    service_names,
+    v1::{
+        job_service_server::JobServiceServer, project_service_server::ProjectServiceServer,
+        worker_service_server::WorkerServiceServer,
+    },
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{error::SchedulerError, state::State};
+
+/// The services the scheduler serves, for the guard's authorization table.
+pub(crate) const SERVICES: [&str; 3] = [service_names::JOBS, service_names::WORKER, service_names::PROJECTS];
+
+/// JobService and WorkerService over the shared state.
+#[derive(Debug, Clone)]
+struct Api {
+    /// Shared state.
+    state: Arc<State>,
+    /// Wakes the dispatcher.
+    wake: Arc<Notify>,
+    /// Ends streams on shutdown.
+    shutdown: CancellationToken,
+}
+
+impl Api {
+    /// Counts a refusal by one of the scheduler's ceilings (other errors are not counted
+    /// here).
+    fn count_refusal(&self, e: &SchedulerError) {
+        let ceiling = match e {
+            SchedulerError::QueueFull { .. } => "active_jobs_per_user",
+            SchedulerError::TooManyWatchers { ceiling, .. } => ceiling.name(),
+            SchedulerError::InvalidField { .. }
+            | SchedulerError::NotFound(_)
+            | SchedulerError::AlreadyExists(_)
+            | SchedulerError::FailedPrecondition(_)
+            | SchedulerError::Db(_)
+            | SchedulerError::Pool(_) => return,
+        };
+        self.state.metrics.ceiling_refused(ceiling);
+    }
+}
+
+/// Adds the scheduler's services to `server`.
+pub(crate) fn add_services(
+    server: GrpcServer,
+    state: &Arc<State>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> GrpcServer {
+    let api = Api { state: state.clone(), wake, shutdown };
+    server
+        .add_service(JobServiceServer::new(api.clone()))
+        .add_service(WorkerServiceServer::new(api))
+        .add_service(ProjectServiceServer::new(projects::ProjectApi(state.projects.clone())))
+}

@@ -1,0 +1,181 @@
+//! This replica's view of its own worker sessions: free slots, backends, loaded models,
+//! the leases each session holds, and the channel of [`WorkerCommand`]s to each worker.
+//! PostgreSQL stays the source of truth; the registry only routes.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, MutexGuard, PoisonError},
+};
+
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::job::Job;
+
+/// What the scheduler tells one worker.
+#[derive(Debug, Clone)]
+pub enum WorkerCommand {
+    /// Run this job under this lease.
+    Assign {
+        /// The job, status assigned.
+        job: Box<Job>,
+        /// Its fresh lease token.
+        lease: Uuid,
+        /// W3C trace context of the dispatch, for the worker's spans.
+        trace_context: HashMap<String, String>,
+    },
+    /// Stop the job (its owner canceled it).
+    Cancel {
+        /// The job.
+        job_id: Uuid,
+    },
+    /// The worker no longer holds the job's lease.
+    Revoke {
+        /// The job.
+        job_id: Uuid,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Commands to one worker.
+pub type WorkerTx = mpsc::Sender<WorkerCommand>;
+
+/// One attached worker session.
+#[derive(Debug)]
+pub struct WorkerSession {
+    /// Worker's own id.
+    pub worker_id: String,
+    /// Jobs it runs at once.
+    pub slots: u32,
+    /// Backends it offers.
+    pub backends: Vec<String>,
+    /// Models it has loaded.
+    pub models: Vec<String>,
+    /// Jobs it holds, with their lease tokens.
+    pub running: HashMap<Uuid, Uuid>,
+    /// No new work when draining.
+    pub draining: bool,
+    /// Its stream.
+    pub tx: WorkerTx,
+}
+
+/// Sessions attached to this replica.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<Uuid, WorkerSession>>,
+}
+
+/// A worker with room for more jobs.
+#[derive(Debug)]
+pub struct FreeWorker {
+    /// Its session.
+    pub session: Uuid,
+    /// Worker's own id.
+    pub worker_id: String,
+    /// Backends it offers.
+    pub backends: Vec<String>,
+    /// Models it has loaded.
+    pub models: Vec<String>,
+    /// Slots free.
+    pub free: u32,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, WorkerSession>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a session.
+    pub fn register(&self, session: Uuid, worker: WorkerSession) {
+        self.lock().insert(session, worker);
+    }
+
+    /// Removes a session (its leases stay valid until they expire, so a reconnecting
+    /// worker keeps its jobs).
+    pub fn unregister(&self, session: Uuid) {
+        self.lock().remove(&session);
+    }
+
+    /// Does the session hold this lease?
+    pub fn holds(&self, session: Uuid, job: Uuid, lease: Uuid) -> bool {
+        self.lock().get(&session).is_some_and(|w| w.running.get(&job) == Some(&lease))
+    }
+
+    /// Frees the slot of a job.
+    pub fn release(&self, session: Uuid, job: Uuid) {
+        if let Some(w) = self.lock().get_mut(&session) {
+            w.running.remove(&job);
+        }
+    }
+
+    /// Records the models a session has loaded now (from its heartbeat).
+    pub fn set_models(&self, session: Uuid, models: Vec<String>) {
+        if let Some(w) = self.lock().get_mut(&session) {
+            w.models = models;
+        }
+    }
+
+    /// Stops giving the session work.
+    pub fn set_draining(&self, session: Uuid) {
+        if let Some(w) = self.lock().get_mut(&session) {
+            w.draining = true;
+        }
+    }
+
+    /// Sessions with free slots, most free first.
+    pub fn free_workers(&self) -> Vec<FreeWorker> {
+        let mut free: Vec<FreeWorker> = self
+            .lock()
+            .iter()
+            .filter(|(_, w)| !w.draining)
+            .filter_map(|(id, w)| {
+                let used = u32::try_from(w.running.len()).unwrap_or(u32::MAX);
+                (w.slots > used).then(|| FreeWorker {
+                    session: *id,
+                    worker_id: w.worker_id.clone(),
+                    backends: w.backends.clone(),
+                    models: w.models.clone(),
+                    free: w.slots - used,
+                })
+            })
+            .collect();
+        free.sort_by_key(|w| std::cmp::Reverse(w.free));
+        free
+    }
+
+    /// Records an assignment and queues it on the session's stream. `false` when the
+    /// session is gone or its stream is full: the caller hands the job back.
+    pub fn assign(&self, session: Uuid, job: Uuid, lease: Uuid, command: WorkerCommand) -> bool {
+        let mut sessions = self.lock();
+        let Some(w) = sessions.get_mut(&session) else {
+            return false;
+        };
+        if w.tx.try_send(command).is_err() {
+            return false;
+        }
+        w.running.insert(job, lease);
+        true
+    }
+
+    /// Sends a message to whichever session holds `job` and frees its slot if `release`.
+    pub fn send_to_holder(&self, job: Uuid, command: WorkerCommand, release: bool) -> bool {
+        let mut sessions = self.lock();
+        for w in sessions.values_mut() {
+            if w.running.contains_key(&job) {
+                let sent = w.tx.try_send(command).is_ok();
+                if release {
+                    w.running.remove(&job);
+                }
+                return sent;
+            }
+        }
+        false
+    }
+
+    /// Slots in use and in all, over this replica's sessions.
+    pub fn slot_usage(&self) -> (usize, u32) {
+        let s = self.lock();
+        (s.values().map(|w| w.running.len()).sum(), s.values().map(|w| w.slots).sum())
+    }
+}

@@ -1,0 +1,254 @@
+//! Submits and the client's reads and changes of jobs: insert, reuse, get, list, cancel,
+//! retry.
+
+use uuid::Uuid;
+
+use super::rows::{JOB_COLUMNS, Store, i32_of, job_from_row};
+use crate::{
+    error::SchedulerError,
+    job::{Job, NewJob, Status},
+};
+
+/// Serializes the active-job accounting of one owner until the transaction ends, so
+/// concurrent submits and retries cannot overshoot the cap together.
+async fn lock_owner(tx: &deadpool_postgres::Transaction<'_>, owner: &str) -> Result<(), SchedulerError> {
+    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[&owner]).await?;
+    Ok(())
+}
+
+/// Refuses when `owner` already has `cap` jobs queued or running (call under
+/// [`lock_owner`]).
+async fn ensure_room(
+    tx: &deadpool_postgres::Transaction<'_>,
+    owner: &str,
+    cap: u32,
+) -> Result<(), SchedulerError> {
+    // Counting stops at the cap: whether the owner is at it is all that matters.
+    let count = tx
+        .prepare_cached(
+            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE owner_id = $1 \
+             AND status IN ('queued', 'assigned', 'running') LIMIT $2) active",
+        )
+        .await?;
+    let active: i64 = tx.query_one(&count, &[&owner, &i64::from(cap)]).await?.get(0);
+    if active >= i64::from(cap) {
+        return Err(SchedulerError::QueueFull { active, cap });
+    }
+    Ok(())
+}
+
+/// Result of an insert.
+#[derive(Debug)]
+pub struct Inserted {
+    /// The job (new, or the earlier one with the same idempotency key).
+    pub job: Job,
+    /// True when the idempotency key matched an existing job.
+    pub deduplicated: bool,
+}
+
+/// Filters of ListJobs.
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    /// Only this state.
+    pub status: Option<Status>,
+    /// Keyset cursor: (created_at, id) of the last row of the previous page.
+    pub cursor: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
+    /// Submitted at or after.
+    pub created_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Submitted before.
+    pub created_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Prompt substring, case-insensitive.
+    pub prompt_contains: Option<String>,
+    /// Only this project's jobs.
+    pub project_id: Option<Uuid>,
+}
+
+impl Store {
+    /// Inserts a queued job; with an idempotency key already used by this owner, returns
+    /// the first job instead. Refuses when the owner already has `cap` jobs queued or
+    /// running (checked under a per-owner lock, so concurrent submits cannot overshoot).
+    pub async fn insert(&self, new: &NewJob, cap: u32) -> Result<Inserted, SchedulerError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        lock_owner(&tx, &new.owner_id).await?;
+        if let Some(key) = &new.idempotency_key {
+            let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE owner_id = $1 AND idempotency_key = $2");
+            if let Some(row) = tx.query_opt(&sql, &[&new.owner_id, key]).await? {
+                tx.commit().await?;
+                return Ok(Inserted { job: job_from_row(&row), deduplicated: true });
+            }
+        }
+        ensure_room(&tx, &new.owner_id, cap).await?;
+        let sql = format!(
+            "INSERT INTO jobs (id, owner_id, kind, backend, model, prompt, negative_prompt, composed_prompt, \
+             width, height, steps, batch_size, frames, fps, seed, cfg_scale, sampler, priority, \
+             idempotency_key, max_attempts, spec_hash, project_id, character_ids, composed_negative, \
+             trace_context) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25) \
+             ON CONFLICT (owner_id, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
+        );
+        let stmt = tx.prepare_cached(&sql).await?;
+        let s = &new.spec;
+        let seed = i64::try_from(s.seed).unwrap_or(i64::MAX);
+        let row = tx
+            .query_opt(
+                &stmt,
+                &[
+                    &new.id,
+                    &new.owner_id,
+                    &s.kind.as_str(),
+                    &s.backend,
+                    &s.model,
+                    &s.prompt,
+                    &s.negative_prompt,
+                    &new.composed_prompt,
+                    &i32_of(s.width),
+                    &i32_of(s.height),
+                    &i32_of(s.steps),
+                    &i32_of(s.batch_size),
+                    &i32_of(s.frames),
+                    &i32_of(s.fps),
+                    &seed,
+                    &s.cfg_scale,
+                    &s.sampler,
+                    &new.priority,
+                    &new.idempotency_key,
+                    &i32_of(new.max_attempts),
+                    &s.hash(),
+                    &new.project_id,
+                    &new.character_ids,
+                    &new.composed_negative,
+                    &serde_json::to_value(&new.trace_context).unwrap_or_default(),
+                ],
+            )
+            .await?;
+        let row =
+            row.ok_or_else(|| SchedulerError::FailedPrecondition("idempotency key conflict".to_owned()))?;
+        tx.commit().await?;
+        Ok(Inserted { job: job_from_row(&row), deduplicated: false })
+    }
+
+    /// The owner's latest succeeded job with exactly these parameters, if any.
+    pub async fn reusable(&self, owner: &str, spec_hash: &str) -> Result<Option<Job>, SchedulerError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE owner_id = $1 AND spec_hash = $2 AND status = 'succeeded' \
+             ORDER BY finished_at DESC LIMIT 1"
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        Ok(client.query_opt(&stmt, &[&owner, &spec_hash]).await?.map(|r| job_from_row(&r)))
+    }
+
+    /// A job visible to `owner` (`None`: any owner, for internal use and admins).
+    pub async fn get(&self, id: Uuid, owner: Option<&str>) -> Result<Job, SchedulerError> {
+        let client = self.pool.get().await?;
+        let sql =
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2)");
+        let stmt = client.prepare_cached(&sql).await?;
+        client
+            .query_opt(&stmt, &[&id, &owner])
+            .await?
+            .map(|r| job_from_row(&r))
+            .ok_or_else(|| SchedulerError::NotFound(format!("job {id}")))
+    }
+
+    /// A page of jobs visible to `owner` (`None`: all), newest first, after the keyset
+    /// cursor, filtered.
+    pub async fn list(
+        &self,
+        owner: Option<&str>,
+        filter: &ListFilter,
+        limit: u32,
+    ) -> Result<Vec<Job>, SchedulerError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1::text IS NULL OR owner_id = $1) \
+             AND ($2::text IS NULL OR status = $2) \
+             AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
+             AND ($5::timestamptz IS NULL OR created_at >= $5) \
+             AND ($6::timestamptz IS NULL OR created_at < $6) \
+             AND ($7::text IS NULL OR strpos(lower(prompt), lower($7)) > 0) \
+             AND ($9::uuid IS NULL OR project_id = $9) \
+             ORDER BY created_at DESC, id DESC LIMIT $8"
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        let (after_ts, after_id) = filter.cursor.map_or((None, None), |(t, i)| (Some(t), Some(i)));
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &owner,
+                    &filter.status.map(Status::as_str),
+                    &after_ts,
+                    &after_id,
+                    &filter.created_after,
+                    &filter.created_before,
+                    &filter.prompt_contains,
+                    &i64::from(limit),
+                    &filter.project_id,
+                ],
+            )
+            .await?;
+        Ok(rows.iter().map(job_from_row).collect())
+    }
+
+    /// Cancels a job that has not finished. Returns the job as it was before (so the
+    /// caller knows whether a worker must be told) and after, or `None` if it had finished.
+    pub async fn cancel(
+        &self,
+        id: Uuid,
+        owner: Option<&str>,
+    ) -> Result<Option<(Status, Option<String>, Job)>, SchedulerError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "WITH before AS (SELECT id, status, worker_id FROM jobs WHERE id = $1 \
+                AND ($2::text IS NULL OR owner_id = $2) FOR UPDATE) \
+             UPDATE jobs j SET status = 'canceled', lease_token = NULL, lease_expires_at = NULL, \
+                finished_at = now(), updated_at = now() \
+             FROM before WHERE j.id = before.id AND before.status IN ('queued', 'assigned', 'running') \
+             RETURNING before.status AS before_status, before.worker_id AS before_worker, {}",
+            JOB_COLUMNS.split(", ").map(|c| format!("j.{c}")).collect::<Vec<_>>().join(", ")
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        Ok(client.query_opt(&stmt, &[&id, &owner]).await?.map(|r| {
+            let before: String = r.get("before_status");
+            (Status::parse(&before).unwrap_or(Status::Queued), r.get("before_worker"), job_from_row(&r))
+        }))
+    }
+
+    /// Queues a failed or canceled job again with fresh attempts, unless its owner already
+    /// has `cap` jobs queued or running (counted and locked exactly as for a new job).
+    /// `None`: no such job visible to `owner`, or not failed or canceled.
+    pub async fn retry(
+        &self,
+        id: Uuid,
+        owner: Option<&str>,
+        cap: u32,
+    ) -> Result<Option<Job>, SchedulerError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let retryable = tx
+            .prepare_cached(
+                "SELECT owner_id FROM jobs WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2) \
+                 AND status IN ('failed', 'canceled')",
+            )
+            .await?;
+        let Some(row) = tx.query_opt(&retryable, &[&id, &owner]).await? else {
+            return Ok(None);
+        };
+        let job_owner: String = row.get(0);
+        lock_owner(&tx, &job_owner).await?;
+        ensure_room(&tx, &job_owner, cap).await?;
+        let sql = format!(
+            "UPDATE jobs SET status = 'queued', attempts = 0, error = '', file_ids = '{{}}', worker_id = NULL, not_before = NULL, \
+             progress_step = 0, progress_total = 0, progress_stage = '', progress_item = 0, \
+             started_at = NULL, finished_at = NULL, updated_at = now() \
+             WHERE id = $1 AND status IN ('failed', 'canceled') \
+             RETURNING {JOB_COLUMNS}"
+        );
+        let stmt = tx.prepare_cached(&sql).await?;
+        let job = tx.query_opt(&stmt, &[&id]).await?.map(|r| job_from_row(&r));
+        tx.commit().await?;
+        Ok(job)
+    }
+}

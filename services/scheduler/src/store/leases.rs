@@ -1,0 +1,354 @@
+//! The queue seen from the workers: claims with fresh leases, lease extension and
+//! expiry, progress, completion and failure, each guarded by the lease token.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::rows::{JOB_COLUMNS, Store, i32_of, job_from_row};
+use crate::{
+    error::SchedulerError,
+    job::{Job, Status},
+};
+
+/// What became of a completion.
+#[derive(Debug)]
+pub enum Completion {
+    /// The job succeeded with the named files.
+    Succeeded(Job),
+    /// The completion named files not recorded for this job: refused, and the attempt
+    /// failed instead (the job is queued again while attempts remain).
+    ForeignFiles {
+        /// The job after the failed attempt.
+        job: Job,
+        /// The ids that are not this job's.
+        foreign: Vec<Uuid>,
+    },
+    /// The lease is no longer held (expired, finished, canceled, another worker's):
+    /// nothing changed.
+    LeaseLost,
+}
+
+/// A claimed job with its fresh lease.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The job, status assigned.
+    pub job: Job,
+    /// Its lease token.
+    pub lease_token: Uuid,
+}
+
+/// What an expired lease turned into.
+#[derive(Debug)]
+pub struct Expired {
+    /// Job id.
+    pub id: Uuid,
+    /// Queued again or failed.
+    pub status: Status,
+    /// Error recorded.
+    pub error: String,
+}
+
+/// Fails the attempt under lease `$2` of job `$1` with error `$3`: back to the queue
+/// after a backoff while `$4` (retryable) and attempts remain, failed otherwise.
+fn fail_sql() -> String {
+    format!(
+        "UPDATE jobs SET \
+           status = CASE WHEN $4 AND attempts < max_attempts THEN 'queued' ELSE 'failed' END, \
+           finished_at = CASE WHEN $4 AND attempts < max_attempts THEN NULL ELSE now() END, \
+           not_before = now() + least(power(2, attempts), 60) * interval '1 second', \
+           error = $3, lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, updated_at = now() \
+         WHERE id = $1 AND lease_token = $2 AND status IN ('assigned', 'running') RETURNING {JOB_COLUMNS}"
+    )
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl Store {
+    /// Claims up to `limit` queued jobs for a worker offering `backends` (and, when
+    /// `models` is given, only jobs for those models), highest priority then oldest first. `SKIP LOCKED` keeps concurrent dispatchers (other replicas) from
+    /// claiming the same row; each claim gets a fresh lease token.
+    pub async fn claim(
+        &self,
+        worker_id: &str,
+        backends: &[String],
+        models: Option<&[String]>,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, SchedulerError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            // Fair share: within a priority, each owner's oldest queued job comes before
+            // anyone's second, so one user's thousand queued jobs do not starve another's one.
+            // Only each owner's first few queued jobs are ranked (no more can be picked, plus a
+            // margin for rows other replicas hold), found through jobs_queue_by_owner, and the
+            // owners by a skip scan of it: a claim costs the same with 10 or 10,000 queued.
+            "WITH RECURSIVE owners AS ( \
+                (SELECT owner_id FROM jobs WHERE status = 'queued' ORDER BY owner_id LIMIT 1) \
+                UNION ALL \
+                SELECT (SELECT n.owner_id FROM jobs n WHERE n.status = 'queued' AND n.owner_id > o.owner_id \
+                        ORDER BY n.owner_id LIMIT 1) \
+                FROM owners o WHERE o.owner_id IS NOT NULL), \
+             ranked AS ( \
+                SELECT c.id, c.priority, c.created_at, \
+                       row_number() OVER (PARTITION BY c.owner_id ORDER BY c.priority DESC, c.created_at, c.id) AS turn \
+                FROM owners o CROSS JOIN LATERAL ( \
+                    SELECT id, owner_id, priority, created_at FROM jobs \
+                    WHERE owner_id = o.owner_id AND status = 'queued' AND backend = ANY($1) \
+                      AND ($5::text[] IS NULL OR model = ANY($5)) \
+                      AND (not_before IS NULL OR not_before <= now()) \
+                    ORDER BY priority DESC, created_at, id LIMIT $2::bigint + 16) c), \
+             ordered AS ( \
+                SELECT id, priority, turn, created_at FROM ranked \
+                ORDER BY priority DESC, turn, created_at, id LIMIT $2::bigint + 16), \
+             picked AS ( \
+                SELECT q.id FROM ordered r JOIN jobs q ON q.id = r.id WHERE q.status = 'queued' \
+                ORDER BY r.priority DESC, r.turn, r.created_at, r.id \
+                FOR UPDATE OF q SKIP LOCKED LIMIT $2) \
+             UPDATE jobs j SET status = 'assigned', worker_id = $3, lease_token = gen_random_uuid(), \
+                lease_expires_at = now() + $4 * interval '1 millisecond', attempts = attempts + 1, \
+                progress_step = 0, progress_total = 0, progress_stage = '', progress_item = 0, \
+                not_before = NULL, updated_at = now() \
+             FROM picked WHERE j.id = picked.id \
+             RETURNING {}",
+            JOB_COLUMNS.split(", ").map(|c| format!("j.{c}")).collect::<Vec<_>>().join(", ")
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        let rows =
+            client.query(&stmt, &[&backends, &i64::from(limit), &worker_id, &millis(lease), &models]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let job = job_from_row(r);
+                let lease_token = job.lease_token.unwrap_or_default();
+                Claimed { job, lease_token }
+            })
+            .collect())
+    }
+
+    /// Hands an assignment that could not be delivered back to the queue, undoing the
+    /// attempt. Guarded by the lease.
+    pub async fn unclaim(&self, id: Uuid, lease: Uuid) -> Result<bool, SchedulerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE jobs SET status = 'queued', worker_id = NULL, lease_token = NULL, \
+                 lease_expires_at = NULL, attempts = attempts - 1, updated_at = now() \
+                 WHERE id = $1 AND lease_token = $2 AND status = 'assigned'",
+            )
+            .await?;
+        Ok(client.execute(&stmt, &[&id, &lease]).await? == 1)
+    }
+
+    /// Confirms a lease at (re)connect or heartbeat and extends it. Returns the ids whose
+    /// lease is still held; the others were lost (expired, finished, canceled).
+    pub async fn extend_leases(
+        &self,
+        worker_id: &str,
+        leases: &[(Uuid, Uuid)],
+        lease: Duration,
+    ) -> Result<Vec<Uuid>, SchedulerError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond', worker_id = $4 \
+                 FROM unnest($1::uuid[], $2::uuid[]) AS l(id, token) \
+                 WHERE j.id = l.id AND j.lease_token = l.token AND j.status IN ('assigned', 'running') \
+                 RETURNING j.id",
+            )
+            .await?;
+        let ids: Vec<Uuid> = leases.iter().map(|l| l.0).collect();
+        let tokens: Vec<Uuid> = leases.iter().map(|l| l.1).collect();
+        let rows = client.query(&stmt, &[&ids, &tokens, &millis(lease), &worker_id]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The worker started the job: assigned -> running.
+    pub async fn mark_running(&self, id: Uuid, lease: Uuid, ttl: Duration) -> Result<bool, SchedulerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE jobs SET status = 'running', started_at = now(), updated_at = now(), \
+                 lease_expires_at = now() + $3 * interval '1 millisecond' \
+                 WHERE id = $1 AND lease_token = $2 AND status = 'assigned'",
+            )
+            .await?;
+        Ok(client.execute(&stmt, &[&id, &lease, &millis(ttl)]).await? == 1)
+    }
+
+    /// Records progress (and extends the lease); also moves assigned -> running.
+    pub async fn record_progress(
+        &self,
+        id: Uuid,
+        lease: Uuid,
+        progress: (u32, u32, &str, u32),
+        ttl: Duration,
+    ) -> Result<bool, SchedulerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, now()), \
+                 progress_step = $3, progress_total = $4, progress_stage = $5, progress_item = $6, \
+                 lease_expires_at = now() + $7 * interval '1 millisecond', updated_at = now() \
+                 WHERE id = $1 AND lease_token = $2 AND status IN ('assigned', 'running')",
+            )
+            .await?;
+        let (step, total, stage, item) = progress;
+        let n = client
+            .execute(
+                &stmt,
+                &[&id, &lease, &i32_of(step), &i32_of(total), &stage, &i32_of(item), &millis(ttl)],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Lease still held? (For progress messages that are not written to the database.)
+    pub async fn lease_held(&self, id: Uuid, lease: Uuid) -> Result<bool, SchedulerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT 1 FROM jobs WHERE id = $1 AND lease_token = $2 AND status IN ('assigned', 'running')",
+            )
+            .await?;
+        Ok(client.query_opt(&stmt, &[&id, &lease]).await?.is_some())
+    }
+
+    /// The attempt succeeded: running -> succeeded with the stored files.
+    ///
+    /// A worker's word on which files are the job's is not taken: every id must be a file
+    /// the organizer recorded for this very job (`files.job_id`), checked in the same
+    /// transaction that completes the job, under the job row's lock. A completion naming
+    /// any other id (another job's file, a made-up one) is refused as a whole and the
+    /// attempt counts as failed (retryable: the job is sound, the worker is not), so a
+    /// generator cannot attach someone else's files to a job, nor finish a job with files
+    /// it never stored.
+    pub async fn complete(
+        &self,
+        id: Uuid,
+        lease: Uuid,
+        file_ids: &[Uuid],
+    ) -> Result<Completion, SchedulerError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let held = tx
+            .prepare_cached(
+                "SELECT 1 FROM jobs WHERE id = $1 AND lease_token = $2 AND status IN ('assigned', 'running') \
+                 FOR UPDATE",
+            )
+            .await?;
+        if tx.query_opt(&held, &[&id, &lease]).await?.is_none() {
+            return Ok(Completion::LeaseLost);
+        }
+        let foreign = tx
+            .prepare_cached(
+                "SELECT DISTINCT f.id FROM unnest($2::uuid[]) AS f(id) \
+                 WHERE NOT EXISTS (SELECT 1 FROM files WHERE files.id = f.id AND files.job_id = $1)",
+            )
+            .await?;
+        let foreign: Vec<Uuid> =
+            tx.query(&foreign, &[&id, &file_ids]).await?.iter().map(|r| r.get(0)).collect();
+        let outcome = if foreign.is_empty() {
+            let sql = format!(
+                "UPDATE jobs SET status = 'succeeded', file_ids = $3, lease_token = NULL, lease_expires_at = NULL, \
+                 progress_step = GREATEST(progress_step, progress_total), error = '', \
+                 finished_at = now(), updated_at = now() \
+                 WHERE id = $1 AND lease_token = $2 AND status IN ('assigned', 'running') RETURNING {JOB_COLUMNS}"
+            );
+            let stmt = tx.prepare_cached(&sql).await?;
+            tx.query_opt(&stmt, &[&id, &lease, &file_ids])
+                .await?
+                .map(|r| Completion::Succeeded(job_from_row(&r)))
+        } else {
+            let stmt = tx.prepare_cached(&fail_sql()).await?;
+            let error = "the completion named files not stored for this job";
+            tx.query_opt(&stmt, &[&id, &lease, &error, &true])
+                .await?
+                .map(|r| Completion::ForeignFiles { job: job_from_row(&r), foreign })
+        };
+        tx.commit().await?;
+        // The row is locked and held under this lease, so each UPDATE finds it.
+        Ok(outcome.unwrap_or(Completion::LeaseLost))
+    }
+
+    /// The attempt failed: back to the queue while attempts remain and the error is
+    /// retryable, failed otherwise.
+    pub async fn fail(
+        &self,
+        id: Uuid,
+        lease: Uuid,
+        error: &str,
+        retryable: bool,
+    ) -> Result<Option<Job>, SchedulerError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(&fail_sql()).await?;
+        Ok(client.query_opt(&stmt, &[&id, &lease, &error, &retryable]).await?.map(|r| job_from_row(&r)))
+    }
+
+    /// Leases that ran out (worker killed, network cut): queued again with the attempt
+    /// counted, or failed after the last attempt.
+    pub async fn expire_leases(&self) -> Result<Vec<Expired>, SchedulerError> {
+        self.hand_back(
+            "'lease expired: worker ' || COALESCE(worker_id, '?') || ' stopped responding'",
+            "lease_expires_at < now()",
+            &[],
+        )
+        .await
+    }
+
+    /// Hands back, at once, the jobs leased to `worker_id` that it did not announce when it
+    /// attached: a worker that restarted lost them, so waiting for their leases to expire
+    /// would only delay them. Same accounting as an expired lease.
+    pub async fn release_unannounced(
+        &self,
+        worker_id: &str,
+        kept: &[Uuid],
+    ) -> Result<Vec<Expired>, SchedulerError> {
+        self.hand_back(
+            "'worker ' || worker_id || ' restarted without it'",
+            "worker_id = $1 AND NOT (id = ANY($2))",
+            &[&worker_id, &kept],
+        )
+        .await
+    }
+
+    /// Requeues the leased jobs matching `filter` (after a backoff, attempt counted), or
+    /// fails those out of attempts, recording `error` (an SQL expression).
+    async fn hand_back(
+        &self,
+        error: &str,
+        filter: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Expired>, SchedulerError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "UPDATE jobs SET \
+                   status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END, \
+                   finished_at = CASE WHEN attempts < max_attempts THEN NULL ELSE now() END, \
+                   not_before = now() + least(power(2, attempts), 60) * interval '1 second', \
+                   error = {error}, \
+                   lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, updated_at = now() \
+                 WHERE status IN ('assigned', 'running') AND {filter} \
+                 RETURNING id, status, error"
+            ))
+            .await?;
+        let rows = client.query(&stmt, params).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let status: String = r.get(1);
+                Expired {
+                    id: r.get(0),
+                    status: Status::parse(&status).unwrap_or(Status::Queued),
+                    error: r.get(2),
+                }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,87 @@
+//! The `jobs` row and the store over the pool.
+
+use deadpool_postgres::Pool;
+use tokio_postgres::Row;
+
+use crate::job::{Job, Kind, Spec, Status};
+
+pub(super) const JOB_COLUMNS: &str = "id, owner_id, project_id, kind, backend, model, prompt, negative_prompt, \
+    composed_prompt, width, height, steps, batch_size, frames, fps, seed, cfg_scale, sampler, \
+    priority, status, attempts, max_attempts, lease_token, worker_id, progress_step, progress_total, \
+    progress_stage, progress_item, error, file_ids, created_at, updated_at, started_at, finished_at, \
+    character_ids, composed_negative, trace_context";
+
+fn u32_of(row: &Row, col: &str) -> u32 {
+    u32::try_from(row.get::<_, i32>(col)).unwrap_or(0)
+}
+
+pub(super) fn job_from_row(row: &Row) -> Job {
+    let kind: String = row.get("kind");
+    let status: String = row.get("status");
+    let seed: i64 = row.get("seed");
+    Job {
+        id: row.get("id"),
+        owner_id: row.get("owner_id"),
+        project_id: row.get("project_id"),
+        spec: Spec {
+            // The CHECK constraints only admit known spellings.
+            kind: Kind::parse(&kind).unwrap_or(Kind::Image),
+            prompt: row.get("prompt"),
+            negative_prompt: row.get("negative_prompt"),
+            width: u32_of(row, "width"),
+            height: u32_of(row, "height"),
+            steps: u32_of(row, "steps"),
+            batch_size: u32_of(row, "batch_size"),
+            frames: u32_of(row, "frames"),
+            fps: u32_of(row, "fps"),
+            seed: u64::try_from(seed).unwrap_or(0),
+            cfg_scale: row.get("cfg_scale"),
+            sampler: row.get("sampler"),
+            backend: row.get("backend"),
+            model: row.get("model"),
+        },
+        composed_prompt: row.get("composed_prompt"),
+        composed_negative: row.get("composed_negative"),
+        character_ids: row.get("character_ids"),
+        trace_context: serde_json::from_value(row.get::<_, serde_json::Value>("trace_context"))
+            .unwrap_or_default(),
+        status: Status::parse(&status).unwrap_or(Status::Failed),
+        priority: row.get("priority"),
+        attempts: u32_of(row, "attempts"),
+        max_attempts: u32_of(row, "max_attempts"),
+        lease_token: row.get("lease_token"),
+        worker_id: row.get("worker_id"),
+        progress_step: u32_of(row, "progress_step"),
+        progress_total: u32_of(row, "progress_total"),
+        progress_stage: row.get("progress_stage"),
+        progress_item: u32_of(row, "progress_item"),
+        error: row.get("error"),
+        file_ids: row.get("file_ids"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        started_at: row.get("started_at"),
+        finished_at: row.get("finished_at"),
+    }
+}
+
+pub(super) fn i32_of(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+/// PostgreSQL access for jobs.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub(super) pool: Pool,
+}
+
+impl Store {
+    /// Wraps a pool.
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool (for health).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
