@@ -129,8 +129,10 @@ impl Service for Application {
 }
 
 /// Creates the bootstrap admin from its Vault secret if no user of that name exists. An
-/// existing account is left as it is: an operator who disabled it, demoted it or changed
-/// its password keeps that across restarts (the secret only seeds the first start).
+/// existing account keeps its role and its disabled flag: an operator who disabled or
+/// demoted it keeps that across restarts. Its password follows the secret (there is no
+/// password RPC; rotating the secret and restarting is how the bootstrap password changes),
+/// and is rewritten only when the stored hash does not already verify it.
 async fn bootstrap_admin(
     store: &store::Store,
     passwords: &password::Passwords,
@@ -144,7 +146,22 @@ async fn bootstrap_admin(
         return Err(bad("the password must have at least 12 characters"));
     }
     if let Some(existing) = store.user_by_name(&username).await.map_err(|e| bad(&e.to_string()))? {
-        info!(user_id = %existing.id, username = %existing.username, "bootstrap admin exists; left as it is");
+        // A stored value that is no Argon2 hash at all simply does not verify.
+        let current =
+            passwords.verify(password.clone(), existing.password_hash.clone()).await.unwrap_or(false);
+        if current {
+            info!(user_id = %existing.id, username = %existing.username, "bootstrap admin exists; left as it is");
+        } else {
+            let hash = passwords.hash(password).await.map_err(|e| bad(&e.to_string()))?;
+            store.set_password_hash(existing.id, &hash).await.map_err(|e| bad(&e.to_string()))?;
+            info!(
+                user_id = %existing.id,
+                username = %existing.username,
+                disabled = existing.disabled,
+                role = existing.role.as_str(),
+                "bootstrap admin password set from its secret; role and disabled flag left as they are"
+            );
+        }
         return Ok(());
     }
     let hash = passwords.hash(password).await.map_err(|e| bad(&e.to_string()))?;

@@ -212,6 +212,14 @@ impl Store {
         Ok(c.query(&stmt, &[&at, &id, &i64::from(page.fetch())]).await?.iter().map(user).collect())
     }
 
+    /// Replaces a user's password hash (the bootstrap admin's, from its secret).
+    pub async fn set_password_hash(&self, id: Uuid, hash: &str) -> Result<(), AuthError> {
+        let c = self.pool.get().await?;
+        let stmt = c.prepare_cached("UPDATE users SET password_hash = $2 WHERE id = $1").await?;
+        c.execute(&stmt, &[&id, &hash]).await?;
+        Ok(())
+    }
+
     /// Changes a user's role.
     pub async fn set_role(&self, id: Uuid, role: Role) -> Result<User, AuthError> {
         let c = self.pool.get().await?;
