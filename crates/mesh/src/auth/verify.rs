@@ -48,6 +48,8 @@ const KEYS_REFRESH: Duration = Duration::from_mins(5);
 const KEYS_MIN_REFETCH: Duration = Duration::from_secs(10);
 /// How long an API key lookup is reused: a revoked key stops working within this time.
 const API_KEY_CACHE: Duration = Duration::from_secs(2);
+/// Most API key lookups cached at once (a flood of made-up keys is looked up uncached).
+const API_KEY_CACHE_ENTRIES: usize = 10_000;
 
 /// Verifies bearer credentials locally.
 pub struct Verifier {
@@ -261,10 +263,17 @@ impl Verifier {
                 api_key: Some(r.get(0)),
             }
         });
-        self.api_keys
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(hash, (Instant::now(), caller.clone()));
+        {
+            let mut cache = self.api_keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Keyed by what callers send (unknown keys are cached too): entries past their
+            // lifetime go once the cache is full, so made-up keys cannot grow it for good.
+            if cache.len() >= API_KEY_CACHE_ENTRIES {
+                cache.retain(|_, (at, _)| at.elapsed() < API_KEY_CACHE);
+            }
+            if cache.len() < API_KEY_CACHE_ENTRIES {
+                cache.insert(hash, (Instant::now(), caller.clone()));
+            }
+        }
         caller.ok_or(Refusal::ApiKeyInvalid)
     }
 }
