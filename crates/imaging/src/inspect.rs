@@ -5,7 +5,7 @@
 //! fails) and reports the format, size, frame count, text metadata and luminance statistics of
 //! the first frame (to flag blank images with [`Inspection::is_blank`]).
 
-use std::io::{BufRead, Cursor, ErrorKind, Seek};
+use std::io::{BufRead, Cursor, ErrorKind, Read, Seek, SeekFrom};
 
 /// The 8-byte signature every PNG file starts with.
 const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1A, b'\n'];
@@ -96,6 +96,12 @@ pub enum InspectError {
         /// The limit.
         max: u32,
     },
+    /// The `PLTE` chunk is not 1 to 256 entries of 3 bytes.
+    #[error("invalid png: a PLTE chunk of {len} bytes (a palette is 1 to 256 entries of 3 bytes)")]
+    BadPalette {
+        /// The chunk's length.
+        len: u32,
+    },
     /// The decoder needed more memory than it is allowed.
     #[error("png decoder memory limit exceeded")]
     MemoryLimit,
@@ -146,7 +152,7 @@ pub fn inspect_png_from<R: BufRead + Seek>(
     if reader.read_exact(&mut signature).is_err() || signature != SIGNATURE {
         return Err(InspectError::NotPng);
     }
-    reader.rewind().map_err(|e| InspectError::Decode(png::DecodingError::IoError(e)))?;
+    check_palette(&mut reader)?;
     let mut decoder = png::Decoder::new_with_limits(reader, png::Limits { bytes: DECODER_MEMORY });
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let (width, height) = {
@@ -193,6 +199,33 @@ pub fn inspect_png_from<R: BufRead + Seek>(
         luma_stddev: stats.1,
         text: text_chunks(reader.info()),
     })
+}
+
+/// Walks the chunks before the image data and refuses a `PLTE` chunk whose length is not a
+/// whole palette: the png decoder (0.18) panics expanding such a palette (found by the
+/// `inspect_png` fuzz target), and the file is malformed anyway. Leaves `reader` at the
+/// start; a truncated or odd chunk list is left for the decoder to report.
+pub(crate) fn check_palette<R: Read + Seek>(reader: &mut R) -> Result<(), InspectError> {
+    let io = |e: std::io::Error| InspectError::Decode(png::DecodingError::IoError(e));
+    reader.seek(SeekFrom::Start(SIGNATURE.len() as u64)).map_err(io)?;
+    loop {
+        let mut head = [0_u8; 8];
+        if reader.read_exact(&mut head).is_err() {
+            break;
+        }
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        match &head[4..] {
+            b"PLTE" if len == 0 || len % 3 != 0 || len > 768 => return Err(InspectError::BadPalette { len }),
+            b"IDAT" | b"IEND" => break,
+            // The chunk's data and its CRC.
+            _ => {
+                if reader.seek(SeekFrom::Current(i64::from(len) + 4)).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    reader.rewind().map_err(io)
 }
 
 /// Mean and population standard deviation of the luma of 8-bit pixels.

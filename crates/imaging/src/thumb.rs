@@ -65,7 +65,8 @@ pub fn decode_rgb(png_bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), InspectError>
 }
 
 /// [`decode_rgb`] over a reader positioned at the start of the file.
-pub fn decode_rgb_from<R: BufRead + Seek>(reader: R) -> Result<(u32, u32, Vec<u8>), InspectError> {
+pub fn decode_rgb_from<R: BufRead + Seek>(mut reader: R) -> Result<(u32, u32, Vec<u8>), InspectError> {
+    crate::inspect::check_palette(&mut reader)?;
     let mut d = png::Decoder::new_with_limits(reader, png::Limits { bytes: DECODER_MEMORY });
     d.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = d.read_info()?;

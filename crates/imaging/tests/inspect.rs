@@ -204,3 +204,15 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// Found by the `inspect_png` fuzz target: a palette PNG whose PLTE chunk is 101 bytes (not
+/// whole 3-byte entries) made the png decoder panic. It is refused as malformed, by
+/// inspection and by thumbnailing alike.
+#[test]
+fn a_palette_of_partial_entries_is_refused_not_a_panic() {
+    let bytes = include_bytes!("../../../fuzz/corpus/inspect_png/palette-not-a-multiple-of-three");
+    let err = inspect_png(bytes, Limits::default()).unwrap_err();
+    assert!(matches!(err, InspectError::BadPalette { len: 101 }), "{err:?}");
+    let err = sakuga_imaging::thumbnail_png(bytes, 64).unwrap_err();
+    assert!(matches!(err, InspectError::BadPalette { len: 101 }), "{err:?}");
+}
