@@ -36,13 +36,13 @@ SERVICE_PORT[generator-3]=55056
 
 # Service settings for the run (environment overrides reach only their service).
 export SAKUGA_LOG_FORMAT=json
-export SAKUGA_AUTH__METRICS_LISTEN=127.0.0.1:0 SAKUGA_SCHEDULER__METRICS_LISTEN=127.0.0.1:0
-export SAKUGA_ORGANIZER__METRICS_LISTEN=127.0.0.1:0 SAKUGA_GENERATOR__METRICS_LISTEN=127.0.0.1:0
+export SAKUGA_AUTH__SERVER__METRICS_LISTEN=127.0.0.1:0 SAKUGA_SCHEDULER__SERVER__METRICS_LISTEN=127.0.0.1:0
+export SAKUGA_ORGANIZER__SERVER__METRICS_LISTEN=127.0.0.1:0 SAKUGA_GENERATOR__SERVER__METRICS_LISTEN=127.0.0.1:0
 # Short leases so a killed generator's jobs come back within seconds; a retry budget that
 # a job can spend on being killed repeatedly (each attempt is counted and reported).
-export SAKUGA_SCHEDULER__LEASE_TTL_MS=4000 SAKUGA_SCHEDULER__HEARTBEAT_INTERVAL_MS=1000
+export SAKUGA_SCHEDULER__LEASE_TTL=4s SAKUGA_SCHEDULER__HEARTBEAT_INTERVAL=1s
 export SAKUGA_SCHEDULER__MAX_ATTEMPTS=25 SAKUGA_SCHEDULER__MAX_ACTIVE_JOBS_PER_USER=100000
-export SAKUGA_SCHEDULER__SHUTDOWN_GRACE_SECS=5 SAKUGA_ORGANIZER__SHUTDOWN_GRACE_SECS=5
+export SAKUGA_SCHEDULER__SERVER__SHUTDOWN_GRACE=5s SAKUGA_ORGANIZER__SERVER__SHUTDOWN_GRACE=5s
 # One user (the driver) submits all the jobs: the per-user limits are raised so that the run
 # measures losses, not the limiter (which still runs, and fails closed while Redis is away).
 for svc in SCHEDULER ORGANIZER; do
@@ -50,8 +50,8 @@ for svc in SCHEDULER ORGANIZER; do
         export "SAKUGA_${svc}__RATE_LIMITS__${class}__PER_MINUTE=600000" "SAKUGA_${svc}__RATE_LIMITS__${class}__BURST=10000"
     done
 done
-export SAKUGA_GENERATOR__BACKEND=benchmark SAKUGA_GENERATOR__BENCHMARK__HOLD_MS=300
-export SAKUGA_GENERATOR__SLOTS=4 SAKUGA_GENERATOR__RECONNECT_MAX_BACKOFF_MS=1000
+export SAKUGA_GENERATOR__BACKEND=benchmark SAKUGA_GENERATOR__BENCHMARK__HOLD=300ms
+export SAKUGA_GENERATOR__SLOTS=4 SAKUGA_GENERATOR__RECONNECT_MAX_BACKOFF=1s
 
 pg_version_cluster() { # prints VERSION/CLUSTER of our cluster, from $DEV/pids
     awk '$1 == "postgres" && $3 ~ /^pg:/ { sub(/^pg:/, "", $3); v = $3 } END { print v }' "$PIDS" 2>/dev/null

@@ -287,7 +287,6 @@ write_config() {
     mkdir -p "$DEV/config"
     {
         echo "# written by scripts/up.sh; no secrets here (they come from OpenBao)"
-        echo "listen = $(toml_str "$LOOPBACK:${SERVICE_PORT[$s]}")"
         [ "$s" = auth ] || echo "auth_addr = $(toml_str "$LOOPBACK:${SERVICE_PORT[auth]}")"
         case "$s" in
         organizer) echo "storage_root = $(toml_str "$DEV/files")" ;;
@@ -316,7 +315,10 @@ write_config() {
                 echo "default_checkpoint = $(toml_str "$SAKUGA_COMFYUI_CHECKPOINT")"
         fi
         echo
-        echo "[vault]"
+        echo "[server]"
+        echo "listen = $(toml_str "$LOOPBACK:${SERVICE_PORT[$s]}")"
+        echo
+        echo "[server.vault]"
         echo "addr = $(toml_str "$BAO_URL")"
         echo 'auth = "approle"'
         echo "role_id_file = $(toml_str "$DEV/vault/$s/role-id")"
@@ -354,7 +356,7 @@ mkdir -p "$DEV/files"
 {
     echo "# written by scripts/up.sh: migrations as the owner role; no secrets here"
     echo
-    echo "[vault]"
+    echo "[server.vault]"
     echo "addr = $(toml_str "$BAO_URL")"
     echo 'auth = "approle"'
     echo "role_id_file = $(toml_str "$DEV/vault/migrator/role-id")"

@@ -59,7 +59,7 @@ pub async fn run(_settings: &Settings) -> anyhow::Result<Section> {
          first submit to the fifth job's success (rendered, uploaded, checked, stored, \
          recorded). The prototype ran one job at a time per GPU: its ratio is 1.0 by \
          construction. builtin renders on this machine's CPU, so its gain is capped by the \
-         cores; the benchmark backend with `hold_ms = 1000` waits 1 s per job without the CPU, \
+         cores; the benchmark backend with `hold = \"1s\"` waits 1 s per job without the CPU, \
          as a job waits on an accelerator.",
         &["backend", "job", "1 slot", "5 slots", "speed-up (1 slot / 5 slots)"],
     );

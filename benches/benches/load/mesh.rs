@@ -71,7 +71,7 @@ impl Mesh {
         gc.worker_id = format!("bench-{}", uuid::Uuid::new_v4().simple());
         gc.backend = backend.to_owned();
         gc.slots = slots;
-        gc.benchmark.hold_ms = hold_ms;
+        gc.benchmark.hold = Duration::from_millis(hold_ms);
         gc.preview_every_steps = 5;
         self.generators.push(sakuga_testkit::spawn_generator(gc).await?);
         Ok(())
@@ -132,8 +132,8 @@ pub fn scheduler_config(env: &TestEnv, auth: &Spawned) -> sakuga_scheduler::Conf
     // per connection: the watcher ceilings are what it measures past, not what it tests.
     cfg.watch.max_per_user = 1_000_000;
     cfg.watch.max_per_connection = 1_000;
-    cfg.lease_ttl_ms = 30_000;
-    cfg.heartbeat_interval_ms = 5_000;
+    cfg.lease_ttl = Duration::from_secs(30);
+    cfg.heartbeat_interval = Duration::from_secs(5);
     cfg
 }
 

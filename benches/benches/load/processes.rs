@@ -143,12 +143,12 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Section>> {
     let (a_addr, s_addr, o_addr) = (free_addr()?, free_addr()?, free_addr()?);
 
     let mut ac = sakuga_testkit::auth_config(&env);
-    (ac.listen, ac.metrics_listen, ac.rate_limits) = (a_addr, Some(any_port()), unlimited());
+    (ac.server.listen, ac.server.metrics_listen, ac.rate_limits) = (a_addr, Some(any_port()), unlimited());
     let auth = at(a_addr);
     let mut sc = crate::mesh::scheduler_config(&env, &auth);
-    (sc.listen, sc.metrics_listen) = (s_addr, Some(any_port()));
+    (sc.server.listen, sc.server.metrics_listen) = (s_addr, Some(any_port()));
     let mut oc = sakuga_testkit::organizer_config(&env, &auth, files.clone());
-    (oc.listen, oc.metrics_listen, oc.rate_limits) = (o_addr, Some(any_port()), unlimited());
+    (oc.server.listen, oc.server.metrics_listen, oc.rate_limits) = (o_addr, Some(any_port()), unlimited());
 
     let operator = env.identity("operator").await?;
     let mut procs = Vec::new();
@@ -165,7 +165,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Section>> {
         for g in 0..settings.pipeline_generators {
             let addr = free_addr()?;
             let mut gc = sakuga_testkit::generator_config(&env, &auth, &at(s_addr), &at(o_addr));
-            (gc.listen, gc.metrics_listen) = (addr, Some(any_port()));
+            (gc.server.listen, gc.server.metrics_listen) = (addr, Some(any_port()));
             gc.worker_id = format!("bench-generator-{g}");
             gc.backend = "benchmark".into();
             gc.slots = settings.pipeline_slots as u32;

@@ -18,21 +18,43 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::error::MeshError;
 
+mod renamed;
+mod server;
+
+pub use renamed::Renamed;
+pub use server::{RENAMED as SERVER_RENAMED, ServerConfig};
+
 /// Loads a service's configuration. `service` is the lowercase service name
-/// (`scheduler`), which selects the `SAKUGA_SCHEDULER__` environment prefix.
-pub fn load<T>(service: &str, file: Option<&Path>) -> Result<T, MeshError>
+/// (`scheduler`), which selects the `SAKUGA_SCHEDULER__` environment prefix. Old names of
+/// keys keep working: `renamed` (after those of `[server]`, [`SERVER_RENAMED`]) says where
+/// each now lives, and each old key found is logged with its new name.
+pub fn load<T>(service: &str, file: Option<&Path>, renamed: &[Renamed]) -> Result<T, MeshError>
 where
     T: DeserializeOwned + Serialize + Default,
 {
-    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    let mut given = Figment::new();
     if let Some(path) = file {
         if !path.exists() {
             return Err(MeshError::Config(format!("config file {} does not exist", path.display())));
         }
-        figment = figment.merge(Toml::file_exact(path));
+        given = given.merge(Toml::file_exact(path));
     }
     let prefix = format!("SAKUGA_{}__", service.to_ascii_uppercase());
-    figment = figment.merge(Env::prefixed(&prefix).split("__"));
+    given = given.merge(Env::prefixed(&prefix).split("__"));
+    let defaults = Figment::from(Serialized::defaults(T::default()));
+    let mut keys: figment::value::Dict = given.extract().map_err(|e| MeshError::Config(e.to_string()))?;
+    let all: Vec<Renamed> = SERVER_RENAMED.iter().chain(renamed).copied().collect();
+    let applied = renamed::apply(&mut keys, &all)?;
+    // Without old keys the file and environment are read as they are, so errors keep
+    // naming the file or variable a bad value came from.
+    let figment = if applied.is_empty() {
+        defaults.merge(given)
+    } else {
+        for rename in applied {
+            tracing::warn!("{}", renamed::warning(rename));
+        }
+        defaults.merge(Serialized::defaults(keys))
+    };
     figment.extract().map_err(|e| MeshError::Config(e.to_string()))
 }
 
@@ -66,11 +88,13 @@ pub struct VaultConfig {
     /// `sakuga-<service>`, which may issue only that service's names and SPIFFE id.
     pub pki_role: String,
     /// Lifetime requested for the service certificate; it is renewed at two thirds.
-    pub cert_ttl_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub cert_ttl: Duration,
     /// Attempts to reach Vault at start-up before giving up (with exponential backoff).
     pub connect_attempts: u32,
     /// First backoff between attempts, doubled each time (capped at 10 s).
-    pub backoff_initial_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
 }
 
 /// Vault login methods.
@@ -101,9 +125,9 @@ impl Default for VaultConfig {
             kv_mount: "secret".to_owned(),
             pki_mount: "pki".to_owned(),
             pki_role: String::new(),
-            cert_ttl_secs: 24 * 3600,
+            cert_ttl: Duration::from_hours(24),
             connect_attempts: 6,
-            backoff_initial_ms: 250,
+            backoff_initial: Duration::from_millis(250),
         }
     }
 }
@@ -123,36 +147,31 @@ impl VaultConfig {
     pub fn validate(&self) -> Result<(), MeshError> {
         if !(self.addr.starts_with("http://") || self.addr.starts_with("https://")) {
             return Err(MeshError::Config(format!(
-                "vault.addr: must be an http:// or https:// URL, got {:?}",
+                "server.vault.addr: must be an http:// or https:// URL, got {:?}",
                 self.addr
             )));
         }
         match self.auth {
-            VaultAuth::Token if self.token_file.is_none() => {
-                Err(MeshError::Config("vault.token_file: required when vault.auth = \"token\"".to_owned()))
-            }
+            VaultAuth::Token if self.token_file.is_none() => Err(MeshError::Config(
+                "server.vault.token_file: required when vault.auth = \"token\"".to_owned(),
+            )),
             VaultAuth::Approle if self.role_id_file.is_none() => Err(MeshError::Config(
-                "vault.role_id_file: required when vault.auth = \"approle\"".to_owned(),
+                "server.vault.role_id_file: required when vault.auth = \"approle\"".to_owned(),
             )),
             VaultAuth::Approle if self.secret_id_file.is_none() => Err(MeshError::Config(
-                "vault.secret_id_file: required when vault.auth = \"approle\"".to_owned(),
+                "server.vault.secret_id_file: required when vault.auth = \"approle\"".to_owned(),
             )),
             VaultAuth::Kubernetes if self.kubernetes_role.is_empty() => Err(MeshError::Config(
-                "vault.kubernetes_role: required when vault.auth = \"kubernetes\"".to_owned(),
+                "server.vault.kubernetes_role: required when vault.auth = \"kubernetes\"".to_owned(),
             )),
-            _ if self.cert_ttl_secs < 10 => {
-                Err(MeshError::Config("vault.cert_ttl_secs: must be at least 10".to_owned()))
+            _ if self.cert_ttl < Duration::from_secs(10) => {
+                Err(MeshError::Config("server.vault.cert_ttl: must be at least 10s".to_owned()))
             }
             _ if self.connect_attempts == 0 => {
-                Err(MeshError::Config("vault.connect_attempts: must be at least 1".to_owned()))
+                Err(MeshError::Config("server.vault.connect_attempts: must be at least 1".to_owned()))
             }
             _ => Ok(()),
         }
-    }
-
-    /// First backoff between Vault attempts.
-    pub fn backoff_initial(&self) -> Duration {
-        Duration::from_millis(self.backoff_initial_ms)
     }
 }
 
@@ -195,8 +214,9 @@ pub struct DatabaseConfig {
     pub vault_path: String,
     /// Pool size.
     pub max_connections: usize,
-    /// Seconds to wait for a pooled connection before UNAVAILABLE.
-    pub acquire_timeout_secs: u64,
+    /// Wait for a pooled connection before UNAVAILABLE.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
 }
 
 impl Default for DatabaseConfig {
@@ -207,7 +227,7 @@ impl Default for DatabaseConfig {
             dbname: "sakuga".to_owned(),
             vault_path: "sakuga/database".to_owned(),
             max_connections: 16,
-            acquire_timeout_secs: 5,
+            acquire_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -306,12 +326,12 @@ mod tests {
     #[serde(deny_unknown_fields, default)]
     struct Switchable {
         #[serde(with = "switchable_addr")]
-        metrics_listen: Option<SocketAddr>,
+        scrape: Option<SocketAddr>,
     }
 
     impl Default for Switchable {
         fn default() -> Self {
-            Self { metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9101))) }
+            Self { scrape: Some(SocketAddr::from(([127, 0, 0, 1], 9101))) }
         }
     }
 
@@ -320,47 +340,74 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "").unwrap();
-        let c: Switchable = load("switchtest", Some(&path)).unwrap();
-        assert_eq!(c.metrics_listen, Some(SocketAddr::from(([127, 0, 0, 1], 9101))));
-        std::fs::write(&path, "metrics_listen = \"off\"\n").unwrap();
-        let c: Switchable = load("switchtest", Some(&path)).unwrap();
-        assert_eq!(c.metrics_listen, None);
-        std::fs::write(&path, "metrics_listen = \"0.0.0.0:9300\"\n").unwrap();
-        let c: Switchable = load("switchtest", Some(&path)).unwrap();
-        assert_eq!(c.metrics_listen, Some(SocketAddr::from(([0, 0, 0, 0], 9300))));
-        std::fs::write(&path, "metrics_listen = \"nine\"\n").unwrap();
-        let err = load::<Switchable>("switchtest", Some(&path)).unwrap_err().to_string();
-        assert!(err.contains("metrics_listen") && err.contains("\"off\""), "{err}");
-        let written = serde_json::to_value(Switchable { metrics_listen: None }).unwrap();
-        assert_eq!(written["metrics_listen"], "off", "None round-trips through a file");
+        let c: Switchable = load("switchtest", Some(&path), &[]).unwrap();
+        assert_eq!(c.scrape, Some(SocketAddr::from(([127, 0, 0, 1], 9101))));
+        std::fs::write(&path, "scrape = \"off\"\n").unwrap();
+        let c: Switchable = load("switchtest", Some(&path), &[]).unwrap();
+        assert_eq!(c.scrape, None);
+        std::fs::write(&path, "scrape = \"0.0.0.0:9300\"\n").unwrap();
+        let c: Switchable = load("switchtest", Some(&path), &[]).unwrap();
+        assert_eq!(c.scrape, Some(SocketAddr::from(([0, 0, 0, 0], 9300))));
+        std::fs::write(&path, "scrape = \"nine\"\n").unwrap();
+        let err = load::<Switchable>("switchtest", Some(&path), &[]).unwrap_err().to_string();
+        assert!(err.contains("scrape") && err.contains("\"off\""), "{err}");
+        let written = serde_json::to_value(Switchable { scrape: None }).unwrap();
+        assert_eq!(written["scrape"], "off", "None round-trips through a file");
     }
 
     #[derive(Debug, Default, Serialize, Deserialize)]
     #[serde(deny_unknown_fields, default)]
     struct Sample {
-        listen: String,
-        vault: VaultConfig,
+        server: ServerConfig,
+        database: DatabaseConfig,
+        lease_ttl: Option<String>,
     }
 
     #[test]
     fn file_overrides_defaults_and_unknown_keys_fail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:1\"\n[vault]\naddr = \"http://v:1\"\n").unwrap();
-        let c: Sample = load("sampletest", Some(&path)).unwrap();
-        assert_eq!(c.listen, "127.0.0.1:1");
-        assert_eq!(c.vault.addr, "http://v:1");
-        assert_eq!(c.vault.kv_mount, "secret");
+        let text = "[server]\nlisten = \"127.0.0.1:1\"\nshutdown_grace = \"5s\"\n[server.vault]\naddr = \"http://v:1\"\n";
+        std::fs::write(&path, text).unwrap();
+        let c: Sample = load("sampletest", Some(&path), &[]).unwrap();
+        assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 1)));
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(c.server.vault.addr, "http://v:1");
+        assert_eq!(c.server.vault.kv_mount, "secret");
 
-        std::fs::write(&path, "[vault]\nadress = \"http://v:1\"\n").unwrap();
-        let err = load::<Sample>("sampletest", Some(&path)).unwrap_err().to_string();
+        std::fs::write(&path, "[server.vault]\nadress = \"http://v:1\"\n").unwrap();
+        let err = load::<Sample>("sampletest", Some(&path), &[]).unwrap_err().to_string();
         assert!(err.contains("adress"), "{err}");
     }
 
     #[test]
+    fn the_keys_from_before_server_and_durations_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let text = "listen = \"127.0.0.1:1\"\nshutdown_grace_secs = 5\nlease_ttl_ms = 1500\n\
+                    [vault]\naddr = \"http://v:1\"\ncert_ttl_secs = 60\n\
+                    [grpc]\nhandshake_timeout_ms = 250\n[database]\nacquire_timeout_secs = 2\n";
+        std::fs::write(&path, text).unwrap();
+        let renamed = [Renamed::Millis { from: "lease_ttl_ms", to: "lease_ttl" }];
+        let c: Sample = load("sampletest", Some(&path), &renamed).unwrap();
+        assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 1)));
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(c.server.vault.addr, "http://v:1");
+        assert_eq!(c.server.vault.cert_ttl, Duration::from_mins(1));
+        assert_eq!(c.server.grpc.handshake_timeout, Duration::from_millis(250));
+        assert_eq!(c.database.acquire_timeout, Duration::from_secs(2));
+        assert_eq!(c.lease_ttl.as_deref(), Some("1500ms"));
+
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\n[server]\nlisten = \"127.0.0.1:2\"\n").unwrap();
+        let err = load::<Sample>("sampletest", Some(&path), &[]).unwrap_err().to_string();
+        assert!(err.contains("`listen` and `server.listen` are both set"), "{err}");
+    }
+
+    #[test]
     fn missing_file_is_an_error() {
-        let err =
-            load::<Sample>("sampletest", Some(Path::new("/nonexistent/x.toml"))).unwrap_err().to_string();
+        let err = load::<Sample>("sampletest", Some(Path::new("/nonexistent/x.toml")), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("does not exist"), "{err}");
     }
 
@@ -368,6 +415,6 @@ mod tests {
     fn approle_needs_its_files() {
         let v = VaultConfig::default();
         let err = v.validate().unwrap_err().to_string();
-        assert!(err.contains("vault.role_id_file"), "{err}");
+        assert!(err.contains("server.vault.role_id_file"), "{err}");
     }
 }

@@ -102,7 +102,7 @@ pub async fn connect(cfg: &DatabaseConfig, creds: &Credentials) -> Result<Pool, 
     let pool = Pool::builder(manager)
         .max_size(cfg.max_connections)
         .timeouts(Timeouts {
-            wait: Some(Duration::from_secs(cfg.acquire_timeout_secs)),
+            wait: Some(cfg.acquire_timeout),
             create: Some(Duration::from_secs(5)),
             recycle: Some(Duration::from_secs(5)),
         })
@@ -206,13 +206,14 @@ pub async fn migrate_with_vault(
 }
 
 /// A health probe that runs `SELECT 1` on a pooled connection.
-pub fn health_check(pool: &Pool) -> crate::server::HealthCheck {
+pub fn health_check(pool: &Pool) -> crate::health::HealthCheck {
+    use crate::health::Unhealthy;
     let pool = pool.clone();
     std::sync::Arc::new(move || {
         let pool = pool.clone();
         Box::pin(async move {
-            let client = pool.get().await.map_err(|e| e.to_string())?;
-            client.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| e.to_string())
+            let client = pool.get().await.map_err(Unhealthy::new)?;
+            client.simple_query("SELECT 1").await.map(|_| ()).map_err(Unhealthy::new)
         })
     })
 }

@@ -35,15 +35,18 @@ pub struct GrpcLimits {
     /// TLS handshakes in progress at once; past it new connections wait.
     pub max_concurrent_handshakes: usize,
     /// A TLS handshake that takes longer is dropped.
-    pub handshake_timeout_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
     /// HTTP/2 streams (calls) one connection may have open at once.
     pub max_concurrent_streams: u32,
     /// Largest header list (all metadata of one call) in bytes.
     pub max_header_list_bytes: u32,
-    /// Seconds of silence on a connection before the server pings it.
-    pub keepalive_interval_secs: u64,
-    /// Seconds a ping may go unanswered before the connection is closed.
-    pub keepalive_timeout_secs: u64,
+    /// Silence on a connection before the server pings it.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for GrpcLimits {
@@ -51,11 +54,11 @@ impl Default for GrpcLimits {
         Self {
             max_connections: 1024,
             max_concurrent_handshakes: 64,
-            handshake_timeout_ms: 10_000,
+            handshake_timeout: Duration::from_secs(10),
             max_concurrent_streams: 128,
             max_header_list_bytes: 16 * 1024,
-            keepalive_interval_secs: 20,
-            keepalive_timeout_secs: 10,
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -66,15 +69,15 @@ impl GrpcLimits {
         let fields = [
             ("max_connections", u64::try_from(self.max_connections).unwrap_or(u64::MAX)),
             ("max_concurrent_handshakes", u64::try_from(self.max_concurrent_handshakes).unwrap_or(u64::MAX)),
-            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("handshake_timeout", u64::from(!self.handshake_timeout.is_zero())),
             ("max_concurrent_streams", u64::from(self.max_concurrent_streams)),
             ("max_header_list_bytes", u64::from(self.max_header_list_bytes)),
-            ("keepalive_interval_secs", self.keepalive_interval_secs),
-            ("keepalive_timeout_secs", self.keepalive_timeout_secs),
+            ("keepalive_interval", u64::from(!self.keepalive_interval.is_zero())),
+            ("keepalive_timeout", u64::from(!self.keepalive_timeout.is_zero())),
         ];
         for (field, value) in fields {
             if value == 0 {
-                return Err(MeshError::Config(format!("grpc.{field}: must be at least 1")));
+                return Err(MeshError::Config(format!("server.grpc.{field}: must be positive")));
             }
         }
         Ok(())
@@ -145,7 +148,7 @@ pub fn incoming(
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let handshakes = Arc::new(Semaphore::new(limits.max_concurrent_handshakes));
-    let timeout = Duration::from_millis(limits.handshake_timeout_ms);
+    let timeout = limits.handshake_timeout;
     tokio::spawn(async move {
         loop {
             // A slot for the connection and one for its handshake, before accepting it.

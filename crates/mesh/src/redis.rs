@@ -126,11 +126,11 @@ impl Redis {
     }
 
     /// A health probe that PINGs.
-    pub fn health_check(&self) -> crate::server::HealthCheck {
+    pub fn health_check(&self) -> crate::health::HealthCheck {
         let redis = self.clone();
         std::sync::Arc::new(move || {
             let redis = redis.clone();
-            Box::pin(async move { redis.ping().await.map_err(|e| e.to_string()) })
+            Box::pin(async move { redis.ping().await.map_err(crate::health::Unhealthy::new) })
         })
     }
 }

@@ -2,26 +2,22 @@
 //! reflection (v1 and v1alpha: the grpcurl operators have speaks only v1alpha), serves
 //! over our mTLS acceptor, and shuts down gracefully.
 
-use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::Router};
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::server::HealthReporter;
 use tower::layer::util::{Identity, Stack};
 use tracing::{info, warn};
 
-use crate::{auth::Guard, error::MeshError, listen::GrpcLimits, tls::MeshTls};
-
-/// Name under which health reports the server as a whole.
-const OVERALL: &str = "";
-const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
-/// Health service name that is SERVING while the process serves gRPC at all.
-pub const LIVENESS: &str = "liveness";
-
-/// A dependency probe for health: `Err` carries a short reason for the log.
-pub type HealthCheck =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+use crate::{
+    auth::Guard,
+    error::MeshError,
+    health::{self, HEALTH_SERVICE, NamedCheck},
+    listen::GrpcLimits,
+    tls::MeshTls,
+};
 
 /// A bound listener plus the router with health and reflection already mounted.
 pub struct GrpcServer {
@@ -64,12 +60,7 @@ impl GrpcServer {
             .map_err(|e| MeshError::Server(format!("cannot listen on {listen}: {e}")))?;
         let local_addr = listener.local_addr()?;
         let (health, health_service) = tonic_health::server::health_reporter();
-        for name in services.iter().copied().chain([OVERALL]) {
-            health.set_service_status(name, ServingStatus::NotServing).await;
-        }
-        // For liveness probes: the process serves gRPC. Dependencies are readiness's business
-        // (the overall status), so an outage of PostgreSQL does not restart every pod.
-        health.set_service_status(LIVENESS, ServingStatus::Serving).await;
+        health::report_starting(&health, services).await;
         let reflection = || {
             let mut b = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(sakuga_proto::FILE_DESCRIPTOR_SET)
@@ -89,8 +80,8 @@ impl GrpcServer {
             .layer(guard)
             .max_concurrent_streams(Some(limits.max_concurrent_streams))
             .http2_max_header_list_size(Some(limits.max_header_list_bytes))
-            .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)))
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
             .add_service(health_service)
             .add_service(v1)
             .add_service(v1alpha);
@@ -181,12 +172,12 @@ impl GrpcServer {
     pub async fn serve(
         self,
         tls: Arc<MeshTls>,
-        checks: Vec<(&'static str, HealthCheck)>,
+        checks: Vec<NamedCheck>,
         interval: Duration,
         grace: Duration,
         shutdown: CancellationToken,
     ) -> Result<(), MeshError> {
-        let monitor = spawn_health_monitor(
+        let monitor = health::spawn_monitor(
             self.health.clone(),
             self.services.clone(),
             checks,
@@ -223,49 +214,4 @@ impl GrpcServer {
         monitor.abort();
         result
     }
-}
-
-fn spawn_health_monitor(
-    reporter: HealthReporter,
-    services: Vec<&'static str>,
-    checks: Vec<(&'static str, HealthCheck)>,
-    interval: Duration,
-    shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut last: Option<bool> = None;
-        loop {
-            let mut failing = Vec::new();
-            for (name, check) in &checks {
-                match tokio::time::timeout(Duration::from_secs(3), check()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(reason)) => failing.push(format!("{name}: {reason}")),
-                    Err(_) => failing.push(format!("{name}: timed out")),
-                }
-            }
-            if shutdown.is_cancelled() {
-                break;
-            }
-            let ok = failing.is_empty();
-            if last != Some(ok) {
-                if ok {
-                    info!("dependencies healthy: SERVING");
-                } else {
-                    warn!(failing = ?failing, "dependency unhealthy: NOT_SERVING");
-                }
-                let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
-                for name in services.iter().copied().chain([OVERALL]) {
-                    reporter.set_service_status(name, status).await;
-                }
-                last = Some(ok);
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(interval) => {}
-            }
-        }
-        for name in services.iter().copied().chain([OVERALL]) {
-            reporter.set_service_status(name, ServingStatus::NotServing).await;
-        }
-    })
 }

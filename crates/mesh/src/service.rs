@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     MeshError,
-    config::{DatabaseConfig, VaultConfig},
+    config::{DatabaseConfig, Renamed, VaultConfig},
 };
 
 /// What a service binary runs.
@@ -23,6 +23,9 @@ pub trait Service: Sized + Send + 'static {
     const ABOUT: &'static str;
     /// The configuration.
     type Config: DeserializeOwned + Serialize + Default + Send;
+    /// Keys of the configuration that were renamed (those of `[server]` are known to the
+    /// mesh); the old names keep working.
+    const RENAMED: &'static [Renamed] = &[];
 
     /// Connects to everything and binds the listener.
     fn build(config: Self::Config) -> impl Future<Output = Result<Self, MeshError>> + Send;
@@ -89,7 +92,7 @@ fn fail(name: &str, binary: &str, e: &MeshError) -> ExitCode {
 }
 
 async fn run<S: Service>(cli: Cli) -> Result<(), MeshError> {
-    let config: S::Config = crate::config::load(S::NAME, cli.config.as_deref())?;
+    let config: S::Config = crate::config::load(S::NAME, cli.config.as_deref(), S::RENAMED)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
             let Some((vault, database)) = S::database(&config) else {

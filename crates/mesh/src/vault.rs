@@ -98,7 +98,7 @@ impl Vault {
     /// Gives up after `connect_attempts` with an error that names Vault and its address.
     pub async fn connect(config: &VaultConfig) -> Result<Self, MeshError> {
         config.validate()?;
-        let mut delay = config.backoff_initial();
+        let mut delay = config.backoff_initial;
         let mut last = String::new();
         for attempt in 1..=config.connect_attempts {
             match Self::login(config).await {
@@ -247,7 +247,7 @@ impl Vault {
             .alt_names(alt.join(","))
             .ip_sans(ip_addresses.join(","))
             .uri_sans(crate::identity::spiffe_id(service))
-            .ttl(format!("{}s", self.config.cert_ttl_secs));
+            .ttl(format!("{}s", self.config.cert_ttl.as_secs()));
         let role = self.config.pki_role_for(service);
         let r = vaultrs::pki::cert::generate(&self.client, &self.config.pki_mount, &role, Some(&mut req))
             .await

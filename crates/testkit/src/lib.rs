@@ -18,10 +18,10 @@ mod pg;
 pub mod process;
 mod services;
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use sakuga_mesh::{
-    config::{DatabaseConfig, RedisConfig, TlsConfig, VaultAuth, VaultConfig},
+    config::{DatabaseConfig, RedisConfig, ServerConfig, TlsConfig, VaultAuth, VaultConfig},
     tls::MeshTls,
     vault::Vault,
 };
@@ -140,8 +140,21 @@ impl TestEnv {
             token_file: Some(self.token_file.clone()),
             pki_mount: self.pki_mount.clone(),
             connect_attempts: 2,
-            backoff_initial_ms: 50,
+            backoff_initial: Duration::from_millis(50),
             ..VaultConfig::default()
+        }
+    }
+
+    /// `[server]` settings for a service of this environment: loopback ports picked by the
+    /// system, token auth to this environment's Vault, a 2 s shutdown grace.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            listen: services::loopback(),
+            metrics_listen: Some(services::loopback()),
+            vault: self.vault_config(),
+            tls: self.tls_config(),
+            shutdown_grace: Duration::from_secs(2),
+            ..ServerConfig::default()
         }
     }
 
@@ -153,7 +166,7 @@ impl TestEnv {
             dbname: self.db_name.clone(),
             vault_path: self.db_secret.clone(),
             max_connections: 8,
-            acquire_timeout_secs: 5,
+            acquire_timeout: Duration::from_secs(5),
         }
     }
 

@@ -41,9 +41,9 @@ macro_rules! process_config {
             const PACKAGE: &'static str = $package;
             const BINARY: &'static str = $binary;
             fn set_addrs(&mut self, listen: SocketAddr, probe: SocketAddr, metrics: SocketAddr) {
-                self.listen = listen;
-                self.probe_listen = Some(probe);
-                self.metrics_listen = Some(metrics);
+                self.server.listen = listen;
+                self.server.probe_listen = Some(probe);
+                self.server.metrics_listen = Some(metrics);
             }
         }
     };

@@ -1,6 +1,6 @@
 //! In-process services on `127.0.0.1:0` with real mTLS, Vault, PostgreSQL and Redis.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf};
+use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 
 use sakuga_mesh::{
     MeshError,
@@ -47,7 +47,7 @@ impl Spawned {
     }
 }
 
-fn loopback() -> SocketAddr {
+pub(crate) fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
@@ -70,18 +70,14 @@ pub fn test_rate_limits() -> RateLimits {
 /// Scheduler configuration for this environment.
 pub fn scheduler_config(env: &TestEnv, auth: &Spawned) -> sakuga_scheduler::Config {
     sakuga_scheduler::Config {
-        listen: loopback(),
-        metrics_listen: Some(loopback()),
-        vault: env.vault_config(),
-        tls: env.tls_config(),
+        server: env.server_config(),
         database: env.database_config(),
         redis: env.redis_config(),
         auth_addr: auth.addr_string(),
         rate_limits: test_rate_limits(),
-        lease_ttl_ms: 3_000,
-        heartbeat_interval_ms: 500,
-        dispatch_poll_ms: 500,
-        shutdown_grace_secs: 2,
+        lease_ttl: Duration::from_secs(3),
+        heartbeat_interval: Duration::from_millis(500),
+        dispatch_poll: Duration::from_millis(500),
         ..sakuga_scheduler::Config::default()
     }
 }
@@ -96,16 +92,12 @@ pub async fn spawn_scheduler(config: sakuga_scheduler::Config) -> anyhow::Result
 /// Organizer configuration for this environment, storing under `root`.
 pub fn organizer_config(env: &TestEnv, auth: &Spawned, root: PathBuf) -> sakuga_organizer::Config {
     sakuga_organizer::Config {
-        listen: loopback(),
-        metrics_listen: Some(loopback()),
-        vault: env.vault_config(),
-        tls: env.tls_config(),
+        server: env.server_config(),
         database: env.database_config(),
         redis: env.redis_config(),
         auth_addr: auth.addr_string(),
         rate_limits: test_rate_limits(),
         storage_root: root,
-        shutdown_grace_secs: 2,
         ..sakuga_organizer::Config::default()
     }
 }
@@ -128,16 +120,12 @@ pub async fn spawn_organizer_with_faults(
 /// Auth configuration for this environment.
 pub fn auth_config(env: &TestEnv) -> sakuga_auth::Config {
     sakuga_auth::Config {
-        listen: loopback(),
-        metrics_listen: Some(loopback()),
-        vault: env.vault_config(),
-        tls: env.tls_config(),
+        server: env.server_config(),
         database: env.database_config(),
         redis: env.redis_config(),
         signing_keys_path: env.signing_secret.clone(),
         bootstrap_admin_path: env.admin_secret.clone(),
         rate_limits: test_rate_limits(),
-        shutdown_grace_secs: 2,
         ..sakuga_auth::Config::default()
     }
 }
@@ -157,18 +145,14 @@ pub fn generator_config(
     organizer: &Spawned,
 ) -> sakuga_generator::Config {
     sakuga_generator::Config {
-        listen: loopback(),
-        metrics_listen: Some(loopback()),
-        vault: env.vault_config(),
-        tls: env.tls_config(),
+        server: env.server_config(),
         scheduler_addr: scheduler.addr_string(),
         organizer_addr: organizer.addr_string(),
         auth_addr: auth.addr_string(),
         worker_id: format!("test-generator-{}", env.id),
         slots: 2,
         preview_every_steps: 2,
-        reconnect_max_backoff_ms: 500,
-        shutdown_grace_secs: 2,
+        reconnect_max_backoff: Duration::from_millis(500),
         ..sakuga_generator::Config::default()
     }
 }

@@ -81,3 +81,66 @@ fn the_configuration_reference_matches_the_structs() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The TOML documents embedded in a ConfigMap manifest: file name -> text.
+fn embedded_configs(yaml: &str) -> BTreeMap<String, String> {
+    let mut configs = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in yaml.lines() {
+        if let Some((name, text)) = current.as_mut() {
+            if line.is_empty() || line.starts_with("    ") {
+                text.push_str(line.strip_prefix("    ").unwrap_or(line));
+                text.push('\n');
+                continue;
+            }
+            configs.insert(std::mem::take(name), std::mem::take(text));
+            current = None;
+        }
+        if let Some(name) = line
+            .trim()
+            .strip_suffix(": |")
+            .filter(|n| std::path::Path::new(n).extension().is_some_and(|e| e == "toml"))
+        {
+            current = Some((name.to_owned(), String::new()));
+        }
+    }
+    if let Some((name, text)) = current {
+        configs.insert(name, text);
+    }
+    configs
+}
+
+/// Reads `text` as the configuration of `service`, refusing unknown and renamed keys alike
+/// (the shipped files use the current names).
+fn parse_as(service: &str, text: &str) -> Result<(), String> {
+    fn strict<T: serde::de::DeserializeOwned>(text: &str) -> Result<(), String> {
+        toml::from_str::<T>(text).map(drop).map_err(|e| e.to_string())
+    }
+    match service {
+        "auth" | "migrate" => strict::<sakuga_auth::Config>(text),
+        "scheduler" => strict::<sakuga_scheduler::Config>(text),
+        "organizer" => strict::<sakuga_organizer::Config>(text),
+        "generator" => strict::<sakuga_generator::Config>(text),
+        other => Err(format!("no service named {other}")),
+    }
+}
+
+#[test]
+fn the_kubernetes_configs_use_current_keys_only() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/k8s/base/configmaps.yaml");
+    let configs = embedded_configs(&std::fs::read_to_string(path).unwrap());
+    let names: Vec<&str> = configs.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["auth.toml", "generator.toml", "migrate.toml", "organizer.toml", "scheduler.toml"],
+        "one config per service and the migration job"
+    );
+    for (name, text) in &configs {
+        let service = name.trim_end_matches(".toml");
+        if let Err(e) = parse_as(service, text) {
+            panic!("deploy/k8s/base/configmaps.yaml, {name}: {e}");
+        }
+    }
+    // The check would catch a key from before `[server]`.
+    assert!(parse_as("scheduler", "listen = \"0.0.0.0:1\"\n").is_err());
+}

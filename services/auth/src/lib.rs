@@ -20,13 +20,14 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use sakuga_mesh::{
     MeshError,
     auth::{Audit, Guard, Verifier},
+    config::Renamed,
     db,
+    health::NamedCheck,
+    node::Node,
     ratelimit::RateLimiter,
     redis::Redis,
-    server::{GrpcServer, HealthCheck},
+    server::GrpcServer,
     service::Service,
-    tls::MeshTls,
-    vault::Vault,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -36,10 +37,9 @@ pub use config::Config;
 /// A built, not yet running auth service.
 #[derive(Debug)]
 pub struct Application {
+    node: Node,
     server: GrpcServer,
     api: api::Api,
-    tls: Arc<MeshTls>,
-    vault: Vault,
 }
 
 impl Service for Application {
@@ -47,22 +47,21 @@ impl Service for Application {
     const BINARY: &'static str = "sakuga-auth";
     const ABOUT: &'static str = "Sakuga auth service";
     type Config = Config;
+    const RENAMED: &'static [Renamed] = config::RENAMED;
 
     /// Logs in to Vault, loads the signing keys, credentials and certificate, connects to
     /// PostgreSQL (and migrates) and Redis, creates the bootstrap admin, binds.
     async fn build(config: Config) -> Result<Self, MeshError> {
         config.validate()?;
-        let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
+        let node = Node::start(Self::NAME, &config.server).await?;
+        let vault = &node.vault;
         let keys = keys::SigningKeys::from_secret(vault.read_kv(&config.signing_keys_path).await?)?;
-        let pool = db::connect_with_vault(&vault, &config.database).await?;
-        let redis = Redis::connect_with_vault(&vault, &config.redis).await?;
+        let pool = db::connect_with_vault(vault, &config.database).await?;
+        let redis = Redis::connect_with_vault(vault, &config.redis).await?;
         let store = store::Store::new(pool.clone());
-        let metrics = sakuga_mesh::metrics::Metrics::new();
-        let passwords = password::Passwords::new(
-            config.argon2_permits,
-            Duration::from_millis(config.argon2_wait_ms),
-            Some(metrics.clone()),
-        );
+        let metrics = node.metrics.clone();
+        let passwords =
+            password::Passwords::new(config.argon2_permits, config.argon2_wait, Some(metrics.clone()));
         if let Some(admin) = vault.read_kv_optional(&config.bootstrap_admin_path).await? {
             bootstrap_admin(&store, &passwords, admin).await?;
         }
@@ -70,14 +69,8 @@ impl Service for Application {
             Arc::new(Verifier::with_keys(keys.decoding()?, Some(redis.clone()), Some(pool.clone())));
         let limiter = RateLimiter::new(redis.clone(), config.rate_limits.clone());
         let audit = Audit::new(pool);
-        let guard = Guard::new(Some(verifier), Some(limiter.clone()), Some(audit.clone()))
-            .observed(Self::NAME, metrics.clone());
-        let server = GrpcServer::bind(config.listen, api::SERVICES, guard, &config.grpc)
-            .await?
-            .with_probe(config.probe_listen)
-            .await?
-            .with_metrics(config.metrics_listen, metrics.clone())
-            .await?;
+        let guard = Guard::new(Some(verifier), Some(limiter.clone()), Some(audit.clone()));
+        let server = node.bind(api::SERVICES, guard).await?;
         let auth = service::Auth {
             store,
             keys: Arc::new(keys),
@@ -88,7 +81,7 @@ impl Service for Application {
             passwords,
             metrics,
         };
-        Ok(Self { server, api: api::Api { auth }, tls, vault })
+        Ok(Self { node, server, api: api::Api { auth } })
     }
 
     fn local_addr(&self) -> SocketAddr {
@@ -100,31 +93,23 @@ impl Service for Application {
     }
 
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { server, api, tls, vault } = self;
+        let Self { node, server, api } = self;
         let auth = &api.auth;
-        let renewal = tls.spawn_renewal(vault, auth.config.tls.clone(), shutdown.clone());
         let retention = spawn_audit_retention(
             auth.store.clone(),
             auth.config.audit_retention_days,
-            Duration::from_secs(auth.config.audit_sweep_secs),
+            auth.config.audit_sweep,
             shutdown.clone(),
         );
-        let checks: Vec<(&'static str, HealthCheck)> =
+        let checks: Vec<NamedCheck> =
             vec![("postgres", db::health_check(auth.store.pool())), ("redis", auth.redis.health_check())];
-        let grace = Duration::from_secs(auth.config.shutdown_grace_secs);
-        let result = server
-            .add_service(api::server(api))
-            .serve(tls, checks, Duration::from_secs(2), grace, shutdown)
-            .await;
-        renewal.abort();
-        retention.abort();
-        result
+        node.serve(server.add_service(api::server(api)), checks, vec![retention], shutdown).await
     }
 
     fn database(
         config: &Config,
     ) -> Option<(&sakuga_mesh::config::VaultConfig, &sakuga_mesh::config::DatabaseConfig)> {
-        Some((&config.vault, &config.database))
+        Some((&config.server.vault, &config.database))
     }
 }
 

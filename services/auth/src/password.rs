@@ -7,7 +7,7 @@
 //! 1.2 GiB and stayed there. Here every hash and verification (logins, including the dummy
 //! verification for unknown usernames, user creation, the bootstrap admin) first takes a
 //! permit: at most `argon2_permits` run at once (default: the number of cores, the most
-//! that can make progress anyway). A call that gets no permit within `argon2_wait_ms` is
+//! that can make progress anyway). A call that gets no permit within `argon2_wait` is
 //! refused with RESOURCE_EXHAUSTED and a `retry-after`, counted as ceiling `argon2_busy`.
 //!
 //! The computations run on a fixed set of `argon2_permits` threads of their own, not on

@@ -50,14 +50,12 @@ impl Auth {
     /// Ids and expiries of the next token pair (nothing stored or signed yet).
     pub(crate) fn pending(&self) -> Pending {
         let now = Utc::now();
-        let access_ttl = i64::try_from(self.config.access_token_ttl_secs).unwrap_or(900);
+        // Both are validated at start-up (at most a day and a few years), far inside range.
+        let access_ttl = chrono::Duration::from_std(self.config.access_token_ttl)
+            .unwrap_or(chrono::Duration::seconds(900));
         let refresh = random_token("rt_", 32);
-        let refresh_ttl =
-            chrono::Duration::seconds(i64::try_from(self.config.refresh_token_ttl_secs).unwrap_or(0));
-        let access = LiveAccess {
-            jti: Uuid::new_v4().to_string(),
-            expires_at: now + chrono::Duration::seconds(access_ttl),
-        };
+        let refresh_ttl = chrono::Duration::from_std(self.config.refresh_token_ttl).unwrap_or(access_ttl);
+        let access = LiveAccess { jti: Uuid::new_v4().to_string(), expires_at: now + access_ttl };
         let next = NewRefresh {
             hash: mesh_auth::secret_hash(&refresh),
             expires_at: now + refresh_ttl,
@@ -138,7 +136,7 @@ impl Auth {
         self.deny(
             mesh_auth::revoked_user_key(&self.redis, &id.to_string()),
             mesh_auth::now_secs(),
-            Duration::from_secs(self.config.access_token_ttl_secs + 60),
+            self.config.access_token_ttl + Duration::from_mins(1),
         )
         .await
     }

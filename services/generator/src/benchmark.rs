@@ -3,7 +3,7 @@
 //! a worker runs it only when its configuration says `backend = "benchmark"`, and only jobs
 //! submitted with `backend: "benchmark"` reach it.
 //!
-//! `benchmark.hold_ms` keeps each job that long before answering without using the CPU, the
+//! `benchmark.hold` keeps each job that long before answering without using the CPU, the
 //! way a job waits on an accelerator; it lets a benchmark show what several slots on one
 //! worker buy when the work is not on this machine's cores.
 
@@ -23,7 +23,8 @@ pub const MODEL: &str = "benchmark";
 #[serde(deny_unknown_fields, default)]
 pub struct BenchmarkConfig {
     /// Time each job is held before its image is returned, without using the CPU.
-    pub hold_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub hold: Duration,
 }
 
 /// The benchmark backend.
@@ -36,7 +37,7 @@ pub struct Benchmark {
 impl Benchmark {
     /// A backend running `slots` jobs at once.
     pub fn new(slots: u32, config: &BenchmarkConfig) -> Self {
-        Self { slots, hold: Duration::from_millis(config.hold_ms) }
+        Self { slots, hold: config.hold }
     }
 }
 
@@ -149,7 +150,7 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_video_and_stops_when_canceled_while_held() {
-        let backend = Benchmark::new(1, &BenchmarkConfig { hold_ms: 60_000 });
+        let backend = Benchmark::new(1, &BenchmarkConfig { hold: Duration::from_mins(1) });
         let err = backend.run(job(Kind::Video, 1), Sink::discard(), CancellationToken::new()).await;
         assert!(matches!(err, Err(BackendError::Permanent(ref m)) if m.contains("spec.kind")), "{err:?}");
         let cancel = CancellationToken::new();

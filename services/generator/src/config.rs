@@ -1,10 +1,10 @@
 //! Generator configuration.
 
-use std::net::SocketAddr;
+use std::time::Duration;
 
 use sakuga_mesh::{
     MeshError,
-    config::{TlsConfig, VaultConfig},
+    config::{Renamed, ServerConfig},
 };
 use serde::{Deserialize, Serialize};
 
@@ -14,19 +14,9 @@ use crate::{benchmark::BenchmarkConfig, comfyui::ComfyConfig};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Listen address of the health (and later metrics) server.
-    pub listen: SocketAddr,
-    /// Prometheus scrape port (`GET /metrics`, plain HTTP); `"off"`: none.
-    #[serde(with = "sakuga_mesh::config::switchable_addr")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// Plaintext gRPC health (only) for kubelet probes; unset: none.
-    pub probe_listen: Option<SocketAddr>,
-    /// Vault login and mounts.
-    pub vault: VaultConfig,
-    /// Names on the service certificate.
-    pub tls: TlsConfig,
-    /// Limits of the gRPC port: connections, handshakes, streams per connection, keepalive.
-    pub grpc: sakuga_mesh::listen::GrpcLimits,
+    /// Ports (health and reflection only), Vault, certificate, limits of the gRPC port, and
+    /// the grace running jobs get after SIGTERM before they are handed back.
+    pub server: ServerConfig,
     /// Scheduler `host:port` (the host must be on its certificate); several replicas,
     /// comma-separated, are tried in turn whenever the stream drops, so a scheduler that
     /// shuts down hands its workers (and their running jobs, by lease) to another.
@@ -54,20 +44,14 @@ pub struct Config {
     /// Upload chunk size in bytes (at most 1 MiB).
     pub upload_chunk_bytes: usize,
     /// Longest wait between reconnect attempts to the scheduler.
-    pub reconnect_max_backoff_ms: u64,
-    /// Time running jobs get to finish after SIGTERM before they are handed back.
-    pub shutdown_grace_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_backoff: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50054)),
-            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9104))),
-            probe_listen: None,
-            vault: VaultConfig::for_service("generator"),
-            tls: TlsConfig::default(),
-            grpc: sakuga_mesh::listen::GrpcLimits::default(),
+            server: ServerConfig::for_service("generator", 50054, 9104),
             scheduler_addr: "127.0.0.1:50052".to_owned(),
             organizer_addr: "127.0.0.1:50053".to_owned(),
             auth_addr: "127.0.0.1:50051".to_owned(),
@@ -78,8 +62,7 @@ impl Default for Config {
             benchmark: BenchmarkConfig::default(),
             preview_every_steps: 5,
             upload_chunk_bytes: 256 * 1024,
-            reconnect_max_backoff_ms: 5_000,
-            shutdown_grace_secs: 20,
+            reconnect_max_backoff: Duration::from_secs(5),
         }
     }
 }
@@ -87,7 +70,7 @@ impl Default for Config {
 impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), MeshError> {
-        self.vault.validate()?;
+        self.server.validate()?;
         let bad = |field: &str, why: &str| Err(MeshError::Config(format!("{field}: {why}")));
         if !(1..=64).contains(&self.slots) {
             return bad("slots", "must be between 1 and 64");
@@ -131,3 +114,13 @@ impl Config {
             .unwrap_or_else(|| format!("generator-{}", std::process::id()))
     }
 }
+
+/// The generator's keys that were numbers of milliseconds or seconds.
+pub const RENAMED: &[Renamed] = &[
+    Renamed::Millis { from: "reconnect_max_backoff_ms", to: "reconnect_max_backoff" },
+    Renamed::Millis { from: "benchmark.hold_ms", to: "benchmark.hold" },
+    Renamed::Secs { from: "comfyui.request_timeout_secs", to: "comfyui.request_timeout" },
+    Renamed::Secs { from: "comfyui.connect_timeout_secs", to: "comfyui.connect_timeout" },
+    Renamed::Secs { from: "comfyui.lost_after_secs", to: "comfyui.lost_after" },
+    Renamed::Secs { from: "comfyui.job_timeout_secs", to: "comfyui.job_timeout" },
+];

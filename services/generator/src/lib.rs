@@ -24,10 +24,11 @@ use std::{
 use sakuga_mesh::{
     MeshError,
     auth::{Guard, Verifier},
+    config::Renamed,
+    health::{NamedCheck, Unhealthy},
+    node::Node,
     server::GrpcServer,
     service::Service,
-    tls::MeshTls,
-    vault::Vault,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -54,10 +55,9 @@ pub fn backend_for(
 /// A built, not yet running generator.
 #[derive(Debug)]
 pub struct Application {
+    node: Node,
     server: GrpcServer,
     config: Arc<Config>,
-    tls: Arc<MeshTls>,
-    vault: Vault,
     verifier: Arc<Verifier>,
     backend: Arc<dyn Backend>,
     families: Arc<metrics::Families>,
@@ -68,23 +68,18 @@ impl Service for Application {
     const BINARY: &'static str = "sakuga-generator";
     const ABOUT: &'static str = "Sakuga generator (worker)";
     type Config = Config;
+    const RENAMED: &'static [Renamed] = config::RENAMED;
 
     /// Logs in to Vault, gets the certificate and binds the health listener.
     async fn build(config: Config) -> Result<Self, MeshError> {
         config.validate()?;
-        let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
-        let verifier = Arc::new(Verifier::remote(tls.channel_to(&config.auth_addr, "auth")?, None, None));
-        let metrics = sakuga_mesh::metrics::Metrics::new();
-        let backend = backend_for(&config, &metrics)?;
-        let guard = Guard::new(Some(verifier.clone()), None, None).observed(Self::NAME, metrics.clone());
-        let server = GrpcServer::bind(config.listen, &[], guard, &config.grpc)
-            .await?
-            .with_probe(config.probe_listen)
-            .await?
-            .with_metrics(config.metrics_listen, metrics.clone())
-            .await?;
-        let families = Arc::new(metrics::Families::register(&metrics));
-        Ok(Self { server, config: Arc::new(config), tls, vault, verifier, backend, families })
+        let node = Node::start(Self::NAME, &config.server).await?;
+        let verifier =
+            Arc::new(Verifier::remote(node.tls.channel_to(&config.auth_addr, "auth")?, None, None));
+        let backend = backend_for(&config, &node.metrics)?;
+        let server = node.bind(&[], Guard::new(Some(verifier.clone()), None, None)).await?;
+        let families = Arc::new(metrics::Families::register(&node.metrics));
+        Ok(Self { node, server, config: Arc::new(config), verifier, backend, families })
     }
 
     /// The health listener's address.
@@ -98,7 +93,7 @@ impl Service for Application {
 
     /// Works until `shutdown`, then drains (running jobs get the grace period).
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { server, config, tls, vault, verifier, backend, families } = self;
+        let Self { node, server, config, verifier, backend, families } = self;
         let busy = worker::Busy::default();
         let server = server.with_metrics_refresh(metrics::slot_gauges(
             families.clone(),
@@ -112,14 +107,13 @@ impl Service for Application {
             () = shutdown.cancelled() => return Ok(()),
         }
         info!(backend = backend.name(), slots = backend.slots(), loaded = ?backend.loaded_models(), "backend ready");
-        let renewal = tls.spawn_renewal(vault, config.tls.clone(), shutdown.clone());
         let keys = verifier.spawn_refresh(shutdown.clone());
         let schedulers = config
             .scheduler_addrs()
             .iter()
-            .map(|addr| tls.channel_to(addr, "scheduler"))
+            .map(|addr| node.tls.channel_to(addr, "scheduler"))
             .collect::<Result<Vec<_>, _>>()?;
-        let organizer = tls.channel_to(&config.organizer_addr, "organizer")?;
+        let organizer = node.tls.channel_to(&config.organizer_addr, "organizer")?;
         let attached = Arc::new(AtomicBool::new(false));
         // The worker outlives `shutdown` until it has drained; the health server stops
         // when the worker is done.
@@ -134,19 +128,18 @@ impl Service for Application {
             })
         };
         let flag = attached.clone();
-        let checks: Vec<(&'static str, sakuga_mesh::server::HealthCheck)> = vec![(
+        let checks: Vec<NamedCheck> = vec![(
             "scheduler",
             Arc::new(move || {
                 let ok = flag.load(Ordering::SeqCst);
-                Box::pin(async move { if ok { Ok(()) } else { Err("not attached".to_owned()) } })
+                Box::pin(async move { if ok { Ok(()) } else { Err(Unhealthy::new("not attached")) } })
             }),
         )];
-        let result = server
-            .serve(tls, checks, Duration::from_millis(500), Duration::from_secs(1), worker_done.clone())
-            .await;
+        // Running jobs drained under the shutdown grace; health then stops within a second.
+        let node =
+            node.with_health_interval(Duration::from_millis(500)).with_call_grace(Duration::from_secs(1));
+        let result = node.serve(server, checks, vec![keys], worker_done.clone()).await;
         let _ = worker.await;
-        renewal.abort();
-        keys.abort();
         result
     }
 

@@ -74,13 +74,12 @@ pub(crate) async fn run(
         events_tx,
     };
     let mut backoff = Duration::from_millis(200);
-    let max_backoff = Duration::from_millis(w.config.reconnect_max_backoff_ms.max(200));
+    let max_backoff = w.config.reconnect_max_backoff.max(Duration::from_millis(200));
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut turn = 0_usize;
     loop {
         if shutdown.is_cancelled() && drain_deadline.is_none() {
-            drain_deadline =
-                Some(tokio::time::Instant::now() + Duration::from_secs(w.config.shutdown_grace_secs));
+            drain_deadline = Some(tokio::time::Instant::now() + w.config.server.shutdown_grace);
         }
         if drain_deadline.is_some() && w.jobs.is_empty() && w.unsent.is_empty() {
             info!("worker drained");
@@ -273,7 +272,7 @@ impl Worker {
                 () = shutdown.cancelled(), if !draining => {
                     info!(running = self.jobs.len(), "draining: no new jobs, running ones may finish");
                     draining = true;
-                    *drain_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(self.config.shutdown_grace_secs));
+                    *drain_deadline = Some(tokio::time::Instant::now() + self.config.server.shutdown_grace);
                     let _ = out.send(send(Msg::Draining(WorkerDraining { reason: "shutting down".to_owned() }))).await;
                 }
                 () = deadline => {

@@ -1,7 +1,7 @@
 //! FileService: translates the wire to the ingest use case and the record store, and
 //! streams stored bytes and thumbnails back.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use sakuga_mesh::{
     api::{Page, from_timestamp},
@@ -101,12 +101,8 @@ impl Api {
 
     /// A response stream bounded by the read idle timeout.
     fn read_outbox<T: Send + 'static>(&self) -> (limits::Outbox<T>, tonic::codegen::BoxStream<T>) {
-        let secs = self.config.read_idle_timeout_secs;
-        limits::outbox(
-            4,
-            Duration::from_secs(secs),
-            format!("stream ended: nothing was read for {secs} s (read_idle_timeout_secs)"),
-        )
+        let idle = self.config.read_idle_timeout;
+        limits::outbox(4, idle, format!("stream ended: nothing was read for {idle:?} (read_idle_timeout)"))
     }
 
     /// Counts why a read stream's producer stopped early.

@@ -1,10 +1,10 @@
 //! File organizer configuration.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{path::PathBuf, time::Duration};
 
 use sakuga_mesh::{
     MeshError,
-    config::{DatabaseConfig, RedisConfig, TlsConfig, VaultConfig},
+    config::{DatabaseConfig, RedisConfig, Renamed, ServerConfig},
     ratelimit::RateLimits,
 };
 use serde::{Deserialize, Serialize};
@@ -13,19 +13,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// gRPC listen address (FileService, health, reflection).
-    pub listen: SocketAddr,
-    /// Prometheus scrape port (`GET /metrics`, plain HTTP); `"off"`: none.
-    #[serde(with = "sakuga_mesh::config::switchable_addr")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// Plaintext gRPC health (only) for kubelet probes; unset: none.
-    pub probe_listen: Option<SocketAddr>,
-    /// Vault login and mounts.
-    pub vault: VaultConfig,
-    /// Names on the service certificate.
-    pub tls: TlsConfig,
-    /// Limits of the gRPC port: connections, handshakes, streams per connection, keepalive.
-    pub grpc: sakuga_mesh::listen::GrpcLimits,
+    /// Ports (FileService, health, reflection), Vault, certificate, limits of the gRPC port, shutdown grace.
+    pub server: ServerConfig,
     /// PostgreSQL.
     pub database: DatabaseConfig,
     /// Redis (revocation list, rate limits).
@@ -42,32 +31,29 @@ pub struct Config {
     /// and `retry-after`.
     pub max_concurrent_uploads: usize,
     /// An upload whose next message takes longer than this is ended (ABORTED).
-    pub upload_idle_timeout_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub upload_idle_timeout: Duration,
     /// `ReadFile` and `GetThumbnail` streams one user may have open at once; more are
     /// refused with RESOURCE_EXHAUSTED and `retry-after`.
     pub max_reads_per_user: usize,
     /// A read stream the client stops reading for longer than this is ended (ABORTED),
     /// freeing its slot.
-    pub read_idle_timeout_secs: u64,
-    /// Time in-flight calls get after SIGTERM.
-    pub shutdown_grace_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub read_idle_timeout: Duration,
     /// Longest side of thumbnails, in pixels.
     pub thumbnail_max_side: u32,
     /// The reconciler runs at start-up and then this often.
-    pub reconcile_interval_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
     /// Bytes no record points at are removed once this old (protects uploads in flight).
-    pub orphan_grace_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub orphan_grace: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50053)),
-            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9103))),
-            probe_listen: None,
-            vault: VaultConfig::for_service("organizer"),
-            tls: TlsConfig::default(),
-            grpc: sakuga_mesh::listen::GrpcLimits::default(),
+            server: ServerConfig::for_service("organizer", 50053, 9103),
             database: DatabaseConfig::for_service("organizer"),
             redis: RedisConfig::for_service("organizer"),
             auth_addr: "127.0.0.1:50051".to_owned(),
@@ -75,13 +61,12 @@ impl Default for Config {
             storage_root: PathBuf::from("files"),
             max_artifact_bytes: 256 * 1024 * 1024,
             max_concurrent_uploads: 8,
-            upload_idle_timeout_secs: 30,
+            upload_idle_timeout: Duration::from_secs(30),
             max_reads_per_user: 8,
-            read_idle_timeout_secs: 30,
-            shutdown_grace_secs: 20,
+            read_idle_timeout: Duration::from_secs(30),
             thumbnail_max_side: 256,
-            reconcile_interval_secs: 3600,
-            orphan_grace_secs: 600,
+            reconcile_interval: Duration::from_hours(1),
+            orphan_grace: Duration::from_mins(10),
         }
     }
 }
@@ -89,7 +74,7 @@ impl Default for Config {
 impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), MeshError> {
-        self.vault.validate()?;
+        self.server.validate()?;
         self.database.validate()?;
         self.rate_limits.validate()?;
         if self.storage_root.as_os_str().is_empty() {
@@ -98,8 +83,8 @@ impl Config {
         if !(16..=1024).contains(&self.thumbnail_max_side) {
             return Err(MeshError::Config("thumbnail_max_side: must be between 16 and 1024".to_owned()));
         }
-        if self.reconcile_interval_secs == 0 {
-            return Err(MeshError::Config("reconcile_interval_secs: must be at least 1".to_owned()));
+        if self.reconcile_interval.is_zero() {
+            return Err(MeshError::Config("reconcile_interval: must be positive".to_owned()));
         }
         if self.max_artifact_bytes < 1024 {
             return Err(MeshError::Config("max_artifact_bytes: must be at least 1024".to_owned()));
@@ -112,14 +97,21 @@ impl Config {
                 return Err(MeshError::Config(format!("{key}: must be at least 1")));
             }
         }
-        for (key, value) in [
-            ("upload_idle_timeout_secs", self.upload_idle_timeout_secs),
-            ("read_idle_timeout_secs", self.read_idle_timeout_secs),
-        ] {
-            if value == 0 {
-                return Err(MeshError::Config(format!("{key}: must be at least 1")));
+        for (key, value) in
+            [("upload_idle_timeout", self.upload_idle_timeout), ("read_idle_timeout", self.read_idle_timeout)]
+        {
+            if value.is_zero() {
+                return Err(MeshError::Config(format!("{key}: must be positive")));
             }
         }
         Ok(())
     }
 }
+
+/// The organizer's keys that were numbers of seconds.
+pub const RENAMED: &[Renamed] = &[
+    Renamed::Secs { from: "upload_idle_timeout_secs", to: "upload_idle_timeout" },
+    Renamed::Secs { from: "read_idle_timeout_secs", to: "read_idle_timeout" },
+    Renamed::Secs { from: "reconcile_interval_secs", to: "reconcile_interval" },
+    Renamed::Secs { from: "orphan_grace_secs", to: "orphan_grace" },
+];

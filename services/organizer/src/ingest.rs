@@ -4,7 +4,7 @@
 //! thumbnailed, laid out under their name (linked to identical bytes already stored) and
 //! recorded under the lease. The gRPC handler only translates the wire to and from this.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use chrono::Utc;
 use futures_util::{Stream, StreamExt as _};
@@ -118,11 +118,11 @@ impl Ingest {
     where
         S: Stream<Item = Result<T, OrganizerError>> + Unpin,
     {
-        let secs = self.config.upload_idle_timeout_secs;
-        let Ok(next) = tokio::time::timeout(Duration::from_secs(secs), parts.next()).await else {
+        let idle = self.config.upload_idle_timeout;
+        let Ok(next) = tokio::time::timeout(idle, parts.next()).await else {
             self.metrics.ceiling_refused("upload_idle_timeout");
             return Err(OrganizerError::Stalled(format!(
-                "upload ended: no message for {secs} s (upload_idle_timeout_secs)"
+                "upload ended: no message for {idle:?} (upload_idle_timeout)"
             )));
         };
         next.transpose()

@@ -14,17 +14,18 @@ pub mod reconcile;
 pub mod storage;
 pub mod store;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use sakuga_mesh::{
     MeshError,
     auth::{Guard, Verifier},
+    config::Renamed,
     db,
+    health::{NamedCheck, Unhealthy},
+    node::Node,
     redis::Redis,
     server::GrpcServer,
     service::Service,
-    tls::MeshTls,
-    vault::Vault,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -34,10 +35,9 @@ pub use ingest::Faults;
 /// A built, not yet running organizer.
 #[derive(Debug)]
 pub struct Application {
+    node: Node,
     server: GrpcServer,
     api: api::Api,
-    tls: Arc<MeshTls>,
-    vault: Vault,
     verifier: Arc<Verifier>,
     redis: Redis,
 }
@@ -56,6 +56,7 @@ impl Service for Application {
     const BINARY: &'static str = "sakuga-organizer";
     const ABOUT: &'static str = "Sakuga file organizer";
     type Config = Config;
+    const RENAMED: &'static [Renamed] = config::RENAMED;
 
     /// Logs in to Vault, loads secrets and the certificate, connects to PostgreSQL (and
     /// migrates), prepares the storage root and binds the listener.
@@ -68,25 +69,18 @@ impl Service for Application {
                     config.storage_root.display()
                 ))
             })?);
-        let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
-        let pool = db::connect_with_vault(&vault, &config.database).await?;
-        let redis = Redis::connect_with_vault(&vault, &config.redis).await?;
+        let node = Node::start(Self::NAME, &config.server).await?;
+        let pool = db::connect_with_vault(&node.vault, &config.database).await?;
+        let redis = Redis::connect_with_vault(&node.vault, &config.redis).await?;
         let verifier = Arc::new(Verifier::remote(
-            tls.channel_to(&config.auth_addr, "auth")?,
+            node.tls.channel_to(&config.auth_addr, "auth")?,
             Some(redis.clone()),
             Some(pool.clone()),
         ));
-        let metrics = sakuga_mesh::metrics::Metrics::new();
-        let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool)
-            .observed(Self::NAME, metrics.clone());
-        let server = GrpcServer::bind(config.listen, api::SERVICES, guard, &config.grpc)
-            .await?
-            .with_probe(config.probe_listen)
-            .await?
-            .with_metrics(config.metrics_listen, metrics.clone())
-            .await?;
-        let api = api::Api::new(store::Store::new(pool), storage, metrics, Arc::new(config));
-        Ok(Self { server, api, tls, vault, verifier, redis })
+        let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool);
+        let server = node.bind(api::SERVICES, guard).await?;
+        let api = api::Api::new(store::Store::new(pool), storage, node.metrics.clone(), Arc::new(config));
+        Ok(Self { node, server, api, verifier, redis })
     }
 
     /// The bound address.
@@ -100,8 +94,7 @@ impl Service for Application {
 
     /// Serves until `shutdown`, then drains.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { server, api, tls, vault, verifier, redis } = self;
-        let renewal = tls.spawn_renewal(vault, api.config.tls.clone(), shutdown.clone());
+        let Self { node, server, api, verifier, redis } = self;
         let keys = verifier.spawn_refresh(shutdown.clone());
         let pool = api.store.pool().clone();
         let root = api.config.storage_root.clone();
@@ -110,15 +103,14 @@ impl Service for Application {
             store: api.store.clone(),
             storage: api.storage.clone(),
             audit: sakuga_mesh::auth::Audit::new(pool.clone()),
-            grace: Duration::from_secs(api.config.orphan_grace_secs),
+            grace: api.config.orphan_grace,
         };
         match reconciler.run_once().await {
             Ok(report) => tracing::info!(?report, "storage reconciled at start-up"),
             Err(e) => tracing::warn!(error = %e, "start-up reconcile failed; the periodic pass retries"),
         }
-        let reconciling =
-            reconciler.spawn(Duration::from_secs(api.config.reconcile_interval_secs), shutdown.clone());
-        let checks: Vec<(&'static str, sakuga_mesh::server::HealthCheck)> = vec![
+        let reconciling = reconciler.spawn(api.config.reconcile_interval, shutdown.clone());
+        let checks: Vec<NamedCheck> = vec![
             ("postgres", db::health_check(&pool)),
             ("redis", redis.health_check()),
             (
@@ -126,26 +118,22 @@ impl Service for Application {
                 Arc::new(move || {
                     let root = root.clone();
                     Box::pin(async move {
-                        let meta = tokio::fs::metadata(&root).await.map_err(|e| e.kind().to_string())?;
-                        if meta.is_dir() { Ok(()) } else { Err("storage root is not a folder".to_owned()) }
+                        let meta = tokio::fs::metadata(&root).await.map_err(|e| Unhealthy::new(e.kind()))?;
+                        if meta.is_dir() {
+                            Ok(())
+                        } else {
+                            Err(Unhealthy::new("storage root is not a folder"))
+                        }
                     })
                 }),
             ),
         ];
-        let grace = Duration::from_secs(api.config.shutdown_grace_secs);
-        let result = server
-            .add_service(api::server(api))
-            .serve(tls, checks, Duration::from_secs(2), grace, shutdown)
-            .await;
-        renewal.abort();
-        keys.abort();
-        reconciling.abort();
-        result
+        node.serve(server.add_service(api::server(api)), checks, vec![keys, reconciling], shutdown).await
     }
 
     fn database(
         config: &Config,
     ) -> Option<(&sakuga_mesh::config::VaultConfig, &sakuga_mesh::config::DatabaseConfig)> {
-        Some((&config.vault, &config.database))
+        Some((&config.server.vault, &config.database))
     }
 }

@@ -1,10 +1,10 @@
 //! Scheduler configuration (see `docs` in the README for every key).
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use sakuga_mesh::{
     MeshError,
-    config::{DatabaseConfig, RedisConfig, TlsConfig, VaultConfig},
+    config::{DatabaseConfig, RedisConfig, Renamed, ServerConfig},
 };
 use serde::{Deserialize, Serialize};
 
@@ -12,38 +12,30 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// gRPC listen address (JobService, WorkerService, health, reflection).
-    pub listen: SocketAddr,
-    /// Prometheus scrape port (`GET /metrics`, plain HTTP); `"off"`: none.
-    #[serde(with = "sakuga_mesh::config::switchable_addr")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// Plaintext gRPC health (only) for kubelet probes; unset: none.
-    pub probe_listen: Option<SocketAddr>,
-    /// Vault login and mounts.
-    pub vault: VaultConfig,
-    /// Names on the service certificate.
-    pub tls: TlsConfig,
-    /// Limits of the gRPC port: connections, handshakes, streams per connection, keepalive.
-    pub grpc: sakuga_mesh::listen::GrpcLimits,
+    /// Ports (JobService, WorkerService, health, reflection), Vault, certificate, limits
+    /// of the gRPC port, shutdown grace.
+    pub server: ServerConfig,
     /// PostgreSQL.
     pub database: DatabaseConfig,
     /// Redis (progress fan-out).
     pub redis: RedisConfig,
     /// A lease lasts this long after the last heartbeat or progress message.
-    pub lease_ttl_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
     /// Heartbeat period asked of workers (well under the lease).
-    pub heartbeat_interval_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
     /// Attempts per job before it fails.
     pub max_attempts: u32,
     /// Safety-net poll of the queue when no wake-up arrives.
-    pub dispatch_poll_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub dispatch_poll: Duration,
     /// Progress is published on every step but written to PostgreSQL at most this often
     /// per job.
-    pub progress_write_interval_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub progress_write_interval: Duration,
     /// Largest width × height × batch_size × max(frames, 1) a job may ask for.
     pub max_job_pixels: u64,
-    /// Time in-flight calls get after SIGTERM.
-    pub shutdown_grace_secs: u64,
     /// Auth service `host:port`, where the token verification keys come from.
     pub auth_addr: String,
     /// Rate limits per class and user.
@@ -54,7 +46,8 @@ pub struct Config {
     /// 0 keeps them forever.
     pub job_retention_days: u32,
     /// How often the retention sweep runs.
-    pub retention_sweep_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub retention_sweep: Duration,
     /// Ceilings on `WatchJob` streams.
     pub watch: WatchConfig,
 }
@@ -82,26 +75,20 @@ impl Default for WatchConfig {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
-            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9102))),
-            probe_listen: None,
-            vault: VaultConfig::for_service("scheduler"),
-            tls: TlsConfig::default(),
-            grpc: sakuga_mesh::listen::GrpcLimits::default(),
+            server: ServerConfig::for_service("scheduler", 50052, 9102),
             database: DatabaseConfig::for_service("scheduler"),
             redis: RedisConfig::for_service("scheduler"),
-            lease_ttl_ms: 10_000,
-            heartbeat_interval_ms: 2_000,
+            lease_ttl: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(2),
             max_attempts: 3,
-            dispatch_poll_ms: 1_000,
-            progress_write_interval_ms: 1_000,
+            dispatch_poll: Duration::from_secs(1),
+            progress_write_interval: Duration::from_secs(1),
             max_job_pixels: 64 * 1024 * 1024,
-            shutdown_grace_secs: 20,
             auth_addr: "127.0.0.1:50051".to_owned(),
             rate_limits: sakuga_mesh::ratelimit::RateLimits::default(),
             max_active_jobs_per_user: 50,
             job_retention_days: 90,
-            retention_sweep_secs: 3600,
+            retention_sweep: Duration::from_hours(1),
             watch: WatchConfig::default(),
         }
     }
@@ -110,24 +97,24 @@ impl Default for Config {
 impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), MeshError> {
-        self.vault.validate()?;
+        self.server.validate()?;
         self.database.validate()?;
         self.rate_limits.validate()?;
         let bad = |field: &str, why: &str| Err(MeshError::Config(format!("{field}: {why}")));
-        if self.lease_ttl_ms < 1_000 {
-            return bad("lease_ttl_ms", "must be at least 1000");
+        if self.lease_ttl < Duration::from_secs(1) {
+            return bad("lease_ttl", "must be at least 1s");
         }
-        if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms * 2 > self.lease_ttl_ms {
-            return bad("heartbeat_interval_ms", "must be positive and at most half of lease_ttl_ms");
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 2 > self.lease_ttl {
+            return bad("heartbeat_interval", "must be positive and at most half of lease_ttl");
         }
         if self.max_attempts == 0 || self.max_attempts > 100 {
             return bad("max_attempts", "must be between 1 and 100");
         }
-        if self.dispatch_poll_ms == 0 {
-            return bad("dispatch_poll_ms", "must be positive");
+        if self.dispatch_poll.is_zero() {
+            return bad("dispatch_poll", "must be positive");
         }
-        if self.retention_sweep_secs == 0 {
-            return bad("retention_sweep_secs", "must be positive");
+        if self.retention_sweep.is_zero() {
+            return bad("retention_sweep", "must be positive");
         }
         if self.max_active_jobs_per_user == 0 {
             return bad("max_active_jobs_per_user", "must be at least 1");
@@ -146,9 +133,13 @@ impl Config {
         }
         Ok(())
     }
-
-    /// Lease lifetime.
-    pub fn lease_ttl(&self) -> Duration {
-        Duration::from_millis(self.lease_ttl_ms)
-    }
 }
+
+/// The scheduler's keys that were numbers of milliseconds or seconds.
+pub const RENAMED: &[Renamed] = &[
+    Renamed::Millis { from: "lease_ttl_ms", to: "lease_ttl" },
+    Renamed::Millis { from: "heartbeat_interval_ms", to: "heartbeat_interval" },
+    Renamed::Millis { from: "dispatch_poll_ms", to: "dispatch_poll" },
+    Renamed::Millis { from: "progress_write_interval_ms", to: "progress_write_interval" },
+    Renamed::Secs { from: "retention_sweep_secs", to: "retention_sweep" },
+];

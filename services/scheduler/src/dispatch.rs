@@ -18,7 +18,7 @@ pub fn spawn_dispatcher(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let poll = Duration::from_millis(state.config.dispatch_poll_ms);
+        let poll = state.config.dispatch_poll;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -44,7 +44,7 @@ async fn dispatch_once(state: &State) -> Result<(), crate::error::SchedulerError
             let models = warm.then_some(worker.models.as_slice());
             let claimed = state
                 .store
-                .claim(&worker.worker_id, &worker.backends, models, worker.free, state.config.lease_ttl())
+                .claim(&worker.worker_id, &worker.backends, models, worker.free, state.config.lease_ttl)
                 .await?;
             for c in claimed {
                 // The dispatch joins the submitter's trace; the worker's spans join it.
@@ -81,7 +81,7 @@ pub fn spawn_reaper(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let period = (state.config.lease_ttl() / 4).max(Duration::from_millis(250));
+        let period = (state.config.lease_ttl / 4).max(Duration::from_millis(250));
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -108,14 +108,14 @@ pub fn spawn_reaper(
     })
 }
 
-/// Deletes finished jobs past the retention age, in batches, every `retention_sweep_secs`.
+/// Deletes finished jobs past the retention age, in batches, every `retention_sweep`.
 pub fn spawn_retention(state: Arc<State>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let days = state.config.job_retention_days;
         if days == 0 {
             return;
         }
-        let period = Duration::from_secs(state.config.retention_sweep_secs);
+        let period = state.config.retention_sweep;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,

@@ -18,17 +18,18 @@ pub mod validate;
 pub mod watchers;
 pub mod worker;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use sakuga_mesh::{
     MeshError,
     auth::{Guard, Verifier},
+    config::Renamed,
     db,
+    health::NamedCheck,
+    node::Node,
     redis::Redis,
-    server::{GrpcServer, HealthCheck},
+    server::GrpcServer,
     service::Service,
-    tls::MeshTls,
-    vault::Vault,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -39,10 +40,9 @@ pub use state::State;
 /// A built, not yet running scheduler.
 #[derive(Debug)]
 pub struct Application {
+    node: Node,
     server: GrpcServer,
     state: Arc<State>,
-    tls: Arc<MeshTls>,
-    vault: Vault,
     /// For the dedicated LISTEN connection.
     listen: tokio_postgres::Config,
 }
@@ -52,30 +52,25 @@ impl Service for Application {
     const BINARY: &'static str = "sakuga-scheduler";
     const ABOUT: &'static str = "Sakuga job scheduler";
     type Config = Config;
+    const RENAMED: &'static [Renamed] = config::RENAMED;
 
     /// Logs in to Vault, loads secrets and the certificate, connects to PostgreSQL (and
     /// migrates) and Redis, and binds the listener.
     async fn build(config: Config) -> Result<Self, MeshError> {
         config.validate()?;
-        let (vault, tls) = MeshTls::bootstrap(Self::NAME, &config.vault, &config.tls).await?;
-        let pool = db::connect_with_vault(&vault, &config.database).await?;
+        let node = Node::start(Self::NAME, &config.server).await?;
+        let pool = db::connect_with_vault(&node.vault, &config.database).await?;
         let listen =
-            db::pg_config(&config.database, &vault.read_credentials(&config.database.vault_path).await?);
-        let redis = Redis::connect_with_vault(&vault, &config.redis).await?;
+            db::pg_config(&config.database, &node.vault.read_credentials(&config.database.vault_path).await?);
+        let redis = Redis::connect_with_vault(&node.vault, &config.redis).await?;
         let verifier = Arc::new(Verifier::remote(
-            tls.channel_to(&config.auth_addr, "auth")?,
+            node.tls.channel_to(&config.auth_addr, "auth")?,
             Some(redis.clone()),
             Some(pool.clone()),
         ));
-        let metrics = sakuga_mesh::metrics::Metrics::new();
-        let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool)
-            .observed(Self::NAME, metrics.clone());
-        let server = GrpcServer::bind(config.listen, &api::SERVICES, guard, &config.grpc)
-            .await?
-            .with_probe(config.probe_listen)
-            .await?
-            .with_metrics(config.metrics_listen, metrics.clone())
-            .await?;
+        let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool);
+        let server = node.bind(&api::SERVICES, guard).await?;
+        let metrics = node.metrics.clone();
         let state = Arc::new(State {
             projects: projects::Projects::new(pool.clone()),
             store: store::Store::new(pool),
@@ -88,7 +83,7 @@ impl Service for Application {
             redis,
             config,
         });
-        Ok(Self { server, state, tls, vault, listen })
+        Ok(Self { node, server, state, listen })
     }
 
     /// The bound address.
@@ -102,10 +97,9 @@ impl Service for Application {
 
     /// Serves until `shutdown`, then drains.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { server, state, tls, vault, listen } = self;
+        let Self { node, server, state, listen } = self;
         let server = server.with_metrics_refresh(state::metrics_refresh(&state));
         let wake = Arc::new(Notify::new());
-        let renewal = tls.spawn_renewal(vault, state.config.tls.clone(), shutdown.clone());
         let listener = state.events.spawn_listener(shutdown.clone());
         let dispatcher = dispatch::spawn_dispatcher(state.clone(), wake.clone(), shutdown.clone());
         let reaper = dispatch::spawn_reaper(state.clone(), wake.clone(), shutdown.clone());
@@ -118,23 +112,18 @@ impl Service for Application {
             db::spawn_listener(listen, "sakuga_jobs_queued", move || wake.notify_one(), shutdown.clone())
         };
         let checks = health_checks(&state);
-        let grace = Duration::from_secs(state.config.shutdown_grace_secs);
-        let result = api::add_services(server, &state, wake, shutdown.clone())
-            .serve(tls, checks, Duration::from_secs(2), grace, shutdown)
-            .await;
-        for task in [renewal, listener, dispatcher, reaper, keys, notified, retention] {
-            task.abort();
-        }
-        result
+        let server = api::add_services(server, &state, wake, shutdown.clone());
+        let tasks = vec![listener, dispatcher, reaper, keys, notified, retention];
+        node.serve(server, checks, tasks, shutdown).await
     }
 
     fn database(
         config: &Config,
     ) -> Option<(&sakuga_mesh::config::VaultConfig, &sakuga_mesh::config::DatabaseConfig)> {
-        Some((&config.vault, &config.database))
+        Some((&config.server.vault, &config.database))
     }
 }
 
-fn health_checks(state: &Arc<State>) -> Vec<(&'static str, HealthCheck)> {
+fn health_checks(state: &Arc<State>) -> Vec<NamedCheck> {
     vec![("postgres", db::health_check(state.store.pool())), ("redis", state.redis.health_check())]
 }

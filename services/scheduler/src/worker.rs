@@ -123,7 +123,7 @@ pub async fn attach(
     hello: Hello,
 ) -> Result<(Session, Attached, mpsc::Receiver<WorkerCommand>), SchedulerError> {
     let announced = &hello.running;
-    let kept = state.store.extend_leases(&hello.worker_id, announced, state.config.lease_ttl()).await?;
+    let kept = state.store.extend_leases(&hello.worker_id, announced, state.config.lease_ttl).await?;
     let released = state.store.release_unannounced(&hello.worker_id, &kept).await?;
     if !released.is_empty() {
         state.families.leases_expired(&released);
@@ -141,8 +141,8 @@ pub async fn attach(
         announced.iter().copied().filter(|(id, _)| kept.contains(id)).collect();
     let attached = Attached {
         session,
-        heartbeat_interval: Duration::from_millis(state.config.heartbeat_interval_ms),
-        lease_ttl: state.config.lease_ttl(),
+        heartbeat_interval: state.config.heartbeat_interval,
+        lease_ttl: state.config.lease_ttl,
         kept: running.keys().copied().collect(),
         dropped: announced.iter().filter(|(id, _)| !kept.contains(id)).map(|(id, _)| *id).collect(),
     };
@@ -202,7 +202,7 @@ impl Session {
 
     /// Acts on one message; an error ends the session.
     pub async fn handle(&mut self, msg: WorkerMessage) -> Result<(), SchedulerError> {
-        let ttl = self.state.config.lease_ttl();
+        let ttl = self.state.config.lease_ttl;
         match msg {
             WorkerMessage::Ack((id, lease)) => {
                 if self.state.store.mark_running(id, lease, ttl).await? {
@@ -262,7 +262,7 @@ impl Session {
             self.revoke(id, "lease no longer held").await;
             return Ok(());
         }
-        let interval = Duration::from_millis(self.state.config.progress_write_interval_ms);
+        let interval = self.state.config.progress_write_interval;
         let due = self.last_write.get(&id).is_none_or(|t| t.elapsed() >= interval)
             || progress.step >= progress.total_steps;
         if due {

@@ -50,9 +50,9 @@ fn config(url: &str, dir: &Path, template: &str, preview_metadata: bool) -> Comf
         image_template: template.to_owned(),
         video_template: template.to_owned(),
         preview_metadata,
-        connect_timeout_secs: 5,
-        lost_after_secs: 3,
-        request_timeout_secs: 5,
+        connect_timeout: Duration::from_secs(5),
+        lost_after: Duration::from_secs(3),
+        request_timeout: Duration::from_secs(5),
         ..ComfyConfig::default()
     }
 }
@@ -280,7 +280,7 @@ async fn an_unreachable_server_is_a_retryable_error() {
     let port = sakuga_testkit::Spawned::unused().addr_string().rsplit(':').next().unwrap().to_owned();
     let dir = templates_dir();
     let mut cfg = config(&format!("http://127.0.0.1:{port}"), dir.path(), "fake", false);
-    cfg.connect_timeout_secs = 1;
+    cfg.connect_timeout = Duration::from_secs(1);
     let backend = ComfyUi::new(cfg).unwrap();
     let err = run(&backend, job(512, 8), Sink::discard()).await.unwrap_err();
     let BackendError::Retryable(message) = err else { panic!("retryable: {err:?}") };

@@ -411,7 +411,7 @@ async fn a_crash_between_writing_bytes_and_the_record_leaves_no_orphan_after_a_r
     .unwrap();
 
     // Restart without the fault: the start-up pass removes what no record points at.
-    mesh.restart_organizer(|c| c.orphan_grace_secs = 0).await;
+    mesh.restart_organizer(|c| c.orphan_grace = Duration::ZERO).await;
     let root = mesh.files_root();
     eventually("no orphan bytes or thumbnails remain", || {
         let left = files_under(&root);
@@ -467,7 +467,7 @@ async fn files_past_their_project_retention_are_deleted_and_audited() {
     )
     .await
     .unwrap();
-    mesh.restart_organizer(|c| c.reconcile_interval_secs = 1).await;
+    mesh.restart_organizer(|c| c.reconcile_interval = Duration::from_secs(1)).await;
     let mut files = mesh.files(&alice.token);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while files.get_file(GetFileRequest { file_id: old.id.clone() }).await.is_ok() {
@@ -865,7 +865,7 @@ async fn reads_are_capped_per_user_and_a_reader_that_stops_reading_loses_its_slo
     // stream ends with ABORTED, not as if the file were complete.
     mesh.restart_organizer(|c| {
         c.max_reads_per_user = 1;
-        c.read_idle_timeout_secs = 1;
+        c.read_idle_timeout = Duration::from_secs(1);
     })
     .await;
     let mut stalled = open_read(&mesh, &alice.token, &hers).await.unwrap();
@@ -883,7 +883,7 @@ async fn reads_are_capped_per_user_and_a_reader_that_stops_reading_loses_its_slo
     };
     assert!(read < size, "{read}");
     assert_eq!(err.code(), Code::Aborted, "{err:?}");
-    assert!(err.message().contains("read_idle_timeout_secs"), "{}", err.message());
+    assert!(err.message().contains("read_idle_timeout"), "{}", err.message());
     mesh.stop().await;
 }
 

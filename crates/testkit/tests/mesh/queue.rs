@@ -152,7 +152,7 @@ async fn a_dead_workers_job_is_reassigned_and_completes_once_and_a_late_completi
 #[tokio::test]
 async fn a_restarted_worker_hands_back_what_it_lost_at_once_not_when_the_lease_expires() {
     // Leases of ten minutes: only the hand-back at attach can free the job within this test.
-    let mesh = Mesh::with_scheduler_config(|c| c.lease_ttl_ms = 600_000).await;
+    let mesh = Mesh::with_scheduler_config(|c| c.lease_ttl = Duration::from_mins(10)).await;
     let alice = mesh.person("alice").await;
     let job = mesh
         .jobs(&alice.token)
@@ -235,7 +235,7 @@ async fn a_job_submitted_to_one_replica_wakes_the_replica_holding_the_worker() {
     // A second replica that would poll only every ten minutes: it can only learn of the
     // job through NOTIFY.
     let mut cfg = sakuga_testkit::scheduler_config(&mesh.env, &mesh.auth);
-    cfg.dispatch_poll_ms = 600_000;
+    cfg.dispatch_poll = Duration::from_mins(10);
     let replica = sakuga_testkit::spawn_scheduler(cfg).await.unwrap();
     let gen_cfg = sakuga_testkit::generator_config(&mesh.env, &mesh.auth, &replica, &mesh.organizer);
     let generator = sakuga_testkit::spawn_generator(gen_cfg).await.unwrap();
@@ -315,7 +315,7 @@ async fn a_restarted_scheduler_loses_nothing_and_runs_nothing_twice() {
     let old = std::mem::replace(&mut mesh.scheduler, sakuga_testkit::Spawned::unused());
     old.stop().await.unwrap();
     let mut cfg = sakuga_testkit::scheduler_config(&mesh.env, &mesh.auth);
-    cfg.listen = addr;
+    cfg.server.listen = addr;
     mesh.scheduler = sakuga_testkit::spawn_scheduler(cfg).await.unwrap();
 
     wait_for(&mesh, &running.id, "succeeded").await;
@@ -447,7 +447,7 @@ async fn three_replicas_and_four_generators_run_five_hundred_jobs_exactly_once()
 async fn finished_jobs_past_retention_are_pruned_and_their_files_stay() {
     let mut mesh = Mesh::with_scheduler_config(|c| {
         c.job_retention_days = 30;
-        c.retention_sweep_secs = 1;
+        c.retention_sweep = Duration::from_secs(1);
     })
     .await;
     mesh.attach_generator().await;

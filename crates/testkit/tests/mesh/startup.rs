@@ -8,8 +8,8 @@ async fn a_service_without_vault_gives_up_with_one_message_naming_vault() {
     let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let auth = sakuga_testkit::Spawned::unused();
     let mut cfg = sakuga_testkit::scheduler_config(&env, &auth);
-    cfg.vault.addr = format!("http://{unused}");
-    cfg.vault.connect_attempts = 3;
+    cfg.server.vault.addr = format!("http://{unused}");
+    cfg.server.vault.connect_attempts = 3;
     let err = sakuga_scheduler::Application::build(cfg).await.unwrap_err();
     assert!(matches!(err, MeshError::Vault(_)), "{err:?}");
     let msg = err.to_string();
@@ -25,7 +25,7 @@ async fn a_wrong_vault_token_is_refused_at_once() {
     let mut cfg = sakuga_testkit::organizer_config(&env, &auth, env.dir.path().join("files"));
     let bad = env.dir.path().join("bad-token");
     std::fs::write(&bad, "not-a-token").unwrap();
-    cfg.vault.token_file = Some(bad);
+    cfg.server.vault.token_file = Some(bad);
     let err = sakuga_organizer::Application::build(cfg).await.unwrap_err().to_string();
     assert!(err.contains("refused") && err.contains("403"), "{err}");
     assert!(!err.contains("not-a-token"), "the token is not echoed: {err}");
@@ -132,7 +132,7 @@ async fn the_probe_port_answers_health_in_plaintext_and_nothing_else() {
     let auth = sakuga_testkit::spawn_auth(sakuga_testkit::auth_config(&env)).await.unwrap();
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut cfg = sakuga_testkit::scheduler_config(&env, &auth);
-    cfg.probe_listen = Some(probe);
+    cfg.server.probe_listen = Some(probe);
     let scheduler = sakuga_testkit::spawn_scheduler(cfg).await.unwrap();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{probe}")).unwrap().connect_lazy();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
@@ -153,7 +153,7 @@ async fn the_probe_port_answers_health_in_plaintext_and_nothing_else() {
     }
     // Liveness: SERVING while the process serves gRPC, whatever its dependencies do.
     let live = health
-        .check(tonic_health::pb::HealthCheckRequest { service: sakuga_mesh::server::LIVENESS.to_owned() })
+        .check(tonic_health::pb::HealthCheckRequest { service: sakuga_mesh::health::LIVENESS.to_owned() })
         .await
         .unwrap()
         .into_inner()

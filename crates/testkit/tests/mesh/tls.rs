@@ -103,7 +103,7 @@ async fn a_service_with_a_thirty_second_certificate_keeps_serving_two_minutes_la
     use tokio_stream::StreamExt as _;
     let env = sakuga_testkit::TestEnv::new().await.unwrap();
     let mut cfg = sakuga_testkit::auth_config(&env);
-    cfg.vault.cert_ttl_secs = 30;
+    cfg.server.vault.cert_ttl = Duration::from_secs(30);
     let auth = sakuga_testkit::spawn_auth(cfg).await.unwrap();
     let operator = env.identity("operator").await.unwrap();
     let first = leaf_of(&operator, auth.addr).await;

@@ -1,7 +1,7 @@
 //! The `[comfyui]` settings: their defaults and their checks, which load the templates
 //! (shipped and from `templates_dir`) so a broken one stops the service at start-up.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,13 +28,17 @@ pub struct ComfyConfig {
     /// Ask for previews with metadata (binary frame type 4) instead of bare JPEGs.
     pub preview_metadata: bool,
     /// Timeout of one HTTP request to ComfyUI.
-    pub request_timeout_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// How long a job waits for the server's socket before failing as retryable.
-    pub connect_timeout_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// A server unreachable this long in the middle of a job fails it as retryable.
-    pub lost_after_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub lost_after: Duration,
     /// Longest a job may run in ComfyUI.
-    pub job_timeout_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub job_timeout: Duration,
     /// Largest JSON answer read from ComfyUI (history, queue, object_info, errors).
     pub max_response_bytes: u64,
     /// Largest output file read from `/view`, whatever the job's size. Below it, a file may
@@ -61,10 +65,10 @@ impl Default for ComfyConfig {
             scheduler: "normal".to_owned(),
             preload_models: Vec::new(),
             preview_metadata: true,
-            request_timeout_secs: 30,
-            connect_timeout_secs: 10,
-            lost_after_secs: 60,
-            job_timeout_secs: 3600,
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            lost_after: Duration::from_mins(1),
+            job_timeout: Duration::from_hours(1),
             max_response_bytes: 8 << 20,
             max_output_bytes: 512 << 20,
             max_ws_message_bytes: 16 << 20,
@@ -90,14 +94,14 @@ impl ComfyConfig {
                 _ => return Err(format!("comfyui.urls: {url:?} is not an http://host:port URL")),
             }
         }
-        for (field, secs) in [
-            ("comfyui.request_timeout_secs", self.request_timeout_secs),
-            ("comfyui.connect_timeout_secs", self.connect_timeout_secs),
-            ("comfyui.lost_after_secs", self.lost_after_secs),
-            ("comfyui.job_timeout_secs", self.job_timeout_secs),
+        for (field, duration) in [
+            ("comfyui.request_timeout", self.request_timeout),
+            ("comfyui.connect_timeout", self.connect_timeout),
+            ("comfyui.lost_after", self.lost_after),
+            ("comfyui.job_timeout", self.job_timeout),
         ] {
-            if secs == 0 {
-                return Err(format!("{field}: must be at least 1"));
+            if duration.is_zero() {
+                return Err(format!("{field}: must be positive"));
             }
         }
         for (field, bytes) in [

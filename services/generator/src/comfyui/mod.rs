@@ -91,7 +91,7 @@ impl ComfyUi {
         let templates = config.templates()?;
         let max_ws = usize::try_from(config.max_ws_message_bytes).unwrap_or(usize::MAX);
         let sockets = CancellationToken::new();
-        let timeout = Duration::from_secs(config.request_timeout_secs);
+        let timeout = config.request_timeout;
         let mut servers = Vec::new();
         for url in &config.urls {
             let api = Api::new(url, timeout, config.max_response_bytes, metrics.clone())?;
@@ -177,16 +177,14 @@ impl ComfyUi {
     async fn socket_ready(&self, server: &Server, job_id: &str) -> Result<(), BackendError> {
         let mut state = server.state.clone();
         let wait = state.wait_for(Result::is_ok);
-        if let Ok(Ok(_)) =
-            tokio::time::timeout(Duration::from_secs(self.config.connect_timeout_secs), wait).await
-        {
+        if let Ok(Ok(_)) = tokio::time::timeout(self.config.connect_timeout, wait).await {
             return Ok(());
         }
         let why = server.state.borrow().clone().err().unwrap_or_default();
         warn!(job_id, url = %server.api.base(), reason = %why, "ComfyUI socket not open in time");
         Err(BackendError::Retryable(format!(
-            "ComfyUI is not reachable: its socket did not open within comfyui.connect_timeout_secs ({} s)",
-            self.config.connect_timeout_secs
+            "ComfyUI is not reachable: its socket did not open within comfyui.connect_timeout ({:?})",
+            self.config.connect_timeout
         )))
     }
 
@@ -288,8 +286,8 @@ impl ComfyUi {
     ) -> Result<Finished, BackendError> {
         let api = &server.api;
         let id = run.prompt_id;
-        let deadline = Instant::now() + Duration::from_secs(self.config.job_timeout_secs);
-        let lost_after = Duration::from_secs(self.config.lost_after_secs);
+        let deadline = Instant::now() + self.config.job_timeout;
+        let lost_after = self.config.lost_after;
         let mut socket_up = server.state.borrow().is_ok();
         let mut unreachable_since: Option<Instant> = None;
         let mut success_seen: Option<Instant> = None;
@@ -370,7 +368,7 @@ impl ComfyUi {
                 () = tokio::time::sleep_until(deadline) => {
                     let _ = api.interrupt(id).await;
                     return Err(BackendError::Retryable(format!(
-                        "ComfyUI did not finish within comfyui.job_timeout_secs ({} s)", self.config.job_timeout_secs
+                        "ComfyUI did not finish within comfyui.job_timeout ({:?})", self.config.job_timeout
                     )));
                 }
             }

@@ -99,11 +99,16 @@ impl NodeFailure {
     }
 
     /// Out of memory is worth another attempt (perhaps elsewhere); other node errors are not.
+    /// Decided by the exception's type alone, never by its message text.
     pub fn retryable(&self) -> bool {
-        let t = format!("{} {}", self.exception_type, self.exception_message).to_ascii_lowercase();
-        t.contains("outofmemory") || t.contains("out of memory")
+        OUT_OF_MEMORY_TYPES.contains(&self.exception_type.trim())
     }
 }
+
+/// The exception types ComfyUI reports (its `full_type_name` of the exception) when a GPU
+/// runs out of memory: `torch.OutOfMemoryError` in current torch, `torch.cuda.OutOfMemoryError`
+/// (the same class) in older releases.
+const OUT_OF_MEMORY_TYPES: &[&str] = &["torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError"];
 
 fn text(d: &Value, key: &str) -> String {
     d.get(key).and_then(Value::as_str).unwrap_or_default().to_owned()
@@ -342,7 +347,15 @@ mod tests {
             traceback: vec!["File \"/opt/comfy/execution.py\", line 3\n".into()],
         };
         assert_eq!(failure.describe(), "ComfyUI node 7 (KSampler) failed: torch.OutOfMemoryError");
-        assert!(failure.retryable(), "out of memory is still recognised from the full text");
+        assert!(failure.retryable(), "out of memory is recognised by its exception type");
+        let cuda = NodeFailure { exception_type: "torch.cuda.OutOfMemoryError".into(), ..failure.clone() };
+        assert!(cuda.retryable());
+        let other = NodeFailure {
+            exception_type: "RuntimeError".into(),
+            exception_message: "out of memory".into(),
+            ..failure.clone()
+        };
+        assert!(!other.retryable(), "the message text decides nothing");
         let long = NodeFailure { node_type: "N\nx".repeat(100), ..failure };
         let shown = long.describe();
         assert!(!shown.contains('\n') && shown.chars().count() < 200, "{shown}");
