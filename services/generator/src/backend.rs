@@ -3,13 +3,11 @@
 //! worker; backends know nothing of them, nor of the wire: a job reaches them as a
 //! [`GenerationSpec`], converted once where the worker receives it (`convert`).
 
-use std::{fmt, future::Future, pin::Pin, sync::Arc};
+use std::{fmt, sync::Arc};
 
+use futures_util::future::BoxFuture;
 use sakuga_imaging::Artifact;
 use tokio_util::sync::CancellationToken;
-
-/// A boxed future, so backends can sit behind `Arc<dyn Backend>`.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Why a job attempt produced no artifacts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -148,7 +146,8 @@ impl fmt::Debug for Sink {
     }
 }
 
-/// A generation backend.
+/// A generation backend. Its calls return boxed futures, so backends can sit behind
+/// `Arc<dyn Backend>`.
 pub trait Backend: Send + Sync + fmt::Debug {
     /// Name the worker advertises ("builtin", "comfyui").
     fn name(&self) -> &'static str;

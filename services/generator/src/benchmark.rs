@@ -9,11 +9,12 @@
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use sakuga_imaging::{Artifact, encode_rgb_png, render::MIME_PNG};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, BackendError, BoxFuture, JobInput, Kind, Sink};
+use crate::backend::{Backend, BackendError, JobInput, Kind, Sink};
 
 /// The model the benchmark backend reports.
 pub const MODEL: &str = "benchmark";

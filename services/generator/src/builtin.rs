@@ -3,10 +3,11 @@
 
 use std::ops::ControlFlow;
 
+use futures_util::future::BoxFuture;
 use sakuga_imaging::{Artifact, RenderError, RenderRequest, render};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, BackendError, BoxFuture, GenerationSpec, JobInput, Kind, Sink};
+use crate::backend::{Backend, BackendError, GenerationSpec, JobInput, Kind, Sink};
 
 /// The built-in renderer as a backend.
 #[derive(Debug)]

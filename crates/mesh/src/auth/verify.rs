@@ -4,12 +4,12 @@
 
 use std::{
     collections::HashMap,
-    pin::Pin,
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
 use deadpool_postgres::Pool;
+use futures_util::future::BoxFuture;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
@@ -42,7 +42,7 @@ pub struct Claims {
 /// Public keys that verify access tokens, by `kid`.
 pub type KeySet = HashMap<String, DecodingKey>;
 
-type Fetch = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<KeySet, String>> + Send>> + Send + Sync>;
+type Fetch = Arc<dyn Fn() -> BoxFuture<'static, Result<KeySet, String>> + Send + Sync>;
 
 const KEYS_REFRESH: Duration = Duration::from_mins(5);
 const KEYS_MIN_REFETCH: Duration = Duration::from_secs(10);

@@ -21,6 +21,7 @@ use std::{
     time::Duration,
 };
 
+use futures_util::future::BoxFuture;
 use sakuga_imaging::{Artifact, InspectError, Limits, inspect_png};
 use sakuga_mesh::metrics::Metrics;
 use tokio::{
@@ -38,7 +39,7 @@ use self::{
     template::{Template, Values},
     wire::{Finished, OutputFile},
 };
-use crate::backend::{Backend, BackendError, BoxFuture, JobInput, Kind, Sink};
+use crate::backend::{Backend, BackendError, JobInput, Kind, Sink};
 
 /// Added to an output's expected raw size for metadata (ComfyUI embeds the workflow).
 const OUTPUT_SLACK_BYTES: u64 = 4 << 20;
