@@ -9,6 +9,8 @@ use futures_util::future::BoxFuture;
 use sakuga_imaging::Artifact;
 use tokio_util::sync::CancellationToken;
 
+use crate::comfyui::ComfyError;
+
 /// Why a job attempt produced no artifacts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BackendError {
@@ -22,6 +24,23 @@ pub enum BackendError {
     /// Another attempt may succeed (a server restarted, a connection dropped, out of memory).
     #[error("{0}")]
     Retryable(String),
+}
+
+/// Why a backend cannot start; the service refuses to.
+#[derive(Debug, thiserror::Error)]
+pub enum WarmUpError {
+    /// The ComfyUI backend's configuration does not fit a server it drives.
+    #[error(transparent)]
+    ComfyUi(#[from] ComfyError),
+    /// The trial run failed.
+    #[error("{what} failed: {source}")]
+    TrialRun {
+        /// The run ("builtin warm-up render", ...).
+        what: &'static str,
+        /// How it failed.
+        #[source]
+        source: BackendError,
+    },
 }
 
 /// What a job makes.
@@ -161,7 +180,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Checks the backend's configuration against what it drives and loads the configured
     /// models, so the first job is not a cold start. An `Err` is a configuration error
     /// (the service refuses to start); an unreachable server is only logged.
-    fn warm_up(&self, cancel: CancellationToken) -> BoxFuture<'_, Result<(), String>>;
+    fn warm_up(&self, cancel: CancellationToken) -> BoxFuture<'_, Result<(), WarmUpError>>;
 
     /// Runs one job attempt to its artifacts (in batch order).
     fn run(

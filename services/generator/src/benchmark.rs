@@ -14,7 +14,7 @@ use sakuga_imaging::{Artifact, encode_rgb_png, render::MIME_PNG};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, BackendError, JobInput, Kind, Sink};
+use crate::backend::{Backend, BackendError, JobInput, Kind, Sink, WarmUpError};
 
 /// The model the benchmark backend reports.
 pub const MODEL: &str = "benchmark";
@@ -74,9 +74,11 @@ impl Backend for Benchmark {
         vec![MODEL.to_owned()]
     }
 
-    fn warm_up(&self, _cancel: CancellationToken) -> BoxFuture<'_, Result<(), String>> {
+    fn warm_up(&self, _cancel: CancellationToken) -> BoxFuture<'_, Result<(), WarmUpError>> {
         Box::pin(async {
-            image(8, 8, 0, 0).map(|_| ()).map_err(|e| format!("benchmark warm-up failed: {e}"))
+            image(8, 8, 0, 0)
+                .map(|_| ())
+                .map_err(|source| WarmUpError::TrialRun { what: "benchmark warm-up", source })
         })
     }
 

@@ -44,7 +44,7 @@ pub fn backend_for(
     Ok(match config.backend.as_str() {
         "comfyui" => Arc::new(
             comfyui::ComfyUi::with_metrics(config.comfyui.clone(), metrics.clone())
-                .map_err(MeshError::Config)?,
+                .map_err(|e| MeshError::Config(e.to_string()))?,
         ),
         "benchmark" => Arc::new(benchmark::Benchmark::new(config.slots, &config.benchmark)),
         _ => Arc::new(builtin::Builtin::new(config.slots, config.preview_every_steps)),
@@ -108,7 +108,7 @@ impl Service for Application {
         // Templates are checked against the servers and models preloaded before the first
         // hello, so the scheduler hears of warm models at once.
         tokio::select! {
-            r = backend.warm_up(shutdown.clone()) => r.map_err(MeshError::Config)?,
+            r = backend.warm_up(shutdown.clone()) => r.map_err(|e| MeshError::Config(e.to_string()))?,
             () = shutdown.cancelled() => return Ok(()),
         }
         info!(backend = backend.name(), slots = backend.slots(), loaded = ?backend.loaded_models(), "backend ready");
