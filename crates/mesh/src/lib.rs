@@ -12,6 +12,7 @@ pub mod listen;
 pub mod metrics;
 pub mod ratelimit;
 pub mod redis;
+pub mod retry;
 pub mod server;
 pub mod service;
 pub mod shutdown;
