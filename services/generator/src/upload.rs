@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable as _};
 use sakuga_imaging::Artifact;
 use sakuga_proto::v1::{
     ArtifactHeader, JobKind, StoreArtifactRequest, file_service_client::FileServiceClient,
@@ -71,10 +72,13 @@ pub async fn store(
         sha256: hex::encode(Sha256::digest(&artifact.bytes)),
         lease_token: target.lease_token.clone(),
     };
-    let mut delay = Duration::from_millis(200);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
+    // Three retries, 200 ms apart at first and doubling, or after the organizer's
+    // `retry-after` when it asks for longer.
+    let delays = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(200))
+        .without_max_delay()
+        .with_max_times(3);
+    let attempt = || {
         let mut messages = vec![StoreArtifactRequest { part: Some(Part::Header(header.clone())) }];
         messages.extend(
             artifact
@@ -86,27 +90,32 @@ pub async fn store(
         let mut request = tonic::Request::new(tokio_stream::iter(messages));
         // The organizer's span joins the job's trace.
         sakuga_mesh::telemetry::inject(request.metadata_mut());
-        match client.store_artifact(request).await {
-            Ok(resp) => {
-                return resp
-                    .into_inner()
-                    .file
-                    .map(|f| f.id)
-                    .ok_or_else(|| UploadError::Failed("organizer answered without a file".to_owned()));
-            }
-            Err(s) if matches!(s.code(), Code::InvalidArgument | Code::PermissionDenied | Code::NotFound) => {
-                return Err(UploadError::Rejected(s.message().to_owned()));
-            }
-            Err(s) if attempt < 4 => {
-                warn!(job_id = %target.job_id, index, attempt, code = ?s.code(), error = %s.message(), "upload failed, retrying");
-                tokio::time::sleep(delay.max(retry_after(&s))).await;
-                delay *= 2;
-            }
-            Err(s) => {
-                return Err(UploadError::Failed(format!("{:?}: {}", s.code(), s.message())));
-            }
-        }
+        async move { client.store_artifact(request).await }
+    };
+    let mut failed = 0_u32;
+    let stored = attempt
+        .retry(delays)
+        .when(|s| !refused(s))
+        .adjust(|s, delay| delay.map(|d| d.max(retry_after(s))))
+        .notify(|s, _| {
+            failed += 1;
+            warn!(job_id = %target.job_id, index, attempt = failed, code = ?s.code(), error = %s.message(), "upload failed, retrying");
+        })
+        .await;
+    match stored {
+        Ok(resp) => resp
+            .into_inner()
+            .file
+            .map(|f| f.id)
+            .ok_or_else(|| UploadError::Failed("organizer answered without a file".to_owned())),
+        Err(s) if refused(&s) => Err(UploadError::Rejected(s.message().to_owned())),
+        Err(s) => Err(UploadError::Failed(format!("{:?}: {}", s.code(), s.message()))),
     }
+}
+
+/// Whether the organizer refused the artifact itself: another try would be refused too.
+fn refused(s: &tonic::Status) -> bool {
+    matches!(s.code(), Code::InvalidArgument | Code::PermissionDenied | Code::NotFound)
 }
 
 /// The wait a refusal asks for (`retry-after` seconds, at most a minute); zero if none.

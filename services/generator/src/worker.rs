@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use sakuga_mesh::retry::Backoff;
 use sakuga_proto::v1::{
     Assignment, AssignmentAck, AttachRequest, AttachResponse, Heartbeat, JobCanceledAck, JobCompleted,
     JobFailed, JobProgress, LeasedJob, PreviewUpdate, ProgressUpdate, WorkerDraining, WorkerHello,
@@ -73,8 +74,10 @@ pub(crate) async fn run(
         unsent: VecDeque::new(),
         events_tx,
     };
-    let mut backoff = Duration::from_millis(200);
-    let max_backoff = Duration::from_millis(w.config.reconnect_max_backoff_ms.max(200));
+    let mut backoff = Backoff::new(
+        Duration::from_millis(200),
+        Duration::from_millis(w.config.reconnect_max_backoff_ms.max(200)),
+    );
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut turn = 0_usize;
     loop {
@@ -89,19 +92,23 @@ pub(crate) async fn run(
         // Replicas in turn: after a failure or a closed stream, the next one.
         let scheduler = &schedulers[turn % schedulers.len()];
         turn += 1;
-        match w.session(scheduler, &mut events_rx, &attached, &shutdown, &mut drain_deadline).await {
-            Ok(SessionEnd::Drained) => {
-                info!("worker drained");
-                return;
-            }
-            Ok(SessionEnd::Disconnected) => {
-                backoff = Duration::from_millis(200);
-                warn!("scheduler stream closed, reconnecting");
-            }
-            Err(e) => {
-                warn!(error = %e, backoff_ms = backoff.as_millis(), "cannot attach to scheduler, retrying");
-            }
-        }
+        let delay =
+            match w.session(scheduler, &mut events_rx, &attached, &shutdown, &mut drain_deadline).await {
+                Ok(SessionEnd::Drained) => {
+                    info!("worker drained");
+                    return;
+                }
+                Ok(SessionEnd::Disconnected) => {
+                    backoff.reset();
+                    warn!("scheduler stream closed, reconnecting");
+                    backoff.next_delay()
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, backoff_ms = delay.as_millis(), "cannot attach to scheduler, retrying");
+                    delay
+                }
+            };
         attached.store(false, Ordering::SeqCst);
         if let Some(deadline) = drain_deadline
             && tokio::time::Instant::now() >= deadline
@@ -110,7 +117,7 @@ pub(crate) async fn run(
             return;
         }
         // Keep draining job events while disconnected so job tasks never block.
-        let sleep = tokio::time::sleep(backoff);
+        let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         loop {
             tokio::select! {
@@ -122,7 +129,6 @@ pub(crate) async fn run(
                 },
             }
         }
-        backoff = (backoff * 2).min(max_backoff);
     }
 }
 

@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use sakuga_mesh::metrics::Metrics;
+use sakuga_mesh::{metrics::Metrics, retry::Backoff};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::{self, Message, protocol::WebSocketConfig};
 use tokio_util::sync::CancellationToken;
@@ -74,7 +74,7 @@ pub(super) fn spawn(
     let (tx, rx) = mpsc::unbounded_channel();
     let (state_tx, state_rx) = watch::channel(Err(SocketDown::NotYet));
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(250);
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
         loop {
             let connected = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -82,7 +82,7 @@ pub(super) fn spawn(
             };
             match connected {
                 Ok((mut ws, _)) => {
-                    backoff = Duration::from_millis(250);
+                    backoff.reset();
                     if preview_metadata {
                         // Previews then come as type-4 frames whose metadata names the prompt.
                         let flags =
@@ -128,11 +128,9 @@ pub(super) fn spawn(
                     let _ = state_tx.send(Err(SocketDown::Unreachable(Arc::new(e))));
                 }
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
+            if !backoff.wait(&shutdown).await {
+                return;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     });
     (rx, state_rx)
