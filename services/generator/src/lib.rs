@@ -2,6 +2,7 @@
 //! renders assigned jobs with its backends, streams the outputs to the file organizer and
 //! reports progress and completion. It serves only health (SERVING while attached).
 
+mod api;
 pub mod backend;
 pub mod benchmark;
 pub mod builtin;
@@ -9,7 +10,7 @@ pub mod comfyui;
 pub mod config;
 mod convert;
 mod metrics;
-pub mod upload;
+mod upload;
 mod worker;
 
 use std::{
@@ -128,8 +129,16 @@ impl Service for Application {
             let (config, attached, shutdown, done) =
                 (config.clone(), attached.clone(), shutdown.clone(), worker_done.clone());
             tokio::spawn(async move {
-                worker::run(config, backend, (families, busy), schedulers, organizer, attached, shutdown)
-                    .await;
+                api::scheduler::run(
+                    config,
+                    backend,
+                    (families, busy),
+                    schedulers,
+                    organizer,
+                    attached,
+                    shutdown,
+                )
+                .await;
                 done.cancel();
             })
         };
