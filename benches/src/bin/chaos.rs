@@ -28,7 +28,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use sakuga_mesh::tls::MeshTls;
+use sakuga_mesh::{retry::Backoff, tls::MeshTls};
 use sakuga_proto::v1::{
     Job, JobKind, JobSpec, JobStatus, ListFilesRequest, ListJobsRequest, LoginRequest, SubmitJobRequest,
     auth_service_client::AuthServiceClient, file_service_client::FileServiceClient,
@@ -143,7 +143,7 @@ where
     Fut: Future<Output = Result<T, tonic::Status>>,
 {
     let deadline = Instant::now() + Duration::from_mins(5);
-    let mut wait = Duration::from_millis(100);
+    let mut wait = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         match op().await {
             Ok(v) => return Ok(v),
@@ -153,8 +153,7 @@ where
                 if s.code() == tonic::Code::Unauthenticated {
                     let _ = stack.login().await;
                 }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(wait.next_delay()).await;
             }
         }
     }

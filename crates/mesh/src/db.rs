@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
+use backon::Retryable as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Timeouts};
 use secrecy::ExposeSecret as _;
 use tokio_postgres::NoTls;
 use tracing::{info, warn};
 
-use crate::{config::DatabaseConfig, error::MeshError, vault::Credentials};
+use crate::{config::DatabaseConfig, error::MeshError, retry::Backoff, vault::Credentials};
 
 /// One migration file.
 #[derive(Debug, Clone, Copy)]
@@ -109,28 +110,19 @@ pub async fn connect(cfg: &DatabaseConfig, creds: &Credentials) -> Result<Pool, 
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .map_err(|e| MeshError::Database(e.to_string()))?;
-    let mut delay = Duration::from_millis(250);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match pool.get().await {
-            Ok(client) => {
-                client.simple_query("SELECT 1").await.map_err(|e| MeshError::Database(e.to_string()))?;
-                return Ok(pool);
-            }
-            Err(e) if attempt < 6 => {
-                warn!(host = %cfg.host, port = cfg.port, attempt, error = %e, "database not reachable, retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => {
-                return Err(MeshError::Database(format!(
-                    "cannot connect to {}:{}/{}: {e}",
-                    cfg.host, cfg.port, cfg.dbname
-                )));
-            }
-        }
-    }
+    let mut failed = 0_u32;
+    let client = (|| pool.get())
+        .retry(crate::retry::start_up())
+        .notify(|e, _| {
+            failed += 1;
+            warn!(host = %cfg.host, port = cfg.port, attempt = failed, error = %e, "database not reachable, retrying");
+        })
+        .await
+        .map_err(|e| {
+            MeshError::Database(format!("cannot connect to {}:{}/{}: {e}", cfg.host, cfg.port, cfg.dbname))
+        })?;
+    client.simple_query("SELECT 1").await.map_err(|e| MeshError::Database(e.to_string()))?;
+    Ok(pool)
 }
 
 /// Applies the migrations not yet recorded in `schema_migrations`; returns the versions
@@ -230,7 +222,7 @@ pub fn spawn_listener(
 ) -> tokio::task::JoinHandle<()> {
     use futures_util::StreamExt as _;
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             let connected = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -253,7 +245,7 @@ pub fn spawn_listener(
                     if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")).await {
                         warn!(error = %e, channel, "LISTEN failed");
                     } else {
-                        backoff = Duration::from_millis(200);
+                        backoff.reset();
                         on_notify();
                         loop {
                             tokio::select! {
@@ -273,11 +265,9 @@ pub fn spawn_listener(
                 }
                 Err(e) => warn!(error = %e, channel, "cannot open the notification connection, retrying"),
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
+            if !backoff.wait(&shutdown).await {
+                return;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     })
 }

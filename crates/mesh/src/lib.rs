@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod node;
 pub mod ratelimit;
 pub mod redis;
+pub mod retry;
 pub mod server;
 pub mod service;
 pub mod shutdown;

@@ -8,13 +8,12 @@
 
 use std::{
     fmt::Write as _,
-    future::Future,
     net::SocketAddr,
-    pin::Pin,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use futures_util::future::BoxFuture;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -132,7 +131,7 @@ pub struct CeilingLabels {
 }
 
 /// Runs before each scrape (to refresh gauges read from elsewhere).
-pub type Refresh = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+pub type Refresh = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// One service's metrics: the registry and the families every server has.
 pub struct Metrics {

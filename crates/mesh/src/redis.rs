@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use backon::Retryable as _;
 use redis::{
     Client, IntoConnectionInfo as _, RedisConnectionInfo,
     aio::{ConnectionManager, ConnectionManagerConfig},
@@ -51,38 +52,27 @@ impl Redis {
             .set_connection_timeout(Some(Duration::from_secs(3)))
             .set_response_timeout(Some(Duration::from_secs(3)))
             .set_number_of_retries(2);
-        let mut delay = Duration::from_millis(250);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match ConnectionManager::new_with_config(client.clone(), manager_cfg.clone()).await {
-                Ok(manager) => {
-                    return Ok(Self {
-                        client,
-                        manager,
-                        prefix: cfg.key_prefix.clone(),
-                        down_until: std::sync::Arc::default(),
-                    });
-                }
-                // Wrong credentials will not get better.
-                Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed => {
-                    return Err(MeshError::Redis(format!(
-                        "authentication to {}:{} refused: {e}",
-                        cfg.host, cfg.port
-                    )));
-                }
-                Err(e) if attempt < 6 => {
-                    warn!(host = %cfg.host, port = cfg.port, attempt, error = %e, "redis not reachable, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    return Err(MeshError::Redis(format!(
-                        "cannot connect to {}:{}: {e}",
-                        cfg.host, cfg.port
-                    )));
-                }
+        let mut failed = 0_u32;
+        let connected = (|| ConnectionManager::new_with_config(client.clone(), manager_cfg.clone()))
+            .retry(crate::retry::start_up())
+            // Wrong credentials will not get better.
+            .when(|e| e.kind() != redis::ErrorKind::AuthenticationFailed)
+            .notify(|e, _| {
+                failed += 1;
+                warn!(host = %cfg.host, port = cfg.port, attempt = failed, error = %e, "redis not reachable, retrying");
+            })
+            .await;
+        match connected {
+            Ok(manager) => Ok(Self {
+                client,
+                manager,
+                prefix: cfg.key_prefix.clone(),
+                down_until: std::sync::Arc::default(),
+            }),
+            Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed => {
+                Err(MeshError::Redis(format!("authentication to {}:{} refused: {e}", cfg.host, cfg.port)))
             }
+            Err(e) => Err(MeshError::Redis(format!("cannot connect to {}:{}: {e}", cfg.host, cfg.port))),
         }
     }
 

@@ -24,15 +24,26 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 /// Vault failures ourselves, once, with the reason).
 const DEFAULT_FILTER: &str = "info,rustify=off,vaultrs=off";
 
+/// The OTLP exporter could not be built (the service runs on, without exporting traces).
+#[derive(Debug, thiserror::Error)]
+#[error("OTLP exporter for {endpoint}: {source}")]
+pub struct ExporterError {
+    /// The endpoint the exporter was for.
+    pub endpoint: String,
+    /// What the exporter builder refused.
+    #[source]
+    pub source: opentelemetry_otlp::ExporterBuildError,
+}
+
 /// Builds a tracer provider exporting to `endpoint` over OTLP/gRPC, batched on the tokio
 /// runtime. Must run inside a runtime.
-pub fn otlp_provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider, String> {
+pub fn otlp_provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider, ExporterError> {
     use opentelemetry_otlp::WithExportConfig as _;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
         .build()
-        .map_err(|e| format!("OTLP exporter for {endpoint}: {e}"))?;
+        .map_err(|source| ExporterError { endpoint: endpoint.to_owned(), source })?;
     let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
         exporter,
         opentelemetry_sdk::runtime::Tokio,

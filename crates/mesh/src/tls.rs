@@ -35,6 +35,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::TlsConfig,
     error::MeshError,
+    retry::Backoff,
     vault::{IssuedCert, Vault},
 };
 
@@ -315,7 +316,7 @@ impl MeshTls {
     ) -> tokio::task::JoinHandle<()> {
         let tls = self.clone();
         tokio::spawn(async move {
-            let mut retry = Duration::from_secs(1);
+            let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_mins(1));
             loop {
                 let wait = renew_after(tls.expires_at(), now_secs());
                 debug!(service = %tls.service, wait_secs = wait.as_secs(), "next certificate renewal");
@@ -331,14 +332,12 @@ impl MeshTls {
                 }
                 .await;
                 match result {
-                    Ok(()) => retry = Duration::from_secs(1),
+                    Ok(()) => retry.reset(),
                     Err(e) => {
                         warn!(service = %tls.service, error = %e, "certificate renewal failed, retrying");
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            () = tokio::time::sleep(retry) => {}
+                        if !retry.wait(&shutdown).await {
+                            return;
                         }
-                        retry = (retry * 2).min(Duration::from_mins(1));
                     }
                 }
             }

@@ -1,11 +1,12 @@
 //! Vault (OpenBao) client on vaultrs: log in with a token or AppRole, read KV v2 secrets
 //! and issue the service's certificate from the PKI engine.
 //!
-//! Start-up retries with exponential backoff; after the last attempt the service exits with
+//! Start-up retries with exponential backoff (backon); after the last attempt the service exits with
 //! one message that names Vault and its address.
 
 use std::{collections::HashMap, time::Duration};
 
+use backon::{ExponentialBuilder, Retryable as _};
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{info, warn};
 use vaultrs::{
@@ -98,36 +99,38 @@ impl Vault {
     /// Gives up after `connect_attempts` with an error that names Vault and its address.
     pub async fn connect(config: &VaultConfig) -> Result<Self, MeshError> {
         config.validate()?;
-        let mut delay = config.backoff_initial;
-        let mut last = String::new();
-        for attempt in 1..=config.connect_attempts {
-            match Self::login(config).await {
-                Ok(vault) => {
-                    info!(addr = %config.addr, attempt, "logged in to vault");
-                    return Ok(vault);
+        let delays = ExponentialBuilder::new()
+            .with_min_delay(config.backoff_initial)
+            .with_max_delay(Duration::from_secs(10))
+            .with_max_times(usize::try_from(config.connect_attempts.saturating_sub(1)).unwrap_or(usize::MAX));
+        let mut attempt = 0_u32;
+        let login = || {
+            attempt += 1;
+            let attempt = attempt;
+            async move {
+                let result = Self::login(config).await;
+                match &result {
+                    Ok(_) => info!(addr = %config.addr, attempt, "logged in to vault"),
+                    Err(LoginError::Unreachable(msg)) => {
+                        warn!(addr = %config.addr, attempt, error = %msg, "vault not reachable, retrying");
+                    }
+                    Err(LoginError::Refused(_) | LoginError::Local(_)) => {}
                 }
-                // A refused login will not get better by retrying.
-                Err(LoginError::Refused(msg)) => {
-                    return Err(MeshError::Vault(format!(
-                        "login to vault at {} refused: {msg}",
-                        config.addr
-                    )));
-                }
-                Err(LoginError::Local(e)) => return Err(e),
-                Err(LoginError::Unreachable(msg)) => {
-                    warn!(addr = %config.addr, attempt, error = %msg, "vault not reachable, retrying");
-                    last = msg;
-                }
+                result
             }
-            if attempt < config.connect_attempts {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+        };
+        // A refused login will not get better by retrying.
+        match login.retry(delays).when(|e| matches!(e, LoginError::Unreachable(_))).await {
+            Ok(vault) => Ok(vault),
+            Err(LoginError::Refused(msg)) => {
+                Err(MeshError::Vault(format!("login to vault at {} refused: {msg}", config.addr)))
             }
+            Err(LoginError::Local(e)) => Err(e),
+            Err(LoginError::Unreachable(last)) => Err(MeshError::Vault(format!(
+                "vault at {} unreachable after {} attempts: {last}",
+                config.addr, config.connect_attempts
+            ))),
         }
-        Err(MeshError::Vault(format!(
-            "vault at {} unreachable after {} attempts: {last}",
-            config.addr, config.connect_attempts
-        )))
     }
 
     async fn login(config: &VaultConfig) -> Result<Self, LoginError> {

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::{
     api_keys::check_key_name,
-    convert::{audit_to_pb, key_to_pb, parse_id, role_from_pb, tokens_to_pb, user_to_pb},
+    convert::{audit_to_pb, jwk_to_pb, key_to_pb, parse_id, role_from_pb, tokens_to_pb, user_to_pb},
     error::AuthError,
     service::{Auth, Origin},
 };
@@ -75,7 +75,7 @@ impl AuthService for Api {
         _req: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
         Ok(Response::new(pb::GetJwksResponse {
-            keys: self.auth.keys.jwks.clone(),
+            keys: self.auth.keys.public.iter().map(jwk_to_pb).collect(),
             issuer: mesh_auth::ISSUER.to_owned(),
             audience: mesh_auth::AUDIENCE.to_owned(),
         }))

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::{
     error::AuthError,
+    keys::PublicKey,
     store::{ApiKey, AuditRow, User},
     tokens::Tokens,
 };
@@ -68,6 +69,18 @@ pub fn audit_to_pb(e: AuditRow) -> pb::AuditEvent {
         target: e.event.target,
         result: e.event.result,
         request_id: e.event.request_id,
+    }
+}
+
+/// A verification key as GetJwks publishes it (RFC 8037: an Ed25519 key is `OKP`).
+pub fn jwk_to_pb(k: &PublicKey) -> pb::Jwk {
+    pb::Jwk {
+        kid: k.kid.clone(),
+        kty: "OKP".into(),
+        crv: "Ed25519".into(),
+        x: k.x.clone(),
+        alg: "EdDSA".into(),
+        r#use: "sig".into(),
     }
 }
 

@@ -6,8 +6,16 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use ed25519_dalek::{SigningKey, pkcs8::DecodePrivateKey as _};
 use jsonwebtoken::{DecodingKey, EncodingKey};
-use sakuga_mesh::MeshError;
-use sakuga_proto::v1::Jwk;
+use sakuga_mesh::{MeshError, auth::KeySet};
+
+/// A published verification key: the public half of an Ed25519 signing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    /// Key id (`kid` of the tokens it verifies).
+    pub kid: String,
+    /// The public key, base64url without padding (a JWK's `x`).
+    pub x: String,
+}
 
 /// The keys of this auth instance.
 pub struct SigningKeys {
@@ -15,7 +23,7 @@ pub struct SigningKeys {
     pub active: String,
     encoding: EncodingKey,
     /// Every public key, for GetJwks.
-    pub jwks: Vec<Jwk>,
+    pub public: Vec<PublicKey>,
 }
 
 impl std::fmt::Debug for SigningKeys {
@@ -31,7 +39,7 @@ impl SigningKeys {
         let active = fields
             .remove("active")
             .ok_or_else(|| bad("field `active` (the signing key id) is missing".into()))?;
-        let mut jwks = Vec::new();
+        let mut public = Vec::new();
         let mut encoding = None;
         let mut kids: Vec<&String> = fields.keys().collect();
         kids.sort();
@@ -40,14 +48,7 @@ impl SigningKeys {
             let key = SigningKey::from_pkcs8_pem(pem)
                 .map_err(|e| bad(format!("key {kid}: not an Ed25519 PKCS#8 PEM key ({e})")))?;
             let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes());
-            jwks.push(Jwk {
-                kid: kid.clone(),
-                kty: "OKP".into(),
-                crv: "Ed25519".into(),
-                x,
-                alg: "EdDSA".into(),
-                r#use: "sig".into(),
-            });
+            public.push(PublicKey { kid: kid.clone(), x });
             if *kid == active {
                 encoding = Some(
                     EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| bad(format!("key {kid}: {e}")))?,
@@ -56,7 +57,7 @@ impl SigningKeys {
         }
         let encoding =
             encoding.ok_or_else(|| bad(format!("the active key {active} is not among the keys")))?;
-        Ok(Self { active, encoding, jwks })
+        Ok(Self { active, encoding, public })
     }
 
     /// The signing key.
@@ -65,7 +66,14 @@ impl SigningKeys {
     }
 
     /// Verification keys by kid.
-    pub fn decoding(&self) -> Result<HashMap<String, DecodingKey>, MeshError> {
-        sakuga_mesh::auth::keyset_from_jwks(&self.jwks).map_err(MeshError::Config)
+    pub fn decoding(&self) -> Result<KeySet, MeshError> {
+        self.public
+            .iter()
+            .map(|k| {
+                DecodingKey::from_ed_components(&k.x)
+                    .map(|d| (k.kid.clone(), d))
+                    .map_err(|e| MeshError::Config(format!("key {}: {e}", k.kid)))
+            })
+            .collect()
     }
 }

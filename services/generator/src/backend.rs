@@ -3,13 +3,13 @@
 //! worker; backends know nothing of them, nor of the wire: a job reaches them as a
 //! [`GenerationSpec`], converted once where the worker receives it (`convert`).
 
-use std::{fmt, future::Future, pin::Pin, sync::Arc};
+use std::{fmt, sync::Arc};
 
+use futures_util::future::BoxFuture;
 use sakuga_imaging::Artifact;
 use tokio_util::sync::CancellationToken;
 
-/// A boxed future, so backends can sit behind `Arc<dyn Backend>`.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use crate::comfyui::ComfyError;
 
 /// Why a job attempt produced no artifacts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +24,23 @@ pub enum BackendError {
     /// Another attempt may succeed (a server restarted, a connection dropped, out of memory).
     #[error("{0}")]
     Retryable(String),
+}
+
+/// Why a backend cannot start; the service refuses to.
+#[derive(Debug, thiserror::Error)]
+pub enum WarmUpError {
+    /// The ComfyUI backend's configuration does not fit a server it drives.
+    #[error(transparent)]
+    ComfyUi(#[from] ComfyError),
+    /// The trial run failed.
+    #[error("{what} failed: {source}")]
+    TrialRun {
+        /// The run ("builtin warm-up render", ...).
+        what: &'static str,
+        /// How it failed.
+        #[source]
+        source: BackendError,
+    },
 }
 
 /// What a job makes.
@@ -148,7 +165,8 @@ impl fmt::Debug for Sink {
     }
 }
 
-/// A generation backend.
+/// A generation backend. Its calls return boxed futures, so backends can sit behind
+/// `Arc<dyn Backend>`.
 pub trait Backend: Send + Sync + fmt::Debug {
     /// Name the worker advertises ("builtin", "comfyui").
     fn name(&self) -> &'static str;
@@ -162,7 +180,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Checks the backend's configuration against what it drives and loads the configured
     /// models, so the first job is not a cold start. An `Err` is a configuration error
     /// (the service refuses to start); an unreachable server is only logged.
-    fn warm_up(&self, cancel: CancellationToken) -> BoxFuture<'_, Result<(), String>>;
+    fn warm_up(&self, cancel: CancellationToken) -> BoxFuture<'_, Result<(), WarmUpError>>;
 
     /// Runs one job attempt to its artifacts (in batch order).
     fn run(

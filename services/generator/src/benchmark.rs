@@ -9,11 +9,12 @@
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use sakuga_imaging::{Artifact, encode_rgb_png, render::MIME_PNG};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, BackendError, BoxFuture, JobInput, Kind, Sink};
+use crate::backend::{Backend, BackendError, JobInput, Kind, Sink, WarmUpError};
 
 /// The model the benchmark backend reports.
 pub const MODEL: &str = "benchmark";
@@ -74,9 +75,11 @@ impl Backend for Benchmark {
         vec![MODEL.to_owned()]
     }
 
-    fn warm_up(&self, _cancel: CancellationToken) -> BoxFuture<'_, Result<(), String>> {
+    fn warm_up(&self, _cancel: CancellationToken) -> BoxFuture<'_, Result<(), WarmUpError>> {
         Box::pin(async {
-            image(8, 8, 0, 0).map(|_| ()).map_err(|e| format!("benchmark warm-up failed: {e}"))
+            image(8, 8, 0, 0)
+                .map(|_| ())
+                .map_err(|source| WarmUpError::TrialRun { what: "benchmark warm-up", source })
         })
     }
 

@@ -3,10 +3,11 @@
 
 use std::ops::ControlFlow;
 
+use futures_util::future::BoxFuture;
 use sakuga_imaging::{Artifact, RenderError, RenderRequest, render};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, BackendError, BoxFuture, GenerationSpec, JobInput, Kind, Sink};
+use crate::backend::{Backend, BackendError, GenerationSpec, JobInput, Kind, Sink, WarmUpError};
 
 /// The built-in renderer as a backend.
 #[derive(Debug)]
@@ -40,7 +41,7 @@ impl Backend for Builtin {
     }
 
     /// One tiny render, so code and allocator are warm before the first job.
-    fn warm_up(&self, cancel: CancellationToken) -> BoxFuture<'_, Result<(), String>> {
+    fn warm_up(&self, cancel: CancellationToken) -> BoxFuture<'_, Result<(), WarmUpError>> {
         Box::pin(async move {
             let spec = GenerationSpec {
                 kind: Kind::Image,
@@ -53,7 +54,7 @@ impl Backend for Builtin {
             generate(request(&spec, "warm-up"), 0, 0, cancel, |_, _| {})
                 .await
                 .map(|_| ())
-                .map_err(|e| format!("builtin warm-up render failed: {e}"))
+                .map_err(|source| WarmUpError::TrialRun { what: "builtin warm-up render", source })
         })
     }
 

@@ -78,7 +78,7 @@ impl Config {
         match self.backend.as_str() {
             "builtin" | "benchmark" => {}
             "comfyui" => {
-                self.comfyui.templates().map_err(MeshError::Config)?;
+                self.comfyui.templates().map_err(|e| MeshError::Config(e.to_string()))?;
             }
             other => {
                 return Err(MeshError::Config(format!(

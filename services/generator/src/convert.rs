@@ -1,9 +1,15 @@
-//! The wire's job as the backends' domain job, and back where the wire needs it: the one
-//! place, besides the worker session and the upload, that knows the proto types.
+//! The wire's job as the backends' domain job, and the worker's updates as the wire's
+//! messages: with `api/`, the one place that knows the proto types.
 
-use sakuga_proto::v1::{Assignment, JobKind, JobSpec};
+use sakuga_proto::v1::{
+    Assignment, AssignmentAck, JobCanceledAck, JobCompleted, JobFailed, JobKind, JobProgress, JobSpec,
+    LeasedJob, PreviewUpdate, ProgressUpdate, attach_request::Msg,
+};
 
-use crate::backend::{BackendError, GenerationSpec, JobInput, Kind};
+use crate::{
+    backend::{BackendError, GenerationSpec, JobInput, Kind},
+    worker::{self, Lease, Update},
+};
 
 /// Anything but video is an image: the scheduler refuses a job without a kind at submit,
 /// so an assignment always names one.
@@ -55,6 +61,49 @@ pub(crate) fn job_input(a: &Assignment) -> Result<JobInput, BackendError> {
         spec: spec.into(),
         prompt: a.composed_prompt.clone(),
     })
+}
+
+impl From<Lease> for LeasedJob {
+    fn from(lease: Lease) -> Self {
+        Self { job_id: lease.job_id, lease_token: lease.token }
+    }
+}
+
+/// An assignment as the worker runs it; one without a spec fails when its job starts.
+impl From<Assignment> for worker::Assignment {
+    fn from(a: Assignment) -> Self {
+        let input = job_input(&a);
+        Self {
+            lease: Lease { job_id: a.job_id, token: a.lease_token },
+            attempt: a.attempt,
+            owner_id: a.owner_id,
+            project_id: a.project_id,
+            trace_context: a.trace_context,
+            input,
+        }
+    }
+}
+
+impl From<Update> for Msg {
+    fn from(u: Update) -> Self {
+        match u {
+            Update::Ack(lease) => Self::Ack(AssignmentAck { job: Some(lease.into()) }),
+            Update::Progress { lease, step, total, stage, item } => Self::Progress(ProgressUpdate {
+                job: Some(lease.into()),
+                progress: Some(JobProgress { step, total_steps: total, stage, item }),
+            }),
+            Update::Preview { lease, png, step, item } => {
+                Self::Preview(PreviewUpdate { job: Some(lease.into()), png, step, item })
+            }
+            Update::Completed { lease, file_ids } => {
+                Self::Completed(JobCompleted { job: Some(lease.into()), file_ids })
+            }
+            Update::Failed { lease, error, retryable } => {
+                Self::Failed(JobFailed { job: Some(lease.into()), error, retryable })
+            }
+            Update::Canceled(lease) => Self::Canceled(JobCanceledAck { job: Some(lease.into()) }),
+        }
+    }
 }
 
 #[cfg(test)]

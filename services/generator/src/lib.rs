@@ -2,6 +2,7 @@
 //! renders assigned jobs with its backends, streams the outputs to the file organizer and
 //! reports progress and completion. It serves only health (SERVING while attached).
 
+mod api;
 pub mod backend;
 pub mod benchmark;
 pub mod builtin;
@@ -9,7 +10,7 @@ pub mod comfyui;
 pub mod config;
 mod convert;
 mod metrics;
-pub mod upload;
+mod upload;
 mod worker;
 
 use std::{
@@ -45,7 +46,7 @@ pub fn backend_for(
     Ok(match config.backend.as_str() {
         "comfyui" => Arc::new(
             comfyui::ComfyUi::with_metrics(config.comfyui.clone(), metrics.clone())
-                .map_err(MeshError::Config)?,
+                .map_err(|e| MeshError::Config(e.to_string()))?,
         ),
         "benchmark" => Arc::new(benchmark::Benchmark::new(config.slots, &config.benchmark)),
         _ => Arc::new(builtin::Builtin::new(config.slots, config.preview_every_steps)),
@@ -103,7 +104,7 @@ impl Service for Application {
         // Templates are checked against the servers and models preloaded before the first
         // hello, so the scheduler hears of warm models at once.
         tokio::select! {
-            r = backend.warm_up(shutdown.clone()) => r.map_err(MeshError::Config)?,
+            r = backend.warm_up(shutdown.clone()) => r.map_err(|e| MeshError::Config(e.to_string()))?,
             () = shutdown.cancelled() => return Ok(()),
         }
         info!(backend = backend.name(), slots = backend.slots(), loaded = ?backend.loaded_models(), "backend ready");
@@ -122,8 +123,16 @@ impl Service for Application {
             let (config, attached, shutdown, done) =
                 (config.clone(), attached.clone(), shutdown.clone(), worker_done.clone());
             tokio::spawn(async move {
-                worker::run(config, backend, (families, busy), schedulers, organizer, attached, shutdown)
-                    .await;
+                api::scheduler::run(
+                    config,
+                    backend,
+                    (families, busy),
+                    schedulers,
+                    organizer,
+                    attached,
+                    shutdown,
+                )
+                .await;
                 done.cancel();
             })
         };

@@ -1,46 +1,36 @@
-//! Streams an artifact to `FileService.StoreArtifact`: header (with size, sha256 and the
-//! job's lease token, without which the organizer refuses it), then chunks. Retried on
-//! transient errors (after the organizer's `retry-after` when it is busy); the organizer
-//! answers a repeat of the same (job, index) under the same lease with the record it
-//! already has.
+//! Where a job's artifacts go once the backend made them: the organizer stores each under
+//! the job's lease. [`ArtifactStore`] is what the worker needs of it; the client that
+//! speaks `FileService` is `api::organizer`.
 
-use std::time::Duration;
-
+use futures_util::future::BoxFuture;
 use sakuga_imaging::Artifact;
-use sakuga_proto::v1::{
-    ArtifactHeader, JobKind, StoreArtifactRequest, file_service_client::FileServiceClient,
-    store_artifact_request::Part,
-};
-use sha2::{Digest as _, Sha256};
-use tonic::{Code, transport::Channel};
-use tracing::warn;
 
 use crate::backend::Kind;
 
 /// Where an artifact belongs.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// Job id.
-    pub job_id: String,
+    pub(crate) job_id: String,
     /// The lease token of the assignment: the organizer accepts artifacts only under it.
-    pub lease_token: String,
+    pub(crate) lease_token: String,
     /// Owner.
-    pub owner_id: String,
+    pub(crate) owner_id: String,
     /// Project, empty for unsorted.
-    pub project_id: String,
+    pub(crate) project_id: String,
     /// Image or video.
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     /// Width the job asked for (the organizer checks the artifact against it).
-    pub width: u32,
+    pub(crate) width: u32,
     /// Height the job asked for.
-    pub height: u32,
+    pub(crate) height: u32,
     /// Frames the job asked for (1 for an image).
-    pub frames: u32,
+    pub(crate) frames: u32,
 }
 
 /// Why an upload failed.
 #[derive(Debug, thiserror::Error)]
-pub enum UploadError {
+pub(crate) enum UploadError {
     /// The organizer refused the bytes (a check failed); the organizer's reason.
     #[error("{0}")]
     Rejected(String),
@@ -49,68 +39,13 @@ pub enum UploadError {
     Failed(String),
 }
 
-/// Uploads one artifact; returns the file id.
-pub async fn store(
-    client: &FileServiceClient<Channel>,
-    target: &Target,
-    index: u32,
-    artifact: &Artifact,
-    chunk_bytes: usize,
-) -> Result<String, UploadError> {
-    let header = ArtifactHeader {
-        job_id: target.job_id.clone(),
-        owner_id: target.owner_id.clone(),
-        project_id: target.project_id.clone(),
-        index,
-        kind: JobKind::from(target.kind).into(),
-        mime_type: artifact.mime.to_owned(),
-        width: target.width,
-        height: target.height,
-        frames: target.frames,
-        size_bytes: artifact.bytes.len() as u64,
-        sha256: hex::encode(Sha256::digest(&artifact.bytes)),
-        lease_token: target.lease_token.clone(),
-    };
-    let mut delay = Duration::from_millis(200);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let mut messages = vec![StoreArtifactRequest { part: Some(Part::Header(header.clone())) }];
-        messages.extend(
-            artifact
-                .bytes
-                .chunks(chunk_bytes)
-                .map(|c| StoreArtifactRequest { part: Some(Part::Chunk(c.to_vec())) }),
-        );
-        let mut client = client.clone();
-        let mut request = tonic::Request::new(tokio_stream::iter(messages));
-        // The organizer's span joins the job's trace.
-        sakuga_mesh::telemetry::inject(request.metadata_mut());
-        match client.store_artifact(request).await {
-            Ok(resp) => {
-                return resp
-                    .into_inner()
-                    .file
-                    .map(|f| f.id)
-                    .ok_or_else(|| UploadError::Failed("organizer answered without a file".to_owned()));
-            }
-            Err(s) if matches!(s.code(), Code::InvalidArgument | Code::PermissionDenied | Code::NotFound) => {
-                return Err(UploadError::Rejected(s.message().to_owned()));
-            }
-            Err(s) if attempt < 4 => {
-                warn!(job_id = %target.job_id, index, attempt, code = ?s.code(), error = %s.message(), "upload failed, retrying");
-                tokio::time::sleep(delay.max(retry_after(&s))).await;
-                delay *= 2;
-            }
-            Err(s) => {
-                return Err(UploadError::Failed(format!("{:?}: {}", s.code(), s.message())));
-            }
-        }
-    }
-}
-
-/// The wait a refusal asks for (`retry-after` seconds, at most a minute); zero if none.
-fn retry_after(s: &tonic::Status) -> Duration {
-    let secs = s.metadata().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    Duration::from_secs(secs.unwrap_or(0_u64).min(60))
+/// Stores artifacts for the worker.
+pub(crate) trait ArtifactStore: Send + Sync {
+    /// Stores artifact `index` of `target`'s job; returns its file id.
+    fn store<'a>(
+        &'a self,
+        target: &'a Target,
+        index: u32,
+        artifact: &'a Artifact,
+    ) -> BoxFuture<'a, Result<String, UploadError>>;
 }

@@ -7,18 +7,14 @@
 
 use std::{
     fmt,
-    future::Future,
     io::{self, Write as _},
     path::{Component, Path, PathBuf},
-    pin::Pin,
     time::{Duration, SystemTime},
 };
 
+use futures_util::future::BoxFuture;
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
-
-/// A boxed future, so stores can sit behind `Arc<dyn Storage>`.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Folder of partial writes (never listed as keys).
 pub const TMP_DIR: &str = ".tmp";
@@ -39,7 +35,8 @@ pub struct Object {
     pub modified: SystemTime,
 }
 
-/// A byte store.
+/// A byte store. Its calls return boxed futures, so stores can sit behind
+/// `Arc<dyn Storage>`.
 pub trait Storage: Send + Sync + fmt::Debug {
     /// Stores `bytes` under `key` atomically and durably: afterwards the key holds all of
     /// them, and after a crash it holds all or nothing.

@@ -15,7 +15,7 @@ use std::{
 };
 
 use futures_util::StreamExt as _;
-use sakuga_mesh::redis::Redis;
+use sakuga_mesh::{redis::Redis, retry::Backoff};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -193,7 +193,7 @@ impl Events {
         let this = self.clone();
         tokio::spawn(async move {
             let pattern = this.redis.key("job:*");
-            let mut backoff = Duration::from_millis(200);
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
             loop {
                 let pubsub = async {
                     let mut ps = this.redis.client.get_async_pubsub().await?;
@@ -207,7 +207,7 @@ impl Events {
                 match stream {
                     Ok(ps) => {
                         debug!(%pattern, "subscribed to job events");
-                        backoff = Duration::from_millis(200);
+                        backoff.reset();
                         let mut messages = ps.into_on_message();
                         loop {
                             tokio::select! {
@@ -222,11 +222,9 @@ impl Events {
                     }
                     Err(e) => warn!(error = %e, "cannot subscribe to job events, retrying"),
                 }
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(&shutdown).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         })
     }

@@ -45,7 +45,7 @@ pub use limit::Limit;
 pub use observe::Observe;
 pub use refusal::{DOMAIN, Refusal, ceiling, reason_of};
 pub use rules::{Access, RULES, Rule, rule_for};
-pub use verify::{Claims, KeySet, Verifier, keyset_from_jwks};
+pub use verify::{Claims, KeySet, KeysError, Verifier, keyset_from_jwks};
 
 pub use crate::identity::MESH_SERVICES;
 use crate::redis::Redis;

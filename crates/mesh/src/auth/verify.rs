@@ -4,12 +4,12 @@
 
 use std::{
     collections::HashMap,
-    pin::Pin,
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
 use deadpool_postgres::Pool;
+use futures_util::future::BoxFuture;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
@@ -42,7 +42,34 @@ pub struct Claims {
 /// Public keys that verify access tokens, by `kid`.
 pub type KeySet = HashMap<String, DecodingKey>;
 
-type Fetch = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<KeySet, String>> + Send>> + Send + Sync>;
+type Fetch = Arc<dyn Fn() -> BoxFuture<'static, Result<KeySet, KeysError>> + Send + Sync>;
+
+/// Why the verification keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    /// The auth service did not answer `GetJwks`.
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Fetch(Box<tonic::Status>),
+    /// A published key is not an Ed25519 key.
+    #[error("key {kid}: unsupported key type {kty}/{crv}")]
+    Unsupported {
+        /// Key id.
+        kid: String,
+        /// The key's `kty`.
+        kty: String,
+        /// The key's `crv`.
+        crv: String,
+    },
+    /// A key's public part does not decode.
+    #[error("key {kid}: {source}")]
+    Invalid {
+        /// Key id.
+        kid: String,
+        /// Why it does not decode.
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+}
 
 const KEYS_REFRESH: Duration = Duration::from_mins(5);
 const KEYS_MIN_REFETCH: Duration = Duration::from_secs(10);
@@ -91,7 +118,7 @@ impl Verifier {
                 let jwks = client
                     .get_jwks(sakuga_proto::v1::GetJwksRequest {})
                     .await
-                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+                    .map_err(|s| KeysError::Fetch(Box::new(s)))?
                     .into_inner();
                 keyset_from_jwks(&jwks.keys)
             })
@@ -279,15 +306,19 @@ impl Verifier {
 }
 
 /// Decodes a JWK set (Ed25519 keys) into verification keys.
-pub fn keyset_from_jwks(keys: &[sakuga_proto::v1::Jwk]) -> Result<KeySet, String> {
+pub fn keyset_from_jwks(keys: &[sakuga_proto::v1::Jwk]) -> Result<KeySet, KeysError> {
     keys.iter()
         .map(|k| {
             if k.kty != "OKP" || k.crv != "Ed25519" {
-                return Err(format!("key {}: unsupported key type {}/{}", k.kid, k.kty, k.crv));
+                return Err(KeysError::Unsupported {
+                    kid: k.kid.clone(),
+                    kty: k.kty.clone(),
+                    crv: k.crv.clone(),
+                });
             }
             DecodingKey::from_ed_components(&k.x)
                 .map(|d| (k.kid.clone(), d))
-                .map_err(|e| format!("key {}: {e}", k.kid))
+                .map_err(|source| KeysError::Invalid { kid: k.kid.clone(), source })
         })
         .collect()
 }

@@ -396,7 +396,7 @@ async fn ceilings_are_checked_with_the_configuration() {
     ] {
         let mut cfg = config("http://127.0.0.1:9", dir.path(), "fake", false);
         set(&mut cfg);
-        let err = ComfyUi::new(cfg).unwrap_err();
+        let err = ComfyUi::new(cfg).unwrap_err().to_string();
         assert!(err.starts_with(expect), "{err}");
     }
 }
@@ -423,14 +423,17 @@ async fn templates_are_checked_against_the_server_at_start_up() {
     // The shipped smoke template needs ImageCompositeMasked, which the recorded server
     // has not been asked about: it answers `{}` like a server without that node.
     let smoke = ComfyUi::new(config(&replay.url(), dir.path(), "smoke", false)).unwrap();
-    let err = smoke.warm_up(CancellationToken::new()).await.unwrap_err();
+    let err = smoke.warm_up(CancellationToken::new()).await.unwrap_err().to_string();
     assert!(err.contains("comfyui.image_template") && err.contains("ImageCompositeMasked"), "{err}");
     let mut bad = config(&replay.url(), dir.path(), "nope", false);
     assert!(
-        ComfyUi::new(bad.clone()).unwrap_err().contains("comfyui.image_template: no template named \"nope\"")
+        ComfyUi::new(bad.clone())
+            .unwrap_err()
+            .to_string()
+            .contains("comfyui.image_template: no template named \"nope\"")
     );
     bad.urls = vec!["https://comfy:8188".into()];
-    assert!(ComfyUi::new(bad).unwrap_err().contains("only http://"));
+    assert!(ComfyUi::new(bad).unwrap_err().to_string().contains("only http://"));
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::template::Template;
+use super::{error::ComfyError, template::Template};
 
 /// `[comfyui]` settings of the generator.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -79,21 +79,8 @@ impl Default for ComfyConfig {
 
 impl ComfyConfig {
     /// Checks the settings and loads the templates; errors name the field.
-    pub fn templates(&self) -> Result<BTreeMap<String, Template>, String> {
-        if self.urls.is_empty() {
-            return Err("comfyui.urls: must name at least one ComfyUI server".to_owned());
-        }
-        for url in &self.urls {
-            match reqwest::Url::parse(url) {
-                Ok(u) if u.scheme() == "http" && u.host_str().is_some() => {}
-                Ok(u) if u.scheme() == "https" => {
-                    return Err(format!(
-                        "comfyui.urls: {url:?}: only http:// is supported; reach ComfyUI over the pod network"
-                    ));
-                }
-                _ => return Err(format!("comfyui.urls: {url:?} is not an http://host:port URL")),
-            }
-        }
+    pub fn templates(&self) -> Result<BTreeMap<String, Template>, ComfyError> {
+        self.server_urls()?;
         for (field, duration) in [
             ("comfyui.request_timeout", self.request_timeout),
             ("comfyui.connect_timeout", self.connect_timeout),
@@ -101,7 +88,7 @@ impl ComfyConfig {
             ("comfyui.job_timeout", self.job_timeout),
         ] {
             if duration.is_zero() {
-                return Err(format!("{field}: must be positive"));
+                return Err(setting(field, "must be positive"));
             }
         }
         for (field, bytes) in [
@@ -110,14 +97,17 @@ impl ComfyConfig {
             ("comfyui.max_ws_message_bytes", self.max_ws_message_bytes),
         ] {
             if bytes < 512 {
-                return Err(format!("{field}: must be at least 512"));
+                return Err(setting(field, "must be at least 512"));
             }
         }
         if usize::try_from(self.max_ws_message_bytes).is_err() {
-            return Err("comfyui.max_ws_message_bytes: too large for this platform".to_owned());
+            return Err(setting("comfyui.max_ws_message_bytes", "too large for this platform"));
         }
         if !(1..=MAX_PREVIEW_SIDE_LIMIT).contains(&self.max_preview_side) {
-            return Err(format!("comfyui.max_preview_side: must be between 1 and {MAX_PREVIEW_SIDE_LIMIT}"));
+            return Err(setting(
+                "comfyui.max_preview_side",
+                format!("must be between 1 and {MAX_PREVIEW_SIDE_LIMIT}"),
+            ));
         }
         let all = Template::load_all(self.templates_dir.as_deref())?;
         for (field, name) in [
@@ -125,12 +115,37 @@ impl ComfyConfig {
             ("comfyui.video_template", &self.video_template),
         ] {
             if !all.contains_key(name) {
-                return Err(format!(
-                    "{field}: no template named {name:?} (available: {})",
-                    all.keys().cloned().collect::<Vec<_>>().join(", ")
+                return Err(setting(
+                    field,
+                    format!(
+                        "no template named {name:?} (available: {})",
+                        all.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
                 ));
             }
         }
         Ok(all)
     }
+
+    /// The servers' base URLs, checked: at least one, each `http://host:port`.
+    pub fn server_urls(&self) -> Result<Vec<reqwest::Url>, ComfyError> {
+        if self.urls.is_empty() {
+            return Err(setting("comfyui.urls", "must name at least one ComfyUI server"));
+        }
+        self.urls
+            .iter()
+            .map(|url| match reqwest::Url::parse(url) {
+                Ok(u) if u.scheme() == "http" && u.host_str().is_some() => Ok(u),
+                Ok(u) if u.scheme() == "https" => Err(setting(
+                    "comfyui.urls",
+                    format!("{url:?}: only http:// is supported; reach ComfyUI over the pod network"),
+                )),
+                _ => Err(setting("comfyui.urls", format!("{url:?} is not an http://host:port URL"))),
+            })
+            .collect()
+    }
+}
+
+fn setting(field: &'static str, reason: impl Into<String>) -> ComfyError {
+    ComfyError::Setting { field, reason: reason.into() }
 }

@@ -6,7 +6,10 @@ use std::{sync::Arc, time::Duration};
 use sakuga_mesh::metrics::Metrics;
 use serde_json::{Value, json};
 
-use super::wire::{Finished, OutputFile, parse_history};
+use super::{
+    error::ComfyError,
+    wire::{Finished, OutputFile, parse_history},
+};
 
 /// Why an HTTP call to ComfyUI failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,19 +81,18 @@ impl Api {
     /// A client for `base` (`http://host:port`) that reads at most `max_response_bytes` of
     /// any JSON answer and counts refusals in `metrics`.
     pub fn new(
-        base: &str,
+        base: reqwest::Url,
         timeout: Duration,
         max_response_bytes: u64,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
-        let base = reqwest::Url::parse(base).map_err(|e| format!("{base:?}: {e}"))?;
+    ) -> Result<Self, ComfyError> {
         // reqwest's TLS layer needs the process-wide provider even for plain HTTP.
         sakuga_mesh::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(ComfyError::Client)?;
         Ok(Self { base, http, max_response_bytes, metrics })
     }
 

@@ -8,6 +8,7 @@
 
 mod config;
 mod conn;
+mod error;
 pub mod http;
 pub mod preview;
 mod run;
@@ -21,6 +22,7 @@ use std::{
     time::Duration,
 };
 
+use futures_util::future::BoxFuture;
 use sakuga_imaging::{Artifact, InspectError, Limits, inspect_png};
 use sakuga_mesh::metrics::Metrics;
 use tokio::{
@@ -30,15 +32,15 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-pub use self::config::ComfyConfig;
+pub use self::{config::ComfyConfig, error::ComfyError};
 use self::{
-    conn::Conn,
+    conn::{Conn, SocketDown},
     http::{Api, BodyLimit, HttpError},
     run::{Run, Step},
     template::{Template, Values},
     wire::{Finished, OutputFile},
 };
-use crate::backend::{Backend, BackendError, BoxFuture, JobInput, Kind, Sink};
+use crate::backend::{Backend, BackendError, JobInput, Kind, Sink, WarmUpError};
 
 /// Added to an output's expected raw size for metadata (ComfyUI embeds the workflow).
 const OUTPUT_SLACK_BYTES: u64 = 4 << 20;
@@ -50,7 +52,7 @@ struct Server {
     api: Api,
     client_id: String,
     events: Mutex<mpsc::UnboundedReceiver<Conn>>,
-    state: watch::Receiver<Result<(), String>>,
+    state: watch::Receiver<Result<(), SocketDown>>,
     loaded: StdMutex<BTreeSet<String>>,
 }
 
@@ -82,18 +84,18 @@ fn sampler_name(ours: &str) -> &str {
 impl ComfyUi {
     /// Checks the configuration and opens one socket per server (in the background);
     /// refusals by the input ceilings are counted in a registry of its own.
-    pub fn new(config: ComfyConfig) -> Result<Self, String> {
+    pub fn new(config: ComfyConfig) -> Result<Self, ComfyError> {
         Self::with_metrics(config, Metrics::new())
     }
 
     /// As [`ComfyUi::new`], counting refusals by the input ceilings in `metrics`.
-    pub fn with_metrics(config: ComfyConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn with_metrics(config: ComfyConfig, metrics: Arc<Metrics>) -> Result<Self, ComfyError> {
         let templates = config.templates()?;
         let max_ws = usize::try_from(config.max_ws_message_bytes).unwrap_or(usize::MAX);
         let sockets = CancellationToken::new();
         let timeout = config.request_timeout;
         let mut servers = Vec::new();
-        for url in &config.urls {
+        for url in config.server_urls()? {
             let api = Api::new(url, timeout, config.max_response_bytes, metrics.clone())?;
             let client_id = uuid::Uuid::new_v4().to_string();
             let (events, state) = conn::spawn(
@@ -180,7 +182,7 @@ impl ComfyUi {
         if let Ok(Ok(_)) = tokio::time::timeout(self.config.connect_timeout, wait).await {
             return Ok(());
         }
-        let why = server.state.borrow().clone().err().unwrap_or_default();
+        let why = server.state.borrow().as_ref().err().map(ToString::to_string).unwrap_or_default();
         warn!(job_id, url = %server.api.base(), reason = %why, "ComfyUI socket not open in time");
         Err(BackendError::Retryable(format!(
             "ComfyUI is not reachable: its socket did not open within comfyui.connect_timeout ({:?})",
@@ -305,7 +307,8 @@ impl ComfyUi {
                     // A refused socket message fails the attempt even when the socket's
                     // drop made the history answer first.
                     Ok(Some(_))
-                        if std::iter::from_fn(|| events.try_recv().ok()).any(|c| c == Conn::TooLarge) =>
+                        if std::iter::from_fn(|| events.try_recv().ok())
+                            .any(|c| matches!(c, Conn::TooLarge)) =>
                     {
                         return Err(self.socket_message_refused(api, id).await);
                     }
@@ -527,7 +530,7 @@ impl Backend for ComfyUi {
         all.into_iter().collect()
     }
 
-    fn warm_up(&self, cancel: CancellationToken) -> BoxFuture<'_, Result<(), String>> {
+    fn warm_up(&self, cancel: CancellationToken) -> BoxFuture<'_, Result<(), WarmUpError>> {
         Box::pin(async move {
             // All servers at once: one unreachable server costs connect_timeout once.
             futures_util::future::try_join_all(self.servers.iter().map(|s| self.warm_server(s, &cancel)))

@@ -10,6 +10,8 @@ use std::{
 
 use serde_json::{Map, Value};
 
+use super::error::ComfyError;
+
 /// Placeholders a template may use.
 pub const PLACEHOLDERS: &[&str] = &[
     "prompt",
@@ -124,8 +126,8 @@ fn walk<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
 
 impl Template {
     /// Parses and checks a template; errors name the template and the node.
-    pub fn parse(name: &str, text: &str) -> Result<Self, String> {
-        let bad = |why: String| Err(format!("template {name:?}: {why}"));
+    pub fn parse(name: &str, text: &str) -> Result<Self, ComfyError> {
+        let bad = |reason: String| Err(ComfyError::Template { name: name.to_owned(), reason });
         let value: Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(e) => return bad(format!("not valid JSON: {e}")),
@@ -167,21 +169,21 @@ impl Template {
 
     /// Loads the shipped templates, then every `*.json` in `dir` (when given), which may
     /// replace a shipped one of the same name.
-    pub fn load_all(dir: Option<&Path>) -> Result<BTreeMap<String, Self>, String> {
+    pub fn load_all(dir: Option<&Path>) -> Result<BTreeMap<String, Self>, ComfyError> {
         let mut all = BTreeMap::new();
         for (name, text) in SHIPPED {
             all.insert((*name).to_owned(), Self::parse(name, text)?);
         }
         let Some(dir) = dir else { return Ok(all) };
-        let entries =
-            std::fs::read_dir(dir).map_err(|e| format!("comfyui.templates_dir {}: {e}", dir.display()))?;
-        for entry in entries {
-            let path = entry.map_err(|e| format!("comfyui.templates_dir {}: {e}", dir.display()))?.path();
+        let unlisted = |source| ComfyError::TemplatesDir { dir: dir.to_owned(), source };
+        for entry in std::fs::read_dir(dir).map_err(unlisted)? {
+            let path = entry.map_err(unlisted)?.path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
             let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
-            let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| ComfyError::TemplateFile { path: path.clone(), source })?;
             all.insert(name.clone(), Self::parse(&name, &text)?);
         }
         Ok(all)
@@ -359,7 +361,7 @@ mod tests {
             ),
             (r#"{"2":{"class_type":"SaveImage","inputs":{"images":["99",0]}}}"#, "links to node 99"),
         ] {
-            let err = Template::parse("bad", text).unwrap_err();
+            let err = Template::parse("bad", text).unwrap_err().to_string();
             assert!(err.contains(expect), "{text}: {err}");
             assert!(err.starts_with("template \"bad\""), "{err}");
         }

@@ -5,7 +5,7 @@
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{ComfyUi, Server};
+use super::{ComfyError, ComfyUi, Server};
 use crate::backend::{GenerationSpec, JobInput, Kind, Sink};
 
 impl ComfyUi {
@@ -15,7 +15,7 @@ impl ComfyUi {
         &self,
         server: &Server,
         cancel: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), ComfyError> {
         if self.socket_ready(server, "warm-up").await.is_err() {
             warn!(url = %server.api.base(), "ComfyUI not reachable at start-up; templates not checked, nothing preloaded");
             return Ok(());
@@ -28,10 +28,12 @@ impl ComfyUi {
                 match server.api.has_node(class).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        return Err(format!(
-                            "{field}: template {name:?} uses node class {class}, which ComfyUI at {} does not have",
-                            server.api.base()
-                        ));
+                        return Err(ComfyError::MissingNode {
+                            field,
+                            template: name.clone(),
+                            class: class.to_owned(),
+                            server: server.api.base().to_string(),
+                        });
                     }
                     Err(e) => {
                         warn!(url = %server.api.base(), error = %e, "cannot check templates");
