@@ -2,7 +2,7 @@
 
 use sakuga_proto::v1 as pb;
 
-use super::read_password;
+use super::shared::read_password;
 use crate::{
     CliError,
     args::{AdminCmd, KeysCmd, UsersCmd},

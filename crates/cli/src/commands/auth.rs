@@ -2,7 +2,7 @@
 
 use sakuga_proto::v1 as pb;
 
-use super::read_password;
+use super::shared::read_password;
 use crate::{CliError, output, session::Session};
 
 /// Logs in, asking for what the command line did not give.

@@ -2,7 +2,7 @@
 
 use sakuga_proto::v1 as pb;
 
-use super::project_id;
+use super::shared::project_id;
 use crate::{CliError, args::CharactersCmd, output, session::Session};
 
 /// Runs a `characters` command.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use sakuga_proto::v1 as pb;
 use tokio_stream::StreamExt as _;
 
-use super::{list_project_id, page_note};
+use super::shared::{list_project_id, page_note};
 use crate::{CliError, args::FilesCmd, output, session::Session};
 
 /// Runs a `files` command.

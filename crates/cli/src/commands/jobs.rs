@@ -5,7 +5,10 @@ use std::path::Path;
 use sakuga_proto::v1::{self as pb, job_event::Kind as EventKind};
 use tokio_stream::StreamExt as _;
 
-use super::{files, list_project_id, page_note};
+use super::{
+    files,
+    shared::{list_project_id, page_note},
+};
 use crate::{CliError, args::JobsCmd, output, progress::Bar, session::Session};
 
 /// Runs a `jobs` command.

@@ -1,5 +1,6 @@
-//! Runs a parsed command line: one module per command family, and what they share (the
-//! session a command talks through, credentials, passwords, project names).
+//! Runs a parsed command line: one module per command family, `shared` for what several
+//! of them use (passwords, project names, paging), and here the session a command talks
+//! through with its credentials.
 
 mod admin;
 mod auth;
@@ -8,15 +9,12 @@ mod files;
 mod jobs;
 mod profile;
 mod projects;
+mod shared;
 mod submit;
-
-use std::io::{IsTerminal as _, Read as _};
-
-use sakuga_proto::v1 as pb;
 
 use crate::{
     CliError,
-    args::{Cli, Command, ListArgs},
+    args::{Cli, Command},
     profile::ConfigFile,
     session::Session,
 };
@@ -63,59 +61,4 @@ fn api_key(cli: &Cli) -> Result<Option<String>, CliError> {
         return Ok(Some(key.to_owned()));
     }
     Ok(std::env::var("SAKUGA_API_KEY").ok().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()))
-}
-
-fn read_password(from_stdin: bool, prompt: &str) -> Result<String, CliError> {
-    let password = if from_stdin || !std::io::stdin().is_terminal() {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).map_err(|e| CliError::other(e.to_string()))?;
-        s.trim_end_matches(['\n', '\r']).to_owned()
-    } else {
-        rpassword::prompt_password(prompt).map_err(|e| CliError::other(e.to_string()))?
-    };
-    if password.is_empty() {
-        return Err(CliError::usage("the password is empty"));
-    }
-    Ok(password)
-}
-
-/// A project id from an id or a slug.
-async fn project_id(s: &Session, project: &str) -> Result<String, CliError> {
-    if uuid::Uuid::parse_str(project).is_ok() {
-        return Ok(project.to_owned());
-    }
-    let mut projects = s.projects().await?;
-    let mut token = String::new();
-    loop {
-        let page = projects
-            .list_projects(pb::ListProjectsRequest {
-                page_size: 100,
-                page_token: token,
-                include_archived: true,
-            })
-            .await?
-            .into_inner();
-        if let Some(p) = page.projects.iter().find(|p| p.slug == project) {
-            return Ok(p.id.clone());
-        }
-        if page.next_page_token.is_empty() {
-            return Err(CliError::not_found(format!("no project with id or slug {project:?}")));
-        }
-        token = page.next_page_token;
-    }
-}
-
-/// The project id a list filter names (empty: none).
-async fn list_project_id(s: &Session, list: &ListArgs) -> Result<String, CliError> {
-    match &list.project {
-        Some(p) => project_id(s, p).await,
-        None => Ok(String::new()),
-    }
-}
-
-/// Tells people how to get the next page.
-fn page_note(json: bool, token: &str) {
-    if !json && !token.is_empty() {
-        eprintln!("more: --page-token {token}");
-    }
 }

@@ -2,7 +2,7 @@
 
 use sakuga_proto::v1 as pb;
 
-use super::{jobs, project_id};
+use super::{jobs, shared::project_id};
 use crate::{CliError, args::SubmitArgs, output, session::Session};
 
 /// Submits a job; with `--watch` or `--download`, follows it.
