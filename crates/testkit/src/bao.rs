@@ -169,7 +169,7 @@ async fn seed_approles(client: &VaultClient, pki_mount: &str, approle_mount: &st
 pub(crate) async fn shared() -> anyhow::Result<&'static Bao> {
     SHARED
         .get_or_try_init(|| async {
-            let suffix = crate::random_suffix();
+            let suffix = crate::unique::random_suffix();
             let pki_mount = format!("pki-test-{suffix}");
             let approle_mount = format!("approle-test-{suffix}");
             let bao =

@@ -17,6 +17,7 @@ pub mod otlp;
 mod pg;
 pub mod process;
 mod services;
+mod unique;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -26,6 +27,7 @@ use sakuga_mesh::{
     vault::Vault,
 };
 use tempfile::TempDir;
+use unique::random_suffix;
 
 pub use process::{ProcessConfig, ServiceProcess};
 pub use services::{
@@ -43,10 +45,6 @@ pub fn init_logging() {
             .with_test_writer()
             .try_init();
     }
-}
-
-fn random_suffix() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
 /// Everything one test needs: its own database, Redis user and prefix, Vault paths and a
