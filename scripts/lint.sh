@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# make lint: rustfmt --check, clippy -D warnings, unused dependencies (cargo-machete), buf
-# lint, buf format --diff, buf breaking against main once a version is tagged, the secret
-# scan (with its self-test). Runs every check and fails at the end if any failed.
+# make lint: rustfmt --check, clippy -D warnings (the workspace, and the CLI alone, whose
+# sakuga-mesh has no server feature), unused dependencies (cargo-machete), buf lint, buf
+# format --diff, buf breaking against main once a version is tagged, the secret scan (with
+# its self-test). Runs every check and fails at the end if any failed.
 # scripts/lint.sh --fix formats in place instead (make fmt).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -29,6 +30,9 @@ check() { # NAME COMMAND...
 
 check "cargo fmt --check" cargo fmt --all -- --check
 check "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+# Features unify across the workspace, so only a build of the CLI alone compiles sakuga-mesh
+# without its server feature.
+check "cargo clippy -p sakuga-cli (sakuga-mesh without server)" cargo clippy -p sakuga-cli -- -D warnings
 bash "$ROOT/scripts/tools.sh" cargo-machete >/dev/null
 check "cargo machete (unused dependencies)" "$TOOLS_BIN/cargo-machete" "$ROOT"
 buf() { (cd "$BUF_DIR" && "$TOOLS_BIN/buf" "$@"); }

@@ -6,10 +6,12 @@
 //! own rustls configs whose certificate resolvers read the current key pair: a renewed
 //! certificate is used by the next handshake while open connections keep working.
 
+#[cfg(feature = "server")]
+use std::time::{SystemTime, UNIX_EPOCH};
 use std::{
     io,
     sync::{Arc, RwLock},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use hyper_util::rt::TokioIo;
@@ -25,16 +27,20 @@ use rustls::{
     sign::CertifiedKey,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject as _};
+#[cfg(feature = "server")]
 use secrecy::ExposeSecret as _;
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+#[cfg(feature = "server")]
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
+#[cfg(feature = "server")]
 use tracing::{debug, info, warn};
 
+use crate::error::MeshError;
+#[cfg(feature = "server")]
 use crate::{
     config::TlsConfig,
-    error::MeshError,
     retry::Backoff,
     vault::{IssuedCert, Vault},
 };
@@ -63,6 +69,7 @@ impl CurrentKey {
         }
     }
 
+    #[cfg(feature = "server")]
     fn set(&self, key: Arc<CertifiedKey>) {
         match self.0.write() {
             Ok(mut guard) => *guard = key,
@@ -170,6 +177,10 @@ impl ServerCertVerifier for PinnedServerVerifier {
 /// This service's mTLS material: its current certificate and the mesh CA.
 #[derive(Debug)]
 pub struct MeshTls {
+    #[cfg_attr(
+        not(feature = "server"),
+        expect(dead_code, reason = "named in the logs of certificate issue and renewal, a server's")
+    )]
     service: String,
     current: Arc<CurrentKey>,
     roots: Arc<RootCertStore>,
@@ -217,6 +228,7 @@ impl MeshTls {
 
     /// Logs in to Vault and issues this service's certificate: the first thing every
     /// service does. The Vault client is kept for secrets and certificate renewal.
+    #[cfg(feature = "server")]
     pub async fn bootstrap(
         service: &str,
         vault_cfg: &crate::config::VaultConfig,
@@ -228,6 +240,7 @@ impl MeshTls {
     }
 
     /// Issues this service's certificate from Vault and builds the configs.
+    #[cfg(feature = "server")]
     pub async fn issue(vault: &Vault, service: &str, cfg: &TlsConfig) -> Result<Self, MeshError> {
         let cert = vault.issue_certificate(service, &cfg.dns_names, &cfg.ip_addresses).await?;
         let tls = Self::from_pem(service, &cert.chain_pem, cert.key_pem.expose_secret(), &cert.ca_pem)?;
@@ -236,6 +249,7 @@ impl MeshTls {
         Ok(tls)
     }
 
+    #[cfg(feature = "server")]
     fn note_expiry(&self, expires_at: u64) {
         match self.expires_at.write() {
             Ok(mut g) => *g = expires_at,
@@ -252,6 +266,7 @@ impl MeshTls {
     }
 
     /// Replaces the certificate; the next handshake (either side) uses it.
+    #[cfg(feature = "server")]
     pub fn rotate(&self, cert: &IssuedCert) -> Result<(), MeshError> {
         let key = certified_key(&cert.chain_pem, cert.key_pem.expose_secret())?;
         self.current.set(Arc::new(key));
@@ -308,6 +323,7 @@ impl MeshTls {
 
     /// Re-issues the certificate at two thirds of its lifetime until `shutdown`. Failures
     /// are retried with backoff; the old certificate stays in use meanwhile.
+    #[cfg(feature = "server")]
     pub fn spawn_renewal(
         self: &Arc<Self>,
         mut vault: Vault,
@@ -345,12 +361,14 @@ impl MeshTls {
     }
 }
 
+#[cfg(feature = "server")]
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// How long to wait before renewing a certificate expiring at `expires_at`: until two
 /// thirds of the remaining lifetime have passed (at least one second).
+#[cfg(feature = "server")]
 fn renew_after(expires_at: u64, now: u64) -> Duration {
     let remaining = expires_at.saturating_sub(now);
     Duration::from_secs((remaining * 2 / 3).max(1))
@@ -399,6 +417,7 @@ fn split_host_port(addr: &str) -> Result<(&str, u16), MeshError> {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "server")]
     #[test]
     fn renewal_waits_two_thirds_of_what_is_left() {
         assert_eq!(renew_after(1_000 + 90, 1_000), Duration::from_mins(1));

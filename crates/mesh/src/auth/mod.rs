@@ -15,17 +15,27 @@
 //! Handlers read who is calling from the request extensions ([`caller`]); they never
 //! parse credentials themselves.
 
+#[cfg(feature = "server")]
 mod audit;
+#[cfg(feature = "server")]
 mod audited;
+#[cfg(feature = "server")]
 mod authn;
+#[cfg(feature = "server")]
 mod authz;
+#[cfg(feature = "server")]
 mod context;
+#[cfg(feature = "server")]
 mod guard;
+#[cfg(feature = "server")]
 mod layer;
+#[cfg(feature = "server")]
 mod limit;
+#[cfg(feature = "server")]
 mod observe;
 mod refusal;
 pub mod rules;
+#[cfg(feature = "server")]
 mod verify;
 
 use chrono::{DateTime, Utc};
@@ -34,20 +44,31 @@ use sha2::{Digest as _, Sha256};
 use tonic::Status;
 use uuid::Uuid;
 
+#[cfg(feature = "server")]
 pub use audit::{Audit, AuditEvent, RefusalAudit};
+#[cfg(feature = "server")]
 pub use audited::Audited;
+#[cfg(feature = "server")]
 pub use authn::Authn;
+#[cfg(feature = "server")]
 pub use authz::Authz;
+#[cfg(feature = "server")]
 pub use context::{Call, ContextLayer, WithContext};
+#[cfg(feature = "server")]
 pub use guard::{Guard, Guarded, REFUSAL_AUDIT_WINDOW};
+#[cfg(feature = "server")]
 pub use layer::{Step, StepLayer, Stepped};
+#[cfg(feature = "server")]
 pub use limit::Limit;
+#[cfg(feature = "server")]
 pub use observe::Observe;
 pub use refusal::{DOMAIN, Refusal, ceiling, reason_of};
 pub use rules::{Access, RULES, Rule, rule_for};
+#[cfg(feature = "server")]
 pub use verify::{Claims, KeySet, KeysError, Verifier, keyset_from_jwks};
 
 pub use crate::identity::MESH_SERVICES;
+#[cfg(feature = "server")]
 use crate::redis::Redis;
 
 /// Issuer (`iss`) of access tokens.
@@ -150,11 +171,13 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
 }
 
 /// The request id of a request (from `x-request-id`, or made up by the guard).
+#[cfg(feature = "server")]
 pub fn request_id<T>(req: &tonic::Request<T>) -> String {
     req.extensions().get::<context::Call>().map(|c| c.request_id.clone()).unwrap_or_default()
 }
 
 /// The peer address of a request (`ip:port`: one per connection).
+#[cfg(feature = "server")]
 pub fn peer_addr<T>(req: &tonic::Request<T>) -> String {
     req.extensions().get::<context::Call>().map(context::Call::remote_text).unwrap_or_default()
 }
@@ -164,12 +187,14 @@ pub fn peer_addr<T>(req: &tonic::Request<T>) -> String {
 pub struct AuditTarget(pub String);
 
 /// Redis key of a revoked token id.
+#[cfg(feature = "server")]
 pub fn revoked_jti_key(redis: &Redis, jti: &str) -> String {
     redis.key(&format!("revoked:jti:{jti}"))
 }
 
 /// Redis key holding the time before which a user's tokens are void (disabled users,
 /// logout everywhere).
+#[cfg(feature = "server")]
 pub fn revoked_user_key(redis: &Redis, user: &str) -> String {
     redis.key(&format!("revoked:user:{user}"))
 }

@@ -39,8 +39,10 @@
 //! `limits`: the configured limits and the classes and tiers of callers they apply to
 //! (plain data); `limiter`: [`RateLimiter`], which checks requests against them in Redis.
 
+#[cfg(feature = "server")]
 mod limiter;
 mod limits;
 
+#[cfg(feature = "server")]
 pub use limiter::{Decision, LoginDecision, RateLimitError, RateLimiter};
 pub use limits::{Class, Limit, RateLimits, Tier, TierLimits};
