@@ -19,7 +19,7 @@ pub mod process;
 mod services;
 mod unique;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use sakuga_mesh::{
     config::{DatabaseConfig, RedisConfig, ServerConfig, TlsConfig, VaultAuth, VaultConfig},
@@ -45,6 +45,11 @@ pub fn init_logging() {
             .with_test_writer()
             .try_init();
     }
+}
+
+/// `127.0.0.1:0`: a loopback address whose port the system picks when it is bound.
+pub(crate) fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 /// Everything one test needs: its own database, Redis user and prefix, Vault paths and a
@@ -147,8 +152,8 @@ impl TestEnv {
     /// system, token auth to this environment's Vault, a 2 s shutdown grace.
     pub fn server_config(&self) -> ServerConfig {
         ServerConfig {
-            listen: services::loopback(),
-            metrics_listen: Some(services::loopback()),
+            listen: loopback(),
+            metrics_listen: Some(loopback()),
             vault: self.vault_config(),
             tls: self.tls_config(),
             shutdown_grace: Duration::from_secs(2),

@@ -10,7 +10,7 @@ use sakuga_mesh::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::TestEnv;
+use crate::{TestEnv, loopback};
 
 /// A running service.
 #[derive(Debug)]
@@ -45,10 +45,6 @@ impl Spawned {
         self.shutdown.cancel();
         self.task.await.map_err(|e| MeshError::Server(e.to_string()))?
     }
-}
-
-pub(crate) fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 fn spawn<A, F>(app: A, addr: SocketAddr, run: impl FnOnce(A, CancellationToken) -> F) -> Spawned
