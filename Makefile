@@ -69,7 +69,7 @@ test-env: ## print the exports `make test` gives the tests (eval "$(make -s test
 	@bash scripts/test.sh --env
 
 .PHONY: lint
-lint: ## rustfmt check, clippy -D warnings, buf lint, buf format check
+lint: ## rustfmt check, clippy -D warnings, unused dependencies, layer checks, buf lint, buf format check
 	@bash scripts/lint.sh
 
 .PHONY: k8s-check

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # make lint: rustfmt --check, clippy -D warnings (the workspace, and the CLI alone, whose
-# sakuga-mesh has no server feature), unused dependencies (cargo-machete), buf lint, buf
-# format --diff, buf breaking against main once a version is tagged, the secret scan (with
-# its self-test). Runs every check and fails at the end if any failed.
-# scripts/lint.sh --fix formats in place instead (make fmt).
+# sakuga-mesh has no server feature), unused dependencies (cargo-machete), the layer checks
+# (scripts/check-layers.sh, with its self-test), buf lint, buf format --diff, buf breaking
+# against main once a version is tagged, the secret scan (with its self-test). Runs every
+# check and fails at the end if any failed.  scripts/lint.sh --fix formats in place instead
+# (make fmt).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -35,6 +36,8 @@ check "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 check "cargo clippy -p sakuga-cli (sakuga-mesh without server)" cargo clippy -p sakuga-cli -- -D warnings
 bash "$ROOT/scripts/tools.sh" cargo-machete >/dev/null
 check "cargo machete (unused dependencies)" "$TOOLS_BIN/cargo-machete" "$ROOT"
+check "layer check self-test" bash "$ROOT/scripts/check-layers.sh" --self-test
+check "layer check" bash "$ROOT/scripts/check-layers.sh"
 buf() { (cd "$BUF_DIR" && "$TOOLS_BIN/buf" "$@"); }
 check "buf lint" buf lint
 check "buf format" buf format -d --exit-code
