@@ -95,7 +95,7 @@ impl Service for Application {
     /// Works until `shutdown`, then drains (running jobs get the grace period).
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
         let Self { node, server, config, verifier, backend, families } = self;
-        let busy = worker::Busy::default();
+        let busy = metrics::Busy::default();
         let server = server.with_metrics_refresh(metrics::slot_gauges(
             families.clone(),
             backend.clone(),

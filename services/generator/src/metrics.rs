@@ -2,7 +2,10 @@
 //! each scrape) this worker's slots. Families are registered once; labels are the
 //! backend's static name and a fixed set of results.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::sync::{
+    Arc,
+    atomic::{AtomicU32, Ordering},
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -10,7 +13,10 @@ use prometheus_client::{
 };
 use sakuga_mesh::metrics::{HistogramFamily, Metrics, Refresh, histogram_family};
 
-use crate::{backend::Backend, worker::Busy};
+use crate::backend::Backend;
+
+/// Attempts running now on a worker: the worker counts them, the slot gauges read them.
+pub(crate) type Busy = Arc<AtomicU32>;
 
 /// `backend` label.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -19,12 +19,9 @@ use tracing::{info, warn};
 use crate::{
     Config,
     backend::{Backend, BackendError, JobInput, Kind, Report, Sink},
-    metrics::Families,
+    metrics::{Busy, Families},
     upload::{ArtifactStore, Target},
 };
-
-/// Attempts running now on a worker.
-pub(crate) type Busy = Arc<AtomicU32>;
 
 /// A job as leased to this worker: every word about it quotes the lease token.
 #[derive(Debug, Clone, PartialEq, Eq)]

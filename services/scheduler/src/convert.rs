@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::{
     error::SchedulerError,
+    events::{Codec, DecodeError as EventDecodeError},
     job::{EventKind, Job, JobEvent, Kind, Progress, Status},
     projects::{Character, Project},
     registry::WorkerCommand,
@@ -167,25 +168,17 @@ pub(crate) fn event(e: &JobEvent) -> pb::JobEvent {
     pb::JobEvent { job_id: e.job_id.to_string(), time: Some(timestamp(e.time)), kind: Some(kind) }
 }
 
+/// Events between replicas travel as the wire's `JobEvent`.
+pub(crate) const EVENT_CODEC: Codec = Codec { encode: encode_event, decode: decode_event };
+
 /// A job event as published between replicas.
 pub(crate) fn encode_event(e: &JobEvent) -> Vec<u8> {
     event(e).encode_to_vec()
 }
 
-/// Why a published event could not be read.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum EventDecodeError {
-    /// Not a `JobEvent` message.
-    #[error(transparent)]
-    Wire(#[from] prost::DecodeError),
-    /// A message, but not one a replica publishes.
-    #[error("{0}")]
-    Content(&'static str),
-}
-
 /// A job event published by a replica (see [`encode_event`]).
 pub(crate) fn decode_event(payload: &[u8]) -> Result<JobEvent, EventDecodeError> {
-    let e = pb::JobEvent::decode(payload)?;
+    let e = pb::JobEvent::decode(payload).map_err(|e| EventDecodeError::Wire(Box::new(e)))?;
     let job_id = Uuid::parse_str(&e.job_id).map_err(|_| EventDecodeError::Content("job_id: not a UUID"))?;
     let time = from_timestamp("time", e.time)
         .map_err(|_| EventDecodeError::Content("time: out of range"))?

@@ -21,10 +21,28 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use crate::{
-    convert,
-    job::{EventKind, Job, JobEvent, Progress},
-};
+use crate::job::{EventKind, Job, JobEvent, Progress};
+
+/// How events travel between replicas through Redis. The encoding is the wire's
+/// `JobEvent`, so it is supplied by the edge (`convert`) where the service is assembled.
+#[derive(Debug, Clone, Copy)]
+pub struct Codec {
+    /// An event as published.
+    pub encode: fn(&JobEvent) -> Vec<u8>,
+    /// A published event, read back.
+    pub decode: fn(&[u8]) -> Result<JobEvent, DecodeError>,
+}
+
+/// Why a published event could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not an encoded event at all.
+    #[error(transparent)]
+    Wire(Box<dyn std::error::Error + Send + Sync>),
+    /// An encoded event, but not one a replica publishes.
+    #[error("{0}")]
+    Content(&'static str),
+}
 
 /// One watched job's fan-out and the number of subscriptions that hold it.
 #[derive(Debug)]
@@ -42,6 +60,7 @@ pub struct Events {
     subscribers: Arc<Mutex<Subscribers>>,
     outbox: tokio::sync::mpsc::Sender<(String, Vec<u8>)>,
     capacity: usize,
+    codec: Codec,
 }
 
 /// Events waiting to be published; beyond this, new ones are dropped (watchers resync).
@@ -90,10 +109,10 @@ impl Drop for Subscription {
 }
 
 impl Events {
-    /// Uses `redis` for publishing and subscribing, with `capacity` events buffered per
-    /// watched job. Publishing runs in its own task (in order), so a slow or absent Redis
-    /// never holds up a worker's stream.
-    pub fn new(redis: Redis, capacity: usize) -> Self {
+    /// Uses `redis` for publishing and subscribing, events encoded with `codec`, with
+    /// `capacity` events buffered per watched job. Publishing runs in its own task (in
+    /// order), so a slow or absent Redis never holds up a worker's stream.
+    pub fn new(redis: Redis, capacity: usize, codec: Codec) -> Self {
         let (outbox, mut queue) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(OUTBOX);
         let publisher = redis.clone();
         tokio::spawn(async move {
@@ -110,7 +129,8 @@ impl Events {
                 }
             }
         });
-        Self { redis, subscribers: Arc::new(Mutex::new(HashMap::new())), outbox, capacity: capacity.max(1) }
+        let subscribers = Arc::new(Mutex::new(HashMap::new()));
+        Self { redis, subscribers, outbox, capacity: capacity.max(1), codec }
     }
 
     fn channel(&self, job_id: Uuid) -> String {
@@ -121,7 +141,7 @@ impl Events {
     /// outbox full) are made up for by the watchers' periodic re-read of the job row.
     fn publish(&self, event: &JobEvent) {
         let job_id = event.job_id;
-        if self.outbox.try_send((self.channel(job_id), convert::encode_event(event))).is_err() {
+        if self.outbox.try_send((self.channel(job_id), (self.codec.encode)(event))).is_err() {
             warn!(%job_id, "job event outbox full; event dropped");
         }
     }
@@ -173,7 +193,7 @@ impl Events {
         else {
             return;
         };
-        let event = match convert::decode_event(payload) {
+        let event = match (self.codec.decode)(payload) {
             Ok(e) => e,
             Err(e) => {
                 warn!(channel, error = %e, "undecodable job event");

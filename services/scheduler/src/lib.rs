@@ -75,7 +75,7 @@ impl Service for Application {
             projects: projects::Projects::new(pool.clone()),
             store: store::Store::new(pool),
             verifier,
-            events: events::Events::new(redis.clone(), config.watch.channel_capacity),
+            events: events::Events::new(redis.clone(), config.watch.channel_capacity, convert::EVENT_CODEC),
             watchers: watchers::Watchers::new(&config.watch),
             registry: registry::Registry::default(),
             families: metrics::Families::register(&metrics),

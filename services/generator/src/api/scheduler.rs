@@ -27,8 +27,8 @@ use super::organizer::Organizer;
 use crate::{
     Config,
     backend::Backend,
-    metrics::Families,
-    worker::{Busy, Event, Worker},
+    metrics::{Busy, Families},
+    worker::{Event, Worker},
 };
 
 /// Runs the worker until `shutdown`, then drains: no new work, running jobs get the grace
