@@ -153,7 +153,8 @@ for g in generator-2 generator-3; do
         >"$DEV/config/$g.toml"
 done
 for g in "${GENERATORS[@]}"; do
-    sed -i "0,/^listen = /s//worker_id = \"chaos-$g\"\n&/" "$DEV/config/$g.toml"
+    # A top-level key: right after the header comment, before any [table].
+    sed -i "1a worker_id = \"chaos-$g\"" "$DEV/config/$g.toml"
 done
 act restart generator # with its worker id
 for g in generator-2 generator-3; do
