@@ -97,7 +97,7 @@ impl Service for Application {
         let Self { node, server, api, verifier, redis } = self;
         let keys = verifier.spawn_refresh(shutdown.clone());
         let pool = api.store.pool().clone();
-        let root = api.config.storage_root.clone();
+        let storage = api.storage.clone();
         // Bytes and records in step before the first upload, then periodically.
         let reconciler = reconcile::Reconciler {
             store: api.store.clone(),
@@ -115,15 +115,18 @@ impl Service for Application {
             ("redis", redis.health_check()),
             (
                 "storage",
+                // A real write (a page, removed at once): a full or read-only store is
+                // NOT_SERVING, not only a missing root.
                 Arc::new(move || {
-                    let root = root.clone();
+                    let storage = storage.clone();
                     Box::pin(async move {
-                        let meta = tokio::fs::metadata(&root).await.map_err(|e| Unhealthy::new(e.kind()))?;
-                        if meta.is_dir() {
-                            Ok(())
-                        } else {
-                            Err(Unhealthy::new("storage root is not a folder"))
-                        }
+                        storage.probe().await.map_err(|e| {
+                            if error::is_full(&e) {
+                                Unhealthy::new("storage full")
+                            } else {
+                                Unhealthy::new(e.kind())
+                            }
+                        })
                     })
                 }),
             ),
