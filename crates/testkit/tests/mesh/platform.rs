@@ -197,3 +197,31 @@ async fn jobs_finished_while_storage_is_full_are_stored_when_space_is_back() {
     mesh.stop().await;
     drop(disk);
 }
+
+#[tokio::test]
+async fn past_the_longest_wait_the_job_is_queued_again_without_spending_an_attempt() {
+    let mut mesh = Mesh::without_generator().await;
+    mesh.attach_generator_with(|g| g.upload_wait_max = Duration::from_secs(1)).await;
+    let alice = mesh.person("alice").await;
+    let old = std::mem::replace(&mut mesh.organizer, sakuga_testkit::Spawned::unused());
+    old.stop().await.unwrap();
+    let ids = submit(&mesh, &alice, 1).await;
+    let mut jobs = mesh.jobs(&alice.token);
+    let mut seen = None;
+    for _ in 0..300 {
+        let job =
+            jobs.get_job(GetJobRequest { job_id: ids[0].clone() }).await.unwrap().into_inner().job.unwrap();
+        if !job.error.is_empty() {
+            seen = Some(job);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let job = seen.expect("the attempt ended");
+    // Queued again (after a minute), the attempt given back, the cause named.
+    assert_eq!(job.status, i32::from(JobStatus::Queued), "{job:?}");
+    assert_eq!(job.attempts, 0, "a platform failure is not an attempt: {job:?}");
+    assert!(job.error.starts_with("organizer unreachable: "), "{}", job.error);
+    assert!(job.error.contains("upload_wait_max (1s)"), "{}", job.error);
+    mesh.stop().await;
+}
