@@ -150,20 +150,45 @@ async fn jobs_finished_while_storage_is_full_are_stored_when_space_is_back() {
     let mut mesh = Mesh::without_generator().await;
     let root = mesh.files_root();
     let Some(disk) = SmallDisk::mount(&root) else {
-        eprintln!("SKIPPED: this process may not mount a tmpfs (needs root); the full-disk test did not run");
+        eprintln!(
+            "SKIPPED: this process may not mount a tmpfs (needs root); the real full disk was not \
+             tried, only the injected one (storage_full_by_fault_injection_...)"
+        );
         mesh.stop().await;
         return;
     };
     let filler = disk.fill();
+    full_storage_costs_no_attempt(&mut mesh, move || std::fs::remove_file(filler).unwrap()).await;
+    mesh.stop().await;
+    drop(disk);
+}
+
+/// The same with ENOSPC injected by the organizer's test faults, for hosts where a test may
+/// not mount a filesystem.
+#[tokio::test]
+async fn storage_full_by_fault_injection_costs_no_attempt_either() {
+    let mut mesh = Mesh::without_generator().await;
+    let full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let faults = sakuga_organizer::Faults { storage_full: Some(full.clone()), ..Default::default() };
+    mesh.restart_organizer_with_faults(|_| {}, faults).await;
+    full_storage_costs_no_attempt(&mut mesh, move || full.store(false, std::sync::atomic::Ordering::SeqCst))
+        .await;
+    mesh.stop().await;
+}
+
+/// With the organizer's storage full: twenty jobs (as on the stack where the outage cost
+/// six of them for good) wait, the organizer is NOT_SERVING, then `free` makes room and
+/// every job succeeds on its first attempt, leaving no partial object.
+async fn full_storage_costs_no_attempt(mesh: &mut Mesh, free: impl FnOnce()) {
+    let root = mesh.files_root();
     // Four slots: four jobs wait at once, the rest queue behind them.
     mesh.attach_generator_with(|g| g.slots = 4).await;
     let alice = mesh.person("alice").await;
-    // Twenty jobs, as on the stack where the outage cost six of them for good.
-    let ids = submit(&mesh, &alice, 20).await;
-    until_waiting(&mesh, &alice, &ids, "waiting for storage: storage full").await;
+    let ids = submit(mesh, &alice, 20).await;
+    until_waiting(mesh, &alice, &ids, "waiting for storage: storage full").await;
     let mut not_serving = false;
     for _ in 0..100 {
-        if organizer_health(&mesh).await == Some(ServingStatus::NotServing as i32) {
+        if organizer_health(mesh).await == Some(ServingStatus::NotServing as i32) {
             not_serving = true;
             break;
         }
@@ -172,30 +197,28 @@ async fn jobs_finished_while_storage_is_full_are_stored_when_space_is_back() {
     assert!(not_serving, "the organizer says NOT_SERVING while it cannot write");
     // Full for a while longer: the uploads are retried, no attempt is spent.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let metrics = generator_metrics(&mesh).await;
+    let metrics = generator_metrics(mesh).await;
     assert!(value(&metrics, r#"sakuga_generator_upload_retries_total{reason="storage_full"}"#) >= 4.0);
     let held = value(&metrics, r#"sakuga_generator_artifacts_waiting{held="memory"}"#);
     assert_eq!(held, 4.0, "one artifact of each slot's job waits, in memory");
-    until_waiting(&mesh, &alice, &ids, "waiting for storage: storage full").await;
+    until_waiting(mesh, &alice, &ids, "waiting for storage: storage full").await;
     // Nothing half-written is left of the refused uploads.
     no_partial_left(&root).await;
 
-    std::fs::remove_file(filler).unwrap();
-    all_succeeded_at_once(&mesh, &alice, &ids).await;
+    free();
+    all_succeeded_at_once(mesh, &alice, &ids).await;
     no_partial_left(&root).await;
     let mut serving = false;
     for _ in 0..100 {
-        if organizer_health(&mesh).await == Some(ServingStatus::Serving as i32) {
+        if organizer_health(mesh).await == Some(ServingStatus::Serving as i32) {
             serving = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(serving, "SERVING again once it can write");
-    let metrics = generator_metrics(&mesh).await;
+    let metrics = generator_metrics(mesh).await;
     assert_eq!(value(&metrics, r#"sakuga_generator_artifacts_waiting{held="memory"}"#), 0.0);
-    mesh.stop().await;
-    drop(disk);
 }
 
 #[tokio::test]
