@@ -35,7 +35,9 @@ async fn until_waiting(mesh: &Mesh, person: &Person, ids: &[String], stage: &str
         for id in ids {
             let job =
                 jobs.get_job(GetJobRequest { job_id: id.clone() }).await.unwrap().into_inner().job.unwrap();
-            assert_eq!(job.attempts, 1, "no attempt spent while waiting: {job:?}");
+            // Queued (0) or on its first attempt (1); never a second one, never failed.
+            assert!(job.attempts <= 1, "no attempt spent while waiting: {job:?}");
+            assert_ne!(job.status, i32::from(JobStatus::Failed), "{job:?}");
             if job.progress.is_some_and(|p| p.stage == stage) {
                 return;
             }
@@ -246,5 +248,45 @@ async fn past_the_longest_wait_the_job_is_queued_again_without_spending_an_attem
     assert_eq!(job.attempts, 0, "a platform failure is not an attempt: {job:?}");
     assert!(job.error.starts_with("organizer unreachable: "), "{}", job.error);
     assert!(job.error.contains("upload_wait_max (1s)"), "{}", job.error);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_canceled_while_it_waits_for_storage_drops_its_artifacts() {
+    let mut mesh = Mesh::without_generator().await;
+    let spool = mesh.env.dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    // No memory for held artifacts: they wait in spool files, which must go with the job.
+    let dir = spool.clone();
+    mesh.attach_generator_with(move |g| {
+        g.held_memory_max_bytes = 0;
+        g.spool_dir = dir;
+    })
+    .await;
+    let alice = mesh.person("alice").await;
+    let old = std::mem::replace(&mut mesh.organizer, sakuga_testkit::Spawned::unused());
+    old.stop().await.unwrap();
+    let ids = submit(&mesh, &alice, 1).await;
+    until_waiting(&mesh, &alice, &ids, "waiting for storage: organizer unreachable").await;
+    let metrics = generator_metrics(&mesh).await;
+    assert_eq!(value(&metrics, r#"sakuga_generator_artifacts_waiting{held="spool"}"#), 1.0);
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 1, "the artifact waits in a spool file");
+
+    let mut jobs = mesh.jobs(&alice.token);
+    jobs.cancel_job(sakuga_proto::v1::CancelJobRequest { job_id: ids[0].clone() }).await.unwrap();
+    let job = mesh.finished(&alice.token, &ids[0]).await;
+    assert_eq!(job.status, i32::from(JobStatus::Canceled), "{job:?}");
+    let mut dropped = false;
+    for _ in 0..100 {
+        let metrics = generator_metrics(&mesh).await;
+        if value(&metrics, r#"sakuga_generator_artifacts_waiting{held="spool"}"#) == 0.0
+            && std::fs::read_dir(&spool).unwrap().count() == 0
+        {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dropped, "the held artifact and its spool file are gone with the lease");
     mesh.stop().await;
 }
