@@ -5,7 +5,10 @@ for the pinned Kubernetes version (kubernetes-validate), and the policy holds:
   non-root with a read-only root filesystem, no privilege escalation and all capabilities
   dropped; Deployments have gRPC readiness and liveness probes;
 - a default-deny NetworkPolicy exists, and every Service port is open only through a
-  NetworkPolicy that selects the Service's pods, names the port and names its callers.
+  NetworkPolicy that selects the Service's pods, names the port and names its callers;
+- the organizer matches its storage: on a volume (ReadWriteOnce, one writer) exactly one
+  replica with the Recreate strategy; on an object store (`[storage] backend = "s3"`) no
+  volume claim, several replicas and a RollingUpdate that keeps every replica serving.
 
 With `kustomize` or `kubectl` on PATH, each overlay is rendered and its output checked the
 same way; without them the overlays are checked file by file (the rendering is skipped
@@ -17,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 
 import yaml
 import kubernetes_validate
@@ -102,12 +106,36 @@ def check_network(objects, where):
                 )
 
 
+def check_organizer_storage(objects, where):
+    by_kind = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    config = by_kind.get(("ConfigMap", "sakuga-organizer"))
+    deployment = by_kind.get(("Deployment", "organizer"))
+    if config is None or deployment is None:
+        return
+    settings = tomllib.loads(config["data"]["organizer.toml"])
+    backend = settings.get("storage", {}).get("backend", "local")
+    spec = deployment["spec"]
+    strategy = spec.get("strategy", {})
+    claims = [v for v in spec["template"]["spec"].get("volumes", []) if "persistentVolumeClaim" in v]
+    name = f"{where}: Deployment/organizer ({backend} storage)"
+    if backend == "s3":
+        if claims or any(k == "PersistentVolumeClaim" for k, _ in by_kind):
+            problems.append(f"{name}: keeps a volume claim; the bytes live in the bucket")
+        if spec.get("replicas", 1) < 2:
+            problems.append(f"{name}: one replica; an object store lets several serve")
+        if strategy.get("type") != "RollingUpdate" or strategy.get("rollingUpdate", {}).get("maxUnavailable") != 0:
+            problems.append(f"{name}: a rollout must keep every replica serving (RollingUpdate, maxUnavailable 0)")
+    elif claims and (spec.get("replicas", 1) != 1 or strategy.get("type") != "Recreate"):
+        problems.append(f"{name}: a ReadWriteOnce volume allows one replica, replaced with Recreate")
+
+
 def check(objects, where):
     for o in objects:
         validate(o, where)
         if o["kind"] in ("Deployment", "Job"):
             check_workload(o, where)
     check_network(objects, where)
+    check_organizer_storage(objects, where)
 
 
 def render(overlay):

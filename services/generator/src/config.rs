@@ -1,6 +1,6 @@
 //! Generator configuration.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use sakuga_mesh::{
     MeshError,
@@ -46,6 +46,17 @@ pub struct Config {
     /// Longest wait between reconnect attempts to the scheduler.
     #[serde(with = "humantime_serde")]
     pub reconnect_max_backoff: Duration,
+    /// Longest time a finished job's artifacts wait for storage (full, unreachable, or no
+    /// organizer answering) while the job keeps its lease; then the attempt ends as a
+    /// platform failure, which is not counted, and the job is queued again.
+    #[serde(with = "humantime_serde")]
+    pub upload_wait_max: Duration,
+    /// Bytes of waiting artifacts this worker keeps in memory (all its jobs together); the
+    /// rest go to spool files.
+    pub held_memory_max_bytes: u64,
+    /// Folder of the spool files of waiting artifacts (removed once stored); empty: the
+    /// system temp folder.
+    pub spool_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -63,6 +74,9 @@ impl Default for Config {
             preview_every_steps: 5,
             upload_chunk_bytes: 256 * 1024,
             reconnect_max_backoff: Duration::from_secs(5),
+            upload_wait_max: Duration::from_hours(1),
+            held_memory_max_bytes: 256 * 1024 * 1024,
+            spool_dir: PathBuf::new(),
         }
     }
 }
@@ -92,6 +106,9 @@ impl Config {
         if self.scheduler_addrs().is_empty() {
             return bad("scheduler_addr", "must name at least one host:port");
         }
+        if self.upload_wait_max < Duration::from_secs(1) {
+            return bad("upload_wait_max", "must be at least 1s");
+        }
         if self.worker_id.len() > 128 {
             return bad("worker_id", "must be at most 128 characters");
         }
@@ -101,6 +118,11 @@ impl Config {
     /// The scheduler addresses, in the order they are tried.
     pub fn scheduler_addrs(&self) -> Vec<String> {
         self.scheduler_addr.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect()
+    }
+
+    /// Where waiting artifacts are spooled.
+    pub fn effective_spool_dir(&self) -> PathBuf {
+        if self.spool_dir.as_os_str().is_empty() { std::env::temp_dir() } else { self.spool_dir.clone() }
     }
 
     /// The worker id to announce.

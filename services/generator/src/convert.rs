@@ -98,8 +98,8 @@ impl From<Update> for Msg {
             Update::Completed { lease, file_ids } => {
                 Self::Completed(JobCompleted { job: Some(lease.into()), file_ids })
             }
-            Update::Failed { lease, error, retryable } => {
-                Self::Failed(JobFailed { job: Some(lease.into()), error, retryable })
+            Update::Failed { lease, error, retryable, platform } => {
+                Self::Failed(JobFailed { job: Some(lease.into()), error, retryable, platform })
             }
             Update::Canceled(lease) => Self::Canceled(JobCanceledAck { job: Some(lease.into()) }),
         }

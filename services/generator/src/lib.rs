@@ -9,6 +9,8 @@ pub mod builtin;
 pub mod comfyui;
 pub mod config;
 mod convert;
+mod deliver;
+mod hold;
 mod metrics;
 mod upload;
 mod worker;

@@ -1,5 +1,6 @@
-//! The generator's metrics: attempts by backend and result, attempt duration, and (at
-//! each scrape) this worker's slots. Families are registered once; labels are the
+//! The generator's metrics: attempts by backend and result, attempt duration, artifacts
+//! waiting for storage and upload retries by reason, and (at each scrape) this worker's
+//! slots. Families are registered once; labels are the
 //! backend's static name and a fixed set of results.
 
 use std::sync::{
@@ -13,7 +14,7 @@ use prometheus_client::{
 };
 use sakuga_mesh::metrics::{HistogramFamily, Metrics, Refresh, histogram_family};
 
-use crate::backend::Backend;
+use crate::{backend::Backend, upload::Fault};
 
 /// Attempts running now on a worker: the worker counts them, the slot gauges read them.
 pub(crate) type Busy = Arc<AtomicU32>;
@@ -31,6 +32,18 @@ struct BackendResult {
     result: &'static str,
 }
 
+/// `held` label: where an artifact waiting for storage is kept (`memory`, `spool`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HeldLabel {
+    held: &'static str,
+}
+
+/// `reason` label: a [`Fault`]'s label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 /// The generator's own families.
 #[derive(Debug, Clone)]
 pub(crate) struct Families {
@@ -38,6 +51,8 @@ pub(crate) struct Families {
     job_seconds: HistogramFamily<BackendLabel>,
     slots: Family<BackendLabel, Gauge>,
     slots_busy: Family<BackendLabel, Gauge>,
+    waiting: Family<HeldLabel, Gauge>,
+    upload_retries: Family<ReasonLabel, Counter>,
 }
 
 impl Families {
@@ -48,6 +63,8 @@ impl Families {
             job_seconds: histogram_family(),
             slots: Family::default(),
             slots_busy: Family::default(),
+            waiting: Family::default(),
+            upload_retries: Family::default(),
         };
         m.register(
             "sakuga_generator_jobs",
@@ -61,7 +78,33 @@ impl Families {
         );
         m.register("sakuga_worker_slots", "Slots of this worker.", f.slots.clone());
         m.register("sakuga_worker_slots_busy", "Slots of this worker running a job.", f.slots_busy.clone());
+        m.register(
+            "sakuga_generator_artifacts_waiting",
+            "Finished artifacts this worker keeps because storage is full or unreachable, by where they are held (memory, spool).",
+            f.waiting.clone(),
+        );
+        m.register(
+            "sakuga_generator_upload_retries",
+            "Uploads that failed for the platform and are tried again, by reason.",
+            f.upload_retries.clone(),
+        );
+        for held in ["memory", "spool"] {
+            drop(f.waiting.get_or_create(&HeldLabel { held }));
+        }
+        for fault in Fault::ALL {
+            drop(f.upload_retries.get_or_create(&ReasonLabel { reason: fault.label() }));
+        }
         f
+    }
+
+    /// The gauge of artifacts held in `held` (`memory` or `spool`).
+    pub(crate) fn waiting(&self, held: &'static str) -> Gauge {
+        self.waiting.get_or_create(&HeldLabel { held }).clone()
+    }
+
+    /// An upload failed for `fault` and is tried again.
+    pub(crate) fn upload_retry(&self, fault: Fault) {
+        self.upload_retries.get_or_create(&ReasonLabel { reason: fault.label() }).inc();
     }
 
     /// One attempt ended with `result` after `secs`.

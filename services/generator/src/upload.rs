@@ -2,6 +2,8 @@
 //! the job's lease. [`ArtifactStore`] is what the worker needs of it; the client that
 //! speaks `FileService` is `api::organizer`.
 
+use std::time::Duration;
+
 use futures_util::future::BoxFuture;
 use sakuga_imaging::Artifact;
 
@@ -28,20 +30,84 @@ pub(crate) struct Target {
     pub(crate) frames: u32,
 }
 
+/// Why the platform, not the job, kept an artifact from being stored. A closed set: the
+/// values are metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Fault {
+    /// The organizer's store has no space left.
+    StorageFull,
+    /// The organizer's store cannot be reached or fails.
+    StorageUnavailable,
+    /// No organizer answers (refused connection, timeout, restarting).
+    OrganizerUnreachable,
+    /// The organizer is up but refuses for now (a ceiling full) or fails (an internal error).
+    OrganizerError,
+}
+
+impl Fault {
+    /// Every fault, for tests and metrics.
+    pub(crate) const ALL: [Fault; 4] =
+        [Self::StorageFull, Self::StorageUnavailable, Self::OrganizerUnreachable, Self::OrganizerError];
+
+    /// The metric label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::StorageFull => "storage_full",
+            Self::StorageUnavailable => "storage_unavailable",
+            Self::OrganizerUnreachable => "organizer_unreachable",
+            Self::OrganizerError => "organizer_error",
+        }
+    }
+
+    /// What a job held back by this fault waits for (its progress stage).
+    pub(crate) fn waiting_stage(self) -> &'static str {
+        match self {
+            Self::StorageFull => "waiting for storage: storage full",
+            Self::StorageUnavailable => "waiting for storage: storage unavailable",
+            Self::OrganizerUnreachable => "waiting for storage: organizer unreachable",
+            Self::OrganizerError => "waiting for storage: organizer failing",
+        }
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::StorageFull => "storage full",
+            Self::StorageUnavailable => "storage unavailable",
+            Self::OrganizerUnreachable => "organizer unreachable",
+            Self::OrganizerError => "organizer failing",
+        })
+    }
+}
+
 /// Why an upload failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum UploadError {
-    /// The organizer refused the bytes (a check failed); the organizer's reason.
-    #[error("{0}")]
-    Rejected(String),
-    /// The organizer could not be reached or failed.
-    #[error("upload failed: {0}")]
-    Failed(String),
+    /// The organizer refused the artifact itself (a check failed, a field is wrong): the
+    /// job's failure, counted as an attempt.
+    #[error("artifact refused: {0}")]
+    Refused(String),
+    /// The organizer no longer knows the lease (canceled, expired, reassigned): the
+    /// artifact is of no use under it.
+    #[error("lease lost: {0}")]
+    LeaseLost(String),
+    /// The platform failed: the artifact is kept and the upload tried again.
+    #[error("upload failed: {fault}: {message}")]
+    Platform {
+        /// What failed.
+        fault: Fault,
+        /// The organizer's or the connection's words.
+        message: String,
+        /// The least wait the organizer asked for (zero if none).
+        retry_after: Duration,
+    },
 }
 
 /// Stores artifacts for the worker.
 pub(crate) trait ArtifactStore: Send + Sync {
-    /// Stores artifact `index` of `target`'s job; returns its file id.
+    /// Stores artifact `index` of `target`'s job once (the worker retries); returns its file
+    /// id.
     fn store<'a>(
         &'a self,
         target: &'a Target,

@@ -19,6 +19,8 @@ use tracing::{info, warn};
 use crate::{
     Config,
     backend::{Backend, BackendError, JobInput, Kind, Report, Sink},
+    deliver::{Delivery, DeliveryError, deliver},
+    hold::Holder,
     metrics::{Busy, Families},
     upload::{ArtifactStore, Target},
 };
@@ -93,6 +95,9 @@ pub(crate) enum Update {
         error: String,
         /// Whether another attempt may succeed.
         retryable: bool,
+        /// The platform failed, not the job (the artifacts could not be stored within
+        /// `upload_wait_max`): the attempt is not counted.
+        platform: bool,
     },
     /// The job stopped after a cancel.
     Canceled(Lease),
@@ -119,6 +124,8 @@ struct Job {
     metrics: Arc<Families>,
     busy: Busy,
     store: Arc<dyn ArtifactStore>,
+    holder: Holder,
+    wait_max: std::time::Duration,
     events: mpsc::Sender<Event>,
 }
 
@@ -130,6 +137,7 @@ pub(crate) struct Worker {
     busy: Busy,
     id: String,
     store: Arc<dyn ArtifactStore>,
+    holder: Holder,
     jobs: HashMap<String, Running>,
     /// Outcomes (completions, failures, cancels) that could not be sent while disconnected.
     unsent: VecDeque<Update>,
@@ -145,7 +153,9 @@ impl Worker {
         store: Arc<dyn ArtifactStore>,
         events_tx: mpsc::Sender<Event>,
     ) -> Self {
+        let holder = Holder::new(config.held_memory_max_bytes, config.effective_spool_dir(), metrics.clone());
         Self {
+            holder,
             id: config.effective_worker_id(),
             config,
             backend,
@@ -226,7 +236,12 @@ impl Worker {
         let full = self.jobs.len() >= self.backend.slots() as usize;
         if draining || full {
             let error = if draining { "worker is draining" } else { "worker has no free slot" };
-            return Some(Update::Failed { lease: a.lease, error: error.to_owned(), retryable: true });
+            return Some(Update::Failed {
+                lease: a.lease,
+                error: error.to_owned(),
+                retryable: true,
+                platform: false,
+            });
         }
         let cancel = CancellationToken::new();
         self.jobs
@@ -237,6 +252,8 @@ impl Worker {
             metrics: self.metrics.clone(),
             busy: self.busy.clone(),
             store: self.store.clone(),
+            holder: self.holder.clone(),
+            wait_max: self.config.upload_wait_max,
             events: self.events_tx.clone(),
         };
         tokio::spawn(run_job(a, job, cancel));
@@ -271,15 +288,17 @@ impl Worker {
                     lease: Lease { job_id: id, token: r.lease },
                     error: "worker shut down before the job finished".to_owned(),
                     retryable: true,
+                    platform: false,
                 }
             })
             .collect()
     }
 }
 
-/// Runs one job: ack, run the backend with progress, upload every artifact, then complete
-/// — or fail (retryable or not), or acknowledge a cancel. Nothing is reported completed
-/// before every artifact is stored.
+/// Runs one job: ack, run the backend with progress, upload every artifact (waiting for
+/// the platform when storage is away, see `deliver`), then complete — or fail (retryable
+/// or not, the job's or the platform's), or acknowledge a cancel. Nothing is reported
+/// completed before every artifact is stored.
 async fn run_job(a: Assignment, job: Job, cancel: CancellationToken) {
     let emit = |u: Update| {
         let events = job.events.clone();
@@ -297,9 +316,10 @@ async fn run_job(a: Assignment, job: Job, cancel: CancellationToken) {
     job.busy.fetch_sub(1, Ordering::Relaxed);
     let result = match &outcome {
         Ok(_) => "succeeded",
-        Err(BackendError::Canceled) => "canceled",
-        Err(BackendError::Permanent(_)) => "failed",
-        Err(BackendError::Retryable(_)) => "retryable",
+        Err(Stop::Backend(BackendError::Canceled)) => "canceled",
+        Err(Stop::Backend(BackendError::Permanent(_))) => "failed",
+        Err(Stop::Backend(BackendError::Retryable(_))) => "retryable",
+        Err(Stop::Platform(_)) => "platform",
     };
     job.metrics.attempt(job.backend.name(), result, started.elapsed().as_secs_f64());
     let job_id = a.lease.job_id.clone();
@@ -309,17 +329,21 @@ async fn run_job(a: Assignment, job: Job, cancel: CancellationToken) {
             info!(job_id = %job_id, files = file_ids.len(), "job done");
             Update::Completed { lease, file_ids }
         }
-        Err(BackendError::Canceled) => {
+        Err(Stop::Backend(BackendError::Canceled)) => {
             info!(job_id = %job_id, "job stopped");
             Update::Canceled(lease)
         }
-        Err(BackendError::Permanent(error)) => {
+        Err(Stop::Backend(BackendError::Permanent(error))) => {
             warn!(job_id = %job_id, %error, "job failed");
-            Update::Failed { lease, error, retryable: false }
+            Update::Failed { lease, error, retryable: false, platform: false }
         }
-        Err(BackendError::Retryable(error)) => {
+        Err(Stop::Backend(BackendError::Retryable(error))) => {
             warn!(job_id = %job_id, %error, "job attempt failed, retryable");
-            Update::Failed { lease, error, retryable: true }
+            Update::Failed { lease, error, retryable: true, platform: false }
+        }
+        Err(Stop::Platform(error)) => {
+            warn!(job_id = %job_id, %error, "artifacts not stored: a platform failure, the attempt is not counted");
+            Update::Failed { lease, error, retryable: true, platform: true }
         }
     };
     emit(update).await;
@@ -330,7 +354,7 @@ async fn produce_and_store(
     a: &Assignment,
     job: &Job,
     cancel: &CancellationToken,
-) -> Result<Vec<String>, BackendError> {
+) -> Result<Vec<String>, Stop> {
     let input = a.input.clone()?;
     let target = Target {
         job_id: a.lease.job_id.clone(),
@@ -359,25 +383,44 @@ async fn produce_and_store(
     });
     let artifacts = job.backend.run(input, sink, cancel.clone()).await?;
     if cancel.is_cancelled() {
-        return Err(BackendError::Canceled);
+        return Err(Stop::Backend(BackendError::Canceled));
     }
     let total = last.load(Ordering::Relaxed);
-    let mut file_ids = Vec::with_capacity(artifacts.len());
-    for (index, artifact) in (0_u32..).zip(&artifacts) {
-        let _ = job.events.try_send(Event::Send(Update::Progress {
-            lease: a.lease.clone(),
-            step: total,
-            total,
-            stage: "uploading".to_owned(),
-            item: index,
-        }));
-        let upload = tracing::info_span!("upload", otel.name = "upload", service = "generator", index);
-        let id = tracing::Instrument::instrument(job.store.store(&target, index, artifact), upload)
-            .await
-            // A refused artifact (a failed check) is retried like a failed upload: another
-            // attempt may render it right; the scheduler's attempt limit bounds the retries.
-            .map_err(|e| BackendError::Retryable(e.to_string()))?;
-        file_ids.push(id);
+    let (events, lease) = (job.events.clone(), a.lease.clone());
+    let progress = move |item: u32, stage: &str| {
+        let update =
+            Update::Progress { lease: lease.clone(), step: total, total, stage: stage.to_owned(), item };
+        let _ = events.try_send(Event::Send(update));
+    };
+    let delivery = Delivery {
+        store: job.store.as_ref(),
+        holder: &job.holder,
+        metrics: &job.metrics,
+        wait_max: job.wait_max,
+        target: &target,
+        cancel,
+        progress: &progress,
+    };
+    deliver(&delivery, artifacts).await.map_err(|e| match e {
+        // A refused artifact is retried like a failed render: another attempt may render it
+        // right; the scheduler's attempt limit bounds the retries.
+        DeliveryError::Job(e) => Stop::Backend(BackendError::Retryable(e.to_string())),
+        DeliveryError::Platform(why) => Stop::Platform(why),
+        DeliveryError::Canceled => Stop::Backend(BackendError::Canceled),
+    })
+}
+
+/// Why a job's task ended without every artifact stored.
+#[derive(Debug)]
+enum Stop {
+    /// The job's own failure, or a cancel.
+    Backend(BackendError),
+    /// The platform could not store the artifacts in time: not counted as an attempt.
+    Platform(String),
+}
+
+impl From<BackendError> for Stop {
+    fn from(e: BackendError) -> Self {
+        Self::Backend(e)
     }
-    Ok(file_ids)
 }

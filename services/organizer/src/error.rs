@@ -1,6 +1,7 @@
 //! Organizer errors and their gRPC status codes.
 
-use tonic::Status;
+use sakuga_mesh::auth::{STORAGE_FULL, STORAGE_UNAVAILABLE};
+use tonic::{Code, Status};
 use tracing::error;
 
 /// What an organizer operation can fail with.
@@ -94,9 +95,13 @@ impl From<OrganizerError> for Status {
             e @ OrganizerError::NoThumbnail(_) => Status::internal(e.to_string()),
             OrganizerError::Unavailable(why) => Status::unavailable(why),
             OrganizerError::Stream(status) => status,
+            OrganizerError::Storage(e) if is_full(&e) => {
+                error!(error = %e, "storage full");
+                sakuga_mesh::auth::fault(Code::ResourceExhausted, STORAGE_FULL, "storage full")
+            }
             OrganizerError::Storage(e) => {
                 error!(error = %e, "storage error");
-                Status::internal("internal error")
+                sakuga_mesh::auth::fault(Code::Unavailable, STORAGE_UNAVAILABLE, "storage unavailable")
             }
             OrganizerError::Db(e) => {
                 error!(error = %e, "database error");
@@ -106,6 +111,37 @@ impl From<OrganizerError> for Status {
                 error!(error = %e, "database pool exhausted or unreachable");
                 Status::unavailable("database unavailable, retry later")
             }
+        }
+    }
+}
+
+/// Whether a store error means no space is left (a full disk, or a quota reached).
+pub fn is_full(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(e: std::io::Error) -> Status {
+        OrganizerError::Storage(e).into()
+    }
+
+    #[test]
+    fn a_full_store_is_resource_exhausted_and_other_store_errors_unavailable() {
+        // ENOSPC and EDQUOT, as the disk reports them.
+        for errno in [28, 122] {
+            let s = status_of(std::io::Error::from_raw_os_error(errno));
+            assert_eq!(s.code(), Code::ResourceExhausted, "errno {errno}");
+            assert_eq!(sakuga_mesh::auth::reason_of(&s).as_deref(), Some(STORAGE_FULL));
+            assert_eq!(s.message(), "storage full");
+        }
+        // EIO, EACCES: the store is there but cannot be written.
+        for errno in [5, 13] {
+            let s = status_of(std::io::Error::from_raw_os_error(errno));
+            assert_eq!(s.code(), Code::Unavailable, "errno {errno}");
+            assert_eq!(sakuga_mesh::auth::reason_of(&s).as_deref(), Some(STORAGE_UNAVAILABLE));
         }
     }
 }

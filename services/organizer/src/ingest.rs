@@ -4,7 +4,10 @@
 //! thumbnailed, laid out under their name (linked to identical bytes already stored) and
 //! recorded under the lease. The gRPC handler only translates the wire to and from this.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 
 use chrono::Utc;
 use futures_util::{Stream, StreamExt as _};
@@ -28,10 +31,26 @@ pub const RETRY_AFTER_SECS: u64 = 1;
 /// Faults a test injects to see what a crash at a given moment leaves behind; none in
 /// production (the default). Set with `Application::with_faults`, never from
 /// configuration.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Faults {
     /// Store the bytes of an upload, then fail before inserting its record.
     pub crash_after_write: bool,
+    /// While set, the store is full: every chunk written fails with ENOSPC (the partial
+    /// object is dropped as on a real full disk) and the health probe says so. For hosts
+    /// where a test may not mount a small filesystem.
+    pub storage_full: Option<Arc<AtomicBool>>,
+}
+
+impl Faults {
+    /// Whether the store is full now (`storage_full` set).
+    pub fn full(&self) -> bool {
+        self.storage_full.as_ref().is_some_and(|f| f.load(Ordering::SeqCst))
+    }
+}
+
+/// The error a full disk gives (ENOSPC).
+pub fn no_space() -> std::io::Error {
+    std::io::Error::from_raw_os_error(28)
 }
 
 /// The header as sent: what the generator says it uploads.
@@ -237,6 +256,9 @@ impl Ingest {
             }
             if partial.written() + chunk.len() as u64 > size_bytes {
                 return Err(OrganizerError::Rejected("more bytes than the header's size_bytes".to_owned()));
+            }
+            if self.faults.full() {
+                return Err(OrganizerError::Storage(no_space()));
             }
             partial.write(chunk).await.map_err(OrganizerError::Storage)?;
         }

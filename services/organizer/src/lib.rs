@@ -40,6 +40,7 @@ pub struct Application {
     api: api::Api,
     verifier: Arc<Verifier>,
     redis: Redis,
+    faults: Faults,
 }
 
 impl Application {
@@ -47,7 +48,7 @@ impl Application {
     /// crash at a given moment leaves behind. Never set in production.
     #[must_use]
     pub fn with_faults(self, faults: Faults) -> Self {
-        Self { api: self.api.with_faults(faults), ..self }
+        Self { api: self.api.with_faults(faults.clone()), faults, ..self }
     }
 }
 
@@ -80,7 +81,7 @@ impl Service for Application {
         let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool);
         let server = node.bind(api::SERVICES, guard).await?;
         let api = api::Api::new(store::Store::new(pool), storage, node.metrics.clone(), Arc::new(config));
-        Ok(Self { node, server, api, verifier, redis })
+        Ok(Self { node, server, api, verifier, redis, faults: Faults::default() })
     }
 
     /// The bound address.
@@ -94,10 +95,10 @@ impl Service for Application {
 
     /// Serves until `shutdown`, then drains.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), MeshError> {
-        let Self { node, server, api, verifier, redis } = self;
+        let Self { node, server, api, verifier, redis, faults } = self;
         let keys = verifier.spawn_refresh(shutdown.clone());
         let pool = api.store.pool().clone();
-        let root = api.config.storage_root.clone();
+        let storage = api.storage.clone();
         // Bytes and records in step before the first upload, then periodically.
         let reconciler = reconcile::Reconciler {
             store: api.store.clone(),
@@ -115,15 +116,19 @@ impl Service for Application {
             ("redis", redis.health_check()),
             (
                 "storage",
+                // A real write (a page, removed at once): a full or read-only store is
+                // NOT_SERVING, not only a missing root.
                 Arc::new(move || {
-                    let root = root.clone();
+                    let (storage, full) = (storage.clone(), faults.full());
                     Box::pin(async move {
-                        let meta = tokio::fs::metadata(&root).await.map_err(|e| Unhealthy::new(e.kind()))?;
-                        if meta.is_dir() {
-                            Ok(())
-                        } else {
-                            Err(Unhealthy::new("storage root is not a folder"))
-                        }
+                        let probed = if full { Err(ingest::no_space()) } else { storage.probe().await };
+                        probed.map_err(|e| {
+                            if error::is_full(&e) {
+                                Unhealthy::new("storage full")
+                            } else {
+                                Unhealthy::new(e.kind())
+                            }
+                        })
                     })
                 }),
             ),

@@ -64,7 +64,14 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Starts an upload: bytes are written to a partial object in the store (never a key
     /// until [`Partial::commit`]), hashed as they arrive.
     fn begin(&self) -> BoxFuture<'_, io::Result<Box<dyn Partial>>>;
+
+    /// Whether the store takes writes now: a small partial object written and removed at
+    /// once (never a key). Fails as an upload would (`StorageFull` when no space is left).
+    fn probe(&self) -> BoxFuture<'_, io::Result<()>>;
 }
+
+/// Bytes the write probe writes: one page, so a store with no page left refuses it.
+const PROBE_BYTES: usize = 4096;
 
 /// Bytes that can be read back from the start and seeked, off the async runtime.
 pub trait ReadSeek: io::BufRead + io::Seek + Send {}
@@ -313,6 +320,18 @@ impl Storage for LocalDisk {
                 }
             }
             Ok(removed)
+        }))
+    }
+
+    fn probe(&self) -> BoxFuture<'_, io::Result<()>> {
+        let tmp_dir = self.root.join(TMP_DIR);
+        Box::pin(blocking(move || {
+            std::fs::create_dir_all(&tmp_dir)?;
+            let path = tmp_dir.join(format!("probe-{}.part", Uuid::new_v4()));
+            let written = std::fs::File::create_new(&path).and_then(|mut f| f.write_all(&[0; PROBE_BYTES]));
+            let removed = std::fs::remove_file(&path);
+            written?;
+            removed
         }))
     }
 

@@ -292,9 +292,12 @@ pub(crate) fn worker_message(msg: attach_request::Msg) -> Result<WorkerMessage, 
                 .collect::<Result<_, _>>()
                 .map_err(|_| SchedulerError::invalid("completed.file_ids", "not a UUID"))?,
         },
-        Msg::Failed(f) => {
-            WorkerMessage::Failed { lease: lease(f.job.as_ref())?, error: f.error, retryable: f.retryable }
-        }
+        Msg::Failed(f) => WorkerMessage::Failed {
+            lease: lease(f.job.as_ref())?,
+            error: f.error,
+            retryable: f.retryable,
+            platform: f.platform,
+        },
         Msg::Canceled(c) => WorkerMessage::Canceled { job_id: lease(c.job.as_ref())?.0 },
         Msg::Draining(d) => WorkerMessage::Draining { reason: d.reason },
     })

@@ -102,6 +102,8 @@ pub enum WorkerMessage {
         error: String,
         /// Worth another attempt.
         retryable: bool,
+        /// The platform failed, not the job: the attempt is not counted.
+        platform: bool,
     },
     /// The backend stopped a canceled job.
     Canceled {
@@ -230,12 +232,12 @@ impl Session {
             WorkerMessage::Completed { lease: (id, lease), file_ids } => {
                 self.completed(id, lease, &file_ids).await?;
             }
-            WorkerMessage::Failed { lease: (id, lease), error, retryable } => {
+            WorkerMessage::Failed { lease: (id, lease), error, retryable, platform } => {
                 let error: String = error.chars().take(2000).collect();
-                match self.state.store.fail(id, lease, &error, retryable).await? {
+                match self.state.store.fail(id, lease, &error, retryable, platform).await? {
                     Some(job) => {
                         self.state.families.finished(&job);
-                        warn!(job_id = %id, worker_id = %self.worker_id, retryable, status = job.status.as_str(), error = %error, "job attempt failed");
+                        warn!(job_id = %id, worker_id = %self.worker_id, retryable, platform, status = job.status.as_str(), error = %error, "job attempt failed");
                         self.state.events.status_changed(&job);
                         self.finished(id);
                     }

@@ -215,6 +215,20 @@ pub fn ceiling(name: &'static str, message: impl Into<String>, retry_after: Opti
     Refusal::Ceiling { name, message: message.into(), retry_after }.to_status()
 }
 
+/// `ErrorInfo.reason` of a write refused because the store is full (`RESOURCE_EXHAUSTED`).
+pub const STORAGE_FULL: &str = "STORAGE_FULL";
+/// `ErrorInfo.reason` of a call that failed because the store cannot be reached or fails
+/// (`UNAVAILABLE`).
+pub const STORAGE_UNAVAILABLE: &str = "STORAGE_UNAVAILABLE";
+
+/// A failure of the platform under a call (storage full, a store down), not a refusal of
+/// the caller: `code`, a message for people and an `ErrorInfo` whose `reason` programs
+/// tell it apart by.
+pub fn fault(code: Code, reason: &'static str, message: impl Into<String>) -> Status {
+    let details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
+    Status::with_error_details(code, message, details)
+}
+
 /// The `ErrorInfo.reason` of a status from the mesh, if it carries one of ours.
 pub fn reason_of(status: &Status) -> Option<String> {
     status.get_error_details().error_info().filter(|i| i.domain == DOMAIN).map(|i| i.reason.clone())
@@ -234,6 +248,15 @@ mod tests {
         let back = Status::from_header_map(http.headers()).unwrap();
         assert_eq!(reason_of(&back).as_deref(), Some("TOKEN_EXPIRED"));
         assert_eq!(back.message(), "token expired");
+    }
+
+    #[test]
+    fn faults_carry_their_reason() {
+        let status = fault(Code::ResourceExhausted, "STORAGE_FULL", "storage full");
+        let http = status.into_http::<tonic::body::Body>();
+        let back = Status::from_header_map(http.headers()).unwrap();
+        assert_eq!(back.code(), Code::ResourceExhausted);
+        assert_eq!(reason_of(&back).as_deref(), Some("STORAGE_FULL"));
     }
 
     #[test]

@@ -205,7 +205,12 @@ async fn a_second_generator_cannot_progress_fail_or_complete_a_job_leased_to_ano
     };
     let messages = [
         Msg::Progress(progress),
-        Msg::Failed(JobFailed { job: Some(forged.clone()), error: "sabotage".into(), retryable: false }),
+        Msg::Failed(JobFailed {
+            job: Some(forged.clone()),
+            error: "sabotage".into(),
+            retryable: false,
+            platform: false,
+        }),
         Msg::Completed(JobCompleted { job: Some(forged), file_ids: Vec::new() }),
     ];
     for msg in messages {

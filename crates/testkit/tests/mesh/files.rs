@@ -389,7 +389,7 @@ async fn a_crash_between_writing_bytes_and_the_record_leaves_no_orphan_after_a_r
     let mut mesh = Mesh::without_generator().await;
     let alice = mesh.person("alice").await;
     let bytes = gradient(96, 64);
-    let crash = sakuga_organizer::Faults { crash_after_write: true };
+    let crash = sakuga_organizer::Faults { crash_after_write: true, ..Default::default() };
     mesh.restart_organizer_with_faults(|_| {}, crash).await;
     let job = leased_job(&mesh, &alice.id, None, 96, 64).await;
     let err = store(&mesh, header(&job, &bytes, 96, 64), &bytes).await.unwrap_err();

@@ -15,6 +15,7 @@ mod job_path;
 mod metrics;
 mod outage;
 mod perimeter;
+mod platform;
 mod queue;
 mod reflection;
 mod security;

@@ -1,23 +1,22 @@
 //! Streams an artifact to `FileService.StoreArtifact`: header (with size, sha256 and the
-//! job's lease token, without which the organizer refuses it), then chunks. Retried on
-//! transient errors (after the organizer's `retry-after` when it is busy); the organizer
-//! answers a repeat of the same (job, index) under the same lease with the record it
-//! already has.
+//! job's lease token, without which the organizer refuses it), then chunks, once. A failure
+//! is classified ([`classify`]); the worker retries the platform's (after the organizer's
+//! `retry-after` when it is busy), and the organizer answers a repeat of the same
+//! (job, index) under the same lease with the record it already has.
 
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable as _};
 use futures_util::future::BoxFuture;
 use sakuga_imaging::Artifact;
+use sakuga_mesh::auth::{STORAGE_FULL, STORAGE_UNAVAILABLE, reason_of};
 use sakuga_proto::v1::{
     ArtifactHeader, JobKind, StoreArtifactRequest, file_service_client::FileServiceClient,
     store_artifact_request::Part,
 };
 use sha2::{Digest as _, Sha256};
 use tonic::{Code, transport::Channel};
-use tracing::warn;
 
-use crate::upload::{ArtifactStore, Target, UploadError};
+use crate::upload::{ArtifactStore, Fault, Target, UploadError};
 
 /// The organizer's `FileService`, as the worker's artifact store.
 #[derive(Debug, Clone)]
@@ -66,54 +65,122 @@ async fn store(
         sha256: hex::encode(Sha256::digest(&artifact.bytes)),
         lease_token: target.lease_token.clone(),
     };
-    // Three retries, 200 ms apart at first and doubling, or after the organizer's
-    // `retry-after` when it asks for longer.
-    let delays = ExponentialBuilder::new()
-        .with_min_delay(Duration::from_millis(200))
-        .without_max_delay()
-        .with_max_times(3);
-    let attempt = || {
-        let mut messages = vec![StoreArtifactRequest { part: Some(Part::Header(header.clone())) }];
-        messages.extend(
-            artifact
-                .bytes
-                .chunks(chunk_bytes)
-                .map(|c| StoreArtifactRequest { part: Some(Part::Chunk(c.to_vec())) }),
-        );
-        let mut client = client.clone();
-        let mut request = tonic::Request::new(tokio_stream::iter(messages));
-        // The organizer's span joins the job's trace.
-        sakuga_mesh::telemetry::inject(request.metadata_mut());
-        async move { client.store_artifact(request).await }
-    };
-    let mut failed = 0_u32;
-    let stored = attempt
-        .retry(delays)
-        .when(|s| !refused(s))
-        .adjust(|s, delay| delay.map(|d| d.max(retry_after(s))))
-        .notify(|s, _| {
-            failed += 1;
-            warn!(job_id = %target.job_id, index, attempt = failed, code = ?s.code(), error = %s.message(), "upload failed, retrying");
-        })
-        .await;
-    match stored {
-        Ok(resp) => resp
-            .into_inner()
-            .file
-            .map(|f| f.id)
-            .ok_or_else(|| UploadError::Failed("organizer answered without a file".to_owned())),
-        Err(s) if refused(&s) => Err(UploadError::Rejected(s.message().to_owned())),
-        Err(s) => Err(UploadError::Failed(format!("{:?}: {}", s.code(), s.message()))),
+    let mut messages = vec![StoreArtifactRequest { part: Some(Part::Header(header)) }];
+    messages.extend(
+        artifact
+            .bytes
+            .chunks(chunk_bytes)
+            .map(|c| StoreArtifactRequest { part: Some(Part::Chunk(c.to_vec())) }),
+    );
+    let mut client = client.clone();
+    let mut request = tonic::Request::new(tokio_stream::iter(messages));
+    // The organizer's span joins the job's trace.
+    sakuga_mesh::telemetry::inject(request.metadata_mut());
+    match client.store_artifact(request).await {
+        Ok(resp) => resp.into_inner().file.map(|f| f.id).ok_or_else(|| UploadError::Platform {
+            fault: Fault::OrganizerError,
+            message: "organizer answered without a file".to_owned(),
+            retry_after: Duration::ZERO,
+        }),
+        Err(s) => Err(classify(&s)),
     }
 }
 
-/// Whether the organizer refused the artifact itself: another try would be refused too.
-fn refused(s: &tonic::Status) -> bool {
-    matches!(s.code(), Code::InvalidArgument | Code::PermissionDenied | Code::NotFound)
+/// Whose failure a refused upload is, by status code and `ErrorInfo` reason (never the
+/// message): the job's own (a check or field refused), a lost lease, or the platform's
+/// (storage full or down, no organizer answering, an organizer ceiling), which keeps the
+/// artifact and waits.
+pub(crate) fn classify(s: &tonic::Status) -> UploadError {
+    let reason = reason_of(s);
+    let fault = match s.code() {
+        Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::NotFound
+        | Code::OutOfRange
+        | Code::AlreadyExists => return UploadError::Refused(s.message().to_owned()),
+        Code::PermissionDenied => return UploadError::LeaseLost(s.message().to_owned()),
+        Code::ResourceExhausted if reason.as_deref() == Some(STORAGE_FULL) => Fault::StorageFull,
+        Code::Unavailable if reason.as_deref() == Some(STORAGE_UNAVAILABLE) => Fault::StorageUnavailable,
+        // No reason of ours: the connection, not the organizer, said so.
+        Code::Unavailable if reason.is_none() => Fault::OrganizerUnreachable,
+        _ => Fault::OrganizerError,
+    };
+    UploadError::Platform {
+        fault,
+        message: format!("{:?}: {}", s.code(), s.message()),
+        retry_after: retry_after(s),
+    }
 }
 
 /// The wait a refusal asks for (`retry-after` seconds, at most a minute); zero if none.
 fn retry_after(s: &tonic::Status) -> Duration {
     let secs = s.metadata().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     Duration::from_secs(secs.unwrap_or(0_u64).min(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use sakuga_mesh::auth::{Refusal, fault};
+
+    use super::*;
+
+    fn platform(s: &tonic::Status) -> Option<Fault> {
+        match classify(s) {
+            UploadError::Platform { fault, .. } => Some(fault),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn storage_and_organizer_outages_are_the_platforms() {
+        let full = fault(Code::ResourceExhausted, STORAGE_FULL, "storage full");
+        assert_eq!(platform(&full), Some(Fault::StorageFull));
+        let down = fault(Code::Unavailable, STORAGE_UNAVAILABLE, "storage unavailable");
+        assert_eq!(platform(&down), Some(Fault::StorageUnavailable));
+        let refused = tonic::Status::unavailable("tcp connect error: Connection refused");
+        assert_eq!(platform(&refused), Some(Fault::OrganizerUnreachable));
+        let busy =
+            sakuga_mesh::auth::ceiling("max_concurrent_uploads", "uploads", Some(Duration::from_secs(3)));
+        assert_eq!(
+            classify(&busy),
+            UploadError::Platform {
+                fault: Fault::OrganizerError,
+                message: "ResourceExhausted: uploads".to_owned(),
+                retry_after: Duration::from_secs(3),
+            }
+        );
+        for s in [
+            tonic::Status::internal("internal error"),
+            tonic::Status::deadline_exceeded("timeout"),
+            tonic::Status::aborted("upload ended"),
+            tonic::Status::unknown("reset"),
+            Refusal::KeysNotLoaded.to_status(),
+            Refusal::TokenExpired.to_status(),
+        ] {
+            assert_eq!(platform(&s), Some(Fault::OrganizerError), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn the_message_never_decides() {
+        // A job's refusal that happens to say "storage full" is still the job's.
+        let s = tonic::Status::invalid_argument("storage full");
+        assert_eq!(classify(&s), UploadError::Refused("storage full".to_owned()));
+        // RESOURCE_EXHAUSTED without the reason is not a full store.
+        let s = tonic::Status::resource_exhausted("storage full");
+        assert_eq!(platform(&s), Some(Fault::OrganizerError));
+    }
+
+    #[test]
+    fn refused_output_is_the_jobs_and_a_lost_lease_ends_it() {
+        for s in [
+            tonic::Status::invalid_argument("artifact rejected: not a PNG"),
+            tonic::Status::failed_precondition("dimensions differ"),
+            tonic::Status::not_found("project not found"),
+        ] {
+            assert!(matches!(classify(&s), UploadError::Refused(_)), "{s:?}");
+        }
+        let s = tonic::Status::permission_denied("job is not leased with this lease token");
+        assert!(matches!(classify(&s), UploadError::LeaseLost(_)));
+    }
 }

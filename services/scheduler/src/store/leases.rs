@@ -50,13 +50,17 @@ pub struct Expired {
 }
 
 /// Fails the attempt under lease `$2` of job `$1` with error `$3`: back to the queue
-/// after a backoff while `$4` (retryable) and attempts remain, failed otherwise.
+/// after a backoff while `$4` (retryable) and attempts remain, failed otherwise. When `$5`
+/// (the platform failed, not the job) the attempt is given back and the job queued again
+/// after a minute, whatever attempts remain.
 fn fail_sql() -> String {
     format!(
         "UPDATE jobs SET \
-           status = CASE WHEN $4 AND attempts < max_attempts THEN 'queued' ELSE 'failed' END, \
-           finished_at = CASE WHEN $4 AND attempts < max_attempts THEN NULL ELSE now() END, \
-           not_before = now() + least(power(2, attempts), 60) * interval '1 second', \
+           status = CASE WHEN $5 OR ($4 AND attempts < max_attempts) THEN 'queued' ELSE 'failed' END, \
+           finished_at = CASE WHEN $5 OR ($4 AND attempts < max_attempts) THEN NULL ELSE now() END, \
+           attempts = CASE WHEN $5 THEN attempts - 1 ELSE attempts END, \
+           not_before = now() + CASE WHEN $5 THEN interval '60 seconds' \
+             ELSE least(power(2, attempts), 60) * interval '1 second' END, \
            error = $3, lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, updated_at = now() \
          WHERE id = $1 AND lease_token = $2 AND status IN ('assigned', 'running') RETURNING {JOB_COLUMNS}"
     )
@@ -267,7 +271,7 @@ impl Store {
         } else {
             let stmt = tx.prepare_cached(&fail_sql()).await?;
             let error = "the completion named files not stored for this job";
-            tx.query_opt(&stmt, &[&id, &lease, &error, &true])
+            tx.query_opt(&stmt, &[&id, &lease, &error, &true, &false])
                 .await?
                 .map(|r| Completion::ForeignFiles { job: job_from_row(&r), foreign })
         };
@@ -277,17 +281,21 @@ impl Store {
     }
 
     /// The attempt failed: back to the queue while attempts remain and the error is
-    /// retryable, failed otherwise.
+    /// retryable, failed otherwise; a `platform` failure (not the job's) is not counted and
+    /// the job is queued again.
     pub async fn fail(
         &self,
         id: Uuid,
         lease: Uuid,
         error: &str,
         retryable: bool,
+        platform: bool,
     ) -> Result<Option<Job>, SchedulerError> {
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(&fail_sql()).await?;
-        Ok(client.query_opt(&stmt, &[&id, &lease, &error, &retryable]).await?.map(|r| job_from_row(&r)))
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&id, &lease, &error, &retryable, &platform];
+        Ok(client.query_opt(&stmt, &params).await?.map(|r| job_from_row(&r)))
     }
 
     /// Leases that ran out (worker killed, network cut): queued again with the attempt
