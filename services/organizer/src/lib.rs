@@ -58,18 +58,12 @@ impl Service for Application {
     type Config = Config;
     const RENAMED: &'static [Renamed] = config::RENAMED;
 
-    /// Logs in to Vault, loads secrets and the certificate, connects to PostgreSQL (and
-    /// migrates), prepares the storage root and binds the listener.
+    /// Logs in to Vault, loads secrets and the certificate, opens the storage (the S3 access
+    /// key from Vault), connects to PostgreSQL (and migrates) and binds the listener.
     async fn build(config: Config) -> Result<Self, MeshError> {
         config.validate()?;
-        let storage: Arc<dyn storage::Storage> =
-            Arc::new(storage::LocalDisk::new(config.storage_root.clone()).map_err(|e| {
-                MeshError::Config(format!(
-                    "storage_root: cannot create {}: {e}",
-                    config.storage_root.display()
-                ))
-            })?);
         let node = Node::start(Self::NAME, &config.server).await?;
+        let storage = storage::open(&config.storage, &node.vault).await?;
         let pool = db::connect_with_vault(&node.vault, &config.database).await?;
         let redis = Redis::connect_with_vault(&node.vault, &config.redis).await?;
         let verifier = Arc::new(Verifier::remote(
@@ -97,7 +91,7 @@ impl Service for Application {
         let Self { node, server, api, verifier, redis } = self;
         let keys = verifier.spawn_refresh(shutdown.clone());
         let pool = api.store.pool().clone();
-        let root = api.config.storage_root.clone();
+        let storage = api.storage.clone();
         // Bytes and records in step before the first upload, then periodically.
         let reconciler = reconcile::Reconciler {
             store: api.store.clone(),
@@ -116,15 +110,8 @@ impl Service for Application {
             (
                 "storage",
                 Arc::new(move || {
-                    let root = root.clone();
-                    Box::pin(async move {
-                        let meta = tokio::fs::metadata(&root).await.map_err(|e| Unhealthy::new(e.kind()))?;
-                        if meta.is_dir() {
-                            Ok(())
-                        } else {
-                            Err(Unhealthy::new("storage root is not a folder"))
-                        }
-                    })
+                    let storage = storage.clone();
+                    Box::pin(async move { storage.health().await.map_err(|e| Unhealthy::new(e.kind())) })
                 }),
             ),
         ];
