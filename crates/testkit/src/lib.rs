@@ -17,6 +17,7 @@ pub mod otlp;
 mod pg;
 pub mod process;
 mod services;
+pub mod weed;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 

@@ -15,6 +15,8 @@ use uuid::Uuid;
 
 use crate::common::{Mesh, image_request};
 
+mod objects;
+
 /// Every file under `root`, relative, sorted.
 fn files_under(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
