@@ -218,3 +218,54 @@ impl StorageConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, MeshError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("organizer.toml");
+        std::fs::write(&path, text).unwrap();
+        sakuga_mesh::config::load("organizer", Some(&path), RENAMED)
+    }
+
+    #[test]
+    fn storage_root_still_loads_as_storage_root_and_s3_is_read_from_its_table() {
+        let old = load("storage_root = \"/srv/files\"\n").unwrap();
+        assert_eq!(old.storage.root, PathBuf::from("/srv/files"));
+        assert_eq!(old.storage.backend, Backend::Local);
+        let s3 = load(
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"http://127.0.0.1:8333\"\nallow_http = true\n\
+             bucket = \"b\"\nprefix = \"p/q\"\n",
+        )
+        .unwrap();
+        assert_eq!(s3.storage.backend, Backend::S3);
+        assert_eq!((s3.storage.s3.bucket.as_str(), s3.storage.s3.prefix.as_str()), ("b", "p/q"));
+        assert_eq!(s3.storage.s3.vault_path, "sakuga/organizer/s3");
+        s3.storage.validate().unwrap();
+        assert!(load("[storage.s3]\naccess_key_id = \"x\"\n").is_err(), "no key in configuration");
+    }
+
+    #[test]
+    fn s3_settings_that_make_no_sense_are_refused() {
+        let mut c = Config::default();
+        c.storage.backend = Backend::S3;
+        c.storage.validate().unwrap();
+        for (adjust, key) in [
+            (
+                (|s: &mut S3Config| s.endpoint = "http://x:1".to_owned()) as fn(&mut S3Config),
+                "storage.s3.endpoint",
+            ),
+            (|s: &mut S3Config| s.endpoint = "x:1".to_owned(), "storage.s3.endpoint"),
+            (|s: &mut S3Config| s.bucket.clear(), "storage.s3.bucket"),
+            (|s: &mut S3Config| s.vault_path.clear(), "storage.s3.vault_path"),
+            (|s: &mut S3Config| s.prefix = "../up".to_owned(), "storage.s3.prefix"),
+        ] {
+            let mut bad = c.clone();
+            adjust(&mut bad.storage.s3);
+            let err = bad.storage.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+}
