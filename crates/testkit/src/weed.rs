@@ -22,6 +22,11 @@ pub struct Weed {
     child: Child,
     /// `http://127.0.0.1:<port>` of the S3 gateway.
     pub endpoint: String,
+    /// `https://127.0.0.1:<port>` of the same gateway, its certificate (for `127.0.0.1`)
+    /// signed by the private CA in [`Weed::ca_file`].
+    pub https_endpoint: String,
+    /// PEM of the private CA of the HTTPS port.
+    pub ca_file: PathBuf,
     /// Vault KV path of the access key (`access_key_id`, `secret_access_key`).
     pub vault_path: String,
     /// The access key.
@@ -55,6 +60,26 @@ async fn answers(port: u16, path: &str) -> bool {
     s.read_exact(&mut head).await.is_ok() && head.ends_with(b"200")
 }
 
+/// A private CA and a certificate for `127.0.0.1` it signed, as PEM files in `dir`: (CA,
+/// certificate, key).
+fn write_tls(dir: &std::path::Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
+    params.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    let cert = params.signed_by(&key, &issuer)?;
+    let paths = (dir.join("ca.pem"), dir.join("s3.pem"), dir.join("s3-key.pem"));
+    std::fs::write(&paths.0, ca_cert.pem())?;
+    std::fs::write(&paths.1, cert.pem())?;
+    std::fs::write(&paths.2, key.serialize_pem())?;
+    Ok(paths)
+}
+
 impl Weed {
     /// Starts a server, waits until its S3 gateway answers, creates [`BUCKET`] and seeds the
     /// access key into `env`'s Vault.
@@ -77,7 +102,9 @@ impl Weed {
         }]});
         let s3_config = dir.path().join("s3.json");
         std::fs::write(&s3_config, identities.to_string())?;
-        let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc] = free_ports::<8>()?;
+        let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, s3_https] =
+            free_ports::<9>()?;
+        let (ca_file, cert_file, key_file) = write_tls(dir.path())?;
         let log = std::fs::File::create(dir.path().join("weed.log"))?;
         let child = Command::new(&bin)
             .arg("server")
@@ -93,6 +120,9 @@ impl Weed {
             .arg("-s3")
             .arg(format!("-s3.port={s3}"))
             .arg(format!("-s3.port.grpc={s3_grpc}"))
+            .arg(format!("-s3.port.https={s3_https}"))
+            .arg(format!("-s3.cert.file={}", cert_file.display()))
+            .arg(format!("-s3.key.file={}", key_file.display()))
             // Both default to fixed ports; off.
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
             .arg(format!("-s3.config={}", s3_config.display()))
@@ -104,6 +134,8 @@ impl Weed {
         let mut weed = Self {
             child,
             endpoint: format!("http://127.0.0.1:{s3}"),
+            https_endpoint: format!("https://127.0.0.1:{s3_https}"),
+            ca_file,
             vault_path: String::new(),
             access_key_id,
             secret_access_key,

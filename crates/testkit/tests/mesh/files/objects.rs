@@ -257,3 +257,31 @@ async fn a_reconciler_pass_is_skipped_while_another_organizer_holds_the_lock() {
     assert!(!storage.exists("blobs/orphan").await.unwrap());
     mesh.stop().await;
 }
+
+/// The organizer speaks TLS to an HTTPS endpoint whose certificate chains to `ca_file`,
+/// refuses one it cannot verify, and speaks plain HTTP only when allowed.
+#[tokio::test]
+async fn the_s3_endpoint_is_reached_over_tls_trusting_the_configured_ca_only() {
+    let mesh = Mesh::on(Backend::S3).await;
+    let weed = mesh.weed.as_ref().unwrap();
+    let vault = sakuga_mesh::vault::Vault::connect(&mesh.env.vault_config()).await.unwrap();
+    let mut config = mesh.organizer_config().storage;
+    config.s3.endpoint.clone_from(&weed.https_endpoint);
+    config.s3.allow_http = false;
+    config.s3.ca_file.clone_from(&weed.ca_file);
+    config.validate().unwrap();
+    let storage = sakuga_organizer::storage::open(&config, &vault).await.unwrap();
+    storage.put("blobs/over-tls", b"sealed".to_vec()).await.unwrap();
+    assert_eq!(storage.read("blobs/over-tls", 2, 3).await.unwrap(), b"ale");
+    storage.health().await.unwrap();
+
+    // Without the private CA the server's certificate is not trusted.
+    config.s3.ca_file = std::path::PathBuf::new();
+    let untrusted = sakuga_organizer::storage::open(&config, &vault).await.unwrap();
+    assert!(untrusted.read("blobs/over-tls", 0, 0).await.is_err());
+    assert!(untrusted.health().await.is_err());
+    // An http:// endpoint is refused unless allowed.
+    config.s3.endpoint.clone_from(&weed.endpoint);
+    assert!(config.validate().is_err());
+    mesh.stop().await;
+}
