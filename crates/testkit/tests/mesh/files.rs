@@ -4,9 +4,9 @@
 use std::{path::Path, time::Duration};
 
 use sakuga_proto::v1::{
-    ArtifactHeader, CreateCharacterRequest, CreateProjectRequest, DeleteFileRequest, GetFileRequest,
-    GetJobRequest, GetThumbnailRequest, JobKind, JobStatus, ListFilesRequest, ListJobsRequest,
-    StoreArtifactRequest, UpdateProjectRequest, store_artifact_request::Part,
+    ArtifactHeader, CreateCharacterRequest, CreateProjectRequest, GetFileRequest, GetJobRequest,
+    GetThumbnailRequest, JobKind, JobStatus, ListFilesRequest, ListJobsRequest, StoreArtifactRequest,
+    UpdateProjectRequest, store_artifact_request::Part,
 };
 use sha2::{Digest as _, Sha256};
 use tokio_stream::StreamExt as _;
@@ -354,39 +354,6 @@ async fn blank_truncated_and_wrongly_sized_images_are_refused_with_reasons() {
     let job = leased_job(&mesh, &owner, None, 64, 64).await;
     let stored = store(&mesh, header(&job, &good, 64, 64), &good).await.unwrap();
     assert_eq!(stored.checks, ["size", "sha256", "decodes", "mime", "dimensions", "frames", "not_blank"]);
-    mesh.stop().await;
-}
-
-#[tokio::test]
-async fn identical_bytes_are_stored_once_and_survive_deleting_one_record() {
-    let mesh = Mesh::without_generator().await;
-    let alice = mesh.person("alice").await;
-    let bytes = gradient(64, 64);
-    let (ja, jb) =
-        (leased_job(&mesh, &alice.id, None, 64, 64).await, leased_job(&mesh, &alice.id, None, 64, 64).await);
-    let fa = store(&mesh, header(&ja, &bytes, 64, 64), &bytes).await.unwrap();
-    let fb = store(&mesh, header(&jb, &bytes, 64, 64), &bytes).await.unwrap();
-    assert_ne!(fa.id, fb.id);
-    assert_eq!(keys_of(&mesh, &fa.id).await.1, keys_of(&mesh, &fb.id).await.1, "one copy of the bytes");
-    assert_eq!(files_under(&mesh.files_root()).len(), 2, "the bytes and their thumbnail");
-    let mut files = mesh.files(&alice.token);
-    files.delete_file(DeleteFileRequest { file_id: fa.id.clone() }).await.unwrap();
-    assert_eq!(mesh.read_file(&alice.token, &fb.id).await, bytes, "the other record keeps its bytes");
-    assert!(thumbnail(&mesh, &alice.token, &fb.id).await.is_ok());
-    let db = mesh.env.db().await.unwrap();
-    let (db, fa_id) = (&db, &fa.id);
-    eventually("the deletion is audited", || async move {
-        let audited: i64 = db
-            .query_one(
-                "SELECT count(*) FROM audit_events WHERE action = 'FileService.DeleteFile' AND result = 'OK' AND target = 'file:' || $1",
-                &[fa_id],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        audited == 1
-    })
-    .await;
     mesh.stop().await;
 }
 

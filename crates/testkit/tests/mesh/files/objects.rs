@@ -80,6 +80,14 @@ async fn identical_bytes_are_one_object_read_whole_and_in_ranges(backend: Backen
     assert_eq!(mesh.read_file(&alice.token, &fb.id).await, bytes, "the other record keeps its bytes");
     assert!(thumbnail(&mesh, &alice.token, &fb.id).await.is_ok());
     assert_eq!(mesh.stored_keys().await.len(), 2);
+    let db = mesh.env.db().await.unwrap();
+    let (db, fa_id) = (&db, &fa.id);
+    eventually("the deletion is audited", || async move {
+        let sql = "SELECT count(*) FROM audit_events WHERE action = 'FileService.DeleteFile' AND result = 'OK' \
+                   AND target = 'file:' || $1";
+        db.query_one(sql, &[fa_id]).await.unwrap().get::<_, i64>(0) == 1
+    })
+    .await;
     files.delete_file(DeleteFileRequest { file_id: fb.id.clone() }).await.unwrap();
     assert_eq!(mesh.stored_keys().await, Vec::<String>::new(), "the last record's bytes go with it");
     mesh.stop().await;
@@ -215,6 +223,50 @@ async fn records_from_before_content_addressing_are_read_at_their_name_and_kept(
     // Deleting the record removes them.
     mesh.files(&alice.token).delete_file(DeleteFileRequest { file_id: id.to_string() }).await.unwrap();
     assert!(!path.exists());
+    mesh.stop().await;
+}
+
+/// Any number of organizers serve the files in one bucket: what one stored, another reads,
+/// thumbnails and deletes.
+#[tokio::test]
+async fn two_organizers_on_one_bucket_serve_the_same_files() {
+    let mut mesh = Mesh::on(Backend::S3).await;
+    mesh.restart_organizer(|c| c.orphan_grace = Duration::ZERO).await;
+    let mut second_cfg = mesh.organizer_config();
+    second_cfg.orphan_grace = Duration::ZERO;
+    let second = sakuga_testkit::spawn_organizer(second_cfg).await.unwrap();
+    let alice = mesh.person("alice").await;
+    let bytes = gradient(64, 64);
+    let job = leased_job(&mesh, &alice.id, None, 64, 64).await;
+    let f = store(&mesh, header(&job, &bytes, 64, 64), &bytes).await.unwrap();
+    let mut there = sakuga_proto::v1::file_service_client::FileServiceClient::new(
+        mesh.authed(&second.addr_string(), &alice.token),
+    );
+    let mut s = there
+        .read_file(ReadFileRequest { file_id: f.id.clone(), offset: 5, length: 50 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut back = Vec::new();
+    while let Some(c) = s.next().await {
+        back.extend(c.unwrap().chunk);
+    }
+    assert_eq!(back, bytes[5..55]);
+    let thumb = there
+        .get_thumbnail(sakuga_proto::v1::GetThumbnailRequest { file_id: f.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!thumb.chunk.is_empty());
+    there.delete_file(DeleteFileRequest { file_id: f.id.clone() }).await.unwrap();
+    assert_eq!(mesh.stored_keys().await, Vec::<String>::new());
+    let err = mesh.files(&alice.token).get_file(GetFileRequest { file_id: f.id.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    second.stop().await.unwrap();
     mesh.stop().await;
 }
 
