@@ -270,9 +270,10 @@ async fn two_organizers_on_one_bucket_serve_the_same_files() {
     mesh.stop().await;
 }
 
-/// Of several organizers on one database, one reconciles at a time; the others skip.
+/// Of several organizers on one database, one reconciles at a time; the others skip. A pass
+/// that cannot read the records removes nothing.
 #[tokio::test]
-async fn a_reconciler_pass_is_skipped_while_another_organizer_holds_the_lock() {
+async fn a_reconciler_pass_is_skipped_while_another_organizer_holds_the_lock_or_records_cannot_be_read() {
     let mesh = Mesh::on(Backend::Local).await;
     let vault = sakuga_mesh::vault::Vault::connect(&mesh.env.vault_config()).await.unwrap();
     let pool = sakuga_mesh::db::connect_with_vault(&vault, &mesh.env.database_config()).await.unwrap();
@@ -303,6 +304,13 @@ async fn a_reconciler_pass_is_skipped_while_another_organizer_holds_the_lock() {
     assert_eq!(report.orphans, 0);
     assert!(storage.exists("blobs/orphan").await.unwrap());
     held.commit().await.unwrap();
+
+    // Records that cannot be read: the pass fails and removes nothing.
+    db.execute("ALTER TABLE files RENAME TO files_elsewhere", &[]).await.unwrap();
+    assert!(reconciler.run_once().await.is_err());
+    assert!(storage.exists("blobs/orphan").await.unwrap(), "nothing removed blind");
+    db.execute("ALTER TABLE files_elsewhere RENAME TO files", &[]).await.unwrap();
+
     let report = reconciler.run_once().await.unwrap();
     assert!(!report.locked_elsewhere);
     assert_eq!((report.orphans, report.missing), (1, 1), "{report:?}");
