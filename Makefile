@@ -17,7 +17,7 @@ help: ## list the targets
 	@echo "  CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)"
 
 .PHONY: tools
-tools: ## install pinned bao, grpcurl and buf into .tools/bin
+tools: ## install pinned bao, grpcurl, buf and weed (SeaweedFS) into .tools/bin
 	@bash scripts/tools.sh
 
 .PHONY: build

@@ -106,8 +106,8 @@ act() {
         [ -n "$vc" ] || die "no PostgreSQL cluster of ours is recorded in $PIDS"
         as_root pg_ctlcluster --skip-systemctl-redirect "${vc%/*}" "${vc#*/}" restart -m fast
         ;;
-    storage-keys) # the storage key of every file record, one a line
-        pg_admin -d "$APP_DB_NAME" -At <<<"SELECT storage_key FROM files"
+    storage-keys) # where every file record's bytes are (its blob, or its name from before blobs), one a line
+        pg_admin -d "$APP_DB_NAME" -At <<<"SELECT coalesce(blob_key, storage_key) FROM files"
         ;;
     *) die "unknown action $1" ;;
     esac

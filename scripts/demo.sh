@@ -64,10 +64,11 @@ print("file:    %s  %s bytes  %s %sx%s  sha256 %s" % (f["id"], f.get("size_bytes
       f.get("mime_type", "?"), f.get("width", "?"), f.get("height", "?"), f.get("sha256", "")[:16]))
 '
     # The organizer never tells clients where a file lives; the operator of this local
-    # stack can look: <root>/unsorted/YYYY/MM/DD/<job-id>-<n>.png
-    name="$(printf '%s' "$file_out" | json_get 'd["file"]["name"]')"
-    path="$DEV/files/unsorted/$name"
-    [ -f "$path" ] || fail_with_logs "no file at .dev/files/unsorted/$name"
+    # stack can look: bytes are stored once under their sha256, <root>/blobs/<sha256>, and
+    # the record's name is unsorted/YYYY/MM/DD/<job-id>-<n>.png.
+    sha="$(printf '%s' "$file_out" | json_get 'd["file"]["sha256"]')"
+    path="$DEV/files/blobs/$sha"
+    [ -f "$path" ] || fail_with_logs "no file at .dev/files/blobs/$sha"
     python3 - "$path" "$SIZE" <<'PY' || fail_with_logs "$path does not decode as a ${SIZE}x${SIZE} PNG"
 import struct, sys, zlib
 data = open(sys.argv[1], "rb").read()
@@ -86,7 +87,7 @@ while pos < len(data):
 want = int(sys.argv[2])
 assert size == (want, want), size
 zlib.decompress(idat)
-print("on disk: .dev/files/unsorted/%s (%d bytes, decodes, %dx%d)" % (sys.argv[1].split("/unsorted/")[1], len(data), *size))
+print("on disk: .dev/files/blobs/%s (%d bytes, decodes, %dx%d)" % (sys.argv[1].split("/blobs/")[1], len(data), *size))
 PY
 done
 log "demo passed"

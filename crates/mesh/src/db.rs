@@ -72,6 +72,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "refresh_access_tokens",
         sql: include_str!("../../../migrations/0011_refresh_access_tokens.sql"),
     },
+    Migration {
+        version: 12,
+        name: "content_addressed_files",
+        sql: include_str!("../../../migrations/0012_content_addressed_files.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying the migration lock.

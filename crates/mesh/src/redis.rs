@@ -1,7 +1,13 @@
 //! Redis: a reconnecting connection manager with credentials from Vault. Redis carries
 //! rate limits, the revocation list and progress fan-out; losing it loses no job.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use backon::Retryable as _;
 use redis::{
@@ -18,13 +24,17 @@ use crate::{config::RedisConfig, error::MeshError, vault::Credentials};
 pub struct Redis {
     /// For dedicated connections (pub/sub).
     pub client: Client,
-    /// Shared, reconnecting connection for commands.
-    pub manager: ConnectionManager,
+    /// Shared, reconnecting connection for commands; replaced when its reconnection was
+    /// refused (see [`Redis::note`]).
+    manager: Arc<Mutex<ConnectionManager>>,
+    manager_cfg: ConnectionManagerConfig,
+    /// A replacement connection is being made.
+    replacing: Arc<AtomicBool>,
     /// Prefix of every key and channel.
     pub prefix: String,
     /// Until when Redis counts as down after a failure (a breaker: while it is open,
     /// callers skip Redis at once instead of each waiting for a timeout).
-    down_until: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    down_until: Arc<Mutex<Option<std::time::Instant>>>,
 }
 
 impl std::fmt::Debug for Redis {
@@ -65,9 +75,11 @@ impl Redis {
         match connected {
             Ok(manager) => Ok(Self {
                 client,
-                manager,
+                manager: Arc::new(Mutex::new(manager)),
+                manager_cfg,
+                replacing: Arc::default(),
                 prefix: cfg.key_prefix.clone(),
-                down_until: std::sync::Arc::default(),
+                down_until: Arc::default(),
             }),
             Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed => {
                 Err(MeshError::Redis(format!("authentication to {}:{} refused: {e}", cfg.host, cfg.port)))
@@ -88,16 +100,48 @@ impl Redis {
     /// How long the breaker stays open after a failure.
     pub const BREAKER: Duration = Duration::from_secs(1);
 
+    /// The shared connection, for commands.
+    pub fn conn(&self) -> ConnectionManager {
+        self.manager.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// True while a recent failure says Redis is down.
     pub fn is_down(&self) -> bool {
-        let guard = self.down_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let guard = self.down_until.lock().unwrap_or_else(PoisonError::into_inner);
         guard.is_some_and(|until| std::time::Instant::now() < until)
     }
 
-    /// Records the outcome of a Redis call for the breaker.
-    pub fn note<T, E>(&self, result: &Result<T, E>) {
-        let mut guard = self.down_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        *guard = result.is_err().then(|| std::time::Instant::now() + Self::BREAKER);
+    /// Records the outcome of a Redis call for the breaker. A refused login means the
+    /// connection manager's last reconnection met Redis before its users were back (a
+    /// restarted Redis whose ACL is restored afterwards): the manager would return that
+    /// refusal forever, since it reconnects only after I/O errors, so a new one replaces it.
+    pub fn note<T>(&self, result: &redis::RedisResult<T>) {
+        {
+            let mut guard = self.down_until.lock().unwrap_or_else(PoisonError::into_inner);
+            *guard = result.is_err().then(|| std::time::Instant::now() + Self::BREAKER);
+        }
+        if matches!(result, Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed) {
+            self.replace_connection();
+        }
+    }
+
+    /// Makes a new shared connection in the background and swaps it in once it is up;
+    /// one at a time.
+    fn replace_connection(&self) {
+        if self.replacing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            match ConnectionManager::new_with_config(this.client.clone(), this.manager_cfg.clone()).await {
+                Ok(manager) => {
+                    *this.manager.lock().unwrap_or_else(PoisonError::into_inner) = manager;
+                    tracing::info!("redis connection replaced after a refused login");
+                }
+                Err(e) => warn!(error = %e, "redis connection not replaced yet"),
+            }
+            this.replacing.store(false, Ordering::SeqCst);
+        });
     }
 
     /// `prefix` + `suffix`.
@@ -107,12 +151,12 @@ impl Redis {
 
     /// PING, for health.
     pub async fn ping(&self) -> Result<(), MeshError> {
-        let mut conn = self.manager.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(|e| MeshError::Redis(e.to_string()))
+        let mut conn = self.conn();
+        let result = redis::cmd("PING").query_async::<String>(&mut conn).await;
+        if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed) {
+            self.replace_connection();
+        }
+        result.map(|_| ()).map_err(|e| MeshError::Redis(e.to_string()))
     }
 
     /// A health probe that PINGs.

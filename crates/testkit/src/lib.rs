@@ -18,6 +18,7 @@ mod pg;
 pub mod process;
 mod services;
 mod unique;
+pub mod weed;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 

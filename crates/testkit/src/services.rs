@@ -93,7 +93,7 @@ pub fn organizer_config(env: &TestEnv, auth: &Spawned, root: PathBuf) -> sakuga_
         redis: env.redis_config(),
         auth_addr: auth.addr_string(),
         rate_limits: test_rate_limits(),
-        storage_root: root,
+        storage: sakuga_organizer::config::StorageConfig { root, ..Default::default() },
         ..sakuga_organizer::Config::default()
     }
 }

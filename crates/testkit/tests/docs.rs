@@ -144,3 +144,15 @@ fn the_kubernetes_configs_use_current_keys_only() {
     // The check would catch a key from before `[server]`.
     assert!(parse_as("scheduler", "listen = \"0.0.0.0:1\"\n").is_err());
 }
+
+#[test]
+fn the_s3_component_configures_an_organizer_on_a_bucket() {
+    let path =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/k8s/components/s3-storage/organizer-config.yaml");
+    let configs = embedded_configs(&std::fs::read_to_string(path).unwrap());
+    let text = configs.get("organizer.toml").expect("the component replaces organizer.toml");
+    let config: sakuga_organizer::Config = toml::from_str(text).unwrap();
+    let raw: toml::Table = toml::from_str(text).unwrap();
+    assert_eq!(raw["storage"]["backend"].as_str(), Some("s3"), "{text}");
+    assert!(config.validate().is_ok(), "{:?}", config.validate());
+}

@@ -111,7 +111,7 @@ impl Auth {
                 .arg(left)
                 .ignore();
         }
-        let mut conn = self.redis.manager.clone();
+        let mut conn = self.redis.conn();
         pipe.query_async::<()>(&mut conn).await.map_err(|e| {
             warn!(error = %e, "revocation list unreachable");
             AuthError::Unavailable("revocation list unavailable, retry later")
@@ -120,7 +120,7 @@ impl Auth {
 
     /// Puts a key into the revocation list for `ttl`.
     pub(crate) async fn deny(&self, key: String, value: i64, ttl: Duration) -> Result<(), AuthError> {
-        let mut conn = self.redis.manager.clone();
+        let mut conn = self.redis.conn();
         let secs = ttl.as_secs().max(1);
         redis::cmd("SET").arg(&key).arg(value).arg("EX").arg(secs).query_async::<()>(&mut conn).await.map_err(
             |e| {

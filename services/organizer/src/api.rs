@@ -18,6 +18,7 @@ use crate::{
     error::OrganizerError,
     ingest::{self, Ingest, RETRY_AFTER_SECS},
     limits::{self, PerKeySlots, Slot},
+    reconcile,
     storage::{Storage, thumb_key},
     store::{ListFilter, Store},
 };
@@ -222,12 +223,13 @@ impl FileService for Api {
         }
         let end =
             if r.length == 0 { f.size_bytes } else { (r.offset.saturating_add(r.length)).min(f.size_bytes) };
-        if !self.storage.exists(&f.storage_key).await.map_err(OrganizerError::Storage)? {
+        if !self.storage.exists(f.bytes_key()).await.map_err(OrganizerError::Storage)? {
             warn!(file_id = %id, "stored bytes missing");
             return Err(OrganizerError::DataLoss(format!("bytes of file {id} are missing")).into());
         }
         let (out, stream) = self.read_outbox();
-        let (size, storage, key, api) = (f.size_bytes, self.storage.clone(), f.storage_key, self.clone());
+        let (size, storage, api) = (f.size_bytes, self.storage.clone(), self.clone());
+        let key = f.bytes_key().to_owned();
         tokio::spawn(async move {
             // The slot is held until the stream is read to its end, the client goes, or it
             // stops reading for longer than the idle timeout.
@@ -270,15 +272,15 @@ impl FileService for Api {
         let slot = self.read_slot(&caller)?;
         let id = parse_id("file_id", &req.get_ref().file_id)?;
         let f = self.store.get(id, scope.as_deref()).await?;
-        let thumb = match self.storage.read(&thumb_key(&f.storage_key), 0, 0).await {
+        let thumb = match self.storage.read(&thumb_key(f.bytes_key()), 0, 0).await {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Made again from the bytes (a thumbnail lost, or made before they existed).
-                let bytes = self.storage.read(&f.storage_key, 0, 0).await.map_err(|e| {
+                let bytes = self.storage.read(f.bytes_key(), 0, 0).await.map_err(|e| {
                     warn!(file_id = %id, error = %e, "stored bytes missing");
                     OrganizerError::DataLoss(format!("bytes of file {id} are missing"))
                 })?;
-                self.write_thumbnail(&f.storage_key, bytes).await.ok_or(OrganizerError::NoThumbnail(id))?
+                self.write_thumbnail(f.bytes_key(), bytes).await.ok_or(OrganizerError::NoThumbnail(id))?
             }
             Err(e) => return Err(OrganizerError::Storage(e).into()),
         };
@@ -303,12 +305,13 @@ impl FileService for Api {
         let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let id = parse_id("file_id", &req.get_ref().file_id)?;
         let f = self.store.delete(id, scope.as_deref()).await?;
-        // Bytes shared with another record (same sha256) stay for it: on disk a name is
-        // removed, and the bytes go with their last name.
-        for key in [f.storage_key.clone(), thumb_key(&f.storage_key)] {
-            if let Err(e) = self.storage.delete(&key).await {
-                warn!(file_id = %id, error = %e, "record deleted but bytes could not be removed; the reconciler will");
-            }
+        // Bytes shared with another record (same sha256) stay for it; the last record's go
+        // with it (or, if just rewritten by an upload of the same bytes, stay for that one).
+        let grace = self.config.orphan_grace;
+        if let Err(e) =
+            reconcile::remove_if_unused(&self.store, self.storage.as_ref(), f.bytes_key(), grace).await
+        {
+            warn!(file_id = %id, error = %e, "record deleted but bytes could not be removed; the reconciler will");
         }
         info!(file_id = %id, "file deleted");
         let mut resp = Response::new(pb::DeleteFileResponse {});

@@ -23,8 +23,8 @@ pub struct Config {
     pub auth_addr: String,
     /// Rate limits per class and user.
     pub rate_limits: RateLimits,
-    /// Root folder of the stored files.
-    pub storage_root: PathBuf,
+    /// Where the bytes live: a local folder or an S3-compatible object store.
+    pub storage: StorageConfig,
     /// Largest artifact accepted, in bytes.
     pub max_artifact_bytes: u64,
     /// Uploads (`StoreArtifact`) handled at once; more are refused with RESOURCE_EXHAUSTED
@@ -58,7 +58,7 @@ impl Default for Config {
             redis: RedisConfig::for_service("organizer"),
             auth_addr: "127.0.0.1:50051".to_owned(),
             rate_limits: RateLimits::default(),
-            storage_root: PathBuf::from("files"),
+            storage: StorageConfig::default(),
             max_artifact_bytes: 256 * 1024 * 1024,
             max_concurrent_uploads: 8,
             upload_idle_timeout: Duration::from_secs(30),
@@ -77,9 +77,7 @@ impl Config {
         self.server.validate()?;
         self.database.validate()?;
         self.rate_limits.validate()?;
-        if self.storage_root.as_os_str().is_empty() {
-            return Err(MeshError::Config("storage_root: must not be empty".to_owned()));
-        }
+        self.storage.validate()?;
         if !(16..=1024).contains(&self.thumbnail_max_side) {
             return Err(MeshError::Config("thumbnail_max_side: must be between 16 and 1024".to_owned()));
         }
@@ -108,10 +106,166 @@ impl Config {
     }
 }
 
-/// The organizer's keys that were numbers of seconds.
+/// The organizer's keys that moved or were numbers of seconds.
 pub const RENAMED: &[Renamed] = &[
+    Renamed::Moved { from: "storage_root", to: "storage.root" },
     Renamed::Secs { from: "upload_idle_timeout_secs", to: "upload_idle_timeout" },
     Renamed::Secs { from: "read_idle_timeout_secs", to: "read_idle_timeout" },
     Renamed::Secs { from: "reconcile_interval_secs", to: "reconcile_interval" },
     Renamed::Secs { from: "orphan_grace_secs", to: "orphan_grace" },
 ];
+
+/// Which store holds the bytes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A folder on this machine (`storage.root`).
+    #[default]
+    Local,
+    /// An S3-compatible object store (`[storage.s3]`); the organizer keeps no local state.
+    S3,
+}
+
+/// `[storage]`: the backend and its settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `local` or `s3`.
+    pub backend: Backend,
+    /// Local backend: the folder of the stored files.
+    pub root: PathBuf,
+    /// S3 backend: where the bucket is and how to reach it.
+    pub s3: S3Config,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { backend: Backend::Local, root: PathBuf::from("files"), s3: S3Config::default() }
+    }
+}
+
+/// `[storage.s3]`: an S3-compatible server. The access key comes from Vault, never from
+/// configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Base URL of the server (`http://127.0.0.1:8333`); empty: AWS for the region.
+    pub endpoint: String,
+    /// Region.
+    pub region: String,
+    /// Bucket (it must exist).
+    pub bucket: String,
+    /// Path-style requests (`endpoint/bucket/key`) instead of virtual-hosted ones.
+    pub path_style: bool,
+    /// Allow an `http://` endpoint (plain text); off, only HTTPS is spoken.
+    pub allow_http: bool,
+    /// PEM file of a private certificate authority the endpoint's certificate chains to;
+    /// empty: the system's roots.
+    pub ca_file: PathBuf,
+    /// Key prefix inside the bucket (empty: none).
+    pub prefix: String,
+    /// Vault KV v2 secret with `access_key_id` and `secret_access_key`.
+    pub vault_path: String,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            region: "us-east-1".to_owned(),
+            bucket: "sakuga".to_owned(),
+            path_style: true,
+            allow_http: false,
+            ca_file: PathBuf::new(),
+            prefix: String::new(),
+            vault_path: "sakuga/organizer/s3".to_owned(),
+        }
+    }
+}
+
+impl StorageConfig {
+    /// Checks the settings of the chosen backend.
+    pub fn validate(&self) -> Result<(), MeshError> {
+        let bad = |key: &str, why: &str| Err(MeshError::Config(format!("storage.{key}: {why}")));
+        match self.backend {
+            Backend::Local if self.root.as_os_str().is_empty() => bad("root", "must not be empty"),
+            Backend::Local => Ok(()),
+            Backend::S3 => {
+                let s3 = &self.s3;
+                if s3.bucket.is_empty() {
+                    return bad("s3.bucket", "must not be empty");
+                }
+                if s3.region.is_empty() {
+                    return bad("s3.region", "must not be empty");
+                }
+                if s3.vault_path.is_empty() {
+                    return bad("s3.vault_path", "must name the Vault secret of the access key");
+                }
+                if s3.endpoint.starts_with("http://") && !s3.allow_http {
+                    return bad("s3.endpoint", "is http:// but storage.s3.allow_http is false");
+                }
+                if !s3.endpoint.is_empty()
+                    && !s3.endpoint.starts_with("http://")
+                    && !s3.endpoint.starts_with("https://")
+                {
+                    return bad("s3.endpoint", "must start with http:// or https://");
+                }
+                if s3.prefix.starts_with('/') || s3.prefix.split('/').any(|p| p == "..") {
+                    return bad("s3.prefix", "must be a relative key prefix");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, MeshError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("organizer.toml");
+        std::fs::write(&path, text).unwrap();
+        sakuga_mesh::config::load("organizer", Some(&path), RENAMED)
+    }
+
+    #[test]
+    fn storage_root_still_loads_as_storage_root_and_s3_is_read_from_its_table() {
+        let old = load("storage_root = \"/srv/files\"\n").unwrap();
+        assert_eq!(old.storage.root, PathBuf::from("/srv/files"));
+        assert_eq!(old.storage.backend, Backend::Local);
+        let s3 = load(
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"http://127.0.0.1:8333\"\nallow_http = true\n\
+             bucket = \"b\"\nprefix = \"p/q\"\n",
+        )
+        .unwrap();
+        assert_eq!(s3.storage.backend, Backend::S3);
+        assert_eq!((s3.storage.s3.bucket.as_str(), s3.storage.s3.prefix.as_str()), ("b", "p/q"));
+        assert_eq!(s3.storage.s3.vault_path, "sakuga/organizer/s3");
+        s3.storage.validate().unwrap();
+        assert!(load("[storage.s3]\naccess_key_id = \"x\"\n").is_err(), "no key in configuration");
+    }
+
+    #[test]
+    fn s3_settings_that_make_no_sense_are_refused() {
+        let mut c = Config::default();
+        c.storage.backend = Backend::S3;
+        c.storage.validate().unwrap();
+        for (adjust, key) in [
+            (
+                (|s: &mut S3Config| s.endpoint = "http://x:1".to_owned()) as fn(&mut S3Config),
+                "storage.s3.endpoint",
+            ),
+            (|s: &mut S3Config| s.endpoint = "x:1".to_owned(), "storage.s3.endpoint"),
+            (|s: &mut S3Config| s.bucket.clear(), "storage.s3.bucket"),
+            (|s: &mut S3Config| s.vault_path.clear(), "storage.s3.vault_path"),
+            (|s: &mut S3Config| s.prefix = "../up".to_owned(), "storage.s3.prefix"),
+        ] {
+            let mut bad = c.clone();
+            adjust(&mut bad.storage.s3);
+            let err = bad.storage.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+}

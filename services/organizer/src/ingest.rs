@@ -1,8 +1,8 @@
 //! The ingest use case: one artifact a generator uploads under its job's lease, from the
 //! checked header to the stored record. The lease is checked, the bytes streamed into a
 //! partial object, an upload already recorded answered as it was, the bytes checked and
-//! thumbnailed, laid out under their name (linked to identical bytes already stored) and
-//! recorded under the lease. The gRPC handler only translates the wire to and from this.
+//! thumbnailed, stored once under their sha256 (identical bytes share one object) and
+//! recorded under the lease with their human name. The gRPC handler only translates the wire to and from this.
 
 use std::sync::{
     Arc,
@@ -19,7 +19,7 @@ use crate::{
     Config, checks,
     error::OrganizerError,
     layout,
-    storage::{Partial, Storage, thumb_key},
+    storage::{Partial, Storage, blob_key, thumb_key},
     store::{FileRecord, JobLease, Store},
 };
 
@@ -199,7 +199,8 @@ impl Ingest {
         let now = Utc::now();
         let ext = layout::extension(&expected.mime).unwrap_or("bin");
         let key = layout::storage_key(slug.as_deref(), now, job_id, index, ext);
-        self.write(&key, &expected.sha256, partial, thumb).await?;
+        let blob = blob_key(&expected.sha256);
+        self.write(&blob, partial, thumb).await?;
         if self.faults.crash_after_write {
             return Err(OrganizerError::Unavailable(
                 "organizer stopped after writing the bytes (test fault)".to_owned(),
@@ -219,18 +220,14 @@ impl Ingest {
             size_bytes: expected.size_bytes,
             sha256: expected.sha256,
             storage_key: key,
+            blob_key: Some(blob),
             checks,
             created_at: now,
         };
         let Some(stored) = self.store.insert(&record, lease).await? else {
-            // The lease ended while the bytes arrived: nothing is recorded, and the name just
-            // written (unique to this job and index) goes too.
+            // The lease ended while the bytes arrived: nothing is recorded. The bytes may be
+            // another record's too; the reconciler removes them if no record points at them.
             warn!(%job_id, index, "artifact refused: the lease ended during the upload");
-            for k in [record.storage_key.clone(), thumb_key(&record.storage_key)] {
-                if let Err(e) = self.storage.delete(&k).await {
-                    warn!(error = %e, "bytes of a refused upload not removed; the reconciler will");
-                }
-            }
             return Err(OrganizerError::NotLeased(job_id));
         };
         self.families.stored(&stored.kind, stored.size_bytes);
@@ -296,32 +293,19 @@ impl Ingest {
         .map_err(|e| OrganizerError::Storage(std::io::Error::other(e)))?
     }
 
-    /// Stores the checked bytes under `key` (linked to identical bytes already stored, so
-    /// they are kept once; else the partial object is renamed to it) and their thumbnail
-    /// beside them.
+    /// Stores the checked bytes under their content key `blob` and their thumbnail beside
+    /// them. Identical bytes already there are written again over themselves (still one
+    /// object): the write marks them as just used, so the reconciler, which removes only
+    /// objects older than the grace period, cannot remove them before this upload's record
+    /// points at them.
     async fn write(
         &self,
-        key: &str,
-        sha256: &str,
+        blob: &str,
         partial: Box<dyn Partial>,
         thumb: Option<Vec<u8>>,
     ) -> Result<(), OrganizerError> {
-        if let Some(same) = self.store.key_with_sha(sha256).await?
-            && same != key
-        {
-            match self.storage.put_same_as(&same, key).await {
-                Ok(()) => {
-                    drop(partial);
-                    if self.storage.put_same_as(&thumb_key(&same), &thumb_key(key)).await.is_err() {
-                        self.put_thumbnail(key, thumb).await;
-                    }
-                    return Ok(());
-                }
-                Err(e) => warn!(error = %e, "identical bytes could not be linked; storing a copy"),
-            }
-        }
-        partial.commit(key).await?;
-        self.put_thumbnail(key, thumb).await;
+        partial.commit(blob).await?;
+        self.put_thumbnail(blob, thumb).await;
         Ok(())
     }
 

@@ -59,18 +59,12 @@ impl Service for Application {
     type Config = Config;
     const RENAMED: &'static [Renamed] = config::RENAMED;
 
-    /// Logs in to Vault, loads secrets and the certificate, connects to PostgreSQL (and
-    /// migrates), prepares the storage root and binds the listener.
+    /// Logs in to Vault, loads secrets and the certificate, opens the storage (the S3 access
+    /// key from Vault), connects to PostgreSQL (and migrates) and binds the listener.
     async fn build(config: Config) -> Result<Self, MeshError> {
         config.validate()?;
-        let storage: Arc<dyn storage::Storage> =
-            Arc::new(storage::LocalDisk::new(config.storage_root.clone()).map_err(|e| {
-                MeshError::Config(format!(
-                    "storage_root: cannot create {}: {e}",
-                    config.storage_root.display()
-                ))
-            })?);
         let node = Node::start(Self::NAME, &config.server).await?;
+        let storage = storage::open(&config.storage, &node.vault).await?;
         let pool = db::connect_with_vault(&node.vault, &config.database).await?;
         let redis = Redis::connect_with_vault(&node.vault, &config.redis).await?;
         let verifier = Arc::new(Verifier::remote(
@@ -121,7 +115,7 @@ impl Service for Application {
                 Arc::new(move || {
                     let (storage, full) = (storage.clone(), faults.full());
                     Box::pin(async move {
-                        let probed = if full { Err(ingest::no_space()) } else { storage.probe().await };
+                        let probed = if full { Err(ingest::no_space()) } else { storage.health().await };
                         probed.map_err(|e| {
                             if error::is_full(&e) {
                                 Unhealthy::new("storage full")

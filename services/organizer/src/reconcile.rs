@@ -1,7 +1,10 @@
-//! Keeps bytes and records in step, at start-up and periodically:
+//! Keeps bytes and records in step, at start-up and periodically, one organizer at a time
+//! (a PostgreSQL advisory lock; a replica that finds it held skips its pass):
 //! - partial writes older than the grace period are removed;
 //! - bytes (and thumbnails) no record points at, older than the grace period, are removed:
-//!   they are what a crash between writing the bytes and inserting the record leaves;
+//!   they are what a crash between writing the bytes and inserting the record leaves, and
+//!   what deleting the last record of shared bytes leaves; if the records cannot be read,
+//!   nothing is removed;
 //! - records whose bytes are gone are flagged (`missing_at`), and unflagged if they return;
 //! - files of projects with a retention period, once older than it, are deleted (bytes,
 //!   thumbnail, record) and audited.
@@ -40,6 +43,30 @@ pub struct Report {
     /// Unreferenced bytes were not removed: the database holds no file records at all while
     /// the store holds files.
     pub refused_empty_database: bool,
+    /// Another organizer was reconciling: this pass did nothing.
+    pub locked_elsewhere: bool,
+}
+
+/// Removes the bytes at `key` and their thumbnail if no record points at them any more and
+/// they were not written within `grace` (an upload of the same bytes rewrites them just
+/// before inserting its record); else leaves them, to that record or to the reconciler.
+/// Returns whether they were removed.
+pub async fn remove_if_unused(
+    store: &Store,
+    storage: &dyn Storage,
+    key: &str,
+    grace: Duration,
+) -> Result<bool, OrganizerError> {
+    if store.bytes_referenced(key).await? {
+        return Ok(false);
+    }
+    match storage.modified(key).await? {
+        Some(at) if at.elapsed().unwrap_or_default() < grace => return Ok(false),
+        _ => {}
+    }
+    storage.delete(key).await?;
+    storage.delete(&thumb_key(key)).await?;
+    Ok(true)
 }
 
 /// The reconciler.
@@ -56,8 +83,16 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    /// One pass.
+    /// One pass, unless another organizer is running one.
     pub async fn run_once(&self) -> Result<Report, OrganizerError> {
+        Ok(self
+            .store
+            .with_reconcile_lock(self.pass())
+            .await?
+            .unwrap_or(Report { locked_elsewhere: true, ..Report::default() }))
+    }
+
+    async fn pass(&self) -> Result<Report, OrganizerError> {
         let mut report =
             Report { partial: self.storage.sweep_partial(self.grace).await?, ..Report::default() };
         report.expired = self.expire().await?;
@@ -76,8 +111,13 @@ impl Reconciler {
             return Ok(report);
         }
         for object in objects {
-            let old = object.modified.elapsed().unwrap_or_default() >= self.grace;
-            if old && !referenced.contains(&object.key) {
+            let old = |at: std::time::SystemTime| at.elapsed().unwrap_or_default() >= self.grace;
+            if old(object.modified) && !referenced.contains(&object.key) {
+                // Looked at again just before: an upload of the same bytes rewrites them
+                // before inserting its record.
+                if !self.storage.modified(&object.key).await?.is_some_and(old) {
+                    continue;
+                }
                 warn!(key = %object.key, thumbnail = object.key.starts_with(THUMBS_DIR), "removing bytes no record points at");
                 self.storage.delete(&object.key).await?;
                 report.orphans += 1;
@@ -104,8 +144,7 @@ impl Reconciler {
                 return Ok(total);
             }
             for f in &batch {
-                self.storage.delete(&f.storage_key).await?;
-                self.storage.delete(&thumb_key(&f.storage_key)).await?;
+                remove_if_unused(&self.store, self.storage.as_ref(), f.bytes_key(), self.grace).await?;
                 self.audit
                     .record(AuditEvent {
                         actor: "service:organizer".to_owned(),

@@ -8,7 +8,11 @@ use uuid::Uuid;
 use crate::error::OrganizerError;
 
 const COLUMNS: &str = "id, job_id, owner_id, project_id, idx, kind, mime_type, width, height, frames, \
-    size_bytes, sha256, storage_key, checks, created_at";
+    size_bytes, sha256, storage_key, blob_key, checks, created_at";
+
+/// The advisory lock one reconciler pass holds, so that of several organizers on one
+/// database one reconciles at a time.
+pub const RECONCILE_LOCK: i64 = 0x5341_4b55_4741_0001;
 
 /// A file record.
 #[derive(Debug, Clone)]
@@ -37,12 +41,23 @@ pub struct FileRecord {
     pub size_bytes: u64,
     /// Hex sha256.
     pub sha256: String,
-    /// Path relative to the storage root (never sent to clients).
+    /// The human name: `<slug>/<YYYY>/<MM>/<DD>/<job>-<n>.<ext>` (never sent to clients).
     pub storage_key: String,
+    /// Where the bytes are: `blobs/<sha256>`, shared by every record with the same bytes.
+    /// `None` for records stored before bytes were content-addressed: theirs are at
+    /// `storage_key`.
+    pub blob_key: Option<String>,
     /// Checks passed.
     pub checks: Vec<String>,
     /// Stored at.
     pub created_at: DateTime<Utc>,
+}
+
+impl FileRecord {
+    /// The storage key of the bytes.
+    pub fn bytes_key(&self) -> &str {
+        self.blob_key.as_deref().unwrap_or(&self.storage_key)
+    }
 }
 
 fn u32_of(row: &Row, col: &str) -> u32 {
@@ -64,6 +79,7 @@ fn record(row: &Row) -> FileRecord {
         size_bytes: u64::try_from(row.get::<_, i64>("size_bytes")).unwrap_or(0),
         sha256: row.get("sha256"),
         storage_key: row.get("storage_key"),
+        blob_key: row.get("blob_key"),
         checks: row.get("checks"),
         created_at: row.get("created_at"),
     }
@@ -192,9 +208,10 @@ impl Store {
         let stmt = client
             .prepare_cached(&format!(
                 "INSERT INTO files (id, job_id, owner_id, project_id, idx, kind, mime_type, width, height, frames, \
-                 size_bytes, sha256, storage_key, checks, created_at) \
+                 size_bytes, sha256, storage_key, checks, created_at, blob_key) \
                  SELECT $1::uuid, $2::uuid, $3::text, $4::uuid, $5::integer, $6::text, $7::text, $8::integer, \
-                 $9::integer, $10::integer, $11::bigint, $12::text, $13::text, $14::text[], $15::timestamptz \
+                 $9::integer, $10::integer, $11::bigint, $12::text, $13::text, $14::text[], $15::timestamptz, \
+                 $17::text \
                  WHERE EXISTS (SELECT 1 FROM jobs WHERE id = $2 AND lease_token = $16 \
                    AND status IN ('assigned', 'running') AND lease_expires_at > now()) \
                  ON CONFLICT (job_id, idx) DO NOTHING RETURNING {COLUMNS}"
@@ -221,6 +238,7 @@ impl Store {
                     &f.checks,
                     &f.created_at,
                     &lease,
+                    &f.blob_key,
                 ],
             )
             .await?;
@@ -310,19 +328,41 @@ impl Store {
         Ok(client.query_opt(&stmt, &[&project, &owner]).await?.map(|r| r.get(0)))
     }
 
-    /// The key of bytes already stored with this sha256, if any (they are stored once).
-    pub async fn key_with_sha(&self, sha256: &str) -> Result<Option<String>, OrganizerError> {
+    /// Whether a record points at the bytes at `key`.
+    pub async fn bytes_referenced(&self, key: &str) -> Result<bool, OrganizerError> {
         let client = self.pool.get().await?;
         let stmt = client
-            .prepare_cached("SELECT storage_key FROM files WHERE sha256 = $1 AND missing_at IS NULL LIMIT 1")
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM files WHERE coalesce(blob_key, storage_key) = $1)")
             .await?;
-        Ok(client.query_opt(&stmt, &[&sha256]).await?.map(|r| r.get(0)))
+        Ok(client.query_one(&stmt, &[&key]).await?.get(0))
     }
 
-    /// Every storage key with a record, and whether the record is flagged missing.
+    /// Runs `pass` under the reconciler's advisory lock, held by a transaction for as long
+    /// as the pass runs (released when it ends, fails or is dropped, and if the connection
+    /// is lost). `None`: another organizer holds it; nothing ran.
+    pub async fn with_reconcile_lock<T, F>(&self, pass: F) -> Result<Option<T>, OrganizerError>
+    where
+        F: std::future::Future<Output = Result<T, OrganizerError>>,
+    {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let locked: bool =
+            tx.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&RECONCILE_LOCK]).await?.get(0);
+        if !locked {
+            return Ok(None);
+        }
+        let out = pass.await?;
+        tx.commit().await?;
+        Ok(Some(out))
+    }
+
+    /// Every record's bytes key (see [`FileRecord::bytes_key`]), and whether the record is
+    /// flagged missing.
     pub async fn all_keys(&self) -> Result<Vec<(Uuid, String, bool)>, OrganizerError> {
         let client = self.pool.get().await?;
-        let rows = client.query("SELECT id, storage_key, missing_at IS NOT NULL FROM files", &[]).await?;
+        let rows = client
+            .query("SELECT id, coalesce(blob_key, storage_key), missing_at IS NOT NULL FROM files", &[])
+            .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
 

@@ -120,7 +120,7 @@ impl Events {
                 if publisher.is_down() {
                     continue;
                 }
-                let mut conn = publisher.manager.clone();
+                let mut conn = publisher.conn();
                 let result: redis::RedisResult<i64> =
                     redis::cmd("PUBLISH").arg(&channel).arg(payload).query_async(&mut conn).await;
                 publisher.note(&result);

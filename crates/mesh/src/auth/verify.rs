@@ -243,7 +243,7 @@ impl Verifier {
         if redis.is_down() {
             return unreachable("redis is down (breaker open)");
         }
-        let mut conn = redis.manager.clone();
+        let mut conn = redis.conn();
         let keys = [revoked_jti_key(redis, &claims.jti), revoked_user_key(redis, &claims.sub)];
         let result: redis::RedisResult<(Option<String>, Option<i64>)> =
             redis::cmd("MGET").arg(&keys[..]).query_async(&mut conn).await;

@@ -150,7 +150,7 @@ impl RateLimiter {
         if self.redis.is_down() {
             return Err(RateLimitError::Unavailable("redis is down (breaker open)".to_owned()));
         }
-        let mut conn = self.redis.manager.clone();
+        let mut conn = self.redis.conn();
         let result: redis::RedisResult<(i64, i64, i64)> =
             GCRA.key(key).arg(limit.interval_us()).arg(limit.tolerance_us()).invoke_async(&mut conn).await;
         self.redis.note(&result);
@@ -213,7 +213,7 @@ mod tests {
 
     /// Deletes every key under the limiter's prefix (they expire anyway).
     async fn cleanup(limiter: &RateLimiter) {
-        let mut conn = limiter.redis.manager.clone();
+        let mut conn = limiter.redis.conn();
         let keys: Vec<String> =
             redis::cmd("KEYS").arg(limiter.redis.key("*")).query_async(&mut conn).await.unwrap();
         if !keys.is_empty() {

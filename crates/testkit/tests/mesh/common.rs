@@ -20,6 +20,31 @@ pub(crate) struct Mesh {
     pub(crate) generator: Option<Spawned>,
     pub(crate) operator: Arc<MeshTls>,
     pub(crate) admin_token: String,
+    /// The S3-compatible store the organizer uses, when not the local folder.
+    pub(crate) weed: Option<sakuga_testkit::weed::Weed>,
+}
+
+/// Where the organizer of a mesh keeps bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// A folder ([`Mesh::files_root`]).
+    Local,
+    /// A bucket of a SeaweedFS started for the test.
+    S3,
+}
+
+/// The organizer's configuration: files under the environment's folder, or in `weed`'s
+/// bucket under a prefix of the test's own.
+fn organizer_config(
+    env: &TestEnv,
+    auth: &Spawned,
+    weed: Option<&sakuga_testkit::weed::Weed>,
+) -> sakuga_organizer::Config {
+    let mut cfg = sakuga_testkit::organizer_config(env, auth, env.dir.path().join("files"));
+    if let Some(weed) = weed {
+        weed.configure(&mut cfg.storage, &format!("t-{}", env.id));
+    }
+    cfg
 }
 
 /// A person with an account and a fresh access token.
@@ -51,7 +76,24 @@ impl Mesh {
     pub(crate) async fn with_config(
         adjust: impl FnOnce(&TestEnv, &mut sakuga_auth::Config, &mut sakuga_scheduler::Config),
     ) -> Mesh {
+        // Boxed: starting the whole mesh is a large future for every test to hold.
+        Box::pin(Self::build(adjust, Backend::Local)).await
+    }
+
+    /// Like [`Mesh::without_generator`], the organizer's bytes on `backend`.
+    pub(crate) async fn on(backend: Backend) -> Mesh {
+        Box::pin(Self::build(|_, _, _| {}, backend)).await
+    }
+
+    async fn build(
+        adjust: impl FnOnce(&TestEnv, &mut sakuga_auth::Config, &mut sakuga_scheduler::Config),
+        backend: Backend,
+    ) -> Mesh {
         let env = TestEnv::new().await.unwrap();
+        let weed = match backend {
+            Backend::Local => None,
+            Backend::S3 => Some(sakuga_testkit::weed::Weed::start(&env).await.unwrap()),
+        };
         env.put_secret("redis-private", &std::collections::HashMap::new()).await.unwrap();
         let mut auth_cfg = sakuga_testkit::auth_config(&env);
         let unused = sakuga_testkit::Spawned::unused();
@@ -60,10 +102,8 @@ impl Mesh {
         let auth = sakuga_testkit::spawn_auth(auth_cfg).await.unwrap();
         cfg.auth_addr = auth.addr_string();
         let scheduler = sakuga_testkit::spawn_scheduler(cfg).await.unwrap();
-        let root = env.dir.path().join("files");
-        let organizer = sakuga_testkit::spawn_organizer(sakuga_testkit::organizer_config(&env, &auth, root))
-            .await
-            .unwrap();
+        let organizer_cfg = organizer_config(&env, &auth, weed.as_ref());
+        let organizer = sakuga_testkit::spawn_organizer(organizer_cfg).await.unwrap();
         let operator = env.identity("operator").await.unwrap();
         let admin_token = sakuga_testkit::login(
             operator.channel(&auth.addr_string()).unwrap(),
@@ -72,7 +112,23 @@ impl Mesh {
         )
         .await
         .unwrap();
-        Mesh { env, auth, scheduler, organizer, generator: None, operator, admin_token }
+        Mesh { env, auth, scheduler, organizer, generator: None, operator, admin_token, weed }
+    }
+
+    /// The organizer's configuration of this mesh (before any restart's adjustments).
+    pub(crate) fn organizer_config(&self) -> sakuga_organizer::Config {
+        organizer_config(&self.env, &self.auth, self.weed.as_ref())
+    }
+
+    /// The organizer's store, opened as the organizer opens it.
+    pub(crate) async fn storage(&self) -> Arc<dyn sakuga_organizer::storage::Storage> {
+        let vault = sakuga_mesh::vault::Vault::connect(&self.env.vault_config()).await.unwrap();
+        sakuga_organizer::storage::open(&self.organizer_config().storage, &vault).await.unwrap()
+    }
+
+    /// Every key in the organizer's store, sorted.
+    pub(crate) async fn stored_keys(&self) -> Vec<String> {
+        self.storage().await.keys().await.unwrap().into_iter().map(|o| o.key).collect()
     }
 
     pub(crate) async fn attach_generator(&mut self) {
@@ -97,7 +153,7 @@ impl Mesh {
         adjust: impl FnOnce(&mut sakuga_organizer::Config),
         faults: sakuga_organizer::Faults,
     ) {
-        let mut cfg = sakuga_testkit::organizer_config(&self.env, &self.auth, self.files_root());
+        let mut cfg = self.organizer_config();
         adjust(&mut cfg);
         let new = sakuga_testkit::spawn_organizer_with_faults(cfg, faults).await.unwrap();
         let old = std::mem::replace(&mut self.organizer, new);

@@ -159,7 +159,7 @@ async fn services_without_access_to_users_verify_api_keys_through_the_owner_func
 
 /// Runs one Redis command; `Err` with Redis's answer when it was refused.
 async fn redis_cmd(redis: &sakuga_mesh::redis::Redis, cmd: &mut redis::Cmd) -> Result<(), String> {
-    let mut conn = redis.manager.clone();
+    let mut conn = redis.conn();
     cmd.query_async::<redis::Value>(&mut conn).await.map(drop).map_err(|e| e.to_string())
 }
 

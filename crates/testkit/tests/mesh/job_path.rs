@@ -82,7 +82,7 @@ async fn one_job_end_to_end() {
     assert_eq!(row.get::<_, String>(3), alice.id, "owned by the user who submitted it");
     let file = db
         .query_one(
-            "SELECT storage_key, sha256, size_bytes, width, height, checks FROM files WHERE id = $1",
+            "SELECT storage_key, sha256, size_bytes, width, height, checks, blob_key FROM files WHERE id = $1",
             &[&Uuid::parse_str(&file_id).unwrap()],
         )
         .await
@@ -94,8 +94,9 @@ async fn one_job_end_to_end() {
     assert_eq!((file.get::<_, i32>(3), file.get::<_, i32>(4)), (64, 64));
     assert!(file.get::<_, Vec<String>>(5).contains(&"not_blank".to_owned()));
 
-    // Bytes on disk: where the layout says, decodable, matching the record.
-    let bytes = std::fs::read(mesh.env.dir.path().join("files").join(&key)).unwrap();
+    // Bytes on disk: once, under their sha256, decodable, matching the record.
+    assert_eq!(file.get::<_, Option<String>>(6), Some(format!("blobs/{sha}")));
+    let bytes = std::fs::read(mesh.env.dir.path().join("files").join(format!("blobs/{sha}"))).unwrap();
     assert_eq!(hex::encode(Sha256::digest(&bytes)), sha);
     assert_eq!(i64::try_from(bytes.len()).unwrap(), file.get::<_, i64>(2));
     let found = sakuga_imaging::inspect_png(&bytes, sakuga_imaging::Limits::default()).unwrap();

@@ -192,3 +192,33 @@ async fn disabling_a_user_fails_and_changes_nothing_when_the_denylist_cannot_be_
     drop(redis);
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn a_restarted_redis_whose_users_come_back_late_is_used_again() {
+    // The shape of a Redis restarted without its ACL: the connection is dropped, the
+    // reconnection is refused (the user does not exist yet), then the user is back.
+    let redis_server = PrivateRedis::start();
+    let port = redis_server.port;
+    let password = "late-user-password"; // secret-scan: allow (test fixture)
+    private_redis(port, &["ACL", "SETUSER", "late", "on", &format!(">{password}"), "~*", "+@all"]).await;
+    let cfg = sakuga_mesh::config::RedisConfig { port, ..sakuga_mesh::config::RedisConfig::default() };
+    let creds = sakuga_mesh::vault::Credentials {
+        username: Some("late".to_owned()),
+        password: Some(secrecy::SecretString::from(password.to_owned())),
+    };
+    let redis = sakuga_mesh::redis::Redis::connect(&cfg, &creds).await.unwrap();
+    redis.ping().await.unwrap();
+    private_redis(port, &["ACL", "DELUSER", "late"]).await;
+    // Deleting a user closes its connections: the manager reconnects and is refused.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while redis.ping().await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the connection outlived its user");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    private_redis(port, &["ACL", "SETUSER", "late", "on", &format!(">{password}"), "~*", "+@all"]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Err(e) = redis.ping().await {
+        assert!(tokio::time::Instant::now() < deadline, "still refused after the user came back: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

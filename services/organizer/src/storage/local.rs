@@ -1,102 +1,20 @@
-//! Where bytes live, behind a trait so the service logic does not know it is a disk. Keys
-//! are `/`-separated relative names (`<slug>/<YYYY>/<MM>/<DD>/<job>-<n>.png`); a key never
-//! reaches a client. [`LocalDisk`] is the store used now; an S3-compatible one implements the
-//! same calls (put = PutObject, which is atomic; `put_same_as` = CopyObject, or a
-//! content-addressed key; `keys` = ListObjectsV2; `sweep_partial` = abort stale multipart
-//! uploads; `begin` = a multipart upload, committed by CompleteMultipartUpload).
+//! The local backend: files under a root folder, written through a partial file under
+//! `.tmp/` renamed into place (atomic and durable).
 
 use std::{
-    fmt,
     io::{self, Write as _},
     path::{Component, Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use futures_util::future::BoxFuture;
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
-/// Folder of partial writes (never listed as keys).
-pub const TMP_DIR: &str = ".tmp";
-/// Folder of thumbnails; a file's thumbnail key is `.thumbs/<its key>`.
-pub const THUMBS_DIR: &str = ".thumbs";
+use super::{Object, Partial, ReadSeek, Storage, TMP_DIR, blocking, finished};
 
-/// The thumbnail key of a file key.
-pub fn thumb_key(key: &str) -> String {
-    format!("{THUMBS_DIR}/{key}")
-}
-
-/// A stored object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Object {
-    /// Key.
-    pub key: String,
-    /// Last modified.
-    pub modified: SystemTime,
-}
-
-/// A byte store. Its calls return boxed futures, so stores can sit behind
-/// `Arc<dyn Storage>`.
-pub trait Storage: Send + Sync + fmt::Debug {
-    /// Stores `bytes` under `key` atomically and durably: afterwards the key holds all of
-    /// them, and after a crash it holds all or nothing.
-    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> BoxFuture<'a, io::Result<()>>;
-
-    /// Stores under `key` the bytes `existing` holds, without a second copy where the store
-    /// can (a hard link on disk). `NotFound` when `existing` is gone.
-    fn put_same_as<'a>(&'a self, existing: &'a str, key: &'a str) -> BoxFuture<'a, io::Result<()>>;
-
-    /// `len` bytes (0: to the end) from `offset`.
-    fn read<'a>(&'a self, key: &'a str, offset: u64, len: u64) -> BoxFuture<'a, io::Result<Vec<u8>>>;
-
-    /// Whether `key` exists.
-    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<bool>>;
-
-    /// Removes `key`; a missing key is not an error.
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<()>>;
-
-    /// Every key (thumbnails included, partial writes not).
-    fn keys(&self) -> BoxFuture<'_, io::Result<Vec<Object>>>;
-
-    /// Removes partial writes older than `age`; returns how many.
-    fn sweep_partial(&self, age: Duration) -> BoxFuture<'_, io::Result<usize>>;
-
-    /// Starts an upload: bytes are written to a partial object in the store (never a key
-    /// until [`Partial::commit`]), hashed as they arrive.
-    fn begin(&self) -> BoxFuture<'_, io::Result<Box<dyn Partial>>>;
-
-    /// Whether the store takes writes now: a small partial object written and removed at
-    /// once (never a key). Fails as an upload would (`StorageFull` when no space is left).
-    fn probe(&self) -> BoxFuture<'_, io::Result<()>>;
-}
-
-/// Bytes the write probe writes: one page, so a store with no page left refuses it.
+/// Bytes the write probe writes: one page, so a disk with no page left refuses it.
 const PROBE_BYTES: usize = 4096;
-
-/// Bytes that can be read back from the start and seeked, off the async runtime.
-pub trait ReadSeek: io::BufRead + io::Seek + Send {}
-impl<T: io::BufRead + io::Seek + Send> ReadSeek for T {}
-
-/// An upload being written (see [`Storage::begin`]). Dropped without a commit, its partial
-/// bytes are removed at once, whatever failed.
-pub trait Partial: Send + fmt::Debug {
-    /// Appends `chunk` and adds it to the hash.
-    fn write(&mut self, chunk: Vec<u8>) -> BoxFuture<'_, io::Result<()>>;
-
-    /// Bytes written so far.
-    fn written(&self) -> u64;
-
-    /// Makes the bytes durable; returns the hex sha256 of everything written. No write after.
-    fn finish(&mut self) -> BoxFuture<'_, io::Result<String>>;
-
-    /// The bytes written, for reading from the start (blocking I/O: call it off the async
-    /// runtime, e.g. in `spawn_blocking`).
-    fn open(&self) -> io::Result<Box<dyn ReadSeek>>;
-
-    /// Stores the bytes under `key` atomically: afterwards the key holds all of them, and
-    /// the partial object is gone.
-    fn commit(self: Box<Self>, key: &str) -> BoxFuture<'_, io::Result<()>>;
-}
 
 /// A partial file under the store's `.tmp/`, removed on drop unless committed.
 #[derive(Debug)]
@@ -171,10 +89,6 @@ impl Drop for LocalPartial {
     }
 }
 
-fn finished() -> io::Error {
-    io::Error::other("upload already finished or failed")
-}
-
 /// Files under a root folder.
 #[derive(Debug, Clone)]
 pub struct LocalDisk {
@@ -200,10 +114,6 @@ impl LocalDisk {
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
 }
 
 impl Storage for LocalDisk {
@@ -232,23 +142,6 @@ impl Storage for LocalDisk {
         })
     }
 
-    fn put_same_as<'a>(&'a self, existing: &'a str, key: &'a str) -> BoxFuture<'a, io::Result<()>> {
-        Box::pin(async move {
-            let (from, to) = (self.path(existing)?, self.path(key)?);
-            blocking(move || {
-                let dir = to.parent().map(Path::to_path_buf).unwrap_or_default();
-                std::fs::create_dir_all(&dir)?;
-                match std::fs::hard_link(&from, &to) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(e),
-                }
-                sync_dir(&dir)
-            })
-            .await
-        })
-    }
-
     fn read<'a>(&'a self, key: &'a str, offset: u64, len: u64) -> BoxFuture<'a, io::Result<Vec<u8>>> {
         Box::pin(async move {
             use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
@@ -266,6 +159,16 @@ impl Storage for LocalDisk {
 
     fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<bool>> {
         Box::pin(async move { tokio::fs::try_exists(self.path(key)?).await })
+    }
+
+    fn modified<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Option<std::time::SystemTime>>> {
+        Box::pin(async move {
+            match tokio::fs::metadata(self.path(key)?).await {
+                Ok(meta) => Ok(Some(meta.modified()?)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<()>> {
@@ -303,6 +206,20 @@ impl Storage for LocalDisk {
         }))
     }
 
+    /// A write probe: one page written under the partial folder and removed at once, so
+    /// a full disk (or a read-only one) fails the check as an upload would.
+    fn health(&self) -> BoxFuture<'_, io::Result<()>> {
+        let tmp_dir = self.root.join(TMP_DIR);
+        Box::pin(blocking(move || {
+            std::fs::create_dir_all(&tmp_dir)?;
+            let path = tmp_dir.join(format!("probe-{}.part", Uuid::new_v4()));
+            let written = std::fs::File::create_new(&path).and_then(|mut f| f.write_all(&[0; PROBE_BYTES]));
+            let removed = std::fs::remove_file(&path);
+            written?;
+            removed
+        }))
+    }
+
     fn sweep_partial(&self, age: Duration) -> BoxFuture<'_, io::Result<usize>> {
         let dir = self.root.join(TMP_DIR);
         Box::pin(blocking(move || {
@@ -320,18 +237,6 @@ impl Storage for LocalDisk {
                 }
             }
             Ok(removed)
-        }))
-    }
-
-    fn probe(&self) -> BoxFuture<'_, io::Result<()>> {
-        let tmp_dir = self.root.join(TMP_DIR);
-        Box::pin(blocking(move || {
-            std::fs::create_dir_all(&tmp_dir)?;
-            let path = tmp_dir.join(format!("probe-{}.part", Uuid::new_v4()));
-            let written = std::fs::File::create_new(&path).and_then(|mut f| f.write_all(&[0; PROBE_BYTES]));
-            let removed = std::fs::remove_file(&path);
-            written?;
-            removed
         }))
     }
 
@@ -364,20 +269,14 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn put_read_link_list_and_delete() {
+    async fn put_read_list_and_delete() {
         let dir = tempfile::tempdir().unwrap();
         let disk = LocalDisk::new(dir.path().to_path_buf()).unwrap();
         disk.put("a/2026/01/01/x-0.png", b"hello world".to_vec()).await.unwrap();
         assert_eq!(disk.read("a/2026/01/01/x-0.png", 6, 0).await.unwrap(), b"world");
         assert_eq!(disk.read("a/2026/01/01/x-0.png", 0, 5).await.unwrap(), b"hello");
-        disk.put_same_as("a/2026/01/01/x-0.png", "b/2026/01/02/y-0.png").await.unwrap();
-        assert_eq!(disk.read("b/2026/01/02/y-0.png", 0, 0).await.unwrap(), b"hello world");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt as _;
-            let ino = |k: &str| std::fs::metadata(dir.path().join(k)).unwrap().ino();
-            assert_eq!(ino("a/2026/01/01/x-0.png"), ino("b/2026/01/02/y-0.png"), "one copy of the bytes");
-        }
+        disk.put("b/2026/01/02/y-0.png", b"other".to_vec()).await.unwrap();
+        assert!(disk.health().await.is_ok());
         std::fs::create_dir_all(dir.path().join(TMP_DIR)).unwrap();
         std::fs::write(dir.path().join(TMP_DIR).join("z.part"), b"partial").unwrap();
         let keys: Vec<_> = disk.keys().await.unwrap().into_iter().map(|o| o.key).collect();
@@ -386,7 +285,7 @@ mod tests {
         disk.delete("a/2026/01/01/x-0.png").await.unwrap();
         disk.delete("a/2026/01/01/x-0.png").await.unwrap();
         assert!(!disk.exists("a/2026/01/01/x-0.png").await.unwrap());
-        assert!(disk.exists("b/2026/01/02/y-0.png").await.unwrap(), "the other name keeps the bytes");
+        assert!(disk.exists("b/2026/01/02/y-0.png").await.unwrap(), "the other key is kept");
         for bad in ["", "../x", "/etc/passwd", "a/../../x"] {
             assert!(disk.read(bad, 0, 0).await.is_err(), "{bad}");
         }
