@@ -2,10 +2,7 @@
 //! rate limits, the revocation list and progress fan-out; losing it loses no job.
 
 use std::{
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -24,12 +21,9 @@ use crate::{config::RedisConfig, error::MeshError, vault::Credentials};
 pub struct Redis {
     /// For dedicated connections (pub/sub).
     pub client: Client,
-    /// Shared, reconnecting connection for commands; replaced when its reconnection was
-    /// refused (see [`Redis::note`]).
-    manager: Arc<Mutex<ConnectionManager>>,
-    manager_cfg: ConnectionManagerConfig,
-    /// A replacement connection is being made.
-    replacing: Arc<AtomicBool>,
+    /// Shared, reconnecting connection for commands (it reconnects after I/O errors and
+    /// refused logins alike).
+    manager: ConnectionManager,
     /// Prefix of every key and channel.
     pub prefix: String,
     /// Until when Redis counts as down after a failure (a breaker: while it is open,
@@ -73,14 +67,9 @@ impl Redis {
             })
             .await;
         match connected {
-            Ok(manager) => Ok(Self {
-                client,
-                manager: Arc::new(Mutex::new(manager)),
-                manager_cfg,
-                replacing: Arc::default(),
-                prefix: cfg.key_prefix.clone(),
-                down_until: Arc::default(),
-            }),
+            Ok(manager) => {
+                Ok(Self { client, manager, prefix: cfg.key_prefix.clone(), down_until: Arc::default() })
+            }
             Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed => {
                 Err(MeshError::Redis(format!("authentication to {}:{} refused: {e}", cfg.host, cfg.port)))
             }
@@ -102,7 +91,7 @@ impl Redis {
 
     /// The shared connection, for commands.
     pub fn conn(&self) -> ConnectionManager {
-        self.manager.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.manager.clone()
     }
 
     /// True while a recent failure says Redis is down.
@@ -111,37 +100,10 @@ impl Redis {
         guard.is_some_and(|until| std::time::Instant::now() < until)
     }
 
-    /// Records the outcome of a Redis call for the breaker. A refused login means the
-    /// connection manager's last reconnection met Redis before its users were back (a
-    /// restarted Redis whose ACL is restored afterwards): the manager would return that
-    /// refusal forever, since it reconnects only after I/O errors, so a new one replaces it.
-    pub fn note<T>(&self, result: &redis::RedisResult<T>) {
-        {
-            let mut guard = self.down_until.lock().unwrap_or_else(PoisonError::into_inner);
-            *guard = result.is_err().then(|| std::time::Instant::now() + Self::BREAKER);
-        }
-        if matches!(result, Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed) {
-            self.replace_connection();
-        }
-    }
-
-    /// Makes a new shared connection in the background and swaps it in once it is up;
-    /// one at a time.
-    fn replace_connection(&self) {
-        if self.replacing.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let this = self.clone();
-        tokio::spawn(async move {
-            match ConnectionManager::new_with_config(this.client.clone(), this.manager_cfg.clone()).await {
-                Ok(manager) => {
-                    *this.manager.lock().unwrap_or_else(PoisonError::into_inner) = manager;
-                    tracing::info!("redis connection replaced after a refused login");
-                }
-                Err(e) => warn!(error = %e, "redis connection not replaced yet"),
-            }
-            this.replacing.store(false, Ordering::SeqCst);
-        });
+    /// Records the outcome of a Redis call for the breaker.
+    pub fn note<T, E>(&self, result: &Result<T, E>) {
+        let mut guard = self.down_until.lock().unwrap_or_else(PoisonError::into_inner);
+        *guard = result.is_err().then(|| std::time::Instant::now() + Self::BREAKER);
     }
 
     /// `prefix` + `suffix`.
@@ -153,9 +115,6 @@ impl Redis {
     pub async fn ping(&self) -> Result<(), MeshError> {
         let mut conn = self.conn();
         let result = redis::cmd("PING").query_async::<String>(&mut conn).await;
-        if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed) {
-            self.replace_connection();
-        }
         result.map(|_| ()).map_err(|e| MeshError::Redis(e.to_string()))
     }
 
