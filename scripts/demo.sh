@@ -67,9 +67,17 @@ print("file:    %s  %s bytes  %s %sx%s  sha256 %s" % (f["id"], f.get("size_bytes
     # stack can look: bytes are stored once under their sha256, <root>/blobs/<sha256>, and
     # the record's name is unsorted/YYYY/MM/DD/<job-id>-<n>.png.
     sha="$(printf '%s' "$file_out" | json_get 'd["file"]["sha256"]')"
-    path="$DEV/files/blobs/$sha"
-    [ -f "$path" ] || fail_with_logs "no file at .dev/files/blobs/$sha"
-    python3 - "$path" "$SIZE" <<'PY' || fail_with_logs "$path does not decode as a ${SIZE}x${SIZE} PNG"
+    if [ "${SAKUGA_STORAGE:-local}" = s3 ]; then
+        # In the bucket: fetched through SeaweedFS's filer, which serves buckets/<bucket>/<key>.
+        path="$DEV/weed/demo-$sha.png"
+        python3 -c 'import sys, urllib.request; open(sys.argv[2], "wb").write(urllib.request.urlopen(sys.argv[1], timeout=10).read())' \
+            "http://$LOOPBACK:18888/buckets/sakuga/blobs/$sha" "$path" ||
+            fail_with_logs "no object blobs/$sha in the bucket"
+    else
+        path="$DEV/files/blobs/$sha"
+        [ -f "$path" ] || fail_with_logs "no file at .dev/files/blobs/$sha"
+    fi
+    python3 - "$path" "$SIZE" "$sha" <<'PY' || fail_with_logs "$path does not decode as a ${SIZE}x${SIZE} PNG"
 import struct, sys, zlib
 data = open(sys.argv[1], "rb").read()
 assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
@@ -87,7 +95,7 @@ while pos < len(data):
 want = int(sys.argv[2])
 assert size == (want, want), size
 zlib.decompress(idat)
-print("on disk: .dev/files/blobs/%s (%d bytes, decodes, %dx%d)" % (sys.argv[1].split("/blobs/")[1], len(data), *size))
+print("stored:  blobs/%s (%d bytes, decodes, %dx%d)" % (sys.argv[3], len(data), *size))
 PY
 done
 log "demo passed"

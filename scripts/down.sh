@@ -18,11 +18,14 @@ stop_pid() { # NAME PID
     fi
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < STOP_TIMEOUT * 5; i++)); do
+    # SeaweedFS takes its time over a graceful stop and holds nothing the stack needs.
+    local wait_secs="$STOP_TIMEOUT"
+    [ "$name" != weed ] || wait_secs=3
+    for ((i = 0; i < wait_secs * 5; i++)); do
         pid_alive "$pid" || return 0
         sleep 0.2
     done
-    warn "$name (pid $pid) still running after ${STOP_TIMEOUT}s; sending KILL"
+    warn "$name (pid $pid) still running after ${wait_secs}s; sending KILL"
     kill -KILL "$pid" 2>/dev/null || true
     for ((i = 0; i < 25; i++)); do
         pid_alive "$pid" || return 0
@@ -74,14 +77,14 @@ failed=0
 # Services first (newest first: generator before organizer, scheduler, auth) ...
 for e in "${entries[@]}"; do
     read -r name pid how <<<"$e"
-    case "$name" in bao | redis | postgres | "") continue ;; esac
+    case "$name" in bao | redis | postgres | weed | "") continue ;; esac
     stop_entry "$name" "$pid" "$how" || failed=1
 done
 # ... then the Redis user they were using, then the infrastructure.
 remove_redis_user
 for e in "${entries[@]}"; do
     read -r name pid how <<<"$e"
-    case "$name" in bao | redis | postgres) stop_entry "$name" "$pid" "$how" || failed=1 ;; esac
+    case "$name" in bao | redis | postgres | weed) stop_entry "$name" "$pid" "$how" || failed=1 ;; esac
 done
 rm -f "$PIDS" "$DEV/run/redis.pid" "$DEV/stack.env"
 [ "$failed" -eq 0 ] || die "some processes could not be stopped"

@@ -144,6 +144,7 @@ pid_alive() {
 expected_exe() {
     case "$1" in
     bao) echo bao ;;
+    weed) echo weed ;;
     redis) echo redis-server ;;
     postgres) echo postgres ;;
     generator-*) echo sakuga-generator ;;

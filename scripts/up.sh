@@ -275,6 +275,62 @@ seed_credentials
 seed_pki
 seed_approles
 
+# ---------------------------------------------------------------------------- 4b. object store
+
+# SAKUGA_STORAGE=s3: the organizer keeps its bytes in a real SeaweedFS (`weed server -s3`,
+# from .tools) on loopback instead of .dev/files. Its access key is made here, given to
+# SeaweedFS in an identity file and to the organizer through OpenBao only.
+STORAGE="${SAKUGA_STORAGE:-local}"
+WEED_S3_PORT="${SAKUGA_WEED_S3_PORT:-8333}"
+S3_BUCKET=sakuga
+start_weed() {
+    local dir="$DEV/weed" log_file="$DEV/logs/weed.log" key secret pid i out
+    local master=19333 volume=18080 filer=18888
+    [ -x "$TOOLS_BIN/weed" ] || die "no SeaweedFS at .tools/bin/weed (scripts/tools.sh installs it)"
+    port_open "$LOOPBACK" "$WEED_S3_PORT" &&
+        die "something already listens on $LOOPBACK:$WEED_S3_PORT; stop it or set SAKUGA_WEED_S3_PORT"
+    mkdir -p "$dir/data" "$DEV/logs"
+    key="AK$(random_secret | cut -c1-16 | tr 'a-f' 'A-F')"
+    secret="$(random_secret)"
+    printf '{"identities":[{"name":"organizer","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}\n' \
+        "$key" "$secret" | write_private "$dir/s3.json"
+    log "starting SeaweedFS (S3 on $LOOPBACK:$WEED_S3_PORT, log .dev/logs/weed.log)"
+    (exec_clean "" "$TOOLS_BIN/weed" server -dir="$dir/data" -ip="$LOOPBACK" -ip.bind="$LOOPBACK" \
+        -master.port=$master -master.port.grpc=$((master + 10000)) \
+        -volume.port=$volume -volume.port.grpc=$((volume + 10000)) \
+        -filer.port=$filer -filer.port.grpc=$((filer + 10000)) -filer.localSocket="$dir/filer.sock" \
+        -s3 -s3.port="$WEED_S3_PORT" -s3.port.grpc=$((WEED_S3_PORT + 10000)) \
+        -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$dir/s3.json" \
+        -volume.max=0 -master.volumeSizeLimitMB=64 >>"$log_file" 2>&1 </dev/null) &
+    pid=$!
+    pids_add weed "$pid"
+    for i in $(seq 1 300); do
+        pid_alive "$pid" || {
+            tail -n 30 "$log_file" >&2
+            die "SeaweedFS exited"
+        }
+        python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
+            "http://$LOOPBACK:$WEED_S3_PORT/healthz" 2>/dev/null && break
+        sleep 0.2
+    done
+    # The S3 gateway answers before the shell can create buckets: try until it says so.
+    for i in $(seq 1 60); do
+        out="$(echo "s3.bucket.create -name $S3_BUCKET" |
+            timeout 10 "$TOOLS_BIN/weed" shell -master="$LOOPBACK:$master.$((master + 10000))" 2>&1 || true)"
+        case "$out" in *"created bucket"* | *"already exist"*) break ;; esac
+        [ "$i" -lt 60 ] || die "SeaweedFS did not create bucket $S3_BUCKET: $(printf '%s' "$out" | tail -n 3)"
+        sleep 0.5
+    done
+    log "OpenBao KV: secret/sakuga/organizer/s3 (the organizer's access key to bucket $S3_BUCKET)"
+    printf '{"access_key_id":"%s","secret_access_key":"%s"}' "$key" "$secret" |
+        bao_cli kv put -mount=secret sakuga/organizer/s3 - >/dev/null
+}
+case "$STORAGE" in
+local) ;;
+s3) start_weed ;;
+*) die "SAKUGA_STORAGE must be local or s3, got '$STORAGE'" ;;
+esac
+
 # ---------------------------------------------------------------------------- 5. configs
 
 toml_str() { # a TOML basic string
@@ -289,7 +345,13 @@ write_config() {
         echo "# written by scripts/up.sh; no secrets here (they come from OpenBao)"
         [ "$s" = auth ] || echo "auth_addr = $(toml_str "$LOOPBACK:${SERVICE_PORT[auth]}")"
         case "$s" in
-        organizer) echo "storage.root = $(toml_str "$DEV/files")" ;;
+        organizer)
+            if [ "$STORAGE" = s3 ]; then
+                echo 'storage.backend = "s3"'
+            else
+                echo "storage.root = $(toml_str "$DEV/files")"
+            fi
+            ;;
         generator)
             echo "scheduler_addr = $(toml_str "$LOOPBACK:${SERVICE_PORT[scheduler]}")"
             echo "organizer_addr = $(toml_str "$LOOPBACK:${SERVICE_PORT[organizer]}")"
@@ -313,6 +375,15 @@ write_config() {
             echo "video_template = $(toml_str "${SAKUGA_COMFYUI_VIDEO_TEMPLATE:-animation}")"
             [ -z "${SAKUGA_COMFYUI_CHECKPOINT:-}" ] ||
                 echo "default_checkpoint = $(toml_str "$SAKUGA_COMFYUI_CHECKPOINT")"
+        fi
+        if [ "$s" = organizer ] && [ "$STORAGE" = s3 ]; then
+            echo
+            echo "[storage.s3]"
+            echo "endpoint = $(toml_str "http://$LOOPBACK:$WEED_S3_PORT")"
+            echo "bucket = \"$S3_BUCKET\""
+            echo 'path_style = true'
+            echo 'allow_http = true'
+            echo 'vault_path = "sakuga/organizer/s3"'
         fi
         echo
         echo "[server]"
