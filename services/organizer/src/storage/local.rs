@@ -8,10 +8,9 @@ use std::{
 };
 
 use futures_util::future::BoxFuture;
-use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
-use super::{Object, Partial, ReadSeek, Storage, TMP_DIR, blocking, finished};
+use super::{HashingFile, Object, Partial, ReadSeek, Storage, TMP_DIR, blocking};
 
 /// Bytes the write probe writes: one page, so a disk with no page left refuses it.
 const PROBE_BYTES: usize = 4096;
@@ -21,38 +20,24 @@ const PROBE_BYTES: usize = 4096;
 struct LocalPartial {
     disk: LocalDisk,
     path: PathBuf,
-    /// `None` once finished (or after a failed write, which leaves the upload unusable).
-    open: Option<(std::fs::File, Sha256)>,
-    written: u64,
+    file: HashingFile,
     committed: bool,
 }
 
 impl Partial for LocalPartial {
     fn write(&mut self, chunk: Vec<u8>) -> BoxFuture<'_, io::Result<()>> {
-        Box::pin(async move {
-            let (mut file, mut hash) = self.open.take().ok_or_else(finished)?;
-            let len = chunk.len() as u64;
-            let (file, hash) = blocking(move || {
-                file.write_all(&chunk)?;
-                hash.update(&chunk);
-                Ok((file, hash))
-            })
-            .await?;
-            self.open = Some((file, hash));
-            self.written += len;
-            Ok(())
-        })
+        Box::pin(self.file.write(chunk))
     }
 
     fn written(&self) -> u64 {
-        self.written
+        self.file.written
     }
 
     fn finish(&mut self) -> BoxFuture<'_, io::Result<String>> {
         Box::pin(async move {
-            let (file, hash) = self.open.take().ok_or_else(finished)?;
+            let (file, sha256) = self.file.finish()?;
             blocking(move || file.sync_all()).await?;
-            Ok(hex::encode(hash.finalize()))
+            Ok(sha256)
         })
     }
 
@@ -252,13 +237,8 @@ impl Storage for LocalDisk {
                 })
                 .await?
             };
-            let partial: Box<dyn Partial> = Box::new(LocalPartial {
-                disk,
-                path,
-                open: Some((file, Sha256::new())),
-                written: 0,
-                committed: false,
-            });
+            let partial: Box<dyn Partial> =
+                Box::new(LocalPartial { disk, path, file: HashingFile::new(file), committed: false });
             Ok(partial)
         })
     }
@@ -266,6 +246,8 @@ impl Storage for LocalDisk {
 
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest as _, Sha256};
+
     use super::*;
 
     #[tokio::test]

@@ -147,6 +147,42 @@ fn finished() -> io::Error {
     io::Error::other("upload already finished or failed")
 }
 
+/// A file an upload is written to, hashed as it is written: what both backends' partial
+/// uploads share. A failed write leaves it unusable.
+#[derive(Debug)]
+struct HashingFile {
+    /// `None` once finished (or after a failed write).
+    open: Option<(std::fs::File, sha2::Sha256)>,
+    written: u64,
+}
+
+impl HashingFile {
+    fn new(file: std::fs::File) -> Self {
+        Self { open: Some((file, <sha2::Sha256 as sha2::Digest>::new())), written: 0 }
+    }
+
+    /// Appends `chunk` (off the async runtime) and adds it to the hash.
+    async fn write(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+        let (mut file, mut hash) = self.open.take().ok_or_else(finished)?;
+        let len = chunk.len() as u64;
+        let (file, hash) = blocking(move || {
+            io::Write::write_all(&mut file, &chunk)?;
+            sha2::Digest::update(&mut hash, &chunk);
+            Ok((file, hash))
+        })
+        .await?;
+        self.open = Some((file, hash));
+        self.written += len;
+        Ok(())
+    }
+
+    /// The file and the hex sha256 of everything written; no write after.
+    fn finish(&mut self) -> io::Result<(std::fs::File, String)> {
+        let (file, hash) = self.open.take().ok_or_else(finished)?;
+        Ok((file, hex::encode(sha2::Digest::finalize(hash))))
+    }
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
 }

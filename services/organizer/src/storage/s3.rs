@@ -5,7 +5,7 @@
 //! upload completes.
 
 use std::{
-    io::{self, Read as _, Seek as _, Write as _},
+    io::{self, Read as _, Seek as _},
     path::PathBuf,
     sync::Arc,
     time::{Duration, SystemTime},
@@ -17,9 +17,8 @@ use object_store::{
     path::Path, prefix::PrefixStore,
 };
 use secrecy::{ExposeSecret as _, SecretString};
-use sha2::{Digest as _, Sha256};
 
-use super::{Object, Partial, ReadSeek, Storage, blocking, finished};
+use super::{HashingFile, Object, Partial, ReadSeek, Storage, blocking, finished};
 use crate::config::S3Config;
 
 /// Size of the parts an upload is sent in (S3's smallest part is 5 MiB).
@@ -179,12 +178,8 @@ impl Storage for ObjectStorage {
         let store = self.store.clone();
         Box::pin(async move {
             let file = blocking(tempfile::tempfile).await?;
-            let partial: Box<dyn Partial> = Box::new(SpooledPartial {
-                store,
-                open: Some((file, Sha256::new())),
-                spool: None,
-                written: 0,
-            });
+            let partial: Box<dyn Partial> =
+                Box::new(SpooledPartial { store, file: HashingFile::new(file), spool: None });
             Ok(partial)
         })
     }
@@ -194,44 +189,30 @@ impl Storage for ObjectStorage {
 #[derive(Debug)]
 struct SpooledPartial {
     store: Arc<dyn ObjectStore>,
-    /// `None` once finished (or after a failed write, which leaves the upload unusable).
-    open: Option<(std::fs::File, Sha256)>,
+    file: HashingFile,
     /// The finished spool file.
     spool: Option<std::fs::File>,
-    written: u64,
 }
 
 impl Partial for SpooledPartial {
     fn write(&mut self, chunk: Vec<u8>) -> BoxFuture<'_, io::Result<()>> {
-        Box::pin(async move {
-            let (mut file, mut hash) = self.open.take().ok_or_else(finished)?;
-            let len = chunk.len() as u64;
-            let (file, hash) = blocking(move || {
-                file.write_all(&chunk)?;
-                hash.update(&chunk);
-                Ok((file, hash))
-            })
-            .await?;
-            self.open = Some((file, hash));
-            self.written += len;
-            Ok(())
-        })
+        Box::pin(self.file.write(chunk))
     }
 
     fn written(&self) -> u64 {
-        self.written
+        self.file.written
     }
 
     fn finish(&mut self) -> BoxFuture<'_, io::Result<String>> {
         Box::pin(async move {
-            let (file, hash) = self.open.take().ok_or_else(finished)?;
+            let (file, sha256) = self.file.finish()?;
             let file = blocking(move || {
                 file.sync_data()?;
                 Ok(file)
             })
             .await?;
             self.spool = Some(file);
-            Ok(hex::encode(hash.finalize()))
+            Ok(sha256)
         })
     }
 
@@ -246,7 +227,7 @@ impl Partial for SpooledPartial {
             let location = path(key)?;
             let mut file = self.spool.as_ref().ok_or_else(finished)?.try_clone()?;
             file.rewind()?;
-            if self.written <= PART as u64 {
+            if self.file.written <= PART as u64 {
                 let bytes = blocking(move || {
                     let mut buf = Vec::new();
                     file.read_to_end(&mut buf)?;
