@@ -223,30 +223,48 @@ impl FileService for Api {
         }
         let end =
             if r.length == 0 { f.size_bytes } else { (r.offset.saturating_add(r.length)).min(f.size_bytes) };
-        if !self.storage.exists(f.bytes_key()).await.map_err(OrganizerError::Storage)? {
-            warn!(file_id = %id, "stored bytes missing");
-            return Err(OrganizerError::DataLoss(format!("bytes of file {id} are missing")).into());
-        }
+        // One ranged read of the store for the whole answer, opened before answering so
+        // that missing bytes are the call's error.
+        let mut pieces = match self.storage.read_stream(f.bytes_key(), r.offset, end - r.offset).await {
+            Ok(pieces) => pieces,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                warn!(file_id = %id, "stored bytes missing");
+                return Err(OrganizerError::DataLoss(format!("bytes of file {id} are missing")).into());
+            }
+            Err(e) => return Err(OrganizerError::Storage(e).into()),
+        };
         let (out, stream) = self.read_outbox();
-        let (size, storage, api) = (f.size_bytes, self.storage.clone(), self.clone());
-        let key = f.bytes_key().to_owned();
+        let (size, api) = (f.size_bytes, self.clone());
         tokio::spawn(async move {
             // The slot is held until the stream is read to its end, the client goes, or it
             // stops reading for longer than the idle timeout.
             let _slot = slot;
             let mut offset = r.offset;
+            // Pieces of the store's answer not yet sent: at most a chunk and one piece.
+            let mut pending = Vec::new();
             while offset < end {
-                let want = (end - offset).min(READ_CHUNK as u64);
-                let msg = match storage.read(&key, offset, want).await {
-                    Ok(buf) if buf.len() as u64 == want => {
-                        Ok(pb::ReadFileResponse { chunk: buf, offset, size_bytes: size })
+                let want = usize::try_from((end - offset).min(READ_CHUNK as u64)).unwrap_or(READ_CHUNK);
+                let msg = loop {
+                    if pending.len() >= want {
+                        let rest = pending.split_off(want);
+                        let chunk = std::mem::replace(&mut pending, rest);
+                        break Ok(pb::ReadFileResponse { chunk, offset, size_bytes: size });
                     }
-                    Ok(_) => {
-                        Err(OrganizerError::DataLoss(format!("file {id} is shorter than its record")).into())
-                    }
-                    Err(e) => {
-                        Err(OrganizerError::DataLoss(format!("reading file {id} failed: {}", e.kind()))
-                            .into())
+                    match pieces.next().await {
+                        Some(Ok(piece)) => pending.extend_from_slice(&piece),
+                        Some(Err(e)) => {
+                            break Err(OrganizerError::DataLoss(format!(
+                                "reading file {id} failed: {}",
+                                e.kind()
+                            ))
+                            .into());
+                        }
+                        None => {
+                            break Err(OrganizerError::DataLoss(format!(
+                                "file {id} is shorter than its record"
+                            ))
+                            .into());
+                        }
                     }
                 };
                 let failed = msg.is_err();
@@ -257,7 +275,7 @@ impl FileService for Api {
                 if failed {
                     return;
                 }
-                offset += want;
+                offset += want as u64;
             }
         });
         Ok(Response::new(stream))

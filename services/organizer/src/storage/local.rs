@@ -7,10 +7,10 @@ use std::{
     time::Duration,
 };
 
-use futures_util::future::BoxFuture;
+use futures_util::{StreamExt as _, future::BoxFuture, stream::BoxStream};
 use uuid::Uuid;
 
-use super::{HashingFile, Object, Partial, ReadSeek, Storage, TMP_DIR, blocking};
+use super::{HashingFile, Object, Partial, READ_PIECE, ReadSeek, Storage, TMP_DIR, blocking};
 
 /// Bytes the write probe writes: one page, so a disk with no page left refuses it.
 const PROBE_BYTES: usize = 4096;
@@ -139,6 +139,29 @@ impl Storage for LocalDisk {
                 f.take(len).read_to_end(&mut buf).await?;
             }
             Ok(buf)
+        })
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        key: &'a str,
+        offset: u64,
+        len: u64,
+    ) -> BoxFuture<'a, io::Result<BoxStream<'static, io::Result<Vec<u8>>>>> {
+        Box::pin(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+            let mut f = tokio::fs::File::open(self.path(key)?).await?;
+            f.seek(io::SeekFrom::Start(offset)).await?;
+            let pieces = futures_util::stream::try_unfold(f.take(len), |mut file| async move {
+                let mut piece = vec![0; READ_PIECE];
+                let n = file.read(&mut piece).await?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                piece.truncate(n);
+                Ok(Some((piece, file)))
+            });
+            Ok(pieces.boxed())
         })
     }
 

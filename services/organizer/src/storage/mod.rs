@@ -18,7 +18,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use futures_util::future::BoxFuture;
+use futures_util::{future::BoxFuture, stream::BoxStream};
 use sakuga_mesh::MeshError;
 
 use crate::config::Backend;
@@ -61,6 +61,16 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// `len` bytes (0: to the end) from `offset`.
     fn read<'a>(&'a self, key: &'a str, offset: u64, len: u64) -> BoxFuture<'a, io::Result<Vec<u8>>>;
+
+    /// Exactly `len` bytes from `offset`, in pieces as they arrive from one ranged read of
+    /// the store (not one request per piece). `NotFound` when `key` does not exist; a
+    /// stream that ends early means the object is shorter than asked.
+    fn read_stream<'a>(
+        &'a self,
+        key: &'a str,
+        offset: u64,
+        len: u64,
+    ) -> BoxFuture<'a, io::Result<BoxStream<'static, io::Result<Vec<u8>>>>>;
 
     /// Whether `key` exists.
     fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<bool>>;
@@ -142,6 +152,9 @@ pub async fn open(
         }
     }
 }
+
+/// Largest piece a local read stream yields.
+const READ_PIECE: usize = 256 * 1024;
 
 fn finished() -> io::Error {
     io::Error::other("upload already finished or failed")

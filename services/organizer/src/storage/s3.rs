@@ -11,7 +11,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use futures_util::{StreamExt as _, TryStreamExt as _, future::BoxFuture};
+use futures_util::{StreamExt as _, TryStreamExt as _, future::BoxFuture, stream::BoxStream};
 use object_store::{
     GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart, aws::AmazonS3Builder,
     path::Path, prefix::PrefixStore,
@@ -117,6 +117,27 @@ impl Storage for ObjectStorage {
             let options = GetOptions { range: Some(range), ..GetOptions::default() };
             let got = self.store.get_opts(&path(key)?, options).await?;
             Ok(got.bytes().await?.to_vec())
+        })
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        key: &'a str,
+        offset: u64,
+        len: u64,
+    ) -> BoxFuture<'a, io::Result<BoxStream<'static, io::Result<Vec<u8>>>>> {
+        Box::pin(async move {
+            if len == 0 {
+                // No empty range in S3: the object need only exist.
+                return match self.modified(key).await? {
+                    Some(_) => Ok(futures_util::stream::empty().boxed()),
+                    None => Err(io::ErrorKind::NotFound.into()),
+                };
+            }
+            let options =
+                GetOptions { range: Some(GetRange::Bounded(offset..offset + len)), ..GetOptions::default() };
+            let got = self.store.get_opts(&path(key)?, options).await?;
+            Ok(got.into_stream().map(|piece| piece.map(|b| b.to_vec()).map_err(io::Error::from)).boxed())
         })
     }
 
