@@ -98,6 +98,10 @@ fn path(key: &str) -> io::Result<Path> {
     Path::parse(key).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
+/// A prefix no key is ever stored under (keys are `blobs/…` and `.thumbs/…`), listed by the
+/// health check.
+const HEALTH_PREFIX: &str = ".health";
+
 fn not_found(e: &object_store::Error) -> bool {
     matches!(e, object_store::Error::NotFound { .. })
 }
@@ -187,11 +191,13 @@ impl Storage for ObjectStorage {
 
     fn health(&self) -> BoxFuture<'_, io::Result<()>> {
         Box::pin(async move {
-            // One page of one listing: the bucket exists and the key may read it.
-            match self.store.list(None).next().await {
-                Some(Err(e)) => Err(e.into()),
-                _ => Ok(()),
-            }
+            // A listing of a prefix nothing is stored under: the bucket exists and the key may
+            // list it, without a page of real keys every few seconds.
+            self.store
+                .list_with_delimiter(Some(&Path::from(HEALTH_PREFIX)))
+                .await
+                .map(drop)
+                .map_err(Into::into)
         })
     }
 
