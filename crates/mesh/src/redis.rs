@@ -57,13 +57,17 @@ impl Redis {
             .set_response_timeout(Some(Duration::from_secs(3)))
             .set_number_of_retries(2);
         let mut failed = 0_u32;
+        // A refused login is retried too: a Redis that just restarted without its ACL file
+        // knows no users until they are provisioned again, which is seconds, not a minute.
         let connected = (|| ConnectionManager::new_with_config(client.clone(), manager_cfg.clone()))
             .retry(crate::retry::start_up())
-            // Wrong credentials will not get better.
-            .when(|e| e.kind() != redis::ErrorKind::AuthenticationFailed)
             .notify(|e, _| {
                 failed += 1;
-                warn!(host = %cfg.host, port = cfg.port, attempt = failed, error = %e, "redis not reachable, retrying");
+                if e.kind() == redis::ErrorKind::AuthenticationFailed {
+                    warn!(host = %cfg.host, port = cfg.port, attempt = failed, error = %e, "redis refused the login, retrying");
+                } else {
+                    warn!(host = %cfg.host, port = cfg.port, attempt = failed, error = %e, "redis not reachable, retrying");
+                }
             })
             .await;
         match connected {

@@ -11,13 +11,15 @@ use tokio_util::sync::CancellationToken;
 
 type Delays = <ExponentialBuilder as backon::BackoffBuilder>::Backoff;
 
-/// Reaching PostgreSQL or Redis at start-up: six attempts, 250 ms apart at first, the wait
-/// doubling up to 5 s.
+/// Reaching PostgreSQL or Redis at start-up: 250 ms apart at first, the wait doubling up to
+/// 5 s, for about a minute (16 attempts). A service that starts while a restarting Redis or
+/// PostgreSQL is away for a few seconds waits for it instead of exiting; one that cannot
+/// reach it for a minute exits with the error (and Kubernetes starts it again).
 pub(crate) fn start_up() -> ExponentialBuilder {
     ExponentialBuilder::new()
         .with_min_delay(Duration::from_millis(250))
         .with_max_delay(Duration::from_secs(5))
-        .with_max_times(5)
+        .with_max_times(15)
 }
 
 /// Delays that start at `initial` and double up to `max`, without end; [`Backoff::reset`]
@@ -90,9 +92,11 @@ mod tests {
     }
 
     #[test]
-    fn start_up_retries_five_times() {
+    fn start_up_waits_about_a_minute() {
         let delays: Vec<u128> = start_up().build().map(|d| (d.as_micros() + 500) / 1000).collect();
-        assert_eq!(delays, [250, 500, 1000, 2000, 4000]);
+        assert_eq!(delays[..6], [250, 500, 1000, 2000, 4000, 5000]);
+        assert_eq!(delays.len(), 15);
+        assert_eq!(delays.iter().sum::<u128>(), 57_750);
     }
 
     #[test]
