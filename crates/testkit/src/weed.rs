@@ -19,7 +19,11 @@ pub const BUCKET: &str = "sakuga";
 /// A running SeaweedFS with an S3 gateway.
 #[derive(Debug)]
 pub struct Weed {
-    child: Child,
+    /// The server; `None` while [`Weed::stop`]ped.
+    child: Option<Child>,
+    /// Its command line, for [`Weed::restart`].
+    args: Vec<String>,
+    s3_port: u16,
     /// `http://127.0.0.1:<port>` of the S3 gateway.
     pub endpoint: String,
     /// `https://127.0.0.1:<port>` of the same gateway, its certificate (for `127.0.0.1`)
@@ -40,6 +44,12 @@ fn weed_bin() -> PathBuf {
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/bin/weed"),
         PathBuf::from,
     )
+}
+
+/// Starts `weed` with `args`, its output appended to `weed.log` in `dir`.
+fn spawn(bin: &std::path::Path, args: &[String], dir: &std::path::Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("weed.log"))?;
+    Ok(Command::new(bin).args(args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn()?)
 }
 
 /// `N` distinct free ports (all held until all are picked).
@@ -105,34 +115,37 @@ impl Weed {
         let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, s3_https] =
             free_ports::<9>()?;
         let (ca_file, cert_file, key_file) = write_tls(dir.path())?;
-        let log = std::fs::File::create(dir.path().join("weed.log"))?;
-        let child = Command::new(&bin)
-            .arg("server")
-            .arg(format!("-dir={}", data.display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-            .arg(format!("-master.port={master}"))
-            .arg(format!("-master.port.grpc={master_grpc}"))
-            .arg(format!("-volume.port={volume}"))
-            .arg(format!("-volume.port.grpc={volume_grpc}"))
-            .arg(format!("-filer.port={filer}"))
-            .arg(format!("-filer.port.grpc={filer_grpc}"))
-            .arg(format!("-filer.localSocket={}", dir.path().join("filer.sock").display()))
-            .arg("-s3")
-            .arg(format!("-s3.port={s3}"))
-            .arg(format!("-s3.port.grpc={s3_grpc}"))
-            .arg(format!("-s3.port.https={s3_https}"))
-            .arg(format!("-s3.cert.file={}", cert_file.display()))
-            .arg(format!("-s3.key.file={}", key_file.display()))
+        let args: Vec<String> = [
+            "server".to_owned(),
+            format!("-dir={}", data.display()),
+            "-ip=127.0.0.1".to_owned(),
+            "-ip.bind=127.0.0.1".to_owned(),
+            format!("-master.port={master}"),
+            format!("-master.port.grpc={master_grpc}"),
+            format!("-volume.port={volume}"),
+            format!("-volume.port.grpc={volume_grpc}"),
+            format!("-filer.port={filer}"),
+            format!("-filer.port.grpc={filer_grpc}"),
+            format!("-filer.localSocket={}", dir.path().join("filer.sock").display()),
+            "-s3".to_owned(),
+            format!("-s3.port={s3}"),
+            format!("-s3.port.grpc={s3_grpc}"),
+            format!("-s3.port.https={s3_https}"),
+            format!("-s3.cert.file={}", cert_file.display()),
+            format!("-s3.key.file={}", key_file.display()),
             // Both default to fixed ports; off.
-            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
-            .arg(format!("-s3.config={}", s3_config.display()))
-            .args(["-volume.max=0", "-master.volumeSizeLimitMB=64"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+            "-s3.port.iceberg=0".to_owned(),
+            "-s3.port.lance=0".to_owned(),
+            format!("-s3.config={}", s3_config.display()),
+            "-volume.max=0".to_owned(),
+            "-master.volumeSizeLimitMB=64".to_owned(),
+        ]
+        .into();
+        let child = spawn(&bin, &args, dir.path())?;
         let mut weed = Self {
-            child,
+            child: Some(child),
+            args,
+            s3_port: s3,
             endpoint: format!("http://127.0.0.1:{s3}"),
             https_endpoint: format!("https://127.0.0.1:{s3_https}"),
             ca_file,
@@ -141,12 +154,8 @@ impl Weed {
             secret_access_key,
             dir,
         };
+        weed.until_ready().await?;
         let deadline = Instant::now() + Duration::from_mins(1);
-        while !answers(s3, "/healthz").await {
-            anyhow::ensure!(Instant::now() < deadline, "SeaweedFS not ready within a minute: {}", weed.log());
-            anyhow::ensure!(weed.child.try_wait()?.is_none(), "SeaweedFS exited: {}", weed.log());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
         // The shell reaches the cluster once the filer has registered with the master. It
         // takes the master's gRPC port as `host:port.grpc_port` (else it assumes port + 10000).
         loop {
@@ -182,6 +191,38 @@ impl Weed {
         Ok(weed)
     }
 
+    /// Waits (up to a minute) until the S3 gateway answers.
+    async fn until_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_mins(1);
+        while !answers(self.s3_port, "/healthz").await {
+            anyhow::ensure!(Instant::now() < deadline, "SeaweedFS not ready within a minute: {}", self.log());
+            let exited = match self.child.as_mut() {
+                Some(c) => c.try_wait()?.is_some(),
+                None => true,
+            };
+            anyhow::ensure!(!exited, "SeaweedFS exited: {}", self.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
+    /// Kills the server (SIGKILL: a store that vanishes mid-request); its data stays for
+    /// [`Weed::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the stopped server again on the same ports and data (the bucket and its
+    /// objects are still there) and waits until it answers.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.child = Some(spawn(&weed_bin(), &self.args, self.dir.path())?);
+        self.until_ready().await
+    }
+
     /// Points `storage` at this server's bucket (key prefix `prefix`).
     pub fn configure(&self, storage: &mut sakuga_organizer::config::StorageConfig, prefix: &str) {
         storage.backend = sakuga_organizer::config::Backend::S3;
@@ -206,7 +247,6 @@ impl Weed {
 impl Drop for Weed {
     fn drop(&mut self) {
         // Killed outright: its graceful shutdown takes seconds, and the folder goes anyway.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }

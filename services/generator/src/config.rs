@@ -21,7 +21,8 @@ pub struct Config {
     /// comma-separated, are tried in turn whenever the stream drops, so a scheduler that
     /// shuts down hands its workers (and their running jobs, by lease) to another.
     pub scheduler_addr: String,
-    /// File organizer `host:port`.
+    /// File organizer `host:port`; several replicas, comma-separated, are used in turn: an
+    /// upload the platform failed (no answer, storage trouble) is retried on the next.
     pub organizer_addr: String,
     /// Auth service `host:port`, where the token verification keys come from (the
     /// health port's reflection accepts operators' tokens).
@@ -81,6 +82,11 @@ impl Default for Config {
     }
 }
 
+/// `a, b,c` → `[a, b, c]`; empty entries are skipped.
+fn split_addrs(list: &str) -> Vec<String> {
+    list.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect()
+}
+
 impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), MeshError> {
@@ -106,6 +112,9 @@ impl Config {
         if self.scheduler_addrs().is_empty() {
             return bad("scheduler_addr", "must name at least one host:port");
         }
+        if self.organizer_addrs().is_empty() {
+            return bad("organizer_addr", "must name at least one host:port");
+        }
         if self.upload_wait_max < Duration::from_secs(1) {
             return bad("upload_wait_max", "must be at least 1s");
         }
@@ -117,7 +126,12 @@ impl Config {
 
     /// The scheduler addresses, in the order they are tried.
     pub fn scheduler_addrs(&self) -> Vec<String> {
-        self.scheduler_addr.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect()
+        split_addrs(&self.scheduler_addr)
+    }
+
+    /// The organizer addresses, in the order they are used.
+    pub fn organizer_addrs(&self) -> Vec<String> {
+        split_addrs(&self.organizer_addr)
     }
 
     /// Where waiting artifacts are spooled.

@@ -116,7 +116,11 @@ impl Service for Application {
             .iter()
             .map(|addr| node.tls.channel_to(addr, "scheduler"))
             .collect::<Result<Vec<_>, _>>()?;
-        let organizer = node.tls.channel_to(&config.organizer_addr, "organizer")?;
+        let organizers = config
+            .organizer_addrs()
+            .iter()
+            .map(|addr| node.tls.channel_to(addr, "organizer"))
+            .collect::<Result<Vec<_>, _>>()?;
         let attached = Arc::new(AtomicBool::new(false));
         // The worker outlives `shutdown` until it has drained; the health server stops
         // when the worker is done.
@@ -130,7 +134,7 @@ impl Service for Application {
                     backend,
                     (families, busy),
                     schedulers,
-                    organizer,
+                    organizers,
                     attached,
                     shutdown,
                 )

@@ -7,13 +7,13 @@
 
 use std::{path::Path, time::Duration};
 
-use sakuga_proto::v1::{GetJobRequest, JobStatus};
+use sakuga_proto::v1::{GetFileRequest, GetJobRequest, JobStatus};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
 use crate::{
-    common::{Mesh, Person, image_request},
+    common::{Backend, Mesh, Person, image_request},
     metrics::{scrape, value},
 };
 
@@ -288,5 +288,84 @@ async fn a_job_canceled_while_it_waits_for_storage_drops_its_artifacts() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(dropped, "the held artifact and its spool file are gone with the lease");
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_generator_given_two_organizers_stores_through_the_one_that_answers() {
+    let mut mesh = Mesh::without_generator().await;
+    // The first address answers nothing (a replica that is gone); the second is the organizer.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let live = mesh.organizer.addr_string();
+    // One slot: uploads one after another, so exactly the first one meets the dead replica.
+    mesh.attach_generator_with(move |g| {
+        g.organizer_addr = format!("{dead}, {live}");
+        g.slots = 1;
+    })
+    .await;
+    let alice = mesh.person("alice").await;
+    let ids = submit(&mesh, &alice, 3).await;
+    all_succeeded_at_once(&mesh, &alice, &ids).await;
+    let metrics = generator_metrics(&mesh).await;
+    // One refused upload moved the worker on; the rest went to the live one at once.
+    assert_eq!(
+        value(&metrics, r#"sakuga_generator_upload_retries_total{reason="organizer_unreachable"}"#),
+        1.0
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_finished_while_the_object_store_is_down_for_a_minute_are_stored_when_it_is_back() {
+    let mut mesh = Mesh::on(Backend::S3).await;
+    mesh.attach_generator_with(|g| g.slots = 4).await;
+    let alice = mesh.person("alice").await;
+    let down_at = tokio::time::Instant::now();
+    mesh.weed.as_mut().unwrap().stop();
+    let ids = submit(&mesh, &alice, 20).await;
+    until_waiting(&mesh, &alice, &ids, "waiting for storage: storage unavailable").await;
+    let mut not_serving = false;
+    for _ in 0..300 {
+        if organizer_health(&mesh).await == Some(ServingStatus::NotServing as i32) {
+            not_serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(not_serving, "the organizer says NOT_SERVING while the store is away");
+    // A minute without the store; the jobs keep waiting and spend nothing.
+    tokio::time::sleep_until(down_at + Duration::from_mins(1)).await;
+    until_waiting(&mesh, &alice, &ids, "waiting for storage: storage unavailable").await;
+    let metrics = generator_metrics(&mesh).await;
+    assert!(value(&metrics, r#"sakuga_generator_upload_retries_total{reason="storage_unavailable"}"#) >= 4.0);
+
+    mesh.weed.as_mut().unwrap().restart().await.unwrap();
+    all_succeeded_at_once(&mesh, &alice, &ids).await;
+    // The bucket holds the records' bytes and thumbnails, nothing half-written.
+    let mut files = mesh.files(&alice.token);
+    let mut expected = std::collections::BTreeSet::new();
+    for id in &ids {
+        let job = mesh.finished(&alice.token, id).await;
+        let file = files
+            .get_file(GetFileRequest { file_id: job.file_ids[0].clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .file
+            .unwrap();
+        expected.insert(format!("blobs/{}", file.sha256));
+        expected.insert(format!(".thumbs/blobs/{}", file.sha256));
+    }
+    let stored: std::collections::BTreeSet<String> = mesh.stored_keys().await.into_iter().collect();
+    assert_eq!(stored, expected);
+    let mut serving = false;
+    for _ in 0..300 {
+        if organizer_health(&mesh).await == Some(ServingStatus::Serving as i32) {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(serving, "SERVING again once the store answers");
     mesh.stop().await;
 }

@@ -4,7 +4,10 @@
 //! `retry-after` when it is busy), and the organizer answers a repeat of the same
 //! (job, index) under the same lease with the record it already has.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
 use futures_util::future::BoxFuture;
 use sakuga_imaging::Artifact;
@@ -18,17 +21,39 @@ use tonic::{Code, transport::Channel};
 
 use crate::upload::{ArtifactStore, Fault, Target, UploadError};
 
-/// The organizer's `FileService`, as the worker's artifact store.
-#[derive(Debug, Clone)]
+/// The organizers' `FileService`, as the worker's artifact store. With several replicas an
+/// upload goes to the current one; a platform failure (no answer, storage trouble, a full
+/// ceiling) moves every later upload to the next, so a dead or failing replica is left at
+/// its first refusal. The retry of the same (job, index) on another replica is answered
+/// with the record the first one made, if it made one.
+#[derive(Debug)]
 pub(crate) struct Organizer {
-    client: FileServiceClient<Channel>,
+    clients: Vec<FileServiceClient<Channel>>,
+    current: AtomicUsize,
     chunk_bytes: usize,
 }
 
 impl Organizer {
-    /// Uploads over `channel` in chunks of `chunk_bytes`.
-    pub(crate) fn new(channel: Channel, chunk_bytes: usize) -> Self {
-        Self { client: FileServiceClient::new(channel), chunk_bytes }
+    /// Uploads over `channels` (at least one) in chunks of `chunk_bytes`.
+    pub(crate) fn new(channels: Vec<Channel>, chunk_bytes: usize) -> Self {
+        Self {
+            clients: channels.into_iter().map(FileServiceClient::new).collect(),
+            current: AtomicUsize::new(0),
+            chunk_bytes,
+        }
+    }
+
+    /// The replica an upload goes to now (its index and client).
+    fn pick(&self) -> (usize, &FileServiceClient<Channel>) {
+        let i = self.current.load(Ordering::Relaxed) % self.clients.len();
+        (i, &self.clients[i])
+    }
+
+    /// After replica `failed` failed an upload: the next one, unless another upload moved on
+    /// already.
+    fn move_on(&self, failed: usize) {
+        let next = (failed + 1) % self.clients.len();
+        let _ = self.current.compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
@@ -39,7 +64,14 @@ impl ArtifactStore for Organizer {
         index: u32,
         artifact: &'a Artifact,
     ) -> BoxFuture<'a, Result<String, UploadError>> {
-        Box::pin(store(&self.client, target, index, artifact, self.chunk_bytes))
+        Box::pin(async move {
+            let (i, client) = self.pick();
+            let result = store(client, target, index, artifact, self.chunk_bytes).await;
+            if matches!(result, Err(UploadError::Platform { .. })) {
+                self.move_on(i);
+            }
+            result
+        })
     }
 }
 

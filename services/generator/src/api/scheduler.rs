@@ -38,12 +38,12 @@ pub(crate) async fn run(
     backend: Arc<dyn Backend>,
     (metrics, busy): (Arc<Families>, Busy),
     schedulers: Vec<Channel>,
-    organizer: Channel,
+    organizers: Vec<Channel>,
     attached: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(1024);
-    let store = Arc::new(Organizer::new(organizer, config.upload_chunk_bytes));
+    let store = Arc::new(Organizer::new(organizers, config.upload_chunk_bytes));
     let mut w = Worker::new(config, backend, (metrics, busy), store, events_tx);
     let mut backoff = Backoff::new(
         Duration::from_millis(200),

@@ -55,6 +55,17 @@ pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
 }
 
+/// A request to the store may take this long to connect...
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// ...and this long in all (a part of at most `PART` bytes).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A failed request is retried (the store's hiccups: a 5xx, a dropped connection) at most
+/// this often and for this long. Not the library's minutes: an upload that the store keeps
+/// failing returns UNAVAILABLE within seconds, the organizer's health says so, and the
+/// generator (which holds the artifact) retries it with its own backoff.
+const MAX_RETRIES: usize = 3;
+const RETRY_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl ObjectStorage {
     /// Any `object_store` store (a bucket, or a folder in tests).
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
@@ -63,7 +74,10 @@ impl ObjectStorage {
 
     /// The bucket `config` names, signed with `credentials`.
     pub fn s3(config: &S3Config, credentials: &S3Credentials) -> Result<Self, S3SetupError> {
-        let mut options = object_store::ClientOptions::new().with_allow_http(config.allow_http);
+        let mut options = object_store::ClientOptions::new()
+            .with_allow_http(config.allow_http)
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT);
         if !config.ca_file.as_os_str().is_empty() {
             let pem = std::fs::read(&config.ca_file)
                 .map_err(|source| S3SetupError::CaFile { path: config.ca_file.clone(), source })?;
@@ -77,6 +91,11 @@ impl ObjectStorage {
             .with_access_key_id(&credentials.access_key_id)
             .with_secret_access_key(credentials.secret_access_key.expose_secret())
             .with_virtual_hosted_style_request(!config.path_style)
+            .with_retry(object_store::RetryConfig {
+                backoff: object_store::BackoffConfig::default(),
+                max_retries: MAX_RETRIES,
+                retry_timeout: RETRY_TIMEOUT,
+            })
             .with_allow_http(config.allow_http)
             .with_client_options(options);
         if !config.endpoint.is_empty() {
