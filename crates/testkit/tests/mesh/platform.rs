@@ -297,7 +297,8 @@ async fn a_generator_given_two_organizers_stores_through_the_one_that_answers() 
     // The first address answers nothing (a replica that is gone); the second is the organizer.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let live = mesh.organizer.addr_string();
-    // One slot: uploads one after another, so exactly the first one meets the dead replica.
+    // One slot: uploads one after another. The first meets the dead replica and leaves it
+    // out for a few seconds; the dead one is tried again only after that.
     mesh.attach_generator_with(move |g| {
         g.organizer_addr = format!("{dead}, {live}");
         g.slots = 1;
@@ -307,11 +308,9 @@ async fn a_generator_given_two_organizers_stores_through_the_one_that_answers() 
     let ids = submit(&mesh, &alice, 3).await;
     all_succeeded_at_once(&mesh, &alice, &ids).await;
     let metrics = generator_metrics(&mesh).await;
-    // One refused upload moved the worker on; the rest went to the live one at once.
-    assert_eq!(
-        value(&metrics, r#"sakuga_generator_upload_retries_total{reason="organizer_unreachable"}"#),
-        1.0
-    );
+    // The dead replica cost a retry, and not one per upload: it rested after it refused.
+    let retried = value(&metrics, r#"sakuga_generator_upload_retries_total{reason="organizer_unreachable"}"#);
+    assert!((1.0..3.0).contains(&retried), "{retried}");
     mesh.stop().await;
 }
 

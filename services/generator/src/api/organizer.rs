@@ -5,7 +5,10 @@
 //! (job, index) under the same lease with the record it already has.
 
 use std::{
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -17,43 +20,62 @@ use sakuga_proto::v1::{
     store_artifact_request::Part,
 };
 use sha2::{Digest as _, Sha256};
+use tokio::time::Instant;
 use tonic::{Code, transport::Channel};
 
 use crate::upload::{ArtifactStore, Fault, Target, UploadError};
 
-/// The organizers' `FileService`, as the worker's artifact store. With several replicas an
-/// upload goes to the current one; a platform failure (no answer, storage trouble, a full
-/// ceiling) moves every later upload to the next, so a dead or failing replica is left at
-/// its first refusal. The retry of the same (job, index) on another replica is answered
-/// with the record the first one made, if it made one.
+/// The organizers' `FileService`, as the worker's artifact store. With several replicas the
+/// uploads take them in turn, skipping for [`REST`] one that failed an upload for the
+/// platform's reasons (no answer, storage trouble, a full ceiling), unless every one did.
+/// The retry of the same (job, index) on another replica is answered with the record the
+/// first one made, if it made one.
 #[derive(Debug)]
 pub(crate) struct Organizer {
-    clients: Vec<FileServiceClient<Channel>>,
-    current: AtomicUsize,
+    replicas: Vec<Replica>,
+    next: AtomicUsize,
     chunk_bytes: usize,
+}
+
+/// How long a replica that failed an upload is left out of the turn.
+const REST: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct Replica {
+    client: FileServiceClient<Channel>,
+    /// Left out of the turn until then.
+    resting_until: Mutex<Option<Instant>>,
+}
+
+impl Replica {
+    fn resting(&self, now: Instant) -> bool {
+        self.resting_until.lock().unwrap_or_else(PoisonError::into_inner).is_some_and(|until| now < until)
+    }
 }
 
 impl Organizer {
     /// Uploads over `channels` (at least one) in chunks of `chunk_bytes`.
     pub(crate) fn new(channels: Vec<Channel>, chunk_bytes: usize) -> Self {
-        Self {
-            clients: channels.into_iter().map(FileServiceClient::new).collect(),
-            current: AtomicUsize::new(0),
-            chunk_bytes,
-        }
+        let replicas = channels
+            .into_iter()
+            .map(|c| Replica { client: FileServiceClient::new(c), resting_until: Mutex::new(None) })
+            .collect();
+        Self { replicas, next: AtomicUsize::new(0), chunk_bytes }
     }
 
-    /// The replica an upload goes to now (its index and client).
-    fn pick(&self) -> (usize, &FileServiceClient<Channel>) {
-        let i = self.current.load(Ordering::Relaxed) % self.clients.len();
-        (i, &self.clients[i])
+    /// The replica the next upload goes to: the next in turn that is not resting (if all
+    /// are, the next in turn).
+    fn pick(&self) -> usize {
+        let n = self.replicas.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let now = Instant::now();
+        (0..n).map(|k| (first + k) % n).find(|&i| !self.replicas[i].resting(now)).unwrap_or(first)
     }
 
-    /// After replica `failed` failed an upload: the next one, unless another upload moved on
-    /// already.
-    fn move_on(&self, failed: usize) {
-        let next = (failed + 1) % self.clients.len();
-        let _ = self.current.compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed);
+    /// Replica `i` failed an upload for the platform's reasons: it rests.
+    fn rest(&self, i: usize) {
+        *self.replicas[i].resting_until.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Instant::now() + REST);
     }
 }
 
@@ -65,10 +87,10 @@ impl ArtifactStore for Organizer {
         artifact: &'a Artifact,
     ) -> BoxFuture<'a, Result<String, UploadError>> {
         Box::pin(async move {
-            let (i, client) = self.pick();
-            let result = store(client, target, index, artifact, self.chunk_bytes).await;
+            let i = self.pick();
+            let result = store(&self.replicas[i].client, target, index, artifact, self.chunk_bytes).await;
             if matches!(result, Err(UploadError::Platform { .. })) {
-                self.move_on(i);
+                self.rest(i);
             }
             result
         })
@@ -191,6 +213,49 @@ mod tests {
         ] {
             assert_eq!(platform(&s), Some(Fault::OrganizerError), "{s:?}");
         }
+    }
+
+    fn replicas(n: usize) -> Organizer {
+        let channels =
+            (0..n).map(|_| tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy());
+        Organizer::new(channels.collect(), 1024)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn uploads_take_the_replicas_in_turn_and_one_that_failed_rests() {
+        let o = replicas(3);
+        assert_eq!([o.pick(), o.pick(), o.pick(), o.pick()], [0, 1, 2, 0]);
+        o.rest(1);
+        assert_eq!([o.pick(), o.pick(), o.pick(), o.pick()], [2, 2, 0, 2], "1 is left out");
+        tokio::time::advance(REST).await;
+        assert_eq!([o.pick(), o.pick(), o.pick()], [2, 0, 1], "back in turn after its rest");
+        for i in 0..3 {
+            o.rest(i);
+        }
+        assert_eq!([o.pick(), o.pick()], [2, 0], "all resting: in turn anyway");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_refuses_the_connection_rests() {
+        let o = replicas(2);
+        let target = Target {
+            job_id: "j".to_owned(),
+            lease_token: "t".to_owned(),
+            owner_id: "o".to_owned(),
+            project_id: String::new(),
+            kind: crate::backend::Kind::Image,
+            width: 1,
+            height: 1,
+            frames: 1,
+        };
+        let artifact = Artifact { bytes: vec![1, 2, 3], mime: "image/png", width: 1, height: 1, frames: 1 };
+        let got = o.store(&target, 0, &artifact).await;
+        assert!(
+            matches!(got, Err(UploadError::Platform { fault: Fault::OrganizerUnreachable, .. })),
+            "{got:?}"
+        );
+        assert!(o.replicas[0].resting(Instant::now()));
+        assert!(!o.replicas[1].resting(Instant::now()));
     }
 
     #[test]
