@@ -147,7 +147,7 @@ expected_exe() {
     weed) echo weed ;;
     redis) echo redis-server ;;
     postgres) echo postgres ;;
-    generator-*) echo sakuga-generator ;;
+    *-[0-9]*) echo "sakuga-${1%%-*}" ;; # a replica (generator-2, organizer-2)
     *) echo "sakuga-$1" ;;
     esac
 }

@@ -285,7 +285,8 @@ WEED_S3_PORT="${SAKUGA_WEED_S3_PORT:-8333}"
 S3_BUCKET=sakuga
 start_weed() {
     local dir="$DEV/weed" log_file="$DEV/logs/weed.log" key secret pid i out
-    local master=19333 volume=18080 filer=18888
+    local master="${SAKUGA_WEED_MASTER_PORT:-19333}" volume="${SAKUGA_WEED_VOLUME_PORT:-18080}"
+    local filer="${SAKUGA_WEED_FILER_PORT:-18888}"
     [ -x "$TOOLS_BIN/weed" ] || die "no SeaweedFS at .tools/bin/weed (scripts/tools.sh installs it)"
     port_open "$LOOPBACK" "$WEED_S3_PORT" &&
         die "something already listens on $LOOPBACK:$WEED_S3_PORT; stop it or set SAKUGA_WEED_S3_PORT"

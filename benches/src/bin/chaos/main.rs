@@ -9,12 +9,17 @@
 //! - one completion per job: the scheduler logged "job succeeded" once for each;
 //! - one set of files per job: each job names one file, the organizer lists exactly one
 //!   file per job and that file is the one the job names;
-//! - no orphan bytes: every file under the storage folder is a recorded file or its
-//!   thumbnail, and every recorded file is on disk.
+//! - the bytes are right: every file reads back (ReadFile) with its record's sha256;
+//! - no orphan bytes: every key in the store (the storage folder, or with `--s3-endpoint`
+//!   the bucket) is a recorded file's bytes or thumbnail, once the reconciler had
+//!   `--orphan-wait-secs` to remove what a killed organizer left; every record's bytes are
+//!   there.
 //!
 //! It prints the counts and exits with 1 on any loss, duplicate or orphan.
 
 #![allow(clippy::cast_possible_truncation, clippy::cast_precision_loss, clippy::too_many_lines)]
+
+mod store;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -28,12 +33,14 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use sakuga_mesh::{retry::Backoff, tls::MeshTls};
 use sakuga_proto::v1::{
-    Job, JobKind, JobSpec, JobStatus, ListFilesRequest, ListJobsRequest, LoginRequest, SubmitJobRequest,
-    auth_service_client::AuthServiceClient, file_service_client::FileServiceClient,
+    Job, JobKind, JobSpec, JobStatus, ListFilesRequest, ListJobsRequest, LoginRequest, ReadFileRequest,
+    SubmitJobRequest, auth_service_client::AuthServiceClient, file_service_client::FileServiceClient,
     job_service_client::JobServiceClient,
 };
+use sha2::{Digest as _, Sha256};
 use tokio::process::Command;
 use tonic::{Request, transport::Channel};
 
@@ -55,6 +62,15 @@ struct Args {
     /// Generator names, space-separated, killed in turn.
     #[arg(long)]
     generators: String,
+    /// Organizer names, space-separated, SIGKILLed in turn every 3 s (none by default).
+    #[arg(long, default_value = "")]
+    organizers: String,
+    /// The S3 endpoint of the bucket the organizers use; without it, the storage folder.
+    #[arg(long)]
+    s3_endpoint: Option<String>,
+    /// Longest wait for the reconciler to remove bytes without a record.
+    #[arg(long, default_value_t = 0)]
+    orphan_wait_secs: u64,
     /// Longest wait for every job to finish after the last submit.
     #[arg(long, default_value_t = 600)]
     finish_secs: u64,
@@ -188,22 +204,23 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     let started = Instant::now();
     let faults: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    // A generator killed every 2 s, in turn, until every job is finished.
-    let killer = {
+    // A generator killed every 2 s, in turn, and an organizer (if named) every 3 s, until
+    // every job is finished.
+    let killers = [(&args.generators, 2), (&args.organizers, 3)].map(|(names, every)| {
         let (stop, faults, script) = (stop.clone(), faults.clone(), args.script.clone());
-        let generators: Vec<String> = args.generators.split_whitespace().map(str::to_owned).collect();
+        let names: Vec<String> = names.split_whitespace().map(str::to_owned).collect();
         tokio::spawn(async move {
             let mut i = 0usize;
-            while !stop.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_secs(2)).await;
+            while !names.is_empty() && !stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_secs(every)).await;
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
-                act(&script, &["kill-generator", &generators[i % generators.len()]], &faults, started).await;
+                act(&script, &["kill", &names[i % names.len()]], &faults, started).await;
                 i += 1;
             }
         })
-    };
+    });
     let timeline = {
         let (faults, script) = (faults.clone(), args.script.clone());
         tokio::spawn(async move {
@@ -309,7 +326,9 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     let wall = started.elapsed();
     timeline.await?;
     stop.store(true, Ordering::SeqCst);
-    killer.await?;
+    for killer in killers {
+        killer.await?;
+    }
     // Running generators get a moment to settle (a killed one's restart is already under way).
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -343,6 +362,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     // One set of files per job.
     let ours: HashSet<&String> = ids.iter().collect();
     let mut files_by_job: HashMap<String, Vec<String>> = HashMap::new();
+    let mut sha_of: HashMap<String, String> = HashMap::new();
     let mut token = String::new();
     loop {
         let page = retry(&stack, &retries, "ListFiles", || {
@@ -357,6 +377,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         .await?
         .into_inner();
         for f in page.files {
+            sha_of.insert(f.id.clone(), f.sha256);
             files_by_job.entry(f.job_id.clone()).or_default().push(f.id);
         }
         if page.next_page_token.is_empty() {
@@ -380,24 +401,56 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     }
     let foreign_files = files_by_job.keys().filter(|j| !ours.contains(j)).count();
 
-    // No orphan bytes: the storage folder against the keys the records' bytes are under
+    // Every file's bytes, read back, are the ones its record names.
+    let reads = futures_util::stream::iter(sha_of)
+        .map(|(id, sha)| {
+            let (stack, retries) = (stack.clone(), retries.clone());
+            async move {
+                let bytes = read_file(&stack, &retries, &id).await?;
+                anyhow::Ok((hex::encode(Sha256::digest(&bytes)) != sha).then_some(id))
+            }
+        })
+        .buffer_unordered(8)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let wrong_bytes: Vec<String> = reads.into_iter().flatten().collect();
+
+    // No orphan bytes: the store against the keys the records' bytes are under
     // (identical bytes share one blob, so several records may name the same key).
     let keys_out = Command::new("bash").arg(&args.script).arg("act").arg("storage-keys").output().await?;
     anyhow::ensure!(keys_out.status.success(), "storage-keys: {}", String::from_utf8_lossy(&keys_out.stderr));
     let keys: HashSet<String> =
         String::from_utf8_lossy(&keys_out.stdout).lines().map(str::to_owned).collect();
-    let root = args.dev.join("files");
-    let mut on_disk = Vec::new();
-    walk(&root, &root, &mut on_disk)?;
+    // Bytes a SIGKILLed organizer wrote without their record are the reconciler's, after its
+    // grace period: looked at again until none is left or the wait is over.
+    let store = store::Store::open(&args.dev, args.s3_endpoint.as_deref())?;
+    let orphan_deadline = Instant::now() + Duration::from_secs(args.orphan_wait_secs);
+    let (on_disk, orphans) = loop {
+        let stored = store.keys().await?;
+        let orphans: Vec<String> = stored
+            .iter()
+            .filter(|k| {
+                let key = k.strip_prefix(".thumbs/").unwrap_or(k);
+                !keys.contains(key)
+            })
+            .cloned()
+            .collect();
+        if orphans.is_empty() || Instant::now() > orphan_deadline {
+            break (stored, orphans);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
     let on_disk_set: HashSet<&String> = on_disk.iter().collect();
-    let orphans: Vec<&String> = on_disk
-        .iter()
-        .filter(|k| {
-            let key = k.strip_prefix(".thumbs/").unwrap_or(k);
-            !keys.contains(key)
-        })
-        .collect();
     let missing = keys.iter().filter(|k| !on_disk_set.contains(k)).count();
+
+    // With replicas: each stored some of the files (else the run tried none of them).
+    let mut stored_by = Vec::new();
+    for name in std::iter::once("organizer").chain(args.organizers.split_whitespace()) {
+        let log = std::fs::read_to_string(args.dev.join(format!("logs/{name}.log"))).unwrap_or_default();
+        stored_by.push((name, log.lines().filter(|l| l.contains(r#""message":"artifact stored""#)).count()));
+    }
+    let idle_replicas =
+        if stored_by.len() > 1 { stored_by.iter().filter(|(_, n)| *n == 0).count() } else { 0 };
 
     // ---------------------------------------------------------------- report
     let mut attempts: BTreeMap<u32, usize> = BTreeMap::new();
@@ -406,10 +459,11 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     }
     let faults = faults.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let failed_faults = faults.iter().filter(|f| f.contains("FAILED")).count();
-    let kills = faults.iter().filter(|f| f.contains("kill-generator")).count();
+    let kills = faults.iter().filter(|f| f.contains("  kill generator")).count();
+    let organizer_kills = faults.iter().filter(|f| f.contains("  kill organizer")).count();
     println!();
     println!(
-        "chaos run {tag}: {:.1} s, {kills} generator kills, {} scheduled faults",
+        "chaos run {tag}: {:.1} s, {kills} generator kills, {organizer_kills} organizer kills, {} scheduled faults",
         wall.as_secs_f64(),
         TIMELINE.len()
     );
@@ -420,8 +474,9 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         "  duplicated     {} (jobs {duplicated_jobs}, completions {completed_twice}, files {duplicated_files})",
         duplicated_jobs + completed_twice + duplicated_files
     );
-    println!("  orphans        {} (files on disk without a record)", orphans.len());
-    println!("  missing bytes  {missing} (records without their file)");
+    println!("  orphans        {} (objects in the store without a record)", orphans.len());
+    println!("  missing bytes  {missing} (records without their object)");
+    println!("  wrong bytes    {} (files whose bytes do not have their sha256)", wrong_bytes.len());
     println!(
         "  file sets      {file_mismatch} jobs whose files differ from the one file they name; {foreign_files} files of unknown jobs"
     );
@@ -430,6 +485,13 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         attempts.iter().map(|(a, n)| format!("{n} jobs × {a}")).collect::<Vec<_>>().join(", ")
     );
     println!("  retried calls  {}", retries.load(Ordering::Relaxed));
+    println!(
+        "  stored by      {}",
+        stored_by.iter().map(|(name, n)| format!("{name} {n}")).collect::<Vec<_>>().join(", ")
+    );
+    if idle_replicas > 0 {
+        println!("  {idle_replicas} organizer replicas stored nothing: the run did not use every replica");
+    }
     if unlogged > 0 {
         println!("  note: {unlogged} succeeded jobs have no \"job succeeded\" line in the scheduler log");
     }
@@ -439,21 +501,35 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     for o in orphans.iter().take(10) {
         println!("  orphan: {o}");
     }
+    for f in wrong_bytes.iter().take(10) {
+        println!("  wrong bytes: file {f}");
+    }
     let bad = lost
         + duplicated_jobs
         + completed_twice
         + duplicated_files
         + orphans.len()
         + missing
+        + wrong_bytes.len()
         + file_mismatch
         + foreign_files
         + unlogged
+        + idle_replicas
         + failed_faults;
     if failed_faults > 0 {
-        println!("  {failed_faults} faults could not be carried out (see above)");
+        println!("  {failed_faults} faults could not be carried out:");
+        for f in faults.iter().filter(|f| f.contains("FAILED")) {
+            // The action and the end of its stderr: the summary is what a truncated log keeps.
+            let lines: Vec<&str> = f.lines().collect();
+            let tail = lines.len().saturating_sub(12).max(1);
+            println!("    {}", lines[0]);
+            for l in lines.iter().skip(tail) {
+                println!("      {l}");
+            }
+        }
     }
     if bad == 0 {
-        println!("PASS: {succeeded} succeeded, 0 lost, 0 duplicated, 0 orphans");
+        println!("PASS: {succeeded} succeeded, 0 lost, 0 duplicated, 0 orphans, every file's bytes right");
         Ok(std::process::ExitCode::SUCCESS)
     } else {
         println!("FAIL");
@@ -461,17 +537,19 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
-/// Every file under `dir`, as a path relative to `root` with `/` separators.
-fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> anyhow::Result<()> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
-    for e in entries {
-        let e = e?;
-        let path = e.path();
-        if e.file_type()?.is_dir() {
-            walk(root, &path, out)?;
-        } else {
-            out.push(path.strip_prefix(root)?.to_string_lossy().replace('\\', "/"));
+/// A file's bytes through ReadFile, retried like every other call.
+async fn read_file(stack: &Stack, retries: &AtomicUsize, id: &str) -> anyhow::Result<Vec<u8>> {
+    retry(stack, retries, "ReadFile", || {
+        let mut c = FileServiceClient::new(stack.organizer.clone());
+        let r = stack.request(ReadFileRequest { file_id: id.to_owned(), offset: 0, length: 0 });
+        async move {
+            let mut s = c.read_file(r).await?.into_inner();
+            let mut out = Vec::new();
+            while let Some(m) = s.message().await? {
+                out.extend(m.chunk);
+            }
+            Ok(out)
         }
-    }
-    Ok(())
+    })
+    .await
 }
