@@ -15,12 +15,13 @@ use tracing::{info, warn};
 use crate::{
     Config,
     convert::{self, file_to_pb, kind_of, parse_id},
+    download,
     error::OrganizerError,
     ingest::{self, Ingest, RETRY_AFTER_SECS},
     limits::{self, PerKeySlots, Slot},
     reconcile,
     storage::{Storage, thumb_key},
-    store::{ListFilter, Store},
+    store::{FileRecord, ListFilter, Store},
 };
 
 /// Chunk size of ReadFile.
@@ -85,6 +86,13 @@ impl Api {
     /// Counts a refusal by a ceiling (label: the ceiling's name).
     fn refused(&self, ceiling: &'static str) {
         self.metrics.ceiling_refused(ceiling);
+    }
+
+    /// The record `file_id` names, if `scope` (`None`: an admin) may see it: the owner check
+    /// of every call on one file. NOT_FOUND when missing or another owner's, alike.
+    async fn visible_file(&self, scope: Option<&str>, file_id: &str) -> Result<FileRecord, OrganizerError> {
+        let id = parse_id("file_id", file_id)?;
+        self.store.get(id, scope).await
     }
 
     /// A read slot of `caller`, or RESOURCE_EXHAUSTED.
@@ -169,8 +177,7 @@ impl FileService for Api {
         req: Request<pb::GetFileRequest>,
     ) -> Result<Response<pb::GetFileResponse>, Status> {
         let scope = mesh_auth::caller(&req)?.owner_scope()?;
-        let id = parse_id("file_id", &req.get_ref().file_id)?;
-        let f = self.store.get(id, scope.as_deref()).await?;
+        let f = self.visible_file(scope.as_deref(), &req.get_ref().file_id).await?;
         Ok(Response::new(pb::GetFileResponse { file: Some(file_to_pb(&f)) }))
     }
 
@@ -212,8 +219,8 @@ impl FileService for Api {
         let scope = caller.owner_scope()?;
         let slot = self.read_slot(&caller)?;
         let r = req.into_inner();
-        let id = parse_id("file_id", &r.file_id)?;
-        let f = self.store.get(id, scope.as_deref()).await?;
+        let f = self.visible_file(scope.as_deref(), &r.file_id).await?;
+        let id = f.id;
         if r.offset > f.size_bytes {
             return Err(OrganizerError::invalid(
                 "offset",
@@ -288,8 +295,8 @@ impl FileService for Api {
         let caller = mesh_auth::caller(&req)?;
         let scope = caller.owner_scope()?;
         let slot = self.read_slot(&caller)?;
-        let id = parse_id("file_id", &req.get_ref().file_id)?;
-        let f = self.store.get(id, scope.as_deref()).await?;
+        let f = self.visible_file(scope.as_deref(), &req.get_ref().file_id).await?;
+        let id = f.id;
         let thumb = match self.storage.read(&thumb_key(f.bytes_key()), 0, 0).await {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -334,6 +341,22 @@ impl FileService for Api {
         info!(file_id = %id, "file deleted");
         let mut resp = Response::new(pb::DeleteFileResponse {});
         resp.extensions_mut().insert(mesh_auth::AuditTarget(format!("file:{id}")));
+        Ok(resp)
+    }
+
+    async fn get_download_url(
+        &self,
+        req: Request<pb::GetDownloadUrlRequest>,
+    ) -> Result<Response<pb::GetDownloadUrlResponse>, Status> {
+        let scope = mesh_auth::caller(&req)?.owner_scope()?;
+        let r = req.into_inner();
+        let ttl = download::ttl(convert::ttl(r.ttl)?, &self.config.storage)?;
+        let f = self.visible_file(scope.as_deref(), &r.file_id).await?;
+        let got = download::url(self.storage.as_ref(), &f, ttl).await?;
+        // Never the URL itself: it reads the bytes without a token until it expires.
+        info!(file_id = %f.id, ttl_secs = ttl.as_secs(), "download url issued");
+        let mut resp = Response::new(convert::download_url_to_pb(&f, got));
+        resp.extensions_mut().insert(mesh_auth::AuditTarget(format!("file:{}", f.id)));
         Ok(resp)
     }
 }

@@ -136,11 +136,27 @@ pub struct StorageConfig {
     pub root: PathBuf,
     /// S3 backend: where the bucket is and how to reach it.
     pub s3: S3Config,
+    /// `GetDownloadUrl`: how long a URL works when the request names no TTL.
+    #[serde(with = "humantime_serde")]
+    pub download_url_ttl: Duration,
+    /// `GetDownloadUrl`: the longest TTL a request may ask for; a longer one is refused
+    /// (INVALID_ARGUMENT), not shortened. At most 7 days (S3's limit for presigned URLs).
+    #[serde(with = "humantime_serde")]
+    pub download_url_max_ttl: Duration,
 }
+
+/// The longest a presigned S3 URL may work (SigV4's limit).
+pub const MAX_PRESIGNED_TTL: Duration = Duration::from_hours(7 * 24);
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { backend: Backend::Local, root: PathBuf::from("files"), s3: S3Config::default() }
+        Self {
+            backend: Backend::Local,
+            root: PathBuf::from("files"),
+            s3: S3Config::default(),
+            download_url_ttl: Duration::from_mins(5),
+            download_url_max_ttl: Duration::from_hours(1),
+        }
     }
 }
 
@@ -166,6 +182,10 @@ pub struct S3Config {
     pub prefix: String,
     /// Vault KV v2 secret with `access_key_id` and `secret_access_key`.
     pub vault_path: String,
+    /// Base URL clients reach the server at, when it is not `endpoint` (the organizer's
+    /// in-cluster address): `GetDownloadUrl` signs its URLs for this one. The organizer
+    /// never connects to it. Empty: `endpoint`.
+    pub public_endpoint: String,
 }
 
 impl Default for S3Config {
@@ -179,6 +199,7 @@ impl Default for S3Config {
             ca_file: PathBuf::new(),
             prefix: String::new(),
             vault_path: "sakuga/organizer/s3".to_owned(),
+            public_endpoint: String::new(),
         }
     }
 }
@@ -187,6 +208,15 @@ impl StorageConfig {
     /// Checks the settings of the chosen backend.
     pub fn validate(&self) -> Result<(), MeshError> {
         let bad = |key: &str, why: &str| Err(MeshError::Config(format!("storage.{key}: {why}")));
+        if self.download_url_ttl.is_zero() {
+            return bad("download_url_ttl", "must be positive");
+        }
+        if self.download_url_max_ttl < self.download_url_ttl {
+            return bad("download_url_max_ttl", "must be at least storage.download_url_ttl");
+        }
+        if self.download_url_max_ttl > MAX_PRESIGNED_TTL {
+            return bad("download_url_max_ttl", "must be at most 7 days (S3's limit for presigned URLs)");
+        }
         match self.backend {
             Backend::Local if self.root.as_os_str().is_empty() => bad("root", "must not be empty"),
             Backend::Local => Ok(()),
@@ -212,6 +242,16 @@ impl StorageConfig {
                 }
                 if s3.prefix.starts_with('/') || s3.prefix.split('/').any(|p| p == "..") {
                     return bad("s3.prefix", "must be a relative key prefix");
+                }
+                // Its URLs carry a credential: plain text only where plain text is allowed.
+                if s3.public_endpoint.starts_with("http://") && !s3.allow_http {
+                    return bad("s3.public_endpoint", "is http:// but storage.s3.allow_http is false");
+                }
+                if !s3.public_endpoint.is_empty()
+                    && !s3.public_endpoint.starts_with("http://")
+                    && !s3.public_endpoint.starts_with("https://")
+                {
+                    return bad("s3.public_endpoint", "must start with http:// or https://");
                 }
                 Ok(())
             }
@@ -261,9 +301,29 @@ mod tests {
             (|s: &mut S3Config| s.bucket.clear(), "storage.s3.bucket"),
             (|s: &mut S3Config| s.vault_path.clear(), "storage.s3.vault_path"),
             (|s: &mut S3Config| s.prefix = "../up".to_owned(), "storage.s3.prefix"),
+            (|s: &mut S3Config| s.public_endpoint = "http://x:1".to_owned(), "storage.s3.public_endpoint"),
+            (|s: &mut S3Config| s.public_endpoint = "x:1".to_owned(), "storage.s3.public_endpoint"),
         ] {
             let mut bad = c.clone();
             adjust(&mut bad.storage.s3);
+            let err = bad.storage.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn download_url_ttls_are_durations_and_the_max_is_at_least_the_default_and_at_most_a_week() {
+        let c = load("[storage]\ndownload_url_ttl = \"90s\"\ndownload_url_max_ttl = \"2h\"\n").unwrap();
+        assert_eq!(c.storage.download_url_ttl, Duration::from_secs(90));
+        assert_eq!(c.storage.download_url_max_ttl, Duration::from_hours(2));
+        c.storage.validate().unwrap();
+        for (ttl, max, key) in [
+            (Duration::ZERO, Duration::from_hours(1), "storage.download_url_ttl"),
+            (Duration::from_hours(2), Duration::from_hours(1), "storage.download_url_max_ttl"),
+            (Duration::from_mins(5), Duration::from_hours(7 * 24 + 1), "storage.download_url_max_ttl"),
+        ] {
+            let mut bad = Config::default();
+            (bad.storage.download_url_ttl, bad.storage.download_url_max_ttl) = (ttl, max);
             let err = bad.storage.validate().unwrap_err().to_string();
             assert!(err.contains(key), "{err}");
         }

@@ -1,13 +1,15 @@
 //! Proto <-> domain conversions of the organizer: file records to the API view, and an
 //! upload's header to what the ingest use case expects.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use sakuga_mesh::api::timestamp;
 use sakuga_proto::v1 as pb;
 use uuid::Uuid;
 
-use crate::{checks, error::OrganizerError, ingest::Header, layout, store::FileRecord};
+use crate::{
+    checks, download::DownloadUrl, error::OrganizerError, ingest::Header, layout, store::FileRecord,
+};
 
 /// The kind named by a proto enum value (`None`: unspecified or unknown).
 pub fn kind_of(k: i32) -> Option<&'static str> {
@@ -38,6 +40,29 @@ pub fn file_to_pb(f: &FileRecord) -> pb::File {
         checks: f.checks.clone(),
         create_time: Some(timestamp(f.created_at)),
         name,
+    }
+}
+
+/// The `ttl` of a `GetDownloadUrl` request (`None`: not set).
+pub fn ttl(d: Option<prost_types::Duration>) -> Result<Option<Duration>, OrganizerError> {
+    let Some(d) = d else { return Ok(None) };
+    let secs =
+        u64::try_from(d.seconds).map_err(|_| OrganizerError::invalid("ttl", "must not be negative"))?;
+    let nanos = u32::try_from(d.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)
+        .ok_or_else(|| OrganizerError::invalid("ttl", "nanos must be between 0 and 999999999"))?;
+    Ok(Some(Duration::new(secs, nanos)))
+}
+
+/// The answer of `GetDownloadUrl`: the URL, its expiry, and what the bytes are.
+pub fn download_url_to_pb(f: &FileRecord, got: DownloadUrl) -> pb::GetDownloadUrlResponse {
+    pb::GetDownloadUrlResponse {
+        url: got.url,
+        expire_time: Some(timestamp(got.expires_at)),
+        size_bytes: f.size_bytes,
+        sha256: f.sha256.clone(),
+        mime_type: f.mime_type.clone(),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Organizer errors and their gRPC status codes.
 
-use sakuga_mesh::auth::{STORAGE_FULL, STORAGE_UNAVAILABLE};
+use sakuga_mesh::auth::{DOWNLOAD_URLS_UNSUPPORTED, STORAGE_FULL, STORAGE_UNAVAILABLE};
 use tonic::{Code, Status};
 use tracing::error;
 
@@ -51,6 +51,9 @@ pub enum OrganizerError {
     /// No thumbnail could be made of a file whose bytes are there.
     #[error("no thumbnail could be made of file {0}")]
     NoThumbnail(uuid::Uuid),
+    /// The store has no download URLs (the local backend): bytes are read with `ReadFile`.
+    #[error("the local storage backend has no download URLs; read the bytes with ReadFile")]
+    NoDownloadUrls,
     /// The service cannot finish the call now; retrying may succeed.
     #[error("{0}")]
     Unavailable(String),
@@ -93,6 +96,9 @@ impl From<OrganizerError> for Status {
             OrganizerError::Stalled(why) => Status::aborted(why),
             OrganizerError::DataLoss(why) => Status::data_loss(why),
             e @ OrganizerError::NoThumbnail(_) => Status::internal(e.to_string()),
+            e @ OrganizerError::NoDownloadUrls => {
+                sakuga_mesh::auth::fault(Code::FailedPrecondition, DOWNLOAD_URLS_UNSUPPORTED, e.to_string())
+            }
             OrganizerError::Unavailable(why) => Status::unavailable(why),
             OrganizerError::Stream(status) => status,
             OrganizerError::Storage(e) if is_full(&e) => {

@@ -5,6 +5,7 @@ pub mod api;
 pub mod checks;
 pub mod config;
 pub mod convert;
+pub mod download;
 pub mod error;
 pub mod ingest;
 pub mod layout;

@@ -62,7 +62,9 @@ pub use layer::{Step, StepLayer, Stepped};
 pub use limit::Limit;
 #[cfg(feature = "server")]
 pub use observe::Observe;
-pub use refusal::{DOMAIN, Refusal, STORAGE_FULL, STORAGE_UNAVAILABLE, ceiling, fault, reason_of};
+pub use refusal::{
+    DOMAIN, DOWNLOAD_URLS_UNSUPPORTED, Refusal, STORAGE_FULL, STORAGE_UNAVAILABLE, ceiling, fault, reason_of,
+};
 pub use rules::{Access, RULES, Rule, rule_for};
 #[cfg(feature = "server")]
 pub use verify::{Claims, KeySet, KeysError, Verifier, keyset_from_jwks};

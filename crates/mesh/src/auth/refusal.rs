@@ -220,6 +220,9 @@ pub const STORAGE_FULL: &str = "STORAGE_FULL";
 /// `ErrorInfo.reason` of a call that failed because the store cannot be reached or fails
 /// (`UNAVAILABLE`).
 pub const STORAGE_UNAVAILABLE: &str = "STORAGE_UNAVAILABLE";
+/// `ErrorInfo.reason` of a `GetDownloadUrl` refused because the organizer's store has no
+/// URLs (the local backend; `FAILED_PRECONDITION`): read the bytes with `ReadFile` instead.
+pub const DOWNLOAD_URLS_UNSUPPORTED: &str = "DOWNLOAD_URLS_UNSUPPORTED";
 
 /// A failure of the platform under a call (storage full, a store down), not a refusal of
 /// the caller: `code`, a message for people and an `ErrorInfo` whose `reason` programs

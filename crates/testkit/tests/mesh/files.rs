@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::common::{Mesh, image_request};
 
 mod objects;
+mod presign;
 
 /// Every file under `root`, relative, sorted.
 fn files_under(root: &Path) -> Vec<String> {
@@ -516,6 +517,12 @@ async fn no_response_or_error_of_a_jobs_life_contains_a_filesystem_path() {
             .map(|_| ())
             .unwrap_err(),
         files.get_file(GetFileRequest { file_id: Uuid::now_v7().to_string() }).await.map(|_| ()).unwrap_err(),
+        // The local backend has no download URLs (and says so without naming its folder).
+        files
+            .get_download_url(sakuga_proto::v1::GetDownloadUrlRequest { file_id: file_id.clone(), ttl: None })
+            .await
+            .map(|_| ())
+            .unwrap_err(),
     ];
     seen.extend(errors.iter().map(|e| format!("{e:?}")));
     for f in files_under(&mesh.files_root()) {

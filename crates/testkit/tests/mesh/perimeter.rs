@@ -199,6 +199,13 @@ async fn users_see_only_their_own_jobs_and_files_and_admins_see_all() {
     );
     not_found(
         files_b
+            .get_download_url(sakuga_proto::v1::GetDownloadUrlRequest { file_id: file_id.clone(), ttl: None })
+            .await
+            .map(|_| ())
+            .map(tonic::Response::new),
+    );
+    not_found(
+        files_b
             .delete_file(sakuga_proto::v1::DeleteFileRequest { file_id: file_id.clone() })
             .await
             .map(|_| ())

@@ -228,6 +228,15 @@ impl Storage for LocalDisk {
         }))
     }
 
+    /// Files on this machine have no URL a client could use.
+    fn download_url<'a>(
+        &'a self,
+        _key: &'a str,
+        _expires_in: Duration,
+    ) -> BoxFuture<'a, io::Result<Option<String>>> {
+        Box::pin(async { Ok(None) })
+    }
+
     fn sweep_partial(&self, age: Duration) -> BoxFuture<'_, io::Result<usize>> {
         let dir = self.root.join(TMP_DIR);
         Box::pin(blocking(move || {

@@ -92,6 +92,16 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// so an unreachable endpoint, a missing bucket or a refused key fails it.
     fn health(&self) -> BoxFuture<'_, io::Result<()>>;
 
+    /// A presigned URL of a plain HTTP GET of `key` that works for `expires_in` (whole
+    /// seconds, a fraction rounded up) and then is refused by the store; `None` when this
+    /// store has no URLs (local disk). Signing asks the store nothing: a missing key makes a
+    /// URL that answers 404.
+    fn download_url<'a>(
+        &'a self,
+        key: &'a str,
+        expires_in: Duration,
+    ) -> BoxFuture<'a, io::Result<Option<String>>>;
+
     /// Starts an upload: bytes are written to a partial object (never a key until
     /// [`Partial::commit`]), hashed as they arrive.
     fn begin(&self) -> BoxFuture<'_, io::Result<Box<dyn Partial>>>;

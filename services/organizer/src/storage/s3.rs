@@ -13,8 +13,11 @@ use std::{
 
 use futures_util::{StreamExt as _, TryStreamExt as _, future::BoxFuture, stream::BoxStream};
 use object_store::{
-    GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart, aws::AmazonS3Builder,
-    path::Path, prefix::PrefixStore,
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart,
+    aws::AmazonS3Builder,
+    path::Path,
+    prefix::PrefixStore,
+    signer::{Method, Signer},
 };
 use secrecy::{ExposeSecret as _, SecretString};
 
@@ -53,6 +56,17 @@ pub enum S3SetupError {
 #[derive(Debug, Clone)]
 pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
+    /// What signs download URLs (`None`: this store has none).
+    urls: Option<UrlSigner>,
+}
+
+/// Signs download URLs: a client of the bucket at the address clients reach it, and the key
+/// prefix the store puts before every key (a `PrefixStore` signs nothing, so it is added
+/// here).
+#[derive(Debug, Clone)]
+struct UrlSigner {
+    signer: Arc<dyn Signer>,
+    prefix: Path,
 }
 
 /// A request to the store may take this long to connect...
@@ -67,9 +81,9 @@ const MAX_RETRIES: usize = 3;
 const RETRY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ObjectStorage {
-    /// Any `object_store` store (a bucket, or a folder in tests).
+    /// Any `object_store` store (a bucket, or a folder in tests), without download URLs.
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Self { store }
+        Self { store, urls: None }
     }
 
     /// The bucket `config` names, signed with `credentials`.
@@ -98,14 +112,24 @@ impl ObjectStorage {
             })
             .with_allow_http(config.allow_http)
             .with_client_options(options);
+        // Download URLs are signed for the address clients reach the server at. SigV4 signs
+        // the host, so a URL made for the in-cluster endpoint would not work at another
+        // address; building a second client costs no connection (it only signs).
+        let signer: Option<Arc<dyn Signer>> = if config.public_endpoint.is_empty() {
+            None
+        } else {
+            Some(Arc::new(builder.clone().with_endpoint(&config.public_endpoint).build()?))
+        };
         if !config.endpoint.is_empty() {
             builder = builder.with_endpoint(&config.endpoint);
         }
-        let bucket: Arc<dyn ObjectStore> = Arc::new(builder.build()?);
+        let client = Arc::new(builder.build()?);
+        let signer = signer.unwrap_or_else(|| client.clone() as Arc<dyn Signer>);
+        let bucket: Arc<dyn ObjectStore> = client;
         let prefix = config.prefix.trim_matches('/');
         let store: Arc<dyn ObjectStore> =
             if prefix.is_empty() { bucket } else { Arc::new(PrefixStore::new(bucket, prefix)) };
-        Ok(Self::new(store))
+        Ok(Self { store, urls: Some(UrlSigner { signer, prefix: Path::from(prefix) }) })
     }
 }
 
@@ -217,6 +241,19 @@ impl Storage for ObjectStorage {
                 .await
                 .map(drop)
                 .map_err(Into::into)
+        })
+    }
+
+    fn download_url<'a>(
+        &'a self,
+        key: &'a str,
+        expires_in: Duration,
+    ) -> BoxFuture<'a, io::Result<Option<String>>> {
+        Box::pin(async move {
+            let Some(urls) = &self.urls else { return Ok(None) };
+            let location: Path = urls.prefix.parts().chain(path(key)?.parts()).collect();
+            let url = urls.signer.signed_url(Method::GET, &location, expires_in).await?;
+            Ok(Some(url.to_string()))
         })
     }
 
