@@ -136,11 +136,14 @@ pub struct StorageConfig {
     pub root: PathBuf,
     /// S3 backend: where the bucket is and how to reach it.
     pub s3: S3Config,
+    /// Also place each file's bytes at its human name under `export/` (a hard link or a
+    /// server-side copy of its blob), a view for people browsing the folder or bucket.
+    pub export: bool,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { backend: Backend::Local, root: PathBuf::from("files"), s3: S3Config::default() }
+        Self { backend: Backend::Local, root: PathBuf::from("files"), s3: S3Config::default(), export: false }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Projects, characters and organized files: composed prompts, the project folder,
-//! thumbnails, quality checks, bytes stored once, crash safety, retention, no paths. Every
-//! test that stores bytes runs on both backends (a local folder and an S3
+//! thumbnails, quality checks, bytes stored once, crash safety, retention, no paths, the
+//! export view. Every test that stores bytes runs on both backends (a local folder and an S3
 //! bucket on SeaweedFS): its body is an `async fn(Backend)`, and [`on_both_backends!`]
 //! makes the `<test>::local` and `<test>::s3` pair.
 
@@ -36,6 +36,7 @@ macro_rules! on_both_backends {
     )+};
 }
 
+mod export;
 mod objects;
 mod projects;
 mod reads;
@@ -106,7 +107,7 @@ where
 /// A reconciler on the mesh's database and store, returned once the mesh organizer's own
 /// start-up pass (under the same lock) is over, so the test's passes are not skipped and
 /// see only what the test did.
-async fn reconciler(mesh: &Mesh, grace: Duration) -> sakuga_organizer::reconcile::Reconciler {
+async fn reconciler(mesh: &Mesh, grace: Duration, export: bool) -> sakuga_organizer::reconcile::Reconciler {
     let vault = sakuga_mesh::vault::Vault::connect(&mesh.env.vault_config()).await.unwrap();
     let pool = sakuga_mesh::db::connect_with_vault(&vault, &mesh.env.database_config()).await.unwrap();
     let reconciler = sakuga_organizer::reconcile::Reconciler {
@@ -114,6 +115,7 @@ async fn reconciler(mesh: &Mesh, grace: Duration) -> sakuga_organizer::reconcile
         storage: mesh.storage().await,
         audit: sakuga_mesh::auth::Audit::new(pool),
         grace,
+        export,
     };
     // The organizer serves its port only after its start-up pass: an answer means it is over.
     let listed = mesh.files(&mesh.admin_token).list_files(ListFilesRequest::default()).await;

@@ -280,7 +280,7 @@ async fn a_reconciler_pass_is_skipped_while_another_organizer_holds_the_lock_or_
     backend: Backend,
 ) {
     let mesh = Mesh::on(backend).await;
-    let reconciler = reconciler(&mesh, Duration::ZERO).await;
+    let reconciler = reconciler(&mesh, Duration::ZERO, false).await;
     let storage = reconciler.storage.clone();
     storage.put("blobs/orphan", b"no record".to_vec()).await.unwrap();
     let db = mesh.env.db().await.unwrap();

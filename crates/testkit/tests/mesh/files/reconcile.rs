@@ -123,7 +123,7 @@ async fn the_reconciler_deletes_nothing_when_the_database_has_no_file_records_bu
     backend: Backend,
 ) {
     let mesh = Mesh::on(backend).await;
-    let reconciler = reconciler(&mesh, Duration::ZERO).await;
+    let reconciler = reconciler(&mesh, Duration::ZERO, false).await;
     let storage = reconciler.storage.clone();
     let key = "unsorted/2020/01/01/library-0.png";
     storage.put(key, b"a file of the real library".to_vec()).await.unwrap();
