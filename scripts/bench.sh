@@ -4,7 +4,7 @@
 # use them. Writes .dev/bench/report.json and report.md (the load harness) and prints every
 # table; benches/RESULTS.md keeps the latest figures with the method.
 #
-#   BENCH_SECTIONS=rpc,dispatch,concurrency,fanout,processes  (see benches/benches/load/main.rs
+#   BENCH_SECTIONS=rpc,dispatch,concurrency,fanout,store,processes  (see benches/benches/load/main.rs
 #   for every BENCH_* setting)   BENCH_SKIP_MICRO=1   BENCH_SKIP_BACKENDS=1
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -16,6 +16,8 @@ ensure_postgres
 ensure_redis
 ensure_test_db_role
 export SAKUGA_BAO_BIN="$TOOLS_BIN/bao"
+# The store section's S3 backend: a SeaweedFS on loopback, free ports.
+export SAKUGA_WEED_BIN="$TOOLS_BIN/weed"
 SAKUGA_TEST_DATABASE_URL="$(test_database_url)"
 export SAKUGA_TEST_DATABASE_URL
 export SAKUGA_TEST_REDIS_URL="redis://$LOOPBACK:$REDIS_PORT"

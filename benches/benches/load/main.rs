@@ -7,11 +7,13 @@
 //! - `dispatch`: submit → assignment at a steady 100 jobs/s and at saturation;
 //! - `concurrency`: five jobs on one worker with five slots against one slot;
 //! - `fanout`: WatchJob watchers one scheduler holds with events still under 100 ms;
+//! - `store`: StoreArtifact throughput (MiB/s, artifacts/s) of one organizer on local disk
+//!   and on S3 (a SeaweedFS on loopback), 1 MiB and 8 MiB PNGs from a few clients;
 //! - `processes`: the four services as release binaries (one process each): pipeline
 //!   throughput end to end with the benchmark backend, and each process's RSS idle and
 //!   under that load.
 //!
-//! The first four run the services in this process (tokio tasks, as the tests do); the
+//! All but the last run the services in this process (tokio tasks, as the tests do); the
 //! last runs them as processes. Settings come from `BENCH_*` variables (see `Settings`);
 //! `BENCH_SECTIONS=rpc,fanout` runs a subset. The report goes to `BENCH_OUT` (default
 //! `.dev/bench`) as `report.json` and `report.md`, and the Markdown is printed.
@@ -33,6 +35,7 @@ mod fanout;
 mod mesh;
 mod processes;
 mod rpc;
+mod store;
 
 use std::path::PathBuf;
 
@@ -66,6 +69,10 @@ pub struct Settings {
     pub pipeline_slots: usize,
     /// Largest watcher count the fan-out run tries.
     pub fanout_max: usize,
+    /// MiB of artifacts each (backend, size) point of `store` uploads.
+    pub store_mib: usize,
+    /// Concurrent uploading clients of `store`.
+    pub store_clients: usize,
     /// Sections to run.
     pub sections: Vec<String>,
 }
@@ -93,7 +100,9 @@ impl Settings {
             pipeline_generators: env_or("BENCH_GENERATORS", 4),
             pipeline_slots: env_or("BENCH_GENERATOR_SLOTS", 8),
             fanout_max: env_or("BENCH_FANOUT_MAX", 10_000),
-            sections: list("BENCH_SECTIONS", "rpc,dispatch,concurrency,fanout,processes"),
+            store_mib: env_or("BENCH_STORE_MIB", 256),
+            store_clients: env_or("BENCH_STORE_CLIENTS", 4),
+            sections: list("BENCH_SECTIONS", "rpc,dispatch,concurrency,fanout,store,processes"),
         }
     }
 
@@ -111,6 +120,8 @@ impl Settings {
             "pipeline_generators": self.pipeline_generators,
             "pipeline_slots": self.pipeline_slots,
             "fanout_max": self.fanout_max,
+            "store_mib": self.store_mib,
+            "store_clients": self.store_clients,
             "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         })
     }
@@ -133,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
             "dispatch" => vec![dispatch::run(&settings).await?],
             "concurrency" => vec![concurrency::run(&settings).await?],
             "fanout" => vec![fanout::run(&settings).await?],
+            "store" => vec![store::run(&settings).await?],
             "processes" => processes::run(&settings).await?,
             other => anyhow::bail!("BENCH_SECTIONS: unknown section {other:?}"),
         };

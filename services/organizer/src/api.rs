@@ -338,6 +338,9 @@ impl FileService for Api {
         {
             warn!(file_id = %id, error = %e, "record deleted but bytes could not be removed; the reconciler will");
         }
+        if let Err(e) = crate::export::remove(self.storage.as_ref(), &f).await {
+            warn!(file_id = %id, error = %e, "record deleted but its export entry could not be removed; the reconciler will");
+        }
         info!(file_id = %id, "file deleted");
         let mut resp = Response::new(pb::DeleteFileResponse {});
         resp.extensions_mut().insert(mesh_auth::AuditTarget(format!("file:{id}")));

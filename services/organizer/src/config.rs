@@ -143,6 +143,9 @@ pub struct StorageConfig {
     /// (INVALID_ARGUMENT), not shortened. At most 7 days (S3's limit for presigned URLs).
     #[serde(with = "humantime_serde")]
     pub download_url_max_ttl: Duration,
+    /// Also place each file's bytes at its human name under `export/` (a hard link or a
+    /// server-side copy of its blob), a view for people browsing the folder or bucket.
+    pub export: bool,
 }
 
 /// The longest a presigned S3 URL may work (SigV4's limit).
@@ -156,6 +159,7 @@ impl Default for StorageConfig {
             s3: S3Config::default(),
             download_url_ttl: Duration::from_mins(5),
             download_url_max_ttl: Duration::from_hours(1),
+            export: false,
         }
     }
 }

@@ -231,6 +231,13 @@ impl Ingest {
             return Err(OrganizerError::NotLeased(job_id));
         };
         self.families.stored(&stored.kind, stored.size_bytes);
+        if self.config.storage.export
+            && let Err(e) = crate::export::place(self.storage.as_ref(), &stored).await
+        {
+            // A view: the record and its blob are stored; the reconciler places it later.
+            warn!(file_id = %stored.id, error = %e, "export entry not placed");
+            self.families.export_failed();
+        }
         info!(file_id = %stored.id, job_id = %stored.job_id, index = stored.index, size = stored.size_bytes, "artifact stored");
         Ok(stored)
     }

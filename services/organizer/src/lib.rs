@@ -7,6 +7,7 @@ pub mod config;
 pub mod convert;
 pub mod download;
 pub mod error;
+pub mod export;
 pub mod ingest;
 pub mod layout;
 pub mod limits;
@@ -100,6 +101,7 @@ impl Service for Application {
             storage: api.storage.clone(),
             audit: sakuga_mesh::auth::Audit::new(pool.clone()),
             grace: api.config.orphan_grace,
+            export: api.config.storage.export,
         };
         match reconciler.run_once().await {
             Ok(report) => tracing::info!(?report, "storage reconciled at start-up"),

@@ -1,5 +1,5 @@
 //! The organizer's metrics: artifacts stored and their bytes by kind, artifacts refused by
-//! a check. Families are registered once; `kind` is `image` or `video`.
+//! a check, export entries not placed. Families are registered once; `kind` is `image` or `video`.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -19,6 +19,7 @@ pub struct Families {
     stored: Family<Kind, Counter>,
     bytes: Family<Kind, Counter>,
     rejected: Counter,
+    export_failed: Counter,
 }
 
 /// A file kind as a label (`image`, `video`, else `other`).
@@ -33,10 +34,20 @@ fn kind_label(kind: &str) -> &'static str {
 impl Families {
     /// Registers the families in `m`.
     pub fn register(m: &Metrics) -> Self {
-        let f = Self { stored: Family::default(), bytes: Family::default(), rejected: Counter::default() };
+        let f = Self {
+            stored: Family::default(),
+            bytes: Family::default(),
+            rejected: Counter::default(),
+            export_failed: Counter::default(),
+        };
         m.register("sakuga_files_stored", "Artifacts stored, by kind.", f.stored.clone());
         m.register("sakuga_upload_bytes", "Bytes of artifacts stored, by kind.", f.bytes.clone());
         m.register("sakuga_artifacts_rejected", "Artifacts refused by a check.", f.rejected.clone());
+        m.register(
+            "sakuga_export_failed",
+            "Files stored whose export-view entry (storage.export) could not be placed.",
+            f.export_failed.clone(),
+        );
         f
     }
 
@@ -50,5 +61,10 @@ impl Families {
     /// One artifact refused by a check.
     pub fn rejected(&self) {
         self.rejected.inc();
+    }
+
+    /// One file's export entry not placed.
+    pub fn export_failed(&self) {
+        self.export_failed.inc();
     }
 }

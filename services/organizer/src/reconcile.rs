@@ -7,7 +7,10 @@
 //!   nothing is removed;
 //! - records whose bytes are gone are flagged (`missing_at`), and unflagged if they return;
 //! - files of projects with a retention period, once older than it, are deleted (bytes,
-//!   thumbnail, record) and audited.
+//!   thumbnail, export entry, record) and audited;
+//! - export-view entries (`export/…`, see [`crate::export`]) no record names, older than the
+//!   grace period, are removed like orphan bytes (never counted as bytes); while the view is
+//!   on, missing entries of records whose bytes are present are placed again.
 //!
 //! The grace period keeps it from racing an upload that has written its bytes and is about
 //! to insert the record.
@@ -25,7 +28,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     error::OrganizerError,
-    storage::{Storage, THUMBS_DIR, thumb_key},
+    storage::{EXPORT_DIR, Storage, THUMBS_DIR, thumb_key},
     store::Store,
 };
 
@@ -40,6 +43,10 @@ pub struct Report {
     pub missing: usize,
     /// Files deleted by project retention.
     pub expired: usize,
+    /// Export entries no record names, removed.
+    pub exports_removed: usize,
+    /// Missing export entries placed again (`storage.export` on).
+    pub exports_placed: usize,
     /// Unreferenced bytes were not removed: the database holds no file records at all while
     /// the store holds files.
     pub refused_empty_database: bool,
@@ -80,6 +87,9 @@ pub struct Reconciler {
     pub audit: Audit,
     /// Unreferenced bytes younger than this are left alone.
     pub grace: Duration,
+    /// Whether the export view is on (`storage.export`): missing entries are placed again.
+    /// Entries no record names are removed either way.
+    pub export: bool,
 }
 
 impl Reconciler {
@@ -98,8 +108,10 @@ impl Reconciler {
         report.expired = self.expire().await?;
         // Records first: bytes written after this read are younger than the grace period.
         let records = self.store.all_keys().await?;
-        let referenced: HashSet<String> =
-            records.iter().flat_map(|(_, key, _)| [key.clone(), thumb_key(key)]).collect();
+        let referenced: HashSet<String> = records
+            .iter()
+            .flat_map(|r| [r.bytes.clone(), thumb_key(&r.bytes)].into_iter().chain(r.export.clone()))
+            .collect();
         let objects = self.storage.keys().await?;
         if records.is_empty() && !objects.is_empty() {
             error!(
@@ -110,27 +122,43 @@ impl Reconciler {
             report.refused_empty_database = true;
             return Ok(report);
         }
+        let export_prefix = format!("{EXPORT_DIR}/");
+        let mut listed = HashSet::with_capacity(objects.len());
         for object in objects {
             let old = |at: std::time::SystemTime| at.elapsed().unwrap_or_default() >= self.grace;
             if old(object.modified) && !referenced.contains(&object.key) {
                 // Looked at again just before: an upload of the same bytes rewrites them
                 // before inserting its record.
                 if !self.storage.modified(&object.key).await?.is_some_and(old) {
+                    listed.insert(object.key);
                     continue;
                 }
-                warn!(key = %object.key, thumbnail = object.key.starts_with(THUMBS_DIR), "removing bytes no record points at");
                 self.storage.delete(&object.key).await?;
-                report.orphans += 1;
+                if object.key.starts_with(&export_prefix) {
+                    info!(key = %object.key, "removing an export entry no record names");
+                    report.exports_removed += 1;
+                } else {
+                    warn!(key = %object.key, thumbnail = object.key.starts_with(THUMBS_DIR), "removing bytes no record points at");
+                    report.orphans += 1;
+                }
+                continue;
             }
+            listed.insert(object.key);
         }
-        for (id, key, flagged) in records {
-            let present = self.storage.exists(&key).await?;
-            if !present && !flagged {
-                error!(file_id = %id, "stored bytes are missing; the record is flagged");
+        for record in records {
+            let present = self.storage.exists(&record.bytes).await?;
+            if !present && !record.flagged {
+                error!(file_id = %record.id, "stored bytes are missing; the record is flagged");
                 report.missing += 1;
             }
-            if present == flagged {
-                self.store.set_missing(id, !present).await?;
+            if present == record.flagged {
+                self.store.set_missing(record.id, !present).await?;
+            }
+            if let Some(export) = record.export.filter(|e| self.export && present && !listed.contains(e)) {
+                match self.storage.copy(&record.bytes, &export).await {
+                    Ok(()) => report.exports_placed += 1,
+                    Err(e) => warn!(file_id = %record.id, error = %e, "export entry not placed"),
+                }
             }
         }
         Ok(report)
@@ -145,6 +173,7 @@ impl Reconciler {
             }
             for f in &batch {
                 remove_if_unused(&self.store, self.storage.as_ref(), f.bytes_key(), self.grace).await?;
+                crate::export::remove(self.storage.as_ref(), f).await?;
                 self.audit
                     .record(AuditEvent {
                         actor: "service:organizer".to_owned(),

@@ -149,6 +149,19 @@ pub struct ListFilter {
     pub project_id: Option<Uuid>,
 }
 
+/// The keys of one record, as the reconciler sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKeys {
+    /// The record.
+    pub id: Uuid,
+    /// Where its bytes are ([`FileRecord::bytes_key`]).
+    pub bytes: String,
+    /// Whether it is flagged as missing its bytes.
+    pub flagged: bool,
+    /// Its export-view key (`None`: a record from before content addressing).
+    pub export: Option<String>,
+}
+
 /// PostgreSQL access for files.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -356,14 +369,25 @@ impl Store {
         Ok(Some(out))
     }
 
-    /// Every record's bytes key (see [`FileRecord::bytes_key`]), and whether the record is
-    /// flagged missing.
-    pub async fn all_keys(&self) -> Result<Vec<(Uuid, String, bool)>, OrganizerError> {
+    /// Every record's keys: its bytes, its export entry and whether it is flagged missing.
+    pub async fn all_keys(&self) -> Result<Vec<StoredKeys>, OrganizerError> {
         let client = self.pool.get().await?;
         let rows = client
-            .query("SELECT id, coalesce(blob_key, storage_key), missing_at IS NOT NULL FROM files", &[])
+            .query(
+                "SELECT id, coalesce(blob_key, storage_key), missing_at IS NOT NULL, \
+                 CASE WHEN blob_key IS NOT NULL THEN storage_key END FROM files",
+                &[],
+            )
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| StoredKeys {
+                id: r.get(0),
+                bytes: r.get(1),
+                flagged: r.get(2),
+                export: r.get::<_, Option<String>>(3).as_deref().map(crate::storage::export_key),
+            })
+            .collect())
     }
 
     /// Flags (or clears the flag of) a record whose bytes are gone.

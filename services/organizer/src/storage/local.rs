@@ -179,6 +179,42 @@ impl Storage for LocalDisk {
         })
     }
 
+    /// A hard link made under `.tmp/` and renamed over `to` (atomic, durable); where the
+    /// filesystem refuses links (another device, no link support) a copy, the same way.
+    fn copy<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move {
+            let (source, path, tmp_dir) = (self.path(from)?, self.path(to)?, self.root.join(TMP_DIR));
+            blocking(move || {
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                std::fs::create_dir_all(&dir)?;
+                std::fs::create_dir_all(&tmp_dir)?;
+                let tmp = tmp_dir.join(format!("{}.part", Uuid::new_v4()));
+                let result = (|| {
+                    if std::fs::hard_link(&source, &tmp).is_err() {
+                        if !source.is_file() {
+                            return Err(io::ErrorKind::NotFound.into());
+                        }
+                        std::fs::copy(&source, &tmp)?;
+                        std::fs::File::open(&tmp)?.sync_all()?;
+                    }
+                    std::fs::rename(&tmp, &path)?;
+                    // A rename between two links of one file does nothing (POSIX): the
+                    // entry was that link already, and the temporary name goes.
+                    match std::fs::remove_file(&tmp) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                        _ => {}
+                    }
+                    sync_dir(&dir)
+                })();
+                if result.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                result
+            })
+            .await
+        })
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<()>> {
         Box::pin(async move {
             match tokio::fs::remove_file(self.path(key)?).await {
@@ -303,6 +339,26 @@ mod tests {
         for bad in ["", "../x", "/etc/passwd", "a/../../x"] {
             assert!(disk.read(bad, 0, 0).await.is_err(), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_copy_is_a_hard_link_placed_atomically_and_a_missing_source_leaves_nothing() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let disk = LocalDisk::new(dir.path().to_path_buf()).unwrap();
+        disk.put("blobs/abc", b"the bytes".to_vec()).await.unwrap();
+        disk.copy("blobs/abc", "export/p/2026/01/01/j-0.png").await.unwrap();
+        assert_eq!(disk.read("export/p/2026/01/01/j-0.png", 0, 0).await.unwrap(), b"the bytes");
+        let inode = |key: &str| std::fs::metadata(dir.path().join(key)).unwrap().ino();
+        assert_eq!(inode("export/p/2026/01/01/j-0.png"), inode("blobs/abc"), "a link, not a copy");
+        // Placed again over itself: still one entry.
+        disk.copy("blobs/abc", "export/p/2026/01/01/j-0.png").await.unwrap();
+        let err = disk.copy("blobs/missing", "export/p/2026/01/01/j-1.png").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        let keys: Vec<_> = disk.keys().await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(keys, ["blobs/abc", "export/p/2026/01/01/j-0.png"]);
+        assert_eq!(std::fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0, "no partial left");
+        assert!(disk.copy("blobs/abc", "../escape").await.is_err());
     }
 
     #[tokio::test]

@@ -32,6 +32,9 @@ pub const TMP_DIR: &str = ".tmp";
 pub const THUMBS_DIR: &str = ".thumbs";
 /// Folder of content-addressed bytes.
 pub const BLOBS_DIR: &str = "blobs";
+/// Folder of the optional export view (`storage.export`): each file's bytes again at its
+/// record's human name, for people browsing the folder or bucket.
+pub const EXPORT_DIR: &str = "export";
 
 /// The thumbnail key of the bytes at `key`.
 pub fn thumb_key(key: &str) -> String {
@@ -41,6 +44,11 @@ pub fn thumb_key(key: &str) -> String {
 /// The key of the bytes whose hex sha256 is `sha256`.
 pub fn blob_key(sha256: &str) -> String {
     format!("{BLOBS_DIR}/{sha256}")
+}
+
+/// The export-view key of a record named `name` (its human name).
+pub fn export_key(name: &str) -> String {
+    format!("{EXPORT_DIR}/{name}")
 }
 
 /// A stored object.
@@ -77,6 +85,11 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// When `key` was last written (`None`: no such key).
     fn modified<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Option<SystemTime>>>;
+
+    /// Places the bytes at `from` under `to` too (replacing what `to` held), atomically and
+    /// without reading them through the organizer where the store can: on local disk a hard
+    /// link (a copy where links are not possible), on S3 a server-side copy.
+    fn copy<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFuture<'a, io::Result<()>>;
 
     /// Removes `key`; a missing key is not an error.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<()>>;

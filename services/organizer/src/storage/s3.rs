@@ -202,6 +202,14 @@ impl Storage for ObjectStorage {
         })
     }
 
+    /// A server-side copy (`CopyObject`): the bytes do not pass through the organizer.
+    fn copy<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move {
+            self.store.copy(&path(from)?, &path(to)?).await?;
+            Ok(())
+        })
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<()>> {
         Box::pin(async move {
             match self.store.delete(&path(key)?).await {

@@ -10,7 +10,7 @@ use tokio_stream::StreamExt as _;
 use tonic::Code;
 use uuid::Uuid;
 
-use super::{eventually, gradient, header, keys_of, leased_job, store, thumbnail};
+use super::{eventually, gradient, header, keys_of, leased_job, reconciler, store, thumbnail};
 use crate::common::{Backend, Mesh};
 
 /// `length` bytes (0: to the end) of a file from `offset`, through ReadFile.
@@ -190,15 +190,13 @@ async fn large_uploads_are_committed_whole_and_read_in_ranges_on_s3() {
 }
 
 /// Records from before content addressing have their bytes at their human name.
-#[tokio::test]
-async fn records_from_before_content_addressing_are_read_at_their_name_and_kept() {
-    let mut mesh = Mesh::on(Backend::Local).await;
+async fn records_from_before_content_addressing_are_read_at_their_name_and_kept(backend: Backend) {
+    let mut mesh = Mesh::on(backend).await;
     let alice = mesh.person("alice").await;
     let bytes = gradient(64, 64);
     let key = format!("unsorted/2025/01/01/{}-0.png", Uuid::now_v7());
-    let path = mesh.files_root().join(&key);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, &bytes).unwrap();
+    let storage = mesh.storage().await;
+    storage.put(&key, bytes.clone()).await.unwrap();
     let id = Uuid::now_v7();
     let db = mesh.env.db().await.unwrap();
     db.execute(
@@ -220,15 +218,17 @@ async fn records_from_before_content_addressing_are_read_at_their_name_and_kept(
     assert_eq!(mesh.read_file(&alice.token, &id.to_string()).await, bytes);
     assert_eq!(read_range(&mesh, &alice.token, &id.to_string(), 3, 7).await, bytes[3..10]);
     assert!(thumbnail(&mesh, &alice.token, &id.to_string()).await.is_ok(), "made from the bytes at the name");
-    assert!(path.exists());
+    assert!(storage.exists(&key).await.unwrap());
     let flagged: bool =
         db.query_one("SELECT missing_at IS NOT NULL FROM files WHERE id = $1", &[&id]).await.unwrap().get(0);
     assert!(!flagged);
     // Deleting the record removes them.
     mesh.files(&alice.token).delete_file(DeleteFileRequest { file_id: id.to_string() }).await.unwrap();
-    assert!(!path.exists());
+    assert!(!storage.exists(&key).await.unwrap());
     mesh.stop().await;
 }
+
+on_both_backends!(records_from_before_content_addressing_are_read_at_their_name_and_kept);
 
 /// Any number of organizers serve the files in one bucket: what one stored, another reads,
 /// thumbnails and deletes.
@@ -276,12 +276,12 @@ async fn two_organizers_on_one_bucket_serve_the_same_files() {
 
 /// Of several organizers on one database, one reconciles at a time; the others skip. A pass
 /// that cannot read the records removes nothing.
-#[tokio::test]
-async fn a_reconciler_pass_is_skipped_while_another_organizer_holds_the_lock_or_records_cannot_be_read() {
-    let mesh = Mesh::on(Backend::Local).await;
-    let vault = sakuga_mesh::vault::Vault::connect(&mesh.env.vault_config()).await.unwrap();
-    let pool = sakuga_mesh::db::connect_with_vault(&vault, &mesh.env.database_config()).await.unwrap();
-    let storage = mesh.storage().await;
+async fn a_reconciler_pass_is_skipped_while_another_organizer_holds_the_lock_or_records_cannot_be_read(
+    backend: Backend,
+) {
+    let mesh = Mesh::on(backend).await;
+    let reconciler = reconciler(&mesh, Duration::ZERO, false).await;
+    let storage = reconciler.storage.clone();
     storage.put("blobs/orphan", b"no record".to_vec()).await.unwrap();
     let db = mesh.env.db().await.unwrap();
     db.execute(
@@ -292,12 +292,6 @@ async fn a_reconciler_pass_is_skipped_while_another_organizer_holds_the_lock_or_
     )
     .await
     .unwrap();
-    let reconciler = sakuga_organizer::reconcile::Reconciler {
-        store: sakuga_organizer::store::Store::new(pool.clone()),
-        storage: storage.clone(),
-        audit: sakuga_mesh::auth::Audit::new(pool),
-        grace: Duration::ZERO,
-    };
     let mut other = mesh.env.db().await.unwrap();
     let held = other.transaction().await.unwrap();
     held.execute("SELECT pg_advisory_xact_lock($1)", &[&sakuga_organizer::store::RECONCILE_LOCK])
@@ -321,6 +315,10 @@ async fn a_reconciler_pass_is_skipped_while_another_organizer_holds_the_lock_or_
     assert!(!storage.exists("blobs/orphan").await.unwrap());
     mesh.stop().await;
 }
+
+on_both_backends!(
+    a_reconciler_pass_is_skipped_while_another_organizer_holds_the_lock_or_records_cannot_be_read
+);
 
 /// The organizer speaks TLS to an HTTPS endpoint whose certificate chains to `ca_file`,
 /// refuses one it cannot verify, and speaks plain HTTP only when allowed.
