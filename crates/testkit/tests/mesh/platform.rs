@@ -78,6 +78,17 @@ async fn organizer_health(mesh: &Mesh) -> Option<i32> {
     health.check(HealthCheckRequest { service: String::new() }).await.ok().map(|r| r.into_inner().status)
 }
 
+/// Waits (up to 30 s) until the organizer's health says `status`; panics with `what` if not.
+async fn until_organizer(mesh: &Mesh, status: ServingStatus, what: &str) {
+    for _ in 0..300 {
+        if organizer_health(mesh).await == Some(status as i32) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}");
+}
+
 #[tokio::test]
 async fn jobs_finished_while_the_organizer_is_down_are_stored_when_it_is_back() {
     let mut mesh = Mesh::start().await;
@@ -188,15 +199,8 @@ async fn full_storage_costs_no_attempt(mesh: &mut Mesh, free: impl FnOnce()) {
     let alice = mesh.person("alice").await;
     let ids = submit(mesh, &alice, 20).await;
     until_waiting(mesh, &alice, &ids, "waiting for storage: storage full").await;
-    let mut not_serving = false;
-    for _ in 0..100 {
-        if organizer_health(mesh).await == Some(ServingStatus::NotServing as i32) {
-            not_serving = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(not_serving, "the organizer says NOT_SERVING while it cannot write");
+    until_organizer(mesh, ServingStatus::NotServing, "the organizer says NOT_SERVING while it cannot write")
+        .await;
     // Full for a while longer: the uploads are retried, no attempt is spent.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let metrics = generator_metrics(mesh).await;
@@ -210,15 +214,7 @@ async fn full_storage_costs_no_attempt(mesh: &mut Mesh, free: impl FnOnce()) {
     free();
     all_succeeded_at_once(mesh, &alice, &ids).await;
     no_partial_left(&root).await;
-    let mut serving = false;
-    for _ in 0..100 {
-        if organizer_health(mesh).await == Some(ServingStatus::Serving as i32) {
-            serving = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(serving, "SERVING again once it can write");
+    until_organizer(mesh, ServingStatus::Serving, "SERVING again once it can write").await;
     let metrics = generator_metrics(mesh).await;
     assert_eq!(value(&metrics, r#"sakuga_generator_artifacts_waiting{held="memory"}"#), 0.0);
 }
@@ -323,15 +319,12 @@ async fn jobs_finished_while_the_object_store_is_down_for_a_minute_are_stored_wh
     mesh.weed.as_mut().unwrap().stop();
     let ids = submit(&mesh, &alice, 20).await;
     until_waiting(&mesh, &alice, &ids, "waiting for storage: storage unavailable").await;
-    let mut not_serving = false;
-    for _ in 0..300 {
-        if organizer_health(&mesh).await == Some(ServingStatus::NotServing as i32) {
-            not_serving = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(not_serving, "the organizer says NOT_SERVING while the store is away");
+    until_organizer(
+        &mesh,
+        ServingStatus::NotServing,
+        "the organizer says NOT_SERVING while the store is away",
+    )
+    .await;
     // A minute without the store; the jobs keep waiting and spend nothing.
     tokio::time::sleep_until(down_at + Duration::from_mins(1)).await;
     until_waiting(&mesh, &alice, &ids, "waiting for storage: storage unavailable").await;
@@ -357,14 +350,6 @@ async fn jobs_finished_while_the_object_store_is_down_for_a_minute_are_stored_wh
     }
     let stored: std::collections::BTreeSet<String> = mesh.stored_keys().await.into_iter().collect();
     assert_eq!(stored, expected);
-    let mut serving = false;
-    for _ in 0..300 {
-        if organizer_health(&mesh).await == Some(ServingStatus::Serving as i32) {
-            serving = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(serving, "SERVING again once the store answers");
+    until_organizer(&mesh, ServingStatus::Serving, "SERVING again once the store answers").await;
     mesh.stop().await;
 }
