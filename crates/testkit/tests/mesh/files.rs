@@ -210,6 +210,49 @@ async fn store(
     Ok(files.store_artifact(tokio_stream::iter(parts)).await?.into_inner().file.unwrap())
 }
 
+/// A project `req` of the person with `token`, created.
+async fn project(
+    mesh: &Mesh,
+    token: &str,
+    req: sakuga_proto::v1::CreateProjectRequest,
+) -> sakuga_proto::v1::Project {
+    mesh.projects(token).create_project(req).await.unwrap().into_inner().project.unwrap()
+}
+
+/// A project of `owner` that keeps files 7 days, with two of its files: `old`, made 8 days
+/// ago (past the retention), and `new`, whose bytes are `new_bytes`.
+struct Retained {
+    project: sakuga_proto::v1::Project,
+    old: sakuga_proto::v1::File,
+    new: sakuga_proto::v1::File,
+    new_bytes: Vec<u8>,
+}
+
+async fn retained_pair(mesh: &Mesh, owner: &crate::common::Person) -> Retained {
+    let req = sakuga_proto::v1::CreateProjectRequest {
+        name: "Dailies".into(),
+        retention_days: 7,
+        ..Default::default()
+    };
+    let project = project(mesh, &owner.token, req).await;
+    let (old_bytes, new_bytes) = (gradient(64, 64), gradient(72, 64));
+    let job = leased_job(mesh, &owner.id, Some(&project.id), 64, 64).await;
+    let old = store(mesh, header(&job, &old_bytes, 64, 64), &old_bytes).await.unwrap();
+    let job = leased_job(mesh, &owner.id, Some(&project.id), 72, 64).await;
+    let new = store(mesh, header(&job, &new_bytes, 72, 64), &new_bytes).await.unwrap();
+    mesh.env
+        .db()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE files SET created_at = now() - interval '8 days' WHERE id = $1",
+            &[&Uuid::parse_str(&old.id).unwrap()],
+        )
+        .await
+        .unwrap();
+    Retained { project, old, new, new_bytes }
+}
+
 fn gradient(width: u32, height: u32) -> Vec<u8> {
     let rgb: Vec<u8> = (0..width * height).flat_map(|i| [u8::try_from(i % 256).unwrap(), 80, 160]).collect();
     sakuga_imaging::encode_rgb_png(width, height, &rgb).unwrap()

@@ -8,7 +8,10 @@ use sakuga_proto::v1::{CreateProjectRequest, DeleteFileRequest};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
-use super::{everything_stored, gradient, header, keys_of, leased_job, reconciler, store, stored_bytes};
+use super::{
+    Retained, everything_stored, gradient, header, keys_of, leased_job, project, reconciler, retained_pair,
+    store, stored_bytes,
+};
 use crate::common::{Backend, Mesh};
 
 /// The export key of a stored file: `export/` and its record's human name.
@@ -24,14 +27,9 @@ async fn with_export_on_the_human_named_object_holds_the_bytes_and_goes_with_the
     })
     .await;
     let alice = mesh.person("alice").await;
-    let project = mesh
-        .projects(&alice.token)
-        .create_project(CreateProjectRequest { name: "Browse Me".into(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .project
-        .unwrap();
+    let project =
+        project(&mesh, &alice.token, CreateProjectRequest { name: "Browse Me".into(), ..Default::default() })
+            .await;
     let bytes = gradient(64, 64);
     let blob = format!("blobs/{}", hex::encode(Sha256::digest(&bytes)));
     let (ja, jb) = (
@@ -87,35 +85,12 @@ async fn the_reconciler_removes_entries_no_record_names_and_places_missing_ones(
     let mut mesh = Mesh::on(backend).await;
     mesh.restart_organizer(|c| c.storage.export = true).await;
     let alice = mesh.person("alice").await;
-    let project = mesh
-        .projects(&alice.token)
-        .create_project(CreateProjectRequest {
-            name: "Dailies".into(),
-            retention_days: 7,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .project
-        .unwrap();
-    let (old_bytes, new_bytes) = (gradient(64, 64), gradient(72, 64));
-    let job = leased_job(&mesh, &alice.id, Some(&project.id), 64, 64).await;
-    let old = store(&mesh, header(&job, &old_bytes, 64, 64), &old_bytes).await.unwrap();
-    let job = leased_job(&mesh, &alice.id, Some(&project.id), 72, 64).await;
-    let new = store(&mesh, header(&job, &new_bytes, 72, 64), &new_bytes).await.unwrap();
+    let Retained { old, new, new_bytes, .. } = retained_pair(&mesh, &alice).await;
     let (old_entry, new_entry) = (export_key(&mesh, &old.id).await, export_key(&mesh, &new.id).await);
     let storage = mesh.storage().await;
     assert!(storage.exists(&old_entry).await.unwrap());
     // The old file is past its project's retention; the new one lost its entry; a stray
     // entry names no record.
-    let db = mesh.env.db().await.unwrap();
-    db.execute(
-        "UPDATE files SET created_at = now() - interval '8 days' WHERE id = $1",
-        &[&Uuid::parse_str(&old.id).unwrap()],
-    )
-    .await
-    .unwrap();
     storage.delete(&new_entry).await.unwrap();
     let stray = format!("export/unsorted/2020/01/01/{}-0.png", Uuid::now_v7());
     storage.put(&stray, b"no record names this".to_vec()).await.unwrap();

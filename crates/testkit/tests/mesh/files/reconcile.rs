@@ -3,12 +3,14 @@
 
 use std::time::Duration;
 
-use sakuga_proto::v1::{CreateProjectRequest, GetFileRequest};
+use sakuga_proto::v1::GetFileRequest;
 use sha2::{Digest as _, Sha256};
 use tonic::Code;
 use uuid::Uuid;
 
-use super::{eventually, everything_stored, gradient, header, leased_job, reconciler, store};
+use super::{
+    Retained, eventually, everything_stored, gradient, header, leased_job, reconciler, retained_pair, store,
+};
 use crate::common::{Backend, Mesh};
 
 async fn a_crash_between_writing_bytes_and_the_record_leaves_no_orphan_after_a_restart(backend: Backend) {
@@ -60,34 +62,12 @@ async fn a_crash_between_writing_bytes_and_the_record_leaves_no_orphan_after_a_r
 async fn files_past_their_project_retention_are_deleted_and_audited(backend: Backend) {
     let mut mesh = Mesh::on(backend).await;
     let alice = mesh.person("alice").await;
-    let mut projects = mesh.projects(&alice.token);
-    let project = projects
-        .create_project(CreateProjectRequest {
-            name: "Dailies".into(),
-            retention_days: 7,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .project
-        .unwrap();
-    let (old_bytes, new_bytes) = (gradient(64, 64), gradient(72, 64));
-    let job = leased_job(&mesh, &alice.id, Some(&project.id), 64, 64).await;
-    let old = store(&mesh, header(&job, &old_bytes, 64, 64), &old_bytes).await.unwrap();
-    let job = leased_job(&mesh, &alice.id, Some(&project.id), 72, 64).await;
-    let new = store(&mesh, header(&job, &new_bytes, 72, 64), &new_bytes).await.unwrap();
+    let Retained { project, old, new, new_bytes } = retained_pair(&mesh, &alice).await;
     assert_eq!(
         (old.project_id.as_str(), new.project_id.as_str()),
         (project.id.as_str(), project.id.as_str())
     );
     let db = mesh.env.db().await.unwrap();
-    db.execute(
-        "UPDATE files SET created_at = now() - interval '8 days' WHERE id = $1",
-        &[&Uuid::parse_str(&old.id).unwrap()],
-    )
-    .await
-    .unwrap();
     // No grace: the bytes of the test's expired file were written moments ago.
     mesh.restart_organizer(|c| {
         c.reconcile_interval = Duration::from_secs(1);

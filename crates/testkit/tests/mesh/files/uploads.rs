@@ -10,7 +10,8 @@ use tonic::Code;
 use uuid::Uuid;
 
 use super::{
-    Leased, eventually, everything_stored, gradient, header, keys_of, leased_job, leased_job_as, store,
+    Leased, eventually, everything_stored, gradient, header, keys_of, leased_job, leased_job_as, project,
+    store,
 };
 use crate::common::{Backend, Mesh};
 
@@ -54,14 +55,9 @@ async fn an_artifact_is_accepted_only_under_the_jobs_live_lease_and_owned_as_the
     let mesh = Mesh::on(backend).await;
     let alice = mesh.person("alice").await;
     let bob = mesh.person("bob").await;
-    let project = mesh
-        .projects(&alice.token)
-        .create_project(CreateProjectRequest { name: "Leased".into(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .project
-        .unwrap();
+    let project =
+        project(&mesh, &alice.token, CreateProjectRequest { name: "Leased".into(), ..Default::default() })
+            .await;
     let bytes = gradient(64, 64);
     let job = leased_job(&mesh, &alice.id, Some(&project.id), 64, 64).await;
     let finished = leased_job_as(&mesh, &alice.id, None, (64, 64), "succeeded", "1 hour").await;
