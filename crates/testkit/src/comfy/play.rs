@@ -1,4 +1,5 @@
-//! Replaying a recorded run to the client's socket, with the scripted faults.
+//! Replaying a recorded run to the client's socket, with the scripted faults, one prompt
+//! at a time: the next waiting prompt starts the moment one ends, as in ComfyUI's queue.
 
 use std::{sync::Arc, time::Duration};
 
@@ -7,11 +8,29 @@ use serde_json::Value;
 
 use super::{
     recording::{Frame, Script},
-    state::{Fault, Pacing, Shared},
+    state::{Fault, Inner, Pacing, Queued, Run, Shared},
 };
 
-/// Plays a recorded run to the client's socket (whichever is open when a frame is due).
-pub(super) async fn play(
+/// Starts `prompt` now (nothing runs) or queues it behind the running one.
+pub(super) fn enqueue(shared: &Arc<Shared>, inner: &mut Inner, prompt: Queued) {
+    if inner.running.is_none() && inner.pending.is_empty() {
+        begin(shared, inner, prompt);
+    } else {
+        inner.pending.push_back(prompt);
+    }
+}
+
+fn begin(shared: &Arc<Shared>, inner: &mut Inner, p: Queued) {
+    inner.running = Some((p.prompt_id.clone(), p.client_id.clone(), p.number, None));
+    inner.interrupted = false;
+    let run = Run { started: tokio::time::Instant::now(), ended: None, next_waiting: false };
+    inner.runs.push((p.prompt_id.clone(), run));
+    tokio::spawn(play(shared.clone(), p.script, p.prompt_id, p.client_id, p.fault));
+}
+
+/// Plays a recorded run to the client's socket (whichever is open when a frame is due),
+/// then starts the next waiting prompt.
+async fn play(
     shared: Arc<Shared>,
     script: Script,
     prompt_id: String,
@@ -19,7 +38,11 @@ pub(super) async fn play(
     fault: Option<Fault>,
 ) {
     let swap = |s: &str| s.replace(&script.prompt_id, &prompt_id).replace(&script.client_id, &client_id);
+    // Frames are due at the recorded offsets from the run's start (each gap capped), not
+    // after each other's sends, so a run lasts what was recorded however busy the machine.
     let mut last_t: Option<f64> = None;
+    let mut base = tokio::time::Instant::now();
+    let mut offset = Duration::ZERO;
     for (i, frame) in script.frames.iter().enumerate() {
         match fault {
             Some(Fault::DropSocket(at)) if at == i => {
@@ -34,6 +57,7 @@ pub(super) async fn play(
                     let _ = s.send(Message::Close(None));
                 }
                 inner.running = None;
+                inner.pending.clear();
                 inner.history.clear();
                 inner.down_until = Some(tokio::time::Instant::now() + Duration::from_millis(down_ms));
                 return;
@@ -50,6 +74,8 @@ pub(super) async fn play(
                     waiting.await;
                 }
                 last_t = None;
+                base = tokio::time::Instant::now();
+                offset = Duration::ZERO;
                 continue;
             }
             Frame::Text(t, raw) => (*t, Message::text(swap(raw))),
@@ -60,8 +86,8 @@ pub(super) async fn play(
         if shared.pacing == Pacing::Recorded
             && let Some(prev) = last_t
         {
-            let gap = Duration::try_from_secs_f64((t - prev) / 1000.0).unwrap_or_default();
-            tokio::time::sleep(gap.min(Duration::from_millis(500))).await;
+            offset += paced_gap(prev, t);
+            tokio::time::sleep_until(base + offset).await;
         }
         last_t = Some(t);
         let mut inner = shared.inner.lock().unwrap();
@@ -70,7 +96,16 @@ pub(super) async fn play(
             if v["type"] == "executing" {
                 if v["data"]["node"].is_null() {
                     // The server stores the history right before this frame.
-                    inner.history.insert(prompt_id.clone(), swap(&script.history));
+                    let history = swap(&script.history);
+                    if let Some(Fault::HistoryLate { ms }) = fault {
+                        let (shared, id) = (shared.clone(), prompt_id.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            shared.inner.lock().unwrap().history.insert(id, history);
+                        });
+                    } else {
+                        inner.history.insert(prompt_id.clone(), history);
+                    }
                     inner.running = None;
                 } else if let Some((_, _, _, node)) = inner.running.as_mut() {
                     *node = v["data"]["node"].as_str().map(str::to_owned);
@@ -81,6 +116,42 @@ pub(super) async fn play(
             let _ = s.send(msg);
         }
     }
+    let mut inner = shared.inner.lock().unwrap();
+    inner.run_ended(&prompt_id);
+    if inner.running.as_ref().is_some_and(|(id, ..)| *id == prompt_id) {
+        inner.running = None;
+    }
+    if inner.running.is_none()
+        && let Some(next) = inner.pending.pop_front()
+    {
+        begin(&shared, &mut inner, next);
+    }
+}
+
+/// The longest pause replayed between two frames.
+const MAX_GAP: Duration = Duration::from_millis(500);
+
+/// The replayed pause between frames recorded at `prev` and `t` (ms).
+pub(super) fn paced_gap(prev: f64, t: f64) -> Duration {
+    Duration::try_from_secs_f64((t - prev) / 1000.0).unwrap_or_default().min(MAX_GAP)
+}
+
+/// How long a run of `script` lasts with [`Pacing::Recorded`] (up to a recorded interrupt).
+pub(super) fn paced_duration(script: &Script) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut last_t: Option<f64> = None;
+    for frame in &script.frames {
+        match frame {
+            Frame::AwaitInterrupt => return total,
+            Frame::Text(t, _) | Frame::Binary(t, _) => {
+                if let Some(prev) = last_t {
+                    total += paced_gap(prev, *t);
+                }
+                last_t = Some(*t);
+            }
+        }
+    }
+    total
 }
 
 /// A type-4 preview frame names its prompt in the JSON metadata after the 8-byte header;

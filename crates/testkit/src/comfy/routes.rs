@@ -18,14 +18,20 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::{
-    play::play,
-    recording::{Recording, fixtures_dir, load},
-    state::Shared,
+    play::enqueue,
+    recording::{Recording, Version, load},
+    state::{Queued, Shared},
 };
 
-/// Every route ComfyUI's client uses, over `shared`.
+/// Every route ComfyUI's client uses, over `shared`; /api/jobs only where the recorded
+/// version has it (0.3.64 answers 404 there).
 pub(super) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let router = if shared.version == Version::V0_26 {
+        Router::new().route("/api/jobs/{id}/cancel", post(cancel_job))
+    } else {
+        Router::new()
+    };
+    router
         .route("/ws", get(ws))
         .route("/prompt", post(prompt))
         .route("/history/{id}", get(history))
@@ -35,7 +41,15 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/object_info/{class}", get(object_info))
         .route("/system_stats", get(system_stats))
         .route("/free", post(empty_ok))
+        .fallback(not_found)
         .with_state(shared)
+}
+
+/// Any other path: logged, and answered as aiohttp does.
+async fn not_found(State(shared): St, method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    log(&shared, method.as_str(), uri.to_string(), b"");
+    (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "404: Not Found")
+        .into_response()
 }
 
 type St = State<Arc<Shared>>;
@@ -133,8 +147,8 @@ fn classes(workflow: &Value) -> Vec<(String, Value)> {
 }
 
 /// The recorded 400 answer for a workflow equal to one of the recorded invalid prompts.
-fn invalid_answer(workflow: &Value) -> Option<String> {
-    let recorded = load("12_invalid_prompts.json");
+fn invalid_answer(version: Version, workflow: &Value) -> Option<String> {
+    let recorded = load(version, "12_invalid_prompts.json");
     recorded.as_array()?.iter().find_map(|e| {
         let body = &e["request"]["body"];
         (body.get("prompt") == Some(workflow) && e["response"]["status"] == 400)
@@ -159,13 +173,19 @@ async fn prompt(State(shared): St, body: Bytes) -> Response {
     let Some(workflow) = req.get("prompt").cloned() else {
         return json_response(StatusCode::BAD_REQUEST, r#"{"error": {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}}, "node_errors": {}}"#.to_owned());
     };
-    if let Some(answer) = invalid_answer(&workflow) {
+    if shared.version == Version::V0_26
+        && let Some(answer) = invalid_prompt_id(&req["prompt_id"])
+    {
+        shared.inner.lock().unwrap().number += 1;
+        return json_response(StatusCode::BAD_REQUEST, answer);
+    }
+    if let Some(answer) = invalid_answer(shared.version, &workflow) {
         return json_response(StatusCode::BAD_REQUEST, answer);
     }
     let client_id = req["client_id"].as_str().unwrap_or_default().to_owned();
     let prompt_id = req["prompt_id"].as_str().map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    let mut inner = shared.inner.lock().unwrap();
     let (recording, fault, number) = {
-        let mut inner = shared.inner.lock().unwrap();
         let key = workflow.to_string();
         let cached = !inner.seen.insert(key);
         let by_content = {
@@ -174,7 +194,7 @@ async fn prompt(State(shared): St, body: Bytes) -> Response {
             if has("FailingNode").is_some() {
                 Recording::FailingNode
             } else if let Some(inputs) = has("FakeSampler") {
-                if inputs["steps"].as_u64().unwrap_or(0) >= 200 {
+                if inputs["steps"].as_u64().unwrap_or(0) >= 100 {
                     Recording::Interrupt
                 } else if inner.flags.contains(&client_id) {
                     Recording::FakeSamplerWithFlags
@@ -189,19 +209,33 @@ async fn prompt(State(shared): St, body: Bytes) -> Response {
         };
         let (recording, fault) = inner.scripted.pop_front().unwrap_or((by_content, None));
         inner.number += 1;
-        inner.running = Some((prompt_id.clone(), client_id.clone(), inner.number, None));
-        inner.interrupted = false;
         (recording, fault, inner.number)
     };
-    let script = recording.load();
+    let script = recording.load(shared.version);
     let answer = script.prompt_response.replace(&script.prompt_id, &prompt_id);
     let answer = answer.replacen(
         &format!("\"number\": {}", number_of(&script.prompt_response)),
         &format!("\"number\": {number}"),
         1,
     );
-    tokio::spawn(play(shared, script, prompt_id, client_id, fault));
+    enqueue(&shared, &mut inner, Queued { prompt_id, client_id, number, script, fault });
     json_response(StatusCode::OK, answer)
+}
+
+/// ComfyUI 0.26's answer to a `prompt_id` that is present, not null and not a canonical
+/// lowercase hyphenated UUID: the recorded 400 (19).
+fn invalid_prompt_id(id: &Value) -> Option<String> {
+    let canonical = |s: &str| uuid::Uuid::parse_str(s).is_ok_and(|u| u.hyphenated().to_string() == s);
+    match id {
+        Value::Null => None,
+        Value::String(s) if canonical(s) => None,
+        _ => {
+            let recorded = load(Version::V0_26, "19_prompt_id_rules.json");
+            recorded.as_array()?.iter().find_map(|e| {
+                (e["case"] == "not_a_uuid").then(|| e["response"]["body_raw"].as_str().unwrap().to_owned())
+            })
+        }
+    }
 }
 
 fn number_of(body: &str) -> u64 {
@@ -222,17 +256,63 @@ async fn queue(State(shared): St) -> Response {
     if let Some(r) = unavailable(&shared) {
         return r;
     }
-    let running = shared.inner.lock().unwrap().running.clone();
-    let running = running.map_or_else(
-        || "[]".to_owned(),
-        |(id, client, number, _)| format!(r#"[[{number}, "{id}", {{}}, {{"client_id": "{client}"}}, []]]"#),
-    );
-    json_response(StatusCode::OK, format!(r#"{{"queue_running": {running}, "queue_pending": []}}"#))
+    let inner = shared.inner.lock().unwrap();
+    let item = |number: u64, id: &str, client: &str| {
+        format!(r#"[{number}, "{id}", {{}}, {{"client_id": "{client}"}}, []]"#)
+    };
+    let running: Vec<String> =
+        inner.running.iter().map(|(id, client, number, _)| item(*number, id, client)).collect();
+    let pending: Vec<String> =
+        inner.pending.iter().map(|p| item(p.number, &p.prompt_id, &p.client_id)).collect();
+    json_response(
+        StatusCode::OK,
+        format!(
+            r#"{{"queue_running": [{}], "queue_pending": [{}]}}"#,
+            running.join(", "),
+            pending.join(", ")
+        ),
+    )
 }
 
+/// POST /queue: `{"delete": [ids]}` removes waiting prompts, `{"clear": true}` all of them.
 async fn queue_op(State(shared): St, body: Bytes) -> Response {
     log(&shared, "POST", "/queue".to_owned(), &body);
-    empty_ok_for(&shared)
+    if let Some(r) = unavailable(&shared) {
+        return r;
+    }
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut inner = shared.inner.lock().unwrap();
+    if req["clear"] == true {
+        inner.pending.clear();
+    }
+    for id in req["delete"].as_array().into_iter().flatten() {
+        inner.pending.retain(|p| Some(p.prompt_id.as_str()) != id.as_str());
+    }
+    StatusCode::OK.into_response()
+}
+
+/// POST /api/jobs/{id}/cancel (0.26): a waiting prompt leaves the queue, the running one is
+/// interrupted; `{"cancelled": false}` for anything else (21).
+async fn cancel_job(State(shared): St, UrlPath(id): UrlPath<String>) -> Response {
+    log(&shared, "POST", format!("/api/jobs/{id}/cancel"), b"");
+    if let Some(r) = unavailable(&shared) {
+        return r;
+    }
+    let cancelled = {
+        let mut inner = shared.inner.lock().unwrap();
+        let waiting = inner.pending.len();
+        inner.pending.retain(|p| p.prompt_id != id);
+        if inner.pending.len() < waiting {
+            true
+        } else if inner.running.as_ref().is_some_and(|(running, ..)| *running == id) {
+            inner.interrupted = true;
+            true
+        } else {
+            false
+        }
+    };
+    shared.interrupt.notify_waiters();
+    json_response(StatusCode::OK, format!(r#"{{"cancelled": {cancelled}}}"#))
 }
 
 async fn interrupt(State(shared): St, body: Bytes) -> Response {
@@ -275,7 +355,7 @@ async fn view(State(shared): St, Query(q): Query<HashMap<String, String>>) -> Re
     } else {
         return (StatusCode::NOT_FOUND, "404: Not Found").into_response();
     };
-    let bytes = std::fs::read(fixtures_dir().join(file)).unwrap();
+    let bytes = std::fs::read(shared.version.fixtures_dir().join(file)).unwrap();
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "image/png"), (header::CONTENT_DISPOSITION, &format!("filename=\"{name}\""))],
@@ -292,13 +372,16 @@ async fn object_info(State(shared): St, UrlPath(class): UrlPath<String>) -> Resp
         "EmptyImage" => "05_object_info_EmptyImage.json",
         _ => return json_response(StatusCode::OK, "{}".to_owned()),
     };
-    json_response(StatusCode::OK, load(file)["response"]["body_raw"].as_str().unwrap().to_owned())
+    json_response(
+        StatusCode::OK,
+        load(shared.version, file)["response"]["body_raw"].as_str().unwrap().to_owned(),
+    )
 }
 
 async fn system_stats(State(shared): St) -> Response {
     log(&shared, "GET", "/system_stats".to_owned(), b"");
     json_response(
         StatusCode::OK,
-        load("01_system_stats.json")["response"]["body_raw"].as_str().unwrap().to_owned(),
+        load(shared.version, "01_system_stats.json")["response"]["body_raw"].as_str().unwrap().to_owned(),
     )
 }
