@@ -55,7 +55,11 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Section> {
             break LeasedJob { job_id: a.job_id, lease_token: a.lease_token };
         }
     };
-    sim.tx.send(AttachRequest { msg: Some(Msg::Ack(AssignmentAck { job: Some(leased.clone()) })) }).await?;
+    sim.tx
+        .send(AttachRequest {
+            msg: Some(Msg::Ack(AssignmentAck { job: Some(leased.clone()), waiting: false })),
+        })
+        .await?;
     // Keep the lease while watchers come and go.
     let (tx, hb_job) = (sim.tx.clone(), leased.clone());
     let heartbeat = tokio::spawn(async move {

@@ -174,6 +174,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Jobs this backend runs at once.
     fn slots(&self) -> u32;
 
+    /// Jobs it takes beyond [`Backend::slots`] to wait in its own queue, so the next one
+    /// starts the moment a running one ends (a ComfyUI server's next prompt).
+    fn queue_slots(&self) -> u32 {
+        0
+    }
+
     /// Models loaded now (warm); the scheduler prefers this worker for them.
     fn loaded_models(&self) -> Vec<String>;
 

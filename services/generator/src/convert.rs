@@ -87,7 +87,7 @@ impl From<Assignment> for worker::Assignment {
 impl From<Update> for Msg {
     fn from(u: Update) -> Self {
         match u {
-            Update::Ack(lease) => Self::Ack(AssignmentAck { job: Some(lease.into()) }),
+            Update::Ack { lease, waiting } => Self::Ack(AssignmentAck { job: Some(lease.into()), waiting }),
             Update::Progress { lease, step, total, stage, item } => Self::Progress(ProgressUpdate {
                 job: Some(lease.into()),
                 progress: Some(JobProgress { step, total_steps: total, stage, item }),

@@ -54,8 +54,14 @@ pub(crate) struct Assignment {
 /// What the worker tells the scheduler about a job.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Update {
-    /// The assignment arrived and the job starts.
-    Ack(Lease),
+    /// The assignment arrived and the job starts, or waits in the backend's queue behind
+    /// running jobs (`waiting`).
+    Ack {
+        /// The job.
+        lease: Lease,
+        /// Queued behind running jobs (every slot was taken when it arrived).
+        waiting: bool,
+    },
     /// Work done so far over the whole job.
     Progress {
         /// The job.
@@ -233,7 +239,7 @@ impl Worker {
     /// Starts an assigned job in its own task, or refuses it (as a retryable failure, the
     /// returned update) while draining or without a free slot.
     pub(crate) fn assign(&mut self, a: Assignment, draining: bool) -> Option<Update> {
-        let full = self.jobs.len() >= self.backend.slots() as usize;
+        let full = self.jobs.len() >= (self.backend.slots() + self.backend.queue_slots()) as usize;
         if draining || full {
             let error = if draining { "worker is draining" } else { "worker has no free slot" };
             return Some(Update::Failed {
@@ -246,7 +252,10 @@ impl Worker {
         let cancel = CancellationToken::new();
         self.jobs
             .insert(a.lease.job_id.clone(), Running { lease: a.lease.token.clone(), cancel: cancel.clone() });
-        info!(job_id = %a.lease.job_id, attempt = a.attempt, "job received");
+        // Every slot taken: the job waits in the backend's queue and stays assigned until its
+        // first progress (which comes at once if a slot frees meanwhile).
+        let waiting = self.jobs.len() > self.backend.slots() as usize;
+        info!(job_id = %a.lease.job_id, attempt = a.attempt, waiting, "job received");
         let job = Job {
             backend: self.backend.clone(),
             metrics: self.metrics.clone(),
@@ -256,7 +265,7 @@ impl Worker {
             wait_max: self.config.upload_wait_max,
             events: self.events_tx.clone(),
         };
-        tokio::spawn(run_job(a, job, cancel));
+        tokio::spawn(run_job(a, job, cancel, waiting));
         None
     }
 
@@ -299,14 +308,14 @@ impl Worker {
 /// the platform when storage is away, see `deliver`), then complete — or fail (retryable
 /// or not, the job's or the platform's), or acknowledge a cancel. Nothing is reported
 /// completed before every artifact is stored.
-async fn run_job(a: Assignment, job: Job, cancel: CancellationToken) {
+async fn run_job(a: Assignment, job: Job, cancel: CancellationToken, waiting: bool) {
     let emit = |u: Update| {
         let events = job.events.clone();
         async move {
             let _ = events.send(Event::Send(u)).await;
         }
     };
-    emit(Update::Ack(a.lease.clone())).await;
+    emit(Update::Ack { lease: a.lease.clone(), waiting }).await;
     let started = std::time::Instant::now();
     job.busy.fetch_add(1, Ordering::Relaxed);
     // Generation and uploads join the job's trace (carried in the assignment).

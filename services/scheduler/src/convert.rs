@@ -259,6 +259,7 @@ pub(crate) fn hello(h: pb::WorkerHello) -> Result<Hello, tonic::Status> {
     Ok(Hello {
         worker_id: h.worker_id,
         slots: h.slots,
+        queue_slots: h.queue_slots,
         backends: h.backends,
         loaded_models: h.loaded_models,
         running,
@@ -271,7 +272,7 @@ pub(crate) fn worker_message(msg: attach_request::Msg) -> Result<WorkerMessage, 
     let lease = |job: Option<&LeasedJob>| leased(job).map_err(|why| SchedulerError::invalid("msg", why));
     Ok(match msg {
         Msg::Hello(_) => return Err(SchedulerError::FailedPrecondition("hello was already sent".to_owned())),
-        Msg::Ack(a) => WorkerMessage::Ack(lease(a.job.as_ref())?),
+        Msg::Ack(a) => WorkerMessage::Ack { lease: lease(a.job.as_ref())?, waiting: a.waiting },
         Msg::Heartbeat(hb) => WorkerMessage::Heartbeat {
             running: hb.running.iter().map(|j| lease(Some(j))).collect::<Result<_, _>>()?,
             loaded_models: hb.loaded_models,
@@ -363,11 +364,14 @@ mod tests {
         let ack = |job_id: &str| {
             attach_request::Msg::Ack(pb::AssignmentAck {
                 job: Some(LeasedJob { job_id: job_id.to_owned(), lease_token: Uuid::now_v7().to_string() }),
+                waiting: true,
             })
         };
         let err = worker_message(ack("nope")).unwrap_err();
         assert_eq!(err.to_string(), "msg: job.job_id: not a UUID");
         let id = Uuid::now_v7();
-        assert!(matches!(worker_message(ack(&id.to_string())), Ok(WorkerMessage::Ack((j, _))) if j == id));
+        assert!(
+            matches!(worker_message(ack(&id.to_string())), Ok(WorkerMessage::Ack { lease: (j, _), waiting: true }) if j == id)
+        );
     }
 }

@@ -3,13 +3,16 @@
 //! retention sweep. PostgreSQL stays the source of truth: claims use
 //! `FOR UPDATE SKIP LOCKED`, so several replicas never hand out the same job.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::{registry::WorkerCommand, state::State};
+use crate::{
+    registry::{FreeWorker, WorkerCommand},
+    state::State,
+};
 
 /// Hands queued jobs to free workers whenever woken, and at least every `poll`.
 pub fn spawn_dispatcher(
@@ -34,41 +37,72 @@ pub fn spawn_dispatcher(
 }
 
 async fn dispatch_once(state: &State) -> Result<(), crate::error::SchedulerError> {
-    // Warm first: every free worker takes jobs for the models it already has loaded (no
-    // cold start), then free slots take whatever is next in line.
+    // Slots first. Warm first: every free worker takes jobs for the models it already has
+    // loaded (no cold start), then free slots take whatever is next in line.
     for warm in [true, false] {
         for worker in state.registry.free_workers() {
-            if warm && worker.models.is_empty() {
+            if worker.free == 0 || (warm && worker.models.is_empty()) {
                 continue;
             }
-            let models = warm.then_some(worker.models.as_slice());
-            let claimed = state
-                .store
-                .claim(&worker.worker_id, &worker.backends, models, worker.free, state.config.lease_ttl)
-                .await?;
-            for c in claimed {
-                // The dispatch joins the submitter's trace; the worker's spans join it.
-                let span = tracing::info_span!(
-                    "dispatch",
-                    otel.name = "dispatch",
-                    service = "scheduler",
-                    job_id = %c.job.id,
-                    worker_id = %worker.worker_id,
-                );
-                sakuga_mesh::telemetry::set_parent_from_map(&span, &c.job.trace_context);
-                let context = span.in_scope(sakuga_mesh::telemetry::current_context_map);
-                let (id, lease) = (c.job.id, c.lease_token);
-                let command =
-                    WorkerCommand::Assign { job: Box::new(c.job.clone()), lease, trace_context: context };
-                if state.registry.assign(worker.session, id, lease, command) {
-                    state.families.dispatched(&c.job);
-                    info!(job_id = %c.job.id, worker_id = %worker.worker_id, attempt = c.job.attempts, warm, "job assigned");
-                    state.events.status_changed(&c.job);
-                } else {
-                    warn!(job_id = %c.job.id, worker_id = %worker.worker_id, "worker went away, job handed back");
-                    state.store.unclaim(c.job.id, c.lease_token).await?;
-                }
+            hand_out(state, &worker, &worker.backends, warm, worker.free).await?;
+        }
+    }
+    // Then queue slots: a job waits in a backend's own queue behind another only for a
+    // backend no worker here has a free slot for, so it never waits while a slot is idle.
+    // Jobs of models loaded there first.
+    for warm in [true, false] {
+        let workers = state.registry.free_workers();
+        let idle: BTreeSet<&str> = workers
+            .iter()
+            .filter(|w| w.free > 0)
+            .flat_map(|w| w.backends.iter().map(String::as_str))
+            .collect();
+        for worker in &workers {
+            if worker.free > 0 || worker.queue_free == 0 || (warm && worker.models.is_empty()) {
+                continue;
             }
+            let busy: Vec<String> =
+                worker.backends.iter().filter(|b| !idle.contains(b.as_str())).cloned().collect();
+            if !busy.is_empty() {
+                hand_out(state, worker, &busy, warm, worker.queue_free).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Claims up to `limit` queued jobs of `backends` (of the worker's loaded models when
+/// `warm`) and sends them to the worker.
+async fn hand_out(
+    state: &State,
+    worker: &FreeWorker,
+    backends: &[String],
+    warm: bool,
+    limit: u32,
+) -> Result<(), crate::error::SchedulerError> {
+    let models = warm.then_some(worker.models.as_slice());
+    let claimed =
+        state.store.claim(&worker.worker_id, backends, models, limit, state.config.lease_ttl).await?;
+    for c in claimed {
+        // The dispatch joins the submitter's trace; the worker's spans join it.
+        let span = tracing::info_span!(
+            "dispatch",
+            otel.name = "dispatch",
+            service = "scheduler",
+            job_id = %c.job.id,
+            worker_id = %worker.worker_id,
+        );
+        sakuga_mesh::telemetry::set_parent_from_map(&span, &c.job.trace_context);
+        let context = span.in_scope(sakuga_mesh::telemetry::current_context_map);
+        let (id, lease) = (c.job.id, c.lease_token);
+        let command = WorkerCommand::Assign { job: Box::new(c.job.clone()), lease, trace_context: context };
+        if state.registry.assign(worker.session, id, lease, command) {
+            state.families.dispatched(&c.job);
+            info!(job_id = %c.job.id, worker_id = %worker.worker_id, attempt = c.job.attempts, warm, "job assigned");
+            state.events.status_changed(&c.job);
+        } else {
+            warn!(job_id = %c.job.id, worker_id = %worker.worker_id, "worker went away, job handed back");
+            state.store.unclaim(c.job.id, c.lease_token).await?;
         }
     }
     Ok(())

@@ -48,6 +48,8 @@ pub struct WorkerSession {
     pub worker_id: String,
     /// Jobs it runs at once.
     pub slots: u32,
+    /// Jobs it takes beyond `slots` to wait in its backend's own queue.
+    pub queue_slots: u32,
     /// Backends it offers.
     pub backends: Vec<String>,
     /// Models it has loaded.
@@ -77,8 +79,10 @@ pub struct FreeWorker {
     pub backends: Vec<String>,
     /// Models it has loaded.
     pub models: Vec<String>,
-    /// Slots free.
+    /// Slots free: jobs it would start at once.
     pub free: u32,
+    /// Queue slots free: jobs it would queue in its backend behind running ones.
+    pub queue_free: u32,
 }
 
 impl Registry {
@@ -123,7 +127,8 @@ impl Registry {
         }
     }
 
-    /// Sessions with free slots, most free first.
+    /// Sessions with free slots or free queue slots, most free slots first. A session's
+    /// jobs fill its slots first, then its queue slots.
     pub fn free_workers(&self) -> Vec<FreeWorker> {
         let mut free: Vec<FreeWorker> = self
             .lock()
@@ -131,12 +136,15 @@ impl Registry {
             .filter(|(_, w)| !w.draining)
             .filter_map(|(id, w)| {
                 let used = u32::try_from(w.running.len()).unwrap_or(u32::MAX);
-                (w.slots > used).then(|| FreeWorker {
+                let free = w.slots.saturating_sub(used);
+                let queue_free = w.slots.saturating_add(w.queue_slots).saturating_sub(used) - free;
+                (free + queue_free > 0).then(|| FreeWorker {
                     session: *id,
                     worker_id: w.worker_id.clone(),
                     backends: w.backends.clone(),
                     models: w.models.clone(),
-                    free: w.slots - used,
+                    free,
+                    queue_free,
                 })
             })
             .collect();
@@ -177,5 +185,46 @@ impl Registry {
     pub fn slot_usage(&self) -> (usize, u32) {
         let s = self.lock();
         (s.values().map(|w| w.running.len()).sum(), s.values().map(|w| w.slots).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(registry: &Registry, slots: u32, queue_slots: u32, running: usize) -> Uuid {
+        let id = Uuid::now_v7();
+        let (tx, _rx) = mpsc::channel(1);
+        registry.register(
+            id,
+            WorkerSession {
+                worker_id: format!("w{slots}-{queue_slots}-{running}"),
+                slots,
+                queue_slots,
+                backends: vec!["comfyui".into()],
+                models: Vec::new(),
+                running: (0..running).map(|_| (Uuid::now_v7(), Uuid::now_v7())).collect(),
+                draining: false,
+                tx,
+            },
+        );
+        id
+    }
+
+    #[test]
+    fn jobs_fill_slots_first_then_queue_slots() {
+        let registry = Registry::default();
+        let idle = session(&registry, 2, 2, 0);
+        let half = session(&registry, 2, 2, 1);
+        let busy = session(&registry, 2, 2, 3);
+        let full = session(&registry, 2, 2, 4);
+        let free: HashMap<Uuid, (u32, u32)> =
+            registry.free_workers().into_iter().map(|w| (w.session, (w.free, w.queue_free))).collect();
+        assert_eq!(free[&idle], (2, 2));
+        assert_eq!(free[&half], (1, 2));
+        assert_eq!(free[&busy], (0, 1));
+        assert!(!free.contains_key(&full), "a session with every slot and queue slot taken is not free");
+        let plain = session(&registry, 1, 0, 1);
+        assert!(registry.free_workers().iter().all(|w| w.session != plain), "no queue slots: busy is full");
     }
 }

@@ -34,6 +34,8 @@ pub struct Hello {
     pub worker_id: String,
     /// Jobs it runs at once.
     pub slots: u32,
+    /// Jobs it takes beyond `slots` to wait in its backend's own queue.
+    pub queue_slots: u32,
     /// Backends it offers.
     pub backends: Vec<String>,
     /// Models it has loaded.
@@ -60,8 +62,14 @@ pub struct Attached {
 /// A message from an attached worker.
 #[derive(Debug, Clone)]
 pub enum WorkerMessage {
-    /// It started the job.
-    Ack(Lease),
+    /// It accepted the job: started it, or queued it in its backend (`waiting`).
+    Ack {
+        /// The job.
+        lease: Lease,
+        /// Queued behind another job in the backend: stays assigned until its first
+        /// progress.
+        waiting: bool,
+    },
     /// It is alive, with these models loaded and these jobs running.
     Heartbeat {
         /// Models loaded now.
@@ -148,12 +156,13 @@ pub async fn attach(
         kept: running.keys().copied().collect(),
         dropped: announced.iter().filter(|(id, _)| !kept.contains(id)).map(|(id, _)| *id).collect(),
     };
-    info!(worker_id = %hello.worker_id, %session, slots = hello.slots, backends = ?hello.backends, kept = running.len(), "worker attached");
+    info!(worker_id = %hello.worker_id, %session, slots = hello.slots, queue_slots = hello.queue_slots, backends = ?hello.backends, kept = running.len(), "worker attached");
     state.registry.register(
         session,
         WorkerSession {
             worker_id: hello.worker_id.clone(),
             slots: hello.slots,
+            queue_slots: hello.queue_slots,
             backends: hello.backends,
             models: hello.loaded_models,
             running,
@@ -206,8 +215,14 @@ impl Session {
     pub async fn handle(&mut self, msg: WorkerMessage) -> Result<(), SchedulerError> {
         let ttl = self.state.config.lease_ttl;
         match msg {
-            WorkerMessage::Ack((id, lease)) => {
-                if self.state.store.mark_running(id, lease, ttl).await? {
+            WorkerMessage::Ack { lease: (id, lease), waiting } => {
+                // A job queued in the backend is still assigned (queued on the worker);
+                // its first progress makes it running.
+                if waiting {
+                    if !self.state.store.lease_held(id, lease).await? {
+                        self.revoke(id, "lease no longer held").await;
+                    }
+                } else if self.state.store.mark_running(id, lease, ttl).await? {
                     let job = self.state.store.get(id, None).await?;
                     self.state.events.status_changed(&job);
                 } else if !self.state.store.lease_held(id, lease).await? {

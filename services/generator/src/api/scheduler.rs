@@ -131,6 +131,7 @@ async fn attach(
     let hello = WorkerHello {
         worker_id: w.id().to_owned(),
         slots: w.backend().slots(),
+        queue_slots: w.backend().queue_slots(),
         backends: vec![w.backend().name().to_owned()],
         loaded_models: w.backend().loaded_models(),
         running: w.running().into_iter().map(LeasedJob::from).collect(),

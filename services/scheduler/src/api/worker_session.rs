@@ -34,6 +34,9 @@ fn check_hello(h: &WorkerHello) -> Result<(), Status> {
     if !(1..=64).contains(&h.slots) {
         return Err(Status::invalid_argument("hello.slots: must be between 1 and 64"));
     }
+    if h.queue_slots > 64 {
+        return Err(Status::invalid_argument("hello.queue_slots: must be between 0 and 64"));
+    }
     if h.backends.is_empty() {
         return Err(Status::invalid_argument("hello.backends: must name at least one backend"));
     }
