@@ -14,16 +14,65 @@ use sakuga_generator::{
 };
 use sakuga_imaging::{Artifact, Limits, inspect_png};
 use sakuga_proto::v1::{JobKind, JobSpec, JobStatus, SubmitJobRequest};
-use sakuga_testkit::comfy::{Fault, Pacing, Recording, ReplayComfy, fixtures_dir};
+use sakuga_testkit::comfy::{Fault, Pacing, Recording, ReplayComfy, Version, fixtures_dir};
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::Mesh;
 
+/// Runs each named test against the replay of ComfyUI 0.3.64 and of 0.26.0 (same
+/// scenarios, same file names): `<test>::v0_3_64` and `<test>::v0_26`.
+macro_rules! on_both_versions {
+    ($($case:ident),+ $(,)?) => {$(
+        mod $case {
+            use sakuga_testkit::comfy::Version;
+
+            #[tokio::test]
+            async fn v0_3_64() {
+                Box::pin(super::$case(Version::V0_3_64)).await;
+            }
+
+            #[tokio::test]
+            async fn v0_26() {
+                Box::pin(super::$case(Version::V0_26)).await;
+            }
+        }
+    )+};
+}
+
+on_both_versions!(
+    the_recorded_success_run_gives_every_progress_event_its_previews_and_the_output,
+    with_preview_metadata_the_typed_preview_frames_are_used,
+    the_recorded_interrupt_run_ends_canceled,
+    the_recorded_execution_error_fails_the_job_naming_the_node,
+    the_recorded_invalid_workflow_answer_is_a_permanent_error_naming_the_node,
+    cached_nodes_count_as_done,
+    a_socket_dropped_mid_job_is_reopened_and_the_job_completes,
+    a_comfyui_restart_mid_job_fails_it_as_retryable,
+    an_output_over_the_ceiling_is_refused_unread_and_fails_the_job,
+    a_json_answer_over_the_ceiling_fails_the_job_naming_the_setting,
+    previews_declaring_more_than_the_cap_are_skipped_and_counted,
+    a_socket_message_over_the_ceiling_fails_the_attempt_as_retryable,
+    a_retry_takes_the_outputs_of_an_attempt_that_finished_in_comfyui,
+    templates_are_checked_against_the_server_at_start_up,
+    configured_models_are_preloaded_at_start_up_and_reported_with_the_last_one_used,
+    a_comfyui_job_goes_through_the_mesh_to_a_stored_file,
+    an_unknown_node_class_is_a_permanent_error_naming_the_node,
+    over_queue_keeps_the_next_prompt_waiting_in_comfyui_and_no_more,
+    two_servers_take_two_jobs_at_once,
+    cancel_removes_a_waiting_prompt_from_the_queue_and_interrupts_only_the_running_one,
+    a_history_entry_stored_late_is_waited_for,
+    a_job_id_that_is_not_a_uuid_is_never_sent,
+    one_server_and_three_jobs_the_third_waits_in_the_scheduler,
+    two_workers_and_two_jobs_both_run_at_once,
+);
+
 /// Workflows shaped like the recorded ones, as templates.
 const FAKE: &str = r#"{"1": {"class_type": "FakeSampler", "inputs": {"width": "{{width}}", "height": "{{height}}", "steps": "{{steps}}", "seed": "{{seed}}"}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "{{filename_prefix}}"}}}"#;
 const EMPTY: &str = r#"{"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 16744448}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "fixture_empty"}}}"#;
 const FAILING: &str = r#"{"1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 255}}, "2": {"class_type": "FailingNode", "inputs": {"image": ["1", 0]}}, "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "fixture_fail"}}}"#;
+/// The recorded workflow with a node class the server does not have.
+const UNKNOWN: &str = r#"{"1": {"class_type": "NoSuchNodeType", "inputs": {}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}"#;
 /// The first recorded invalid prompt: EmptyImage without its required `color`.
 const INVALID: &str = r#"{"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}"#;
 
@@ -36,6 +85,7 @@ fn templates_dir() -> tempfile::TempDir {
         ("empty", EMPTY),
         ("failing", FAILING),
         ("invalid", INVALID),
+        ("unknown", UNKNOWN),
         ("checkpoint", &with_checkpoint),
     ] {
         std::fs::write(dir.path().join(format!("{name}.json")), text).unwrap();
@@ -119,9 +169,8 @@ async fn run(backend: &ComfyUi, input: JobInput, sink: Sink) -> Result<Vec<Artif
         .unwrap()
 }
 
-#[tokio::test]
-async fn the_recorded_success_run_gives_every_progress_event_its_previews_and_the_output() {
-    let replay = ReplayComfy::start(Pacing::Instant).await;
+async fn the_recorded_success_run_gives_every_progress_event_its_previews_and_the_output(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
     let dir = templates_dir();
     let backend = ComfyUi::new(config(&replay.url(), dir.path(), "fake", false)).unwrap();
     let input = job(512, 8);
@@ -129,11 +178,16 @@ async fn the_recorded_success_run_gives_every_progress_event_its_previews_and_th
     let (sink, reports) = collecting();
     let artifacts = run(&backend, input, sink).await.unwrap();
 
-    // 07: eight `progress` frames, eight JPEG previews, one PNG.
+    // 07: one event as each node starts, eight `progress` frames, eight JPEG previews, one PNG.
     let steps = steps(&reports);
-    assert_eq!(steps.len(), 8, "one progress event per recorded progress frame: {steps:?}");
-    assert_eq!(steps.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6, 7, 8]);
-    assert!(steps.iter().all(|s| s.1 == 9 && s.2 == "sampling: node 1 FakeSampler"), "{steps:?}");
+    assert_eq!(steps.len(), 10, "one progress event per node start and per progress frame: {steps:?}");
+    assert_eq!(steps.iter().map(|s| s.0).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5, 6, 7, 8, 8]);
+    assert!(steps.iter().all(|s| s.1 == 9), "{steps:?}");
+    assert!(steps[1..9].iter().all(|s| s.2 == "sampling: node 1 FakeSampler"), "{steps:?}");
+    assert_eq!(
+        (steps[0].2.as_str(), steps[9].2.as_str()),
+        ("running: node 1 FakeSampler", "running: node 2 SaveImage")
+    );
     let previews = previews(&reports);
     assert_eq!(previews.len(), 8, "every binary preview forwarded");
     for p in &previews {
@@ -144,7 +198,7 @@ async fn the_recorded_success_run_gives_every_progress_event_its_previews_and_th
     let recorded = recorded_output();
     assert_eq!(artifacts[0].bytes, recorded, "the output is the file ComfyUI saved");
     let view: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures_dir().join("07_fake_sampler_view.json")).unwrap(),
+        &std::fs::read_to_string(version.fixtures_dir().join("07_fake_sampler_view.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(
@@ -169,22 +223,20 @@ async fn the_recorded_success_run_gives_every_progress_event_its_previews_and_th
     );
 }
 
-#[tokio::test]
-async fn with_preview_metadata_the_typed_preview_frames_are_used() {
-    let replay = ReplayComfy::start(Pacing::Instant).await;
+async fn with_preview_metadata_the_typed_preview_frames_are_used(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
     let dir = templates_dir();
     let backend = ComfyUi::new(config(&replay.url(), dir.path(), "fake", true)).unwrap();
     let (sink, reports) = collecting();
     let artifacts = run(&backend, job(128, 4), sink).await.unwrap();
     // 14: four progress frames and four type-4 previews whose metadata names the prompt.
-    assert_eq!(steps(&reports).iter().map(|s| s.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(steps(&reports).iter().map(|s| s.0).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 4]);
     assert_eq!(previews(&reports).len(), 4);
     assert_eq!(artifacts.len(), 1);
 }
 
-#[tokio::test]
-async fn the_recorded_interrupt_run_ends_canceled() {
-    let replay = ReplayComfy::start(Pacing::Instant).await;
+async fn the_recorded_interrupt_run_ends_canceled(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
     let dir = templates_dir();
     let backend = Arc::new(ComfyUi::new(config(&replay.url(), dir.path(), "fake", false)).unwrap());
     let input = job(256, 200);
@@ -200,16 +252,33 @@ async fn the_recorded_interrupt_run_ends_canceled() {
     let result =
         tokio::time::timeout(Duration::from_secs(30), backend.run(input, sink, cancel)).await.unwrap();
     assert_eq!(result.unwrap_err(), BackendError::Canceled);
-    let interrupts: Vec<_> =
-        replay.requests().into_iter().filter(|(m, p, _)| m == "POST" && p == "/interrupt").collect();
-    assert_eq!(interrupts.len(), 1);
-    let body: serde_json::Value = serde_json::from_str(&interrupts[0].2).unwrap();
-    assert_eq!(body["prompt_id"], id.as_str(), "the interrupt names our prompt only");
+    let cancel = format!("/api/jobs/{id}/cancel");
+    match version {
+        // The cancel endpoint is tried once (404), then the targeted interrupt.
+        Version::V0_3_64 => {
+            assert_eq!(stops(&replay), [cancel, "/interrupt".to_owned()]);
+            let body = &replay.requests().into_iter().find(|(_, p, _)| p == "/interrupt").unwrap().2;
+            let body: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(body["prompt_id"], id.as_str(), "the interrupt names our prompt only");
+        }
+        Version::V0_26 => assert_eq!(stops(&replay), [cancel], "the current call, naming our prompt only"),
+    }
 }
 
-#[tokio::test]
-async fn the_recorded_execution_error_fails_the_job_naming_the_node() {
-    let replay = ReplayComfy::start(Pacing::Instant).await;
+/// The paths of the POSTs that stop prompts, in order.
+fn stops(replay: &ReplayComfy) -> Vec<String> {
+    replay
+        .requests()
+        .into_iter()
+        .filter(|(m, p, _)| {
+            m == "POST" && (p == "/interrupt" || p == "/queue" || p.starts_with("/api/jobs/"))
+        })
+        .map(|(_, p, _)| p)
+        .collect()
+}
+
+async fn the_recorded_execution_error_fails_the_job_naming_the_node(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
     let dir = templates_dir();
     let backend = ComfyUi::new(config(&replay.url(), dir.path(), "failing", false)).unwrap();
     let err = run(&backend, job(64, 1), Sink::discard()).await.unwrap_err();
@@ -220,9 +289,8 @@ async fn the_recorded_execution_error_fails_the_job_naming_the_node() {
     assert!(!message.contains("File \""), "no traceback for users");
 }
 
-#[tokio::test]
-async fn the_recorded_invalid_workflow_answer_is_a_permanent_error_naming_the_node() {
-    let replay = ReplayComfy::start(Pacing::Instant).await;
+async fn the_recorded_invalid_workflow_answer_is_a_permanent_error_naming_the_node(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
     let dir = templates_dir();
     let backend = ComfyUi::new(config(&replay.url(), dir.path(), "invalid", false)).unwrap();
     let err = run(&backend, job(64, 1), Sink::discard()).await.unwrap_err();
@@ -235,9 +303,8 @@ async fn the_recorded_invalid_workflow_answer_is_a_permanent_error_naming_the_no
     );
 }
 
-#[tokio::test]
-async fn cached_nodes_count_as_done() {
-    let replay = ReplayComfy::start(Pacing::Instant).await;
+async fn cached_nodes_count_as_done(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
     let dir = templates_dir();
     let backend = ComfyUi::new(config(&replay.url(), dir.path(), "empty", false)).unwrap();
     let first = run(&backend, job(64, 1), Sink::discard()).await.unwrap();
@@ -249,9 +316,8 @@ async fn cached_nodes_count_as_done() {
     assert_eq!((second[0].width, second[0].height), (64, 64));
 }
 
-#[tokio::test]
-async fn a_socket_dropped_mid_job_is_reopened_and_the_job_completes() {
-    let replay = ReplayComfy::start(Pacing::Recorded).await;
+async fn a_socket_dropped_mid_job_is_reopened_and_the_job_completes(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Recorded).await;
     let dir = templates_dir();
     let backend = ComfyUi::new(config(&replay.url(), dir.path(), "fake", false)).unwrap();
     replay.script(Recording::FakeSampler, Some(Fault::DropSocket(8)));
@@ -260,9 +326,8 @@ async fn a_socket_dropped_mid_job_is_reopened_and_the_job_completes() {
     assert_eq!(replay.count("GET", "/ws?"), 2, "the socket was reopened");
 }
 
-#[tokio::test]
-async fn a_comfyui_restart_mid_job_fails_it_as_retryable() {
-    let replay = ReplayComfy::start(Pacing::Recorded).await;
+async fn a_comfyui_restart_mid_job_fails_it_as_retryable(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Recorded).await;
     let dir = templates_dir();
     let backend = ComfyUi::new(config(&replay.url(), dir.path(), "fake", false)).unwrap();
     replay.script(Recording::FakeSampler, Some(Fault::Restart { at: 8, down_ms: 800 }));
@@ -299,9 +364,8 @@ fn refusals(backend: &ComfyUi, ceiling: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test]
-async fn an_output_over_the_ceiling_is_refused_unread_and_fails_the_job() {
-    let replay = ReplayComfy::start(Pacing::Instant).await;
+async fn an_output_over_the_ceiling_is_refused_unread_and_fails_the_job(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
     let dir = templates_dir();
     // The recorded output is 7402 bytes.
     let mut cfg = config(&replay.url(), dir.path(), "fake", false);
@@ -329,9 +393,8 @@ async fn an_output_over_the_ceiling_is_refused_unread_and_fails_the_job() {
     assert_eq!(backend.output_limit(&job(2048, 1)), 2048 * 2048 * 4 * 2 + (4 << 20));
 }
 
-#[tokio::test]
-async fn a_json_answer_over_the_ceiling_fails_the_job_naming_the_setting() {
-    let replay = ReplayComfy::start(Pacing::Instant).await;
+async fn a_json_answer_over_the_ceiling_fails_the_job_naming_the_setting(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
     let dir = templates_dir();
     // The recorded history entry is 965 bytes; the prompt's and the queue's answers are
     // far smaller.
@@ -347,9 +410,8 @@ async fn a_json_answer_over_the_ceiling_fails_the_job_naming_the_setting() {
     assert_eq!(replay.count("GET", "/view"), 0, "nothing fetched after the refusal");
 }
 
-#[tokio::test]
-async fn previews_declaring_more_than_the_cap_are_skipped_and_counted() {
-    let replay = ReplayComfy::start(Pacing::Instant).await;
+async fn previews_declaring_more_than_the_cap_are_skipped_and_counted(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
     let dir = templates_dir();
     // The recorded previews are 64x64 JPEGs.
     let mut cfg = config(&replay.url(), dir.path(), "fake", false);
@@ -359,13 +421,12 @@ async fn previews_declaring_more_than_the_cap_are_skipped_and_counted() {
     let artifacts = run(&backend, job(512, 8), sink).await.unwrap();
     assert_eq!(artifacts.len(), 1, "a preview is never worth failing a job over");
     assert!(previews(&reports).is_empty(), "no preview over the cap decoded or forwarded");
-    assert_eq!(steps(&reports).len(), 8, "progress goes on");
+    assert_eq!(steps(&reports).len(), 10, "progress goes on");
     assert!((refusals(&backend, "comfyui_preview_dimensions") - 8.0).abs() < f64::EPSILON);
 }
 
-#[tokio::test]
-async fn a_socket_message_over_the_ceiling_fails_the_attempt_as_retryable() {
-    let replay = ReplayComfy::start(Pacing::Instant).await;
+async fn a_socket_message_over_the_ceiling_fails_the_attempt_as_retryable(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
     let dir = templates_dir();
     // The recorded preview frames are 1689 bytes; every text frame is smaller than 1200.
     let mut cfg = config(&replay.url(), dir.path(), "fake", false);
@@ -401,9 +462,8 @@ async fn ceilings_are_checked_with_the_configuration() {
     }
 }
 
-#[tokio::test]
-async fn a_retry_takes_the_outputs_of_an_attempt_that_finished_in_comfyui() {
-    let replay = ReplayComfy::start(Pacing::Instant).await;
+async fn a_retry_takes_the_outputs_of_an_attempt_that_finished_in_comfyui(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
     let dir = templates_dir();
     let backend = ComfyUi::new(config(&replay.url(), dir.path(), "fake", false)).unwrap();
     let mut input = job(512, 8);
@@ -414,9 +474,8 @@ async fn a_retry_takes_the_outputs_of_an_attempt_that_finished_in_comfyui() {
     assert_eq!(replay.count("POST", "/prompt"), 1, "nothing rendered twice");
 }
 
-#[tokio::test]
-async fn templates_are_checked_against_the_server_at_start_up() {
-    let replay = ReplayComfy::start(Pacing::Instant).await;
+async fn templates_are_checked_against_the_server_at_start_up(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
     let dir = templates_dir();
     let ok = ComfyUi::new(config(&replay.url(), dir.path(), "fake", false)).unwrap();
     ok.warm_up(CancellationToken::new()).await.unwrap();
@@ -436,9 +495,8 @@ async fn templates_are_checked_against_the_server_at_start_up() {
     assert!(ComfyUi::new(bad).unwrap_err().to_string().contains("only http://"));
 }
 
-#[tokio::test]
-async fn configured_models_are_preloaded_at_start_up_and_reported_with_the_last_one_used() {
-    let replay = ReplayComfy::start(Pacing::Instant).await;
+async fn configured_models_are_preloaded_at_start_up_and_reported_with_the_last_one_used(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
     let dir = templates_dir();
     let mut cfg = config(&replay.url(), dir.path(), "checkpoint", false);
     cfg.preload_models = vec!["anime-v3.safetensors".into()];
@@ -479,9 +537,8 @@ fn comfyui_request(size: u32) -> SubmitJobRequest {
     }
 }
 
-#[tokio::test]
-async fn a_comfyui_job_goes_through_the_mesh_to_a_stored_file() {
-    let replay = ReplayComfy::start(Pacing::Instant).await;
+async fn a_comfyui_job_goes_through_the_mesh_to_a_stored_file(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
     let dir = templates_dir();
     // Two attempts: a refused artifact is retried once, then the job fails with the reason.
     let mut mesh = Mesh::with_scheduler_config(|c| c.max_attempts = 2).await;
@@ -533,4 +590,287 @@ async fn a_real_comfyui_runs_the_smoke_template_when_one_is_given() {
         assert_eq!((found.width, found.height), (256, 256));
         assert!(!found.is_blank(2.0));
     }
+}
+
+async fn an_unknown_node_class_is_a_permanent_error_naming_the_node(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
+    let dir = templates_dir();
+    let backend = ComfyUi::new(config(&replay.url(), dir.path(), "unknown", false)).unwrap();
+    let err = run(&backend, job(64, 1), Sink::discard()).await.unwrap_err();
+    let expected = match version {
+        Version::V0_3_64 => {
+            "ComfyUI refused the workflow: Cannot execute because node NoSuchNodeType does not exist."
+        }
+        Version::V0_26 => {
+            "ComfyUI refused the workflow: node 1 (NoSuchNodeType): Node 'NoSuchNodeType' not found. The custom node may not be installed."
+        }
+    };
+    assert_eq!(err, BackendError::Permanent(expected.into()));
+}
+
+/// A job that holds its server until canceled: FakeSampler with 200 steps plays the
+/// recorded interrupt run, which waits where the recorder interrupted.
+fn holding_job() -> JobInput {
+    job(256, 200)
+}
+
+/// Waits (up to 20 s) until `ok`.
+async fn until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+type Running = tokio::task::JoinHandle<Result<Vec<Artifact>, BackendError>>;
+
+/// Runs `input` on `backend` in a task of its own, canceled by `cancel`.
+fn start(backend: &Arc<ComfyUi>, input: &JobInput, cancel: &CancellationToken) -> Running {
+    let (backend, input, cancel) = (backend.clone(), input.clone(), cancel.clone());
+    tokio::spawn(async move {
+        tokio::time::timeout(Duration::from_secs(30), backend.run(input, Sink::discard(), cancel))
+            .await
+            .unwrap()
+    })
+}
+
+/// Every prompt id POSTed to `replay` is a canonical lowercase UUID.
+fn prompt_ids_are_canonical(replay: &ReplayComfy) {
+    for (_, _, body) in replay.requests().into_iter().filter(|(m, p, _)| m == "POST" && p == "/prompt") {
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let id = body["prompt_id"].as_str().unwrap();
+        assert_eq!(uuid::Uuid::parse_str(id).unwrap().hyphenated().to_string(), id);
+    }
+}
+
+async fn over_queue_keeps_the_next_prompt_waiting_in_comfyui_and_no_more(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Recorded).await;
+    let dir = templates_dir();
+    let backend = Arc::new(ComfyUi::new(config(&replay.url(), dir.path(), "fake", false)).unwrap());
+    assert_eq!((backend.slots(), backend.queue_slots()), (1, 1), "one server, one prompt waiting by default");
+    let never = CancellationToken::new();
+    let (a, b) = (job(512, 8), job(512, 8));
+    let (ra, rb) = (start(&backend, &a, &never), start(&backend, &b, &never));
+    until("one prompt runs in ComfyUI and one waits there", || {
+        let (running, waiting) = replay.queue();
+        running.is_some() && waiting.len() == 1
+    })
+    .await;
+    // A third job finds every place on the server taken: the worker never takes it (it
+    // advertises slots + queue_slots), and the backend refuses it rather than stack it.
+    let err = run(&backend, job(512, 8), Sink::discard()).await.unwrap_err();
+    assert!(matches!(&err, BackendError::Retryable(m) if m.contains("busy")), "{err:?}");
+    for r in [ra, rb] {
+        assert_eq!(r.await.unwrap().unwrap()[0].bytes, recorded_output());
+    }
+    let runs = replay.runs();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs[0].1.next_waiting, "the second prompt was in ComfyUI's queue when the first ended");
+    assert_eq!(replay.count("POST", "/prompt"), 2, "the refused job was never sent");
+    prompt_ids_are_canonical(&replay);
+
+    // With over_queue = 0 the server holds one prompt: the second job is refused.
+    let mut cfg = config(&replay.url(), dir.path(), "fake", false);
+    cfg.over_queue = 0;
+    let backend = Arc::new(ComfyUi::new(cfg).unwrap());
+    assert_eq!((backend.slots(), backend.queue_slots()), (1, 0));
+    let holding = CancellationToken::new();
+    let first = start(&backend, &holding_job(), &holding);
+    until("the holding prompt runs", || replay.queue().0.is_some()).await;
+    let err = run(&backend, job(512, 8), Sink::discard()).await.unwrap_err();
+    assert!(matches!(&err, BackendError::Retryable(m) if m.contains("busy")), "{err:?}");
+    holding.cancel();
+    assert_eq!(first.await.unwrap().unwrap_err(), BackendError::Canceled);
+}
+
+async fn two_servers_take_two_jobs_at_once(version: Version) {
+    let one = ReplayComfy::start_version(version, Pacing::Instant).await;
+    let two = ReplayComfy::start_version(version, Pacing::Instant).await;
+    let dir = templates_dir();
+    let mut cfg = config(&one.url(), dir.path(), "fake", false);
+    cfg.urls.push(two.url());
+    let backend = Arc::new(ComfyUi::new(cfg).unwrap());
+    assert_eq!((backend.slots(), backend.queue_slots()), (2, 2));
+    let cancel = CancellationToken::new();
+    let jobs = [start(&backend, &holding_job(), &cancel), start(&backend, &holding_job(), &cancel)];
+    until("both servers run a prompt", || one.queue().0.is_some() && two.queue().0.is_some()).await;
+    assert!(one.queue().1.is_empty() && two.queue().1.is_empty(), "nothing stacked behind a running prompt");
+    cancel.cancel();
+    for j in jobs {
+        assert_eq!(j.await.unwrap().unwrap_err(), BackendError::Canceled);
+    }
+}
+
+async fn cancel_removes_a_waiting_prompt_from_the_queue_and_interrupts_only_the_running_one(
+    version: Version,
+) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
+    let dir = templates_dir();
+    let backend = Arc::new(ComfyUi::new(config(&replay.url(), dir.path(), "fake", false)).unwrap());
+    let (holding, waiting) = (holding_job(), job(512, 8));
+    let (stop_holding, stop_waiting) = (CancellationToken::new(), CancellationToken::new());
+    let running = start(&backend, &holding, &stop_holding);
+    until("the holding prompt runs", || replay.queue().0.as_deref() == Some(holding.job_id.as_str())).await;
+    let queued = start(&backend, &waiting, &stop_waiting);
+    until("the second prompt waits", || replay.queue().1 == [waiting.job_id.clone()]).await;
+
+    // The waiting one: removed from ComfyUI's queue, the running one untouched.
+    stop_waiting.cancel();
+    assert_eq!(queued.await.unwrap().unwrap_err(), BackendError::Canceled);
+    assert_eq!(replay.queue(), (Some(holding.job_id.clone()), vec![]), "gone from the replayed queue");
+
+    // The running one: interrupted, and only it; the prompt waiting behind it then runs.
+    let next = job(512, 8);
+    let after = start(&backend, &next, &CancellationToken::new());
+    until("a prompt waits behind the holding one", || replay.queue().1 == [next.job_id.clone()]).await;
+    stop_holding.cancel();
+    assert_eq!(running.await.unwrap().unwrap_err(), BackendError::Canceled);
+    assert_eq!(after.await.unwrap().unwrap()[0].bytes, recorded_output());
+    let (w, h) = (waiting.job_id, holding.job_id);
+    let expected = match version {
+        // The cancel endpoint is tried once per server (404), then /queue and /interrupt.
+        Version::V0_3_64 => vec![format!("/api/jobs/{w}/cancel"), "/queue".into(), "/interrupt".into()],
+        Version::V0_26 => vec![format!("/api/jobs/{w}/cancel"), format!("/api/jobs/{h}/cancel")],
+    };
+    assert_eq!(stops(&replay), expected);
+}
+
+async fn a_history_entry_stored_late_is_waited_for(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
+    let dir = templates_dir();
+    let backend = ComfyUi::new(config(&replay.url(), dir.path(), "fake", false)).unwrap();
+    replay.script(Recording::FakeSampler, Some(Fault::HistoryLate { ms: 400 }));
+    let artifacts = run(&backend, job(512, 8), Sink::discard()).await.unwrap();
+    assert_eq!(artifacts[0].bytes, recorded_output());
+    assert!(replay.count("GET", "/history/") >= 2, "asked again until the entry was there");
+}
+
+async fn a_job_id_that_is_not_a_uuid_is_never_sent(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
+    let dir = templates_dir();
+    let backend = ComfyUi::new(config(&replay.url(), dir.path(), "fake", false)).unwrap();
+    let mut input = job(512, 8);
+    input.job_id = "Job-1".into();
+    let err = run(&backend, input, Sink::discard()).await.unwrap_err();
+    assert!(matches!(&err, BackendError::Permanent(m) if m.contains("not a UUID")), "{err:?}");
+    // An uppercase UUID goes out in canonical form.
+    let mut input = job(512, 8);
+    input.job_id = input.job_id.to_uppercase();
+    run(&backend, input, Sink::discard()).await.unwrap();
+    assert_eq!(replay.count("POST", "/prompt"), 1);
+    prompt_ids_are_canonical(&replay);
+}
+
+/// A job through the mesh that holds its ComfyUI server until canceled.
+fn holding_request() -> SubmitJobRequest {
+    let mut r = comfyui_request(256);
+    // 100 steps or more play the recorded interrupt run (SubmitJob takes at most 150).
+    r.spec.as_mut().unwrap().steps = 120;
+    r
+}
+
+/// The job's status now.
+async fn status(mesh: &Mesh, token: &str, id: &str) -> JobStatus {
+    let job = mesh
+        .jobs(token)
+        .get_job(sakuga_proto::v1::GetJobRequest { job_id: id.to_owned() })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    JobStatus::try_from(job.status).unwrap()
+}
+
+/// Waits (up to 30 s) until the job has `want`.
+async fn until_status(mesh: &Mesh, token: &str, id: &str, want: JobStatus) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = status(mesh, token, id).await;
+        if now == want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "job {id} is {now:?}, not {want:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn cancel_job(mesh: &Mesh, token: &str, id: &str) {
+    mesh.jobs(token).cancel_job(sakuga_proto::v1::CancelJobRequest { job_id: id.to_owned() }).await.unwrap();
+}
+
+async fn one_server_and_three_jobs_the_third_waits_in_the_scheduler(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
+    let dir = templates_dir();
+    let mut mesh = Mesh::without_generator().await;
+    let url = replay.url();
+    mesh.attach_generator_with(|c| {
+        c.backend = "comfyui".into();
+        c.comfyui = config(&url, dir.path(), "fake", true);
+    })
+    .await;
+    let alice = mesh.person("alice").await;
+    let mut jobs = mesh.jobs(&alice.token);
+    let mut submit =
+        async |r: SubmitJobRequest| jobs.submit_job(r).await.unwrap().into_inner().job.unwrap().id;
+    let first = submit(holding_request()).await;
+    until_status(&mesh, &alice.token, &first, JobStatus::Running).await;
+    let second = submit(comfyui_request(512)).await;
+    let third = submit(comfyui_request(512)).await;
+    until("the second job waits in ComfyUI's queue", || replay.queue().1 == [second.clone()]).await;
+    // The second waits in ComfyUI: assigned (queued on the worker), not running; the third
+    // waits in the scheduler.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status(&mesh, &alice.token, &second).await, JobStatus::Assigned);
+    assert_eq!(status(&mesh, &alice.token, &third).await, JobStatus::Queued);
+    assert_eq!(replay.count("POST", "/prompt"), 2, "the third was never sent to ComfyUI");
+
+    cancel_job(&mesh, &alice.token, &first).await;
+    for (id, want) in
+        [(&first, JobStatus::Canceled), (&second, JobStatus::Succeeded), (&third, JobStatus::Succeeded)]
+    {
+        let job = mesh.finished(&alice.token, id).await;
+        assert_eq!(job.status, i32::from(want), "{job:?}");
+        assert_eq!(job.attempts, 1, "{job:?}");
+    }
+    let runs = replay.runs();
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    mesh.stop().await;
+}
+
+async fn two_workers_and_two_jobs_both_run_at_once(version: Version) {
+    let one = ReplayComfy::start_version(version, Pacing::Instant).await;
+    let two = ReplayComfy::start_version(version, Pacing::Instant).await;
+    let dir = templates_dir();
+    let mut mesh = Mesh::without_generator().await;
+    let url = one.url();
+    mesh.attach_generator_with(|c| {
+        c.worker_id = "comfy-one".into();
+        c.backend = "comfyui".into();
+        c.comfyui = config(&url, dir.path(), "fake", true);
+    })
+    .await;
+    let mut cfg = sakuga_testkit::generator_config(&mesh.env, &mesh.auth, &mesh.scheduler, &mesh.organizer);
+    cfg.worker_id = "comfy-two".into();
+    cfg.backend = "comfyui".into();
+    cfg.comfyui = config(&two.url(), dir.path(), "fake", true);
+    let second_worker = sakuga_testkit::spawn_generator(cfg).await.unwrap();
+    let alice = mesh.person("alice").await;
+    // Both workers attached before the jobs come, so either could take both.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut jobs = mesh.jobs(&alice.token);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(jobs.submit_job(holding_request()).await.unwrap().into_inner().job.unwrap().id);
+    }
+    until("each server runs one", || one.queue().0.is_some() && two.queue().0.is_some()).await;
+    assert!(one.queue().1.is_empty() && two.queue().1.is_empty(), "nothing stacked behind a running job");
+    for id in &ids {
+        until_status(&mesh, &alice.token, id, JobStatus::Running).await;
+        cancel_job(&mesh, &alice.token, id).await;
+        assert_eq!(mesh.finished(&alice.token, id).await.status, i32::from(JobStatus::Canceled));
+    }
+    second_worker.stop().await.unwrap();
+    mesh.stop().await;
 }

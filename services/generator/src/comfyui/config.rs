@@ -13,6 +13,9 @@ use super::{error::ComfyError, template::Template};
 pub struct ComfyConfig {
     /// ComfyUI servers (`http://host:port`); each is one slot.
     pub urls: Vec<String>,
+    /// Prompts each server holds waiting in its own queue besides the running one, so it
+    /// starts the next the moment the current one ends (0 to 8).
+    pub over_queue: u32,
     /// Extra or replacement templates (`<name>.json`, API format); unset: the shipped ones.
     pub templates_dir: Option<PathBuf>,
     /// Template for image jobs.
@@ -51,6 +54,9 @@ pub struct ComfyConfig {
     pub max_preview_side: u32,
 }
 
+/// Most prompts a server may hold waiting (`comfyui.over_queue`).
+const MAX_OVER_QUEUE: u32 = 8;
+
 /// Longest preview side that may be configured (keeps the downscaler's arithmetic in u32).
 const MAX_PREVIEW_SIDE_LIMIT: u32 = 8192;
 
@@ -58,6 +64,7 @@ impl Default for ComfyConfig {
     fn default() -> Self {
         Self {
             urls: vec!["http://127.0.0.1:8188".to_owned()],
+            over_queue: 1,
             templates_dir: None,
             image_template: "txt2img".to_owned(),
             video_template: "animation".to_owned(),
@@ -102,6 +109,15 @@ impl ComfyConfig {
         }
         if usize::try_from(self.max_ws_message_bytes).is_err() {
             return Err(setting("comfyui.max_ws_message_bytes", "too large for this platform"));
+        }
+        if self.over_queue > MAX_OVER_QUEUE {
+            return Err(setting("comfyui.over_queue", format!("must be between 0 and {MAX_OVER_QUEUE}")));
+        }
+        if self.urls.len() > 64 || self.urls.len() * self.over_queue as usize > 64 {
+            return Err(setting(
+                "comfyui.urls",
+                "at most 64 servers, and at most 64 prompts waiting over all servers (servers × comfyui.over_queue)",
+            ));
         }
         if !(1..=MAX_PREVIEW_SIDE_LIMIT).contains(&self.max_preview_side) {
             return Err(setting(

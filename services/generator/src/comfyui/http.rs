@@ -221,6 +221,27 @@ impl Api {
         self.post_json("/interrupt", &json!({"prompt_id": prompt_id})).await.map(|_| ())
     }
 
+    /// POST /api/jobs/{id}/cancel (ComfyUI 0.26 and later): interrupts the prompt when it
+    /// runs, removes it from the queue when it waits. `Ok(Some(cancelled))` with the
+    /// server's answer (false: already finished or unknown); `Ok(None)` when the server has
+    /// no such endpoint (404 or 405: an older ComfyUI).
+    pub async fn cancel_job(&self, prompt_id: &str) -> Result<Option<bool>, HttpError> {
+        let mut url = self.url("/api/jobs/");
+        url.path_segments_mut()
+            .map_err(|()| HttpError::Unavailable("bad base URL".into()))?
+            .pop_if_empty()
+            .push(prompt_id)
+            .push("cancel");
+        match self.call(self.http.post(url), self.json_limit()).await {
+            Ok(body) => {
+                let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                Ok(Some(answer.get("cancelled").and_then(Value::as_bool).unwrap_or(false)))
+            }
+            Err(HttpError::Refused { status: 404 | 405, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// POST /queue `{"delete": [id]}`: removes a prompt that has not started.
     pub async fn dequeue(&self, prompt_id: &str) -> Result<(), HttpError> {
         self.post_json("/queue", &json!({"delete": [prompt_id]})).await.map(|_| ())

@@ -1,7 +1,12 @@
 //! The `comfyui` backend: drives one or more ComfyUI servers over their HTTP and WebSocket
-//! API. Each server is one slot. A job's workflow is a template filled with the job's
-//! parameters and submitted with the job id as ComfyUI's `prompt_id`; progress, previews
-//! and the outcome come over the server's socket, outputs from `/history` and `/view`.
+//! API. Each server is one slot, and holds up to `comfyui.over_queue` more prompts waiting
+//! in its own queue, so it starts the next one the moment the current one ends; a server's
+//! place is given back as soon as ComfyUI is done with a prompt, so fetching and storing
+//! the outputs overlap the next prompt. A job's workflow is a template filled with the
+//! job's parameters and submitted with the job id (a canonical lowercase UUID) as
+//! ComfyUI's `prompt_id`; progress, previews and the outcome come over the server's
+//! socket, whose events every job on that server hears, outputs from `/history` and
+//! `/view`.
 //! When the socket drops, `/history` and `/queue` are polled until it is back, so a job
 //! is never left hanging: it finishes from history, or fails as retryable when ComfyUI
 //! no longer knows it (a restart).
@@ -18,7 +23,10 @@ pub mod wire;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{Arc, Mutex as StdMutex},
+    sync::{
+        Arc, Mutex as StdMutex,
+        atomic::{AtomicU8, AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
@@ -26,7 +34,7 @@ use futures_util::future::BoxFuture;
 use sakuga_imaging::{Artifact, InspectError, Limits, inspect_png};
 use sakuga_mesh::metrics::Metrics;
 use tokio::{
-    sync::{Mutex, mpsc, watch},
+    sync::{mpsc, watch},
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
@@ -45,15 +53,64 @@ use crate::backend::{Backend, BackendError, JobInput, Kind, Sink, WarmUpError};
 /// Added to an output's expected raw size for metadata (ComfyUI embeds the workflow).
 const OUTPUT_SLACK_BYTES: u64 = 4 << 20;
 
-/// One ComfyUI server: its API, its socket's events (held by the job running on it, which
-/// makes the server a slot) and the models it has loaded.
+/// One ComfyUI server: its API, the jobs listening to its socket, how many of this
+/// worker's prompts it holds, and the models it has loaded.
 #[derive(Debug)]
 struct Server {
     api: Api,
     client_id: String,
-    events: Mutex<mpsc::UnboundedReceiver<Conn>>,
+    /// Every job following a prompt here gets every socket event.
+    listeners: StdMutex<Vec<mpsc::UnboundedSender<Conn>>>,
     state: watch::Receiver<Result<(), SocketDown>>,
     loaded: StdMutex<BTreeSet<String>>,
+    /// This worker's prompts in ComfyUI now, running or waiting in its queue.
+    held: AtomicU32,
+    /// Whether the server offers POST /api/jobs/{id}/cancel: learned at the first cancel.
+    job_cancel: AtomicU8,
+}
+
+/// [`Server::job_cancel`] values.
+const CANCEL_UNKNOWN: u8 = 0;
+const CANCEL_OFFERED: u8 = 1;
+const CANCEL_ABSENT: u8 = 2;
+
+impl Server {
+    /// A receiver of the socket's events from now on; dropping it stops them.
+    fn listen(&self) -> mpsc::UnboundedReceiver<Conn> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(tx);
+        rx
+    }
+
+    fn socket_up(&self) -> bool {
+        self.state.borrow().is_ok()
+    }
+
+    fn has_loaded(&self, model: &str) -> bool {
+        self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(model)
+    }
+}
+
+/// Passes every event of a server's socket to the jobs listening; ends with the socket task.
+async fn fan_out(mut events: mpsc::UnboundedReceiver<Conn>, server: Arc<Server>) {
+    while let Some(conn) = events.recv().await {
+        server
+            .listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|l| l.send(conn.clone()).is_ok());
+    }
+}
+
+/// A prompt's place on a server: given back when dropped.
+struct Place<'a> {
+    server: &'a Arc<Server>,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.server.held.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The backend.
@@ -62,6 +119,8 @@ pub struct ComfyUi {
     config: ComfyConfig,
     templates: BTreeMap<String, Template>,
     servers: Vec<Arc<Server>>,
+    /// Held while a job picks its server, so two never take the same last place.
+    placing: StdMutex<()>,
     sockets: CancellationToken,
     metrics: Arc<Metrics>,
 }
@@ -105,15 +164,19 @@ impl ComfyUi {
                 metrics.clone(),
                 sockets.clone(),
             );
-            servers.push(Arc::new(Server {
+            let server = Arc::new(Server {
                 api,
                 client_id,
-                events: Mutex::new(events),
+                listeners: StdMutex::new(Vec::new()),
                 state,
                 loaded: StdMutex::new(BTreeSet::new()),
-            }));
+                held: AtomicU32::new(0),
+                job_cancel: AtomicU8::new(CANCEL_UNKNOWN),
+            });
+            tokio::spawn(fan_out(events, server.clone()));
+            servers.push(server);
         }
-        Ok(Self { config, templates, servers, sockets, metrics })
+        Ok(Self { config, templates, servers, placing: StdMutex::new(()), sockets, metrics })
     }
 
     fn template_for(&self, kind: Kind) -> &Template {
@@ -190,21 +253,37 @@ impl ComfyUi {
         )))
     }
 
-    /// Runs one job on `server`, whose event receiver the caller holds.
+    /// Takes a place on the server with the fewest of this worker's prompts (an idle one
+    /// first), preferring one whose socket is open and, among those, one that has
+    /// `checkpoint` loaded. `None` when every server holds `1 + comfyui.over_queue`.
+    fn place(&self, checkpoint: Option<&str>) -> Option<Place<'_>> {
+        let capacity = 1 + self.config.over_queue;
+        let _one_at_a_time = self.placing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let server =
+            self.servers.iter().filter(|s| s.held.load(Ordering::Acquire) < capacity).min_by_key(|s| {
+                let cold = checkpoint.is_some_and(|m| !s.has_loaded(m));
+                (s.held.load(Ordering::Acquire), !s.socket_up(), cold)
+            })?;
+        Some(place_on(server))
+    }
+
+    /// Runs one job on the server of `place`, which is given back as soon as ComfyUI is
+    /// done with the prompt: the outputs are fetched while the server runs the next one.
     async fn run_on(
         &self,
-        server: &Server,
-        events: &mut mpsc::UnboundedReceiver<Conn>,
+        place: Place<'_>,
         job: &JobInput,
         template: &Template,
         sink: &Sink,
         cancel: &CancellationToken,
     ) -> Result<Vec<Artifact>, BackendError> {
+        let server = place.server;
         let values = self.values(job, template)?;
         let workflow = template.fill(&values);
-        // Frames of earlier jobs are of no use now.
-        while events.try_recv().is_ok() {}
-        let id = job.job_id.as_str();
+        let id = prompt_id(&job.job_id)?;
+        let id = id.as_str();
+        // Listening before anything is sent, so no frame of the prompt is missed.
+        let mut events = server.listen();
         self.socket_ready(server, id).await?;
         let output_limit = self.output_limit(job);
         let api = &server.api;
@@ -215,6 +294,7 @@ impl ComfyUi {
             match api.history(id).await {
                 Ok(Some(Finished::Success(files))) => {
                     info!(job_id = %id, "earlier attempt finished in ComfyUI, taking its outputs");
+                    drop(place);
                     return self.fetch(api, template, &files, id, output_limit).await;
                 }
                 Ok(_) => already_queued = api.queued(id).await.unwrap_or(false),
@@ -240,13 +320,18 @@ impl ComfyUi {
             }
         }
         let mut run = Run::new(template, values.steps, id, self.config.max_preview_side, &self.metrics);
-        let outcome = self.follow(server, events, &mut run, sink, cancel).await?;
+        let outcome = self.follow(server, &mut events, &mut run, sink, cancel).await?;
+        // ComfyUI is done with the prompt: the server takes the next one while the outputs
+        // are fetched and stored.
+        drop(events);
+        drop(place);
         match outcome {
             Finished::Success(files) => {
                 if cancel.is_cancelled() {
                     return Err(BackendError::Canceled);
                 }
                 if template.uses("checkpoint") {
+                    // The checkpoint stays loaded for the next prompt of the same model.
                     let mut loaded = server.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     loaded.retain(|m| self.config.preload_models.contains(m));
                     loaded.insert(values.checkpoint.clone());
@@ -310,7 +395,7 @@ impl ComfyUi {
                         if std::iter::from_fn(|| events.try_recv().ok())
                             .any(|c| matches!(c, Conn::TooLarge)) =>
                     {
-                        return Err(self.socket_message_refused(api, id).await);
+                        return Err(self.socket_message_refused(server, id).await);
                     }
                     Ok(Some(done)) => return Ok(done),
                     Ok(None) => unreachable_since = None,
@@ -347,7 +432,7 @@ impl ComfyUi {
                         warn!(job_id = %id, reason = %why, "ComfyUI socket dropped mid-job; polling history");
                         socket_up = false;
                     }
-                    Some(Conn::TooLarge) => return Err(self.socket_message_refused(api, id).await),
+                    Some(Conn::TooLarge) => return Err(self.socket_message_refused(server, id).await),
                     Some(Conn::Event(ev)) => match run.on_event(ev, sink) {
                         Step::Continue => {}
                         Step::Succeeded => { success_seen = Some(Instant::now()); }
@@ -363,13 +448,13 @@ impl ComfyUi {
                 },
                 () = cancel.cancelled(), if cancel_sent.is_none() => {
                     cancel_sent = Some(Instant::now());
-                    if self.stop(api, id, run.started).await {
+                    if self.stop(server, id, run.started).await {
                         return Err(BackendError::Canceled);
                     }
                 }
                 _ = poll.tick() => {}
                 () = tokio::time::sleep_until(deadline) => {
-                    let _ = api.interrupt(id).await;
+                    self.halt(server, id).await;
                     return Err(BackendError::Retryable(format!(
                         "ComfyUI did not finish within comfyui.job_timeout ({:?})", self.config.job_timeout
                     )));
@@ -379,8 +464,8 @@ impl ComfyUi {
     }
 
     /// Stops the prompt after a socket message over the ceiling: the attempt fails.
-    async fn socket_message_refused(&self, api: &Api, id: &str) -> BackendError {
-        let _ = api.interrupt(id).await;
+    async fn socket_message_refused(&self, server: &Server, id: &str) -> BackendError {
+        self.halt(server, id).await;
         BackendError::Retryable(format!(
             "ComfyUI sent a socket message over comfyui.max_ws_message_bytes ({} bytes)",
             self.config.max_ws_message_bytes
@@ -412,10 +497,49 @@ impl ComfyUi {
         }
     }
 
-    /// Stops the prompt: interrupt when it runs, removal from the queue when it waits.
-    /// True when it is certainly gone (removed before it started).
-    async fn stop(&self, api: &Api, id: &str, started: bool) -> bool {
+    /// Cancels the prompt through POST /api/jobs/{id}/cancel where the server offers it
+    /// (learned at the first call, per server): `Some(cancelled)`. `None` when it does not
+    /// (an older ComfyUI) or the call failed: the caller uses /interrupt and /queue.
+    async fn cancel_job(&self, server: &Server, id: &str) -> Option<bool> {
+        if server.job_cancel.load(Ordering::Acquire) == CANCEL_ABSENT {
+            return None;
+        }
+        match server.api.cancel_job(id).await {
+            Ok(Some(cancelled)) => {
+                server.job_cancel.store(CANCEL_OFFERED, Ordering::Release);
+                Some(cancelled)
+            }
+            Ok(None) => {
+                info!(url = %server.api.base(), "ComfyUI has no /api/jobs/{{id}}/cancel; using /interrupt and /queue");
+                server.job_cancel.store(CANCEL_ABSENT, Ordering::Release);
+                None
+            }
+            Err(e) => {
+                warn!(job_id = %id, url = %server.api.base(), error = %e, "ComfyUI job cancel failed");
+                None
+            }
+        }
+    }
+
+    /// Stops the prompt wherever it is (after a timeout or a refused message).
+    async fn halt(&self, server: &Server, id: &str) {
+        if self.cancel_job(server, id).await.is_none() {
+            let _ = server.api.interrupt(id).await;
+            let _ = server.api.dequeue(id).await;
+        }
+    }
+
+    /// Stops the prompt: interrupt when it runs (only it: the next prompt then starts),
+    /// removal from the queue when it waits. True when it is certainly gone (removed
+    /// before it started); otherwise ComfyUI's interrupted frame ends the job.
+    async fn stop(&self, server: &Server, id: &str, started: bool) -> bool {
         info!(job_id = %id, started, "stopping the prompt in ComfyUI");
+        let api = &server.api;
+        match self.cancel_job(server, id).await {
+            Some(true) if !started => return gone(api, id).await,
+            Some(_) => return false,
+            None => {}
+        }
         if started {
             if let Err(e) = api.interrupt(id).await {
                 warn!(job_id = %id, error = %e, "ComfyUI interrupt failed");
@@ -504,6 +628,26 @@ fn failed(api: &Api, job_id: &str, e: &HttpError) -> BackendError {
     }
 }
 
+/// Whether a prompt removed from the queue is gone: neither queued nor in history (it did
+/// not start meanwhile).
+async fn gone(api: &Api, id: &str) -> bool {
+    matches!(api.queued(id).await, Ok(false)) && matches!(api.history(id).await, Ok(None))
+}
+
+/// A job id as ComfyUI takes a `prompt_id`: a canonical lowercase hyphenated UUID
+/// (ComfyUI 0.26 refuses anything else).
+fn prompt_id(job_id: &str) -> Result<String, BackendError> {
+    uuid::Uuid::parse_str(job_id).map(|u| u.hyphenated().to_string()).map_err(|_| {
+        BackendError::Permanent(format!("job id {job_id:?} is not a UUID, which ComfyUI needs as prompt_id"))
+    })
+}
+
+/// Takes a place on `server` whatever it holds (warm-up runs before any job).
+fn place_on(server: &Arc<Server>) -> Place<'_> {
+    server.held.fetch_add(1, Ordering::AcqRel);
+    Place { server }
+}
+
 /// Why a job is no longer followed.
 enum Lost {
     /// Neither queued nor in history: the server forgot it.
@@ -520,6 +664,10 @@ impl Backend for ComfyUi {
 
     fn slots(&self) -> u32 {
         u32::try_from(self.servers.len()).unwrap_or(u32::MAX)
+    }
+
+    fn queue_slots(&self) -> u32 {
+        self.slots().saturating_mul(self.config.over_queue)
     }
 
     fn loaded_models(&self) -> Vec<String> {
@@ -547,15 +695,15 @@ impl Backend for ComfyUi {
     ) -> BoxFuture<'_, Result<Vec<Artifact>, BackendError>> {
         Box::pin(async move {
             let template = self.template_for(job.kind());
-            // A free server: its event receiver is the slot.
-            let Some((server, mut events)) =
-                self.servers.iter().find_map(|s| s.events.try_lock().ok().map(|g| (s.clone(), g)))
-            else {
+            let checkpoint = self.values(&job, template)?.checkpoint;
+            let checkpoint = template.uses("checkpoint").then_some(checkpoint.as_str());
+            let Some(place) = self.place(checkpoint) else {
                 return Err(BackendError::Retryable(
-                    "every ComfyUI server of this worker is busy".to_owned(),
+                    "every ComfyUI server of this worker is busy (comfyui.over_queue prompts waiting on each)"
+                        .to_owned(),
                 ));
             };
-            self.run_on(&server, &mut events, &job, template, &sink, &cancel).await
+            self.run_on(place, &job, template, &sink, &cancel).await
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Following one prompt over the socket: which events are this prompt's, the progress
-//! they add up to (samplers count their steps, every other node 1, cached nodes are done),
-//! the previews they carry, and when the outcome is known. No I/O: the caller feeds the
+//! they add up to (samplers count their steps, every other node 1, cached nodes are done;
+//! reported at every node ComfyUI starts and every step a node reports), the previews they
+//! carry, and when the outcome is known. No I/O: the caller feeds the
 //! events and acts on the returned [`Step`].
 
 use std::collections::BTreeSet;
@@ -105,7 +106,11 @@ impl<'a> Run<'a> {
             }
             WsEvent::Executing { prompt_id, node } if self.ours(prompt_id.as_deref()) => match node {
                 Some(node) if self.current.as_deref() != Some(node.as_str()) => {
+                    // Node-level progress: workflows without a sampler (or whose nodes
+                    // report no steps) still show where they are.
                     self.finish_current();
+                    self.step = self.step.max(self.done_units()).min(self.total);
+                    sink.step(self.step, self.total, 0, self.stage("running", &node));
                     self.current = Some(node);
                 }
                 None if prompt_id.as_deref() == Some(self.prompt_id) => {
@@ -258,7 +263,9 @@ mod tests {
         let r = replay(FAKE, 8, "07_fake_sampler_ws.jsonl", None, 2048);
         assert_eq!(r.steps, ["succeeded", "history stored"]);
         // The sampler's 8 steps and the save node's 1; the save node's end is not a step.
-        let expected: Vec<_> = (1..=8).map(|s| (s, 9, "sampling: node 1 FakeSampler")).collect();
+        let mut expected = vec![(0, 9, "running: node 1 FakeSampler")];
+        expected.extend((1..=8).map(|s| (s, 9, "sampling: node 1 FakeSampler")));
+        expected.push((8, 9, "running: node 2 SaveImage"));
         assert_eq!(progress(&r.reports), expected);
         let previews: Vec<_> = r
             .reports
@@ -293,7 +300,8 @@ mod tests {
                 Finished::Interrupted { node_id: "1".into(), node_type: "FakeSampler".into() }
             )]
         );
-        let expected: Vec<_> = (1..=4).map(|s| (s, 201, "sampling: node 1 FakeSampler")).collect();
+        let mut expected = vec![(0, 201, "running: node 1 FakeSampler")];
+        expected.extend((1..=4).map(|s| (s, 201, "sampling: node 1 FakeSampler")));
         assert_eq!(progress(&r.reports), expected);
     }
 
@@ -303,7 +311,11 @@ mod tests {
         assert_eq!(r.steps.len(), 1, "{:?}", r.steps);
         assert!(r.steps[0].starts_with("ended: Failed("), "{:?}", r.steps);
         assert!(r.steps[0].contains(r#"node_id: "2", node_type: "FailingNode""#), "{:?}", r.steps);
-        assert!(r.reports.is_empty(), "no node reported progress: {:?}", r.reports);
+        // No node reports steps: progress is node by node, up to the failing one.
+        assert_eq!(
+            progress(&r.reports),
+            [(0, 3, "running: node 1 EmptyImage"), (1, 3, "running: node 2 FailingNode")]
+        );
     }
 
     #[test]
@@ -317,7 +329,7 @@ mod tests {
     fn previews_over_the_cap_are_skipped_and_counted() {
         let r = replay(FAKE, 8, "07_fake_sampler_ws.jsonl", None, 8);
         assert_eq!(r.steps, ["succeeded", "history stored"]);
-        assert_eq!(progress(&r.reports).len(), 8, "progress is still reported");
+        assert_eq!(progress(&r.reports).len(), 10, "progress is still reported");
         assert!(r.reports.iter().all(|r| matches!(r, Report::Step { .. })), "no preview: {:?}", r.reports);
         assert!(r.metrics.render().contains("comfyui_preview_dimensions"), "{}", r.metrics.render());
     }

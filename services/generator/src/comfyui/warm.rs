@@ -5,7 +5,9 @@
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{ComfyError, ComfyUi, Server};
+use std::sync::Arc;
+
+use super::{ComfyError, ComfyUi, Server, place_on};
 use crate::backend::{GenerationSpec, JobInput, Kind, Sink};
 
 impl ComfyUi {
@@ -13,7 +15,7 @@ impl ComfyUi {
     /// models there; an unreachable server is only logged.
     pub(super) async fn warm_server(
         &self,
-        server: &Server,
+        server: &Arc<Server>,
         cancel: &CancellationToken,
     ) -> Result<(), ComfyError> {
         if self.socket_ready(server, "warm-up").await.is_err() {
@@ -61,8 +63,7 @@ impl ComfyUi {
                 },
                 prompt: "warm-up".into(),
             };
-            let mut events = server.events.lock().await;
-            match self.run_on(server, &mut events, &job, template, &Sink::discard(), cancel).await {
+            match self.run_on(place_on(server), &job, template, &Sink::discard(), cancel).await {
                 Ok(_) => {
                     info!(url = %server.api.base(), %model, "model preloaded");
                     server

@@ -296,6 +296,18 @@ pub fn describe_invalid_prompt(body: &Value) -> String {
             }
         }
     }
+    if parts.is_empty() && text(error, "type") == "missing_node_type" {
+        // ComfyUI 0.26 names the node in extra_info: its id, class (null when missing) and
+        // title. The message already says whether the class is unknown or missing.
+        let info = error.get("extra_info").unwrap_or(&Value::Null);
+        let class = opt_text(info, "class_type").unwrap_or_else(|| "no class_type".to_owned());
+        parts.push(format!(
+            "node {} ({}): {}",
+            visible(&text(info, "node_id"), MAX_VISIBLE_CHARS),
+            visible(&class, MAX_VISIBLE_CHARS),
+            visible(&text(error, "message"), MAX_VISIBLE_CHARS)
+        ));
+    }
     if parts.is_empty() {
         parts.push(visible(&text(error, "message"), MAX_VISIBLE_CHARS));
     }
@@ -383,6 +395,22 @@ mod tests {
         );
         let global = json!({"error": {"message": "Cannot execute", "details": "Traceback: /opt/comfy/x.py"}});
         assert_eq!(describe_invalid_prompt(&global), "ComfyUI refused the workflow: Cannot execute");
+        // As ComfyUI 0.26 answers an unknown class and a node without one.
+        let unknown = json!({"error": {"type": "missing_node_type", "message": "Node 'My Missing Node' not found. The custom node may not be installed.",
+            "details": "Node ID '#1'", "extra_info": {"node_id": "1", "class_type": "NoSuchNodeType", "node_title": "My Missing Node"}}, "node_errors": {}});
+        assert_eq!(
+            describe_invalid_prompt(&unknown),
+            "ComfyUI refused the workflow: node 1 (NoSuchNodeType): Node 'My Missing Node' not found. The custom node may not be installed."
+        );
+        let untyped = json!({"error": {"type": "missing_node_type", "message": "Node 'ID #1' has no class_type. The workflow may be corrupted or a custom node is missing.",
+            "details": "Node ID '#1'", "extra_info": {"node_id": "1", "class_type": null, "node_title": null}}, "node_errors": {}});
+        assert!(
+            describe_invalid_prompt(&untyped).starts_with(
+                "ComfyUI refused the workflow: node 1 (no class_type): Node 'ID #1' has no class_type."
+            ),
+            "{}",
+            describe_invalid_prompt(&untyped)
+        );
         let errors: Vec<Value> =
             (0..50).map(|i| json!({"message": format!("m{i}"), "extra_info": {"input_name": "a"}})).collect();
         let many = json!({"node_errors": {"1": {"class_type": "X", "errors": errors}}});
