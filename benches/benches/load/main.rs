@@ -9,6 +9,8 @@
 //! - `fanout`: WatchJob watchers one scheduler holds with events still under 100 ms;
 //! - `store`: StoreArtifact throughput (MiB/s, artifacts/s) of one organizer on local disk
 //!   and on S3 (a SeaweedFS on loopback), 1 MiB and 8 MiB PNGs from a few clients;
+//! - `comfyui`: 20 jobs through the mesh on one ComfyUI server replayed at the recorded
+//!   pace, with the server over-queued (`comfyui.over_queue = 1`) and without;
 //! - `processes`: the four services as release binaries (one process each): pipeline
 //!   throughput end to end with the benchmark backend, and each process's RSS idle and
 //!   under that load.
@@ -29,6 +31,7 @@
     unreachable_pub
 )]
 
+mod comfyui;
 mod concurrency;
 mod dispatch;
 mod fanout;
@@ -73,6 +76,8 @@ pub struct Settings {
     pub store_mib: usize,
     /// Concurrent uploading clients of `store`.
     pub store_clients: usize,
+    /// Jobs of each `comfyui` run.
+    pub comfy_jobs: usize,
     /// Sections to run.
     pub sections: Vec<String>,
 }
@@ -102,7 +107,8 @@ impl Settings {
             fanout_max: env_or("BENCH_FANOUT_MAX", 10_000),
             store_mib: env_or("BENCH_STORE_MIB", 256),
             store_clients: env_or("BENCH_STORE_CLIENTS", 4),
-            sections: list("BENCH_SECTIONS", "rpc,dispatch,concurrency,fanout,store,processes"),
+            comfy_jobs: env_or("BENCH_COMFY_JOBS", 20),
+            sections: list("BENCH_SECTIONS", "rpc,dispatch,concurrency,fanout,store,comfyui,processes"),
         }
     }
 
@@ -122,6 +128,7 @@ impl Settings {
             "fanout_max": self.fanout_max,
             "store_mib": self.store_mib,
             "store_clients": self.store_clients,
+            "comfy_jobs": self.comfy_jobs,
             "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         })
     }
@@ -145,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
             "concurrency" => vec![concurrency::run(&settings).await?],
             "fanout" => vec![fanout::run(&settings).await?],
             "store" => vec![store::run(&settings).await?],
+            "comfyui" => vec![comfyui::run(&settings).await?],
             "processes" => processes::run(&settings).await?,
             other => anyhow::bail!("BENCH_SECTIONS: unknown section {other:?}"),
         };

@@ -66,13 +66,24 @@ impl Mesh {
 
     /// Starts a generator in this process with `backend` and `slots`.
     pub async fn add_generator(&mut self, backend: &str, slots: u32, hold_ms: u64) -> anyhow::Result<()> {
+        self.add_generator_with(|gc| {
+            backend.clone_into(&mut gc.backend);
+            gc.slots = slots;
+            gc.benchmark.hold = Duration::from_millis(hold_ms);
+            gc.preview_every_steps = 5;
+        })
+        .await
+    }
+
+    /// Starts a generator in this process with the configuration `adjust` leaves.
+    pub async fn add_generator_with(
+        &mut self,
+        adjust: impl FnOnce(&mut sakuga_generator::Config),
+    ) -> anyhow::Result<()> {
         let organizer = self.organizer.as_ref().ok_or_else(|| anyhow::anyhow!("no organizer"))?;
         let mut gc = sakuga_testkit::generator_config(&self.env, &self.auth, &self.scheduler, organizer);
         gc.worker_id = format!("bench-{}", uuid::Uuid::new_v4().simple());
-        gc.backend = backend.to_owned();
-        gc.slots = slots;
-        gc.benchmark.hold = Duration::from_millis(hold_ms);
-        gc.preview_every_steps = 5;
+        adjust(&mut gc);
         self.generators.push(sakuga_testkit::spawn_generator(gc).await?);
         Ok(())
     }
