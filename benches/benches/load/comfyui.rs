@@ -58,6 +58,8 @@ async fn batch(
         gc.comfyui = ComfyConfig {
             urls: vec![url],
             over_queue,
+            // Bare previews: the server then plays 07 (8 steps), not 14 (4 steps).
+            preview_metadata: false,
             templates_dir: Some(templates.to_path_buf()),
             image_template: "fake".into(),
             video_template: "fake".into(),
