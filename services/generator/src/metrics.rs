@@ -51,6 +51,8 @@ pub(crate) struct Families {
     job_seconds: HistogramFamily<BackendLabel>,
     slots: Family<BackendLabel, Gauge>,
     slots_busy: Family<BackendLabel, Gauge>,
+    queue_slots: Family<BackendLabel, Gauge>,
+    queue_slots_busy: Family<BackendLabel, Gauge>,
     waiting: Family<HeldLabel, Gauge>,
     upload_retries: Family<ReasonLabel, Counter>,
 }
@@ -63,6 +65,8 @@ impl Families {
             job_seconds: histogram_family(),
             slots: Family::default(),
             slots_busy: Family::default(),
+            queue_slots: Family::default(),
+            queue_slots_busy: Family::default(),
             waiting: Family::default(),
             upload_retries: Family::default(),
         };
@@ -78,6 +82,16 @@ impl Families {
         );
         m.register("sakuga_worker_slots", "Slots of this worker.", f.slots.clone());
         m.register("sakuga_worker_slots_busy", "Slots of this worker running a job.", f.slots_busy.clone());
+        m.register(
+            "sakuga_worker_queue_slots",
+            "Queue slots of this worker: jobs its backend queues behind running ones.",
+            f.queue_slots.clone(),
+        );
+        m.register(
+            "sakuga_worker_queue_slots_busy",
+            "Jobs of this worker waiting in its backend's queue (the jobs it holds beyond its slots).",
+            f.queue_slots_busy.clone(),
+        );
         m.register(
             "sakuga_generator_artifacts_waiting",
             "Finished artifacts this worker keeps because storage is full or unreachable, by where they are held (memory, spool).",
@@ -120,8 +134,11 @@ pub(crate) fn slot_gauges(families: Arc<Families>, backend: Arc<dyn Backend>, bu
         let (families, backend, busy) = (families.clone(), backend.clone(), busy.clone());
         Box::pin(async move {
             let label = BackendLabel { backend: backend.name() };
-            families.slots.get_or_create(&label).set(i64::from(backend.slots()));
-            families.slots_busy.get_or_create(&label).set(i64::from(busy.load(Ordering::Relaxed)));
+            let (slots, held) = (backend.slots(), busy.load(Ordering::Relaxed));
+            families.slots.get_or_create(&label).set(i64::from(slots));
+            families.slots_busy.get_or_create(&label).set(i64::from(held.min(slots)));
+            families.queue_slots.get_or_create(&label).set(i64::from(backend.queue_slots()));
+            families.queue_slots_busy.get_or_create(&label).set(i64::from(held.saturating_sub(slots)));
         })
     })
 }

@@ -43,6 +43,8 @@ pub struct Families {
     jobs: Family<JobState, Gauge>,
     slots_busy: Gauge,
     slots: Gauge,
+    queue_slots_busy: Gauge,
+    queue_slots: Gauge,
     watchers: Gauge,
     channels: Gauge,
 }
@@ -63,6 +65,8 @@ impl Families {
             jobs: Family::default(),
             slots_busy: Gauge::default(),
             slots: Gauge::default(),
+            queue_slots_busy: Gauge::default(),
+            queue_slots: Gauge::default(),
             watchers: Gauge::default(),
             channels: Gauge::default(),
         };
@@ -97,6 +101,16 @@ impl Families {
             f.slots_busy.clone(),
         );
         m.register("sakuga_worker_slots", "Worker slots on this replica's sessions.", f.slots.clone());
+        m.register(
+            "sakuga_worker_queue_slots_busy",
+            "Worker queue slots holding a job that waits in its backend's queue, on this replica's sessions.",
+            f.queue_slots_busy.clone(),
+        );
+        m.register(
+            "sakuga_worker_queue_slots",
+            "Worker queue slots (jobs a backend queues behind running ones) on this replica's sessions.",
+            f.queue_slots.clone(),
+        );
         m.register("sakuga_job_watchers", "WatchJob streams open on this replica.", f.watchers.clone());
         m.register(
             "sakuga_job_event_channels",
@@ -142,10 +156,12 @@ impl Families {
         self.jobs.get_or_create(&JobState { state: s.as_str() }).set(n);
     }
 
-    /// This replica's worker slots in use and in all (set at each scrape).
-    pub fn set_slots(&self, busy: usize, total: u32) {
-        self.slots_busy.set(i64::try_from(busy).unwrap_or(i64::MAX));
-        self.slots.set(i64::from(total));
+    /// This replica's worker slots and queue slots in use and in all (set at each scrape).
+    pub fn set_slots(&self, usage: crate::registry::SlotUsage) {
+        self.slots_busy.set(i64::from(usage.busy));
+        self.slots.set(i64::from(usage.slots));
+        self.queue_slots_busy.set(i64::from(usage.queue_busy));
+        self.queue_slots.set(i64::from(usage.queue_slots));
     }
 
     /// This replica's `WatchJob` streams and the job channels they share (set at each

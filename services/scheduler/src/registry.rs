@@ -62,6 +62,19 @@ pub struct WorkerSession {
     pub tx: WorkerTx,
 }
 
+/// Slot counts over a replica's sessions.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SlotUsage {
+    /// Slots running a job.
+    pub busy: u32,
+    /// Slots in all.
+    pub slots: u32,
+    /// Queue slots holding a job that waits in its backend's queue.
+    pub queue_busy: u32,
+    /// Queue slots in all.
+    pub queue_slots: u32,
+}
+
 /// Sessions attached to this replica.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -181,10 +194,19 @@ impl Registry {
         false
     }
 
-    /// Slots in use and in all, over this replica's sessions.
-    pub fn slot_usage(&self) -> (usize, u32) {
+    /// Slots and queue slots in use and in all, over this replica's sessions. A session's
+    /// jobs fill its slots first.
+    pub fn slot_usage(&self) -> SlotUsage {
         let s = self.lock();
-        (s.values().map(|w| w.running.len()).sum(), s.values().map(|w| w.slots).sum())
+        let mut usage = SlotUsage::default();
+        for w in s.values() {
+            let held = u32::try_from(w.running.len()).unwrap_or(u32::MAX);
+            usage.busy += held.min(w.slots);
+            usage.slots += w.slots;
+            usage.queue_busy += held.saturating_sub(w.slots);
+            usage.queue_slots += w.queue_slots;
+        }
+        usage
     }
 }
 
@@ -226,5 +248,7 @@ mod tests {
         assert!(!free.contains_key(&full), "a session with every slot and queue slot taken is not free");
         let plain = session(&registry, 1, 0, 1);
         assert!(registry.free_workers().iter().all(|w| w.session != plain), "no queue slots: busy is full");
+        let usage = registry.slot_usage();
+        assert_eq!(usage, SlotUsage { busy: 2 + 1 + 2 + 2 + 1, slots: 9, queue_busy: 1 + 2, queue_slots: 8 });
     }
 }

@@ -47,8 +47,7 @@ pub fn metrics_refresh(state: &Arc<State>) -> Refresh {
                     f.set_jobs(s, n);
                 }
             }
-            let (busy, total) = state.registry.slot_usage();
-            f.set_slots(busy, total);
+            f.set_slots(state.registry.slot_usage());
             f.set_watch(state.watchers.held(), state.events.channels());
         })
     })

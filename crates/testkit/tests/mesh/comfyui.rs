@@ -825,6 +825,20 @@ async fn one_server_and_three_jobs_the_third_waits_in_the_scheduler(version: Ver
     assert_eq!(status(&mesh, &alice.token, &second).await, JobStatus::Assigned);
     assert_eq!(status(&mesh, &alice.token, &third).await, JobStatus::Queued);
     assert_eq!(replay.count("POST", "/prompt"), 2, "the third was never sent to ComfyUI");
+    // Operators see one slot running and one queue slot holding a waiting job.
+    let scheduler = crate::metrics::scrape(mesh.scheduler.metrics.unwrap()).await;
+    let generator = crate::metrics::scrape(mesh.generator.as_ref().unwrap().metrics.unwrap()).await;
+    for (text, label) in [(&scheduler, ""), (&generator, r#"{backend="comfyui"}"#)] {
+        for (name, want) in [
+            ("sakuga_worker_slots", 1.0),
+            ("sakuga_worker_slots_busy", 1.0),
+            ("sakuga_worker_queue_slots", 1.0),
+            ("sakuga_worker_queue_slots_busy", 1.0),
+        ] {
+            let got = crate::metrics::value(text, &format!("{name}{label}"));
+            assert!((got - want).abs() < f64::EPSILON, "{name}{label} = {got}");
+        }
+    }
 
     cancel_job(&mesh, &alice.token, &first).await;
     for (id, want) in

@@ -61,6 +61,7 @@ async fn each_service_counts_the_job_and_fills_its_histograms() {
         1.0
     );
     assert_eq!(value(&scheduler, "sakuga_worker_slots"), 2.0);
+    assert_eq!(value(&scheduler, "sakuga_worker_queue_slots"), 0.0, "the builtin backend queues nothing");
 
     let organizer = scrape(mesh.organizer.metrics.unwrap()).await;
     assert_eq!(value(&organizer, r#"sakuga_files_stored_total{kind="image"}"#), 1.0);
