@@ -6,6 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use reqwest::header::HeaderMap;
 use sakuga_mesh::{metrics::Metrics, retry::Backoff};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::{self, Message, protocol::WebSocketConfig};
@@ -14,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     http::count_refusal,
+    tls,
     wire::{WsEvent, parse_binary, parse_text},
 };
 
@@ -59,10 +61,13 @@ pub(super) enum Lost {
     Failed(Arc<tungstenite::Error>),
 }
 
-/// Starts the socket task for `ws_url`. The watch holds `Ok` while the socket is open,
-/// else why it is not. No message or frame larger than `max_message_bytes` is read.
+/// Starts the socket task for `ws_url`, whose upgrade request carries `headers` (a `wss://`
+/// one verified with `tls`). The watch holds `Ok` while the socket is open, else why it is
+/// not. No message or frame larger than `max_message_bytes` is read.
 pub(super) fn spawn(
     ws_url: String,
+    headers: HeaderMap,
+    tls: Option<Arc<rustls::ClientConfig>>,
     preview_metadata: bool,
     max_message_bytes: usize,
     metrics: Arc<Metrics>,
@@ -78,10 +83,10 @@ pub(super) fn spawn(
         loop {
             let connected = tokio::select! {
                 () = shutdown.cancelled() => return,
-                c = tokio_tungstenite::connect_async_with_config(ws_url.as_str(), Some(ws_config), false) => c,
+                c = tls::connect_ws(&ws_url, &headers, tls.as_ref(), ws_config) => c,
             };
             match connected {
-                Ok((mut ws, _)) => {
+                Ok(mut ws) => {
                     backoff.reset();
                     if preview_metadata {
                         // Previews then come as type-4 frames whose metadata names the prompt.
