@@ -81,7 +81,8 @@ pub struct HeaderSetting {
     pub prefix: String,
 }
 
-/// Headers this backend sets itself, or that would break the request or the upgrade.
+/// Headers this backend sets itself, or that would break the request or the upgrade
+/// (besides every `Sec-WebSocket-*`).
 const RESERVED_HEADERS: &[&str] = &[
     "host",
     "connection",
@@ -93,10 +94,6 @@ const RESERVED_HEADERS: &[&str] = &[
     "trailer",
     "keep-alive",
     "proxy-connection",
-    "sec-websocket-key",
-    "sec-websocket-version",
-    "sec-websocket-extensions",
-    "sec-websocket-protocol",
 ];
 
 /// Longest preview side that may be configured (keeps the downscaler's arithmetic in u32).
@@ -223,7 +220,7 @@ impl ComfyConfig {
             })?;
             let name = reqwest::header::HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| setting("comfyui.headers.name", entry("not a valid header name".to_owned())))?;
-            if RESERVED_HEADERS.contains(&name.as_str()) {
+            if RESERVED_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("sec-websocket-") {
                 return Err(setting(
                     "comfyui.headers.name",
                     entry("set by the ComfyUI client itself; it cannot be configured".to_owned()),
@@ -360,7 +357,11 @@ prefix = "Bearer "
         assert_eq!(field, "comfyui.headers.url");
         assert!(reason.contains("gpu-2.example") && reason.contains("not one of comfyui.urls"), "{reason}");
 
-        for (name, why) in [("bad name", "not a valid header name"), ("Host", "set by the ComfyUI client")] {
+        for (name, why) in [
+            ("bad name", "not a valid header name"),
+            ("Host", "set by the ComfyUI client"),
+            ("Sec-WebSocket-Accept", "set by the ComfyUI client"),
+        ] {
             let mut config = remote();
             config.headers[0].name = name.to_owned();
             let (field, reason) = refusal(&config);

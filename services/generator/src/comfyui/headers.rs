@@ -10,6 +10,7 @@ use reqwest::{
     header::{HeaderMap, HeaderName, HeaderValue},
 };
 use sakuga_mesh::vault::Vault;
+use tracing::warn;
 
 use super::{ComfyConfig, config::setting, error::ComfyError};
 
@@ -33,6 +34,9 @@ impl ServerHeaders {
         let mut headers = Self::default();
         for (url, h) in config.header_settings()? {
             let which = format!("{} for {url}", h.name);
+            if url.scheme() == "http" {
+                warn!(url = %url, header = %h.name, "a header from Vault goes to a plain http:// server, unencrypted");
+            }
             let secret = vault
                 .read_kv(&h.vault_path)
                 .await
