@@ -6,7 +6,6 @@
 use std::{sync::Arc, time::Duration};
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use reqwest::header::HeaderMap;
 use sakuga_mesh::{metrics::Metrics, retry::Backoff};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::{self, Message, protocol::WebSocketConfig};
@@ -15,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     http::count_refusal,
-    tls,
+    tls::Dial,
     wire::{WsEvent, parse_binary, parse_text},
 };
 
@@ -61,13 +60,12 @@ pub(super) enum Lost {
     Failed(Arc<tungstenite::Error>),
 }
 
-/// Starts the socket task for `ws_url`, whose upgrade request carries `headers` (a `wss://`
-/// one verified with `tls`). The watch holds `Ok` while the socket is open, else why it is
-/// not. No message or frame larger than `max_message_bytes` is read.
+/// Starts the socket task for `ws_url`, opened as `dial` says (extra headers, TLS). The
+/// watch holds `Ok` while the socket is open, else why it is not. No message or frame
+/// larger than `max_message_bytes` is read.
 pub(super) fn spawn(
     ws_url: String,
-    headers: HeaderMap,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    dial: Dial,
     preview_metadata: bool,
     max_message_bytes: usize,
     metrics: Arc<Metrics>,
@@ -83,7 +81,7 @@ pub(super) fn spawn(
         loop {
             let connected = tokio::select! {
                 () = shutdown.cancelled() => return,
-                c = tls::connect_ws(&ws_url, &headers, tls.as_ref(), ws_config) => c,
+                c = dial.connect(&ws_url, ws_config) => c,
             };
             match connected {
                 Ok(mut ws) => {

@@ -128,10 +128,10 @@ impl ComfyUi {
                 extra.clone(),
             )?;
             let client_id = uuid::Uuid::new_v4().to_string();
+            let dial = tls::Dial { headers: extra, tls: tls.clone(), timeout: config.connect_timeout };
             let (events, state) = conn::spawn(
                 api.ws_url(&client_id),
-                extra,
-                tls.clone(),
+                dial,
                 config.preview_metadata,
                 max_ws,
                 metrics.clone(),

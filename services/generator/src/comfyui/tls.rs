@@ -3,7 +3,7 @@
 //! system's roots, shared by the HTTP client and the WebSocket; and the socket's connect,
 //! which sends the server's extra headers on the upgrade request.
 
-use std::{path::Path, sync::Arc};
+use std::{io, path::Path, sync::Arc, time::Duration};
 
 use reqwest::header::HeaderMap;
 use rustls::{ClientConfig, RootCertStore};
@@ -85,37 +85,93 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// The open socket.
 pub(super) type Socket = WebSocketStream<Box<dyn Io>>;
 
-/// Opens the WebSocket at `url` (`ws://` or `wss://`, the latter verified with `tls`),
-/// sending `headers` on the upgrade request. A refused upgrade is `Error::Http` (its
-/// status, e.g. 401); a failed verification an `Error::Io` naming rustls' reason.
-pub(super) async fn connect_ws(
-    url: &str,
-    headers: &HeaderMap,
-    tls: Option<&Arc<ClientConfig>>,
-    config: WebSocketConfig,
-) -> Result<Socket, tungstenite::Error> {
-    let mut request = url.into_client_request()?;
-    request.headers_mut().extend(headers.clone());
-    let uri = request.uri();
-    let secure = match uri.scheme_str() {
-        Some("wss") => true,
-        Some("ws") => false,
-        _ => return Err(tungstenite::Error::Url(UrlError::UnsupportedUrlScheme)),
-    };
-    // IPv6 literals come bracketed in a URI.
-    let host = uri
-        .host()
-        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
-        .ok_or(tungstenite::Error::Url(UrlError::NoHostName))?;
-    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-    let tcp = TcpStream::connect((host.as_str(), port)).await?;
-    let stream: Box<dyn Io> = if secure {
-        let tls = tls.ok_or(tungstenite::Error::Url(UrlError::TlsFeatureNotEnabled))?;
-        let name = ServerName::try_from(host).map_err(|_| tungstenite::Error::Url(UrlError::NoHostName))?;
-        Box::new(TlsConnector::from(tls.clone()).connect(name, tcp).await?)
-    } else {
-        Box::new(tcp)
-    };
-    let (socket, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
-    Ok(socket)
+/// How the socket to one server is opened: the extra headers of its upgrade request, the
+/// TLS configuration for `wss://`, and how long one attempt may take.
+#[derive(Debug, Clone)]
+pub(super) struct Dial {
+    /// Sent on the upgrade request (values marked sensitive).
+    pub(super) headers: HeaderMap,
+    /// For `wss://`.
+    pub(super) tls: Option<Arc<ClientConfig>>,
+    /// Longest one attempt (TCP, TLS and upgrade) may take; a silent remote host would
+    /// otherwise hold the attempt until the system's TCP timeout.
+    pub(super) timeout: Duration,
+}
+
+impl Dial {
+    /// Opens the WebSocket at `url` (`ws://` or `wss://`). A refused upgrade is
+    /// `Error::Http` (its status, e.g. 401); a failed verification an `Error::Io` naming
+    /// rustls' reason (`UnknownIssuer`).
+    pub(super) async fn connect(
+        &self,
+        url: &str,
+        config: WebSocketConfig,
+    ) -> Result<Socket, tungstenite::Error> {
+        tokio::time::timeout(self.timeout, self.open(url, config)).await.unwrap_or_else(|_| {
+            Err(tungstenite::Error::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no open socket within {:?}", self.timeout),
+            )))
+        })
+    }
+
+    async fn open(&self, url: &str, config: WebSocketConfig) -> Result<Socket, tungstenite::Error> {
+        let mut request = url.into_client_request()?;
+        request.headers_mut().extend(self.headers.clone());
+        let uri = request.uri();
+        let secure = match uri.scheme_str() {
+            Some("wss") => true,
+            Some("ws") => false,
+            _ => return Err(tungstenite::Error::Url(UrlError::UnsupportedUrlScheme)),
+        };
+        // IPv6 literals come bracketed in a URI.
+        let host = uri
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+            .ok_or(tungstenite::Error::Url(UrlError::NoHostName))?;
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let tcp = TcpStream::connect((host.as_str(), port)).await?;
+        let stream: Box<dyn Io> = if secure {
+            let tls = self.tls.as_ref().ok_or(tungstenite::Error::Url(UrlError::TlsFeatureNotEnabled))?;
+            let name =
+                ServerName::try_from(host).map_err(|_| tungstenite::Error::Url(UrlError::NoHostName))?;
+            Box::new(TlsConnector::from(tls.clone()).connect(name, tcp).await?)
+        } else {
+            Box::new(tcp)
+        };
+        let (socket, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
+        Ok(socket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_the_handshake_fails_the_attempt_in_time() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Accepts, then says nothing (a stalled proxy or a black-holed route).
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                open.push(tcp);
+            }
+        });
+        let tls = client_config(None).unwrap();
+        let dial = Dial { headers: HeaderMap::new(), tls: Some(tls), timeout: Duration::from_millis(300) };
+        for url in [format!("wss://{addr}/ws"), format!("ws://{addr}/ws")] {
+            let started = std::time::Instant::now();
+            let Err(err) = dial.connect(&url, WebSocketConfig::default()).await else {
+                panic!("{url}: a socket opened on a silent server");
+            };
+            assert!(
+                matches!(&err, tungstenite::Error::Io(e) if e.kind() == io::ErrorKind::TimedOut),
+                "{url}: {err}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(3), "{url}: {:?}", started.elapsed());
+        }
+        held.abort();
+    }
 }
