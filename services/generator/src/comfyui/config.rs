@@ -42,7 +42,8 @@ pub struct ComfyConfig {
     /// Timeout of one HTTP request to ComfyUI.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// How long a job waits for the server's socket before failing as retryable.
+    /// How long a job waits for the server's socket before failing as retryable; also the
+    /// longest one attempt to open the socket (TCP, TLS, upgrade) may take.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// A server unreachable this long in the middle of a job fails it as retryable.
