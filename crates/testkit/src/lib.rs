@@ -17,6 +17,7 @@ pub mod otlp;
 mod pg;
 pub mod process;
 mod services;
+pub mod tls_proxy;
 mod unique;
 pub mod weed;
 

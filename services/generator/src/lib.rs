@@ -32,6 +32,7 @@ use sakuga_mesh::{
     node::Node,
     server::GrpcServer,
     service::Service,
+    vault::Vault,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -41,15 +42,21 @@ use tracing::info;
 use crate::backend::Backend;
 
 /// The backend the configuration names; refusals by its ceilings are counted in `metrics`.
-pub fn backend_for(
+/// The comfyui backend's extra headers (`[[comfyui.headers]]`) are read from `vault` here.
+pub async fn backend_for(
     config: &Config,
     metrics: &Arc<sakuga_mesh::metrics::Metrics>,
+    vault: &Vault,
 ) -> Result<Arc<dyn Backend>, MeshError> {
+    let refused = |e: comfyui::ComfyError| MeshError::Config(e.to_string());
     Ok(match config.backend.as_str() {
-        "comfyui" => Arc::new(
-            comfyui::ComfyUi::with_metrics(config.comfyui.clone(), metrics.clone())
-                .map_err(|e| MeshError::Config(e.to_string()))?,
-        ),
+        "comfyui" => {
+            let headers = comfyui::ServerHeaders::resolve(&config.comfyui, vault).await.map_err(refused)?;
+            Arc::new(
+                comfyui::ComfyUi::with_metrics(config.comfyui.clone(), metrics.clone(), &headers)
+                    .map_err(refused)?,
+            )
+        }
         "benchmark" => Arc::new(benchmark::Benchmark::new(config.slots, &config.benchmark)),
         _ => Arc::new(builtin::Builtin::new(config.slots, config.preview_every_steps)),
     })
@@ -79,7 +86,7 @@ impl Service for Application {
         let node = Node::start(Self::NAME, &config.server).await?;
         let verifier =
             Arc::new(Verifier::remote(node.tls.channel_to(&config.auth_addr, "auth")?, None, None));
-        let backend = backend_for(&config, &node.metrics)?;
+        let backend = backend_for(&config, &node.metrics, &node.vault).await?;
         let server = node.bind(&[], Guard::new(Some(verifier.clone()), None, None)).await?;
         let families = Arc::new(metrics::Families::register(&node.metrics));
         Ok(Self { node, server, config: Arc::new(config), verifier, backend, families })

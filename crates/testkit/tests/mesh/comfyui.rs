@@ -491,8 +491,12 @@ async fn templates_are_checked_against_the_server_at_start_up(version: Version) 
             .to_string()
             .contains("comfyui.image_template: no template named \"nope\"")
     );
-    bad.urls = vec!["https://comfy:8188".into()];
-    assert!(ComfyUi::new(bad).unwrap_err().to_string().contains("only http://"));
+    bad.urls = vec!["ftp://comfy:8188".into()];
+    let err = ComfyUi::new(bad).unwrap_err().to_string();
+    assert!(
+        err.contains("comfyui.urls") && err.contains("not an http://host:port or https://host:port URL"),
+        "{err}"
+    );
 }
 
 async fn configured_models_are_preloaded_at_start_up_and_reported_with_the_last_one_used(version: Version) {

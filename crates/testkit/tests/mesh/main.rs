@@ -6,6 +6,7 @@
 mod auth_load;
 mod claims;
 mod comfyui;
+mod comfyui_tls;
 mod common;
 mod data_tier;
 mod files;

@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     http::count_refusal,
+    tls::Dial,
     wire::{WsEvent, parse_binary, parse_text},
 };
 
@@ -59,10 +60,12 @@ pub(super) enum Lost {
     Failed(Arc<tungstenite::Error>),
 }
 
-/// Starts the socket task for `ws_url`. The watch holds `Ok` while the socket is open,
-/// else why it is not. No message or frame larger than `max_message_bytes` is read.
+/// Starts the socket task for `ws_url`, opened as `dial` says (extra headers, TLS). The
+/// watch holds `Ok` while the socket is open, else why it is not. No message or frame
+/// larger than `max_message_bytes` is read.
 pub(super) fn spawn(
     ws_url: String,
+    dial: Dial,
     preview_metadata: bool,
     max_message_bytes: usize,
     metrics: Arc<Metrics>,
@@ -78,10 +81,10 @@ pub(super) fn spawn(
         loop {
             let connected = tokio::select! {
                 () = shutdown.cancelled() => return,
-                c = tokio_tungstenite::connect_async_with_config(ws_url.as_str(), Some(ws_config), false) => c,
+                c = dial.connect(&ws_url, ws_config) => c,
             };
             match connected {
-                Ok((mut ws, _)) => {
+                Ok(mut ws) => {
                     backoff.reset();
                     if preview_metadata {
                         // Previews then come as type-4 frames whose metadata names the prompt.

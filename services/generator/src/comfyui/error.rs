@@ -58,3 +58,8 @@ pub enum ComfyError {
         server: String,
     },
 }
+
+/// A refused setting, naming the field.
+pub(super) fn setting(field: &'static str, reason: impl Into<String>) -> ComfyError {
+    ComfyError::Setting { field, reason: reason.into() }
+}

@@ -3,6 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use reqwest::header::HeaderMap;
 use sakuga_mesh::metrics::Metrics;
 use serde_json::{Value, json};
 
@@ -78,21 +79,30 @@ pub struct Api {
 }
 
 impl Api {
-    /// A client for `base` (`http://host:port`) that reads at most `max_response_bytes` of
-    /// any JSON answer and counts refusals in `metrics`.
+    /// A client for `base` (`http://host:port` or `https://host:port`) that reads at most
+    /// `max_response_bytes` of any JSON answer, counts refusals in `metrics`, verifies an
+    /// `https://` server with `tls` and sends `headers` with every request.
     pub fn new(
         base: reqwest::Url,
         timeout: Duration,
         max_response_bytes: u64,
         metrics: Arc<Metrics>,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        headers: HeaderMap,
     ) -> Result<Self, ComfyError> {
         // reqwest's TLS layer needs the process-wide provider even for plain HTTP.
         sakuga_mesh::tls::install_crypto_provider();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .build()
-            .map_err(ComfyError::Client)?;
+            // ComfyUI's API does not redirect; following one could carry the extra headers
+            // (a proxy's token) to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .default_headers(headers);
+        if let Some(tls) = tls {
+            builder = builder.tls_backend_preconfigured(rustls::ClientConfig::clone(tls));
+        }
+        let http = builder.build().map_err(ComfyError::Client)?;
         Ok(Self { base, http, max_response_bytes, metrics })
     }
 
@@ -119,21 +129,36 @@ impl Api {
         }
     }
 
+    /// `error` with its causes (reqwest's own text names only the URL; the reason, such as
+    /// a certificate from an unknown issuer, is in the chain).
+    fn unavailable(&self, error: &reqwest::Error) -> HttpError {
+        let mut text = format!("{}: {error}", self.base);
+        let mut cause = std::error::Error::source(error);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        HttpError::Unavailable(text)
+    }
+
     async fn call(&self, req: reqwest::RequestBuilder, limit: BodyLimit) -> Result<Vec<u8>, HttpError> {
-        let mut resp = req.send().await.map_err(|e| HttpError::Unavailable(format!("{}: {e}", self.base)))?;
+        let mut resp = req.send().await.map_err(|e| self.unavailable(&e))?;
         let status = resp.status();
-        // Error bodies are JSON too, read under the JSON ceiling.
-        let limit = if status.is_success() { limit } else { self.json_limit() };
-        let body = self.read_capped(&mut resp, limit).await?;
         if status.is_success() {
-            return Ok(body);
+            return self.read_capped(&mut resp, limit).await;
         }
         if status.is_client_error() {
-            return Err(HttpError::Refused {
-                status: status.as_u16(),
-                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-            });
+            // Error bodies are JSON too, read under the JSON ceiling; past it (a proxy's
+            // page, say) the status alone is the answer and the rest is not read.
+            let body = match self.read_capped(&mut resp, self.json_limit()).await {
+                Ok(body) => serde_json::from_slice(&body).unwrap_or(Value::Null),
+                Err(HttpError::TooLarge { .. }) => Value::Null,
+                Err(e) => return Err(e),
+            };
+            return Err(HttpError::Refused { status: status.as_u16(), body });
         }
+        // A server error's body is of no use: not read at all.
         Err(HttpError::Unavailable(format!("{} answered HTTP {}", self.base, status.as_u16())))
     }
 
@@ -154,9 +179,7 @@ impl Api {
             return Err(too_large());
         }
         let mut body = Vec::new();
-        while let Some(chunk) =
-            resp.chunk().await.map_err(|e| HttpError::Unavailable(format!("{}: {e}", self.base)))?
-        {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.unavailable(&e))? {
             if (body.len() + chunk.len()) as u64 > limit.bytes {
                 return Err(too_large());
             }
@@ -278,5 +301,59 @@ mod tests {
         assert!(!e.public().contains("10.1.2.3"), "{}", e.public());
         let e = HttpError::TooLarge { what: "response", setting: "comfyui.max_response_bytes", limit: 2048 };
         assert_eq!(e.public(), "ComfyUI response exceeds comfyui.max_response_bytes (2048 bytes)");
+    }
+
+    /// A server that answers every connection with `head` and then body bytes without end
+    /// (no length: the body ends only when the connection does). Returns its URL.
+    async fn endless(head: &'static str) -> reqwest::Url {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = reqwest::Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0_u8; 4096];
+                    let _ = tcp.read(&mut request).await;
+                    let _ = tcp.write_all(head.as_bytes()).await;
+                    let filler = vec![b'x'; 64 << 10];
+                    while tcp.write_all(&filler).await.is_ok() {}
+                });
+            }
+        });
+        url
+    }
+
+    fn api(url: reqwest::Url, metrics: &Arc<Metrics>) -> Api {
+        Api::new(url, Duration::from_secs(10), 4096, metrics.clone(), None, HeaderMap::new()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_endless_error_body_is_not_read_past_the_json_ceiling() {
+        let metrics = Metrics::new();
+        // A proxy's 401 page: the status is the answer, the body is read only up to the
+        // ceiling (else this call would run into the 10 s timeout).
+        let url =
+            endless("HTTP/1.1 401 Unauthorized\r\ncontent-type: text/html\r\nconnection: close\r\n\r\n")
+                .await;
+        let started = std::time::Instant::now();
+        match api(url, &metrics).has_node("SaveImage").await {
+            Err(HttpError::Refused { status: 401, body: Value::Null }) => {}
+            other => panic!("expected a 401 refusal, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "body read to the end: {:?}", started.elapsed());
+        // A server error's body is not read at all: it stays a retryable failure instead of
+        // becoming a ceiling refusal.
+        let url = endless("HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\n\r\n").await;
+        match api(url, &metrics).has_node("SaveImage").await {
+            Err(HttpError::Unavailable(text)) => assert!(text.ends_with("answered HTTP 502"), "{text}"),
+            other => panic!("expected unavailable, got {other:?}"),
+        }
+        // A success body over the ceiling is refused as before.
+        let url =
+            endless("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n").await;
+        match api(url, &metrics).has_node("SaveImage").await {
+            Err(HttpError::TooLarge { setting: "comfyui.max_response_bytes", limit: 4096, .. }) => {}
+            other => panic!("expected a ceiling refusal, got {other:?}"),
+        }
     }
 }

@@ -15,10 +15,12 @@ mod config;
 mod conn;
 mod error;
 mod follow;
+mod headers;
 pub mod http;
 pub mod preview;
 mod run;
 pub mod template;
+mod tls;
 mod warm;
 pub mod wire;
 
@@ -37,7 +39,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-pub use self::{config::ComfyConfig, error::ComfyError};
+pub use self::{
+    config::{ComfyConfig, HeaderSetting},
+    error::ComfyError,
+    headers::ServerHeaders,
+};
 use self::{
     conn::{Conn, SocketDown},
     http::{Api, BodyLimit, HttpError},
@@ -139,23 +145,49 @@ fn sampler_name(ours: &str) -> &str {
 
 impl ComfyUi {
     /// Checks the configuration and opens one socket per server (in the background);
-    /// refusals by the input ceilings are counted in a registry of its own.
+    /// refusals by the input ceilings are counted in a registry of its own. For servers
+    /// without extra headers (`[[comfyui.headers]]`).
     pub fn new(config: ComfyConfig) -> Result<Self, ComfyError> {
-        Self::with_metrics(config, Metrics::new())
+        Self::with_metrics(config, Metrics::new(), &ServerHeaders::default())
     }
 
-    /// As [`ComfyUi::new`], counting refusals by the input ceilings in `metrics`.
-    pub fn with_metrics(config: ComfyConfig, metrics: Arc<Metrics>) -> Result<Self, ComfyError> {
+    /// As [`ComfyUi::new`], counting refusals by the input ceilings in `metrics` and
+    /// sending every server its extra headers, whose values `headers` holds (see
+    /// [`ServerHeaders::resolve`]); a configured header without a value is an error.
+    pub fn with_metrics(
+        config: ComfyConfig,
+        metrics: Arc<Metrics>,
+        headers: &ServerHeaders,
+    ) -> Result<Self, ComfyError> {
         let templates = config.templates()?;
+        for (url, h) in config.header_settings()? {
+            if !headers.has(&url, &h.name) {
+                return Err(error::setting(
+                    "comfyui.headers",
+                    format!("{} for {url} has no value (read from Vault at start-up)", h.name),
+                ));
+            }
+        }
+        let tls = config.client_tls()?;
         let max_ws = usize::try_from(config.max_ws_message_bytes).unwrap_or(usize::MAX);
         let sockets = CancellationToken::new();
         let timeout = config.request_timeout;
         let mut servers = Vec::new();
         for url in config.server_urls()? {
-            let api = Api::new(url, timeout, config.max_response_bytes, metrics.clone())?;
+            let extra = headers.for_server(&url);
+            let api = Api::new(
+                url,
+                timeout,
+                config.max_response_bytes,
+                metrics.clone(),
+                tls.as_ref(),
+                extra.clone(),
+            )?;
             let client_id = uuid::Uuid::new_v4().to_string();
+            let dial = tls::Dial { headers: extra, tls: tls.clone(), timeout: config.connect_timeout };
             let (events, state) = conn::spawn(
                 api.ws_url(&client_id),
+                dial,
                 config.preview_metadata,
                 max_ws,
                 metrics.clone(),
