@@ -454,6 +454,14 @@ async fn ceilings_are_checked_with_the_configuration() {
         (|c: &mut ComfyConfig| c.max_ws_message_bytes = 1, "comfyui.max_ws_message_bytes"),
         (|c: &mut ComfyConfig| c.max_preview_side = 0, "comfyui.max_preview_side"),
         (|c: &mut ComfyConfig| c.max_preview_side = 100_000, "comfyui.max_preview_side"),
+        (|c: &mut ComfyConfig| c.over_queue = 9, "comfyui.over_queue: must be between 0 and 8"),
+        (
+            |c: &mut ComfyConfig| {
+                c.over_queue = 2;
+                c.urls = (0..33).map(|i| format!("http://127.0.0.1:{}", 9000 + i)).collect();
+            },
+            "comfyui.urls: at most 64 servers",
+        ),
     ] {
         let mut cfg = config("http://127.0.0.1:9", dir.path(), "fake", false);
         set(&mut cfg);
