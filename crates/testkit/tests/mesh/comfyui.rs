@@ -60,6 +60,7 @@ on_both_versions!(
     an_unknown_node_class_is_a_permanent_error_naming_the_node,
     over_queue_keeps_the_next_prompt_waiting_in_comfyui_and_no_more,
     two_servers_take_two_jobs_at_once,
+    a_waiting_prompt_moves_to_a_server_that_goes_idle,
     cancel_removes_a_waiting_prompt_from_the_queue_and_interrupts_only_the_running_one,
     a_history_entry_stored_late_is_waited_for,
     a_job_id_that_is_not_a_uuid_is_never_sent,
@@ -711,6 +712,41 @@ async fn two_servers_take_two_jobs_at_once(version: Version) {
     cancel.cancel();
     for j in jobs {
         assert_eq!(j.await.unwrap().unwrap_err(), BackendError::Canceled);
+    }
+}
+
+async fn a_waiting_prompt_moves_to_a_server_that_goes_idle(version: Version) {
+    let one = ReplayComfy::start_version(version, Pacing::Instant).await;
+    let two = ReplayComfy::start_version(version, Pacing::Instant).await;
+    let dir = templates_dir();
+    let mut cfg = config(&one.url(), dir.path(), "fake", false);
+    cfg.urls.push(two.url());
+    let backend = Arc::new(ComfyUi::new(cfg).unwrap());
+    let (a, b, waiting) = (holding_job(), holding_job(), job(512, 8));
+    let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+    let (ra, rb) = (start(&backend, &a, &stop_a), start(&backend, &b, &stop_b));
+    until("both servers run a prompt", || one.queue().0.is_some() && two.queue().0.is_some()).await;
+    let rw = start(&backend, &waiting, &CancellationToken::new());
+    until("the third waits on one of them", || {
+        [&one, &two].iter().any(|r| r.queue().1 == [waiting.job_id.clone()])
+    })
+    .await;
+    // The server it does not wait on goes idle: the prompt leaves its queue and runs there.
+    let (stuck, freed) = if one.queue().1.is_empty() { (&two, &one) } else { (&one, &two) };
+    let (stop_freed, stop_stuck) = if freed.queue().0.as_deref() == Some(a.job_id.as_str()) {
+        (&stop_a, &stop_b)
+    } else {
+        (&stop_b, &stop_a)
+    };
+    stop_freed.cancel();
+    assert_eq!(rw.await.unwrap().unwrap()[0].bytes, recorded_output(), "it ran on the freed server");
+    assert_eq!(freed.runs().last().unwrap().0, waiting.job_id, "the freed server ran it");
+    assert!(stuck.queue().1.is_empty(), "gone from the busy server's queue");
+    assert!(stuck.queue().0.is_some(), "the busy server's prompt was not touched");
+    assert!(stops(stuck).contains(&"/queue".to_owned()), "taken out with a queue delete: {:?}", stops(stuck));
+    stop_stuck.cancel();
+    for r in [ra, rb] {
+        assert_eq!(r.await.unwrap().unwrap_err(), BackendError::Canceled);
     }
 }
 

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    CANCEL_ABSENT, CANCEL_OFFERED, ComfyUi, Server,
+    CANCEL_ABSENT, CANCEL_OFFERED, ComfyUi, Place, Server,
     conn::Conn,
     failed,
     http::{Api, HttpError},
@@ -18,16 +18,27 @@ use super::{
 };
 use crate::backend::{BackendError, Sink};
 
+/// How following a prompt ended.
+pub(super) enum Followed<'a> {
+    /// ComfyUI finished it.
+    Done(Finished),
+    /// It had not started and was taken out of its server's queue to run on the idle server
+    /// of this place.
+    Moved(Place<'a>),
+}
+
 impl ComfyUi {
-    /// Follows the job over the socket (and `/history` while the socket is down) to its end.
-    pub(super) async fn follow(
-        &self,
+    /// Follows the job over the socket (and `/history` while the socket is down) to its
+    /// end, or until it moves: while it waits behind another prompt and another server
+    /// of this worker is idle, it leaves this server's queue for that one.
+    pub(super) async fn follow<'s>(
+        &'s self,
         server: &Server,
         events: &mut mpsc::UnboundedReceiver<Conn>,
         run: &mut Run<'_>,
         sink: &Sink,
         cancel: &CancellationToken,
-    ) -> Result<Finished, BackendError> {
+    ) -> Result<Followed<'s>, BackendError> {
         let api = &server.api;
         let id = run.prompt_id;
         let deadline = Instant::now() + self.config.job_timeout;
@@ -39,7 +50,20 @@ impl ComfyUi {
         let mut poll = tokio::time::interval(Duration::from_millis(500));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut check_now = false;
+        let mut may_move = self.servers.len() > 1;
         loop {
+            if may_move
+                && !run.started
+                && cancel_sent.is_none()
+                && server.held.load(Ordering::Acquire) > 1
+                && let Some(idle) = self.idle_place_besides(server)
+            {
+                if self.withdraw(server, id).await {
+                    return Ok(Followed::Moved(idle));
+                }
+                // It started meanwhile: it stays.
+                may_move = false;
+            }
             // Poll history while the socket is down, right after it comes back, and when the
             // final `executing` (history stored) is late after execution_success.
             let success_late = success_seen.is_some_and(|t| t.elapsed() > Duration::from_secs(2));
@@ -54,7 +78,7 @@ impl ComfyUi {
                     {
                         return Err(self.socket_message_refused(server, id).await);
                     }
-                    Ok(Some(done)) => return Ok(done),
+                    Ok(Some(done)) => return Ok(Followed::Done(done)),
                     Ok(None) => unreachable_since = None,
                     Err(Gone) => {
                         warn!(job_id = %id, url = %api.base(), "ComfyUI no longer knows the job");
@@ -95,11 +119,11 @@ impl ComfyUi {
                         Step::Succeeded => { success_seen = Some(Instant::now()); }
                         Step::HistoryStored => {
                             if let Some(done) = self.history_after_success(api, id).await? {
-                                return Ok(done);
+                                return Ok(Followed::Done(done));
                             }
                             check_now = true;
                         }
-                        Step::Ended(done) => return Ok(done),
+                        Step::Ended(done) => return Ok(Followed::Done(done)),
                     },
                     None => return Err(BackendError::Retryable("ComfyUI socket task ended".to_owned())),
                 },
@@ -110,6 +134,7 @@ impl ComfyUi {
                     }
                 }
                 _ = poll.tick() => {}
+                () = self.freed.notified(), if may_move && !run.started => {}
                 () = tokio::time::sleep_until(deadline) => {
                     self.halt(server, id).await;
                     return Err(BackendError::Retryable(format!(
@@ -176,6 +201,16 @@ impl ComfyUi {
                 None
             }
         }
+    }
+
+    /// Takes a prompt that has not started out of the server's queue (never interrupting
+    /// it): true when it is gone from there.
+    async fn withdraw(&self, server: &Server, id: &str) -> bool {
+        if let Err(e) = server.api.dequeue(id).await {
+            warn!(job_id = %id, error = %e, "ComfyUI queue removal failed");
+            return false;
+        }
+        gone(&server.api, id).await
     }
 
     /// Stops the prompt wherever it is (after a timeout or a refused message).

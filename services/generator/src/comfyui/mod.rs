@@ -35,7 +35,7 @@ use std::{
 use futures_util::future::BoxFuture;
 use sakuga_imaging::{Artifact, InspectError, Limits, inspect_png};
 use sakuga_mesh::metrics::Metrics;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -46,6 +46,7 @@ pub use self::{
 };
 use self::{
     conn::{Conn, SocketDown},
+    follow::Followed,
     http::{Api, BodyLimit, HttpError},
     run::Run,
     template::{Template, Values},
@@ -105,14 +106,17 @@ async fn fan_out(mut events: mpsc::UnboundedReceiver<Conn>, server: Arc<Server>)
     }
 }
 
-/// A prompt's place on a server: given back when dropped.
+/// A prompt's place on a server: given back when dropped, which wakes the prompts waiting
+/// on other servers (one may move to this one).
 struct Place<'a> {
     server: &'a Arc<Server>,
+    freed: &'a Notify,
 }
 
 impl Drop for Place<'_> {
     fn drop(&mut self) {
         self.server.held.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_waiters();
     }
 }
 
@@ -124,6 +128,8 @@ pub struct ComfyUi {
     servers: Vec<Arc<Server>>,
     /// Held while a job picks its server, so two never take the same last place.
     placing: StdMutex<()>,
+    /// Woken whenever a place is given back.
+    freed: Notify,
     sockets: CancellationToken,
     metrics: Arc<Metrics>,
 }
@@ -205,7 +211,15 @@ impl ComfyUi {
             tokio::spawn(fan_out(events, server.clone()));
             servers.push(server);
         }
-        Ok(Self { config, templates, servers, placing: StdMutex::new(()), sockets, metrics })
+        Ok(Self {
+            config,
+            templates,
+            servers,
+            placing: StdMutex::new(()),
+            freed: Notify::new(),
+            sockets,
+            metrics,
+        })
     }
 
     fn template_for(&self, kind: Kind) -> &Template {
@@ -293,11 +307,27 @@ impl ComfyUi {
                 let cold = checkpoint.is_some_and(|m| !s.has_loaded(m));
                 (s.held.load(Ordering::Acquire), !s.socket_up(), cold)
             })?;
-        Some(place_on(server))
+        Some(self.place_on(server))
+    }
+
+    /// Takes a place on an idle server other than `busy` whose socket is open, if any.
+    fn idle_place_besides(&self, busy: &Server) -> Option<Place<'_>> {
+        let _one_at_a_time = self.placing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let idle = self.servers.iter().find(|s| {
+            !std::ptr::eq(s.as_ref(), busy) && s.held.load(Ordering::Acquire) == 0 && s.socket_up()
+        })?;
+        Some(self.place_on(idle))
+    }
+
+    /// Takes a place on `server` whatever it holds (warm-up runs before any job).
+    fn place_on<'a>(&'a self, server: &'a Arc<Server>) -> Place<'a> {
+        server.held.fetch_add(1, Ordering::AcqRel);
+        Place { server, freed: &self.freed }
     }
 
     /// Runs one job on the server of `place`, which is given back as soon as ComfyUI is
-    /// done with the prompt: the outputs are fetched while the server runs the next one.
+    /// done with the prompt: the outputs are fetched while the server runs the next one. A
+    /// prompt still waiting when another server of this worker goes idle moves there.
     async fn run_on(
         &self,
         place: Place<'_>,
@@ -306,53 +336,51 @@ impl ComfyUi {
         sink: &Sink,
         cancel: &CancellationToken,
     ) -> Result<Vec<Artifact>, BackendError> {
-        let server = place.server;
         let values = self.values(job, template)?;
         let workflow = template.fill(&values);
         let id = prompt_id(&job.job_id)?;
         let id = id.as_str();
-        // Listening before anything is sent, so no frame of the prompt is missed.
-        let mut events = server.listen();
-        self.socket_ready(server, id).await?;
         let output_limit = self.output_limit(job);
+        let mut place = place;
+        let mut retry_of_attempt = job.attempt > 1;
+        let (outcome, server) = loop {
+            let server = place.server;
+            // Listening before anything is sent, so no frame of the prompt is missed.
+            let mut events = server.listen();
+            self.socket_ready(server, id).await?;
+            let api = &server.api;
+            let mut already_queued = false;
+            if std::mem::take(&mut retry_of_attempt) {
+                // An earlier attempt may have finished in ComfyUI after its worker went away,
+                // or may still be running there: use it rather than render twice.
+                match api.history(id).await {
+                    Ok(Some(Finished::Success(files))) => {
+                        info!(job_id = %id, "earlier attempt finished in ComfyUI, taking its outputs");
+                        drop(place);
+                        return self.fetch(api, template, &files, id, output_limit).await;
+                    }
+                    Ok(_) => already_queued = api.queued(id).await.unwrap_or(false),
+                    Err(e) => return Err(failed(api, id, &e)),
+                }
+            }
+            if already_queued {
+                info!(job_id = %id, "earlier attempt still in ComfyUI's queue, following it");
+            } else {
+                submit(api, &workflow, &server.client_id, id).await?;
+            }
+            let mut run = Run::new(template, values.steps, id, self.config.max_preview_side, &self.metrics);
+            match self.follow(server, &mut events, &mut run, sink, cancel).await? {
+                Followed::Done(done) => break (done, server),
+                Followed::Moved(idle) => {
+                    info!(job_id = %id, from = %api.base(), to = %idle.server.api.base(),
+                          "prompt still waiting moved to an idle server");
+                    place = idle;
+                }
+            }
+        };
         let api = &server.api;
-        let mut already_queued = false;
-        if job.attempt > 1 {
-            // An earlier attempt may have finished in ComfyUI after its worker went away,
-            // or may still be running there: use it rather than render twice.
-            match api.history(id).await {
-                Ok(Some(Finished::Success(files))) => {
-                    info!(job_id = %id, "earlier attempt finished in ComfyUI, taking its outputs");
-                    drop(place);
-                    return self.fetch(api, template, &files, id, output_limit).await;
-                }
-                Ok(_) => already_queued = api.queued(id).await.unwrap_or(false),
-                Err(e) => return Err(failed(api, id, &e)),
-            }
-        }
-        if already_queued {
-            info!(job_id = %id, "earlier attempt still in ComfyUI's queue, following it");
-        } else {
-            match api.submit(&workflow, &server.client_id, id).await {
-                Ok(()) => {}
-                Err(HttpError::Refused { status: 400, body }) => {
-                    warn!(job_id = %id, answer = %body, "ComfyUI refused the workflow");
-                    return Err(BackendError::Permanent(wire::describe_invalid_prompt(&body)));
-                }
-                Err(HttpError::Refused { status, body }) => {
-                    warn!(job_id = %id, status, answer = %body, "ComfyUI refused the prompt");
-                    return Err(BackendError::Permanent(format!(
-                        "ComfyUI refused the prompt: HTTP {status}"
-                    )));
-                }
-                Err(e) => return Err(failed(api, id, &e)),
-            }
-        }
-        let mut run = Run::new(template, values.steps, id, self.config.max_preview_side, &self.metrics);
-        let outcome = self.follow(server, &mut events, &mut run, sink, cancel).await?;
         // ComfyUI is done with the prompt: the server takes the next one while the outputs
         // are fetched and stored.
-        drop(events);
         drop(place);
         match outcome {
             Finished::Success(files) => {
@@ -459,18 +487,33 @@ fn failed(api: &Api, job_id: &str, e: &HttpError) -> BackendError {
     }
 }
 
+/// POST /prompt; a refusal fails the job for good, naming what ComfyUI named.
+async fn submit(
+    api: &Api,
+    workflow: &serde_json::Value,
+    client_id: &str,
+    id: &str,
+) -> Result<(), BackendError> {
+    match api.submit(workflow, client_id, id).await {
+        Ok(()) => Ok(()),
+        Err(HttpError::Refused { status: 400, body }) => {
+            warn!(job_id = %id, answer = %body, "ComfyUI refused the workflow");
+            Err(BackendError::Permanent(wire::describe_invalid_prompt(&body)))
+        }
+        Err(HttpError::Refused { status, body }) => {
+            warn!(job_id = %id, status, answer = %body, "ComfyUI refused the prompt");
+            Err(BackendError::Permanent(format!("ComfyUI refused the prompt: HTTP {status}")))
+        }
+        Err(e) => Err(failed(api, id, &e)),
+    }
+}
+
 /// A job id as ComfyUI takes a `prompt_id`: a canonical lowercase hyphenated UUID
 /// (ComfyUI 0.26 refuses anything else).
 fn prompt_id(job_id: &str) -> Result<String, BackendError> {
     uuid::Uuid::parse_str(job_id).map(|u| u.hyphenated().to_string()).map_err(|_| {
         BackendError::Permanent(format!("job id {job_id:?} is not a UUID, which ComfyUI needs as prompt_id"))
     })
-}
-
-/// Takes a place on `server` whatever it holds (warm-up runs before any job).
-fn place_on(server: &Arc<Server>) -> Place<'_> {
-    server.held.fetch_add(1, Ordering::AcqRel);
-    Place { server }
 }
 
 impl Backend for ComfyUi {

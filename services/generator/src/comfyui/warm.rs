@@ -7,7 +7,7 @@ use tracing::{info, warn};
 
 use std::sync::Arc;
 
-use super::{ComfyError, ComfyUi, Server, place_on};
+use super::{ComfyError, ComfyUi, Server};
 use crate::backend::{GenerationSpec, JobInput, Kind, Sink};
 
 impl ComfyUi {
@@ -63,7 +63,7 @@ impl ComfyUi {
                 },
                 prompt: "warm-up".into(),
             };
-            match self.run_on(place_on(server), &job, template, &Sink::discard(), cancel).await {
+            match self.run_on(self.place_on(server), &job, template, &Sink::discard(), cancel).await {
                 Ok(_) => {
                     info!(url = %server.api.base(), %model, "model preloaded");
                     server
