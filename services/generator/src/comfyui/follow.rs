@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    CANCEL_ABSENT, CANCEL_OFFERED, ComfyUi, Place, Server,
+    CANCEL_ABSENT, CANCEL_OFFERED, ComfyUi, Followed, Server,
     conn::Conn,
     failed,
     http::{Api, HttpError},
@@ -17,15 +17,6 @@ use super::{
     wire::Finished,
 };
 use crate::backend::{BackendError, Sink};
-
-/// How following a prompt ended.
-pub(super) enum Followed<'a> {
-    /// ComfyUI finished it.
-    Done(Finished),
-    /// It had not started and was taken out of its server's queue to run on the idle server
-    /// of this place.
-    Moved(Place<'a>),
-}
 
 impl ComfyUi {
     /// Follows the job over the socket (and `/history` while the socket is down) to its

@@ -46,7 +46,6 @@ pub use self::{
 };
 use self::{
     conn::{Conn, SocketDown},
-    follow::Followed,
     http::{Api, BodyLimit, HttpError},
     run::Run,
     template::{Template, Values},
@@ -118,6 +117,15 @@ impl Drop for Place<'_> {
         self.server.held.fetch_sub(1, Ordering::AcqRel);
         self.freed.notify_waiters();
     }
+}
+
+/// How following a prompt ended.
+enum Followed<'a> {
+    /// ComfyUI finished it.
+    Done(Finished),
+    /// It had not started and was taken out of its server's queue to run on the idle server
+    /// of this place.
+    Moved(Place<'a>),
 }
 
 /// The backend.
