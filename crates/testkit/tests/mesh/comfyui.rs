@@ -61,6 +61,7 @@ on_both_versions!(
     over_queue_keeps_the_next_prompt_waiting_in_comfyui_and_no_more,
     two_servers_take_two_jobs_at_once,
     a_waiting_prompt_moves_to_a_server_that_goes_idle,
+    the_job_timeout_counts_from_when_comfyui_starts_the_prompt,
     cancel_removes_a_waiting_prompt_from_the_queue_and_interrupts_only_the_running_one,
     a_history_entry_stored_late_is_waited_for,
     a_job_id_that_is_not_a_uuid_is_never_sent,
@@ -748,6 +749,24 @@ async fn a_waiting_prompt_moves_to_a_server_that_goes_idle(version: Version) {
     for r in [ra, rb] {
         assert_eq!(r.await.unwrap().unwrap_err(), BackendError::Canceled);
     }
+}
+
+async fn the_job_timeout_counts_from_when_comfyui_starts_the_prompt(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Recorded).await;
+    let dir = templates_dir();
+    let mut cfg = config(&replay.url(), dir.path(), "fake", false);
+    cfg.job_timeout = Duration::from_millis(1500);
+    let backend = Arc::new(ComfyUi::new(cfg).unwrap());
+    let holding = start(&backend, &holding_job(), &CancellationToken::new());
+    until("the holding prompt runs", || replay.queue().0.is_some()).await;
+    let queued = start(&backend, &job(512, 8), &CancellationToken::new());
+    until("the second waits", || replay.queue().1.len() == 1).await;
+    // The first runs past the timeout and is stopped; the second, which waited behind it
+    // about as long, then gets its own 1.5 s and needs about 0.9 s of it.
+    let err = holding.await.unwrap().unwrap_err();
+    assert!(matches!(&err, BackendError::Retryable(m) if m.contains("comfyui.job_timeout")), "{err:?}");
+    assert_eq!(queued.await.unwrap().unwrap()[0].bytes, recorded_output());
+    assert!(replay.runs()[0].1.next_waiting);
 }
 
 async fn cancel_removes_a_waiting_prompt_from_the_queue_and_interrupts_only_the_running_one(

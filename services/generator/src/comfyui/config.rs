@@ -56,7 +56,8 @@ pub struct ComfyConfig {
     /// A server unreachable this long in the middle of a job fails it as retryable.
     #[serde(with = "humantime_serde")]
     pub lost_after: Duration,
-    /// Longest a job may run in ComfyUI.
+    /// Longest a job may run in ComfyUI, from when ComfyUI starts it; waiting in its queue
+    /// may take `over_queue` times as long again.
     #[serde(with = "humantime_serde")]
     pub job_timeout: Duration,
     /// Largest JSON answer read from ComfyUI (history, queue, object_info, errors).

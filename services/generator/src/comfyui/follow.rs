@@ -32,7 +32,11 @@ impl ComfyUi {
     ) -> Result<Followed<'s>, BackendError> {
         let api = &server.api;
         let id = run.prompt_id;
-        let deadline = Instant::now() + self.config.job_timeout;
+        // comfyui.job_timeout counts from when ComfyUI starts the prompt: waiting in its
+        // queue is not running. A prompt waits behind at most over_queue others of this
+        // worker, each stopped at its own timeout, so the wait is bounded by theirs.
+        let mut deadline = Instant::now() + self.config.job_timeout * (1 + self.config.over_queue);
+        let mut start_seen = false;
         let lost_after = self.config.lost_after;
         let mut socket_up = server.state.borrow().is_ok();
         let mut unreachable_since: Option<Instant> = None;
@@ -43,6 +47,10 @@ impl ComfyUi {
         let mut check_now = false;
         let mut may_move = self.servers.len() > 1;
         loop {
+            if run.started && !start_seen {
+                start_seen = true;
+                deadline = Instant::now() + self.config.job_timeout;
+            }
             if may_move
                 && !run.started
                 && cancel_sent.is_none()
