@@ -247,12 +247,10 @@ seed_approles() {
     local s
     for s in "${SERVICES[@]}" migrator; do
         {
-            # Least privilege: each reads only its own secrets (the generator has none)
-            # and issues only its own certificate; the migrator reads the owner's login.
-            case "$s" in
-            generator) ;;
-            *) printf 'path "secret/data/sakuga/%s/*" {\n  capabilities = ["read"]\n}\n' "$s" ;;
-            esac
+            # Least privilege: each reads only its own secrets (the generator's are the
+            # values of [[comfyui.headers]], if any) and issues only its own certificate;
+            # the migrator reads the owner's login.
+            printf 'path "secret/data/sakuga/%s/*" {\n  capabilities = ["read"]\n}\n' "$s"
             [ "$s" = migrator ] ||
                 printf 'path "pki/issue/sakuga-%s" {\n  capabilities = ["update"]\n}\n' "$s"
         } | bao_cli policy write "sakuga-$s" - >/dev/null
