@@ -249,6 +249,6 @@ mod tests {
         let plain = session(&registry, 1, 0, 1);
         assert!(registry.free_workers().iter().all(|w| w.session != plain), "no queue slots: busy is full");
         let usage = registry.slot_usage();
-        assert_eq!(usage, SlotUsage { busy: 2 + 1 + 2 + 2 + 1, slots: 9, queue_busy: 1 + 2, queue_slots: 8 });
+        assert_eq!(usage, SlotUsage { busy: 1 + 2 + 2 + 1, slots: 9, queue_busy: 1 + 2, queue_slots: 8 });
     }
 }

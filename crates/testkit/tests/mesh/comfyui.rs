@@ -597,7 +597,13 @@ async fn a_real_comfyui_runs_the_smoke_template_when_one_is_given() {
     backend.warm_up(CancellationToken::new()).await.unwrap();
     let mut input = job(256, 1);
     input.spec.batch_size = 2;
-    let artifacts = run(&backend, input, Sink::discard()).await.unwrap();
+    let (sink, reports) = collecting();
+    let artifacts = run(&backend, input, sink).await.unwrap();
+    // No node of the smoke workflow reports steps: progress comes node by node (fewer when
+    // ComfyUI serves some from its cache), enough for `make demo`'s three events.
+    let steps = steps(&reports);
+    assert!(steps.len() >= 2, "node-level progress: {steps:?}");
+    assert!(steps.iter().any(|s| s.2.starts_with("running: node")), "{steps:?}");
     assert_eq!(artifacts.len(), 2);
     for a in artifacts {
         let found = inspect_png(&a.bytes, Limits::default()).unwrap();
