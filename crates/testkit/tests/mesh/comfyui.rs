@@ -109,7 +109,7 @@ fn config(url: &str, dir: &Path, template: &str, preview_metadata: bool) -> Comf
     }
 }
 
-fn job(size: u32, steps: u32) -> JobInput {
+pub(crate) fn job(size: u32, steps: u32) -> JobInput {
     JobInput {
         job_id: uuid::Uuid::new_v4().to_string(),
         attempt: 1,
@@ -704,13 +704,19 @@ async fn over_queue_keeps_the_next_prompt_waiting_in_comfyui_and_no_more(version
     assert_eq!(first.await.unwrap().unwrap_err(), BackendError::Canceled);
 }
 
-async fn two_servers_take_two_jobs_at_once(version: Version) {
+/// Two replayed servers and a backend driving both (with the templates it reads).
+async fn two_servers(version: Version) -> (ReplayComfy, ReplayComfy, Arc<ComfyUi>, tempfile::TempDir) {
     let one = ReplayComfy::start_version(version, Pacing::Instant).await;
     let two = ReplayComfy::start_version(version, Pacing::Instant).await;
     let dir = templates_dir();
     let mut cfg = config(&one.url(), dir.path(), "fake", false);
     cfg.urls.push(two.url());
     let backend = Arc::new(ComfyUi::new(cfg).unwrap());
+    (one, two, backend, dir)
+}
+
+async fn two_servers_take_two_jobs_at_once(version: Version) {
+    let (one, two, backend, _dir) = two_servers(version).await;
     assert_eq!((backend.slots(), backend.queue_slots()), (2, 2));
     let cancel = CancellationToken::new();
     let jobs = [start(&backend, &holding_job(), &cancel), start(&backend, &holding_job(), &cancel)];
@@ -723,12 +729,7 @@ async fn two_servers_take_two_jobs_at_once(version: Version) {
 }
 
 async fn a_waiting_prompt_moves_to_a_server_that_goes_idle(version: Version) {
-    let one = ReplayComfy::start_version(version, Pacing::Instant).await;
-    let two = ReplayComfy::start_version(version, Pacing::Instant).await;
-    let dir = templates_dir();
-    let mut cfg = config(&one.url(), dir.path(), "fake", false);
-    cfg.urls.push(two.url());
-    let backend = Arc::new(ComfyUi::new(cfg).unwrap());
+    let (one, two, backend, _dir) = two_servers(version).await;
     let (a, b, waiting) = (holding_job(), holding_job(), job(512, 8));
     let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
     let (ra, rb) = (start(&backend, &a, &stop_a), start(&backend, &b, &stop_b));

@@ -17,7 +17,6 @@ use sakuga_generator::{
     comfyui::{ComfyConfig, ComfyUi, HeaderSetting, ServerHeaders, http::Api, http::HttpError},
 };
 use sakuga_mesh::{metrics::Metrics, vault::Vault};
-use sakuga_proto::v1::{JobKind, JobSpec};
 use sakuga_testkit::{
     TestEnv,
     comfy::{Pacing, ReplayComfy, fixtures_dir},
@@ -114,24 +113,9 @@ impl Remote {
     }
 }
 
+/// The recorded FakeSampler run's job (512×512, 8 steps).
 fn job() -> JobInput {
-    JobInput {
-        job_id: uuid::Uuid::new_v4().to_string(),
-        attempt: 1,
-        spec: JobSpec {
-            kind: JobKind::Image.into(),
-            prompt: "replayed".into(),
-            width: 512,
-            height: 512,
-            steps: 8,
-            seed: Some(42),
-            model: "default".into(),
-            backend: "comfyui".into(),
-            ..JobSpec::default()
-        }
-        .into(),
-        prompt: "replayed".into(),
-    }
+    crate::comfyui::job(512, 8)
 }
 
 async fn run(backend: &dyn Backend) -> Result<Vec<sakuga_imaging::Artifact>, BackendError> {
