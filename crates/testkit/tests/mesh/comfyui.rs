@@ -914,16 +914,23 @@ async fn one_server_and_three_jobs_the_third_waits_in_the_scheduler(version: Ver
         }
     }
 
+    // Canceling the waiting job takes it out of ComfyUI's queue and ends it canceled; its
+    // queue slot then takes the third.
+    cancel_job(&mesh, &alice.token, &second).await;
+    assert_eq!(mesh.finished(&alice.token, &second).await.status, i32::from(JobStatus::Canceled));
+    until("the third waits in ComfyUI's queue", || replay.queue().1 == [third.clone()]).await;
+    assert_eq!(replay.queue().0.as_deref(), Some(first.as_str()), "the running job was not touched");
+
     cancel_job(&mesh, &alice.token, &first).await;
     for (id, want) in
-        [(&first, JobStatus::Canceled), (&second, JobStatus::Succeeded), (&third, JobStatus::Succeeded)]
+        [(&first, JobStatus::Canceled), (&second, JobStatus::Canceled), (&third, JobStatus::Succeeded)]
     {
         let job = mesh.finished(&alice.token, id).await;
         assert_eq!(job.status, i32::from(want), "{job:?}");
         assert_eq!(job.attempts, 1, "{job:?}");
     }
-    let runs = replay.runs();
-    assert_eq!(runs.len(), 3, "{runs:?}");
+    let ran: Vec<String> = replay.runs().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ran, [first, third], "the canceled waiting job never ran");
     mesh.stop().await;
 }
 
