@@ -17,6 +17,9 @@ pub enum BackendError {
     /// The job was canceled and the backend stopped.
     #[error("canceled")]
     Canceled,
+    /// The job left the backend's queue before it started, after [`Backend::withdraw`].
+    #[error("withdrawn from the backend's queue before it started")]
+    Withdrawn,
     /// Another attempt will fail the same way (bad parameters, a broken workflow, a node
     /// error); the message is for people and names what is wrong.
     #[error("{0}")]
@@ -178,6 +181,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// starts the moment a running one ends (a ComfyUI server's next prompt).
     fn queue_slots(&self) -> u32 {
         0
+    }
+
+    /// Asks the backend to take a job that waits in its queue (not started) out of it: the
+    /// job's run then ends with [`BackendError::Withdrawn`]; a job that started carries on.
+    /// False when the backend holds no such job.
+    fn withdraw(&self, job_id: &str) -> bool {
+        let _ = job_id;
+        false
     }
 
     /// Models loaded now (warm); the scheduler prefers this worker for them.

@@ -3,7 +3,7 @@
 
 use sakuga_proto::v1::{
     Assignment, AssignmentAck, JobCanceledAck, JobCompleted, JobFailed, JobKind, JobProgress, JobSpec,
-    LeasedJob, PreviewUpdate, ProgressUpdate, attach_request::Msg,
+    JobWithdrawn, LeasedJob, PreviewUpdate, ProgressUpdate, attach_request::Msg,
 };
 
 use crate::{
@@ -102,6 +102,7 @@ impl From<Update> for Msg {
                 Self::Failed(JobFailed { job: Some(lease.into()), error, retryable, platform })
             }
             Update::Canceled(lease) => Self::Canceled(JobCanceledAck { job: Some(lease.into()) }),
+            Update::Withdrawn(lease) => Self::Withdrawn(JobWithdrawn { job: Some(lease.into()) }),
         }
     }
 }

@@ -107,6 +107,8 @@ pub(crate) enum Update {
     },
     /// The job stopped after a cancel.
     Canceled(Lease),
+    /// The job left the backend's queue before it started, after a withdraw.
+    Withdrawn(Lease),
 }
 
 /// What job tasks tell the session.
@@ -209,7 +211,12 @@ impl Worker {
     pub(crate) fn buffer(&mut self, ev: Event) {
         match ev {
             Event::Finished(id) => self.finished(&id),
-            Event::Send(u @ (Update::Completed { .. } | Update::Failed { .. } | Update::Canceled(_))) => {
+            Event::Send(
+                u @ (Update::Completed { .. }
+                | Update::Failed { .. }
+                | Update::Canceled(_)
+                | Update::Withdrawn(_)),
+            ) => {
                 self.unsent.push_back(u);
             }
             Event::Send(_) => {}
@@ -277,6 +284,15 @@ impl Worker {
         }
     }
 
+    /// The scheduler asked to take a job waiting in the backend's queue out of it (another
+    /// worker has a free slot): if it has not started, its task reports it withdrawn.
+    pub(crate) fn withdraw(&self, job_id: &str) {
+        if self.jobs.contains_key(job_id) {
+            let asked = self.backend.withdraw(job_id);
+            info!(job_id = %job_id, asked, "withdraw requested");
+        }
+    }
+
     /// The job's lease is no longer valid: it stops, and nothing more is said about it.
     pub(crate) fn revoke(&mut self, job_id: &str, reason: &str) {
         if let Some(job) = self.jobs.remove(job_id) {
@@ -326,6 +342,7 @@ async fn run_job(a: Assignment, job: Job, cancel: CancellationToken, waiting: bo
     let result = match &outcome {
         Ok(_) => "succeeded",
         Err(Stop::Backend(BackendError::Canceled)) => "canceled",
+        Err(Stop::Backend(BackendError::Withdrawn)) => "withdrawn",
         Err(Stop::Backend(BackendError::Permanent(_))) => "failed",
         Err(Stop::Backend(BackendError::Retryable(_))) => "retryable",
         Err(Stop::Platform(_)) => "platform",
@@ -341,6 +358,10 @@ async fn run_job(a: Assignment, job: Job, cancel: CancellationToken, waiting: bo
         Err(Stop::Backend(BackendError::Canceled)) => {
             info!(job_id = %job_id, "job stopped");
             Update::Canceled(lease)
+        }
+        Err(Stop::Backend(BackendError::Withdrawn)) => {
+            info!(job_id = %job_id, "job withdrawn before it started");
+            Update::Withdrawn(lease)
         }
         Err(Stop::Backend(BackendError::Permanent(error))) => {
             warn!(job_id = %job_id, %error, "job failed");

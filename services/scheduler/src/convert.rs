@@ -220,6 +220,9 @@ pub(crate) fn command(c: WorkerCommand) -> AttachResponse {
         WorkerCommand::Cancel { job_id } => {
             attach_response::Msg::Cancel(pb::CancelJobCommand { job_id: job_id.to_string() })
         }
+        WorkerCommand::Withdraw { job_id } => {
+            attach_response::Msg::Withdraw(pb::WithdrawCommand { job_id: job_id.to_string() })
+        }
         WorkerCommand::Revoke { job_id, reason } => {
             attach_response::Msg::LeaseRevoked(LeaseRevoked { job_id: job_id.to_string(), reason })
         }
@@ -300,6 +303,7 @@ pub(crate) fn worker_message(msg: attach_request::Msg) -> Result<WorkerMessage, 
             platform: f.platform,
         },
         Msg::Canceled(c) => WorkerMessage::Canceled { job_id: lease(c.job.as_ref())?.0 },
+        Msg::Withdrawn(w) => WorkerMessage::Withdrawn { lease: lease(w.job.as_ref())? },
         Msg::Draining(d) => WorkerMessage::Draining { reason: d.reason },
     })
 }

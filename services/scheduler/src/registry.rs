@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap,
     sync::{Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant},
 };
 
 use tokio::sync::mpsc;
@@ -29,6 +30,11 @@ pub enum WorkerCommand {
         /// The job.
         job_id: Uuid,
     },
+    /// Take the job out of the backend's queue if it has not started there.
+    Withdraw {
+        /// The job.
+        job_id: Uuid,
+    },
     /// The worker no longer holds the job's lease.
     Revoke {
         /// The job.
@@ -37,6 +43,9 @@ pub enum WorkerCommand {
         reason: String,
     },
 }
+
+/// How long a withdraw request stands before it is sent again.
+pub const WITHDRAW_AGAIN: Duration = Duration::from_secs(2);
 
 /// Commands to one worker.
 pub type WorkerTx = mpsc::Sender<WorkerCommand>;
@@ -56,6 +65,9 @@ pub struct WorkerSession {
     pub models: Vec<String>,
     /// Jobs it holds, with their lease tokens.
     pub running: HashMap<Uuid, Uuid>,
+    /// Jobs it holds that wait in its backend's queue, with their backends, and when a
+    /// withdraw was last sent for them.
+    pub waiting: HashMap<Uuid, (String, Option<Instant>)>,
     /// No new work when draining.
     pub draining: bool,
     /// Its stream.
@@ -123,7 +135,58 @@ impl Registry {
     pub fn release(&self, session: Uuid, job: Uuid) {
         if let Some(w) = self.lock().get_mut(&session) {
             w.running.remove(&job);
+            w.waiting.remove(&job);
         }
+    }
+
+    /// The job, of `backend`, waits in the session's backend queue behind running jobs.
+    pub fn set_waiting(&self, session: Uuid, job: Uuid, backend: String) {
+        if let Some(w) = self.lock().get_mut(&session)
+            && w.running.contains_key(&job)
+        {
+            w.waiting.insert(job, (backend, None));
+        }
+    }
+
+    /// The job started (it reported progress): it no longer waits.
+    pub fn started(&self, session: Uuid, job: Uuid) {
+        if let Some(w) = self.lock().get_mut(&session) {
+            w.waiting.remove(&job);
+        }
+    }
+
+    /// For every free slot of `idle` (sessions with free slots and nothing to claim for
+    /// them), asks one session holding a waiting job of the same backend to withdraw it,
+    /// so it runs now rather than behind another job. Returns how many were asked. A job
+    /// still waiting is asked again after [`WITHDRAW_AGAIN`] (a request can arrive before
+    /// the backend holds the job; one that started is no longer waiting).
+    pub fn withdraw_for(&self, idle: &[FreeWorker]) -> usize {
+        let mut free: HashMap<&str, u32> = HashMap::new();
+        for w in idle.iter().filter(|w| w.free > 0) {
+            for b in &w.backends {
+                *free.entry(b.as_str()).or_default() += w.free;
+            }
+        }
+        let mut asked = 0;
+        let mut sessions = self.lock();
+        for w in sessions.values_mut() {
+            // A session with a free slot of its own starts its waiting jobs itself.
+            if w.running.len() < w.slots as usize {
+                continue;
+            }
+            for (job, (backend, sent)) in &mut w.waiting {
+                let Some(n) = free.get_mut(backend.as_str()).filter(|n| **n > 0) else { continue };
+                if sent.is_some_and(|t| t.elapsed() < WITHDRAW_AGAIN)
+                    || w.tx.try_send(WorkerCommand::Withdraw { job_id: *job }).is_err()
+                {
+                    continue;
+                }
+                *sent = Some(Instant::now());
+                *n -= 1;
+                asked += 1;
+            }
+        }
+        asked
     }
 
     /// Records the models a session has loaded now (from its heartbeat).
@@ -226,6 +289,7 @@ mod tests {
                 backends: vec!["comfyui".into()],
                 models: Vec::new(),
                 running: (0..running).map(|_| (Uuid::now_v7(), Uuid::now_v7())).collect(),
+                waiting: HashMap::new(),
                 draining: false,
                 tx,
             },
@@ -250,5 +314,45 @@ mod tests {
         assert!(registry.free_workers().iter().all(|w| w.session != plain), "no queue slots: busy is full");
         let usage = registry.slot_usage();
         assert_eq!(usage, SlotUsage { busy: 1 + 2 + 2 + 1, slots: 9, queue_busy: 1 + 2, queue_slots: 8 });
+    }
+
+    #[test]
+    fn a_free_slot_asks_a_busy_session_to_withdraw_a_waiting_job_of_its_backend_once() {
+        let registry = Registry::default();
+        let (tx, mut rx) = mpsc::channel(4);
+        let (running, waiting) = (Uuid::now_v7(), Uuid::now_v7());
+        let busy = Uuid::now_v7();
+        registry.register(
+            busy,
+            WorkerSession {
+                worker_id: "busy".into(),
+                slots: 1,
+                queue_slots: 1,
+                backends: vec!["comfyui".into()],
+                models: Vec::new(),
+                running: [(running, Uuid::now_v7()), (waiting, Uuid::now_v7())].into(),
+                waiting: HashMap::new(),
+                draining: false,
+                tx,
+            },
+        );
+        registry.set_waiting(busy, waiting, "comfyui".into());
+        let other_backend = FreeWorker {
+            session: Uuid::now_v7(),
+            worker_id: "builtin".into(),
+            backends: vec!["builtin".into()],
+            models: Vec::new(),
+            free: 2,
+            queue_free: 0,
+        };
+        assert_eq!(registry.withdraw_for(std::slice::from_ref(&other_backend)), 0, "another backend's slot");
+        let idle = FreeWorker { backends: vec!["comfyui".into()], worker_id: "idle".into(), ..other_backend };
+        assert_eq!(registry.withdraw_for(std::slice::from_ref(&idle)), 1);
+        assert!(matches!(rx.try_recv(), Ok(WorkerCommand::Withdraw { job_id }) if job_id == waiting));
+        assert_eq!(registry.withdraw_for(std::slice::from_ref(&idle)), 0, "not asked again at once");
+        registry.started(busy, waiting);
+        registry.set_waiting(busy, running, "comfyui".into());
+        registry.release(busy, running);
+        assert_eq!(registry.withdraw_for(&[idle]), 0, "started or released jobs are not waiting");
     }
 }

@@ -113,6 +113,11 @@ pub enum WorkerMessage {
         /// The platform failed, not the job: the attempt is not counted.
         platform: bool,
     },
+    /// The job left the backend's queue before it started (after a withdraw).
+    Withdrawn {
+        /// The job.
+        lease: Lease,
+    },
     /// The backend stopped a canceled job.
     Canceled {
         /// The job.
@@ -166,6 +171,7 @@ pub async fn attach(
             backends: hello.backends,
             models: hello.loaded_models,
             running,
+            waiting: HashMap::new(),
             draining: false,
             tx: tx.clone(),
         },
@@ -219,8 +225,13 @@ impl Session {
                 // A job queued in the backend is still assigned (queued on the worker);
                 // its first progress makes it running.
                 if waiting {
-                    if !self.state.store.lease_held(id, lease).await? {
-                        self.revoke(id, "lease no longer held").await;
+                    match self.state.store.get(id, None).await {
+                        Ok(job) if job.lease_token == Some(lease) => {
+                            self.state.registry.set_waiting(self.id, id, job.spec.backend);
+                            // A free slot elsewhere may want it.
+                            self.wake.notify_one();
+                        }
+                        _ => self.revoke(id, "lease no longer held").await,
                     }
                 } else if self.state.store.mark_running(id, lease, ttl).await? {
                     let job = self.state.store.get(id, None).await?;
@@ -237,6 +248,7 @@ impl Session {
                 }
             }
             WorkerMessage::Progress { lease: (id, lease), progress } => {
+                self.state.registry.started(self.id, id);
                 self.progress(id, lease, progress, ttl).await?;
             }
             WorkerMessage::Preview { lease: (id, lease), png, step, item } => {
@@ -260,6 +272,19 @@ impl Session {
                 }
             }
             WorkerMessage::Canceled { job_id } => self.finished(job_id),
+            WorkerMessage::Withdrawn { lease: (id, lease) } => {
+                // Queued again at once, the attempt not counted: a worker with a free slot
+                // takes it.
+                if self.state.store.unclaim(id, lease).await? {
+                    info!(job_id = %id, worker_id = %self.worker_id, "waiting job withdrawn for a free slot elsewhere");
+                    if let Ok(job) = self.state.store.get(id, None).await {
+                        self.state.events.status_changed(&job);
+                    }
+                    self.finished(id);
+                } else {
+                    self.revoke(id, "finished or lease lost").await;
+                }
+            }
             WorkerMessage::Draining { reason } => {
                 info!(worker_id = %self.worker_id, reason = %reason, "worker draining");
                 self.state.registry.set_draining(self.id);

@@ -62,11 +62,13 @@ on_both_versions!(
     two_servers_take_two_jobs_at_once,
     a_waiting_prompt_moves_to_a_server_that_goes_idle,
     the_job_timeout_counts_from_when_comfyui_starts_the_prompt,
+    a_withdrawn_prompt_leaves_the_queue_only_if_it_has_not_started,
     cancel_removes_a_waiting_prompt_from_the_queue_and_interrupts_only_the_running_one,
     a_history_entry_stored_late_is_waited_for,
     a_job_id_that_is_not_a_uuid_is_never_sent,
     one_server_and_three_jobs_the_third_waits_in_the_scheduler,
     two_workers_and_two_jobs_both_run_at_once,
+    a_job_waiting_on_a_busy_worker_goes_to_a_worker_with_a_free_slot,
 );
 
 /// Workflows shaped like the recorded ones, as templates.
@@ -776,6 +778,33 @@ async fn the_job_timeout_counts_from_when_comfyui_starts_the_prompt(version: Ver
     assert!(replay.runs()[0].1.next_waiting);
 }
 
+async fn a_withdrawn_prompt_leaves_the_queue_only_if_it_has_not_started(version: Version) {
+    let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
+    let dir = templates_dir();
+    let backend = Arc::new(ComfyUi::new(config(&replay.url(), dir.path(), "fake", false)).unwrap());
+    let (holding, waiting) = (holding_job(), job(512, 8));
+    let stop = CancellationToken::new();
+    let running = start(&backend, &holding, &stop);
+    until("the holding prompt runs", || replay.queue().0.as_deref() == Some(holding.job_id.as_str())).await;
+    let queued = start(&backend, &waiting, &CancellationToken::new());
+    until("the second waits", || replay.queue().1 == [waiting.job_id.clone()]).await;
+    assert!(!backend.withdraw("not-a-job-here"), "nothing to withdraw");
+    assert!(backend.withdraw(&waiting.job_id));
+    assert_eq!(queued.await.unwrap().unwrap_err(), BackendError::Withdrawn);
+    assert_eq!(replay.queue(), (Some(holding.job_id.clone()), vec![]), "gone from the queue, never run");
+    // The running one is asked too, and carries on: a started prompt is never taken out.
+    assert!(backend.withdraw(&holding.job_id));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(replay.queue().0.as_deref(), Some(holding.job_id.as_str()));
+    assert_eq!(
+        stops(&replay),
+        ["/queue"],
+        "one queue delete for the waiting prompt, nothing for the running one"
+    );
+    stop.cancel();
+    assert_eq!(running.await.unwrap().unwrap_err(), BackendError::Canceled);
+}
+
 async fn cancel_removes_a_waiting_prompt_from_the_queue_and_interrupts_only_the_running_one(
     version: Version,
 ) {
@@ -966,6 +995,49 @@ async fn two_workers_and_two_jobs_both_run_at_once(version: Version) {
         cancel_job(&mesh, &alice.token, id).await;
         assert_eq!(mesh.finished(&alice.token, id).await.status, i32::from(JobStatus::Canceled));
     }
+    second_worker.stop().await.unwrap();
+    mesh.stop().await;
+}
+
+async fn a_job_waiting_on_a_busy_worker_goes_to_a_worker_with_a_free_slot(version: Version) {
+    let one = ReplayComfy::start_version(version, Pacing::Instant).await;
+    let two = ReplayComfy::start_version(version, Pacing::Instant).await;
+    let dir = templates_dir();
+    let mut mesh = Mesh::without_generator().await;
+    let url = one.url();
+    mesh.attach_generator_with(|c| {
+        c.worker_id = "comfy-one".into();
+        c.backend = "comfyui".into();
+        c.comfyui = config(&url, dir.path(), "fake", true);
+    })
+    .await;
+    let alice = mesh.person("alice").await;
+    let mut jobs = mesh.jobs(&alice.token);
+    let holding = jobs.submit_job(holding_request()).await.unwrap().into_inner().job.unwrap().id;
+    until_status(&mesh, &alice.token, &holding, JobStatus::Running).await;
+    let waiting = jobs.submit_job(comfyui_request(512)).await.unwrap().into_inner().job.unwrap().id;
+    until("the second waits in the first server's queue", || one.queue().1 == [waiting.clone()]).await;
+    until_status(&mesh, &alice.token, &waiting, JobStatus::Assigned).await;
+
+    // A second worker attaches with an idle server and nothing queued for it: the waiting
+    // job is withdrawn from the busy server's queue and runs there, its attempt not counted.
+    let mut cfg = sakuga_testkit::generator_config(&mesh.env, &mesh.auth, &mesh.scheduler, &mesh.organizer);
+    cfg.worker_id = "comfy-two".into();
+    cfg.backend = "comfyui".into();
+    cfg.comfyui = config(&two.url(), dir.path(), "fake", true);
+    let second_worker = sakuga_testkit::spawn_generator(cfg).await.unwrap();
+    let job = mesh.finished(&alice.token, &waiting).await;
+    assert_eq!(job.status, i32::from(JobStatus::Succeeded), "{job:?}");
+    assert_eq!(job.attempts, 1, "a withdrawal is not an attempt: {job:?}");
+    assert_eq!(two.runs().len(), 1, "it ran on the idle server");
+    assert_eq!(
+        one.queue(),
+        (Some(holding.clone()), vec![]),
+        "gone from the busy queue, the running job untouched"
+    );
+    assert!(one.runs().iter().all(|(id, _)| *id != waiting), "it never ran on the busy server");
+    cancel_job(&mesh, &alice.token, &holding).await;
+    assert_eq!(mesh.finished(&alice.token, &holding).await.status, i32::from(JobStatus::Canceled));
     second_worker.stop().await.unwrap();
     mesh.stop().await;
 }

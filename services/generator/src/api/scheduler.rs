@@ -250,6 +250,7 @@ async fn on_message(
             }
         }
         attach_response::Msg::Cancel(c) => w.cancel(&c.job_id),
+        attach_response::Msg::Withdraw(c) => w.withdraw(&c.job_id),
         attach_response::Msg::LeaseRevoked(r) => w.revoke(&r.job_id, &r.reason),
         attach_response::Msg::Drain(d) => {
             info!(reason = %d.reason, "scheduler asked this worker to drain");

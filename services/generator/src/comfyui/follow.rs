@@ -9,11 +9,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    CANCEL_ABSENT, CANCEL_OFFERED, ComfyUi, Followed, Server,
+    ComfyUi, Followed,
     conn::Conn,
     failed,
     http::{Api, HttpError},
     run::{Run, Step},
+    server::{CANCEL_ABSENT, CANCEL_OFFERED, Server},
     wire::Finished,
 };
 use crate::backend::{BackendError, Sink};
@@ -22,13 +23,15 @@ impl ComfyUi {
     /// Follows the job over the socket (and `/history` while the socket is down) to its
     /// end, or until it moves: while it waits behind another prompt and another server
     /// of this worker is idle, it leaves this server's queue for that one.
+    /// `withdraw` asks for it to leave the queue altogether (the scheduler has a free slot
+    /// elsewhere): taken out before it started, it ends [`BackendError::Withdrawn`].
     pub(super) async fn follow<'s>(
         &'s self,
         server: &Server,
         events: &mut mpsc::UnboundedReceiver<Conn>,
         run: &mut Run<'_>,
         sink: &Sink,
-        cancel: &CancellationToken,
+        (cancel, withdraw): (&CancellationToken, &CancellationToken),
     ) -> Result<Followed<'s>, BackendError> {
         let api = &server.api;
         let id = run.prompt_id;
@@ -46,6 +49,7 @@ impl ComfyUi {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut check_now = false;
         let mut may_move = self.servers.len() > 1;
+        let mut may_withdraw = true;
         loop {
             if run.started && !start_seen {
                 start_seen = true;
@@ -57,7 +61,7 @@ impl ComfyUi {
                 && server.held.load(Ordering::Acquire) > 1
                 && let Some(idle) = self.idle_place_besides(server)
             {
-                if self.withdraw(server, id).await {
+                if self.take_out(server, id).await {
                     return Ok(Followed::Moved(idle));
                 }
                 // It started meanwhile: it stays.
@@ -134,6 +138,13 @@ impl ComfyUi {
                 }
                 _ = poll.tick() => {}
                 () = self.freed.notified(), if may_move && !run.started => {}
+                () = withdraw.cancelled(), if may_withdraw && !run.started && cancel_sent.is_none() => {
+                    if self.take_out(server, id).await {
+                        return Err(BackendError::Withdrawn);
+                    }
+                    // It started meanwhile: it runs here.
+                    may_withdraw = false;
+                }
                 () = tokio::time::sleep_until(deadline) => {
                     self.halt(server, id).await;
                     return Err(BackendError::Retryable(format!(
@@ -204,7 +215,7 @@ impl ComfyUi {
 
     /// Takes a prompt that has not started out of the server's queue (never interrupting
     /// it): true when it is gone from there.
-    async fn withdraw(&self, server: &Server, id: &str) -> bool {
+    async fn take_out(&self, server: &Server, id: &str) -> bool {
         if let Err(e) = server.api.dequeue(id).await {
             warn!(job_id = %id, error = %e, "ComfyUI queue removal failed");
             return false;

@@ -19,13 +19,14 @@ mod headers;
 pub mod http;
 pub mod preview;
 mod run;
+mod server;
 pub mod template;
 mod tls;
 mod warm;
 pub mod wire;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
         Arc, Mutex as StdMutex,
         atomic::{AtomicU8, AtomicU32, Ordering},
@@ -35,7 +36,7 @@ use std::{
 use futures_util::future::BoxFuture;
 use sakuga_imaging::{Artifact, InspectError, Limits, inspect_png};
 use sakuga_mesh::metrics::Metrics;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -45,9 +46,9 @@ pub use self::{
     headers::ServerHeaders,
 };
 use self::{
-    conn::{Conn, SocketDown},
     http::{Api, BodyLimit, HttpError},
     run::Run,
+    server::{CANCEL_UNKNOWN, Following, Place, Server, fan_out},
     template::{Template, Values},
     wire::{Finished, OutputFile},
 };
@@ -55,69 +56,6 @@ use crate::backend::{Backend, BackendError, JobInput, Kind, Sink, WarmUpError};
 
 /// Added to an output's expected raw size for metadata (ComfyUI embeds the workflow).
 const OUTPUT_SLACK_BYTES: u64 = 4 << 20;
-
-/// One ComfyUI server: its API, the jobs listening to its socket, how many of this
-/// worker's prompts it holds, and the models it has loaded.
-#[derive(Debug)]
-struct Server {
-    api: Api,
-    client_id: String,
-    /// Every job following a prompt here gets every socket event.
-    listeners: StdMutex<Vec<mpsc::UnboundedSender<Conn>>>,
-    state: watch::Receiver<Result<(), SocketDown>>,
-    loaded: StdMutex<BTreeSet<String>>,
-    /// This worker's prompts in ComfyUI now, running or waiting in its queue.
-    held: AtomicU32,
-    /// Whether the server offers POST /api/jobs/{id}/cancel: learned at the first cancel.
-    job_cancel: AtomicU8,
-}
-
-/// [`Server::job_cancel`] values.
-const CANCEL_UNKNOWN: u8 = 0;
-const CANCEL_OFFERED: u8 = 1;
-const CANCEL_ABSENT: u8 = 2;
-
-impl Server {
-    /// A receiver of the socket's events from now on; dropping it stops them.
-    fn listen(&self) -> mpsc::UnboundedReceiver<Conn> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(tx);
-        rx
-    }
-
-    fn socket_up(&self) -> bool {
-        self.state.borrow().is_ok()
-    }
-
-    fn has_loaded(&self, model: &str) -> bool {
-        self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(model)
-    }
-}
-
-/// Passes every event of a server's socket to the jobs listening; ends with the socket task.
-async fn fan_out(mut events: mpsc::UnboundedReceiver<Conn>, server: Arc<Server>) {
-    while let Some(conn) = events.recv().await {
-        server
-            .listeners
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|l| l.send(conn.clone()).is_ok());
-    }
-}
-
-/// A prompt's place on a server: given back when dropped, which wakes the prompts waiting
-/// on other servers (one may move to this one).
-struct Place<'a> {
-    server: &'a Arc<Server>,
-    freed: &'a Notify,
-}
-
-impl Drop for Place<'_> {
-    fn drop(&mut self) {
-        self.server.held.fetch_sub(1, Ordering::AcqRel);
-        self.freed.notify_waiters();
-    }
-}
 
 /// How following a prompt ended.
 enum Followed<'a> {
@@ -138,6 +76,8 @@ pub struct ComfyUi {
     placing: StdMutex<()>,
     /// Woken whenever a place is given back.
     freed: Notify,
+    /// The jobs being followed, by job id: cancelled to withdraw one.
+    withdrawals: StdMutex<HashMap<String, CancellationToken>>,
     sockets: CancellationToken,
     metrics: Arc<Metrics>,
 }
@@ -225,6 +165,7 @@ impl ComfyUi {
             servers,
             placing: StdMutex::new(()),
             freed: Notify::new(),
+            withdrawals: StdMutex::new(HashMap::new()),
             sockets,
             metrics,
         })
@@ -342,7 +283,7 @@ impl ComfyUi {
         job: &JobInput,
         template: &Template,
         sink: &Sink,
-        cancel: &CancellationToken,
+        (cancel, withdraw): (&CancellationToken, &CancellationToken),
     ) -> Result<Vec<Artifact>, BackendError> {
         let values = self.values(job, template)?;
         let workflow = template.fill(&values);
@@ -377,7 +318,7 @@ impl ComfyUi {
                 submit(api, &workflow, &server.client_id, id).await?;
             }
             let mut run = Run::new(template, values.steps, id, self.config.max_preview_side, &self.metrics);
-            match self.follow(server, &mut events, &mut run, sink, cancel).await? {
+            match self.follow(server, &mut events, &mut run, sink, (cancel, withdraw)).await? {
                 Followed::Done(done) => break (done, server),
                 Followed::Moved(idle) => {
                     info!(job_id = %id, from = %api.base(), to = %idle.server.api.base(),
@@ -537,6 +478,11 @@ impl Backend for ComfyUi {
         self.slots().saturating_mul(self.config.over_queue)
     }
 
+    fn withdraw(&self, job_id: &str) -> bool {
+        let withdrawals = self.withdrawals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        withdrawals.get(job_id).inspect(|t| t.cancel()).is_some()
+    }
+
     fn loaded_models(&self) -> Vec<String> {
         let mut all = BTreeSet::new();
         for s in &self.servers {
@@ -570,7 +516,8 @@ impl Backend for ComfyUi {
                         .to_owned(),
                 ));
             };
-            self.run_on(place, &job, template, &sink, &cancel).await
+            let following = Following::new(&self.withdrawals, &job.job_id);
+            self.run_on(place, &job, template, &sink, (&cancel, &following.withdraw)).await
         })
     }
 }

@@ -63,7 +63,9 @@ impl ComfyUi {
                 },
                 prompt: "warm-up".into(),
             };
-            match self.run_on(self.place_on(server), &job, template, &Sink::discard(), cancel).await {
+            let never = CancellationToken::new();
+            match self.run_on(self.place_on(server), &job, template, &Sink::discard(), (cancel, &never)).await
+            {
                 Ok(_) => {
                     info!(url = %server.api.base(), %model, "model preloaded");
                     server
