@@ -100,9 +100,6 @@ impl Weed {
             "no SeaweedFS binary at {} (run `make tools` or set SAKUGA_WEED_BIN)",
             bin.display()
         );
-        let dir = tempfile::tempdir()?;
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data)?;
         let access_key_id = format!("AK{}", crate::random_suffix().to_uppercase());
         let secret_access_key = uuid::Uuid::new_v4().simple().to_string();
         let identities = serde_json::json!({ "identities": [{
@@ -110,51 +107,67 @@ impl Weed {
             "credentials": [{ "accessKey": access_key_id, "secretKey": secret_access_key }],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]});
-        let s3_config = dir.path().join("s3.json");
-        std::fs::write(&s3_config, identities.to_string())?;
-        let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, s3_https] =
-            free_ports::<9>()?;
-        let (ca_file, cert_file, key_file) = write_tls(dir.path())?;
-        let args: Vec<String> = [
-            "server".to_owned(),
-            format!("-dir={}", data.display()),
-            "-ip=127.0.0.1".to_owned(),
-            "-ip.bind=127.0.0.1".to_owned(),
-            format!("-master.port={master}"),
-            format!("-master.port.grpc={master_grpc}"),
-            format!("-volume.port={volume}"),
-            format!("-volume.port.grpc={volume_grpc}"),
-            format!("-filer.port={filer}"),
-            format!("-filer.port.grpc={filer_grpc}"),
-            format!("-filer.localSocket={}", dir.path().join("filer.sock").display()),
-            "-s3".to_owned(),
-            format!("-s3.port={s3}"),
-            format!("-s3.port.grpc={s3_grpc}"),
-            format!("-s3.port.https={s3_https}"),
-            format!("-s3.cert.file={}", cert_file.display()),
-            format!("-s3.key.file={}", key_file.display()),
-            // Both default to fixed ports; off.
-            "-s3.port.iceberg=0".to_owned(),
-            "-s3.port.lance=0".to_owned(),
-            format!("-s3.config={}", s3_config.display()),
-            "-volume.max=0".to_owned(),
-            "-master.volumeSizeLimitMB=64".to_owned(),
-        ]
-        .into();
-        let child = spawn(&bin, &args, dir.path())?;
-        let mut weed = Self {
-            child: Some(child),
-            args,
-            s3_port: s3,
-            endpoint: format!("http://127.0.0.1:{s3}"),
-            https_endpoint: format!("https://127.0.0.1:{s3_https}"),
-            ca_file,
-            vault_path: String::new(),
-            access_key_id,
-            secret_access_key,
-            dir,
+        let mut attempt = 0;
+        let (weed, master, master_grpc) = loop {
+            attempt += 1;
+            let dir = tempfile::tempdir()?;
+            let data = dir.path().join("data");
+            std::fs::create_dir_all(&data)?;
+            let s3_config = dir.path().join("s3.json");
+            std::fs::write(&s3_config, identities.to_string())?;
+            let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, s3_https] =
+                free_ports::<9>()?;
+            let (ca_file, cert_file, key_file) = write_tls(dir.path())?;
+            let args: Vec<String> = [
+                "server".to_owned(),
+                format!("-dir={}", data.display()),
+                "-ip=127.0.0.1".to_owned(),
+                "-ip.bind=127.0.0.1".to_owned(),
+                format!("-master.port={master}"),
+                format!("-master.port.grpc={master_grpc}"),
+                format!("-volume.port={volume}"),
+                format!("-volume.port.grpc={volume_grpc}"),
+                format!("-filer.port={filer}"),
+                format!("-filer.port.grpc={filer_grpc}"),
+                format!("-filer.localSocket={}", dir.path().join("filer.sock").display()),
+                "-s3".to_owned(),
+                format!("-s3.port={s3}"),
+                format!("-s3.port.grpc={s3_grpc}"),
+                format!("-s3.port.https={s3_https}"),
+                format!("-s3.cert.file={}", cert_file.display()),
+                format!("-s3.key.file={}", key_file.display()),
+                // Both default to fixed ports; off.
+                "-s3.port.iceberg=0".to_owned(),
+                "-s3.port.lance=0".to_owned(),
+                format!("-s3.config={}", s3_config.display()),
+                "-volume.max=0".to_owned(),
+                "-master.volumeSizeLimitMB=64".to_owned(),
+            ]
+            .into();
+            let child = spawn(&bin, &args, dir.path())?;
+            let mut weed = Self {
+                child: Some(child),
+                args,
+                s3_port: s3,
+                endpoint: format!("http://127.0.0.1:{s3}"),
+                https_endpoint: format!("https://127.0.0.1:{s3_https}"),
+                ca_file,
+                vault_path: String::new(),
+                access_key_id: access_key_id.clone(),
+                secret_access_key: secret_access_key.clone(),
+                dir,
+            };
+            // The ports were free when picked and are then released: another process may
+            // take one before SeaweedFS binds it. Then it exits at once; try other ports.
+            match weed.until_ready().await {
+                Ok(()) => break (weed, master, master_grpc),
+                Err(e) if attempt < 3 && weed.log().contains("address already in use") => {
+                    tracing::warn!(error = %e, "SeaweedFS lost a port to another process; starting it again");
+                }
+                Err(e) => return Err(e),
+            }
         };
-        weed.until_ready().await?;
+        let mut weed = weed;
         let deadline = Instant::now() + Duration::from_mins(1);
         // The shell reaches the cluster once the filer has registered with the master. It
         // takes the master's gRPC port as `host:port.grpc_port` (else it assumes port + 10000).

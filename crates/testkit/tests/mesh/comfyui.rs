@@ -903,16 +903,36 @@ async fn cancel_job(mesh: &Mesh, token: &str, id: &str) {
     mesh.jobs(token).cancel_job(sakuga_proto::v1::CancelJobRequest { job_id: id.to_owned() }).await.unwrap();
 }
 
+/// A generator configuration driving the ComfyUI at `url` with the templates of `dir`.
+fn comfy_generator(c: &mut sakuga_generator::Config, worker_id: &str, url: &str, dir: &Path) {
+    c.worker_id = worker_id.into();
+    c.backend = "comfyui".into();
+    c.comfyui = config(url, dir, "fake", true);
+}
+
+/// A mesh whose one generator (`comfy-one`) drives the ComfyUI at `url`.
+async fn mesh_on_comfy(url: &str, dir: &Path) -> Mesh {
+    let mut mesh = Mesh::without_generator().await;
+    mesh.attach_generator_with(|c| comfy_generator(c, "comfy-one", url, dir)).await;
+    mesh
+}
+
+/// Another generator on `mesh`, `worker_id`, driving the ComfyUI at `url`.
+async fn another_comfy_worker(
+    mesh: &Mesh,
+    worker_id: &str,
+    url: &str,
+    dir: &Path,
+) -> sakuga_testkit::Spawned {
+    let mut cfg = sakuga_testkit::generator_config(&mesh.env, &mesh.auth, &mesh.scheduler, &mesh.organizer);
+    comfy_generator(&mut cfg, worker_id, url, dir);
+    sakuga_testkit::spawn_generator(cfg).await.unwrap()
+}
+
 async fn one_server_and_three_jobs_the_third_waits_in_the_scheduler(version: Version) {
     let replay = ReplayComfy::start_version(version, Pacing::Instant).await;
     let dir = templates_dir();
-    let mut mesh = Mesh::without_generator().await;
-    let url = replay.url();
-    mesh.attach_generator_with(|c| {
-        c.backend = "comfyui".into();
-        c.comfyui = config(&url, dir.path(), "fake", true);
-    })
-    .await;
+    let mesh = mesh_on_comfy(&replay.url(), dir.path()).await;
     let alice = mesh.person("alice").await;
     let mut jobs = mesh.jobs(&alice.token);
     let mut submit =
@@ -967,19 +987,8 @@ async fn two_workers_and_two_jobs_both_run_at_once(version: Version) {
     let one = ReplayComfy::start_version(version, Pacing::Instant).await;
     let two = ReplayComfy::start_version(version, Pacing::Instant).await;
     let dir = templates_dir();
-    let mut mesh = Mesh::without_generator().await;
-    let url = one.url();
-    mesh.attach_generator_with(|c| {
-        c.worker_id = "comfy-one".into();
-        c.backend = "comfyui".into();
-        c.comfyui = config(&url, dir.path(), "fake", true);
-    })
-    .await;
-    let mut cfg = sakuga_testkit::generator_config(&mesh.env, &mesh.auth, &mesh.scheduler, &mesh.organizer);
-    cfg.worker_id = "comfy-two".into();
-    cfg.backend = "comfyui".into();
-    cfg.comfyui = config(&two.url(), dir.path(), "fake", true);
-    let second_worker = sakuga_testkit::spawn_generator(cfg).await.unwrap();
+    let mesh = mesh_on_comfy(&one.url(), dir.path()).await;
+    let second_worker = another_comfy_worker(&mesh, "comfy-two", &two.url(), dir.path()).await;
     let alice = mesh.person("alice").await;
     // Both workers attached before the jobs come, so either could take both.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1003,14 +1012,7 @@ async fn a_job_waiting_on_a_busy_worker_goes_to_a_worker_with_a_free_slot(versio
     let one = ReplayComfy::start_version(version, Pacing::Instant).await;
     let two = ReplayComfy::start_version(version, Pacing::Instant).await;
     let dir = templates_dir();
-    let mut mesh = Mesh::without_generator().await;
-    let url = one.url();
-    mesh.attach_generator_with(|c| {
-        c.worker_id = "comfy-one".into();
-        c.backend = "comfyui".into();
-        c.comfyui = config(&url, dir.path(), "fake", true);
-    })
-    .await;
+    let mesh = mesh_on_comfy(&one.url(), dir.path()).await;
     let alice = mesh.person("alice").await;
     let mut jobs = mesh.jobs(&alice.token);
     let holding = jobs.submit_job(holding_request()).await.unwrap().into_inner().job.unwrap().id;
@@ -1021,11 +1023,7 @@ async fn a_job_waiting_on_a_busy_worker_goes_to_a_worker_with_a_free_slot(versio
 
     // A second worker attaches with an idle server and nothing queued for it: the waiting
     // job is withdrawn from the busy server's queue and runs there, its attempt not counted.
-    let mut cfg = sakuga_testkit::generator_config(&mesh.env, &mesh.auth, &mesh.scheduler, &mesh.organizer);
-    cfg.worker_id = "comfy-two".into();
-    cfg.backend = "comfyui".into();
-    cfg.comfyui = config(&two.url(), dir.path(), "fake", true);
-    let second_worker = sakuga_testkit::spawn_generator(cfg).await.unwrap();
+    let second_worker = another_comfy_worker(&mesh, "comfy-two", &two.url(), dir.path()).await;
     let job = mesh.finished(&alice.token, &waiting).await;
     assert_eq!(job.status, i32::from(JobStatus::Succeeded), "{job:?}");
     assert_eq!(job.attempts, 1, "a withdrawal is not an attempt: {job:?}");
