@@ -87,11 +87,7 @@ async fn builtin(runs: usize) {
 async fn comfyui(jobs: usize) {
     let replay = ReplayComfy::start(Pacing::Instant).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("fake.json"),
-        r#"{"1": {"class_type": "FakeSampler", "inputs": {"width": "{{width}}", "height": "{{height}}", "steps": "{{steps}}", "seed": "{{seed}}"}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "{{filename_prefix}}"}}}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("fake.json"), sakuga_testkit::comfy::FAKE_SAMPLER_TEMPLATE).unwrap();
     println!("\n### comfyui: backend overhead per job (replay server, no recorded pauses)\n");
     println!("| recording | previews | jobs | p50 | p95 | max | jobs/s |");
     println!("|---|---|---|---|---|---|---|");

@@ -7,13 +7,10 @@ use std::time::Duration;
 use sakuga_benches::{Section, ms};
 use sakuga_generator::comfyui::ComfyConfig;
 use sakuga_proto::v1::{JobKind, JobSpec, SubmitJobRequest};
-use sakuga_testkit::comfy::{Pacing, Recording, ReplayComfy, Version};
+use sakuga_testkit::comfy::{FAKE_SAMPLER_TEMPLATE, Pacing, Recording, ReplayComfy, Version};
 use serde_json::json;
 
 use crate::{Settings, mesh::Mesh};
-
-/// The recorded FakeSampler workflow (07): 512×512, 8 steps.
-const FAKE: &str = r#"{"1": {"class_type": "FakeSampler", "inputs": {"width": "{{width}}", "height": "{{height}}", "steps": "{{steps}}", "seed": "{{seed}}"}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "{{filename_prefix}}"}}}"#;
 
 fn job(i: usize) -> SubmitJobRequest {
     SubmitJobRequest {
@@ -134,7 +131,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Section> {
         ],
     );
     let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("fake.json"), FAKE)?;
+    std::fs::write(dir.path().join("fake.json"), FAKE_SAMPLER_TEMPLATE)?;
     let mut mesh = Mesh::start(true).await?;
     let mut done = 0i64;
     for version in Version::ALL {

@@ -47,17 +47,19 @@ async fn dispatch_once(state: &State) -> Result<(), crate::error::SchedulerError
             hand_out(state, &worker, &worker.backends, warm, worker.free).await?;
         }
     }
-    // A slot still free has nothing to claim: a job waiting behind another in some
-    // backend's queue is withdrawn from there, queued again, and claimed by it.
-    let asked = state.registry.withdraw_for(&state.registry.free_workers());
-    if asked > 0 {
-        debug!(asked, "waiting jobs asked to be withdrawn for free slots");
-    }
     // Then queue slots: a job waits in a backend's own queue behind another only for a
     // backend no worker here has a free slot for, so it never waits while a slot is idle.
     // Jobs of models loaded there first.
     for warm in [true, false] {
         let workers = state.registry.free_workers();
+        if warm {
+            // A slot still free has nothing to claim: a job waiting behind another in some
+            // backend's queue is withdrawn from there, queued again, and claimed by it.
+            let asked = state.registry.withdraw_for(&workers);
+            if asked > 0 {
+                debug!(asked, "waiting jobs asked to be withdrawn for free slots");
+            }
+        }
         let idle: BTreeSet<&str> = workers
             .iter()
             .filter(|w| w.free > 0)

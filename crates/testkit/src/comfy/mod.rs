@@ -39,6 +39,10 @@ pub use recording::{Recording, Version, fixtures_dir};
 use state::Shared;
 pub use state::{Fault, Pacing, Run};
 
+/// A workflow template shaped like the recorded FakeSampler runs (07, 14): the replay
+/// answers it with those recordings.
+pub const FAKE_SAMPLER_TEMPLATE: &str = r#"{"1": {"class_type": "FakeSampler", "inputs": {"width": "{{width}}", "height": "{{height}}", "steps": "{{steps}}", "seed": "{{seed}}"}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "{{filename_prefix}}"}}}"#;
+
 /// The running replay server.
 #[derive(Debug)]
 pub struct ReplayComfy {

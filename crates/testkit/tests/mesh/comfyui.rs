@@ -72,7 +72,7 @@ on_both_versions!(
 );
 
 /// Workflows shaped like the recorded ones, as templates.
-const FAKE: &str = r#"{"1": {"class_type": "FakeSampler", "inputs": {"width": "{{width}}", "height": "{{height}}", "steps": "{{steps}}", "seed": "{{seed}}"}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "{{filename_prefix}}"}}}"#;
+const FAKE: &str = sakuga_testkit::comfy::FAKE_SAMPLER_TEMPLATE;
 const EMPTY: &str = r#"{"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 16744448}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "fixture_empty"}}}"#;
 const FAILING: &str = r#"{"1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 255}}, "2": {"class_type": "FailingNode", "inputs": {"image": ["1", 0]}}, "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "fixture_fail"}}}"#;
 /// The recorded workflow with a node class the server does not have.

@@ -24,9 +24,6 @@ use sakuga_testkit::{
 };
 use tokio_util::sync::CancellationToken;
 
-/// A workflow shaped like the recorded FakeSampler run.
-const FAKE: &str = r#"{"1": {"class_type": "FakeSampler", "inputs": {"width": "{{width}}", "height": "{{height}}", "steps": "{{steps}}", "seed": "{{seed}}"}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "{{filename_prefix}}"}}}"#;
-
 /// Everything written through `tracing` on this test's thread (the runtime is
 /// current-thread, so the backend's socket task logs here too).
 #[derive(Clone, Default)]
@@ -72,7 +69,7 @@ impl Remote {
         let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
         let proxy = TlsProxy::start(&replay.url(), &token).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("fake.json"), FAKE).unwrap();
+        std::fs::write(dir.path().join("fake.json"), sakuga_testkit::comfy::FAKE_SAMPLER_TEMPLATE).unwrap();
         Self { replay, proxy, dir, token }
     }
 

@@ -178,6 +178,12 @@ impl ComfyUi {
         &self.templates[name]
     }
 
+    /// The checkpoint the job names, or the default one (empty when there is none).
+    fn checkpoint<'a>(&'a self, job: &'a JobInput) -> &'a str {
+        let model = job.spec.model.as_str();
+        if model.is_empty() || model == "default" { &self.config.default_checkpoint } else { model }
+    }
+
     fn values(&self, job: &JobInput, template: &Template) -> Result<Values, BackendError> {
         let s = &job.spec;
         let video = job.kind() == Kind::Video;
@@ -187,11 +193,7 @@ impl ComfyUi {
                     .to_owned(),
             ));
         }
-        let checkpoint = if s.model.is_empty() || s.model == "default" {
-            self.config.default_checkpoint.clone()
-        } else {
-            s.model.clone()
-        };
+        let checkpoint = self.checkpoint(job).to_owned();
         if checkpoint.is_empty() && template.uses("checkpoint") {
             return Err(BackendError::Permanent(
                 "spec.model: no checkpoint named and this worker has no comfyui.default_checkpoint"
@@ -508,8 +510,7 @@ impl Backend for ComfyUi {
     ) -> BoxFuture<'_, Result<Vec<Artifact>, BackendError>> {
         Box::pin(async move {
             let template = self.template_for(job.kind());
-            let checkpoint = self.values(&job, template)?.checkpoint;
-            let checkpoint = template.uses("checkpoint").then_some(checkpoint.as_str());
+            let checkpoint = template.uses("checkpoint").then(|| self.checkpoint(&job));
             let Some(place) = self.place(checkpoint) else {
                 return Err(BackendError::Retryable(
                     "every ComfyUI server of this worker is busy (comfyui.over_queue prompts waiting on each)"
