@@ -8,8 +8,8 @@
 #
 # Environment knobs (all optional):
 #   SAKUGA_PG_PORT (5432), SAKUGA_PG_CLUSTER (main), SAKUGA_REDIS_PORT (6379), SAKUGA_BAO_ADDR (127.0.0.1:8200),
-#   SAKUGA_AUTH_PORT (50051), SAKUGA_SCHEDULER_PORT (50052), SAKUGA_ORGANIZER_PORT (50053),
-#   SAKUGA_GENERATOR_PORT (50054, the generator's health port), CARGO_TARGET_DIR.
+#   SAKUGA_AUTH_PORT (15051), SAKUGA_SCHEDULER_PORT (15052), SAKUGA_ORGANIZER_PORT (15053),
+#   SAKUGA_GENERATOR_PORT (15054, the generator's health port), CARGO_TARGET_DIR.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 DEV="${SAKUGA_DEV_DIR:-$ROOT/.dev}"
@@ -30,10 +30,10 @@ BAO_URL="http://$BAO_LISTEN"
 
 SERVICES=(auth scheduler organizer generator)
 declare -A SERVICE_PORT=(
-    [auth]="${SAKUGA_AUTH_PORT:-50051}"
-    [scheduler]="${SAKUGA_SCHEDULER_PORT:-50052}"
-    [organizer]="${SAKUGA_ORGANIZER_PORT:-50053}"
-    [generator]="${SAKUGA_GENERATOR_PORT:-${SAKUGA_GENERATOR_HEALTH_PORT:-50054}}"
+    [auth]="${SAKUGA_AUTH_PORT:-15051}"
+    [scheduler]="${SAKUGA_SCHEDULER_PORT:-15052}"
+    [organizer]="${SAKUGA_ORGANIZER_PORT:-15053}"
+    [generator]="${SAKUGA_GENERATOR_PORT:-${SAKUGA_GENERATOR_HEALTH_PORT:-15054}}"
 )
 
 # The PostgreSQL role and database the services use, and the Redis ACL user.

@@ -251,9 +251,9 @@ fn json_name(f: &FieldDescriptorProto) -> String {
 /// The port the README's local stack serves a service on.
 fn port_of(service: &str) -> &'static str {
     match service {
-        "sakuga.v1.AuthService" => "50051",
-        "sakuga.v1.JobService" | "sakuga.v1.ProjectService" => "50052",
-        "sakuga.v1.FileService" => "50053",
+        "sakuga.v1.AuthService" => "15051",
+        "sakuga.v1.JobService" | "sakuga.v1.ProjectService" => "15052",
+        "sakuga.v1.FileService" => "15053",
         other => panic!("the README's stack serves no {other}"),
     }
 }

@@ -1,6 +1,6 @@
-//! Start-up assembly every service shares: log in to Vault, get the service certificate,
-//! create the metrics registry, bind the gRPC, probe and metrics ports behind the guard,
-//! and at the end serve with certificate renewal and health until shutdown.
+//! Start-up assembly every service shares: bind the gRPC, probe and metrics ports, log in
+//! to Vault, get the service certificate, create the metrics registry, put the ports behind
+//! the guard, and at the end serve with certificate renewal and health until shutdown.
 
 use std::{sync::Arc, time::Duration};
 
@@ -8,8 +8,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    MeshError, auth::Guard, config::ServerConfig, health::NamedCheck, metrics::Metrics, server::GrpcServer,
-    tls::MeshTls, vault::Vault,
+    MeshError,
+    auth::Guard,
+    config::ServerConfig,
+    health::NamedCheck,
+    metrics::Metrics,
+    server::{GrpcServer, Ports},
+    tls::MeshTls,
+    vault::Vault,
 };
 
 /// How often health re-runs the dependency checks.
@@ -21,6 +27,8 @@ pub struct Node {
     name: &'static str,
     config: ServerConfig,
     health_interval: Duration,
+    /// Bound first, served once [`Node::bind`] mounts them.
+    ports: Option<Ports>,
     /// The Vault session (secrets, certificate renewal).
     pub vault: Vault,
     /// This service's certificate and the mesh CA.
@@ -36,12 +44,23 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// Checks `config`, logs in to Vault and issues service `name`'s certificate.
+    /// Checks `config`, binds its ports (before any connection of the service's own could
+    /// be given one of them as its local port), logs in to Vault and issues service
+    /// `name`'s certificate.
     pub async fn start(name: &'static str, config: &ServerConfig) -> Result<Self, MeshError> {
         config.validate()?;
+        let ports = Ports::bind(config.listen, config.probe_listen, config.metrics_listen).await?;
         let (vault, tls) = MeshTls::bootstrap(name, &config.vault, &config.tls).await?;
         let health_interval = HEALTH_INTERVAL;
-        Ok(Self { name, config: config.clone(), health_interval, vault, tls, metrics: Metrics::new() })
+        Ok(Self {
+            name,
+            config: config.clone(),
+            health_interval,
+            ports: Some(ports),
+            vault,
+            tls,
+            metrics: Metrics::new(),
+        })
     }
 
     /// Re-runs the health checks every `interval` instead of every 2 s.
@@ -58,16 +77,14 @@ impl Node {
         self
     }
 
-    /// Binds the gRPC port for `services` (every call passes `guard`, observed in this
-    /// node's metrics), the plaintext probe port and the metrics port, as configured.
-    pub async fn bind(&self, services: &[&'static str], guard: Guard) -> Result<GrpcServer, MeshError> {
+    /// Mounts `services` on the gRPC port (every call passes `guard`, observed in this
+    /// node's metrics), with the plaintext probe port and the metrics port as configured.
+    /// Once per node: the ports go to the server it returns.
+    pub async fn bind(&mut self, services: &[&'static str], guard: Guard) -> Result<GrpcServer, MeshError> {
+        let ports =
+            self.ports.take().ok_or_else(|| MeshError::Server("the ports are already served".into()))?;
         let guard = guard.observed(self.name, self.metrics.clone());
-        GrpcServer::bind(self.config.listen, services, guard, &self.config.grpc)
-            .await?
-            .with_probe(self.config.probe_listen)
-            .await?
-            .with_metrics(self.config.metrics_listen, self.metrics.clone())
-            .await
+        GrpcServer::new(ports, services, guard, &self.config.grpc, self.metrics.clone()).await
     }
 
     /// Serves `server` until `shutdown`, renewing the certificate and reporting health from

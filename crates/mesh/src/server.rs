@@ -19,7 +19,45 @@ use crate::{
     tls::MeshTls,
 };
 
-/// A bound listener plus the router with health and reflection already mounted.
+/// A service's ports, bound before it opens a connection of its own: an outgoing
+/// connection (to Vault, PostgreSQL, Redis) may be given any port of the ephemeral range as
+/// its local port, the configured listen port included, and a bind after it would fail with
+/// "address in use".
+#[derive(Debug)]
+pub struct Ports {
+    grpc: TcpListener,
+    /// `grpc.health.v1.Health` alone, in plaintext: for kubelet's gRPC probes, which cannot
+    /// present a client certificate. It reveals only SERVING/NOT_SERVING.
+    probe: Option<TcpListener>,
+    /// `GET /metrics` (see [`crate::metrics`]).
+    metrics: Option<crate::metrics::Listener>,
+}
+
+impl Ports {
+    /// Binds the gRPC port `listen` and, when given, the probe and metrics ports (port 0
+    /// picks a free port).
+    pub async fn bind(
+        listen: SocketAddr,
+        probe: Option<SocketAddr>,
+        metrics: Option<SocketAddr>,
+    ) -> Result<Self, MeshError> {
+        let grpc = TcpListener::bind(listen)
+            .await
+            .map_err(|e| MeshError::Server(format!("cannot listen on {listen}: {e}")))?;
+        let probe = match probe {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| MeshError::Server(format!("probe_listen: cannot listen on {addr}: {e}")))?,
+            ),
+            None => None,
+        };
+        let metrics = crate::metrics::Listener::bind(metrics).await?;
+        Ok(Self { grpc, probe, metrics })
+    }
+}
+
+/// The bound ports plus the router with health and reflection already mounted.
 pub struct GrpcServer {
     listener: TcpListener,
     local_addr: SocketAddr,
@@ -43,21 +81,20 @@ impl std::fmt::Debug for GrpcServer {
 }
 
 impl GrpcServer {
-    /// Binds `listen` (port 0 picks a free port) and mounts health and reflection for
-    /// `services`; add the services themselves with [`GrpcServer::add_service`]. Every
+    /// Mounts health and reflection for `services` on `ports` (the metrics port serves
+    /// `metrics`); add the services themselves with [`GrpcServer::add_service`]. Every
     /// call passes `guard` (the authorization table, credentials, rate limits, audit)
     /// before it reaches a handler; connections, handshakes and streams are bounded by
     /// `limits`.
-    pub async fn bind(
-        listen: SocketAddr,
+    pub async fn new(
+        ports: Ports,
         services: &[&'static str],
         guard: Guard,
         limits: &GrpcLimits,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, MeshError> {
         limits.validate()?;
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|e| MeshError::Server(format!("cannot listen on {listen}: {e}")))?;
+        let Ports { grpc: listener, probe: probe_listener, metrics: metrics_listener } = ports;
         let local_addr = listener.local_addr()?;
         let (health, health_service) = tonic_health::server::health_reporter();
         health::report_starting(&health, services).await;
@@ -93,25 +130,14 @@ impl GrpcServer {
             services: services.to_vec(),
             limits: limits.clone(),
             probe,
-            probe_listener: None,
-            metrics: None,
+            probe_listener,
+            metrics: metrics_listener.map(|l| (l, metrics, None)),
         })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
-    }
-
-    /// Also serves `metrics` on `addr` (`GET /metrics`, see [`crate::metrics`]); `None`
-    /// leaves it off.
-    pub async fn with_metrics(
-        mut self,
-        addr: Option<SocketAddr>,
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> Result<Self, MeshError> {
-        self.metrics = crate::metrics::Listener::bind(addr).await?.map(|l| (l, metrics, None));
-        Ok(self)
     }
 
     /// Runs `refresh` before each scrape (gauges read from elsewhere).
@@ -126,20 +152,6 @@ impl GrpcServer {
     /// The bound metrics address, if any.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().map(|(l, _, _)| l.local_addr())
-    }
-
-    /// Also serves `grpc.health.v1.Health` alone, in plaintext, on `addr`: for kubelet's
-    /// gRPC probes, which cannot present a client certificate. It reveals only
-    /// SERVING/NOT_SERVING. `None` leaves it off.
-    pub async fn with_probe(mut self, addr: Option<SocketAddr>) -> Result<Self, MeshError> {
-        if let Some(addr) = addr {
-            self.probe_listener = Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| MeshError::Server(format!("probe_listen: cannot listen on {addr}: {e}")))?,
-            );
-        }
-        Ok(self)
     }
 
     /// The health reporter (for services that report their own state).

@@ -50,7 +50,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            server: ServerConfig::for_service("auth", 50051, 9101),
+            server: ServerConfig::for_service("auth", 15051, 9101),
             database: DatabaseConfig::for_service("auth"),
             redis: RedisConfig::for_service("auth"),
             signing_keys_path: "sakuga/auth/signing".to_owned(),

@@ -53,7 +53,7 @@ impl Service for Application {
     /// PostgreSQL (and migrates) and Redis, creates the bootstrap admin, binds.
     async fn build(config: Config) -> Result<Self, MeshError> {
         config.validate()?;
-        let node = Node::start(Self::NAME, &config.server).await?;
+        let mut node = Node::start(Self::NAME, &config.server).await?;
         let vault = &node.vault;
         let keys = keys::SigningKeys::from_secret(vault.read_kv(&config.signing_keys_path).await?)?;
         let pool = db::connect_with_vault(vault, &config.database).await?;

@@ -63,10 +63,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            server: ServerConfig::for_service("generator", 50054, 9104),
-            scheduler_addr: "127.0.0.1:50052".to_owned(),
-            organizer_addr: "127.0.0.1:50053".to_owned(),
-            auth_addr: "127.0.0.1:50051".to_owned(),
+            server: ServerConfig::for_service("generator", 15054, 9104),
+            scheduler_addr: "127.0.0.1:15052".to_owned(),
+            organizer_addr: "127.0.0.1:15053".to_owned(),
+            auth_addr: "127.0.0.1:15051".to_owned(),
             worker_id: String::new(),
             backend: "builtin".to_owned(),
             slots: 2,

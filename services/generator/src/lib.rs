@@ -83,7 +83,7 @@ impl Service for Application {
     /// Logs in to Vault, gets the certificate and binds the health listener.
     async fn build(config: Config) -> Result<Self, MeshError> {
         config.validate()?;
-        let node = Node::start(Self::NAME, &config.server).await?;
+        let mut node = Node::start(Self::NAME, &config.server).await?;
         let verifier =
             Arc::new(Verifier::remote(node.tls.channel_to(&config.auth_addr, "auth")?, None, None));
         let backend = backend_for(&config, &node.metrics, &node.vault).await?;

@@ -53,10 +53,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            server: ServerConfig::for_service("organizer", 50053, 9103),
+            server: ServerConfig::for_service("organizer", 15053, 9103),
             database: DatabaseConfig::for_service("organizer"),
             redis: RedisConfig::for_service("organizer"),
-            auth_addr: "127.0.0.1:50051".to_owned(),
+            auth_addr: "127.0.0.1:15051".to_owned(),
             rate_limits: RateLimits::default(),
             storage: StorageConfig::default(),
             max_artifact_bytes: 256 * 1024 * 1024,

@@ -65,7 +65,7 @@ impl Service for Application {
     /// key from Vault), connects to PostgreSQL (and migrates) and binds the listener.
     async fn build(config: Config) -> Result<Self, MeshError> {
         config.validate()?;
-        let node = Node::start(Self::NAME, &config.server).await?;
+        let mut node = Node::start(Self::NAME, &config.server).await?;
         let storage = storage::open(&config.storage, &node.vault).await?;
         let pool = db::connect_with_vault(&node.vault, &config.database).await?;
         let redis = Redis::connect_with_vault(&node.vault, &config.redis).await?;

@@ -75,7 +75,7 @@ impl Default for WatchConfig {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            server: ServerConfig::for_service("scheduler", 50052, 9102),
+            server: ServerConfig::for_service("scheduler", 15052, 9102),
             database: DatabaseConfig::for_service("scheduler"),
             redis: RedisConfig::for_service("scheduler"),
             lease_ttl: Duration::from_secs(10),
@@ -84,7 +84,7 @@ impl Default for Config {
             dispatch_poll: Duration::from_secs(1),
             progress_write_interval: Duration::from_secs(1),
             max_job_pixels: 64 * 1024 * 1024,
-            auth_addr: "127.0.0.1:50051".to_owned(),
+            auth_addr: "127.0.0.1:15051".to_owned(),
             rate_limits: sakuga_mesh::ratelimit::RateLimits::default(),
             max_active_jobs_per_user: 50,
             job_retention_days: 90,

@@ -58,7 +58,7 @@ impl Service for Application {
     /// migrates) and Redis, and binds the listener.
     async fn build(config: Config) -> Result<Self, MeshError> {
         config.validate()?;
-        let node = Node::start(Self::NAME, &config.server).await?;
+        let mut node = Node::start(Self::NAME, &config.server).await?;
         let pool = db::connect_with_vault(&node.vault, &config.database).await?;
         let listen =
             db::pg_config(&config.database, &node.vault.read_credentials(&config.database.vault_path).await?);
