@@ -11,10 +11,41 @@ use crate::{
 
 /// Serializes the active-job accounting of one owner until the transaction ends, so
 /// concurrent submits and retries cannot overshoot the cap together.
+const LOCK_OWNER: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))";
+
+/// Takes [`LOCK_OWNER`] in `tx`.
 async fn lock_owner(tx: &deadpool_postgres::Transaction<'_>, owner: &str) -> Result<(), SchedulerError> {
-    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[&owner]).await?;
+    tx.execute(LOCK_OWNER, &[&owner]).await?;
     Ok(())
 }
+
+/// A submit as one statement (run under [`LOCK_OWNER`]): the owner's job with the same
+/// idempotency key if there is one (`inserted` false), else the new job if the owner has
+/// fewer than `$26` jobs queued or running (`inserted` true), else no row. Every parameter
+/// is cast, as `INSERT ... SELECT` does not take its column types for them.
+static SUBMIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH existing AS ( \
+           SELECT {JOB_COLUMNS} FROM jobs \
+           WHERE owner_id = $2::text AND $19::text IS NOT NULL AND idempotency_key = $19::text), \
+         active AS ( \
+           SELECT count(*) AS n FROM (SELECT 1 FROM jobs WHERE owner_id = $2::text \
+             AND status IN ('queued', 'assigned', 'running') LIMIT $26::int8) a), \
+         ins AS ( \
+           INSERT INTO jobs (id, owner_id, kind, backend, model, prompt, negative_prompt, composed_prompt, \
+             width, height, steps, batch_size, frames, fps, seed, cfg_scale, sampler, priority, \
+             idempotency_key, max_attempts, spec_hash, project_id, character_ids, composed_negative, \
+             trace_context) \
+           SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, \
+             $9::int4, $10::int4, $11::int4, $12::int4, $13::int4, $14::int4, $15::int8, $16::float4, \
+             $17::text, $18::int4, $19::text, $20::int4, $21::text, $22::uuid, $23::uuid[], $24::text, \
+             $25::jsonb \
+           WHERE NOT EXISTS (SELECT 1 FROM existing) AND (SELECT n FROM active) < $26::int8 \
+           RETURNING {JOB_COLUMNS}) \
+         SELECT true AS inserted, ins.* FROM ins \
+         UNION ALL SELECT false AS inserted, existing.* FROM existing"
+    )
+});
 
 /// Refuses when `owner` already has `cap` jobs queued or running (call under
 /// [`lock_owner`]).
@@ -67,65 +98,67 @@ impl Store {
     /// Inserts a queued job; with an idempotency key already used by this owner, returns
     /// the first job instead. Refuses when the owner already has `cap` jobs queued or
     /// running (checked under a per-owner lock, so concurrent submits cannot overshoot).
+    ///
+    /// One round trip: `BEGIN`, the owner's lock, one statement that looks up the key,
+    /// counts and inserts, and `COMMIT` go out together (pipelined on one connection). The
+    /// statement starts after the lock is held, so its snapshot sees every submit of the
+    /// owner that committed before; a failure anywhere aborts the transaction and the
+    /// `COMMIT` rolls it back.
     pub async fn insert(&self, new: &NewJob, cap: u32) -> Result<Inserted, SchedulerError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        lock_owner(&tx, &new.owner_id).await?;
-        if let Some(key) = &new.idempotency_key {
-            let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE owner_id = $1 AND idempotency_key = $2");
-            if let Some(row) = tx.query_opt(&sql, &[&new.owner_id, key]).await? {
-                tx.commit().await?;
-                return Ok(Inserted { job: job_from_row(&row), deduplicated: true });
-            }
-        }
-        ensure_room(&tx, &new.owner_id, cap).await?;
-        let sql = format!(
-            "INSERT INTO jobs (id, owner_id, kind, backend, model, prompt, negative_prompt, composed_prompt, \
-             width, height, steps, batch_size, frames, fps, seed, cfg_scale, sampler, priority, \
-             idempotency_key, max_attempts, spec_hash, project_id, character_ids, composed_negative, \
-             trace_context) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25) \
-             ON CONFLICT (owner_id, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
-        );
-        let stmt = tx.prepare_cached(&sql).await?;
+        let client = self.pool.get().await?;
+        let (lock, submit) =
+            tokio::try_join!(client.prepare_cached(LOCK_OWNER), client.prepare_cached(&SUBMIT))?;
         let s = &new.spec;
         let seed = i64::try_from(s.seed).unwrap_or(i64::MAX);
-        let row = tx
-            .query_opt(
-                &stmt,
-                &[
-                    &new.id,
-                    &new.owner_id,
-                    &s.kind.as_str(),
-                    &s.backend,
-                    &s.model,
-                    &s.prompt,
-                    &s.negative_prompt,
-                    &new.composed_prompt,
-                    &i32_of(s.width),
-                    &i32_of(s.height),
-                    &i32_of(s.steps),
-                    &i32_of(s.batch_size),
-                    &i32_of(s.frames),
-                    &i32_of(s.fps),
-                    &seed,
-                    &s.cfg_scale,
-                    &s.sampler,
-                    &new.priority,
-                    &new.idempotency_key,
-                    &i32_of(new.max_attempts),
-                    &s.hash(),
-                    &new.project_id,
-                    &new.character_ids,
-                    &new.composed_negative,
-                    &serde_json::to_value(&new.trace_context).unwrap_or_default(),
-                ],
-            )
-            .await?;
-        let row =
-            row.ok_or_else(|| SchedulerError::FailedPrecondition("idempotency key conflict".to_owned()))?;
-        tx.commit().await?;
-        Ok(Inserted { job: job_from_row(&row), deduplicated: false })
+        let (width, height, steps) = (i32_of(s.width), i32_of(s.height), i32_of(s.steps));
+        let (batch, frames, fps) = (i32_of(s.batch_size), i32_of(s.frames), i32_of(s.fps));
+        let (max_attempts, spec_hash) = (i32_of(new.max_attempts), s.hash());
+        let trace = serde_json::to_value(&new.trace_context).unwrap_or_default();
+        let limit = i64::from(cap);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 26] = [
+            &new.id,
+            &new.owner_id,
+            &s.kind.as_str(),
+            &s.backend,
+            &s.model,
+            &s.prompt,
+            &s.negative_prompt,
+            &new.composed_prompt,
+            &width,
+            &height,
+            &steps,
+            &batch,
+            &frames,
+            &fps,
+            &seed,
+            &s.cfg_scale,
+            &s.sampler,
+            &new.priority,
+            &new.idempotency_key,
+            &max_attempts,
+            &spec_hash,
+            &new.project_id,
+            &new.character_ids,
+            &new.composed_negative,
+            &trace,
+            &limit,
+        ];
+        let owner: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&new.owner_id];
+        let (begin, locked, rows, commit) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            client.execute(&lock, &owner),
+            client.query(&submit, &params),
+            client.batch_execute("COMMIT"),
+        );
+        begin?;
+        locked?;
+        let rows = rows?;
+        commit?;
+        let Some(row) = rows.first() else {
+            // Counting stops at the cap, so an owner refused is exactly at it.
+            return Err(SchedulerError::QueueFull { active: limit, cap });
+        };
+        Ok(Inserted { job: job_from_row(row), deduplicated: !row.get::<_, bool>("inserted") })
     }
 
     /// The owner's latest succeeded job with exactly these parameters, if any.
