@@ -217,8 +217,29 @@ impl Session {
         self.wake.notify_one();
     }
 
+    /// Acts on the messages in order, each run of completions in one commit; an error ends
+    /// the session.
+    pub async fn handle_all(&mut self, msgs: Vec<WorkerMessage>) -> Result<(), SchedulerError> {
+        let mut done = Vec::new();
+        for msg in msgs {
+            match msg {
+                WorkerMessage::Completed { lease: (id, lease), file_ids } => done.push((id, lease, file_ids)),
+                other => {
+                    if !done.is_empty() {
+                        self.completed(&std::mem::take(&mut done)).await?;
+                    }
+                    self.handle(other).await?;
+                }
+            }
+        }
+        if !done.is_empty() {
+            self.completed(&done).await?;
+        }
+        Ok(())
+    }
+
     /// Acts on one message; an error ends the session.
-    pub async fn handle(&mut self, msg: WorkerMessage) -> Result<(), SchedulerError> {
+    async fn handle(&mut self, msg: WorkerMessage) -> Result<(), SchedulerError> {
         let ttl = self.state.config.lease_ttl;
         match msg {
             WorkerMessage::Ack { lease: (id, lease), waiting } => {
@@ -257,7 +278,7 @@ impl Session {
                 }
             }
             WorkerMessage::Completed { lease: (id, lease), file_ids } => {
-                self.completed(id, lease, &file_ids).await?;
+                self.completed(&[(id, lease, file_ids)]).await?;
             }
             WorkerMessage::Failed { lease: (id, lease), error, retryable, platform } => {
                 let error: String = error.chars().take(2000).collect();
@@ -328,29 +349,35 @@ impl Session {
         Ok(())
     }
 
-    async fn completed(&mut self, id: Uuid, lease: Uuid, file_ids: &[Uuid]) -> Result<(), SchedulerError> {
-        match self.state.store.complete(id, lease, file_ids).await? {
-            Completion::Succeeded(job) => {
-                self.state.families.finished(&job);
-                let span = tracing::info_span!("complete", otel.name = "complete", service = "scheduler", job_id = %id);
-                sakuga_mesh::telemetry::set_parent_from_map(&span, &job.trace_context);
-                span.in_scope(|| {
-                    info!(job_id = %id, worker_id = %self.worker_id, files = file_ids.len(), "job succeeded");
-                });
-                self.state.events.status_changed(&job);
-                self.finished(id);
+    /// Completions, in one statement and one commit however many (see
+    /// [`crate::store::Store::complete_all`]).
+    async fn completed(&mut self, done: &[(Uuid, Uuid, Vec<Uuid>)]) -> Result<(), SchedulerError> {
+        let outcomes = self.state.store.complete_all(done).await?;
+        for ((id, _, file_ids), outcome) in done.iter().zip(outcomes) {
+            let id = *id;
+            match outcome {
+                Completion::Succeeded(job) => {
+                    self.state.families.finished(&job);
+                    let span = tracing::info_span!("complete", otel.name = "complete", service = "scheduler", job_id = %id);
+                    sakuga_mesh::telemetry::set_parent_from_map(&span, &job.trace_context);
+                    span.in_scope(|| {
+                        info!(job_id = %id, worker_id = %self.worker_id, files = file_ids.len(), "job succeeded");
+                    });
+                    self.state.events.status_changed(&job);
+                    self.finished(id);
+                }
+                // Refused, and the attempt failed in its place (see `Store::complete_all`).
+                // The worker loses the lease like any worker whose attempt is over; its
+                // session stays, its other jobs are not this one's business.
+                Completion::ForeignFiles { job, foreign } => {
+                    self.state.families.finished(&job);
+                    warn!(job_id = %id, worker_id = %self.worker_id, foreign = ?foreign, status = job.status.as_str(), "completion refused: it named files not stored for this job");
+                    self.state.events.status_changed(&job);
+                    self.revoke(id, "completion refused: it named files not stored for this job").await;
+                    self.wake.notify_one();
+                }
+                Completion::LeaseLost => self.revoke(id, "finished or lease lost").await,
             }
-            // Refused, and the attempt failed in its place (see `Store::complete`).
-            // The worker loses the lease like any worker whose attempt is over; its
-            // session stays, its other jobs are not this one's business.
-            Completion::ForeignFiles { job, foreign } => {
-                self.state.families.finished(&job);
-                warn!(job_id = %id, worker_id = %self.worker_id, foreign = ?foreign, status = job.status.as_str(), "completion refused: it named files not stored for this job");
-                self.state.events.status_changed(&job);
-                self.revoke(id, "completion refused: it named files not stored for this job").await;
-                self.wake.notify_one();
-            }
-            Completion::LeaseLost => self.revoke(id, "finished or lease lost").await,
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::{
     common::{Mesh, image_request},
-    queue::{Inbound, attach_worker},
+    queue::{Inbound, attach_worker, attach_worker_with},
 };
 
 /// The next assignment on a worker stream, as its lease.
@@ -153,6 +153,70 @@ async fn a_completion_naming_files_not_stored_for_its_job_is_refused_and_fails_t
     assert_eq!(done.status, i32::from(sakuga_proto::v1::JobStatus::Succeeded));
     assert_eq!(done.file_ids, vec![own_file.to_string()]);
     assert_eq!(done.attempts, 2);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn completions_sent_together_each_get_their_own_outcome() {
+    let mesh = Mesh::without_generator().await;
+    let alice = mesh.person("alice").await;
+    let mut jobs = mesh.jobs(&alice.token);
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let job = jobs.submit_job(image_request(&format!("together {i}"), 1)).await.unwrap().into_inner();
+        ids.push(Uuid::parse_str(&job.job.unwrap().id).unwrap());
+    }
+    let (tx, mut inbound) = attach_worker_with(&mesh, "batch", Vec::new(), 4).await;
+    let mut leases = std::collections::HashMap::new();
+    for _ in 0..4 {
+        let lease = next_lease(&mut inbound).await;
+        leases.insert(Uuid::parse_str(&lease.job_id).unwrap(), lease);
+    }
+    let lease = |i: usize| leases[&ids[i]].clone();
+    // Two files of its own, named in the opposite order to how they were stored.
+    let (first, second) =
+        (record_file(&mesh, ids[0], &alice.id, 0).await, record_file(&mesh, ids[0], &alice.id, 1).await);
+    let foreign = record_file(&mesh, ids[0], &alice.id, 2).await;
+    let wrong_lease = LeasedJob { job_id: ids[2].to_string(), lease_token: Uuid::new_v4().to_string() };
+    let completions = [
+        JobCompleted { job: Some(lease(0)), file_ids: vec![second.to_string(), first.to_string()] },
+        JobCompleted { job: Some(lease(1)), file_ids: vec![foreign.to_string()] },
+        JobCompleted { job: Some(wrong_lease), file_ids: vec![] },
+        JobCompleted { job: Some(lease(3)), file_ids: vec![] },
+    ];
+    for c in completions {
+        tx.send(AttachRequest { msg: Some(Msg::Completed(c)) }).await.unwrap();
+    }
+    let mut revoked = [next_revoked(&mut inbound).await, next_revoked(&mut inbound).await];
+    revoked.sort();
+    let mut expected = [(ids[1].to_string(), "not stored"), (ids[2].to_string(), "lease lost")];
+    expected.sort_unstable();
+    for ((job, reason), (want_job, want_reason)) in revoked.iter().zip(expected) {
+        assert_eq!(job, &want_job);
+        assert!(reason.contains(want_reason), "{reason}");
+    }
+    let done = mesh.finished(&alice.token, &ids[0].to_string()).await;
+    assert_eq!(done.status, i32::from(sakuga_proto::v1::JobStatus::Succeeded));
+    assert_eq!(
+        done.file_ids,
+        vec![second.to_string(), first.to_string()],
+        "in the order the worker named them"
+    );
+    let done = mesh.finished(&alice.token, &ids[3].to_string()).await;
+    assert_eq!(done.status, i32::from(sakuga_proto::v1::JobStatus::Succeeded));
+    assert!(done.file_ids.is_empty());
+    let db = mesh.env.db().await.unwrap();
+    let status = |row: tokio_postgres::Row| (row.get::<_, String>(0), row.get::<_, Option<Uuid>>(1));
+    let refused =
+        db.query_one("SELECT status, lease_token FROM jobs WHERE id = $1", &[&ids[1]]).await.unwrap();
+    assert_eq!(status(refused), ("queued".to_owned(), None), "the attempt with a foreign file failed");
+    let untouched =
+        db.query_one("SELECT status, lease_token FROM jobs WHERE id = $1", &[&ids[2]]).await.unwrap();
+    assert_eq!(
+        status(untouched),
+        ("assigned".to_owned(), Some(Uuid::parse_str(&lease(2).lease_token).unwrap())),
+        "a completion under another lease changes nothing"
+    );
     mesh.stop().await;
 }
 

@@ -39,12 +39,22 @@ pub(crate) async fn attach_worker(
     worker_id: &str,
     running: Vec<LeasedJob>,
 ) -> (Outbound, Inbound) {
+    attach_worker_with(mesh, worker_id, running, 1).await
+}
+
+/// [`attach_worker`] with `slots` builtin slots.
+pub(crate) async fn attach_worker_with(
+    mesh: &Mesh,
+    worker_id: &str,
+    running: Vec<LeasedJob>,
+    slots: u32,
+) -> (Outbound, Inbound) {
     let identity = mesh.env.identity("generator").await.unwrap();
     let channel = identity.channel(&mesh.scheduler.addr_string()).unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let hello = WorkerHello {
         worker_id: worker_id.into(),
-        slots: 1,
+        slots,
         backends: vec!["builtin".into()],
         running,
         ..WorkerHello::default()

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use futures_util::{StreamExt as _, future, stream};
+use futures_util::{FutureExt as _, StreamExt as _, future, stream};
 use sakuga_proto::v1::{
     AttachRequest, AttachResponse, WorkerHello, attach_request::Msg, worker_service_server::WorkerService,
 };
@@ -73,25 +73,55 @@ impl WorkerService for Api {
     }
 }
 
+/// The most messages a session takes from its stream at once: those already received
+/// when the first is read, so the completions among them share one commit.
+const BATCH: usize = 64;
+
 /// Feeds the worker's messages to its session until the stream ends, the session fails
-/// (its error goes to `failed`) or the scheduler shuts down.
+/// (its error goes to `failed`) or the scheduler shuts down. Messages already waiting
+/// behind the first go to the session together (none is waited for).
 async fn run(
     mut session: Session,
     mut inbound: Streaming<AttachRequest>,
     shutdown: CancellationToken,
     failed: oneshot::Sender<Status>,
 ) {
+    let mut carried = None;
     loop {
-        let msg = tokio::select! {
-            () = shutdown.cancelled() => break,
-            msg = inbound.next() => msg,
+        let msg = if let Some(msg) = carried.take() {
+            msg
+        } else {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                msg = inbound.next() => msg,
+            }
         };
         match msg {
             Some(Ok(AttachRequest { msg: Some(m) })) => {
-                let handled = match convert::worker_message(m) {
-                    Ok(m) => session.handle(m).await,
-                    Err(e) => Err(e),
-                };
+                let mut batch = vec![m];
+                while batch.len() < BATCH {
+                    match inbound.next().now_or_never() {
+                        Some(Some(Ok(AttachRequest { msg: Some(m) }))) => batch.push(m),
+                        Some(other) => {
+                            carried = Some(other);
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                // Up to the first message that does not translate, in order; then its error.
+                let mut msgs = Vec::with_capacity(batch.len());
+                let mut refused = None;
+                for m in batch {
+                    match convert::worker_message(m) {
+                        Ok(m) => msgs.push(m),
+                        Err(e) => {
+                            refused = Some(e);
+                            break;
+                        }
+                    }
+                }
+                let handled = session.handle_all(msgs).await.and(refused.map_or(Ok(()), Err));
                 if let Err(e) = handled {
                     warn!(worker_id = %session.worker_id(), error = %e, "worker message failed");
                     let _ = failed.send(Status::from(e));

@@ -66,6 +66,29 @@ fn fail_sql() -> String {
     )
 }
 
+/// Completes the jobs `$1` under the leases `$2` (same order) with their files: file `$4[i]`
+/// belongs to the job at 1-based position `$3[i]`, in the order given. A job changes only
+/// while its lease is held and when every file it names is stored for it.
+fn complete_sql() -> String {
+    format!(
+        "WITH done AS (SELECT * FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS d(id, lease, ix)), \
+         named AS (SELECT * FROM unnest($3::int8[], $4::uuid[]) WITH ORDINALITY AS n(ix, file_id, ord)), \
+         checked AS ( \
+           SELECT d.id, d.lease, \
+             coalesce((SELECT array_agg(n.file_id ORDER BY n.ord) FROM named n WHERE n.ix = d.ix), '{{}}') AS file_ids, \
+             NOT EXISTS (SELECT 1 FROM named n WHERE n.ix = d.ix AND NOT EXISTS \
+               (SELECT 1 FROM files WHERE files.id = n.file_id AND files.job_id = d.id)) AS own \
+           FROM done d) \
+         UPDATE jobs j SET status = 'succeeded', file_ids = c.file_ids, lease_token = NULL, \
+           lease_expires_at = NULL, progress_step = GREATEST(j.progress_step, j.progress_total), error = '', \
+           finished_at = now(), updated_at = now() \
+         FROM checked c \
+         WHERE j.id = c.id AND j.lease_token = c.lease AND j.status IN ('assigned', 'running') AND c.own \
+         RETURNING {}",
+        JOB_COLUMNS.split(", ").map(|c| format!("j.{c}")).collect::<Vec<_>>().join(", ")
+    )
+}
+
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -223,22 +246,54 @@ impl Store {
         Ok(client.query_opt(&stmt, &[&id, &lease]).await?.is_some())
     }
 
-    /// The attempt succeeded: running -> succeeded with the stored files.
+    /// The attempts succeeded: running -> succeeded with the stored files, for each
+    /// `(job, lease, files)` of `done`, answered in the same order.
     ///
     /// A worker's word on which files are the job's is not taken: every id must be a file
     /// the organizer recorded for this very job (`files.job_id`), checked in the same
-    /// transaction that completes the job, under the job row's lock. A completion naming
+    /// statement that completes the job, under the job row's lock. A completion naming
     /// any other id (another job's file, a made-up one) is refused as a whole and the
     /// attempt counts as failed (retryable: the job is sound, the worker is not), so a
     /// generator cannot attach someone else's files to a job, nor finish a job with files
     /// it never stored.
-    pub async fn complete(
+    ///
+    /// The usual completions (held lease, every file the job's) are one statement and one
+    /// commit however many there are (a worker finishing several jobs at once shares the
+    /// commit); each the statement left unchanged then finds out why on its own.
+    pub async fn complete_all(
         &self,
+        done: &[(Uuid, Uuid, Vec<Uuid>)],
+    ) -> Result<Vec<Completion>, SchedulerError> {
+        let mut client = self.pool.get().await?;
+        let (ids, leases): (Vec<Uuid>, Vec<Uuid>) = done.iter().map(|(id, lease, _)| (*id, *lease)).unzip();
+        let (owners, files): (Vec<i64>, Vec<Uuid>) = done
+            .iter()
+            .zip(1_i64..)
+            .flat_map(|((_, _, files), ix)| files.iter().map(move |f| (ix, *f)))
+            .unzip();
+        let stmt = client.prepare_cached(&complete_sql()).await?;
+        let rows = client.query(&stmt, &[&ids, &leases, &owners, &files]).await?;
+        let mut succeeded: std::collections::HashMap<Uuid, Job> =
+            rows.iter().map(job_from_row).map(|j| (j.id, j)).collect();
+        let mut out = Vec::with_capacity(done.len());
+        for (id, lease, files) in done {
+            out.push(match succeeded.remove(id) {
+                Some(job) => Completion::Succeeded(job),
+                None => Self::complete_checked(&mut client, *id, *lease, files).await?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Why a completion [`complete_sql`] left unchanged did not go through: the lease is
+    /// lost, or the files are not the job's (the attempt fails), or they were stored since
+    /// (it succeeds now).
+    async fn complete_checked(
+        client: &mut deadpool_postgres::Object,
         id: Uuid,
         lease: Uuid,
         file_ids: &[Uuid],
     ) -> Result<Completion, SchedulerError> {
-        let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let held = tx
             .prepare_cached(
@@ -258,14 +313,10 @@ impl Store {
         let foreign: Vec<Uuid> =
             tx.query(&foreign, &[&id, &file_ids]).await?.iter().map(|r| r.get(0)).collect();
         let outcome = if foreign.is_empty() {
-            let sql = format!(
-                "UPDATE jobs SET status = 'succeeded', file_ids = $3, lease_token = NULL, lease_expires_at = NULL, \
-                 progress_step = GREATEST(progress_step, progress_total), error = '', \
-                 finished_at = now(), updated_at = now() \
-                 WHERE id = $1 AND lease_token = $2 AND status IN ('assigned', 'running') RETURNING {JOB_COLUMNS}"
-            );
-            let stmt = tx.prepare_cached(&sql).await?;
-            tx.query_opt(&stmt, &[&id, &lease, &file_ids])
+            // Stored meanwhile (the organizer's commit landed between the two reads).
+            let stmt = tx.prepare_cached(&complete_sql()).await?;
+            let owners = vec![1_i64; file_ids.len()];
+            tx.query_opt(&stmt, &[&[id].as_slice(), &[lease].as_slice(), &owners, &file_ids])
                 .await?
                 .map(|r| Completion::Succeeded(job_from_row(&r)))
         } else {
