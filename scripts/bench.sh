@@ -2,10 +2,13 @@
 # make bench: the load harness, the backend benchmarks and the criterion micro-benchmarks, in
 # release builds, against real PostgreSQL, Redis and a fresh OpenBao dev server, as the tests
 # use them. Writes .dev/bench/report.json and report.md (the load harness) and prints every
-# table; benches/RESULTS.md keeps the latest figures with the method.
+# table; benches/RESULTS.md keeps the latest figures with the method. Before the load harness
+# it runs the peer, graphile-worker 0.18.0 (benches/peers/graphile, installed from npm into
+# ~/.cache/peers-node), on the same PostgreSQL, and the report sets both side by side.
 #
 #   BENCH_SECTIONS=rpc,dispatch,concurrency,fanout,store,processes  (see benches/benches/load/main.rs
 #   for every BENCH_* setting)   BENCH_SKIP_MICRO=1   BENCH_SKIP_BACKENDS=1
+#   BENCH_SKIP_PEER=1 (no npm registry, or no comparison wanted)
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -44,6 +47,23 @@ PY
 export BENCH_META
 export BENCH_OUT="${BENCH_OUT:-$DEV/bench}"
 export BENCH_BIN_DIR="$CARGO_TARGET_DIR/release"
+
+mkdir -p "$BENCH_OUT"
+if [ "${BENCH_SKIP_PEER:-0}" != 1 ]; then
+    command -v npm >/dev/null 2>&1 ||
+        die "the peer (graphile-worker) needs npm: apt-get install npm, or BENCH_SKIP_PEER=1 to leave it out"
+    log "peer: graphile-worker on the same PostgreSQL (benches/peers/graphile; about 3 minutes; BENCH_SKIP_PEER=1 leaves it out)"
+    pg_admin <<SQL
+SELECT format('CREATE DATABASE %I OWNER %I', 'sakuga_peerbench', '$TEST_DB_USER')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'sakuga_peerbench') \gexec
+SQL
+    PEERBENCH_DATABASE_URL="postgres://$TEST_DB_USER:$(cat "$DEV/test/db-password")@$LOOPBACK:$PG_PORT/sakuga_peerbench" \
+        bash "$ROOT/benches/peers/graphile/run.sh" --no-setup --json-out "$BENCH_OUT/peer-graphile.json" \
+        >"$BENCH_OUT/peer-graphile.log" 2>&1 ||
+        die "the peer failed (log: $BENCH_OUT/peer-graphile.log, last lines: $(tail -n 5 "$BENCH_OUT/peer-graphile.log"))"
+    grep -E '^# (latency|throughput|baseline)' "$BENCH_OUT/peer-graphile.log" || true
+    export BENCH_PEER_JSON="$BENCH_OUT/peer-graphile.json"
+fi
 
 log "load harness (benches/benches/load)"
 cargo bench -q -p sakuga-benches --bench load

@@ -6,6 +6,8 @@ use std::{fmt::Write as _, time::Duration};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+pub mod peer;
+
 /// A setting from the environment, or its default.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

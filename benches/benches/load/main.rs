@@ -5,6 +5,7 @@
 //!
 //! - `rpc`: SubmitJob and GetJob requests/s and latency at 1, 10 and 50 clients;
 //! - `dispatch`: submit → assignment at a steady 100 jobs/s and at saturation;
+//! - `drain`: 20,000 queued jobs through W simulated workers × S slots (the peer's drain);
 //! - `concurrency`: five jobs on one worker with five slots against one slot;
 //! - `fanout`: WatchJob watchers one scheduler holds with events still under 100 ms;
 //! - `store`: StoreArtifact throughput (MiB/s, artifacts/s) of one organizer on local disk
@@ -17,8 +18,10 @@
 //!
 //! All but the last run the services in this process (tokio tasks, as the tests do); the
 //! last runs them as processes. Settings come from `BENCH_*` variables (see `Settings`);
-//! `BENCH_SECTIONS=rpc,fanout` runs a subset. The report goes to `BENCH_OUT` (default
-//! `.dev/bench`) as `report.json` and `report.md`, and the Markdown is printed.
+//! `BENCH_SECTIONS=rpc,fanout` runs a subset. With `BENCH_PEER_JSON` (the peer harness's
+//! JSON from the same run) a last section sets the figures beside graphile-worker's. The
+//! report goes to `BENCH_OUT` (default `.dev/bench`) as `report.json` and `report.md`, and
+//! the Markdown is printed.
 
 #![allow(
     clippy::unwrap_used,
@@ -34,6 +37,7 @@
 mod comfyui;
 mod concurrency;
 mod dispatch;
+mod drain;
 mod fanout;
 mod mesh;
 mod processes;
@@ -78,6 +82,10 @@ pub struct Settings {
     pub store_clients: usize,
     /// Jobs of each `comfyui` run.
     pub comfy_jobs: usize,
+    /// Jobs queued before each `drain` run.
+    pub drain_jobs: usize,
+    /// Workers × slots of the `drain` runs.
+    pub drain_shapes: Vec<drain::Shape>,
     /// Sections to run.
     pub sections: Vec<String>,
 }
@@ -108,7 +116,16 @@ impl Settings {
             store_mib: env_or("BENCH_STORE_MIB", 256),
             store_clients: env_or("BENCH_STORE_CLIENTS", 4),
             comfy_jobs: env_or("BENCH_COMFY_JOBS", 20),
-            sections: list("BENCH_SECTIONS", "rpc,dispatch,concurrency,fanout,store,comfyui,processes"),
+            drain_jobs: env_or("BENCH_DRAIN_JOBS", 20_000),
+            drain_shapes: list("BENCH_DRAIN_SHAPES", "1x10,2x10,8x8")
+                .iter()
+                .map(|s| {
+                    drain::Shape::parse(s).unwrap_or_else(|| {
+                        panic!("BENCH_DRAIN_SHAPES: {s:?} is not WORKERSxSLOTS, e.g. 1x10")
+                    })
+                })
+                .collect(),
+            sections: list("BENCH_SECTIONS", "rpc,dispatch,drain,concurrency,fanout,store,comfyui,processes"),
         }
     }
 
@@ -129,6 +146,8 @@ impl Settings {
             "store_mib": self.store_mib,
             "store_clients": self.store_clients,
             "comfy_jobs": self.comfy_jobs,
+            "drain_jobs": self.drain_jobs,
+            "drain_shapes": self.drain_shapes.iter().map(|s| s.label()).collect::<Vec<_>>(),
             "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         })
     }
@@ -149,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
         let s = match section.as_str() {
             "rpc" => vec![rpc::run(&settings).await?],
             "dispatch" => vec![dispatch::run(&settings).await?],
+            "drain" => vec![drain::run(&settings).await?],
             "concurrency" => vec![concurrency::run(&settings).await?],
             "fanout" => vec![fanout::run(&settings).await?],
             "store" => vec![store::run(&settings).await?],
@@ -162,6 +182,14 @@ async fn main() -> anyhow::Result<()> {
             report.sections.push(s);
         }
         // Written after every section, so a failure later keeps what was measured.
+        std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+        std::fs::write(out.join("report.md"), report.markdown())?;
+    }
+    if let Ok(path) = std::env::var("BENCH_PEER_JSON") {
+        let peer: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+        let s = sakuga_benches::peer::compare(&report.sections, &peer);
+        eprint!("{}", s.markdown());
+        report.sections.push(s);
         std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
         std::fs::write(out.join("report.md"), report.markdown())?;
     }

@@ -1,0 +1,141 @@
+//! `drain`: N jobs already queued, K simulated workers attach and complete every assignment
+//! at once; jobs/s from the attach to the last completion committed. The same measurement
+//! as the peer harness's throughput run (`benches/peers/graphile`).
+
+use std::time::{Duration, Instant};
+
+use sakuga_benches::Section;
+use sakuga_proto::v1::{AttachRequest, JobCompleted, LeasedJob, attach_request::Msg, attach_response};
+use serde_json::json;
+use tokio_stream::StreamExt as _;
+
+use crate::{
+    Settings,
+    mesh::{Mesh, attach, small_job},
+};
+
+/// One drain shape: `workers` attached sessions of `slots` slots each.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub workers: usize,
+    pub slots: usize,
+}
+
+impl Shape {
+    /// Parses `WORKERSxSLOTS`, e.g. `1x10`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (w, c) = s.split_once('x')?;
+        let shape = Self { workers: w.trim().parse().ok()?, slots: c.trim().parse().ok()? };
+        (shape.workers > 0 && shape.slots > 0).then_some(shape)
+    }
+
+    pub fn label(self) -> String {
+        format!("{}x{}", self.workers, self.slots)
+    }
+}
+
+/// Queues `n` jobs: one through `SubmitJob` (so every column is what a submit writes), then
+/// `n - 1` copies of its row in one statement, then `VACUUM ANALYZE` as the peer does.
+async fn queue(mesh: &Mesh, n: usize) -> anyhow::Result<()> {
+    let first = mesh.jobs()?.submit_job(small_job("drain".into(), "builtin")).await?.into_inner();
+    let id: uuid::Uuid = first.job.map(|j| j.id).unwrap_or_default().parse()?;
+    let db = mesh.env.db().await?;
+    let columns: Vec<String> = db
+        .query(
+            "SELECT column_name FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = 'jobs' AND column_name <> 'id' \
+             AND column_name <> 'idempotency_key' ORDER BY ordinal_position",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| format!("\"{}\"", r.get::<_, String>(0)))
+        .collect();
+    let list = columns.join(", ");
+    let copies = i64::try_from(n.saturating_sub(1))?;
+    db.execute(
+        &format!(
+            "INSERT INTO jobs (id, {list}) SELECT gen_random_uuid(), {list} FROM jobs, generate_series(1, $2::int8) \
+             WHERE id = $1"
+        ),
+        &[&id, &copies],
+    )
+    .await?;
+    db.batch_execute("VACUUM ANALYZE jobs").await?;
+    Ok(())
+}
+
+/// Attaches the shape's workers, each completing every assignment at once, and returns the
+/// time from the first attach to no job left queued, assigned or running.
+async fn drain(mesh: &Mesh, shape: Shape, n: usize) -> anyhow::Result<Duration> {
+    let db = mesh.env.db().await?;
+    let started = Instant::now();
+    let mut sessions = Vec::new();
+    for w in 0..shape.workers {
+        let mut sim = attach(mesh, &format!("drain-{w}"), u32::try_from(shape.slots)?, "builtin").await?;
+        sessions.push(tokio::spawn(async move {
+            while let Some(Ok(msg)) = sim.inbound.next().await {
+                if let Some(attach_response::Msg::Assignment(a)) = msg.msg {
+                    let job = LeasedJob { job_id: a.job_id, lease_token: a.lease_token };
+                    let done = Msg::Completed(JobCompleted { job: Some(job), file_ids: vec![] });
+                    if sim.tx.send(AttachRequest { msg: Some(done) }).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    let deadline = started + Duration::from_mins(10);
+    loop {
+        let left: bool = db
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE status IN ('queued', 'assigned', 'running'))",
+                &[],
+            )
+            .await?
+            .get(0);
+        if !left {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{n} jobs not drained within 10 minutes");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let wall = started.elapsed();
+    for s in sessions {
+        s.abort();
+    }
+    let done: i64 = db.query_one("SELECT count(*) FROM jobs WHERE status = 'succeeded'", &[]).await?.get(0);
+    anyhow::ensure!(done == i64::try_from(n)?, "{done} of {n} jobs succeeded");
+    Ok(wall)
+}
+
+pub async fn run(settings: &Settings) -> anyhow::Result<Section> {
+    let n = settings.drain_jobs;
+    let mut section = Section::new(
+        "drain",
+        "Drain: queued jobs through simulated workers",
+        &format!(
+            "{n} jobs are queued before any worker attaches (one SubmitJob, then copies of its row in \
+             one INSERT, then VACUUM ANALYZE, as the peer queues with one add_jobs and vacuums). \
+             Then W simulated workers attach over `WorkerService.Attach` with mTLS and generator \
+             certificates, S slots each, and complete every assignment at once. jobs/s = jobs / \
+             (first attach → no job left queued, assigned or running, polled every 5 ms), so it \
+             includes the attach, as the peer's includes its worker start-up. One fresh scheduler \
+             per run, in the harness's process; PostgreSQL and Redis on the same machine."
+        ),
+        &["W×S", "jobs", "seconds", "jobs/s"],
+    );
+    for shape in &settings.drain_shapes {
+        let mesh = Mesh::start(false).await?;
+        queue(&mesh, n).await?;
+        let wall = drain(&mesh, *shape, n).await?;
+        mesh.stop().await?;
+        let rate = n as f64 / wall.as_secs_f64();
+        section.row(
+            vec![shape.label(), n.to_string(), format!("{:.2}", wall.as_secs_f64()), format!("{rate:.0}")],
+            json!({"shape": shape.label(), "workers": shape.workers, "slots": shape.slots, "jobs": n,
+                   "seconds": wall.as_secs_f64(), "jobs_per_sec": rate}),
+        );
+    }
+    Ok(section)
+}
