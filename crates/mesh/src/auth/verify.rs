@@ -12,6 +12,7 @@ use deadpool_postgres::Pool;
 use futures_util::future::BoxFuture;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
@@ -77,6 +78,19 @@ const KEYS_MIN_REFETCH: Duration = Duration::from_secs(10);
 const API_KEY_CACHE: Duration = Duration::from_secs(2);
 /// Most API key lookups cached at once (a flood of made-up keys is looked up uncached).
 const API_KEY_CACHE_ENTRIES: usize = 10_000;
+/// Most verified access tokens remembered at once (only tokens whose signature checked
+/// out get in, so callers cannot fill it with made-up ones).
+const TOKEN_CACHE_ENTRIES: usize = 10_000;
+/// Seconds a token is accepted past its `exp` (clock skew between services).
+const LEEWAY_SECS: u64 = 5;
+
+/// An access token whose signature and claims checked out: its claims and the key that
+/// signed it.
+#[derive(Clone)]
+struct Verified {
+    kid: String,
+    claims: Claims,
+}
 
 /// Verifies bearer credentials locally.
 pub struct Verifier {
@@ -86,6 +100,9 @@ pub struct Verifier {
     redis: Option<Redis>,
     db: Option<Pool>,
     api_keys: Mutex<HashMap<String, (Instant, Option<Caller>)>>,
+    /// Verified access tokens by the SHA-256 of the whole token, until they expire: a
+    /// token's signature is checked at its first call, not at every one.
+    tokens: Mutex<HashMap<[u8; 32], Verified>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -105,6 +122,7 @@ impl Verifier {
             redis,
             db,
             api_keys: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
         }
     }
 
@@ -130,6 +148,7 @@ impl Verifier {
             redis,
             db,
             api_keys: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
         }
     }
 
@@ -182,11 +201,43 @@ impl Verifier {
         self.keys.read().ok()?.get(kid).cloned()
     }
 
-    /// Verifies a bearer credential.
+    /// Verifies a bearer credential. An access token's signature is checked once and
+    /// remembered until the token expires (or its key is withdrawn); revocation is asked on
+    /// every call.
     pub async fn verify(&self, bearer: &str) -> Result<Caller, Refusal> {
         if bearer.starts_with(API_KEY_PREFIX) {
             return self.verify_api_key(bearer).await;
         }
+        let digest: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
+        let remembered =
+            self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&digest).cloned();
+        let claims = match remembered {
+            Some(v) if !expired(&v.claims) && self.key(&v.kid).is_some() => v.claims,
+            _ => {
+                let v = self.verify_signed(bearer).await?;
+                let mut tokens = self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if tokens.len() >= TOKEN_CACHE_ENTRIES {
+                    tokens.retain(|_, v| !expired(&v.claims));
+                }
+                if tokens.len() < TOKEN_CACHE_ENTRIES {
+                    tokens.insert(digest, v.clone());
+                }
+                v.claims
+            }
+        };
+        let id = Uuid::parse_str(&claims.sub).map_err(|_| Refusal::TokenInvalid)?;
+        self.check_revoked(&claims).await?;
+        Ok(Caller::User {
+            id,
+            role: claims.role,
+            jti: Some(claims.jti),
+            expires_at: Some(claims.exp),
+            api_key: None,
+        })
+    }
+
+    /// Checks an access token's signature and claims.
+    async fn verify_signed(&self, bearer: &str) -> Result<Verified, Refusal> {
         let header = jsonwebtoken::decode_header(bearer).map_err(|_| Refusal::MalformedToken)?;
         if header.alg != Algorithm::EdDSA {
             return Err(Refusal::TokenAlgorithm);
@@ -205,7 +256,7 @@ impl Verifier {
         validation.set_audience(&[AUDIENCE]);
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
         let data = jsonwebtoken::decode::<Claims>(bearer, &key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
@@ -213,16 +264,7 @@ impl Verifier {
                 _ => Refusal::TokenInvalid,
             }
         })?;
-        let claims = data.claims;
-        let id = Uuid::parse_str(&claims.sub).map_err(|_| Refusal::TokenInvalid)?;
-        self.check_revoked(&claims).await?;
-        Ok(Caller::User {
-            id,
-            role: claims.role,
-            jti: Some(claims.jti),
-            expires_at: Some(claims.exp),
-            api_key: None,
-        })
+        Ok(Verified { kid, claims: data.claims })
     }
 
     /// Refuses revoked tokens. Redis being unreachable does not stop people with the
@@ -303,6 +345,11 @@ impl Verifier {
         }
         caller.ok_or(Refusal::ApiKeyInvalid)
     }
+}
+
+/// Past `exp` and the leeway: what the signature check would refuse as expired.
+fn expired(claims: &Claims) -> bool {
+    claims.exp.saturating_add(LEEWAY_SECS.cast_signed()) < super::now_secs()
 }
 
 /// Decodes a JWK set (Ed25519 keys) into verification keys.

@@ -132,6 +132,35 @@ async fn every_protected_rpc_refuses_missing_expired_forged_and_revoked_credenti
 }
 
 #[tokio::test]
+async fn a_token_accepted_before_is_refused_once_it_expires_or_is_revoked() {
+    // Each service remembers a token whose signature checked out; what it remembers must
+    // not outlive the token's expiry nor outvote its revocation.
+    let mesh = Mesh::start().await;
+    let alice = mesh.person("alice").await;
+    let active = mesh.env.signing_key_pem("k2").await.unwrap();
+    let list = |bearer: String| {
+        let mut jobs = mesh.jobs(&bearer);
+        async move { jobs.list_jobs(ListJobsRequest::default()).await.map(|_| ()) }
+    };
+    let short = token(&active, "k2", &claims(&alice.id, AUDIENCE, 1));
+    for _ in 0..3 {
+        list(short.clone()).await.unwrap();
+    }
+    let lasting = alice.token.clone();
+    list(lasting.clone()).await.unwrap();
+    list(lasting.clone()).await.unwrap();
+    mesh.auth_client(&lasting).logout(LogoutRequest::default()).await.unwrap();
+    let e = list(lasting).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "revoked after two accepted calls: {e:?}");
+    // One second of validity and five of leeway for clock skew, then refused.
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    let e = list(short).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "expired after three accepted calls: {e:?}");
+    assert!(e.message().contains("expired"), "{}", e.message());
+    mesh.stop().await;
+}
+
+#[tokio::test]
 async fn users_see_only_their_own_jobs_and_files_and_admins_see_all() {
     let mesh = Mesh::start().await;
     let alice = mesh.person("alice").await;
