@@ -4,17 +4,27 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
 use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-/// Writes audit rows.
+/// Events waiting for the writer; past it, callers wait for room.
+const AUDIT_QUEUE: usize = 4096;
+/// Most rows one statement writes.
+const AUDIT_BATCH: usize = 256;
+
+type Pending = (AuditEvent, oneshot::Sender<Result<(), String>>);
+
+/// Writes audit rows. Calls that finish together share one statement and one commit
+/// (group commit); each caller still waits until its row is committed.
 #[derive(Debug, Clone)]
 pub struct Audit {
     pool: Pool,
+    writer: Arc<OnceLock<mpsc::Sender<Pending>>>,
 }
 
 /// One audit row.
@@ -37,30 +47,60 @@ pub struct AuditEvent {
 impl Audit {
     /// Writes into `audit_events` of this pool's database.
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self { pool, writer: Arc::new(OnceLock::new()) }
     }
 
-    /// Records an event; a failure is logged (the action itself already happened).
+    /// Records an event once it is committed; a failure is logged (the action itself
+    /// already happened).
     pub async fn record(&self, e: AuditEvent) {
-        let result = async {
-            let client = self.pool.get().await.map_err(|e| e.to_string())?;
-            let stmt = client
-                .prepare_cached(
-                    "INSERT INTO audit_events (actor, action, target, result, peer, request_id) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            client
-                .execute(&stmt, &[&e.actor, &e.action, &e.target, &e.result, &e.peer, &e.request_id])
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .await;
+        let action = e.action.clone();
+        let writer = self.writer.get_or_init(|| spawn_writer(self.pool.clone()));
+        let (done, committed) = oneshot::channel();
+        let result = match writer.send((e, done)).await {
+            Ok(()) => committed.await.unwrap_or_else(|_| Err("the audit writer stopped".to_owned())),
+            Err(mpsc::error::SendError((e, _))) => write(&self.pool, std::slice::from_ref(&e)).await,
+        };
         if let Err(err) = result {
-            warn!(error = %err, action = %e.action, "audit row not written");
+            warn!(error = %err, action = %action, "audit row not written");
         }
     }
+}
+
+/// The writer: every event waiting when it is free goes into one statement (up to
+/// [`AUDIT_BATCH`]); it stops when the last [`Audit`] handle is gone.
+fn spawn_writer(pool: Pool) -> mpsc::Sender<Pending> {
+    let (tx, mut rx) = mpsc::channel::<Pending>(AUDIT_QUEUE);
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(AUDIT_BATCH);
+        while rx.recv_many(&mut batch, AUDIT_BATCH).await > 0 {
+            let (events, waiters): (Vec<AuditEvent>, Vec<_>) = batch.drain(..).unzip();
+            let result = write(&pool, &events).await;
+            for w in waiters {
+                let _ = w.send(result.clone());
+            }
+        }
+    });
+    tx
+}
+
+/// Inserts `events` in one statement, in their order.
+async fn write(pool: &Pool, events: &[AuditEvent]) -> Result<(), String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO audit_events (actor, action, target, result, peer, request_id) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])",
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let column = |f: fn(&AuditEvent) -> &str| events.iter().map(f).collect::<Vec<&str>>();
+    let (actor, action, target) = (column(|e| &e.actor), column(|e| &e.action), column(|e| &e.target));
+    let (result, peer, request) = (column(|e| &e.result), column(|e| &e.peer), column(|e| &e.request_id));
+    client
+        .execute(&stmt, &[&actor, &action, &target, &result, &peer, &request])
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// How many distinct (actor, action, reason) keys the refusal aggregator tracks; past it,

@@ -132,6 +132,45 @@ async fn every_protected_rpc_refuses_missing_expired_forged_and_revoked_credenti
 }
 
 #[tokio::test]
+async fn submits_at_once_each_leave_their_own_audit_row_before_they_answer() {
+    // The rows of calls that finish together share a statement; each call still answers
+    // only once its own row is committed.
+    let mesh = Mesh::start().await;
+    let alice = mesh.person("alice").await;
+    let calls = (0..40).map(|i| {
+        let mut jobs = mesh.jobs(&alice.token);
+        async move { jobs.submit_job(image_request(&format!("audited {i}"), 1)).await.unwrap().into_inner() }
+    });
+    let submitted = futures_util::future::join_all(calls).await;
+    let targets: Vec<String> =
+        submitted.iter().map(|r| format!("job:{}", r.job.as_ref().unwrap().id)).collect();
+    let rows = mesh
+        .env
+        .db()
+        .await
+        .unwrap()
+        .query(
+            "SELECT target, actor, result, request_id FROM audit_events \
+             WHERE action = 'JobService.SubmitJob' AND target = ANY($1)",
+            &[&targets],
+        )
+        .await
+        .unwrap();
+    let mut seen: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    seen.sort();
+    let mut want = targets.clone();
+    want.sort();
+    assert_eq!(seen, want, "one row per submit, each naming its job");
+    for r in &rows {
+        assert_eq!(r.get::<_, String>(1), alice.id);
+        assert_eq!(r.get::<_, String>(2), "OK");
+    }
+    let requests: std::collections::HashSet<String> = rows.iter().map(|r| r.get(3)).collect();
+    assert_eq!(requests.len(), 40, "each row carries its own request id");
+    mesh.stop().await;
+}
+
+#[tokio::test]
 async fn a_token_accepted_before_is_refused_once_it_expires_or_is_revoked() {
     // Each service remembers a token whose signature checked out; what it remembers must
     // not outlive the token's expiry nor outvote its revocation.
