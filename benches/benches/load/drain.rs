@@ -35,16 +35,18 @@ impl Shape {
 }
 
 /// Queues `n` jobs: one through `SubmitJob` (so every column is what a submit writes), then
-/// `n - 1` copies of its row in one statement, then `VACUUM ANALYZE` as the peer does.
-async fn queue(mesh: &Mesh, n: usize) -> anyhow::Result<()> {
+/// `n - 1` copies of its row in one statement, then `VACUUM ANALYZE` as the peer does. With
+/// `owners` the copies are spread over that many owners (`owner-0`, `owner-1`, ...), each
+/// copy one second younger than the last (a queue that built up over time).
+async fn queue(mesh: &Mesh, n: usize, owners: Option<usize>) -> anyhow::Result<()> {
     let first = mesh.jobs()?.submit_job(small_job("drain".into(), "builtin")).await?.into_inner();
     let id: uuid::Uuid = first.job.map(|j| j.id).unwrap_or_default().parse()?;
     let db = mesh.env.db().await?;
     let columns: Vec<String> = db
         .query(
             "SELECT column_name FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = 'jobs' AND column_name <> 'id' \
-             AND column_name <> 'idempotency_key' ORDER BY ordinal_position",
+             WHERE table_schema = current_schema() AND table_name = 'jobs' \
+             AND column_name NOT IN ('id', 'idempotency_key', 'owner_id', 'created_at') ORDER BY ordinal_position",
             &[],
         )
         .await?
@@ -53,12 +55,16 @@ async fn queue(mesh: &Mesh, n: usize) -> anyhow::Result<()> {
         .collect();
     let list = columns.join(", ");
     let copies = i64::try_from(n.saturating_sub(1))?;
+    let owners = i64::try_from(owners.unwrap_or(0))?;
     db.execute(
         &format!(
-            "INSERT INTO jobs (id, {list}) SELECT gen_random_uuid(), {list} FROM jobs, generate_series(1, $2::int8) \
-             WHERE id = $1"
+            "INSERT INTO jobs (id, owner_id, created_at, {list}) \
+             SELECT gen_random_uuid(), \
+               CASE WHEN $3::int8 > 0 THEN 'owner-' || (g % $3::int8) ELSE owner_id END, \
+               CASE WHEN $3::int8 > 0 THEN created_at - (g * interval '1 second') ELSE created_at END, \
+               {list} FROM jobs, generate_series(1, $2::int8) AS g WHERE id = $1"
         ),
-        &[&id, &copies],
+        &[&id, &copies, &owners],
     )
     .await?;
     db.batch_execute("VACUUM ANALYZE jobs").await?;
@@ -127,7 +133,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Section> {
     );
     for shape in &settings.drain_shapes {
         let mesh = Mesh::start(false).await?;
-        queue(&mesh, n).await?;
+        queue(&mesh, n, None).await?;
         let wall = drain(&mesh, *shape, n).await?;
         mesh.stop().await?;
         let rate = n as f64 / wall.as_secs_f64();
@@ -135,6 +141,77 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Section> {
             vec![shape.label(), n.to_string(), format!("{:.2}", wall.as_secs_f64()), format!("{rate:.0}")],
             json!({"shape": shape.label(), "workers": shape.workers, "slots": shape.slots, "jobs": n,
                    "seconds": wall.as_secs_f64(), "jobs_per_sec": rate}),
+        );
+    }
+    Ok(section)
+}
+
+/// Attaches one worker of one slot to a queue `depth` deep and returns the mean time per
+/// job (claim, assignment, completion) over `jobs` jobs taken from it.
+async fn take(mesh: &Mesh, depth: usize, jobs: usize) -> anyhow::Result<Duration> {
+    let db = mesh.env.db().await?;
+    let mut sim = attach(mesh, "deep", 1, "builtin").await?;
+    let started = Instant::now();
+    let session = tokio::spawn(async move {
+        while let Some(Ok(msg)) = sim.inbound.next().await {
+            if let Some(attach_response::Msg::Assignment(a)) = msg.msg {
+                let job = LeasedJob { job_id: a.job_id, lease_token: a.lease_token };
+                let done = Msg::Completed(JobCompleted { job: Some(job), file_ids: vec![] });
+                if sim.tx.send(AttachRequest { msg: Some(done) }).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let deadline = started + Duration::from_mins(10);
+    let target = i64::try_from(jobs)?;
+    loop {
+        let done: i64 =
+            db.query_one("SELECT count(*) FROM jobs WHERE status = 'succeeded'", &[]).await?.get(0);
+        if done >= target {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {done} of {jobs} jobs taken from a queue {depth} deep"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let per_job = started.elapsed() / u32::try_from(jobs)?;
+    session.abort();
+    Ok(per_job)
+}
+
+/// `deep`: how the time per dispatched job grows with the queue's depth.
+pub async fn deep(settings: &Settings) -> anyhow::Result<Section> {
+    let (owners, jobs) = (settings.deep_owners, settings.deep_jobs);
+    let mut section = Section::new(
+        "deep",
+        "Deep queue: time per dispatched job by queue depth",
+        &format!(
+            "D jobs are queued across {owners} owners (copies of one submitted job's row, each owner's \
+             jobs spread over time, then VACUUM ANALYZE). One simulated worker with one slot attaches \
+             and completes every assignment at once; the figure is the mean time per job over the \
+             first {jobs} (each is a fair-share claim over the whole queue, an assignment over mTLS \
+             and a completion), from the attach to the {jobs}th completion committed."
+        ),
+        &["queued", "owners", "jobs taken", "per job", "jobs/s"],
+    );
+    for &depth in &settings.deep_depths {
+        let mesh = Mesh::start(false).await?;
+        queue(&mesh, depth, Some(owners)).await?;
+        let per_job = take(&mesh, depth, jobs.min(depth)).await?;
+        mesh.stop().await?;
+        let ms = per_job.as_secs_f64() * 1000.0;
+        section.row(
+            vec![
+                depth.to_string(),
+                owners.to_string(),
+                jobs.min(depth).to_string(),
+                format!("{ms:.2} ms"),
+                format!("{:.0}", 1000.0 / ms),
+            ],
+            json!({"queued": depth, "owners": owners, "jobs": jobs.min(depth), "per_job_ms": ms}),
         );
     }
     Ok(section)

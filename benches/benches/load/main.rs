@@ -6,6 +6,8 @@
 //! - `rpc`: SubmitJob and GetJob requests/s and latency at 1, 10 and 50 clients;
 //! - `dispatch`: submit → assignment at a steady 100 jobs/s and at saturation;
 //! - `drain`: 20,000 queued jobs through W simulated workers × S slots (the peer's drain);
+//! - `deep`: the time per dispatched job with 10^4, 10^5 and 10^6 jobs queued across 10,000
+//!   owners;
 //! - `concurrency`: five jobs on one worker with five slots against one slot;
 //! - `fanout`: WatchJob watchers one scheduler holds with events still under 100 ms;
 //! - `store`: StoreArtifact throughput (MiB/s, artifacts/s) of one organizer on local disk
@@ -86,6 +88,12 @@ pub struct Settings {
     pub drain_jobs: usize,
     /// Workers × slots of the `drain` runs.
     pub drain_shapes: Vec<drain::Shape>,
+    /// Queue depths of the `deep` runs.
+    pub deep_depths: Vec<usize>,
+    /// Owners the `deep` queue is spread over.
+    pub deep_owners: usize,
+    /// Jobs each `deep` run takes from the queue.
+    pub deep_jobs: usize,
     /// Sections to run.
     pub sections: Vec<String>,
 }
@@ -125,7 +133,16 @@ impl Settings {
                     })
                 })
                 .collect(),
-            sections: list("BENCH_SECTIONS", "rpc,dispatch,drain,concurrency,fanout,store,comfyui,processes"),
+            deep_depths: list("BENCH_DEEP_DEPTHS", "10000,100000,1000000")
+                .iter()
+                .map(|s| s.parse().unwrap_or_else(|_| panic!("BENCH_DEEP_DEPTHS: {s:?} is not a count")))
+                .collect(),
+            deep_owners: env_or("BENCH_DEEP_OWNERS", 10_000),
+            deep_jobs: env_or("BENCH_DEEP_JOBS", 500),
+            sections: list(
+                "BENCH_SECTIONS",
+                "rpc,dispatch,drain,deep,concurrency,fanout,store,comfyui,processes",
+            ),
         }
     }
 
@@ -148,6 +165,9 @@ impl Settings {
             "comfy_jobs": self.comfy_jobs,
             "drain_jobs": self.drain_jobs,
             "drain_shapes": self.drain_shapes.iter().map(|s| s.label()).collect::<Vec<_>>(),
+            "deep_depths": self.deep_depths,
+            "deep_owners": self.deep_owners,
+            "deep_jobs": self.deep_jobs,
             "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         })
     }
@@ -169,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
             "rpc" => vec![rpc::run(&settings).await?],
             "dispatch" => vec![dispatch::run(&settings).await?],
             "drain" => vec![drain::run(&settings).await?],
+            "deep" => vec![drain::deep(&settings).await?],
             "concurrency" => vec![concurrency::run(&settings).await?],
             "fanout" => vec![fanout::run(&settings).await?],
             "store" => vec![store::run(&settings).await?],
