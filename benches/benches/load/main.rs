@@ -138,7 +138,7 @@ impl Settings {
                 .map(|s| s.parse().unwrap_or_else(|_| panic!("BENCH_DEEP_DEPTHS: {s:?} is not a count")))
                 .collect(),
             deep_owners: env_or("BENCH_DEEP_OWNERS", 10_000),
-            deep_jobs: env_or("BENCH_DEEP_JOBS", 500),
+            deep_jobs: env_or("BENCH_DEEP_JOBS", 50),
             sections: list(
                 "BENCH_SECTIONS",
                 "rpc,dispatch,drain,deep,concurrency,fanout,store,comfyui,processes",
