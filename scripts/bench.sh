@@ -53,9 +53,12 @@ if [ "${BENCH_SKIP_PEER:-0}" != 1 ]; then
     command -v npm >/dev/null 2>&1 ||
         die "the peer (graphile-worker) needs npm: apt-get install npm, or BENCH_SKIP_PEER=1 to leave it out"
     log "peer: graphile-worker on the same PostgreSQL (benches/peers/graphile; about 3 minutes; BENCH_SKIP_PEER=1 leaves it out)"
+    # pg_checkpoint: the peer checkpoints before each drain, as it does as a superuser.
     pg_admin <<SQL
 SELECT format('CREATE DATABASE %I OWNER %I', 'sakuga_peerbench', '$TEST_DB_USER')
  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'sakuga_peerbench') \gexec
+SELECT format('GRANT pg_checkpoint TO %I', '$TEST_DB_USER')
+ WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pg_checkpoint') \gexec
 SQL
     PEERBENCH_DATABASE_URL="postgres://$TEST_DB_USER:$(cat "$DEV/test/db-password")@$LOOPBACK:$PG_PORT/sakuga_peerbench" \
         bash "$ROOT/benches/peers/graphile/run.sh" --no-setup --json-out "$BENCH_OUT/peer-graphile.json" \
@@ -63,6 +66,9 @@ SQL
         die "the peer failed (log: $BENCH_OUT/peer-graphile.log, last lines: $(tail -n 5 "$BENCH_OUT/peer-graphile.log"))"
     grep -E '^# (latency|throughput|baseline)' "$BENCH_OUT/peer-graphile.log" || true
     export BENCH_PEER_JSON="$BENCH_OUT/peer-graphile.json"
+    # The peer's hundreds of thousands of jobs leave dirty pages behind: flushed now, not by
+    # a checkpoint in the middle of the next measurement.
+    pg_admin -c 'CHECKPOINT' >/dev/null
 fi
 
 log "load harness (benches/benches/load)"
