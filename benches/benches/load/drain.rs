@@ -11,7 +11,7 @@ use tokio_stream::StreamExt as _;
 
 use crate::{
     Settings,
-    mesh::{Mesh, attach, small_job},
+    mesh::{Mesh, SimWorker, attach, small_job},
 };
 
 /// One drain shape: `workers` attached sessions of `slots` slots each.
@@ -71,6 +71,21 @@ async fn queue(mesh: &Mesh, n: usize, owners: Option<usize>) -> anyhow::Result<(
     Ok(())
 }
 
+/// Completes every assignment `sim` receives at once, until its stream ends.
+fn complete_every_assignment(mut sim: SimWorker) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = sim.inbound.next().await {
+            if let Some(attach_response::Msg::Assignment(a)) = msg.msg {
+                let job = LeasedJob { job_id: a.job_id, lease_token: a.lease_token };
+                let done = Msg::Completed(JobCompleted { job: Some(job), file_ids: vec![] });
+                if sim.tx.send(AttachRequest { msg: Some(done) }).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
 /// Attaches the shape's workers, each completing every assignment at once, and returns the
 /// time from the first attach to no job left queued, assigned or running.
 async fn drain(mesh: &Mesh, shape: Shape, n: usize) -> anyhow::Result<Duration> {
@@ -78,18 +93,8 @@ async fn drain(mesh: &Mesh, shape: Shape, n: usize) -> anyhow::Result<Duration> 
     let started = Instant::now();
     let mut sessions = Vec::new();
     for w in 0..shape.workers {
-        let mut sim = attach(mesh, &format!("drain-{w}"), u32::try_from(shape.slots)?, "builtin").await?;
-        sessions.push(tokio::spawn(async move {
-            while let Some(Ok(msg)) = sim.inbound.next().await {
-                if let Some(attach_response::Msg::Assignment(a)) = msg.msg {
-                    let job = LeasedJob { job_id: a.job_id, lease_token: a.lease_token };
-                    let done = Msg::Completed(JobCompleted { job: Some(job), file_ids: vec![] });
-                    if sim.tx.send(AttachRequest { msg: Some(done) }).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }));
+        let sim = attach(mesh, &format!("drain-{w}"), u32::try_from(shape.slots)?, "builtin").await?;
+        sessions.push(complete_every_assignment(sim));
     }
     let deadline = started + Duration::from_mins(10);
     loop {
@@ -150,19 +155,9 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Section> {
 /// job (claim, assignment, completion) over `jobs` jobs taken from it.
 async fn take(mesh: &Mesh, depth: usize, jobs: usize) -> anyhow::Result<Duration> {
     let db = mesh.env.db().await?;
-    let mut sim = attach(mesh, "deep", 1, "builtin").await?;
+    let sim = attach(mesh, "deep", 1, "builtin").await?;
     let started = Instant::now();
-    let session = tokio::spawn(async move {
-        while let Some(Ok(msg)) = sim.inbound.next().await {
-            if let Some(attach_response::Msg::Assignment(a)) = msg.msg {
-                let job = LeasedJob { job_id: a.job_id, lease_token: a.lease_token };
-                let done = Msg::Completed(JobCompleted { job: Some(job), file_ids: vec![] });
-                if sim.tx.send(AttachRequest { msg: Some(done) }).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    let session = complete_every_assignment(sim);
     let deadline = started + Duration::from_mins(10);
     let target = i64::try_from(jobs)?;
     loop {
