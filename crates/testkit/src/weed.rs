@@ -52,11 +52,27 @@ fn spawn(bin: &std::path::Path, args: &[String], dir: &std::path::Path) -> anyho
     Ok(Command::new(bin).args(args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn()?)
 }
 
-/// `N` distinct free ports (all held until all are picked).
+/// Where the ports are picked: below Linux's ephemeral range (32768-60999) and the fixed
+/// ports of `make chaos` (31xxx). A port the kernel hands out for outgoing connections may
+/// be taken by one of them while the server is stopped, and its restart on the same ports
+/// would fail ("address already in use": it did, after a minute's outage).
+const PORTS: std::ops::Range<u16> = 20_000..31_000;
+
+/// `N` distinct free ports of [`PORTS`] (all held until all are picked).
 fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let held = (0..N).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    let mut held = Vec::with_capacity(N);
+    let span = u128::from(PORTS.end - PORTS.start);
+    for _ in 0..N * 200 {
+        if held.len() == N {
+            break;
+        }
+        let offset = u16::try_from(uuid::Uuid::new_v4().as_u128() % span)?;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", PORTS.start + offset)) {
+            held.push(l);
+        }
+    }
     let ports = held.iter().map(|l| Ok(l.local_addr()?.port())).collect::<anyhow::Result<Vec<_>>>()?;
-    <[u16; N]>::try_from(ports).map_err(|_| anyhow::anyhow!("{N} ports"))
+    <[u16; N]>::try_from(ports).map_err(|_| anyhow::anyhow!("no {N} free ports in {PORTS:?}"))
 }
 
 /// Whether `GET path` on `port` answers 200.
