@@ -5,6 +5,8 @@
 //!
 //! - `rpc`: SubmitJob and GetJob requests/s and latency at 1, 10 and 50 clients;
 //! - `dispatch`: submit → assignment at a steady 100 jobs/s and at saturation;
+//! - `scale`: 1,000 workers of one slot on one scheduler over 10 connections, heartbeating:
+//!   dispatch latency, CPU and commits/s;
 //! - `drain`: 20,000 queued jobs through W simulated workers × S slots (the peer's drain);
 //! - `deep`: the time per dispatched job with 10^4, 10^5 and 10^6 jobs queued across 10,000
 //!   owners;
@@ -88,6 +90,10 @@ pub struct Settings {
     pub drain_jobs: usize,
     /// Workers × slots of the `drain` runs.
     pub drain_shapes: Vec<drain::Shape>,
+    /// Workers of the `scale` run.
+    pub scale_workers: usize,
+    /// Connections they share.
+    pub scale_connections: usize,
     /// Queue depths of the `deep` runs.
     pub deep_depths: Vec<usize>,
     /// Owners the `deep` queue is spread over.
@@ -138,10 +144,12 @@ impl Settings {
                 .map(|s| s.parse().unwrap_or_else(|_| panic!("BENCH_DEEP_DEPTHS: {s:?} is not a count")))
                 .collect(),
             deep_owners: env_or("BENCH_DEEP_OWNERS", 10_000),
+            scale_workers: env_or("BENCH_SCALE_WORKERS", 1000),
+            scale_connections: env_or("BENCH_SCALE_CONNECTIONS", 10),
             deep_jobs: env_or("BENCH_DEEP_JOBS", 50),
             sections: list(
                 "BENCH_SECTIONS",
-                "rpc,dispatch,drain,deep,concurrency,fanout,store,comfyui,processes",
+                "rpc,dispatch,scale,drain,deep,concurrency,fanout,store,comfyui,processes",
             ),
         }
     }
@@ -168,6 +176,8 @@ impl Settings {
             "deep_depths": self.deep_depths,
             "deep_owners": self.deep_owners,
             "deep_jobs": self.deep_jobs,
+            "scale_workers": self.scale_workers,
+            "scale_connections": self.scale_connections,
             "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         })
     }
@@ -188,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
         let s = match section.as_str() {
             "rpc" => vec![rpc::run(&settings).await?],
             "dispatch" => vec![dispatch::run(&settings).await?],
+            "scale" => vec![dispatch::scale(&settings).await?],
             "drain" => vec![drain::run(&settings).await?],
             "deep" => vec![drain::deep(&settings).await?],
             "concurrency" => vec![concurrency::run(&settings).await?],

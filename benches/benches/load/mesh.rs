@@ -133,6 +133,9 @@ pub async fn wait_succeeded(db: &tokio_postgres::Client, n: i64, timeout: Durati
     }
 }
 
+/// The heartbeat interval the benchmarks' scheduler asks of its workers.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
 /// The scheduler configuration of the benchmarks: the test defaults with limits no
 /// benchmark reaches and leases long enough that no lease expires under load.
 pub fn scheduler_config(env: &TestEnv, auth: &Spawned) -> sakuga_scheduler::Config {
@@ -144,7 +147,7 @@ pub fn scheduler_config(env: &TestEnv, auth: &Spawned) -> sakuga_scheduler::Conf
     cfg.watch.max_per_user = 1_000_000;
     cfg.watch.max_per_connection = 1_000;
     cfg.lease_ttl = Duration::from_secs(30);
-    cfg.heartbeat_interval = Duration::from_secs(5);
+    cfg.heartbeat_interval = HEARTBEAT;
     cfg
 }
 
@@ -173,7 +176,16 @@ pub struct SimWorker {
 /// Attaches a simulated worker with a generator certificate.
 pub async fn attach(mesh: &Mesh, name: &str, slots: u32, backend: &str) -> anyhow::Result<SimWorker> {
     let generator = mesh.env.identity("generator").await?;
-    let channel = generator.channel(&mesh.scheduler.addr_string())?;
+    attach_on(generator.channel(&mesh.scheduler.addr_string())?, name, slots, backend).await
+}
+
+/// Attaches a simulated worker on `channel` (clones of one channel share its connection).
+pub async fn attach_on(
+    channel: tonic::transport::Channel,
+    name: &str,
+    slots: u32,
+    backend: &str,
+) -> anyhow::Result<SimWorker> {
     let (tx, rx) = mpsc::channel(4096);
     tx.send(AttachRequest {
         msg: Some(Msg::Hello(WorkerHello {
