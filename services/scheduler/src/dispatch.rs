@@ -39,12 +39,23 @@ pub fn spawn_dispatcher(
 async fn dispatch_once(state: &State) -> Result<(), crate::error::SchedulerError> {
     // Slots first. Warm first: every free worker takes jobs for the models it already has
     // loaded (no cold start), then free slots take whatever is next in line.
+    // A claim that found fewer jobs than it asked for leaves nothing of its backends for the
+    // next workers of this pass: they are not asked again (a thousand idle workers would be a
+    // thousand empty claims per wake). A job queued meanwhile wakes the next pass; rows
+    // another replica's claim held are that claim's, and the poll catches any it left.
+    let mut drained: BTreeSet<String> = BTreeSet::new();
     for warm in [true, false] {
         for worker in state.registry.free_workers() {
-            if worker.free == 0 || (warm && worker.models.is_empty()) {
+            if worker.free == 0
+                || (warm && worker.models.is_empty())
+                || (!warm && worker.backends.iter().all(|b| drained.contains(b)))
+            {
                 continue;
             }
-            hand_out(state, &worker, &worker.backends, warm, worker.free).await?;
+            let claimed = hand_out(state, &worker, &worker.backends, warm, worker.free).await?;
+            if !warm && claimed < worker.free {
+                drained.extend(worker.backends.iter().cloned());
+            }
         }
     }
     // Then queue slots: a job waits in a backend's own queue behind another only for a
@@ -80,17 +91,18 @@ async fn dispatch_once(state: &State) -> Result<(), crate::error::SchedulerError
 }
 
 /// Claims up to `limit` queued jobs of `backends` (of the worker's loaded models when
-/// `warm`) and sends them to the worker.
+/// `warm`) and sends them to the worker; how many it claimed.
 async fn hand_out(
     state: &State,
     worker: &FreeWorker,
     backends: &[String],
     warm: bool,
     limit: u32,
-) -> Result<(), crate::error::SchedulerError> {
+) -> Result<u32, crate::error::SchedulerError> {
     let models = warm.then_some(worker.models.as_slice());
     let claimed =
         state.store.claim(&worker.worker_id, backends, models, limit, state.config.lease_ttl).await?;
+    let count = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
     for c in claimed {
         // The dispatch joins the submitter's trace; the worker's spans join it.
         let span = tracing::info_span!(
@@ -113,7 +125,7 @@ async fn hand_out(
             state.store.unclaim(c.job.id, c.lease_token).await?;
         }
     }
-    Ok(())
+    Ok(count)
 }
 
 /// Requeues (or fails) jobs whose lease ran out, tells the holder if it is still attached.
