@@ -69,7 +69,7 @@ fn fail_sql() -> String {
 /// Completes the jobs `$1` under the leases `$2` (same order) with their files: file `$4[i]`
 /// belongs to the job at 1-based position `$3[i]`, in the order given. A job changes only
 /// while its lease is held and when every file it names is stored for it.
-fn complete_sql() -> String {
+static COMPLETE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH done AS (SELECT * FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS d(id, lease, ix)), \
          named AS (SELECT * FROM unnest($3::int8[], $4::uuid[]) WITH ORDINALITY AS n(ix, file_id, ord)), \
@@ -87,7 +87,7 @@ fn complete_sql() -> String {
          RETURNING {}",
         JOB_COLUMNS.split(", ").map(|c| format!("j.{c}")).collect::<Vec<_>>().join(", ")
     )
-}
+});
 
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -271,7 +271,7 @@ impl Store {
             .zip(1_i64..)
             .flat_map(|((_, _, files), ix)| files.iter().map(move |f| (ix, *f)))
             .unzip();
-        let stmt = client.prepare_cached(&complete_sql()).await?;
+        let stmt = client.prepare_cached(&COMPLETE).await?;
         let rows = client.query(&stmt, &[&ids, &leases, &owners, &files]).await?;
         let mut succeeded: std::collections::HashMap<Uuid, Job> =
             rows.iter().map(job_from_row).map(|j| (j.id, j)).collect();
@@ -285,7 +285,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Why a completion [`complete_sql`] left unchanged did not go through: the lease is
+    /// Why a completion [`COMPLETE`] left unchanged did not go through: the lease is
     /// lost, or the files are not the job's (the attempt fails), or they were stored since
     /// (it succeeds now).
     async fn complete_checked(
@@ -314,7 +314,7 @@ impl Store {
             tx.query(&foreign, &[&id, &file_ids]).await?.iter().map(|r| r.get(0)).collect();
         let outcome = if foreign.is_empty() {
             // Stored meanwhile (the organizer's commit landed between the two reads).
-            let stmt = tx.prepare_cached(&complete_sql()).await?;
+            let stmt = tx.prepare_cached(&COMPLETE).await?;
             let owners = vec![1_i64; file_ids.len()];
             tx.query_opt(&stmt, &[&[id].as_slice(), &[lease].as_slice(), &owners, &file_ids])
                 .await?
