@@ -7,9 +7,10 @@ use std::{
 };
 
 use backon::Retryable as _;
+use futures_util::FutureExt as _;
 use redis::{
-    Client, IntoConnectionInfo as _, RedisConnectionInfo,
-    aio::{ConnectionManager, ConnectionManagerConfig},
+    Client, Cmd, IntoConnectionInfo as _, Pipeline, RedisConnectionInfo, RedisFuture, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
 };
 use secrecy::ExposeSecret as _;
 use tracing::warn;
@@ -21,9 +22,8 @@ use crate::{config::RedisConfig, error::MeshError, vault::Credentials};
 pub struct Redis {
     /// For dedicated connections (pub/sub).
     pub client: Client,
-    /// Shared, reconnecting connection for commands (it reconnects after I/O errors and
-    /// refused logins alike).
-    manager: ConnectionManager,
+    /// Shared, reconnecting connection for commands.
+    shared: Arc<Shared>,
     /// Prefix of every key and channel.
     pub prefix: String,
     /// Until when Redis counts as down after a failure (a breaker: while it is open,
@@ -72,7 +72,12 @@ impl Redis {
             .await;
         match connected {
             Ok(manager) => {
-                Ok(Self { client, manager, prefix: cfg.key_prefix.clone(), down_until: Arc::default() })
+                let shared = Arc::new(Shared {
+                    client: client.clone(),
+                    config: manager_cfg,
+                    current: Mutex::new((0, manager)),
+                });
+                Ok(Self { client, shared, prefix: cfg.key_prefix.clone(), down_until: Arc::default() })
             }
             Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed => {
                 Err(MeshError::Redis(format!("authentication to {}:{} refused: {e}", cfg.host, cfg.port)))
@@ -94,8 +99,9 @@ impl Redis {
     pub const BREAKER: Duration = Duration::from_secs(1);
 
     /// The shared connection, for commands.
-    pub fn conn(&self) -> ConnectionManager {
-        self.manager.clone()
+    pub fn conn(&self) -> Conn {
+        let (generation, manager) = self.shared.current();
+        Conn { shared: Arc::clone(&self.shared), generation, manager }
     }
 
     /// True while a recent failure says Redis is down.
@@ -129,5 +135,93 @@ impl Redis {
             let redis = redis.clone();
             Box::pin(async move { redis.ping().await.map_err(crate::health::Unhealthy::new) })
         })
+    }
+}
+
+/// The manager every command goes through, and what it takes to make a new one.
+struct Shared {
+    client: Client,
+    config: ConnectionManagerConfig,
+    /// The manager in use and how many times it was replaced.
+    current: Mutex<(u64, ConnectionManager)>,
+}
+
+impl Shared {
+    fn current(&self) -> (u64, ConnectionManager) {
+        let guard = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        (guard.0, guard.1.clone())
+    }
+
+    /// Replaces the manager of `generation` (if no other caller did already) with one that
+    /// connects afresh on its next command.
+    ///
+    /// `ConnectionManager` reconnects only after I/O errors. A reconnection Redis refuses
+    /// (a restarted Redis whose ACL users are not provisioned yet) is remembered as the
+    /// connection, and every later command gets the same refusal, long after the user is
+    /// back. So a refused login throws the manager away.
+    fn renew(&self, generation: u64) -> (u64, ConnectionManager) {
+        let mut guard = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if guard.0 == generation {
+            match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+                Ok(manager) => {
+                    warn!("redis refused the login; the next command logs in again");
+                    *guard = (generation + 1, manager);
+                }
+                Err(e) => warn!(error = %e, "cannot make a new redis connection manager"),
+            }
+        }
+        (guard.0, guard.1.clone())
+    }
+}
+
+/// A handle on the shared connection (cheap to clone): a `ConnectionManager` that is replaced
+/// when Redis refuses its login (see [`Shared::renew`]).
+#[derive(Clone)]
+pub struct Conn {
+    shared: Arc<Shared>,
+    generation: u64,
+    manager: ConnectionManager,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("generation", &self.generation).finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    fn after<T>(&mut self, result: &redis::RedisResult<T>) {
+        if result.as_ref().is_err_and(|e| e.kind() == redis::ErrorKind::AuthenticationFailed) {
+            (self.generation, self.manager) = self.shared.renew(self.generation);
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        async move {
+            let result = self.manager.send_packed_command(cmd).await;
+            self.after(&result);
+            result
+        }
+        .boxed()
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        async move {
+            let result = self.manager.send_packed_commands(pipeline, offset, count).await;
+            self.after(&result);
+            result
+        }
+        .boxed()
+    }
+
+    fn get_db(&self) -> i64 {
+        self.manager.get_db()
     }
 }

@@ -215,6 +215,18 @@ async fn a_restarted_redis_whose_users_come_back_late_is_used_again() {
         assert!(tokio::time::Instant::now() < deadline, "the connection outlived its user");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The user stays away until Redis has refused the reconnection itself, and longer than
+    // the manager's own retries last: the refusal is what the connection now holds.
+    let mut refused = 0;
+    while refused < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "the login was never refused");
+        match redis.ping().await {
+            Err(e) if e.to_string().contains("uthentication") => refused += 1,
+            Err(_) => {}
+            Ok(()) => panic!("a deleted user's login was accepted"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     private_redis(port, &["ACL", "SETUSER", "late", "on", &format!(">{password}"), "~*", "+@all"]).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while let Err(e) = redis.ping().await {
