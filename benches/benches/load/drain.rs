@@ -11,7 +11,7 @@ use tokio_stream::StreamExt as _;
 
 use crate::{
     Settings,
-    mesh::{Mesh, SimWorker, attach, small_job},
+    mesh::{Mesh, SimWorker, attach, attach_on, scheduler_config, small_job},
 };
 
 /// One drain shape: `workers` attached sessions of `slots` slots each.
@@ -87,13 +87,17 @@ fn complete_every_assignment(mut sim: SimWorker) -> tokio::task::JoinHandle<()> 
 }
 
 /// Attaches the shape's workers, each completing every assignment at once, and returns the
-/// time from the first attach to no job left queued, assigned or running.
-async fn drain(mesh: &Mesh, shape: Shape, n: usize) -> anyhow::Result<Duration> {
+/// time from the first attach to no job left queued, assigned or running. Worker `w`
+/// attaches to `schedulers[w % len]`.
+async fn drain(mesh: &Mesh, schedulers: &[String], shape: Shape, n: usize) -> anyhow::Result<Duration> {
     let db = mesh.env.db().await?;
+    let generator = mesh.env.identity("generator").await?;
+    let channels = schedulers.iter().map(|addr| generator.channel(addr)).collect::<Result<Vec<_>, _>>()?;
     let started = Instant::now();
     let mut sessions = Vec::new();
     for w in 0..shape.workers {
-        let sim = attach(mesh, &format!("drain-{w}"), u32::try_from(shape.slots)?, "builtin").await?;
+        let channel = channels[w % channels.len()].clone();
+        let sim = attach_on(channel, &format!("drain-{w}"), u32::try_from(shape.slots)?, "builtin").await?;
         sessions.push(complete_every_assignment(sim));
     }
     let deadline = started + Duration::from_mins(10);
@@ -139,12 +143,58 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Section> {
     for shape in &settings.drain_shapes {
         let mesh = Mesh::start(false).await?;
         queue(&mesh, n, None).await?;
-        let wall = drain(&mesh, *shape, n).await?;
+        let wall = drain(&mesh, &[mesh.scheduler.addr_string()], *shape, n).await?;
         mesh.stop().await?;
         let rate = n as f64 / wall.as_secs_f64();
         section.row(
             vec![shape.label(), n.to_string(), format!("{:.2}", wall.as_secs_f64()), format!("{rate:.0}")],
             json!({"shape": shape.label(), "workers": shape.workers, "slots": shape.slots, "jobs": n,
+                   "seconds": wall.as_secs_f64(), "jobs_per_sec": rate}),
+        );
+    }
+    Ok(section)
+}
+
+/// `replicas`: the drain with 1, 2, 3 scheduler replicas on one database.
+pub async fn replicas(settings: &Settings) -> anyhow::Result<Section> {
+    let (n, shape, owners) = (settings.drain_jobs, settings.replica_shape, settings.replica_owners);
+    let mut section = Section::new(
+        "replicas",
+        "Drain with scheduler replicas on one database",
+        &format!(
+            "The drain above ({n} jobs queued, spread over {owners} owners, each owner's jobs over \
+             time), with R scheduler replicas on the same database and {} simulated workers of {} \
+             slots each attached to the replicas in turn. jobs/s = jobs / (first attach → no job \
+             left). The replicas run in the harness's process, on the same 2 cores as PostgreSQL.",
+            shape.workers, shape.slots
+        ),
+        &["replicas", "W×S", "jobs", "seconds", "jobs/s"],
+    );
+    for &count in &settings.replica_counts {
+        let mesh = Mesh::start(false).await?;
+        let mut extra = Vec::new();
+        for _ in 1..count {
+            extra.push(sakuga_testkit::spawn_scheduler(scheduler_config(&mesh.env, &mesh.auth)).await?);
+        }
+        let addrs: Vec<String> = std::iter::once(mesh.scheduler.addr_string())
+            .chain(extra.iter().map(sakuga_testkit::Spawned::addr_string))
+            .collect();
+        queue(&mesh, n, Some(owners)).await?;
+        let wall = drain(&mesh, &addrs, shape, n).await?;
+        for s in extra {
+            s.stop().await?;
+        }
+        mesh.stop().await?;
+        let rate = n as f64 / wall.as_secs_f64();
+        section.row(
+            vec![
+                count.to_string(),
+                shape.label(),
+                n.to_string(),
+                format!("{:.2}", wall.as_secs_f64()),
+                format!("{rate:.0}"),
+            ],
+            json!({"replicas": count, "shape": shape.label(), "jobs": n, "owners": owners,
                    "seconds": wall.as_secs_f64(), "jobs_per_sec": rate}),
         );
     }

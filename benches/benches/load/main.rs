@@ -8,6 +8,7 @@
 //! - `scale`: 1,000 workers of one slot on one scheduler over 10 connections, heartbeating:
 //!   dispatch latency, CPU and commits/s;
 //! - `drain`: 20,000 queued jobs through W simulated workers × S slots (the peer's drain);
+//! - `replicas`: the same drain with 1, 2 and 3 scheduler replicas on one database;
 //! - `deep`: the time per dispatched job with 10^4, 10^5 and 10^6 jobs queued across 10,000
 //!   owners;
 //! - `concurrency`: five jobs on one worker with five slots against one slot;
@@ -100,6 +101,12 @@ pub struct Settings {
     pub deep_owners: usize,
     /// Jobs each `deep` run takes from the queue.
     pub deep_jobs: usize,
+    /// Scheduler replicas of the `replicas` runs.
+    pub replica_counts: Vec<usize>,
+    /// Workers × slots of every `replicas` run, spread over the replicas.
+    pub replica_shape: drain::Shape,
+    /// Owners the `replicas` queue is spread over.
+    pub replica_owners: usize,
     /// Sections to run.
     pub sections: Vec<String>,
 }
@@ -147,9 +154,21 @@ impl Settings {
             scale_workers: env_or("BENCH_SCALE_WORKERS", 1000),
             scale_connections: env_or("BENCH_SCALE_CONNECTIONS", 10),
             deep_jobs: env_or("BENCH_DEEP_JOBS", 50),
+            replica_counts: list("BENCH_REPLICAS", "1,2,3")
+                .iter()
+                .map(|s| match s.parse() {
+                    Ok(n) if n > 0 => n,
+                    _ => panic!("BENCH_REPLICAS: {s:?} is not a count of replicas"),
+                })
+                .collect(),
+            replica_shape: drain::Shape::parse(
+                &std::env::var("BENCH_REPLICA_SHAPE").unwrap_or_else(|_| "6x10".into()),
+            )
+            .unwrap_or_else(|| panic!("BENCH_REPLICA_SHAPE is not WORKERSxSLOTS, e.g. 6x10")),
+            replica_owners: env_or("BENCH_REPLICA_OWNERS", 100),
             sections: list(
                 "BENCH_SECTIONS",
-                "rpc,dispatch,scale,drain,deep,concurrency,fanout,store,comfyui,processes",
+                "rpc,dispatch,scale,drain,replicas,deep,concurrency,fanout,store,comfyui,processes",
             ),
         }
     }
@@ -176,6 +195,9 @@ impl Settings {
             "deep_depths": self.deep_depths,
             "deep_owners": self.deep_owners,
             "deep_jobs": self.deep_jobs,
+            "replica_counts": self.replica_counts,
+            "replica_shape": self.replica_shape.label(),
+            "replica_owners": self.replica_owners,
             "scale_workers": self.scale_workers,
             "scale_connections": self.scale_connections,
             "build": if cfg!(debug_assertions) { "debug" } else { "release" },
@@ -201,6 +223,7 @@ async fn main() -> anyhow::Result<()> {
             "scale" => vec![dispatch::scale(&settings).await?],
             "drain" => vec![drain::run(&settings).await?],
             "deep" => vec![drain::deep(&settings).await?],
+            "replicas" => vec![drain::replicas(&settings).await?],
             "concurrency" => vec![concurrency::run(&settings).await?],
             "fanout" => vec![fanout::run(&settings).await?],
             "store" => vec![store::run(&settings).await?],

@@ -77,6 +77,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "content_addressed_files",
         sql: include_str!("../../../migrations/0012_content_addressed_files.sql"),
     },
+    Migration {
+        version: 13,
+        name: "queue_heads",
+        sql: include_str!("../../../migrations/0013_queue_heads.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying the migration lock.

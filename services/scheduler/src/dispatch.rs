@@ -128,7 +128,12 @@ async fn hand_out(
     Ok(count)
 }
 
-/// Requeues (or fails) jobs whose lease ran out, tells the holder if it is still attached.
+/// How often the reaper deletes rows of the line of owners left without queued jobs (a
+/// canceled job leaves one behind; claims pass over them, so they cost only scan time).
+const PRUNE_HEADS_EVERY: Duration = Duration::from_mins(1);
+
+/// Requeues (or fails) jobs whose lease ran out, tells the holder if it is still attached;
+/// now and then prunes the line of owners.
 pub fn spawn_reaper(
     state: Arc<State>,
     wake: Arc<Notify>,
@@ -136,10 +141,19 @@ pub fn spawn_reaper(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let period = (state.config.lease_ttl / 4).max(Duration::from_millis(250));
+        let mut pruned = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(period) => {}
+            }
+            if pruned.elapsed() >= PRUNE_HEADS_EVERY {
+                pruned = tokio::time::Instant::now();
+                match state.store.prune_queue_heads(1_000).await {
+                    Ok(0) => {}
+                    Ok(n) => debug!(deleted = n, "owners with nothing queued left the line"),
+                    Err(e) => error!(error = %e, "pruning the line of owners failed"),
+                }
             }
             match state.store.expire_leases().await {
                 Ok(expired) if expired.is_empty() => {}

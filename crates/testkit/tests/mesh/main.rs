@@ -13,6 +13,7 @@ mod files;
 mod generator;
 mod identity;
 mod job_path;
+mod line;
 mod metrics;
 mod outage;
 mod perimeter;

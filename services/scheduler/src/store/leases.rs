@@ -89,14 +89,95 @@ static COMPLETE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// The claim's first statement: locks the first `$2` rows of the line of owners with a job
+/// of the backends `$1` (and models `$3`, when given) that may start now, skipping rows other
+/// claims hold. Returns (owner, priority, backend) in line order.
+const LOCK_HEADS: &str = "SELECT h.owner_id, h.priority, h.backend FROM queue_heads h \
+    WHERE h.backend = ANY($1) AND EXISTS (SELECT 1 FROM jobs q \
+        WHERE q.owner_id = h.owner_id AND q.priority = h.priority AND q.backend = h.backend \
+          AND q.status = 'queued' AND ($3::text[] IS NULL OR q.model = ANY($3)) \
+          AND (q.not_before IS NULL OR q.not_before <= now())) \
+    ORDER BY h.priority DESC, h.head_at, h.owner_id, h.backend \
+    LIMIT $2 FOR UPDATE OF h SKIP LOCKED";
+
+/// The claim's second statement, over the line rows the first locked (`$1` owners, `$2`
+/// priorities, `$3` backends): ranks up to `$4` jobs of each (models `$5`, when given) by
+/// priority, then turn (an owner's first job before anyone's second), then age; claims the
+/// first `$4` for worker `$6` with a lease of `$7` ms; moves each row to its next queued
+/// job, or deletes it when none is left.
+static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH heads AS (SELECT * FROM unnest($1::text[], $2::int4[], $3::text[]) AS h(owner_id, priority, backend)), \
+         ranked AS ( \
+            SELECT c.id, c.priority, c.created_at, \
+                   row_number() OVER (PARTITION BY c.owner_id ORDER BY c.priority DESC, c.created_at, c.id) AS turn \
+            FROM heads h CROSS JOIN LATERAL ( \
+                SELECT id, owner_id, priority, created_at FROM jobs \
+                WHERE owner_id = h.owner_id AND priority = h.priority AND backend = h.backend \
+                  AND status = 'queued' AND ($5::text[] IS NULL OR model = ANY($5)) \
+                  AND (not_before IS NULL OR not_before <= now()) \
+                ORDER BY created_at, id LIMIT $4) c), \
+         picked AS ( \
+            SELECT q.id FROM ranked r JOIN jobs q ON q.id = r.id WHERE q.status = 'queued' \
+            ORDER BY r.priority DESC, r.turn, r.created_at, r.id \
+            FOR UPDATE OF q SKIP LOCKED LIMIT $4), \
+         claimed AS ( \
+            UPDATE jobs j SET status = 'assigned', worker_id = $6, lease_token = gen_random_uuid(), \
+                lease_expires_at = now() + $7 * interval '1 millisecond', attempts = attempts + 1, \
+                progress_step = 0, progress_total = 0, progress_stage = '', progress_item = 0, \
+                not_before = NULL, updated_at = now() \
+            FROM picked WHERE j.id = picked.id \
+            RETURNING {}), \
+         next AS ( \
+            SELECT h.owner_id, h.priority, h.backend, \
+                   (SELECT q.created_at FROM jobs q \
+                    WHERE q.owner_id = h.owner_id AND q.priority = h.priority AND q.backend = h.backend \
+                      AND q.status = 'queued' AND q.id NOT IN (SELECT id FROM picked) \
+                    ORDER BY q.created_at LIMIT 1) AS head_at \
+            FROM heads h), \
+         moved AS ( \
+            UPDATE queue_heads l SET head_at = n.head_at FROM next n \
+            WHERE l.owner_id = n.owner_id AND l.priority = n.priority AND l.backend = n.backend \
+              AND n.head_at IS NOT NULL), \
+         emptied AS ( \
+            DELETE FROM queue_heads l USING next n \
+            WHERE l.owner_id = n.owner_id AND l.priority = n.priority AND l.backend = n.backend \
+              AND n.head_at IS NULL) \
+         SELECT * FROM claimed",
+        JOB_COLUMNS.split(", ").map(|c| format!("j.{c}")).collect::<Vec<_>>().join(", ")
+    )
+});
+
+/// Locks up to `$1` rows of the line of owners that have no queued job, skipping held rows.
+const LOCK_EMPTY_HEADS: &str = "SELECT h.owner_id, h.priority, h.backend FROM queue_heads h \
+    WHERE NOT EXISTS (SELECT 1 FROM jobs q WHERE q.owner_id = h.owner_id AND q.priority = h.priority \
+        AND q.backend = h.backend AND q.status = 'queued') \
+    LIMIT $1 FOR UPDATE OF h SKIP LOCKED";
+
+/// Deletes the locked line rows (`$1` owners, `$2` priorities, `$3` backends) that still
+/// have no queued job.
+const PRUNE_HEADS: &str = "DELETE FROM queue_heads h \
+    USING unnest($1::text[], $2::int4[], $3::text[]) AS l(owner_id, priority, backend) \
+    WHERE h.owner_id = l.owner_id AND h.priority = l.priority AND h.backend = l.backend \
+      AND NOT EXISTS (SELECT 1 FROM jobs q WHERE q.owner_id = h.owner_id AND q.priority = h.priority \
+        AND q.backend = h.backend AND q.status = 'queued')";
+
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
 impl Store {
     /// Claims up to `limit` queued jobs for a worker offering `backends` (and, when
-    /// `models` is given, only jobs for those models), highest priority then oldest first. `SKIP LOCKED` keeps concurrent dispatchers (other replicas) from
-    /// claiming the same row; each claim gets a fresh lease token.
+    /// `models` is given, only jobs for those models): highest priority first, then fair
+    /// share across owners (each owner's oldest job before anyone's second), then age. Each
+    /// claim gets a fresh lease token.
+    ///
+    /// Two statements in one transaction, two round trips. The first locks the first
+    /// `limit` rows of the line of owners (`queue_heads`) that have a job for this worker,
+    /// skipping rows another claim holds, so concurrent dispatchers (other replicas) never
+    /// wait for each other. The second, whose snapshot is taken after those locks, claims
+    /// from the locked owners only and moves each row to its owner's next queued job. A
+    /// claim reads `limit` rows of the line, however many owners and jobs are queued.
     pub async fn claim(
         &self,
         worker_id: &str,
@@ -106,45 +187,32 @@ impl Store {
         lease: Duration,
     ) -> Result<Vec<Claimed>, SchedulerError> {
         let client = self.pool.get().await?;
-        let sql = format!(
-            // Fair share: within a priority, each owner's oldest queued job comes before
-            // anyone's second, so one user's thousand queued jobs do not starve another's one.
-            // Only each owner's first few queued jobs are ranked (no more can be picked, plus a
-            // margin for rows other replicas hold), found through jobs_queue_by_owner, and the
-            // owners by a skip scan of it: a claim costs the same with 10 or 10,000 queued.
-            "WITH RECURSIVE owners AS ( \
-                (SELECT owner_id FROM jobs WHERE status = 'queued' ORDER BY owner_id LIMIT 1) \
-                UNION ALL \
-                SELECT (SELECT n.owner_id FROM jobs n WHERE n.status = 'queued' AND n.owner_id > o.owner_id \
-                        ORDER BY n.owner_id LIMIT 1) \
-                FROM owners o WHERE o.owner_id IS NOT NULL), \
-             ranked AS ( \
-                SELECT c.id, c.priority, c.created_at, \
-                       row_number() OVER (PARTITION BY c.owner_id ORDER BY c.priority DESC, c.created_at, c.id) AS turn \
-                FROM owners o CROSS JOIN LATERAL ( \
-                    SELECT id, owner_id, priority, created_at FROM jobs \
-                    WHERE owner_id = o.owner_id AND status = 'queued' AND backend = ANY($1) \
-                      AND ($5::text[] IS NULL OR model = ANY($5)) \
-                      AND (not_before IS NULL OR not_before <= now()) \
-                    ORDER BY priority DESC, created_at, id LIMIT $2::bigint + 16) c), \
-             ordered AS ( \
-                SELECT id, priority, turn, created_at FROM ranked \
-                ORDER BY priority DESC, turn, created_at, id LIMIT $2::bigint + 16), \
-             picked AS ( \
-                SELECT q.id FROM ordered r JOIN jobs q ON q.id = r.id WHERE q.status = 'queued' \
-                ORDER BY r.priority DESC, r.turn, r.created_at, r.id \
-                FOR UPDATE OF q SKIP LOCKED LIMIT $2) \
-             UPDATE jobs j SET status = 'assigned', worker_id = $3, lease_token = gen_random_uuid(), \
-                lease_expires_at = now() + $4 * interval '1 millisecond', attempts = attempts + 1, \
-                progress_step = 0, progress_total = 0, progress_stage = '', progress_item = 0, \
-                not_before = NULL, updated_at = now() \
-             FROM picked WHERE j.id = picked.id \
-             RETURNING {}",
-            JOB_COLUMNS.split(", ").map(|c| format!("j.{c}")).collect::<Vec<_>>().join(", ")
-        );
-        let stmt = client.prepare_cached(&sql).await?;
-        let rows =
-            client.query(&stmt, &[&backends, &i64::from(limit), &worker_id, &millis(lease), &models]).await?;
+        let (lock, claim) =
+            tokio::try_join!(client.prepare_cached(LOCK_HEADS), client.prepare_cached(&CLAIM))?;
+        let limit = i64::from(limit);
+        let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&backends, &limit, &models];
+        let (begin, heads) = tokio::join!(client.batch_execute("BEGIN"), client.query(&lock, &lock_params));
+        let heads = match begin.and(heads) {
+            Ok(heads) => heads,
+            Err(e) => {
+                // Nothing changed; the connection goes back to the pool outside a transaction.
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(e.into());
+            }
+        };
+        if heads.is_empty() {
+            client.batch_execute("COMMIT").await?;
+            return Ok(Vec::new());
+        }
+        let owners: Vec<String> = heads.iter().map(|r| r.get(0)).collect();
+        let priorities: Vec<i32> = heads.iter().map(|r| r.get(1)).collect();
+        let of: Vec<String> = heads.iter().map(|r| r.get(2)).collect();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+            [&owners, &priorities, &of, &limit, &models, &worker_id, &millis(lease)];
+        // A failed claim leaves the transaction aborted: the COMMIT then rolls it back.
+        let (rows, commit) = tokio::join!(client.query(&claim, &params), client.batch_execute("COMMIT"));
+        let rows = rows?;
+        commit?;
         Ok(rows
             .iter()
             .map(|r| {
@@ -153,6 +221,34 @@ impl Store {
                 Claimed { job, lease_token }
             })
             .collect())
+    }
+
+    /// Deletes up to `limit` rows of the line of owners that have no queued job left (their
+    /// last one was canceled). Locked first, then checked with a snapshot taken after the
+    /// locks, as a claim does: a job being queued meanwhile waits for the lock and puts its
+    /// row back. How many were deleted.
+    pub async fn prune_queue_heads(&self, limit: i64) -> Result<u64, SchedulerError> {
+        let client = self.pool.get().await?;
+        let (lock, prune) =
+            tokio::try_join!(client.prepare_cached(LOCK_EMPTY_HEADS), client.prepare_cached(PRUNE_HEADS))?;
+        let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&limit];
+        let (begin, heads) = tokio::join!(client.batch_execute("BEGIN"), client.query(&lock, &lock_params));
+        let heads = match begin.and(heads) {
+            Ok(heads) => heads,
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(e.into());
+            }
+        };
+        let owners: Vec<String> = heads.iter().map(|r| r.get(0)).collect();
+        let priorities: Vec<i32> = heads.iter().map(|r| r.get(1)).collect();
+        let of: Vec<String> = heads.iter().map(|r| r.get(2)).collect();
+        let prune_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&owners, &priorities, &of];
+        let (deleted, commit) =
+            tokio::join!(client.execute(&prune, &prune_params), client.batch_execute("COMMIT"));
+        let deleted = deleted?;
+        commit?;
+        Ok(deleted)
     }
 
     /// Hands an assignment that could not be delivered back to the queue, undoing the
