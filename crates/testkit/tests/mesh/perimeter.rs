@@ -516,8 +516,9 @@ async fn sql_payloads_as_usernames_and_api_keys_change_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(
-        tables, 9,
-        "jobs, files, users, refresh_tokens, api_keys, audit_events, schema_migrations, projects, characters"
+        tables, 10,
+        "jobs, files, users, refresh_tokens, api_keys, audit_events, schema_migrations, projects, characters, \
+         queue_heads"
     );
     mesh.stop().await;
 }
