@@ -74,7 +74,9 @@ impl<S> tower::Layer<S> for Guard {
     fn layer(&self, inner: S) -> Self::Service {
         let limited = StepLayer(Limit { limiter: self.limiter.clone() }).layer(inner);
         let authorized = StepLayer(Authz).layer(limited);
-        let authenticated = StepLayer(Authn { verifier: self.verifier.clone() }).layer(authorized);
+        let authenticated =
+            StepLayer(Authn { verifier: self.verifier.clone(), limiter: self.limiter.clone() })
+                .layer(authorized);
         let audited = StepLayer(Audited { audit: self.audit.clone() }).layer(authenticated);
         let observed = StepLayer(Observe { metrics: self.metrics.clone() }).layer(audited);
         ContextLayer { service: self.service }.layer(observed)

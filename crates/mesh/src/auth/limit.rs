@@ -2,6 +2,10 @@
 //! in the caller's tier: an API key is limited per key with the `api_key` limits, an admin
 //! with the `admin` limits, everyone else per user id with the user limits. Submits,
 //! writes and logins fail closed when Redis cannot decide; reads go on.
+//!
+//! For a bearer credential the decision is asked by the authentication step, at the same
+//! time as the revocation check (one Redis round trip for both), and acted on here, after
+//! authorization: a call refused by authorization has still been counted.
 
 use tonic::body::Body;
 use tracing::warn;
@@ -9,8 +13,13 @@ use tracing::warn;
 use super::{Caller, Refusal, Role, context::Call, layer::Step};
 use crate::ratelimit::{Class, Decision, RateLimiter, Tier};
 
+/// A rate-limit decision the authentication step already took (in the revocation check's
+/// Redis round trip), for this step to act on instead of asking again.
+#[derive(Debug, Clone)]
+pub(crate) struct Decided(pub(crate) Result<Decision, String>);
+
 /// The tier and subject a caller is limited as.
-fn tier_of(caller: &Caller) -> (Tier, String) {
+pub(crate) fn tier_of(caller: &Caller) -> (Tier, String) {
     match caller {
         Caller::User { api_key: Some(key), .. } => (Tier::ApiKey, key.to_string()),
         Caller::User { role: Role::Admin, id, .. } => (Tier::Admin, id.to_string()),
@@ -34,8 +43,13 @@ impl Step for Limit {
         else {
             return Ok(());
         };
-        let (tier, subject) = tier_of(req.extensions().get::<Caller>().unwrap_or(&Caller::Anonymous));
-        match limiter.check_tier(class, tier, &subject).await {
+        let decision = if let Some(Decided(decision)) = req.extensions_mut().remove::<Decided>() {
+            decision
+        } else {
+            let (tier, subject) = tier_of(req.extensions().get::<Caller>().unwrap_or(&Caller::Anonymous));
+            limiter.check_tier(class, tier, &subject).await.map_err(|e| e.to_string())
+        };
+        match decision {
             Ok(Decision::Allowed { .. }) => Ok(()),
             Ok(Decision::Limited { retry_after }) => Err(Refusal::RateLimited { class, retry_after }),
             Err(e) if matches!(class, Class::Submit | Class::Login | Class::Write) => {
