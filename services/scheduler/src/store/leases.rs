@@ -91,43 +91,39 @@ static COMPLETE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 
 /// The claim's first statement: locks the first `$2` rows of the line of owners with a job
 /// of the backends `$1` (and models `$3`, when given) that may start now, skipping rows other
-/// claims hold, and keeps their keys (owner, priority, backend) in the transaction-local
-/// setting `sakuga.claim_heads` for the second statement.
-const LOCK_HEADS: &str = "SELECT set_config('sakuga.claim_heads', \
-    coalesce(json_agg(json_build_array(owner_id, priority, backend))::text, '[]'), true) FROM ( \
-    SELECT h.owner_id, h.priority, h.backend FROM queue_heads h \
+/// claims hold. Returns (owner, priority, backend) in line order.
+const LOCK_HEADS: &str = "SELECT h.owner_id, h.priority, h.backend FROM queue_heads h \
     WHERE h.backend = ANY($1) AND EXISTS (SELECT 1 FROM jobs q \
         WHERE q.owner_id = h.owner_id AND q.priority = h.priority AND q.backend = h.backend \
           AND q.status = 'queued' AND ($3::text[] IS NULL OR q.model = ANY($3)) \
           AND (q.not_before IS NULL OR q.not_before <= now())) \
     ORDER BY h.priority DESC, h.head_at, h.owner_id, h.backend \
-    LIMIT $2 FOR UPDATE OF h SKIP LOCKED) locked";
+    LIMIT $2 FOR UPDATE OF h SKIP LOCKED";
 
-/// The claim's second statement, over the line rows the first locked (read from
-/// `sakuga.claim_heads`): ranks up to `$1` jobs of each (models `$2`, when given) by
+/// The claim's second statement, over the line rows the first locked (`$1` owners, `$2`
+/// priorities, `$3` backends): ranks up to `$4` jobs of each (models `$5`, when given) by
 /// priority, then turn (an owner's first job before anyone's second), then age; claims the
-/// first `$1` for worker `$3` with a lease of `$4` ms; moves each row to its next queued
+/// first `$4` for worker `$6` with a lease of `$7` ms; moves each row to its next queued
 /// job, or deletes it when none is left.
 static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "WITH heads AS (SELECT e->>0 AS owner_id, (e->>1)::int4 AS priority, e->>2 AS backend \
-            FROM json_array_elements(current_setting('sakuga.claim_heads')::json) AS e), \
+        "WITH heads AS (SELECT * FROM unnest($1::text[], $2::int4[], $3::text[]) AS h(owner_id, priority, backend)), \
          ranked AS ( \
             SELECT c.id, c.priority, c.created_at, \
                    row_number() OVER (PARTITION BY c.owner_id ORDER BY c.priority DESC, c.created_at, c.id) AS turn \
             FROM heads h CROSS JOIN LATERAL ( \
                 SELECT id, owner_id, priority, created_at FROM jobs \
                 WHERE owner_id = h.owner_id AND priority = h.priority AND backend = h.backend \
-                  AND status = 'queued' AND ($2::text[] IS NULL OR model = ANY($2)) \
+                  AND status = 'queued' AND ($5::text[] IS NULL OR model = ANY($5)) \
                   AND (not_before IS NULL OR not_before <= now()) \
-                ORDER BY created_at, id LIMIT $1) c), \
+                ORDER BY created_at, id LIMIT $4) c), \
          picked AS ( \
             SELECT q.id FROM ranked r JOIN jobs q ON q.id = r.id WHERE q.status = 'queued' \
             ORDER BY r.priority DESC, r.turn, r.created_at, r.id \
-            FOR UPDATE OF q SKIP LOCKED LIMIT $1), \
+            FOR UPDATE OF q SKIP LOCKED LIMIT $4), \
          claimed AS ( \
-            UPDATE jobs j SET status = 'assigned', worker_id = $3, lease_token = gen_random_uuid(), \
-                lease_expires_at = now() + $4 * interval '1 millisecond', attempts = attempts + 1, \
+            UPDATE jobs j SET status = 'assigned', worker_id = $6, lease_token = gen_random_uuid(), \
+                lease_expires_at = now() + $7 * interval '1 millisecond', attempts = attempts + 1, \
                 progress_step = 0, progress_total = 0, progress_stage = '', progress_item = 0, \
                 not_before = NULL, updated_at = now() \
             FROM picked WHERE j.id = picked.id \
@@ -176,7 +172,7 @@ impl Store {
     /// share across owners (each owner's oldest job before anyone's second), then age. Each
     /// claim gets a fresh lease token.
     ///
-    /// Two statements in one transaction, sent together. The first locks the first
+    /// Two statements in one transaction, two round trips. The first locks the first
     /// `limit` rows of the line of owners (`queue_heads`) that have a job for this worker,
     /// skipping rows another claim holds, so concurrent dispatchers (other replicas) never
     /// wait for each other. The second, whose snapshot is taken after those locks, claims
@@ -195,19 +191,26 @@ impl Store {
             tokio::try_join!(client.prepare_cached(LOCK_HEADS), client.prepare_cached(&CLAIM))?;
         let limit = i64::from(limit);
         let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&backends, &limit, &models];
-        let claim_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&limit, &models, &worker_id, &millis(lease)];
-        // One round trip: the server runs the statements in order, so the claim's snapshot is
-        // taken after the locks are held. A failure aborts the transaction; the COMMIT then
-        // rolls it back.
-        let (begin, locked, rows, commit) = tokio::join!(
-            client.batch_execute("BEGIN"),
-            client.query(&lock, &lock_params),
-            client.query(&claim, &claim_params),
-            client.batch_execute("COMMIT"),
-        );
-        begin?;
-        locked?;
+        let (begin, heads) = tokio::join!(client.batch_execute("BEGIN"), client.query(&lock, &lock_params));
+        let heads = match begin.and(heads) {
+            Ok(heads) => heads,
+            Err(e) => {
+                // Nothing changed; the connection goes back to the pool outside a transaction.
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(e.into());
+            }
+        };
+        if heads.is_empty() {
+            client.batch_execute("COMMIT").await?;
+            return Ok(Vec::new());
+        }
+        let owners: Vec<String> = heads.iter().map(|r| r.get(0)).collect();
+        let priorities: Vec<i32> = heads.iter().map(|r| r.get(1)).collect();
+        let of: Vec<String> = heads.iter().map(|r| r.get(2)).collect();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+            [&owners, &priorities, &of, &limit, &models, &worker_id, &millis(lease)];
+        // A failed claim leaves the transaction aborted: the COMMIT then rolls it back.
+        let (rows, commit) = tokio::join!(client.query(&claim, &params), client.batch_execute("COMMIT"));
         let rows = rows?;
         commit?;
         Ok(rows
