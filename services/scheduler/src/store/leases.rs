@@ -162,6 +162,31 @@ const PRUNE_HEADS: &str = "DELETE FROM queue_heads h \
       AND NOT EXISTS (SELECT 1 FROM jobs q WHERE q.owner_id = h.owner_id AND q.priority = h.priority \
         AND q.backend = h.backend AND q.status = 'queued')";
 
+/// Keys of rows of the line of owners: owners, priorities, backends (same order).
+type LineKeys = (Vec<String>, Vec<i32>, Vec<String>);
+
+/// Opens a transaction on `client` and runs `lock` (a statement locking rows of the line
+/// and returning their keys), both in one round trip. On failure nothing changed and the
+/// connection goes back to the pool outside a transaction.
+async fn lock_line(
+    client: &deadpool_postgres::Object,
+    lock: &tokio_postgres::Statement,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<LineKeys, SchedulerError> {
+    let (begin, rows) = tokio::join!(client.batch_execute("BEGIN"), client.query(lock, params));
+    match begin.and(rows) {
+        Ok(rows) => Ok((
+            rows.iter().map(|r| r.get(0)).collect(),
+            rows.iter().map(|r| r.get(1)).collect(),
+            rows.iter().map(|r| r.get(2)).collect(),
+        )),
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e.into())
+        }
+    }
+}
+
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -190,23 +215,11 @@ impl Store {
         let (lock, claim) =
             tokio::try_join!(client.prepare_cached(LOCK_HEADS), client.prepare_cached(&CLAIM))?;
         let limit = i64::from(limit);
-        let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&backends, &limit, &models];
-        let (begin, heads) = tokio::join!(client.batch_execute("BEGIN"), client.query(&lock, &lock_params));
-        let heads = match begin.and(heads) {
-            Ok(heads) => heads,
-            Err(e) => {
-                // Nothing changed; the connection goes back to the pool outside a transaction.
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(e.into());
-            }
-        };
-        if heads.is_empty() {
+        let (owners, priorities, of) = lock_line(&client, &lock, &[&backends, &limit, &models]).await?;
+        if owners.is_empty() {
             client.batch_execute("COMMIT").await?;
             return Ok(Vec::new());
         }
-        let owners: Vec<String> = heads.iter().map(|r| r.get(0)).collect();
-        let priorities: Vec<i32> = heads.iter().map(|r| r.get(1)).collect();
-        let of: Vec<String> = heads.iter().map(|r| r.get(2)).collect();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
             [&owners, &priorities, &of, &limit, &models, &worker_id, &millis(lease)];
         // A failed claim leaves the transaction aborted: the COMMIT then rolls it back.
@@ -231,18 +244,7 @@ impl Store {
         let client = self.pool.get().await?;
         let (lock, prune) =
             tokio::try_join!(client.prepare_cached(LOCK_EMPTY_HEADS), client.prepare_cached(PRUNE_HEADS))?;
-        let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&limit];
-        let (begin, heads) = tokio::join!(client.batch_execute("BEGIN"), client.query(&lock, &lock_params));
-        let heads = match begin.and(heads) {
-            Ok(heads) => heads,
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(e.into());
-            }
-        };
-        let owners: Vec<String> = heads.iter().map(|r| r.get(0)).collect();
-        let priorities: Vec<i32> = heads.iter().map(|r| r.get(1)).collect();
-        let of: Vec<String> = heads.iter().map(|r| r.get(2)).collect();
+        let (owners, priorities, of) = lock_line(&client, &lock, &[&limit]).await?;
         let prune_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&owners, &priorities, &of];
         let (deleted, commit) =
             tokio::join!(client.execute(&prune, &prune_params), client.batch_execute("COMMIT"));
