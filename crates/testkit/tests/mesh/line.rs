@@ -82,10 +82,11 @@ async fn claims_take_priority_then_each_owners_turn_then_age_and_the_line_follow
     // The line keeps only owners with queued jobs: d's and f's.
     let rows = line(&db).await;
     assert_eq!(rows, [("d".to_owned(), 9, "other".to_owned()), ("f".to_owned(), 9, "comfyui".to_owned())]);
-    let status: String = db.query_one("SELECT status FROM jobs WHERE id = $1", &[&d1]).await.unwrap().get(0);
-    assert_eq!(status, "queued");
-    let status: String = db.query_one("SELECT status FROM jobs WHERE id = $1", &[&f1]).await.unwrap().get(0);
-    assert_eq!(status, "queued");
+    for id in [d1, f1] {
+        let status: String =
+            db.query_one("SELECT status FROM jobs WHERE id = $1", &[&id]).await.unwrap().get(0);
+        assert_eq!(status, "queued");
+    }
     env.cleanup().await;
 }
 
