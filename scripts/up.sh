@@ -183,6 +183,15 @@ SQL
     KID="$kid" KEY="$key" python3 -c 'import json, os; print(json.dumps({"active": os.environ["KID"], os.environ["KID"]: os.environ["KEY"]}))' |
         bao_cli kv put -mount=secret sakuga/auth/signing - >/dev/null
 
+    # The key that seals webhook endpoint secrets in PostgreSQL: made once and kept in
+    # .dev/webhooks.key (0600), so endpoints registered earlier still sign after a restart.
+    if [ ! -s "$DEV/webhooks.key" ]; then
+        openssl rand -base64 32 | write_private "$DEV/webhooks.key"
+    fi
+    log "OpenBao KV: secret/sakuga/scheduler/webhooks (the key that seals webhook secrets)"
+    printf '{"key":"%s"}' "$(tr -d '\n' <"$DEV/webhooks.key")" |
+        bao_cli kv put -mount=secret sakuga/scheduler/webhooks - >/dev/null
+
     # The bootstrap admin: its password is made once and kept in .dev/admin.password
     # (0600); auth creates the account, or resets its password to this, at start-up.
     if [ ! -s "$DEV/admin.password" ]; then
@@ -344,6 +353,13 @@ write_config() {
         echo "# written by scripts/up.sh; no secrets here (they come from OpenBao)"
         [ "$s" = auth ] || echo "auth_addr = $(toml_str "$LOOPBACK:${SERVICE_PORT[auth]}")"
         case "$s" in
+        scheduler)
+            # The local stack's demo receivers listen on loopback over plain HTTP.
+            echo
+            echo "[webhooks]"
+            echo "allow_http = true"
+            echo 'allow_networks = ["127.0.0.0/8", "::1/128"]'
+            ;;
         organizer)
             if [ "$STORAGE" = s3 ]; then
                 echo 'storage.backend = "s3"'

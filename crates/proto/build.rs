@@ -13,6 +13,7 @@ const FILES: &[&str] = &[
     "sakuga/v1/projects.proto",
     "sakuga/v1/worker.proto",
     "sakuga/v1/files.proto",
+    "sakuga/v1/webhooks.proto",
 ];
 
 fn main() -> anyhow::Result<()> {

@@ -82,6 +82,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "queue_heads",
         sql: include_str!("../../../migrations/0013_queue_heads.sql"),
     },
+    Migration { version: 14, name: "webhooks", sql: include_str!("../../../migrations/0014_webhooks.sql") },
 ];
 
 /// Arbitrary constant identifying the migration lock.

@@ -26,6 +26,8 @@ pub mod service_names {
     pub const JOBS: &str = "sakuga.v1.JobService";
     /// `sakuga.v1.ProjectService`.
     pub const PROJECTS: &str = "sakuga.v1.ProjectService";
+    /// `sakuga.v1.WebhookService`.
+    pub const WEBHOOKS: &str = "sakuga.v1.WebhookService";
     /// `sakuga.v1.WorkerService`.
     pub const WORKER: &str = "sakuga.v1.WorkerService";
     /// `sakuga.v1.FileService`.

@@ -82,6 +82,8 @@ pub struct TestEnv {
     pub signing_secret: String,
     /// KV path of the bootstrap admin.
     pub admin_secret: String,
+    /// KV path of the key that seals webhook secrets.
+    pub webhook_key_secret: String,
     /// The bootstrap admin's password.
     pub admin_password: String,
     /// Scratch folder (storage roots live here).
@@ -112,6 +114,13 @@ impl TestEnv {
         vaultrs::kv2::set(&root, "secret", &redis_secret, &redis_creds).await?;
         let signing_secret = format!("sakuga-test/{id}/auth/signing");
         vaultrs::kv2::set(&root, "secret", &signing_secret, &signing_keys(&["k1", "k2"], "k2")?).await?;
+        let webhook_key_secret = format!("sakuga-test/{id}/scheduler/webhooks");
+        let mut webhook_key = std::collections::HashMap::new();
+        let mut key = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
+        webhook_key
+            .insert("key", base64::engine::Engine::encode(&base64::engine::general_purpose::STANDARD, key));
+        vaultrs::kv2::set(&root, "secret", &webhook_key_secret, &webhook_key).await?;
         let admin_secret = format!("sakuga-test/{id}/auth/bootstrap-admin");
         let admin_password = format!("admin-{}", uuid::Uuid::new_v4().simple());
         let mut admin = std::collections::HashMap::new();
@@ -120,6 +129,7 @@ impl TestEnv {
         vaultrs::kv2::set(&root, "secret", &admin_secret, &admin).await?;
         Ok(Self {
             signing_secret,
+            webhook_key_secret,
             admin_secret,
             admin_password,
             id,

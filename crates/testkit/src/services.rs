@@ -74,6 +74,14 @@ pub fn scheduler_config(env: &TestEnv, auth: &Spawned) -> sakuga_scheduler::Conf
         lease_ttl: Duration::from_secs(3),
         heartbeat_interval: Duration::from_millis(500),
         dispatch_poll: Duration::from_millis(500),
+        // Test receivers listen on loopback over plain HTTP, as in the local stack.
+        webhooks: sakuga_scheduler::webhooks::WebhookConfig {
+            key_vault_path: env.webhook_key_secret.clone(),
+            allow_http: true,
+            allow_networks: vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()],
+            poll: Duration::from_millis(200),
+            ..sakuga_scheduler::webhooks::WebhookConfig::default()
+        },
         ..sakuga_scheduler::Config::default()
     }
 }

@@ -50,6 +50,8 @@ pub struct Config {
     pub retention_sweep: Duration,
     /// Ceilings on `WatchJob` streams.
     pub watch: WatchConfig,
+    /// Webhook endpoints and their deliveries.
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 /// Ceilings on `WatchJob` streams: each open stream holds a task, a slot in its job's
@@ -90,6 +92,7 @@ impl Default for Config {
             job_retention_days: 90,
             retention_sweep: Duration::from_hours(1),
             watch: WatchConfig::default(),
+            webhooks: crate::webhooks::WebhookConfig::default(),
         }
     }
 }
@@ -131,7 +134,7 @@ impl Config {
         if self.max_job_pixels < 64 * 64 {
             return bad("max_job_pixels", "must be at least 4096");
         }
-        Ok(())
+        self.webhooks.validate()
     }
 }
 

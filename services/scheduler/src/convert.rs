@@ -21,6 +21,7 @@ use crate::{
     projects::{Character, Project},
     registry::WorkerCommand,
     validate::RawSpec,
+    webhook::{Delivery, DeliveryState, Endpoint, message_id},
     worker::{Attached, Hello, WorkerMessage},
 };
 
@@ -138,7 +139,37 @@ pub(crate) fn job(job: &Job) -> pb::Job {
         start_time: job.started_at.map(timestamp),
         finish_time: job.finished_at.map(timestamp),
         character_ids: ids(&job.character_ids),
+        webhook_id: job.webhook_endpoint_id.map(|w| w.to_string()).unwrap_or_default(),
     }
+}
+
+/// `sakuga.v1.Job`, to write jobs in the protobuf JSON mapping.
+static JOB_DESCRIPTOR: std::sync::LazyLock<prost_reflect::MessageDescriptor> =
+    std::sync::LazyLock::new(|| {
+        prost_reflect::DescriptorPool::decode(sakuga_proto::FILE_DESCRIPTOR_SET)
+            .ok()
+            .and_then(|pool| pool.get_message_by_name("sakuga.v1.Job"))
+            .expect("the compiled-in descriptor set describes sakuga.v1.Job")
+    });
+
+/// The webhook payload of `event` (Standard Webhooks' `type`, `timestamp`, `data`): the
+/// job as GetJob shows it, in the protobuf JSON mapping (as grpcurl prints it), every field
+/// present, so receivers see one stable shape.
+pub(crate) const WEBHOOK_BODY: crate::webhooks::Render = webhook_body;
+
+fn webhook_body(event: &str, j: &Job, at: chrono::DateTime<Utc>) -> Vec<u8> {
+    let options = prost_reflect::SerializeOptions::new().skip_default_fields(false);
+    let job_json =
+        prost_reflect::DynamicMessage::decode(JOB_DESCRIPTOR.clone(), job(j).encode_to_vec().as_slice())
+            .ok()
+            .and_then(|m| m.serialize_with_options(serde_json::value::Serializer, &options).ok())
+            .unwrap_or_default();
+    let payload = serde_json::json!({
+        "type": event,
+        "timestamp": at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "data": { "job": job_json },
+    });
+    serde_json::to_vec(&payload).unwrap_or_default()
 }
 
 /// The first event of a watch: the whole job as it is now.
@@ -331,6 +362,67 @@ pub(crate) fn character(c: &Character) -> pb::Character {
         description: c.description.clone(),
         prompt_fragment: c.prompt_fragment.clone(),
         negative_fragment: c.negative_fragment.clone(),
+    }
+}
+
+/// The API view of a webhook endpoint (never its secrets).
+pub(crate) fn webhook(e: &Endpoint) -> pb::WebhookEndpoint {
+    pb::WebhookEndpoint {
+        id: e.id.to_string(),
+        owner_id: e.owner_id.clone(),
+        url: e.url.clone(),
+        events: e.events.clone(),
+        project_id: e.project_id.map(|p| p.to_string()).unwrap_or_default(),
+        only_named_jobs: e.only_named_jobs,
+        enabled: e.enabled,
+        description: e.description.clone(),
+        max_concurrency: e.max_concurrency,
+        timeout_ms: e.timeout_ms,
+        disabled_reason: e.disabled_reason.clone(),
+        consecutive_failures: e.consecutive_failures,
+        failing_since: e.failing_since.map(timestamp),
+        previous_secret_expire_time: e.previous_secret_expires_at.filter(|t| *t > Utc::now()).map(timestamp),
+        create_time: Some(timestamp(e.created_at)),
+        update_time: Some(timestamp(e.updated_at)),
+    }
+}
+
+/// The API view of a delivery state.
+fn delivery_state(s: DeliveryState) -> pb::DeliveryState {
+    match s {
+        DeliveryState::Pending => pb::DeliveryState::Pending,
+        DeliveryState::Delivered => pb::DeliveryState::Delivered,
+        DeliveryState::Failed => pb::DeliveryState::Failed,
+    }
+}
+
+/// A delivery state filter (`None`: any), naming the field when it is unknown.
+pub(crate) fn delivery_state_from(s: i32) -> Result<Option<DeliveryState>, SchedulerError> {
+    match pb::DeliveryState::try_from(s) {
+        Ok(pb::DeliveryState::Unspecified) => Ok(None),
+        Ok(pb::DeliveryState::Pending) => Ok(Some(DeliveryState::Pending)),
+        Ok(pb::DeliveryState::Delivered) => Ok(Some(DeliveryState::Delivered)),
+        Ok(pb::DeliveryState::Failed) => Ok(Some(DeliveryState::Failed)),
+        Err(_) => Err(SchedulerError::invalid("state", format!("unknown delivery state {s}"))),
+    }
+}
+
+/// The API view of a delivery.
+pub(crate) fn delivery(d: &Delivery) -> pb::WebhookDelivery {
+    pb::WebhookDelivery {
+        id: d.id.to_string(),
+        message_id: message_id(d.id),
+        webhook_id: d.endpoint_id.to_string(),
+        job_id: d.job_id.to_string(),
+        event: d.event.clone(),
+        state: delivery_state(d.state).into(),
+        attempts: d.attempts,
+        last_status_code: d.last_status_code,
+        last_error: d.last_error.clone(),
+        create_time: Some(timestamp(d.created_at)),
+        next_attempt_time: d.next_attempt_at.map(timestamp),
+        last_attempt_time: d.last_attempt_at.map(timestamp),
+        deliver_time: d.delivered_at.map(timestamp),
     }
 }
 

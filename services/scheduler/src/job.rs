@@ -163,6 +163,8 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
     /// Attempts allowed.
     pub max_attempts: u32,
+    /// A webhook endpoint of the owner that also receives this job's events.
+    pub webhook_endpoint_id: Option<Uuid>,
 }
 
 /// A job row.
@@ -216,6 +218,8 @@ pub struct Job {
     pub started_at: Option<DateTime<Utc>>,
     /// Finished.
     pub finished_at: Option<DateTime<Utc>>,
+    /// A webhook endpoint of the owner that also receives this job's events.
+    pub webhook_endpoint_id: Option<Uuid>,
 }
 
 impl Job {

@@ -16,6 +16,8 @@ pub mod state;
 pub mod store;
 pub mod validate;
 pub mod watchers;
+pub mod webhook;
+pub mod webhooks;
 pub mod worker;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -71,9 +73,23 @@ impl Service for Application {
         let guard = Guard::for_service(&verifier, &redis, &config.rate_limits, &pool);
         let server = node.bind(&api::SERVICES, guard).await?;
         let metrics = node.metrics.clone();
+        let key_path = &config.webhooks.key_vault_path;
+        let key = node.vault.read_kv(key_path).await?;
+        let sealer = webhooks::secret::Sealer::from_base64(key_path, key.get("key").map(String::as_str))
+            .map_err(MeshError::Config)?;
+        let projects = projects::Projects::new(pool.clone());
+        let store = store::Store::new(pool);
+        let webhooks = webhooks::Webhooks::new(
+            store.clone(),
+            projects.clone(),
+            sealer,
+            config.webhooks.clone(),
+            convert::WEBHOOK_BODY,
+        )?;
         let state = Arc::new(State {
-            projects: projects::Projects::new(pool.clone()),
-            store: store::Store::new(pool),
+            projects,
+            webhooks: Arc::new(webhooks),
+            store,
             verifier,
             events: events::Events::new(redis.clone(), config.watch.channel_capacity, convert::EVENT_CODEC),
             watchers: watchers::Watchers::new(&config.watch),
@@ -109,12 +125,36 @@ impl Service for Application {
         // submitted to one replica is dispatched at once by another that holds the worker.
         let notified = {
             let wake = wake.clone();
-            db::spawn_listener(listen, "sakuga_jobs_queued", move || wake.notify_one(), shutdown.clone())
+            db::spawn_listener(
+                listen.clone(),
+                "sakuga_jobs_queued",
+                move || wake.notify_one(),
+                shutdown.clone(),
+            )
         };
+        // Deliveries are written by a trigger in the job's transaction (migration 14); the
+        // NOTIFY it sends wakes the senders of every replica.
+        let outbox = Arc::new(Notify::new());
+        let outbox_notified = {
+            let outbox = outbox.clone();
+            db::spawn_listener(listen, "sakuga_webhooks", move || outbox.notify_one(), shutdown.clone())
+        };
+        let senders = tokio::spawn(webhooks::deliver::run(
+            state.webhooks.clone(),
+            state.families.clone(),
+            outbox,
+            shutdown.clone(),
+        ));
         let checks = health_checks(&state);
         let server = api::add_services(server, &state, wake, shutdown.clone());
-        let tasks = vec![listener, dispatcher, reaper, keys, notified, retention];
-        node.serve(server, checks, tasks, shutdown).await
+        let tasks = vec![listener, dispatcher, reaper, keys, notified, retention, outbox_notified];
+        let result = node.serve(server, checks, tasks, shutdown).await;
+        // Not aborted with the rest: on shutdown the senders hand their attempts in flight
+        // back, so another replica sends them at once instead of after their leases.
+        if tokio::time::timeout(std::time::Duration::from_secs(5), senders).await.is_err() {
+            tracing::warn!("webhook senders did not stop in 5s; their leases will run out");
+        }
+        result
     }
 
     fn database(

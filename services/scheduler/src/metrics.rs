@@ -11,7 +11,7 @@ use sakuga_mesh::metrics::{HistogramFamily, Metrics, histogram_family, latency_h
 
 use crate::{
     job::{Job, Status},
-    store::Expired,
+    store::{Expired, Recorded},
 };
 
 /// `outcome` label.
@@ -47,6 +47,10 @@ pub struct Families {
     queue_slots: Gauge,
     watchers: Gauge,
     channels: Gauge,
+    webhook_attempts: HistogramFamily<Outcome>,
+    webhook_deliveries: Family<Outcome, Counter>,
+    webhook_latency: Histogram,
+    webhook_pending: Gauge,
 }
 
 /// A backend name as a label: one of the validated backends, or `other`.
@@ -69,6 +73,10 @@ impl Families {
             queue_slots: Gauge::default(),
             watchers: Gauge::default(),
             channels: Gauge::default(),
+            webhook_attempts: histogram_family(),
+            webhook_deliveries: Family::default(),
+            webhook_latency: latency_histogram(),
+            webhook_pending: Gauge::default(),
         };
         m.register(
             "sakuga_jobs_finished",
@@ -117,7 +125,55 @@ impl Families {
             "Jobs with an in-process event channel on this replica (watched here now).",
             f.channels.clone(),
         );
+        m.register(
+            "sakuga_webhook_attempt_duration_seconds",
+            "Webhook POSTs made by this replica, by outcome (delivered or failed), and how long each took.",
+            f.webhook_attempts.clone(),
+        );
+        m.register(
+            "sakuga_webhook_deliveries",
+            "Webhook attempts recorded by this replica, by what became of the delivery: delivered, retrying, \
+             gave_up (retry period over) or lost (its lease had run out).",
+            f.webhook_deliveries.clone(),
+        );
+        m.register(
+            "sakuga_webhook_delivery_latency_seconds",
+            "Time from a job's change to its webhook's acceptance by the endpoint (retries included).",
+            f.webhook_latency.clone(),
+        );
+        m.register(
+            "sakuga_webhook_deliveries_pending",
+            "Webhook deliveries waiting for an attempt or in one (all replicas; counted up to 100000).",
+            f.webhook_pending.clone(),
+        );
         f
+    }
+
+    /// A webhook POST ended.
+    pub fn webhook_attempt(&self, delivered: bool, elapsed: std::time::Duration) {
+        let outcome = if delivered { "delivered" } else { "failed" };
+        self.webhook_attempts.get_or_create(&Outcome { outcome }).observe(elapsed.as_secs_f64());
+    }
+
+    /// A webhook attempt was recorded; a delivery's latency since its job's change is
+    /// observed when it is accepted.
+    pub fn webhook_recorded(&self, recorded: Recorded, changed_at: chrono::DateTime<chrono::Utc>) {
+        let outcome = match recorded {
+            Recorded::Delivered => "delivered",
+            Recorded::Retrying => "retrying",
+            Recorded::GaveUp => "gave_up",
+            Recorded::Lost => "lost",
+        };
+        self.webhook_deliveries.get_or_create(&Outcome { outcome }).inc();
+        if recorded == Recorded::Delivered {
+            let secs = (chrono::Utc::now() - changed_at).to_std().unwrap_or_default().as_secs_f64();
+            self.webhook_latency.observe(secs);
+        }
+    }
+
+    /// Pending webhook deliveries, all replicas (set at each scrape).
+    pub fn set_webhooks_pending(&self, n: i64) {
+        self.webhook_pending.set(n);
     }
 
     /// A job reached a final state.

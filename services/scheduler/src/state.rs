@@ -16,6 +16,8 @@ pub struct State {
     pub store: crate::store::Store,
     /// Projects and characters.
     pub projects: crate::projects::Projects,
+    /// Webhook endpoints and deliveries.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// Event fan-out.
     pub events: crate::events::Events,
     /// `WatchJob` streams held, per user and per connection.
@@ -49,6 +51,9 @@ pub fn metrics_refresh(state: &Arc<State>) -> Refresh {
             }
             f.set_slots(state.registry.slot_usage());
             f.set_watch(state.watchers.held(), state.events.channels());
+            if let Ok(n) = state.store.count_pending_deliveries(crate::store::UNFINISHED_COUNT_LIMIT).await {
+                f.set_webhooks_pending(n);
+            }
         })
     })
 }

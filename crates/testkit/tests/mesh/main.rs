@@ -25,3 +25,4 @@ mod startup;
 mod tls;
 mod tracing;
 mod watch;
+mod webhooks;

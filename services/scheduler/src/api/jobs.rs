@@ -46,6 +46,7 @@ impl JobService for Api {
             validate::spec(convert::raw_spec(spec), self.state.config.max_job_pixels, rand::random::<u64>)?;
         let idempotency_key = validate::idempotency_key(&r.idempotency_key)?;
         let priority = validate::priority(r.priority)?;
+        let webhook_endpoint_id = self.state.webhooks.check_named(&owner, &r.webhook_id).await?;
         let (project_id, composed) = self
             .state
             .projects
@@ -74,6 +75,7 @@ impl JobService for Api {
             priority,
             idempotency_key,
             max_attempts: self.state.config.max_attempts,
+            webhook_endpoint_id,
         };
         let inserted = self
             .state

@@ -1,10 +1,11 @@
-//! The gRPC surface: `JobService` ([`jobs`]), `WorkerService` ([`worker_session`]) and
-//! `ProjectService` ([`projects`]). Handlers check the caller, translate the request with
+//! The gRPC surface: `JobService` ([`jobs`]), `WorkerService` ([`worker_session`]),
+//! `ProjectService` ([`projects`]) and `WebhookService` ([`webhooks`]). Handlers check the caller, translate the request with
 //! [`crate::convert`], call the domain, and translate the answer back; nothing below this
 //! layer sees a proto type.
 
 mod jobs;
 mod projects;
+mod webhooks;
 mod worker_session;
 
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use sakuga_proto::{
     service_names,
     v1::{
         job_service_server::JobServiceServer, project_service_server::ProjectServiceServer,
-        worker_service_server::WorkerServiceServer,
+        webhook_service_server::WebhookServiceServer, worker_service_server::WorkerServiceServer,
     },
 };
 use tokio::sync::Notify;
@@ -23,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{error::SchedulerError, state::State};
 
 /// The services the scheduler serves, for the guard's authorization table.
-pub(crate) const SERVICES: [&str; 3] = [service_names::JOBS, service_names::WORKER, service_names::PROJECTS];
+pub(crate) const SERVICES: [&str; 4] =
+    [service_names::JOBS, service_names::WORKER, service_names::PROJECTS, service_names::WEBHOOKS];
 
 /// JobService and WorkerService over the shared state.
 #[derive(Debug, Clone)]
@@ -66,4 +68,5 @@ pub(crate) fn add_services(
         .add_service(JobServiceServer::new(api.clone()))
         .add_service(WorkerServiceServer::new(api))
         .add_service(ProjectServiceServer::new(projects::ProjectApi(state.projects.clone())))
+        .add_service(WebhookServiceServer::new(webhooks::WebhookApi(state.webhooks.clone())))
 }

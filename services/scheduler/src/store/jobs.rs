@@ -35,11 +35,11 @@ static SUBMIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
            INSERT INTO jobs (id, owner_id, kind, backend, model, prompt, negative_prompt, composed_prompt, \
              width, height, steps, batch_size, frames, fps, seed, cfg_scale, sampler, priority, \
              idempotency_key, max_attempts, spec_hash, project_id, character_ids, composed_negative, \
-             trace_context) \
+             trace_context, webhook_endpoint_id) \
            SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, \
              $9::int4, $10::int4, $11::int4, $12::int4, $13::int4, $14::int4, $15::int8, $16::float4, \
              $17::text, $18::int4, $19::text, $20::int4, $21::text, $22::uuid, $23::uuid[], $24::text, \
-             $25::jsonb \
+             $25::jsonb, $27::uuid \
            WHERE NOT EXISTS (SELECT 1 FROM existing) AND (SELECT n FROM active) < $26::int8 \
            RETURNING {JOB_COLUMNS}) \
          SELECT true AS inserted, ins.* FROM ins \
@@ -115,7 +115,7 @@ impl Store {
         let (max_attempts, spec_hash) = (i32_of(new.max_attempts), s.hash());
         let trace = serde_json::to_value(&new.trace_context).unwrap_or_default();
         let limit = i64::from(cap);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 26] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 27] = [
             &new.id,
             &new.owner_id,
             &s.kind.as_str(),
@@ -142,6 +142,7 @@ impl Store {
             &new.composed_negative,
             &trace,
             &limit,
+            &new.webhook_endpoint_id,
         ];
         let owner: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&new.owner_id];
         let (begin, locked, rows, commit) = tokio::join!(

@@ -10,8 +10,10 @@ mod jobs;
 mod leases;
 mod retention;
 mod rows;
+mod webhooks;
 
 pub use jobs::{Inserted, ListFilter};
 pub use leases::{Claimed, Completion, Expired};
 pub use retention::UNFINISHED_COUNT_LIMIT;
 pub use rows::Store;
+pub use webhooks::{AttemptOutcome, ClaimedDelivery, DisableRule, EndpointRow, Recorded};

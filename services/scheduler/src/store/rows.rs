@@ -9,7 +9,7 @@ pub(super) const JOB_COLUMNS: &str = "id, owner_id, project_id, kind, backend, m
     composed_prompt, width, height, steps, batch_size, frames, fps, seed, cfg_scale, sampler, \
     priority, status, attempts, max_attempts, lease_token, worker_id, progress_step, progress_total, \
     progress_stage, progress_item, error, file_ids, created_at, updated_at, started_at, finished_at, \
-    character_ids, composed_negative, trace_context";
+    character_ids, composed_negative, trace_context, webhook_endpoint_id";
 
 fn u32_of(row: &Row, col: &str) -> u32 {
     u32::try_from(row.get::<_, i32>(col)).unwrap_or(0)
@@ -61,6 +61,7 @@ pub(super) fn job_from_row(row: &Row) -> Job {
         updated_at: row.get("updated_at"),
         started_at: row.get("started_at"),
         finished_at: row.get("finished_at"),
+        webhook_endpoint_id: row.get("webhook_endpoint_id"),
     }
 }
 
