@@ -65,6 +65,9 @@ pub enum Command {
     /// Characters of a project.
     #[command(subcommand)]
     Characters(CharactersCmd),
+    /// Webhooks: signed POSTs to your endpoints when jobs change state, and their deliveries.
+    #[command(subcommand)]
+    Webhooks(WebhooksCmd),
     /// Users, API keys and the audit log.
     #[command(subcommand)]
     Admin(AdminCmd),
@@ -173,6 +176,10 @@ pub struct SubmitArgs {
     /// Answer from an identical earlier job (needs --seed).
     #[arg(long)]
     pub reuse_result: bool,
+    /// Also send this job's events to this webhook endpoint (id, see `sakuga webhooks list`),
+    /// whatever its project filter.
+    #[arg(long, value_name = "ID")]
+    pub webhook: Option<String>,
     /// Show live progress until the job ends.
     #[arg(long)]
     pub watch: bool,
@@ -380,6 +387,137 @@ pub enum CharactersCmd {
         /// Character id.
         id: String,
     },
+}
+
+/// Paging of the list commands that take no other filters.
+#[derive(Debug, Args)]
+pub struct PageArgs {
+    /// Page size (1..=100).
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Continue from a previous page.
+    #[arg(long, default_value = "")]
+    pub page_token: String,
+}
+
+/// `webhooks …`
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCmd {
+    /// Register an endpoint; its signing secret is shown once.
+    Create(CreateWebhookArgs),
+    /// Your endpoints, newest first.
+    List {
+        /// Paging.
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// One endpoint.
+    Get {
+        /// Webhook id.
+        id: String,
+    },
+    /// Change an endpoint; what is not given stays.
+    Update(UpdateWebhookArgs),
+    /// Delete an endpoint and its delivery history.
+    Delete {
+        /// Webhook id.
+        id: String,
+    },
+    /// Send a signed `webhook.test` event now and show what the endpoint answered.
+    Test {
+        /// Webhook id.
+        id: String,
+    },
+    /// A new signing secret, shown once; the previous one keeps signing beside it for a while.
+    RotateSecret {
+        /// Webhook id.
+        id: String,
+        /// How long the previous secret keeps signing: seconds, or a duration such as 12h,
+        /// 1d, 1h30m (at most 7d; 0 retires it at once). Default: the service's, one day.
+        #[arg(long, value_name = "DURATION")]
+        overlap: Option<String>,
+    },
+    /// Deliveries to your endpoints, newest first.
+    Deliveries {
+        /// Only this endpoint's (webhook id).
+        #[arg(long, value_name = "ID")]
+        webhook: Option<String>,
+        /// Only this job's.
+        #[arg(long, value_name = "ID")]
+        job: Option<String>,
+        /// Only this state (pending, delivered, failed).
+        #[arg(long)]
+        state: Option<String>,
+        /// Paging.
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Send a delivered or failed delivery again (same webhook-id and payload).
+    Redeliver {
+        /// Delivery id.
+        delivery_id: String,
+    },
+}
+
+/// `webhooks create …`
+#[derive(Debug, Args)]
+pub struct CreateWebhookArgs {
+    /// Where events are POSTed (https://).
+    #[arg(long)]
+    pub url: String,
+    /// Event to receive: job.started, job.succeeded, job.failed, job.canceled (repeat for
+    /// several).
+    #[arg(long = "event", value_name = "EVENT", required = true)]
+    pub events: Vec<String>,
+    /// Only jobs of this project (id or slug); default: every project.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Only jobs submitted with `--webhook` naming this endpoint.
+    #[arg(long)]
+    pub only_named_jobs: bool,
+    /// Description.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// Deliveries in flight to it at once (1..=64; default 4).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrency: Option<u32>,
+    /// How long one attempt may take, in milliseconds (1000..=60000; default 10000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub timeout_ms: Option<u32>,
+}
+
+/// `webhooks update …`
+#[derive(Debug, Args)]
+pub struct UpdateWebhookArgs {
+    /// Webhook id.
+    pub id: String,
+    /// New URL.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Event to receive (repeat for several); replaces the whole list.
+    #[arg(long = "event", value_name = "EVENT")]
+    pub events: Vec<String>,
+    /// Only jobs of this project (id or slug); "" for every project.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Only jobs submitted with `--webhook` naming this endpoint.
+    #[arg(long, value_name = "true|false")]
+    pub only_named_jobs: Option<bool>,
+    /// Enable it (clears why it was disabled and its failure count).
+    #[arg(long, conflicts_with = "disable")]
+    pub enable: bool,
+    /// Disable it: no new deliveries, pending ones wait.
+    #[arg(long)]
+    pub disable: bool,
+    /// New description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Deliveries in flight to it at once (1..=64).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrency: Option<u32>,
+    /// How long one attempt may take, in milliseconds (1000..=60000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub timeout_ms: Option<u32>,
 }
 
 /// `admin …`

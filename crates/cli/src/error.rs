@@ -1,7 +1,8 @@
-//! Failures and their exit codes: 0 ok, 1 other errors (service unreachable, conflicts),
-//! 2 usage (bad arguments, refused input), 3 authentication or permission, 4 not found,
-//! 5 the job failed or was canceled. A refusal's exit code and advice follow its gRPC code
-//! and its reason (`google.rpc.ErrorInfo`), never the wording of its message.
+//! Failures and their exit codes: 0 ok, 1 other errors (service unreachable, conflicts, a
+//! webhook test the endpoint failed), 2 usage (bad arguments, refused input), 3
+//! authentication or permission, 4 not found, 5 the job failed or was canceled. A
+//! refusal's exit code and advice follow its gRPC code and its reason
+//! (`google.rpc.ErrorInfo`), never the wording of its message.
 
 use tonic::Code;
 

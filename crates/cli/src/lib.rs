@@ -1,13 +1,13 @@
 //! The `sakuga` command: log in, submit and watch jobs, download files, manage projects,
-//! characters, users and API keys. Tables for people, `--json` for scripts.
+//! characters, webhooks, users and API keys. Tables for people, `--json` for scripts.
 //!
 //! One way through: [`args`] parses the command line, [`commands`] runs it (one module per
 //! command family) through a [`session::Session`] (connections and credentials), and
 //! [`output`] prints the answer; [`error`] maps every failure to its exit code.
 //!
-//! Exit codes: 0 ok, 1 other errors (service unreachable, conflicts), 2 usage (bad
-//! arguments, refused input), 3 authentication or permission, 4 not found, 5 the job
-//! failed or was canceled.
+//! Exit codes: 0 ok, 1 other errors (service unreachable, conflicts, a webhook test the
+//! endpoint failed), 2 usage (bad arguments, refused input), 3 authentication or
+//! permission, 4 not found, 5 the job failed or was canceled.
 
 pub mod args;
 pub mod commands;

@@ -8,7 +8,7 @@ use sakuga_mesh::tls::MeshTls;
 use sakuga_proto::v1::{
     LoginRequest, LogoutRequest, RefreshRequest, auth_service_client::AuthServiceClient,
     file_service_client::FileServiceClient, job_service_client::JobServiceClient,
-    project_service_client::ProjectServiceClient,
+    project_service_client::ProjectServiceClient, webhook_service_client::WebhookServiceClient,
 };
 use tonic::{
     Code,
@@ -169,6 +169,12 @@ impl Session {
     pub async fn projects(&self) -> Result<ProjectServiceClient<Authed>, CliError> {
         let c = self.credential().await?;
         Ok(ProjectServiceClient::new(self.authed(&self.profile.scheduler, "scheduler", Some(&c))?))
+    }
+
+    /// WebhookService (served by the scheduler).
+    pub async fn webhooks(&self) -> Result<WebhookServiceClient<Authed>, CliError> {
+        let c = self.credential().await?;
+        Ok(WebhookServiceClient::new(self.authed(&self.profile.scheduler, "scheduler", Some(&c))?))
     }
 
     /// FileService.

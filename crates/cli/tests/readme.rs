@@ -252,7 +252,7 @@ fn json_name(f: &FieldDescriptorProto) -> String {
 fn port_of(service: &str) -> &'static str {
     match service {
         "sakuga.v1.AuthService" => "15051",
-        "sakuga.v1.JobService" | "sakuga.v1.ProjectService" => "15052",
+        "sakuga.v1.JobService" | "sakuga.v1.ProjectService" | "sakuga.v1.WebhookService" => "15052",
         "sakuga.v1.FileService" => "15053",
         other => panic!("the README's stack serves no {other}"),
     }

@@ -11,6 +11,7 @@ mod profile;
 mod projects;
 mod shared;
 mod submit;
+mod webhooks;
 
 use crate::{
     CliError,
@@ -34,6 +35,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Files(cmd) => files::run(&session(&cli)?, cmd, json).await,
         Command::Projects(cmd) => projects::run(&session(&cli)?, cmd, json).await,
         Command::Characters(cmd) => characters::run(&session(&cli)?, cmd, json).await,
+        Command::Webhooks(cmd) => webhooks::run(&session(&cli)?, cmd, json).await,
         Command::Admin(cmd) => admin::run(&session(&cli)?, cmd, json).await,
     }
 }

@@ -12,19 +12,7 @@ pub(super) async fn run(s: &Session, a: &SubmitArgs, json: bool) -> Result<(), C
         None => String::new(),
     };
     let character_ids = character_ids(s, &project, &a.characters).await?;
-    let resp = s
-        .jobs()
-        .await?
-        .submit_job(pb::SubmitJobRequest {
-            spec: Some(spec(a)),
-            project_id: project,
-            character_ids,
-            idempotency_key: a.idempotency_key.clone().unwrap_or_default(),
-            priority: a.priority,
-            reuse_result: a.reuse_result,
-        })
-        .await?
-        .into_inner();
+    let resp = s.jobs().await?.submit_job(request(a, project, character_ids)).await?.into_inner();
     let job = resp.job.unwrap_or_default();
     if a.watch || a.download.is_some() {
         if !json {
@@ -42,6 +30,19 @@ pub(super) async fn run(s: &Session, a: &SubmitArgs, json: bool) -> Result<(), C
         println!("{}", job.id);
     }
     Ok(())
+}
+
+/// The SubmitJob request, with the project and characters already resolved to ids.
+fn request(a: &SubmitArgs, project_id: String, character_ids: Vec<String>) -> pb::SubmitJobRequest {
+    pb::SubmitJobRequest {
+        spec: Some(spec(a)),
+        project_id,
+        character_ids,
+        idempotency_key: a.idempotency_key.clone().unwrap_or_default(),
+        priority: a.priority,
+        reuse_result: a.reuse_result,
+        webhook_id: a.webhook.clone().unwrap_or_default(),
+    }
 }
 
 /// The ids of the characters named (by id or name) in `project`.
@@ -87,5 +88,26 @@ fn spec(a: &SubmitArgs) -> pb::JobSpec {
         sampler: a.sampler.clone().unwrap_or_default(),
         backend: a.backend.clone().unwrap_or_default(),
         model: a.model.clone().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::args::{Cli, Command};
+
+    fn submit(args: &[&str]) -> pb::SubmitJobRequest {
+        let cli = Cli::try_parse_from([&["sakuga", "submit"], args].concat()).unwrap();
+        let Command::Submit(a) = cli.command else { panic!("not submit") };
+        request(&a, String::new(), Vec::new())
+    }
+
+    #[test]
+    fn a_job_names_the_webhook_given_and_none_otherwise() {
+        let w = "0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+        assert_eq!(submit(&["a fox at dusk", "--webhook", w]).webhook_id, w);
+        assert_eq!(submit(&["a fox at dusk"]).webhook_id, "");
     }
 }

@@ -8,6 +8,10 @@ use sakuga_proto::v1 as pb;
 use serde::Serialize;
 use serde_json::Value;
 
+mod webhooks;
+
+pub use webhooks::{Delivery, Webhook, WebhookTest, delivery_state_name, secret_note, webhook_with_secret};
+
 /// RFC 3339 UTC, or null.
 fn time(t: Option<&prost_types::Timestamp>) -> Option<String> {
     t.and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
@@ -64,6 +68,7 @@ pub struct Job {
     started: Option<String>,
     status: &'static str,
     steps: u32,
+    webhook_id: Option<String>,
     width: u32,
     worker_id: Option<String>,
 }
@@ -106,6 +111,7 @@ impl From<&pb::Job> for Job {
             started: time(j.start_time.as_ref()),
             status: status_name(j.status),
             steps: s.steps,
+            webhook_id: or_null(&j.webhook_id),
             width: s.width,
             worker_id: or_null(&j.worker_id),
         }
@@ -420,6 +426,10 @@ mod tests {
         keys_sorted(&ApiKey::from(&pb::ApiKey::default()));
         keys_sorted(&ApiKey::with_secret(&pb::ApiKey::default(), "sk_x".into()));
         keys_sorted(&Audit::from(&pb::AuditEvent::default()));
+        keys_sorted(&Webhook::from(&pb::WebhookEndpoint { create_time: time, ..Default::default() }));
+        keys_sorted(&Webhook::with_secret(&pb::WebhookEndpoint::default(), "whsec_x".into()));
+        keys_sorted(&Delivery::from(&pb::WebhookDelivery { next_attempt_time: time, ..Default::default() }));
+        keys_sorted(&WebhookTest::from(&pb::TestWebhookResponse::default()));
         keys_sorted(&ProfileRow {
             auth: String::new(),
             default: true,
@@ -449,8 +459,115 @@ mod tests {
                 "character_ids": [], "priority": 0, "attempts": 0, "max_attempts": 0,
                 "progress": {"step": 0, "total_steps": 0, "stage": ""}, "error": null,
                 "file_ids": ["f"], "worker_id": null, "created": "2023-11-14T22:13:20.005Z",
-                "started": null, "finished": null,
+                "started": null, "finished": null, "webhook_id": null,
             })
+        );
+    }
+
+    fn endpoint() -> pb::WebhookEndpoint {
+        pb::WebhookEndpoint {
+            id: "w".into(),
+            owner_id: "user:u".into(),
+            url: "https://hooks.example.com/sakuga".into(),
+            events: vec!["job.succeeded".into(), "job.failed".into()],
+            enabled: true,
+            max_concurrency: 4,
+            timeout_ms: 10_000,
+            create_time: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 5_000_000 }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_webhook_keeps_its_documented_json_and_shows_its_secret_only_when_just_made() {
+        let v = serde_json::to_value(Webhook::from(&endpoint())).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "id": "w", "owner_id": "user:u", "url": "https://hooks.example.com/sakuga",
+                "events": ["job.succeeded", "job.failed"], "project_id": null,
+                "only_named_jobs": false, "enabled": true, "description": "", "max_concurrency": 4,
+                "timeout_ms": 10000, "disabled_reason": null, "consecutive_failures": 0,
+                "failing_since": null, "previous_secret_expires": null,
+                "created": "2023-11-14T22:13:20.005Z", "updated": null,
+            })
+        );
+        let with = serde_json::to_value(Webhook::with_secret(&endpoint(), "whsec_abc".into())).unwrap();
+        assert_eq!(with["secret"], "whsec_abc");
+        assert_eq!(with.as_object().unwrap().len(), v.as_object().unwrap().len() + 1);
+    }
+
+    #[test]
+    fn a_new_secret_is_printed_last_with_what_to_do_with_it() {
+        let text = webhook_with_secret(&endpoint(), "whsec_abc");
+        assert!(text.starts_with("consecutive_failures     0\n"), "{text}");
+        assert!(text.contains("\nurl                      https://hooks.example.com/sakuga\n"), "{text}");
+        assert!(text.ends_with("\n\nsecret: whsec_abc"), "{text}");
+        let note = secret_note(&endpoint());
+        assert!(note.starts_with("this secret is shown only once"), "{note}");
+        assert!(!note.contains("previous"), "nothing to say of a previous secret: {note}");
+        let rotated = |seconds| pb::WebhookEndpoint {
+            previous_secret_expire_time: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+            ..endpoint()
+        };
+        let note = secret_note(&rotated(4_102_444_800));
+        assert!(
+            note.ends_with("; the previous secret keeps signing beside it until 2100-01-01T00:00:00.000Z"),
+            "{note}"
+        );
+        let note = secret_note(&rotated(1_700_000_000));
+        assert!(!note.contains("previous"), "an expired previous secret signs no more: {note}");
+    }
+
+    #[test]
+    fn deliveries_show_their_state_by_name_and_no_status_as_a_dash() {
+        let delivery = |state: pb::DeliveryState, status| pb::WebhookDelivery {
+            id: "d".into(),
+            message_id: "msg_1".into(),
+            webhook_id: "w".into(),
+            job_id: "j".into(),
+            event: "job.failed".into(),
+            state: state.into(),
+            attempts: 3,
+            last_status_code: status,
+            last_error: if status == 0 { "connection refused".into() } else { String::new() },
+            next_attempt_time: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(Delivery::from(&delivery(pb::DeliveryState::Pending, 0))).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "id": "d", "message_id": "msg_1", "webhook_id": "w", "job_id": "j",
+                "event": "job.failed", "state": "pending", "attempts": 3, "last_status_code": null,
+                "last_error": "connection refused", "created": null,
+                "next_attempt": "2023-11-14T22:13:20.000Z", "last_attempt": null, "delivered": null,
+            })
+        );
+        let rows = vec![
+            v,
+            serde_json::to_value(Delivery::from(&delivery(pb::DeliveryState::Delivered, 204))).unwrap(),
+        ];
+        let t = table(&rows, &["id", "event", "state", "attempts", "last_status_code", "last_error"]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "ID  EVENT       STATE      ATTEMPTS  LAST_STATUS_CODE  LAST_ERROR");
+        assert_eq!(lines[1], "d   job.failed  pending    3         -                 connection refused");
+        assert_eq!(lines[2], "d   job.failed  delivered  3         204               -");
+        assert_eq!(delivery_state_name(pb::DeliveryState::Failed.into()), "failed");
+        assert_eq!(delivery_state_name(42), "unknown");
+    }
+
+    #[test]
+    fn a_test_shows_its_status_error_and_duration() {
+        let t = WebhookTest::from(&pb::TestWebhookResponse {
+            message_id: "msg_t".into(),
+            status_code: 0,
+            error: "timed out".into(),
+            duration_ms: 10_001,
+        });
+        assert_eq!(
+            details(&serde_json::to_value(t).unwrap()),
+            "duration_ms  10001\nerror        timed out\nmessage_id   msg_t\nstatus_code  -"
         );
     }
 
