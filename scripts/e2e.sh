@@ -5,7 +5,9 @@
 #   health on every port;
 #   refusals: no token -> Unauthenticated, a bad field -> InvalidArgument naming it;
 #   SubmitJob from JSON, WatchJob until it ends, GetJob succeeded;
-#   ListFiles lists the job's file, ReadFile returns bytes whose sha256 matches GetFile.
+#   ListFiles lists the job's file, ReadFile returns bytes whose sha256 matches GetFile;
+#   CreateWebhook registers a receiver on loopback, which gets the job's job.succeeded,
+#   signed (verified by the receiver), and ListDeliveries shows it delivered.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -22,7 +24,8 @@ login_admin
 
 log "list, describe and health on every port"
 expect_services "$SAKUGA_AUTH_ADDR" sakuga.v1.AuthService
-expect_services "$SAKUGA_SCHEDULER_ADDR" sakuga.v1.JobService sakuga.v1.ProjectService sakuga.v1.WorkerService
+expect_services "$SAKUGA_SCHEDULER_ADDR" sakuga.v1.JobService sakuga.v1.ProjectService sakuga.v1.WebhookService \
+    sakuga.v1.WorkerService
 expect_services "$SAKUGA_ORGANIZER_ADDR" sakuga.v1.FileService
 expect_services "$SAKUGA_GENERATOR_HEALTH_ADDR"
 expect_described() { # ADDR SYMBOL TEXT: `grpcurl describe SYMBOL` shows TEXT (its documentation)
@@ -57,6 +60,20 @@ if out="$(echo '{"spec":{"kind":"JOB_KIND_IMAGE","prompt":"x","width":65,"height
 fi
 refused InvalidArgument "spec.width" "$out"
 log "  no token: Unauthenticated; width 65: InvalidArgument naming spec.width"
+
+log "a webhook receiver on loopback, registered with CreateWebhook"
+HOOK_DIR="$(mktemp -d)"
+HOOK_LOG="$HOOK_DIR/received.jsonl"
+HOOK_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+python3 "$ROOT/scripts/webhook_receiver.py" "$HOOK_PORT" "$HOOK_LOG" &
+HOOK_PID=$!
+trap 'kill "$HOOK_PID" 2>/dev/null || true; rm -rf "$HOOK_DIR"' EXIT
+hook_out="$(printf '{"url":"http://127.0.0.1:%s/hook","events":["job.succeeded"],"description":"make e2e"}' "$HOOK_PORT" |
+    call "$SAKUGA_SCHEDULER_ADDR" sakuga.v1.WebhookService/CreateWebhook)" || fail_with_logs "CreateWebhook failed"
+HOOK_ID="$(printf '%s' "$hook_out" | json_get 'd["webhook"]["id"]')"
+# The secret is shown once; the receiver reads it from a file only it and we can read.
+(umask 077 && printf '%s' "$hook_out" | json_get 'd["secret"]' >"$HOOK_LOG.secret")
+log "  endpoint $HOOK_ID -> 127.0.0.1:$HOOK_PORT"
 
 log "one job: SubmitJob, WatchJob, GetJob"
 submit_image 512 40 builtin
@@ -94,4 +111,25 @@ assert got == want_sha, "sha256 %s, the record says %s" % (got, want_sha)
 assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
 print("  ReadFile: %d bytes, sha256 matches the record" % len(data))
 ' "$SHA" "$SIZE" || fail_with_logs "ReadFile returned other bytes than the record describes"
+log "the job's webhook: signed, delivered, listed"
+for _ in $(seq 1 300); do
+    grep -qF "\"$JOB_ID\"" "$HOOK_LOG" 2>/dev/null && break
+    sleep 0.2
+done
+python3 -c '
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+mine = [l for l in lines if l["job_id"] == sys.argv[2]]
+assert mine, "no webhook for job %s: %s" % (sys.argv[2], lines)
+assert all(l["type"] == "job.succeeded" and l["status"] == "JOB_STATUS_SUCCEEDED" for l in mine), mine
+assert all(l["verified"] for l in mine), "a signature did not verify: %s" % mine
+print("  job.succeeded received, signature verified (webhook-id %s)" % mine[0]["id"])
+' "$HOOK_LOG" "$JOB_ID" || fail_with_logs "the job's webhook did not arrive signed"
+deliveries="$(printf '{"webhookId":"%s","jobId":"%s"}' "$HOOK_ID" "$JOB_ID" |
+    call "$SAKUGA_SCHEDULER_ADDR" sakuga.v1.WebhookService/ListDeliveries)" || fail_with_logs "ListDeliveries failed"
+[ "$(printf '%s' "$deliveries" | json_get 'd["deliveries"][0]["state"]')" = DELIVERY_STATE_DELIVERED ] ||
+    fail_with_logs "ListDeliveries does not show the delivery delivered: $deliveries"
+printf '{"webhookId":"%s"}' "$HOOK_ID" | call "$SAKUGA_SCHEDULER_ADDR" sakuga.v1.WebhookService/DeleteWebhook >/dev/null ||
+    fail_with_logs "DeleteWebhook failed"
+log "  ListDeliveries: delivered; endpoint deleted"
 log "e2e passed"

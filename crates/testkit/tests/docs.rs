@@ -156,3 +156,36 @@ fn the_s3_component_configures_an_organizer_on_a_bucket() {
     assert_eq!(raw["storage"]["backend"].as_str(), Some("s3"), "{text}");
     assert!(config.validate().is_ok(), "{:?}", config.validate());
 }
+
+/// The lines between `start` and `end` markers of `file`, without the markers and without
+/// the common indentation.
+fn marked_region(file: &str, start: &str, end: &str) -> String {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../").to_owned() + file).unwrap();
+    let a = text.find(start).unwrap_or_else(|| panic!("{file} has no {start:?}"));
+    let region: Vec<&str> = text[a..].lines().skip(1).take_while(|l| !l.contains(end)).collect();
+    let indent = region
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    region.iter().map(|l| l.get(indent..).unwrap_or("")).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn the_webhook_verification_examples_are_the_tested_code() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/webhooks.md")).unwrap();
+    for (file, start, end) in [
+        ("services/scheduler/src/webhooks/secret.rs", "// --- verify", "// --- end verify"),
+        ("scripts/webhook_receiver.py", "# --- verify", "# --- end verify"),
+    ] {
+        let code = marked_region(file, start, end);
+        assert!(code.lines().count() >= 8, "{file}: the marked region is missing");
+        assert!(
+            doc.contains(code.trim_end()),
+            "docs/webhooks.md does not show {file}'s verify as it is:\n{code}"
+        );
+    }
+}

@@ -150,6 +150,39 @@ mod tests {
         assert_eq!(shown(&[0u8; 3]), "whsec_AAAA");
     }
 
+    // --- verify (docs/webhooks.md shows this function verbatim) ---
+    fn verify(secret: &str, id: &str, timestamp: &str, signatures: &str, body: &[u8]) -> bool {
+        let key = STANDARD.decode(secret.trim_start_matches("whsec_")).unwrap_or_default();
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if timestamp.parse::<u64>().map_or(true, |ts| now.abs_diff(ts) > 300) {
+            return false; // too old or from the future: a replay
+        }
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+        let signed = [format!("{id}.{timestamp}.").as_bytes(), body].concat();
+        let mut candidates = signatures.split(' ').filter_map(|s| s.strip_prefix("v1,"));
+        candidates
+            .any(|s| STANDARD.decode(s).is_ok_and(|sig| ring::hmac::verify(&key, &signed, &sig).is_ok()))
+    }
+    // --- end verify ---
+
+    #[test]
+    fn the_documented_receiver_code_verifies_what_is_sent() {
+        let (key, old) = (vec![3u8; 32], vec![4u8; 32]);
+        let now = chrono::Utc::now().timestamp();
+        let body = br#"{"type":"job.succeeded"}"#;
+        let header = signature(&[key.clone(), old.clone()], "msg_1", now, body);
+        let ts = now.to_string();
+        assert!(verify(&shown(&key), "msg_1", &ts, &header, body));
+        assert!(verify(&shown(&old), "msg_1", &ts, &header, body), "the overlapping secret verifies too");
+        assert!(!verify(&shown(&[5u8; 32]), "msg_1", &ts, &header, body));
+        assert!(!verify(&shown(&key), "msg_2", &ts, &header, body));
+        assert!(!verify(&shown(&key), "msg_1", &ts, &header, br#"{"type":"job.failed"}"#));
+        let stale = (now - 600).to_string();
+        let header = signature(&[key.clone()], "msg_1", now - 600, body);
+        assert!(!verify(&shown(&key), "msg_1", &stale, &header, body), "a replay ten minutes later");
+    }
+
     #[test]
     fn both_keys_sign_during_an_overlap() {
         let sig = signature(&[vec![1; 32], vec![2; 32]], "msg_x", 1, b"{}");
