@@ -96,9 +96,10 @@ async fn every_protected_rpc_refuses_missing_expired_forged_and_revoked_credenti
         let addr = match path.split('/').nth(1).unwrap_or("") {
             "sakuga.v1.AuthService" => mesh.auth.addr_string(),
             "sakuga.v1.FileService" => mesh.organizer.addr_string(),
-            "sakuga.v1.JobService" | "sakuga.v1.ProjectService" | "sakuga.v1.WorkerService" => {
-                mesh.scheduler.addr_string()
-            }
+            "sakuga.v1.JobService"
+            | "sakuga.v1.ProjectService"
+            | "sakuga.v1.WebhookService"
+            | "sakuga.v1.WorkerService" => mesh.scheduler.addr_string(),
             _ => continue, // health and reflection: open to every mesh certificate
         };
         match rule.access {
@@ -516,9 +517,9 @@ async fn sql_payloads_as_usernames_and_api_keys_change_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(
-        tables, 10,
+        tables, 12,
         "jobs, files, users, refresh_tokens, api_keys, audit_events, schema_migrations, projects, characters, \
-         queue_heads"
+         queue_heads, webhook_endpoints, webhook_deliveries"
     );
     mesh.stop().await;
 }

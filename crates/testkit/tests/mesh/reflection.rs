@@ -49,7 +49,12 @@ async fn reflection_lists_the_mounted_services_on_every_port() {
         (mesh.auth.addr_string(), expect(&["sakuga.v1.AuthService"])),
         (
             mesh.scheduler.addr_string(),
-            expect(&["sakuga.v1.JobService", "sakuga.v1.ProjectService", "sakuga.v1.WorkerService"]),
+            expect(&[
+                "sakuga.v1.JobService",
+                "sakuga.v1.ProjectService",
+                "sakuga.v1.WebhookService",
+                "sakuga.v1.WorkerService",
+            ]),
         ),
         (mesh.organizer.addr_string(), expect(&["sakuga.v1.FileService"])),
         (mesh.generator.as_ref().unwrap().addr_string(), expect(&[])),
