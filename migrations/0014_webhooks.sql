@@ -4,9 +4,14 @@
 -- The outbox is written by the trigger below, inside the transaction that changes the job's
 -- status: no event without its change, no change without its event, whichever statement
 -- made the change. Each delivery keeps the job row as it was at that change (`job`), so a
--- late or repeated delivery still says what happened then. Deliveries of one endpoint and
--- one job are sent in `seq` order (the job's row lock orders its changes, so their rows get
--- increasing `seq`).
+-- late or repeated delivery still says what happened then.
+--
+-- Deliveries of one endpoint and one job are sent in `seq` order (the job's row lock orders
+-- its changes, so their rows get increasing `seq`): only the first pending one of a job
+-- (its head) has a `next_attempt_at`; the others wait with NULL until the head is
+-- delivered or given up, which sets the next one's. So every due row may be sent, and a
+-- claim reads only as many rows as it claims, however long the backlog of an endpoint
+-- that was down.
 CREATE TABLE webhook_endpoints (
     id                          uuid        PRIMARY KEY,
     owner_id                    text        NOT NULL,
@@ -44,8 +49,9 @@ CREATE TABLE webhook_deliveries (
                                  CHECK (state IN ('pending', 'delivered', 'failed')),
     attempts         integer     NOT NULL DEFAULT 0,
     -- Pending: when it may be tried next (while an attempt is in flight, when that
-    -- attempt's lease ends, so a replica that died mid-delivery hands it on).
-    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    -- attempt's lease ends, so a replica that died mid-delivery hands it on); NULL while
+    -- an earlier delivery of the same job to the same endpoint is pending.
+    next_attempt_at  timestamptz,
     -- Set while an attempt is in flight (counts against the endpoint's concurrency).
     in_flight_until  timestamptz,
     last_attempt_at  timestamptz,
@@ -54,9 +60,13 @@ CREATE TABLE webhook_deliveries (
     delivered_at     timestamptz,
     created_at       timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint_id, next_attempt_at)
+    WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_pending ON webhook_deliveries (endpoint_id, job_id, seq)
     WHERE state = 'pending';
+CREATE INDEX webhook_deliveries_in_flight ON webhook_deliveries (endpoint_id)
+    WHERE in_flight_until IS NOT NULL;
+CREATE INDEX webhook_deliveries_age ON webhook_deliveries (created_at);
 CREATE INDEX webhook_deliveries_by_owner ON webhook_deliveries (owner_id, created_at DESC, id DESC);
 CREATE INDEX webhook_deliveries_by_endpoint ON webhook_deliveries (endpoint_id, created_at DESC, id DESC);
 CREATE INDEX webhook_deliveries_by_job ON webhook_deliveries (job_id, created_at DESC, id DESC);
@@ -74,8 +84,10 @@ DECLARE
         WHEN 'canceled' THEN 'job.canceled'
     END;
 BEGIN
-    INSERT INTO webhook_deliveries (id, endpoint_id, owner_id, job_id, event, job)
-    SELECT gen_random_uuid(), e.id, NEW.owner_id, NEW.id, ev, to_jsonb(NEW) - 'lease_token'
+    INSERT INTO webhook_deliveries (id, endpoint_id, owner_id, job_id, event, job, next_attempt_at)
+    SELECT gen_random_uuid(), e.id, NEW.owner_id, NEW.id, ev, to_jsonb(NEW) - 'lease_token',
+           CASE WHEN EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.endpoint_id = e.id
+                             AND p.job_id = NEW.id AND p.state = 'pending') THEN NULL ELSE now() END
     FROM webhook_endpoints e
     WHERE e.owner_id = NEW.owner_id AND e.enabled AND ev = ANY (e.events)
       AND (e.id = NEW.webhook_endpoint_id

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::rows::{JOB_COLUMNS, Store, i32_of, job_from_row};
+use super::rows::{JOB_COLUMNS, Store, i32_of, job_from_row, millis};
 use crate::{
     error::SchedulerError,
     job::{Job, Status},
@@ -185,10 +185,6 @@ async fn lock_line(
             Err(e.into())
         }
     }
-}
-
-fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 impl Store {

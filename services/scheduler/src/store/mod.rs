@@ -4,16 +4,18 @@
 //! `rows`: the job row and the store over the pool. `jobs`: submits and the client's reads
 //! and changes (get, list, cancel, retry). `leases`: the queue seen from the workers
 //! (claims, leases, progress, completion, failure, hand-backs). `retention`: pruning and
-//! the metrics counts.
+//! the metrics counts. `endpoints`: webhook endpoints; `deliveries`: their outbox.
 
+mod deliveries;
+mod endpoints;
 mod jobs;
 mod leases;
 mod retention;
 mod rows;
-mod webhooks;
 
+pub use deliveries::{AttemptOutcome, ClaimedDelivery, DisableRule, Recorded};
+pub use endpoints::EndpointRow;
 pub use jobs::{Inserted, ListFilter};
 pub use leases::{Claimed, Completion, Expired};
 pub use retention::UNFINISHED_COUNT_LIMIT;
 pub use rows::Store;
-pub use webhooks::{AttemptOutcome, ClaimedDelivery, DisableRule, EndpointRow, Recorded};

@@ -11,7 +11,8 @@ pub(super) const JOB_COLUMNS: &str = "id, owner_id, project_id, kind, backend, m
     progress_stage, progress_item, error, file_ids, created_at, updated_at, started_at, finished_at, \
     character_ids, composed_negative, trace_context, webhook_endpoint_id";
 
-fn u32_of(row: &Row, col: &str) -> u32 {
+/// A non-negative integer column as `u32`.
+pub(super) fn u32_of(row: &Row, col: &str) -> u32 {
     u32::try_from(row.get::<_, i32>(col)).unwrap_or(0)
 }
 
@@ -63,6 +64,11 @@ pub(super) fn job_from_row(row: &Row) -> Job {
         finished_at: row.get("finished_at"),
         webhook_endpoint_id: row.get("webhook_endpoint_id"),
     }
+}
+
+/// A duration as the milliseconds SQL multiplies `interval '1 millisecond'` by.
+pub(super) fn millis(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 pub(super) fn i32_of(v: u32) -> i32 {

@@ -53,7 +53,7 @@ async fn attempt(w: Arc<Webhooks>, families: Families, d: ClaimedDelivery) -> Uu
         retry_in: backoff(d.attempt, c.backoff_initial, c.backoff_max),
     };
     families.webhook_attempt(sent.delivered(), sent.elapsed);
-    match w.store.record_attempt(d.id, d.attempt, &outcome, c.retry_period, c.disable_rule()).await {
+    match w.store.record_attempt(&d, &outcome, c.retry_period, c.disable_rule()).await {
         Ok(recorded) => {
             families.webhook_recorded(recorded, d.created_at);
             match recorded {

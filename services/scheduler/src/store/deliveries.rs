@@ -1,6 +1,6 @@
-//! Webhook endpoints and the delivery outbox. Deliveries are written by the trigger of
-//! migration 14, in the transaction of the job's change; here they are claimed, recorded,
-//! listed, sent again and swept.
+//! The delivery outbox. Deliveries are written by the trigger of migration 14, in the
+//! transaction of the job's change; here they are claimed, recorded, handed on to the next
+//! event of their job, listed, sent again and swept.
 
 use std::time::Duration;
 
@@ -8,44 +8,15 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::rows::{JOB_COLUMNS, Store, job_from_row};
+use super::rows::{JOB_COLUMNS, Store, i32_of, job_from_row, millis, u32_of};
 use crate::{
     error::SchedulerError,
     job::Job,
-    webhook::{Delivery, DeliveryFilter, DeliveryState, Endpoint},
+    webhook::{Delivery, DeliveryFilter, DeliveryState},
 };
-
-const ENDPOINT_COLUMNS: &str = "id, owner_id, url, events, project_id, only_named_jobs, enabled, description, \
-    max_concurrency, timeout_ms, disabled_reason, consecutive_failures, failing_since, \
-    previous_secret_expires_at, created_at, updated_at";
 
 const DELIVERY_COLUMNS: &str = "id, endpoint_id, job_id, event, state, attempts, last_status_code, last_error, \
     created_at, next_attempt_at, last_attempt_at, delivered_at";
-
-fn u32_of(row: &Row, col: &str) -> u32 {
-    u32::try_from(row.get::<_, i32>(col)).unwrap_or(0)
-}
-
-fn endpoint_from_row(r: &Row) -> Endpoint {
-    Endpoint {
-        id: r.get("id"),
-        owner_id: r.get("owner_id"),
-        url: r.get("url"),
-        events: r.get("events"),
-        project_id: r.get("project_id"),
-        only_named_jobs: r.get("only_named_jobs"),
-        enabled: r.get("enabled"),
-        description: r.get("description"),
-        max_concurrency: u32_of(r, "max_concurrency"),
-        timeout_ms: u32_of(r, "timeout_ms"),
-        disabled_reason: r.get("disabled_reason"),
-        consecutive_failures: u32_of(r, "consecutive_failures"),
-        failing_since: r.get("failing_since"),
-        previous_secret_expires_at: r.get("previous_secret_expires_at"),
-        created_at: r.get("created_at"),
-        updated_at: r.get("updated_at"),
-    }
-}
 
 fn delivery_from_row(r: &Row) -> Delivery {
     let state: String = r.get("state");
@@ -64,33 +35,6 @@ fn delivery_from_row(r: &Row) -> Delivery {
         last_attempt_at: r.get("last_attempt_at"),
         delivered_at: r.get("delivered_at"),
     }
-}
-
-fn i32_of(v: u32) -> i32 {
-    i32::try_from(v).unwrap_or(i32::MAX)
-}
-
-fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// An endpoint's row as written: everything the owner set, checked.
-#[derive(Debug)]
-pub struct EndpointRow<'a> {
-    /// Target URL.
-    pub url: &'a str,
-    /// Event names.
-    pub events: &'a [String],
-    /// Project filter.
-    pub project_id: Option<Uuid>,
-    /// Only jobs that name it.
-    pub only_named_jobs: bool,
-    /// Free text.
-    pub description: &'a str,
-    /// Concurrency.
-    pub max_concurrency: u32,
-    /// Timeout.
-    pub timeout_ms: u32,
 }
 
 /// A delivery claimed for one attempt, with what it takes to make it.
@@ -157,8 +101,8 @@ pub struct DisableRule {
 /// Lock the first `$1` endpoints (enabled, with a due delivery) no other replica is
 /// claiming for; the claim's second statement then counts their deliveries in flight with
 /// a snapshot taken after these locks, so two replicas never overshoot an endpoint's
-/// concurrency together.
-/// The endpoint waiting longest goes first, so none starves behind busier ones.
+/// concurrency together. The endpoint waiting longest goes first, so none starves behind
+/// busier ones. Both probes per endpoint are one step down `webhook_deliveries_due`.
 const LOCK_ENDPOINTS: &str = "SELECT e.id FROM webhook_endpoints e \
     WHERE e.enabled AND EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.endpoint_id = e.id \
         AND d.state = 'pending' AND d.next_attempt_at <= now()) \
@@ -166,27 +110,22 @@ const LOCK_ENDPOINTS: &str = "SELECT e.id FROM webhook_endpoints e \
         WHERE d.endpoint_id = e.id AND d.state = 'pending') \
     LIMIT $1 FOR UPDATE OF e SKIP LOCKED";
 
-/// Claim up to `$2` due deliveries of the locked endpoints `$1`: per endpoint, in `seq`
-/// order, never one whose job has an earlier delivery still pending for that endpoint (so
-/// each job's events arrive in the order of its changes), and no more than its free
-/// concurrency. Each claimed row is leased until `$3` ms after its endpoint's timeout.
+/// Claim up to `$2` due deliveries of the locked endpoints `$1`, the longest waiting first,
+/// no more per endpoint than its free concurrency. Every due row may go: a job's later
+/// events wait without a `next_attempt_at` until its earlier one is done (migration 14),
+/// so each job's events arrive in the order of its changes and the claim reads no more rows
+/// than it takes. Each claimed row is leased until `$3` ms after its endpoint's timeout.
 static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "WITH flying AS ( \
-           SELECT endpoint_id, count(*) AS n FROM webhook_deliveries \
-           WHERE endpoint_id = ANY($1) AND state = 'pending' AND in_flight_until > now() \
-           GROUP BY endpoint_id), \
-         due AS ( \
-           SELECT d.id, d.endpoint_id, row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.seq) AS rank \
-           FROM webhook_deliveries d \
-           WHERE d.endpoint_id = ANY($1) AND d.state = 'pending' AND d.next_attempt_at <= now() \
-             AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.endpoint_id = d.endpoint_id \
-               AND p.job_id = d.job_id AND p.state = 'pending' AND p.seq < d.seq)), \
+        "WITH room AS ( \
+           SELECT e.id, e.max_concurrency - (SELECT count(*) FROM webhook_deliveries f \
+             WHERE f.endpoint_id = e.id AND f.in_flight_until > now()) AS free \
+           FROM webhook_endpoints e WHERE e.id = ANY($1)), \
          picked AS ( \
-           SELECT due.id FROM due JOIN webhook_endpoints e ON e.id = due.endpoint_id \
-           LEFT JOIN flying f ON f.endpoint_id = due.endpoint_id \
-           WHERE due.rank <= e.max_concurrency - coalesce(f.n, 0) \
-           ORDER BY due.rank LIMIT $2), \
+           SELECT c.id FROM room r CROSS JOIN LATERAL ( \
+             SELECT d.id FROM webhook_deliveries d WHERE d.endpoint_id = r.id AND d.state = 'pending' \
+               AND d.next_attempt_at <= now() ORDER BY d.next_attempt_at LIMIT greatest(r.free, 0)) c \
+           LIMIT $2), \
          claimed AS ( \
            UPDATE webhook_deliveries d SET attempts = d.attempts + 1, last_attempt_at = now(), \
              in_flight_until = now() + (e.timeout_ms + $3::float8) * interval '1 millisecond', \
@@ -201,169 +140,6 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 impl Store {
-    /// Inserts an endpoint whose secret `sealed` was sealed for `id`.
-    pub async fn insert_endpoint(
-        &self,
-        id: Uuid,
-        owner: &str,
-        row: &EndpointRow<'_>,
-        sealed: &[u8],
-    ) -> Result<Endpoint, SchedulerError> {
-        let client = self.pool.get().await?;
-        let sql = format!(
-            "INSERT INTO webhook_endpoints (id, owner_id, url, events, project_id, only_named_jobs, description, \
-               max_concurrency, timeout_ms, secret) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {ENDPOINT_COLUMNS}"
-        );
-        let r = client
-            .query_one(
-                &sql,
-                &[
-                    &id,
-                    &owner,
-                    &row.url,
-                    &row.events,
-                    &row.project_id,
-                    &row.only_named_jobs,
-                    &row.description,
-                    &i32_of(row.max_concurrency),
-                    &i32_of(row.timeout_ms),
-                    &sealed,
-                ],
-            )
-            .await?;
-        Ok(endpoint_from_row(&r))
-    }
-
-    /// An endpoint visible to `owner` (`None`: any).
-    pub async fn endpoint(&self, id: Uuid, owner: Option<&str>) -> Result<Endpoint, SchedulerError> {
-        let client = self.pool.get().await?;
-        let sql = format!(
-            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2)"
-        );
-        client
-            .query_opt(&sql, &[&id, &owner])
-            .await?
-            .map(|r| endpoint_from_row(&r))
-            .ok_or_else(|| SchedulerError::NotFound(format!("webhook {id}")))
-    }
-
-    /// An endpoint visible to `owner` with its sealed current secret and, while it still
-    /// signs, its previous one.
-    pub async fn endpoint_secrets(
-        &self,
-        id: Uuid,
-        owner: Option<&str>,
-    ) -> Result<(Endpoint, Vec<u8>, Option<Vec<u8>>), SchedulerError> {
-        let client = self.pool.get().await?;
-        let sql = format!(
-            "SELECT {ENDPOINT_COLUMNS}, secret, \
-               CASE WHEN previous_secret_expires_at > now() THEN previous_secret END AS previous \
-             FROM webhook_endpoints WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2)"
-        );
-        let r = client
-            .query_opt(&sql, &[&id, &owner])
-            .await?
-            .ok_or_else(|| SchedulerError::NotFound(format!("webhook {id}")))?;
-        Ok((endpoint_from_row(&r), r.get("secret"), r.get("previous")))
-    }
-
-    /// Up to `limit` endpoints visible to `owner`, newest first, after the keyset cursor.
-    pub async fn endpoints(
-        &self,
-        owner: Option<&str>,
-        after: Option<(DateTime<Utc>, Uuid)>,
-        limit: u32,
-    ) -> Result<Vec<Endpoint>, SchedulerError> {
-        let (after_ts, after_id) = after.map_or((None, None), |(t, i)| (Some(t), Some(i)));
-        let client = self.pool.get().await?;
-        let sql = format!(
-            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE ($1::text IS NULL OR owner_id = $1) \
-             AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3)) \
-             ORDER BY created_at DESC, id DESC LIMIT $4"
-        );
-        let rows = client.query(&sql, &[&owner, &after_ts, &after_id, &i64::from(limit)]).await?;
-        Ok(rows.iter().map(endpoint_from_row).collect())
-    }
-
-    /// Writes an endpoint's fields (already merged with its current ones and checked);
-    /// `enabled` true clears why it was disabled and its run of failures.
-    pub async fn update_endpoint(
-        &self,
-        id: Uuid,
-        owner: Option<&str>,
-        row: &EndpointRow<'_>,
-        enabled: bool,
-    ) -> Result<Endpoint, SchedulerError> {
-        let client = self.pool.get().await?;
-        let sql = format!(
-            "UPDATE webhook_endpoints SET url = $3, events = $4, project_id = $5, only_named_jobs = $6, \
-               description = $7, max_concurrency = $8, timeout_ms = $9, \
-               disabled_reason = CASE WHEN $10 THEN '' ELSE disabled_reason END, \
-               consecutive_failures = CASE WHEN $10 AND NOT enabled THEN 0 ELSE consecutive_failures END, \
-               failing_since = CASE WHEN $10 AND NOT enabled THEN NULL ELSE failing_since END, \
-               enabled = $10, updated_at = now() \
-             WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2) RETURNING {ENDPOINT_COLUMNS}"
-        );
-        client
-            .query_opt(
-                &sql,
-                &[
-                    &id,
-                    &owner,
-                    &row.url,
-                    &row.events,
-                    &row.project_id,
-                    &row.only_named_jobs,
-                    &row.description,
-                    &i32_of(row.max_concurrency),
-                    &i32_of(row.timeout_ms),
-                    &enabled,
-                ],
-            )
-            .await?
-            .map(|r| endpoint_from_row(&r))
-            .ok_or_else(|| SchedulerError::NotFound(format!("webhook {id}")))
-    }
-
-    /// Deletes an endpoint visible to `owner` and its deliveries.
-    pub async fn delete_endpoint(&self, id: Uuid, owner: Option<&str>) -> Result<(), SchedulerError> {
-        let client = self.pool.get().await?;
-        let n = client
-            .execute(
-                "DELETE FROM webhook_endpoints WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2)",
-                &[&id, &owner],
-            )
-            .await?;
-        if n == 0 {
-            return Err(SchedulerError::NotFound(format!("webhook {id}")));
-        }
-        Ok(())
-    }
-
-    /// Makes `sealed` the current secret; the one it replaces signs beside it for
-    /// `overlap` (not at all when zero).
-    pub async fn rotate_secret(
-        &self,
-        id: Uuid,
-        owner: Option<&str>,
-        sealed: &[u8],
-        overlap: Duration,
-    ) -> Result<Endpoint, SchedulerError> {
-        let client = self.pool.get().await?;
-        let sql = format!(
-            "UPDATE webhook_endpoints SET previous_secret = CASE WHEN $4::float8 > 0 THEN secret END, \
-               previous_secret_expires_at = CASE WHEN $4::float8 > 0 THEN now() + $4 * interval '1 millisecond' END, \
-               secret = $3, updated_at = now() \
-             WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2) RETURNING {ENDPOINT_COLUMNS}"
-        );
-        client
-            .query_opt(&sql, &[&id, &owner, &sealed, &millis(overlap)])
-            .await?
-            .map(|r| endpoint_from_row(&r))
-            .ok_or_else(|| SchedulerError::NotFound(format!("webhook {id}")))
-    }
-
     /// Claims up to `limit` due deliveries for this replica (see [`CLAIM`]). Two statements
     /// in one transaction: lock endpoints, then claim within them.
     pub async fn claim_deliveries(
@@ -403,15 +179,25 @@ impl Store {
     /// statement: delivered; or failed, tried again after `outcome.retry_in` unless that
     /// is past `retry_period` since the change (then kept as failed). An endpoint whose
     /// failures in a row reach `disable` is disabled, with the reason.
+    ///
+    /// A delivery that is done (delivered or given up) hands its job's next one, if any,
+    /// a `next_attempt_at`. The job's row is share-locked first, so a change of the job
+    /// committing meanwhile either sees this one done (and its delivery is due at once) or
+    /// is seen by the hand-on; the endpoint's row is locked before the delivery's, in the
+    /// claim's order, so the two never wait on each other in a cycle.
     pub async fn record_attempt(
         &self,
-        id: Uuid,
-        attempt: u32,
+        d: &ClaimedDelivery,
         outcome: &AttemptOutcome,
         retry_period: Duration,
         disable: DisableRule,
     ) -> Result<Recorded, SchedulerError> {
+        let (id, attempt) = (d.id, d.attempt);
         let client = self.pool.get().await?;
+        let (lock_job, lock_endpoint) = tokio::try_join!(
+            client.prepare_cached("SELECT 1 FROM jobs WHERE id = $1 FOR SHARE"),
+            client.prepare_cached("SELECT 1 FROM webhook_endpoints WHERE id = $1 FOR UPDATE"),
+        )?;
         let stmt = client
             .prepare_cached(
                 "WITH d AS ( \
@@ -423,7 +209,12 @@ impl Store {
                      next_attempt_at = now() + $6 * interval '1 millisecond', \
                      in_flight_until = NULL, last_status_code = $4, last_error = $5 \
                    WHERE id = $1 AND attempts = $2 AND state = 'pending' \
-                   RETURNING endpoint_id, state), \
+                   RETURNING endpoint_id, job_id, seq, state), \
+                 next AS ( \
+                   UPDATE webhook_deliveries n SET next_attempt_at = now() \
+                   WHERE n.id = (SELECT p.id FROM webhook_deliveries p, d WHERE d.state <> 'pending' \
+                     AND p.endpoint_id = d.endpoint_id AND p.job_id = d.job_id AND p.state = 'pending' \
+                     AND p.seq > d.seq AND p.next_attempt_at IS NULL ORDER BY p.seq LIMIT 1) RETURNING n.id), \
                  e AS ( \
                    UPDATE webhook_endpoints w SET \
                      consecutive_failures = CASE WHEN $3 THEN 0 ELSE w.consecutive_failures + 1 END, \
@@ -439,23 +230,37 @@ impl Store {
                  SELECT d.state FROM d",
             )
             .await?;
-        let row = client
-            .query_opt(
-                &stmt,
-                &[
-                    &id,
-                    &i32_of(attempt),
-                    &outcome.delivered,
-                    &i32::from(outcome.status_code),
-                    &outcome.error,
-                    &millis(outcome.retry_in),
-                    &millis(retry_period),
-                    &i32_of(disable.failures),
-                    &millis(disable.period),
-                ],
-            )
-            .await?;
-        Ok(match row.map(|r| r.get::<_, String>(0)).as_deref() {
+        let (status_code, attempt) = (i32::from(outcome.status_code), i32_of(attempt));
+        let (retry_in, period) = (millis(outcome.retry_in), millis(retry_period));
+        let (failures, disable_period) = (i32_of(disable.failures), millis(disable.period));
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+            &id,
+            &attempt,
+            &outcome.delivered,
+            &status_code,
+            &outcome.error,
+            &retry_in,
+            &period,
+            &failures,
+            &disable_period,
+        ];
+        // One round trip: the statements go out together, and a failure anywhere aborts
+        // the transaction, which the COMMIT then rolls back.
+        let job_key: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&d.job.id];
+        let endpoint_key: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&d.endpoint_id];
+        let (begin, job, endpoint, rows, commit) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            client.query(&lock_job, &job_key),
+            client.query(&lock_endpoint, &endpoint_key),
+            client.query(&stmt, &params),
+            client.batch_execute("COMMIT"),
+        );
+        begin?;
+        job?;
+        endpoint?;
+        let rows = rows?;
+        commit?;
+        Ok(match rows.first().map(|r| r.get::<_, String>(0)).as_deref() {
             Some("delivered") => Recorded::Delivered,
             Some("pending") => Recorded::Retrying,
             Some(_) => Recorded::GaveUp,
@@ -481,14 +286,6 @@ impl Store {
             )
             .await?;
         Ok(())
-    }
-
-    /// Whether `owner` has an endpoint `id` (for SubmitJob's webhook_id).
-    pub async fn owns_endpoint(&self, id: Uuid, owner: &str) -> Result<bool, SchedulerError> {
-        let client = self.pool.get().await?;
-        let stmt =
-            client.prepare_cached("SELECT 1 FROM webhook_endpoints WHERE id = $1 AND owner_id = $2").await?;
-        Ok(client.query_opt(&stmt, &[&id, &owner]).await?.is_some())
     }
 
     /// A page of deliveries of endpoints visible to `owner`, newest first.
@@ -560,14 +357,37 @@ impl Store {
         limit: i64,
     ) -> Result<(u64, u64), SchedulerError> {
         let client = self.pool.get().await?;
-        let gave_up = client
-            .execute(
-                "UPDATE webhook_deliveries SET state = 'failed', \
-                   last_error = CASE WHEN last_error = '' THEN 'retry period ended before an attempt succeeded' \
-                     ELSE last_error END \
-                 WHERE state = 'pending' AND created_at < now() - $1 * interval '1 millisecond' \
-                   AND (in_flight_until IS NULL OR in_flight_until < now())",
+        // Only heads are given up here; their next deliveries get a time (and are given up
+        // at a later sweep if they are as old).
+        let gave_up: i64 = client
+            .query_one(
+                "WITH gave AS ( \
+                   UPDATE webhook_deliveries SET state = 'failed', \
+                     last_error = CASE WHEN last_error = '' THEN 'retry period ended before an attempt succeeded' \
+                       ELSE last_error END \
+                   WHERE state = 'pending' AND created_at < now() - $1 * interval '1 millisecond' \
+                     AND next_attempt_at IS NOT NULL AND (in_flight_until IS NULL OR in_flight_until < now()) \
+                   RETURNING endpoint_id, job_id, seq), \
+                 handed_on AS ( \
+                   UPDATE webhook_deliveries n SET next_attempt_at = now() FROM ( \
+                     SELECT DISTINCT ON (p.endpoint_id, p.job_id) p.id FROM webhook_deliveries p \
+                     JOIN gave g ON p.endpoint_id = g.endpoint_id AND p.job_id = g.job_id AND p.seq > g.seq \
+                     WHERE p.state = 'pending' AND p.next_attempt_at IS NULL \
+                     ORDER BY p.endpoint_id, p.job_id, p.seq) h WHERE n.id = h.id RETURNING n.id) \
+                 SELECT count(*) FROM gave",
                 &[&millis(retry_period)],
+            )
+            .await?
+            .get(0);
+        // The net under the hand-on: a waiting delivery whose job has no other pending one
+        // before it goes (a give-up above racing a new change of the job could leave one).
+        client
+            .execute(
+                "UPDATE webhook_deliveries d SET next_attempt_at = now() \
+                 WHERE d.state = 'pending' AND d.next_attempt_at IS NULL AND NOT EXISTS ( \
+                   SELECT 1 FROM webhook_deliveries p WHERE p.endpoint_id = d.endpoint_id AND p.job_id = d.job_id \
+                     AND p.state = 'pending' AND (p.next_attempt_at IS NOT NULL OR p.seq < d.seq))",
+                &[],
             )
             .await?;
         let deleted = client
@@ -577,7 +397,7 @@ impl Store {
                 &[&millis(keep), &limit],
             )
             .await?;
-        Ok((gave_up, deleted))
+        Ok((u64::try_from(gave_up).unwrap_or(0), deleted))
     }
 
     /// Pending deliveries, all replicas (for the metrics; counted up to `cap`).
