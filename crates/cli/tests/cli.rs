@@ -304,3 +304,111 @@ async fn a_person_logs_in_submits_with_a_live_bar_lists_downloads_and_scripts_ge
     }
     st.env.cleanup().await;
 }
+
+/// An HTTP endpoint on loopback that answers every request 204 and counts them.
+fn receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead as _, Read as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_registered_tested_listed_rotated_and_deleted_from_the_command_line() {
+    let st = stack().await;
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = write_certs(&st.env, certs.path()).await;
+    let (ca, cert, key) = (ca.to_string_lossy(), cert.to_string_lossy(), key.to_string_lossy());
+    let profile = [
+        "profile",
+        "add",
+        "test",
+        "--auth",
+        &st.auth,
+        "--scheduler",
+        &st.scheduler,
+        "--organizer",
+        &st.organizer,
+        "--ca",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+    ];
+    ok(&sakuga(&st, &profile, "").await);
+    ok(&sakuga(&st, &["login", "-u", "admin", "--password-stdin"], &format!("{}\n", st.env.admin_password))
+        .await);
+    let (url, seen) = receiver();
+
+    let r =
+        sakuga(&st, &["webhooks", "create", "--url", &url, "--event", "job.succeeded", "--json"], "").await;
+    ok(&r);
+    let created: Value = serde_json::from_str(&r.stdout).unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"), "{}", r.stdout);
+    let r = sakuga(&st, &["webhooks", "create", "--url", &url, "--event", "job.done"], "").await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("events"), "{}", r.stderr);
+
+    ok(&sakuga(&st, &["webhooks", "test", &id], "").await);
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let args =
+        ["submit", "a paper crane", "--width", "64", "--height", "64", "--steps", "2", "--webhook", &id];
+    ok(&sakuga(&st, &[&args[..], &["--watch"]].concat(), "").await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = sakuga(&st, &["webhooks", "deliveries", "--webhook", &id, "--json"], "").await;
+        ok(&r);
+        let list: Value = serde_json::from_str(&r.stdout).unwrap();
+        if list.as_array().unwrap().iter().any(|d| d["state"] == "delivered" && d["event"] == "job.succeeded")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never delivered: {}", r.stdout);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    // For people: the new secret on the last line, and a note that it is shown once.
+    let r = sakuga(&st, &["webhooks", "rotate-secret", &id, "--overlap", "1h"], "").await;
+    ok(&r);
+    let rotated = r.stdout.lines().last().unwrap().strip_prefix("secret: ").unwrap();
+    assert!(rotated.starts_with("whsec_") && rotated != secret, "{}", r.stdout);
+    assert!(r.stderr.contains("only"), "the once-only note: {}", r.stderr);
+    let r = sakuga(&st, &["webhooks", "get", &id, "--json"], "").await;
+    ok(&r);
+    let after: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(!after["previous_secret_expires"].is_null() && after.get("secret").is_none(), "{}", r.stdout);
+
+    ok(&sakuga(&st, &["webhooks", "delete", &id], "").await);
+    let r = sakuga(&st, &["webhooks", "get", &id], "").await;
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    for s in st.services {
+        s.stop().await.unwrap();
+    }
+    st.env.cleanup().await;
+}

@@ -98,14 +98,17 @@ pub struct DisableRule {
     pub period: Duration,
 }
 
-/// Lock the first `$1` endpoints (enabled, with a due delivery) no other replica is
-/// claiming for; the claim's second statement then counts their deliveries in flight with
-/// a snapshot taken after these locks, so two replicas never overshoot an endpoint's
-/// concurrency together. The endpoint waiting longest goes first, so none starves behind
-/// busier ones. Both probes per endpoint are one step down `webhook_deliveries_due`.
+/// Lock the first `$1` endpoints (enabled, with a due delivery and room for it) no other
+/// replica is claiming for; the claim's second statement then counts their deliveries in
+/// flight with a snapshot taken after these locks, so two replicas never overshoot an
+/// endpoint's concurrency together. The endpoint waiting longest goes first, and one at its
+/// concurrency is passed over, so none starves behind busier ones. The probes per endpoint
+/// are a step down `webhook_deliveries_due` and a count of `webhook_deliveries_in_flight`.
 const LOCK_ENDPOINTS: &str = "SELECT e.id FROM webhook_endpoints e \
     WHERE e.enabled AND EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.endpoint_id = e.id \
         AND d.state = 'pending' AND d.next_attempt_at <= now()) \
+      AND (SELECT count(*) FROM webhook_deliveries f WHERE f.endpoint_id = e.id \
+        AND f.in_flight_until > now()) < e.max_concurrency \
     ORDER BY (SELECT min(d.next_attempt_at) FROM webhook_deliveries d \
         WHERE d.endpoint_id = e.id AND d.state = 'pending') \
     LIMIT $1 FOR UPDATE OF e SKIP LOCKED";
