@@ -44,6 +44,9 @@ CREATE TABLE webhook_deliveries (
     owner_id         text        NOT NULL,
     job_id           uuid        NOT NULL,
     event            text        NOT NULL,
+    -- The job row at the change, without its lease token. The scheduler reads it back as a
+    -- row with jsonb_populate_record(NULL::jobs, job): a column added to jobs later is NULL
+    -- in older snapshots, so the row reader must give such a column a default.
     job              jsonb       NOT NULL,
     state            text        NOT NULL DEFAULT 'pending'
                                  CHECK (state IN ('pending', 'delivered', 'failed')),

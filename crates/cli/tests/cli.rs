@@ -106,6 +106,30 @@ async fn write_certs(env: &TestEnv, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (paths.0, paths.1, paths.2)
 }
 
+/// Writes a person's certificate into `dir` and adds the profile `test` for the stack.
+async fn add_profile(st: &Stack, dir: &Path) {
+    let (ca, cert, key) = write_certs(&st.env, dir).await;
+    let (ca, cert, key) = (ca.to_string_lossy(), cert.to_string_lossy(), key.to_string_lossy());
+    let args = [
+        "profile",
+        "add",
+        "test",
+        "--auth",
+        &st.auth,
+        "--scheduler",
+        &st.scheduler,
+        "--organizer",
+        &st.organizer,
+        "--ca",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+    ];
+    ok(&sakuga(st, &args, "").await);
+}
+
 /// A batch downloads into a folder that does not exist yet, written as `out/` or `out`:
 /// one file per image, none overwriting another.
 async fn batch_downloads_into_new_folders(st: &Stack, out: &Path) {
@@ -150,30 +174,7 @@ async fn a_person_logs_in_submits_with_a_live_bar_lists_downloads_and_scripts_ge
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("sakuga profile import-dev"), "{}", r.stderr);
 
-    let (ca, cert, key) = write_certs(&st.env, certs.path()).await;
-    let (ca, cert, key) = (ca.to_string_lossy(), cert.to_string_lossy(), key.to_string_lossy());
-    ok(&sakuga(
-        &st,
-        &[
-            "profile",
-            "add",
-            "test",
-            "--auth",
-            &st.auth,
-            "--scheduler",
-            &st.scheduler,
-            "--organizer",
-            &st.organizer,
-            "--ca",
-            &ca,
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-        ],
-        "",
-    )
-    .await);
+    add_profile(&st, certs.path()).await;
 
     // Not logged in: exit 3 with the fix.
     let r = sakuga(&st, &["jobs", "list"], "").await;
@@ -193,16 +194,18 @@ async fn a_person_logs_in_submits_with_a_live_bar_lists_downloads_and_scripts_ge
     ok(&sakuga(&st, &["admin", "users", "create", "alice", "--password-stdin"], alice_password).await);
     ok(&sakuga(&st, &["login", "-u", "alice", "--password-stdin"], alice_password).await);
 
-    // Submit and watch: a frame per step, in order, then the file id.
+    // Submit and watch: a frame per step, in order, then the file id. The image is large
+    // enough that its steps take longer than opening the watch after the submit, also on a
+    // machine busy with other tests (at 64 px a loaded run saw the job end first).
     let r = sakuga(
         &st,
         &[
             "submit",
             "a lantern festival by the river",
             "--width",
-            "64",
+            "512",
             "--height",
-            "64",
+            "512",
             "--steps",
             "6",
             "--seed",
@@ -339,26 +342,7 @@ fn receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
 async fn webhooks_are_registered_tested_listed_rotated_and_deleted_from_the_command_line() {
     let st = stack().await;
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = write_certs(&st.env, certs.path()).await;
-    let (ca, cert, key) = (ca.to_string_lossy(), cert.to_string_lossy(), key.to_string_lossy());
-    let profile = [
-        "profile",
-        "add",
-        "test",
-        "--auth",
-        &st.auth,
-        "--scheduler",
-        &st.scheduler,
-        "--organizer",
-        &st.organizer,
-        "--ca",
-        &ca,
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-    ];
-    ok(&sakuga(&st, &profile, "").await);
+    add_profile(&st, certs.path()).await;
     ok(&sakuga(&st, &["login", "-u", "admin", "--password-stdin"], &format!("{}\n", st.env.admin_password))
         .await);
     let (url, seen) = receiver();

@@ -3,7 +3,6 @@
 
 use std::{
     io::Write as _,
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::Mutex,
@@ -40,7 +39,9 @@ fn bao_bin() -> PathBuf {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    // Below the ephemeral range: the child binds it a moment after it is picked.
+    let [port] = crate::ports::free_ports::<1>()?;
+    Ok(port)
 }
 
 /// Starts a dev server that dies with this process.

@@ -15,6 +15,7 @@ mod bao;
 pub mod comfy;
 pub mod otlp;
 mod pg;
+pub mod ports;
 pub mod process;
 mod services;
 pub mod tls_proxy;

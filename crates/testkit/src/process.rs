@@ -105,11 +105,6 @@ pub fn binary(package: &'static str, binary: &'static str) -> anyhow::Result<Pat
     Ok(path)
 }
 
-fn free_port() -> anyhow::Result<SocketAddr> {
-    // Bound and released: the child binds it a moment later (loopback, ephemeral range).
-    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?)
-}
-
 /// A service binary running as a child process; killed on drop.
 #[derive(Debug)]
 pub struct ServiceProcess {
@@ -129,7 +124,9 @@ impl ServiceProcess {
     /// by free loopback ports) and waits until its overall health is SERVING.
     pub async fn start<C: ProcessConfig>(mut config: C) -> anyhow::Result<Self> {
         let bin = tokio::task::spawn_blocking(|| binary(C::PACKAGE, C::BINARY)).await??;
-        let (addr, probe, metrics) = (free_port()?, free_port()?, free_port()?);
+        // Below the ephemeral range: the child binds them a moment after they are picked.
+        let [addr, probe, metrics] =
+            crate::ports::free_ports::<3>()?.map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
         config.set_addrs(addr, probe, metrics);
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("config.toml");

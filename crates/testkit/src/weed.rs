@@ -3,7 +3,6 @@
 //! into the test's OpenBao where the organizer reads it. Killed on drop.
 
 use std::{
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -50,29 +49,6 @@ fn weed_bin() -> PathBuf {
 fn spawn(bin: &std::path::Path, args: &[String], dir: &std::path::Path) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("weed.log"))?;
     Ok(Command::new(bin).args(args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn()?)
-}
-
-/// Where the ports are picked: below Linux's ephemeral range (32768-60999) and the fixed
-/// ports of `make chaos` (31xxx). A port the kernel hands out for outgoing connections may
-/// be taken by one of them while the server is stopped, and its restart on the same ports
-/// would fail ("address already in use": it did, after a minute's outage).
-const PORTS: std::ops::Range<u16> = 20_000..31_000;
-
-/// `N` distinct free ports of [`PORTS`] (all held until all are picked).
-fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let mut held = Vec::with_capacity(N);
-    let span = u128::from(PORTS.end - PORTS.start);
-    for _ in 0..N * 200 {
-        if held.len() == N {
-            break;
-        }
-        let offset = u16::try_from(uuid::Uuid::new_v4().as_u128() % span)?;
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", PORTS.start + offset)) {
-            held.push(l);
-        }
-    }
-    let ports = held.iter().map(|l| Ok(l.local_addr()?.port())).collect::<anyhow::Result<Vec<_>>>()?;
-    <[u16; N]>::try_from(ports).map_err(|_| anyhow::anyhow!("no {N} free ports in {PORTS:?}"))
 }
 
 /// Whether `GET path` on `port` answers 200.
@@ -132,7 +108,7 @@ impl Weed {
             let s3_config = dir.path().join("s3.json");
             std::fs::write(&s3_config, identities.to_string())?;
             let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, s3_https] =
-                free_ports::<9>()?;
+                crate::ports::free_ports::<9>()?;
             let (ca_file, cert_file, key_file) = write_tls(dir.path())?;
             let args: Vec<String> = [
                 "server".to_owned(),

@@ -84,17 +84,12 @@ impl Receiver {
     async fn start() -> Self {
         // A port below the ephemeral range, so no outgoing connection holds it while the
         // receiver is down and it can listen there again.
-        for _ in 0..200 {
-            let port = 20_000 + u16::try_from(uuid::Uuid::new_v4().as_u128() % 11_000).unwrap();
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            if let Ok(listener) = TcpListener::bind(addr).await {
-                let shared = Arc::new(Mutex::new(Behaviour::default()));
-                let mut r = Self { addr, shared, server: None };
-                r.serve(listener);
-                return r;
-            }
-        }
-        panic!("no free port for the receiver");
+        let [port] = sakuga_testkit::ports::free_ports::<1>().unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let mut r = Self { addr, shared: Arc::new(Mutex::new(Behaviour::default())), server: None };
+        r.serve(listener);
+        r
     }
 
     fn serve(&mut self, listener: TcpListener) {
