@@ -4,7 +4,7 @@
 use chrono::Utc;
 use sakuga_mesh::{
     api::{Page, from_timestamp},
-    auth::{self as mesh_auth, AuditTarget, Caller, Role},
+    auth::{self as mesh_auth, Caller, Role, audited},
 };
 use sakuga_proto::v1::{self as pb, auth_service_server::AuthService};
 use tonic::{Request, Response, Status};
@@ -32,12 +32,6 @@ pub fn server(api: Api) -> sakuga_proto::v1::auth_service_server::AuthServiceSer
     sakuga_proto::v1::auth_service_server::AuthServiceServer::new(api)
 }
 
-fn with_target<T>(msg: T, target: impl Into<String>) -> Response<T> {
-    let mut resp = Response::new(msg);
-    resp.extensions_mut().insert(AuditTarget(target.into()));
-    resp
-}
-
 /// Where `req` came from, for the audit log.
 fn origin<T>(req: &Request<T>) -> Origin {
     Origin { peer: mesh_auth::peer_addr(req), request_id: mesh_auth::request_id(req) }
@@ -49,7 +43,7 @@ impl AuthService for Api {
         let from = origin(&req);
         let r = req.get_ref();
         let (user, tokens) = self.auth.login(&from, &r.username, &r.password).await?;
-        Ok(with_target(
+        Ok(audited(
             pb::LoginResponse { tokens: Some(tokens_to_pb(tokens)), user: Some(user_to_pb(&user)) },
             user.id.to_string(),
         ))
@@ -60,14 +54,14 @@ impl AuthService for Api {
         req: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::RefreshResponse>, Status> {
         let (user, tokens) = self.auth.refresh(&origin(&req), &req.get_ref().refresh_token).await?;
-        Ok(with_target(pb::RefreshResponse { tokens: Some(tokens_to_pb(tokens)) }, user.id.to_string()))
+        Ok(audited(pb::RefreshResponse { tokens: Some(tokens_to_pb(tokens)) }, user.id.to_string()))
     }
 
     async fn logout(&self, req: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
         let caller = mesh_auth::caller(&req)?;
         let user_id = caller.user_id()?;
         self.auth.logout(user_id, &caller, &req.get_ref().refresh_token).await?;
-        Ok(with_target(pb::LogoutResponse {}, user_id.to_string()))
+        Ok(audited(pb::LogoutResponse {}, user_id.to_string()))
     }
 
     async fn get_jwks(
@@ -110,7 +104,7 @@ impl AuthService for Api {
         crate::users::check_new_password(&r.password)?;
         let role = if r.role == 0 { Role::User } else { role_from_pb(r.role, "role")? };
         let user = self.auth.create_user(&r.username, r.password, role).await?;
-        Ok(with_target(pb::CreateUserResponse { user: Some(user_to_pb(&user)) }, user.id.to_string()))
+        Ok(audited(pb::CreateUserResponse { user: Some(user_to_pb(&user)) }, user.id.to_string()))
     }
 
     async fn list_users(
@@ -135,7 +129,7 @@ impl AuthService for Api {
         let id = parse_id("user_id", &r.user_id)?;
         let role = role_from_pb(r.role, "role")?;
         let user = self.auth.set_role(id, role).await?;
-        Ok(with_target(pb::SetUserRoleResponse { user: Some(user_to_pb(&user)) }, id.to_string()))
+        Ok(audited(pb::SetUserRoleResponse { user: Some(user_to_pb(&user)) }, id.to_string()))
     }
 
     async fn set_user_disabled(
@@ -145,7 +139,7 @@ impl AuthService for Api {
         let r = req.into_inner();
         let id = parse_id("user_id", &r.user_id)?;
         let user = self.auth.set_disabled(id, r.disabled).await?;
-        Ok(with_target(pb::SetUserDisabledResponse { user: Some(user_to_pb(&user)) }, id.to_string()))
+        Ok(audited(pb::SetUserDisabledResponse { user: Some(user_to_pb(&user)) }, id.to_string()))
     }
 
     async fn create_api_key(
@@ -160,7 +154,7 @@ impl AuthService for Api {
             return Err(AuthError::invalid("expire_time", "must be in the future").into());
         }
         let (key, secret) = self.auth.create_api_key(user_id, name, expires).await?;
-        Ok(with_target(pb::CreateApiKeyResponse { key: Some(key_to_pb(&key)), secret }, key.id.to_string()))
+        Ok(audited(pb::CreateApiKeyResponse { key: Some(key_to_pb(&key)), secret }, key.id.to_string()))
     }
 
     async fn list_api_keys(
@@ -195,7 +189,7 @@ impl AuthService for Api {
             .transpose()
             .map_err(|_| Status::internal("internal error"))?;
         self.auth.store.revoke_api_key(id, owner).await?;
-        Ok(with_target(pb::RevokeApiKeyResponse {}, id.to_string()))
+        Ok(audited(pb::RevokeApiKeyResponse {}, id.to_string()))
     }
 
     async fn list_audit_events(

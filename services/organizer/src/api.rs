@@ -342,9 +342,7 @@ impl FileService for Api {
             warn!(file_id = %id, error = %e, "record deleted but its export entry could not be removed; the reconciler will");
         }
         info!(file_id = %id, "file deleted");
-        let mut resp = Response::new(pb::DeleteFileResponse {});
-        resp.extensions_mut().insert(mesh_auth::AuditTarget(format!("file:{id}")));
-        Ok(resp)
+        Ok(mesh_auth::audited(pb::DeleteFileResponse {}, format!("file:{id}")))
     }
 
     async fn get_download_url(
@@ -358,8 +356,6 @@ impl FileService for Api {
         let got = download::url(self.storage.as_ref(), &f, ttl).await?;
         // Never the URL itself: it reads the bytes without a token until it expires.
         info!(file_id = %f.id, ttl_secs = ttl.as_secs(), "download url issued");
-        let mut resp = Response::new(convert::download_url_to_pb(&f, got));
-        resp.extensions_mut().insert(mesh_auth::AuditTarget(format!("file:{}", f.id)));
-        Ok(resp)
+        Ok(mesh_auth::audited(convert::download_url_to_pb(&f, got), format!("file:{}", f.id)))
     }
 }

@@ -34,9 +34,7 @@ pub(crate) fn duration(d: Duration) -> prost_types::Duration {
 }
 
 /// A UUID from a request field, INVALID_ARGUMENT naming `field` otherwise.
-pub(crate) fn parse_id(field: &'static str, s: &str) -> Result<Uuid, SchedulerError> {
-    Uuid::parse_str(s).map_err(|_| SchedulerError::invalid(field, "must be a UUID"))
-}
+pub(crate) use crate::validate::uuid_field as parse_id;
 
 fn status(s: Status) -> pb::JobStatus {
     match s {

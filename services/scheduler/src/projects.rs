@@ -8,7 +8,10 @@ use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::{error::SchedulerError, validate::text_field};
+use crate::{
+    error::SchedulerError,
+    validate::{text_field, uuid_field},
+};
 
 const PROJECT_COLUMNS: &str = "id, owner_id, name, slug, description, archived, retention_days, created_at";
 const CHARACTER_COLUMNS: &str = "id, project_id, name, description, prompt_fragment, negative_fragment";
@@ -101,10 +104,6 @@ fn character_from_row(r: &Row) -> Character {
         prompt_fragment: r.get("prompt_fragment"),
         negative_fragment: r.get("negative_fragment"),
     }
-}
-
-fn parse_id(field: &'static str, s: &str) -> Result<Uuid, SchedulerError> {
-    Uuid::parse_str(s).map_err(|_| SchedulerError::invalid(field, "must be a UUID"))
 }
 
 /// A slug from a name: lowercase ASCII letters and digits, other runs become one `-`.
@@ -212,7 +211,7 @@ impl Projects {
             }
             return Ok((None, plain));
         }
-        let project = parse_id("project_id", project_id)?;
+        let project = uuid_field("project_id", project_id)?;
         let row = self.project_row(project, Some(owner)).await?;
         if row.get::<_, bool>("archived") {
             return Err(SchedulerError::FailedPrecondition(format!(
@@ -227,7 +226,7 @@ impl Projects {
         }
         let mut ids = Vec::with_capacity(character_ids.len());
         for c in character_ids {
-            let id = parse_id("character_ids", c)?;
+            let id = uuid_field("character_ids", c)?;
             if ids.contains(&id) {
                 return Err(SchedulerError::invalid(
                     "character_ids",

@@ -58,6 +58,11 @@ fn check_text(field: &'static str, text: &str, min: usize) -> Result<String, Sch
     text_field(field, text, min, MAX_PROMPT_CHARS)
 }
 
+/// A UUID request field, naming `field` when it is not one.
+pub fn uuid_field(field: &'static str, s: &str) -> Result<uuid::Uuid, SchedulerError> {
+    uuid::Uuid::parse_str(s).map_err(|_| SchedulerError::invalid(field, "must be a UUID"))
+}
+
 /// Trims `text` and checks it has `min..=max` characters and no control characters other
 /// than newline and tab.
 pub fn text_field(field: &'static str, text: &str, min: usize, max: usize) -> Result<String, SchedulerError> {

@@ -188,6 +188,13 @@ pub fn peer_addr<T>(req: &tonic::Request<T>) -> String {
 #[derive(Debug, Clone)]
 pub struct AuditTarget(pub String);
 
+/// A response naming what it acted on (`kind:id`), for the audit row.
+pub fn audited<T>(msg: T, target: impl Into<String>) -> tonic::Response<T> {
+    let mut resp = tonic::Response::new(msg);
+    resp.extensions_mut().insert(AuditTarget(target.into()));
+    resp
+}
+
 /// Redis key of a revoked token id.
 #[cfg(feature = "server")]
 pub fn revoked_jti_key(redis: &Redis, jti: &str) -> String {

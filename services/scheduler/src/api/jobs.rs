@@ -88,13 +88,14 @@ impl JobService for Api {
             self.wake.notify_one();
         }
         let target = format!("job:{}", inserted.job.id);
-        let mut resp = Response::new(pb::SubmitJobResponse {
-            job: Some(convert::job(&inserted.job)),
-            deduplicated: inserted.deduplicated,
-            reused: false,
-        });
-        resp.extensions_mut().insert(mesh_auth::AuditTarget(target));
-        Ok(resp)
+        Ok(mesh_auth::audited(
+            pb::SubmitJobResponse {
+                job: Some(convert::job(&inserted.job)),
+                deduplicated: inserted.deduplicated,
+                reused: false,
+            },
+            target,
+        ))
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {

@@ -13,13 +13,6 @@ use crate::{
 #[derive(Debug, Clone)]
 pub(super) struct ProjectApi(pub(super) Projects);
 
-/// A response naming what it changed, for the audit row.
-fn audited<T>(msg: T, target: String) -> Response<T> {
-    let mut resp = Response::new(msg);
-    resp.extensions_mut().insert(mesh_auth::AuditTarget(target));
-    resp
-}
-
 #[tonic::async_trait]
 impl ProjectService for ProjectApi {
     async fn create_project(
@@ -30,7 +23,10 @@ impl ProjectService for ProjectApi {
         let r = req.into_inner();
         let project = self.0.create(&owner, &r.name, &r.slug, &r.description, r.retention_days).await?;
         let target = format!("project:{}", project.id);
-        Ok(audited(pb::CreateProjectResponse { project: Some(convert::project(&project)) }, target))
+        Ok(mesh_auth::audited(
+            pb::CreateProjectResponse { project: Some(convert::project(&project)) },
+            target,
+        ))
     }
 
     async fn get_project(
@@ -73,7 +69,7 @@ impl ProjectService for ProjectApi {
             archived: r.archived,
         };
         let project = self.0.update(id, scope.as_deref(), &changes).await?;
-        Ok(audited(
+        Ok(mesh_auth::audited(
             pb::UpdateProjectResponse { project: Some(convert::project(&project)) },
             format!("project:{id}"),
         ))
@@ -98,7 +94,10 @@ impl ProjectService for ProjectApi {
             )
             .await?;
         let target = format!("character:{}", character.id);
-        Ok(audited(pb::CreateCharacterResponse { character: Some(convert::character(&character)) }, target))
+        Ok(mesh_auth::audited(
+            pb::CreateCharacterResponse { character: Some(convert::character(&character)) },
+            target,
+        ))
     }
 
     async fn list_characters(
@@ -127,7 +126,7 @@ impl ProjectService for ProjectApi {
             negative_fragment: r.negative_fragment,
         };
         let character = self.0.update_character(id, scope.as_deref(), &changes).await?;
-        Ok(audited(
+        Ok(mesh_auth::audited(
             pb::UpdateCharacterResponse { character: Some(convert::character(&character)) },
             format!("character:{id}"),
         ))
@@ -140,6 +139,6 @@ impl ProjectService for ProjectApi {
         let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let id = parse_id("character_id", &req.get_ref().character_id)?;
         self.0.delete_character(id, scope.as_deref()).await?;
-        Ok(audited(pb::DeleteCharacterResponse {}, format!("character:{id}")))
+        Ok(mesh_auth::audited(pb::DeleteCharacterResponse {}, format!("character:{id}")))
     }
 }

@@ -16,13 +16,6 @@ use crate::{
 #[derive(Debug, Clone)]
 pub(super) struct WebhookApi(pub(super) Arc<Webhooks>);
 
-/// A response naming what it changed, for the audit row.
-fn audited<T>(msg: T, target: String) -> Response<T> {
-    let mut resp = Response::new(msg);
-    resp.extensions_mut().insert(mesh_auth::AuditTarget(target));
-    resp
-}
-
 /// An optional UUID filter: empty for none.
 fn optional_id(field: &'static str, s: &str) -> Result<Option<uuid::Uuid>, Status> {
     if s.is_empty() { Ok(None) } else { Ok(Some(parse_id(field, s)?)) }
@@ -47,7 +40,10 @@ impl WebhookService for WebhookApi {
         };
         let (endpoint, secret) = self.0.create(&owner, &new).await?;
         let target = format!("webhook:{}", endpoint.id);
-        Ok(audited(pb::CreateWebhookResponse { webhook: Some(convert::webhook(&endpoint)), secret }, target))
+        Ok(mesh_auth::audited(
+            pb::CreateWebhookResponse { webhook: Some(convert::webhook(&endpoint)), secret },
+            target,
+        ))
     }
 
     async fn get_webhook(
@@ -92,7 +88,7 @@ impl WebhookService for WebhookApi {
             timeout_ms: r.timeout_ms,
         };
         let endpoint = self.0.update(id, scope.as_deref(), &changes).await?;
-        Ok(audited(
+        Ok(mesh_auth::audited(
             pb::UpdateWebhookResponse { webhook: Some(convert::webhook(&endpoint)) },
             format!("webhook:{id}"),
         ))
@@ -105,7 +101,7 @@ impl WebhookService for WebhookApi {
         let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let id = parse_id("webhook_id", &req.get_ref().webhook_id)?;
         self.0.delete(id, scope.as_deref()).await?;
-        Ok(audited(pb::DeleteWebhookResponse {}, format!("webhook:{id}")))
+        Ok(mesh_auth::audited(pb::DeleteWebhookResponse {}, format!("webhook:{id}")))
     }
 
     async fn test_webhook(
@@ -115,7 +111,7 @@ impl WebhookService for WebhookApi {
         let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let id = parse_id("webhook_id", &req.get_ref().webhook_id)?;
         let t = self.0.test(id, scope.as_deref()).await?;
-        Ok(audited(
+        Ok(mesh_auth::audited(
             pb::TestWebhookResponse {
                 message_id: t.message_id,
                 status_code: u32::from(t.sent.status),
@@ -135,7 +131,7 @@ impl WebhookService for WebhookApi {
         let id = parse_id("webhook_id", &r.webhook_id)?;
         let overlap = r.overlap_seconds.map(|s| Duration::from_secs(u64::from(s)));
         let (endpoint, secret) = self.0.rotate(id, scope.as_deref(), overlap).await?;
-        Ok(audited(
+        Ok(mesh_auth::audited(
             pb::RotateWebhookSecretResponse { webhook: Some(convert::webhook(&endpoint)), secret },
             format!("webhook:{id}"),
         ))
@@ -168,7 +164,7 @@ impl WebhookService for WebhookApi {
         let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let id = parse_id("delivery_id", &req.get_ref().delivery_id)?;
         let delivery = self.0.redeliver(id, scope.as_deref()).await?;
-        Ok(audited(
+        Ok(mesh_auth::audited(
             pb::RedeliverWebhookResponse { delivery: Some(convert::delivery(&delivery)) },
             format!("delivery:{id}"),
         ))

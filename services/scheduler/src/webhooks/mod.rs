@@ -19,7 +19,7 @@ use crate::{
     job::Job,
     projects::Projects,
     store::{DisableRule, EndpointRow, Store},
-    validate::text_field,
+    validate::{text_field, uuid_field},
     webhook::{
         Delivery, DeliveryFilter, EVENTS, Endpoint, EndpointChanges, NewEndpoint, TEST_EVENT, message_id,
     },
@@ -201,10 +201,6 @@ fn check_timeout(ms: u32) -> Result<u32, SchedulerError> {
     }
 }
 
-fn parse_id(field: &'static str, s: &str) -> Result<Uuid, SchedulerError> {
-    Uuid::parse_str(s).map_err(|_| SchedulerError::invalid(field, "must be a UUID"))
-}
-
 impl Webhooks {
     /// Over the store, with secrets sealed by `sealer`, URLs checked and deliveries sent as
     /// `config` says, and payloads made by `render`.
@@ -231,7 +227,7 @@ impl Webhooks {
         if project.is_empty() {
             return Ok(None);
         }
-        let id = parse_id("project_id", project)?;
+        let id = uuid_field("project_id", project)?;
         self.projects.get(id, Some(owner)).await?;
         Ok(Some(id))
     }
@@ -326,7 +322,6 @@ impl Webhooks {
         if overlap > MAX_OVERLAP {
             return Err(SchedulerError::invalid("overlap_seconds", "must be at most 604800 (seven days)"));
         }
-        self.store.endpoint(id, scope).await?;
         let key = self.sealer.generate();
         let endpoint = self.store.rotate_secret(id, scope, &self.sealer.seal(id, &key), overlap).await?;
         Ok((endpoint, secret::shown(&key)))
@@ -381,7 +376,7 @@ impl Webhooks {
         if id.is_empty() {
             return Ok(None);
         }
-        let id = parse_id("webhook_id", id)?;
+        let id = uuid_field("webhook_id", id)?;
         if !self.store.owns_endpoint(id, owner).await? {
             return Err(SchedulerError::NotFound(format!("webhook {id}")));
         }
