@@ -31,6 +31,12 @@ pub enum SchedulerError {
         /// The limit.
         cap: u32,
     },
+    /// The owner already has as many webhook endpoints as allowed.
+    #[error("{cap} webhook endpoints already registered, the limit")]
+    TooManyWebhooks {
+        /// `webhooks.max_endpoints_per_user`.
+        cap: u32,
+    },
     /// The caller already holds as many `WatchJob` streams as a ceiling allows.
     #[error("{} reached ({cap})", ceiling.name())]
     TooManyWatchers {
@@ -52,6 +58,21 @@ impl SchedulerError {
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
         Self::InvalidField { field, reason: reason.into() }
     }
+
+    /// The ceiling this refusal is by, as metrics name it; `None` for other errors.
+    pub fn ceiling(&self) -> Option<&'static str> {
+        match self {
+            Self::QueueFull { .. } => Some("active_jobs_per_user"),
+            Self::TooManyWebhooks { .. } => Some("webhooks_per_user"),
+            Self::TooManyWatchers { ceiling, .. } => Some(ceiling.name()),
+            Self::InvalidField { .. }
+            | Self::NotFound(_)
+            | Self::AlreadyExists(_)
+            | Self::FailedPrecondition(_)
+            | Self::Db(_)
+            | Self::Pool(_) => None,
+        }
+    }
 }
 
 impl From<SchedulerError> for Status {
@@ -67,6 +88,14 @@ impl From<SchedulerError> for Status {
                 "active_jobs_per_user",
                 format!(
                     "{active} of your jobs are queued or running, the limit is {cap}: wait for some to finish"
+                ),
+                None,
+            ),
+            // No retry-after: the caller frees one by deleting an endpoint.
+            SchedulerError::TooManyWebhooks { cap } => sakuga_mesh::auth::ceiling(
+                "webhooks_per_user",
+                format!(
+                    "you already have {cap} webhook endpoints, the limit; delete one before creating another"
                 ),
                 None,
             ),

@@ -570,3 +570,24 @@ async fn private_targets_need_the_allowlist_and_endpoints_are_owned_audited_and_
     }
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn endpoints_per_user_are_capped_and_a_deleted_one_frees_its_place() {
+    let mesh = Mesh::with_scheduler_config(|c| c.webhooks.max_endpoints_per_user = 2).await;
+    let receiver = Receiver::start().await;
+    let me = mesh.person("many-hooks").await;
+    let other = mesh.person("other-hooks").await;
+    let first = create(&mesh, &me.token, &receiver.url(), &["job.succeeded"], |_| {}).await.unwrap();
+    create(&mesh, &me.token, &receiver.url(), &["job.failed"], |_| {}).await.unwrap();
+    let e = create(&mesh, &me.token, &receiver.url(), &["job.canceled"], |_| {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("2 webhook endpoints"), "{}", e.message());
+    // The cap is per user.
+    create(&mesh, &other.token, &receiver.url(), &["job.succeeded"], |_| {}).await.unwrap();
+    webhooks(&mesh, &me.token)
+        .delete_webhook(pb::DeleteWebhookRequest { webhook_id: first.webhook.unwrap().id })
+        .await
+        .unwrap();
+    create(&mesh, &me.token, &receiver.url(), &["job.canceled"], |_| {}).await.unwrap();
+    mesh.stop().await;
+}

@@ -39,20 +39,11 @@ struct Api {
 }
 
 impl Api {
-    /// Counts a refusal by one of the scheduler's ceilings (other errors are not counted
-    /// here).
+    /// Counts a refusal by one of the scheduler's ceilings (other errors are not counted).
     fn count_refusal(&self, e: &SchedulerError) {
-        let ceiling = match e {
-            SchedulerError::QueueFull { .. } => "active_jobs_per_user",
-            SchedulerError::TooManyWatchers { ceiling, .. } => ceiling.name(),
-            SchedulerError::InvalidField { .. }
-            | SchedulerError::NotFound(_)
-            | SchedulerError::AlreadyExists(_)
-            | SchedulerError::FailedPrecondition(_)
-            | SchedulerError::Db(_)
-            | SchedulerError::Pool(_) => return,
-        };
-        self.state.metrics.ceiling_refused(ceiling);
+        if let Some(ceiling) = e.ceiling() {
+            self.state.metrics.ceiling_refused(ceiling);
+        }
     }
 }
 
@@ -68,5 +59,8 @@ pub(crate) fn add_services(
         .add_service(JobServiceServer::new(api.clone()))
         .add_service(WorkerServiceServer::new(api))
         .add_service(ProjectServiceServer::new(projects::ProjectApi(state.projects.clone())))
-        .add_service(WebhookServiceServer::new(webhooks::WebhookApi(state.webhooks.clone())))
+        .add_service(WebhookServiceServer::new(webhooks::WebhookApi {
+            webhooks: state.webhooks.clone(),
+            metrics: state.metrics.clone(),
+        }))
 }

@@ -14,7 +14,11 @@ use crate::{
 
 /// The gRPC face of [`Webhooks`].
 #[derive(Debug, Clone)]
-pub(super) struct WebhookApi(pub(super) Arc<Webhooks>);
+pub(super) struct WebhookApi {
+    pub(super) webhooks: Arc<Webhooks>,
+    /// Where refusals by the endpoint ceiling are counted.
+    pub(super) metrics: Arc<sakuga_mesh::metrics::Metrics>,
+}
 
 /// An optional UUID filter: empty for none.
 fn optional_id(field: &'static str, s: &str) -> Result<Option<uuid::Uuid>, Status> {
@@ -38,7 +42,11 @@ impl WebhookService for WebhookApi {
             max_concurrency: r.max_concurrency,
             timeout_ms: r.timeout_ms,
         };
-        let (endpoint, secret) = self.0.create(&owner, &new).await?;
+        let (endpoint, secret) = self.webhooks.create(&owner, &new).await.inspect_err(|e| {
+            if let Some(ceiling) = e.ceiling() {
+                self.metrics.ceiling_refused(ceiling);
+            }
+        })?;
         let target = format!("webhook:{}", endpoint.id);
         Ok(mesh_auth::audited(
             pb::CreateWebhookResponse { webhook: Some(convert::webhook(&endpoint)), secret },
@@ -52,7 +60,7 @@ impl WebhookService for WebhookApi {
     ) -> Result<Response<pb::GetWebhookResponse>, Status> {
         let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let id = parse_id("webhook_id", &req.get_ref().webhook_id)?;
-        let endpoint = self.0.get(id, scope.as_deref()).await?;
+        let endpoint = self.webhooks.get(id, scope.as_deref()).await?;
         Ok(Response::new(pb::GetWebhookResponse { webhook: Some(convert::webhook(&endpoint)) }))
     }
 
@@ -63,7 +71,7 @@ impl WebhookService for WebhookApi {
         let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let r = req.into_inner();
         let page = Page::parse(r.page_size, &r.page_token)?;
-        let (endpoints, next_page_token) = self.0.list(scope.as_deref(), &page).await?;
+        let (endpoints, next_page_token) = self.webhooks.list(scope.as_deref(), &page).await?;
         Ok(Response::new(pb::ListWebhooksResponse {
             webhooks: endpoints.iter().map(convert::webhook).collect(),
             next_page_token,
@@ -87,7 +95,7 @@ impl WebhookService for WebhookApi {
             max_concurrency: r.max_concurrency,
             timeout_ms: r.timeout_ms,
         };
-        let endpoint = self.0.update(id, scope.as_deref(), &changes).await?;
+        let endpoint = self.webhooks.update(id, scope.as_deref(), &changes).await?;
         Ok(mesh_auth::audited(
             pb::UpdateWebhookResponse { webhook: Some(convert::webhook(&endpoint)) },
             format!("webhook:{id}"),
@@ -100,7 +108,7 @@ impl WebhookService for WebhookApi {
     ) -> Result<Response<pb::DeleteWebhookResponse>, Status> {
         let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let id = parse_id("webhook_id", &req.get_ref().webhook_id)?;
-        self.0.delete(id, scope.as_deref()).await?;
+        self.webhooks.delete(id, scope.as_deref()).await?;
         Ok(mesh_auth::audited(pb::DeleteWebhookResponse {}, format!("webhook:{id}")))
     }
 
@@ -110,7 +118,7 @@ impl WebhookService for WebhookApi {
     ) -> Result<Response<pb::TestWebhookResponse>, Status> {
         let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let id = parse_id("webhook_id", &req.get_ref().webhook_id)?;
-        let t = self.0.test(id, scope.as_deref()).await?;
+        let t = self.webhooks.test(id, scope.as_deref()).await?;
         Ok(mesh_auth::audited(
             pb::TestWebhookResponse {
                 message_id: t.message_id,
@@ -130,7 +138,7 @@ impl WebhookService for WebhookApi {
         let r = req.into_inner();
         let id = parse_id("webhook_id", &r.webhook_id)?;
         let overlap = r.overlap_seconds.map(|s| Duration::from_secs(u64::from(s)));
-        let (endpoint, secret) = self.0.rotate(id, scope.as_deref(), overlap).await?;
+        let (endpoint, secret) = self.webhooks.rotate(id, scope.as_deref(), overlap).await?;
         Ok(mesh_auth::audited(
             pb::RotateWebhookSecretResponse { webhook: Some(convert::webhook(&endpoint)), secret },
             format!("webhook:{id}"),
@@ -150,7 +158,7 @@ impl WebhookService for WebhookApi {
             state: convert::delivery_state_from(r.state)?,
             cursor: None,
         };
-        let (deliveries, next_page_token) = self.0.deliveries(scope.as_deref(), filter, &page).await?;
+        let (deliveries, next_page_token) = self.webhooks.deliveries(scope.as_deref(), filter, &page).await?;
         Ok(Response::new(pb::ListDeliveriesResponse {
             deliveries: deliveries.iter().map(convert::delivery).collect(),
             next_page_token,
@@ -163,7 +171,7 @@ impl WebhookService for WebhookApi {
     ) -> Result<Response<pb::RedeliverWebhookResponse>, Status> {
         let scope = mesh_auth::caller(&req)?.owner_scope()?;
         let id = parse_id("delivery_id", &req.get_ref().delivery_id)?;
-        let delivery = self.0.redeliver(id, scope.as_deref()).await?;
+        let delivery = self.webhooks.redeliver(id, scope.as_deref()).await?;
         Ok(mesh_auth::audited(
             pb::RedeliverWebhookResponse { delivery: Some(convert::delivery(&delivery)) },
             format!("delivery:{id}"),

@@ -54,36 +54,44 @@ pub struct EndpointRow<'a> {
     pub timeout_ms: u32,
 }
 impl Store {
-    /// Inserts an endpoint whose secret `sealed` was sealed for `id`.
+    /// Inserts an endpoint whose secret `sealed` was sealed for `id`, unless `owner` already
+    /// has `cap` endpoints (counted under a per-owner lock, so concurrent creates cannot
+    /// overshoot together).
     pub async fn insert_endpoint(
         &self,
         id: Uuid,
         owner: &str,
         row: &EndpointRow<'_>,
         sealed: &[u8],
+        cap: u32,
     ) -> Result<Endpoint, SchedulerError> {
         let sql = format!(
             "INSERT INTO webhook_endpoints (id, owner_id, url, events, project_id, only_named_jobs, description, \
                max_concurrency, timeout_ms, secret) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {ENDPOINT_COLUMNS}"
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
+             WHERE (SELECT count(*) FROM webhook_endpoints WHERE owner_id = $2) < $11 \
+             RETURNING {ENDPOINT_COLUMNS}"
         );
-        self.write_endpoint(&sql, id, &owner, row, &sealed)
+        let cap_param = i64::from(cap);
+        self.write_endpoint(&sql, id, &owner, row, &[&sealed, &cap_param], Some(owner))
             .await?
-            .ok_or_else(|| SchedulerError::NotFound(format!("webhook {id}")))
+            .ok_or(SchedulerError::TooManyWebhooks { cap })
     }
 
-    /// Runs `sql` with `$1` the id, `$2` the owner, `$3`..`$9` the fields of `row` and `$10`
-    /// `last`; the endpoint it returns, if any.
+    /// Runs `sql` with `$1` the id, `$2` the owner, `$3`..`$9` the fields of `row` and then
+    /// `extra`, in a transaction holding `lock_owner`'s endpoint lock when given (one round
+    /// trip either way); the endpoint it returns, if any.
     async fn write_endpoint(
         &self,
         sql: &str,
         id: Uuid,
         owner: &(dyn ToSql + Sync),
         row: &EndpointRow<'_>,
-        last: &(dyn ToSql + Sync),
+        extra: &[&(dyn ToSql + Sync)],
+        lock_owner: Option<&str>,
     ) -> Result<Option<Endpoint>, SchedulerError> {
         let (concurrency, timeout) = (i32_of(row.max_concurrency), i32_of(row.timeout_ms));
-        let params: [&(dyn ToSql + Sync); 10] = [
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &id,
             owner,
             &row.url,
@@ -93,10 +101,30 @@ impl Store {
             &row.description,
             &concurrency,
             &timeout,
-            last,
         ];
+        params.extend_from_slice(extra);
         let client = self.pool.get().await?;
-        Ok(client.query_opt(sql, &params).await?.map(|r| endpoint_from_row(&r)))
+        let Some(lock_owner) = lock_owner else {
+            return Ok(client.query_opt(sql, &params).await?.map(|r| endpoint_from_row(&r)));
+        };
+        let (lock, stmt) = tokio::try_join!(
+            client.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 14))"),
+            client.prepare_cached(sql),
+        )?;
+        let key: [&(dyn ToSql + Sync); 1] = [&lock_owner];
+        // The statement starts after the lock is held, so its count sees every create of the
+        // owner that committed before; a failure anywhere aborts, and COMMIT rolls back.
+        let (begin, locked, rows, commit) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            client.execute(&lock, &key),
+            client.query(&stmt, &params),
+            client.batch_execute("COMMIT"),
+        );
+        begin?;
+        locked?;
+        let rows = rows?;
+        commit?;
+        Ok(rows.first().map(endpoint_from_row))
     }
 
     /// An endpoint visible to `owner` (`None`: any).
@@ -168,7 +196,7 @@ impl Store {
                enabled = $10, updated_at = now() \
              WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2) RETURNING {ENDPOINT_COLUMNS}"
         );
-        self.write_endpoint(&sql, id, &owner, row, &enabled)
+        self.write_endpoint(&sql, id, &owner, row, &[&enabled], None)
             .await?
             .ok_or_else(|| SchedulerError::NotFound(format!("webhook {id}")))
     }

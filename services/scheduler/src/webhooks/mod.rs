@@ -41,6 +41,9 @@ pub const MAX_OVERLAP: Duration = Duration::from_hours(24 * 7);
 pub struct WebhookConfig {
     /// Vault KV path whose field `key` (32 bytes, base64) seals endpoint secrets.
     pub key_vault_path: String,
+    /// Endpoints one user may have (each job change of theirs is written once per endpoint
+    /// that wants it).
+    pub max_endpoints_per_user: u32,
     /// Allow `http://` endpoints (the local stack does, for its demo receiver).
     pub allow_http: bool,
     /// Networks (CIDR or single addresses) that may be targeted although they are
@@ -82,6 +85,7 @@ impl Default for WebhookConfig {
     fn default() -> Self {
         Self {
             key_vault_path: "sakuga/scheduler/webhooks".to_owned(),
+            max_endpoints_per_user: 20,
             allow_http: false,
             allow_networks: Vec::new(),
             ca_file: None,
@@ -112,6 +116,9 @@ impl WebhookConfig {
         }
         if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
             return bad("backoff_initial", "must be positive and at most backoff_max");
+        }
+        if !(1..=1000).contains(&self.max_endpoints_per_user) {
+            return bad("max_endpoints_per_user", "must be between 1 and 1000");
         }
         if self.disable_after_failures == 0 {
             return bad("disable_after_failures", "must be at least 1");
@@ -248,7 +255,9 @@ impl Webhooks {
         };
         let id = Uuid::now_v7();
         let key = self.sealer.generate();
-        let endpoint = self.store.insert_endpoint(id, owner, &row, &self.sealer.seal(id, &key)).await?;
+        let sealed = self.sealer.seal(id, &key);
+        let cap = self.config.max_endpoints_per_user;
+        let endpoint = self.store.insert_endpoint(id, owner, &row, &sealed, cap).await?;
         Ok((endpoint, secret::shown(&key)))
     }
 
