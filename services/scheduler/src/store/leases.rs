@@ -89,59 +89,64 @@ static COMPLETE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// The claim's first statement: locks the first `$2` rows of the line of owners with a job
-/// of the backends `$1` (and models `$3`, when given) that may start now, skipping rows other
-/// claims hold. Returns (owner, priority, backend) in line order.
-const LOCK_HEADS: &str = "SELECT h.owner_id, h.priority, h.backend FROM queue_heads h \
-    WHERE h.backend = ANY($1) AND EXISTS (SELECT 1 FROM jobs q \
-        WHERE q.owner_id = h.owner_id AND q.priority = h.priority AND q.backend = h.backend \
-          AND q.status = 'queued' AND ($3::text[] IS NULL OR q.model = ANY($3)) \
-          AND (q.not_before IS NULL OR q.not_before <= now())) \
-    ORDER BY h.priority DESC, h.head_at, h.owner_id, h.backend \
-    LIMIT $2 FOR UPDATE OF h SKIP LOCKED";
-
-/// The claim's second statement, over the line rows the first locked (`$1` owners, `$2`
-/// priorities, `$3` backends): ranks up to `$4` jobs of each (models `$5`, when given) by
-/// priority, then turn (an owner's first job before anyone's second), then age; claims the
-/// first `$4` for worker `$6` with a lease of `$7` ms; moves each row to its next queued
-/// job, or deletes it when none is left.
+/// The claim, one statement. `heads` locks the first `$2` rows of the line of owners with a
+/// job of the backends `$1` (and models `$3`, when given) that may start now, skipping rows
+/// other claims hold, and notes each row's version (`xmin`) and place (`ctid`). `ranked`
+/// locks up to `$2` queued jobs of each (skipping locked ones) and ranks them by priority,
+/// then turn (an owner's first job before anyone's second), then age; the first `$2` go to
+/// worker `$4` with a lease of `$5` ms. Each row of the line then moves to its owner's next
+/// queued job, or is deleted when none is left.
+///
+/// The statement reads the jobs with the snapshot it started with, which may be older than
+/// a row's lock. A job queued by a transaction that committed in between is not seen, but
+/// its trigger changed the row (a new version), so the row is moved or deleted only when
+/// its version is still the one the snapshot saw; otherwise it stays for the next claim or
+/// the reaper's prune. A job queued after the lock waits for it and puts the row back.
+/// Rows are found again by `ctid` and jobs by `id = ANY`, so that even the generic plan of
+/// the prepared statement (which cannot know how many rows `$2` allows) reads them by
+/// address and index, never by a scan of the table.
 static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "WITH heads AS (SELECT * FROM unnest($1::text[], $2::int4[], $3::text[]) AS h(owner_id, priority, backend)), \
-         ranked AS ( \
+        "WITH heads AS MATERIALIZED ( \
+            SELECT h.owner_id, h.priority, h.backend, h.xmin AS version, h.ctid AS at FROM queue_heads h \
+            WHERE h.backend = ANY($1) AND EXISTS (SELECT 1 FROM jobs q \
+                WHERE q.owner_id = h.owner_id AND q.priority = h.priority AND q.backend = h.backend \
+                  AND q.status = 'queued' AND ($3::text[] IS NULL OR q.model = ANY($3)) \
+                  AND (q.not_before IS NULL OR q.not_before <= now())) \
+            ORDER BY h.priority DESC, h.head_at, h.owner_id, h.backend \
+            LIMIT $2 FOR UPDATE OF h SKIP LOCKED), \
+         ranked AS MATERIALIZED ( \
             SELECT c.id, c.priority, c.created_at, \
                    row_number() OVER (PARTITION BY c.owner_id ORDER BY c.priority DESC, c.created_at, c.id) AS turn \
             FROM heads h CROSS JOIN LATERAL ( \
                 SELECT id, owner_id, priority, created_at FROM jobs \
                 WHERE owner_id = h.owner_id AND priority = h.priority AND backend = h.backend \
-                  AND status = 'queued' AND ($5::text[] IS NULL OR model = ANY($5)) \
+                  AND status = 'queued' AND ($3::text[] IS NULL OR model = ANY($3)) \
                   AND (not_before IS NULL OR not_before <= now()) \
-                ORDER BY created_at, id LIMIT $4) c), \
-         picked AS ( \
-            SELECT q.id FROM ranked r JOIN jobs q ON q.id = r.id WHERE q.status = 'queued' \
-            ORDER BY r.priority DESC, r.turn, r.created_at, r.id \
-            FOR UPDATE OF q SKIP LOCKED LIMIT $4), \
+                ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) c), \
+         picked AS MATERIALIZED ( \
+            SELECT id FROM ranked ORDER BY priority DESC, turn, created_at, id LIMIT $2), \
          claimed AS ( \
-            UPDATE jobs j SET status = 'assigned', worker_id = $6, lease_token = gen_random_uuid(), \
-                lease_expires_at = now() + $7 * interval '1 millisecond', attempts = attempts + 1, \
+            UPDATE jobs j SET status = 'assigned', worker_id = $4, lease_token = gen_random_uuid(), \
+                lease_expires_at = now() + $5 * interval '1 millisecond', attempts = attempts + 1, \
                 progress_step = 0, progress_total = 0, progress_stage = '', progress_item = 0, \
                 not_before = NULL, updated_at = now() \
-            FROM picked WHERE j.id = picked.id \
+            WHERE j.id = ANY (ARRAY(SELECT id FROM picked)) \
             RETURNING {}), \
          next AS ( \
-            SELECT h.owner_id, h.priority, h.backend, \
+            SELECT h.at, h.version, \
                    (SELECT q.created_at FROM jobs q \
                     WHERE q.owner_id = h.owner_id AND q.priority = h.priority AND q.backend = h.backend \
-                      AND q.status = 'queued' AND q.id NOT IN (SELECT id FROM picked) \
+                      AND q.status = 'queued' AND q.id <> ALL (ARRAY(SELECT id FROM picked)) \
                     ORDER BY q.created_at LIMIT 1) AS head_at \
             FROM heads h), \
          moved AS ( \
             UPDATE queue_heads l SET head_at = n.head_at FROM next n \
-            WHERE l.owner_id = n.owner_id AND l.priority = n.priority AND l.backend = n.backend \
+            WHERE l.ctid = ANY (ARRAY(SELECT at FROM next)) AND l.ctid = n.at AND l.xmin = n.version \
               AND n.head_at IS NOT NULL), \
          emptied AS ( \
             DELETE FROM queue_heads l USING next n \
-            WHERE l.owner_id = n.owner_id AND l.priority = n.priority AND l.backend = n.backend \
+            WHERE l.ctid = ANY (ARRAY(SELECT at FROM next)) AND l.ctid = n.at AND l.xmin = n.version \
               AND n.head_at IS NULL) \
          SELECT * FROM claimed",
         JOB_COLUMNS.split(", ").map(|c| format!("j.{c}")).collect::<Vec<_>>().join(", ")
@@ -193,11 +198,10 @@ impl Store {
     /// share across owners (each owner's oldest job before anyone's second), then age. Each
     /// claim gets a fresh lease token.
     ///
-    /// Two statements in one transaction, two round trips. The first locks the first
-    /// `limit` rows of the line of owners (`queue_heads`) that have a job for this worker,
-    /// skipping rows another claim holds, so concurrent dispatchers (other replicas) never
-    /// wait for each other. The second, whose snapshot is taken after those locks, claims
-    /// from the locked owners only and moves each row to its owner's next queued job. A
+    /// One statement ([`CLAIM`]), one round trip. It locks the first `limit` rows of the
+    /// line of owners (`queue_heads`) that have a job for this worker, skipping rows another
+    /// claim holds, so concurrent dispatchers (other replicas) never wait for each other;
+    /// claims from those owners only and moves each row to its owner's next queued job. A
     /// claim reads `limit` rows of the line, however many owners and jobs are queued.
     pub async fn claim(
         &self,
@@ -208,21 +212,12 @@ impl Store {
         lease: Duration,
     ) -> Result<Vec<Claimed>, SchedulerError> {
         let client = self.pool.get().await?;
-        let (lock, claim) =
-            tokio::try_join!(client.prepare_cached(LOCK_HEADS), client.prepare_cached(&CLAIM))?;
-        let limit = i64::from(limit);
-        let (owners, priorities, of) = lock_line(&client, &lock, &[&backends, &limit, &models]).await?;
-        if owners.is_empty() {
-            client.batch_execute("COMMIT").await?;
-            return Ok(Vec::new());
-        }
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
-            [&owners, &priorities, &of, &limit, &models, &worker_id, &millis(lease)];
-        // A failed claim leaves the transaction aborted: the COMMIT then rolls it back.
-        let (rows, commit) = tokio::join!(client.query(&claim, &params), client.batch_execute("COMMIT"));
-        let rows = rows?;
-        commit?;
-        Ok(rows
+        let claim = client.prepare_cached(&CLAIM).await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&backends, &i64::from(limit), &models, &worker_id, &millis(lease)];
+        Ok(client
+            .query(&claim, &params)
+            .await?
             .iter()
             .map(|r| {
                 let job = job_from_row(r);
