@@ -47,7 +47,7 @@ use uuid::Uuid;
 #[cfg(feature = "server")]
 pub use audit::{Audit, AuditEvent, RefusalAudit};
 #[cfg(feature = "server")]
-pub use audited::Audited;
+pub use audited::{AuditCommitted, AuditRow, Audited, audit_committed, audit_row};
 #[cfg(feature = "server")]
 pub use authn::Authn;
 #[cfg(feature = "server")]

@@ -359,6 +359,61 @@ async fn the_active_job_cap_refuses_the_next_submit_until_one_finishes() {
 }
 
 #[tokio::test]
+async fn a_submit_is_audited_once_whether_it_queues_repeats_or_is_refused() {
+    // A submit that answers with a job commits its audit row with the job; a refused one
+    // is audited by the guard. Either way, one row per call.
+    let mesh = Mesh::with_scheduler_config(|c| c.max_active_jobs_per_user = 1).await;
+    let alice = mesh.person("alice").await;
+    let mut jobs = mesh.jobs(&alice.token);
+    let mut keyed = image_request("keyed", 1);
+    keyed.idempotency_key = "shot-1".to_owned();
+    let first = jobs.submit_job(keyed.clone()).await.unwrap().into_inner();
+    let again = jobs.submit_job(keyed).await.unwrap().into_inner();
+    assert!(again.deduplicated);
+    let refused = jobs.submit_job(image_request("one too many", 1)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    let rows = mesh
+        .env
+        .db()
+        .await
+        .unwrap()
+        .query(
+            "SELECT actor, target, result FROM audit_events WHERE action = 'JobService.SubmitJob' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rows: Vec<(String, String, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let job = format!("job:{}", first.job.unwrap().id);
+    let ok = "OK".to_owned();
+    assert_eq!(
+        rows,
+        [
+            (alice.id.clone(), job.clone(), ok.clone()),
+            (alice.id.clone(), job, ok),
+            (alice.id.clone(), String::new(), "RESOURCE_EXHAUSTED".to_owned()),
+        ],
+        "the first submit and its repeat name the job; the refusal is audited by the guard"
+    );
+    // now() is the transaction's start: the same instant only within one transaction.
+    let together: bool = mesh
+        .env
+        .db()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT a.time = j.created_at FROM audit_events a JOIN jobs j ON a.target = 'job:' || j.id \
+             WHERE a.action = 'JobService.SubmitJob' ORDER BY a.id LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(together, "the audit row was committed in the job's transaction");
+    mesh.stop().await;
+}
+
+#[tokio::test]
 async fn refresh_tokens_rotate_and_a_reused_one_revokes_its_family() {
     let mesh = Mesh::without_generator().await;
     let _alice = mesh.person("alice").await;

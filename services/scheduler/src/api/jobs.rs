@@ -38,7 +38,9 @@ impl JobService for Api {
         &self,
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let owner = mesh_auth::caller(&req)?.user_id()?.to_string();
+        let caller = mesh_auth::caller(&req)?;
+        let owner = caller.user_id()?.to_string();
+        let audit_row = mesh_auth::audit_row(&req);
         let r = req.into_inner();
         let spec = r.spec.ok_or_else(|| SchedulerError::invalid("spec", "required"))?;
         let fixed_seed = spec.seed.is_some();
@@ -77,25 +79,28 @@ impl JobService for Api {
             max_attempts: self.state.config.max_attempts,
             webhook_endpoint_id,
         };
+        // The audit row is committed with the job (its target filled in by the statement).
+        let audit = audit_row.as_ref().map(|row| row.ok(&caller, ""));
         let inserted = self
             .state
             .store
-            .insert(&new, self.state.config.max_active_jobs_per_user)
+            .insert(&new, self.state.config.max_active_jobs_per_user, audit.as_ref())
             .await
             .inspect_err(|e| self.count_refusal(e))?;
         if !inserted.deduplicated {
             tracing::info!(job_id = %inserted.job.id, owner = %inserted.job.owner_id, "job queued");
             self.wake.notify_one();
         }
-        let target = format!("job:{}", inserted.job.id);
-        Ok(mesh_auth::audited(
-            pb::SubmitJobResponse {
-                job: Some(convert::job(&inserted.job)),
-                deduplicated: inserted.deduplicated,
-                reused: false,
-            },
-            target,
-        ))
+        let answer = pb::SubmitJobResponse {
+            job: Some(convert::job(&inserted.job)),
+            deduplicated: inserted.deduplicated,
+            reused: false,
+        };
+        Ok(if audit.is_some() {
+            mesh_auth::audit_committed(answer)
+        } else {
+            mesh_auth::audited(answer, format!("job:{}", inserted.job.id))
+        })
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {

@@ -1,6 +1,7 @@
 //! Submits and the client's reads and changes of jobs: insert, reuse, get, list, cancel,
 //! retry.
 
+use sakuga_mesh::auth::AuditEvent;
 use uuid::Uuid;
 
 use super::rows::{JOB_COLUMNS, Store, i32_of, job_from_row};
@@ -21,8 +22,10 @@ async fn lock_owner(tx: &deadpool_postgres::Transaction<'_>, owner: &str) -> Res
 
 /// A submit as one statement (run under [`LOCK_OWNER`]): the owner's job with the same
 /// idempotency key if there is one (`inserted` false), else the new job if the owner has
-/// fewer than `$26` jobs queued or running (`inserted` true), else no row. Every parameter
-/// is cast, as `INSERT ... SELECT` does not take its column types for them.
+/// fewer than `$26` jobs queued or running (`inserted` true), else no row. With an actor in
+/// `$28`, the call's audit row (action `$29`, result `$30`, peer `$31`, request `$32`)
+/// naming the job answered goes in with it. Every parameter is cast, as `INSERT ... SELECT`
+/// does not take its column types for them.
 static SUBMIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH existing AS ( \
@@ -41,7 +44,11 @@ static SUBMIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              $17::text, $18::int4, $19::text, $20::int4, $21::text, $22::uuid, $23::uuid[], $24::text, \
              $25::jsonb, $27::uuid \
            WHERE NOT EXISTS (SELECT 1 FROM existing) AND (SELECT n FROM active) < $26::int8 \
-           RETURNING {JOB_COLUMNS}) \
+           RETURNING {JOB_COLUMNS}), \
+         audit AS ( \
+           INSERT INTO audit_events (actor, action, target, result, peer, request_id) \
+           SELECT $28::text, $29::text, 'job:' || r.id, $30::text, $31::text, $32::text \
+           FROM (SELECT id FROM ins UNION ALL SELECT id FROM existing) r WHERE $28::text IS NOT NULL) \
          SELECT true AS inserted, ins.* FROM ins \
          UNION ALL SELECT false AS inserted, existing.* FROM existing"
     )
@@ -98,13 +105,20 @@ impl Store {
     /// Inserts a queued job; with an idempotency key already used by this owner, returns
     /// the first job instead. Refuses when the owner already has `cap` jobs queued or
     /// running (checked under a per-owner lock, so concurrent submits cannot overshoot).
+    /// `audit`, when given, is committed with the job, naming the job answered; a refused
+    /// submit writes none.
     ///
     /// One round trip: `BEGIN`, the owner's lock, one statement that looks up the key,
     /// counts and inserts, and `COMMIT` go out together (pipelined on one connection). The
     /// statement starts after the lock is held, so its snapshot sees every submit of the
     /// owner that committed before; a failure anywhere aborts the transaction and the
     /// `COMMIT` rolls it back.
-    pub async fn insert(&self, new: &NewJob, cap: u32) -> Result<Inserted, SchedulerError> {
+    pub async fn insert(
+        &self,
+        new: &NewJob,
+        cap: u32,
+        audit: Option<&AuditEvent>,
+    ) -> Result<Inserted, SchedulerError> {
         let client = self.pool.get().await?;
         let (lock, submit) =
             tokio::try_join!(client.prepare_cached(LOCK_OWNER), client.prepare_cached(&SUBMIT))?;
@@ -115,7 +129,10 @@ impl Store {
         let (max_attempts, spec_hash) = (i32_of(new.max_attempts), s.hash());
         let trace = serde_json::to_value(&new.trace_context).unwrap_or_default();
         let limit = i64::from(cap);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 27] = [
+        let actor = audit.map(|a| a.actor.as_str());
+        let (action, result) = (audit.map(|a| a.action.as_str()), audit.map(|a| a.result.as_str()));
+        let (peer, request) = (audit.map(|a| a.peer.as_str()), audit.map(|a| a.request_id.as_str()));
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 32] = [
             &new.id,
             &new.owner_id,
             &s.kind.as_str(),
@@ -143,6 +160,11 @@ impl Store {
             &trace,
             &limit,
             &new.webhook_endpoint_id,
+            &actor,
+            &action,
+            &result,
+            &peer,
+            &request,
         ];
         let owner: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&new.owner_id];
         let (begin, locked, rows, commit) = tokio::join!(
