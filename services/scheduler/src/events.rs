@@ -65,6 +65,8 @@ pub struct Events {
 
 /// Events waiting to be published; beyond this, new ones are dropped (watchers resync).
 const OUTBOX: usize = 4096;
+/// Most events one pipeline publishes.
+const PUBLISH_BATCH: usize = 256;
 
 fn lock(m: &Mutex<Subscribers>) -> std::sync::MutexGuard<'_, Subscribers> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -111,21 +113,28 @@ impl Drop for Subscription {
 impl Events {
     /// Uses `redis` for publishing and subscribing, events encoded with `codec`, with
     /// `capacity` events buffered per watched job. Publishing runs in its own task (in
-    /// order), so a slow or absent Redis never holds up a worker's stream.
+    /// order), so a slow or absent Redis never holds up a worker's stream; every event
+    /// waiting when it is free goes out in one pipeline (one round trip).
     pub fn new(redis: Redis, capacity: usize, codec: Codec) -> Self {
         let (outbox, mut queue) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(OUTBOX);
         let publisher = redis.clone();
         tokio::spawn(async move {
-            while let Some((channel, payload)) = queue.recv().await {
+            let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+            while queue.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+                let events = batch.len();
                 if publisher.is_down() {
+                    batch.clear();
                     continue;
                 }
+                let mut pipe = redis::pipe();
+                for (channel, payload) in batch.drain(..) {
+                    pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+                }
                 let mut conn = publisher.conn();
-                let result: redis::RedisResult<i64> =
-                    redis::cmd("PUBLISH").arg(&channel).arg(payload).query_async(&mut conn).await;
+                let result: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
                 publisher.note(&result);
                 if let Err(e) = result {
-                    warn!(%channel, error = %e, "publishing job events failed; dropping them for a second");
+                    warn!(events, error = %e, "publishing job events failed; dropping them for a second");
                 }
             }
         });
