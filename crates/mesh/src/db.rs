@@ -83,6 +83,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0013_queue_heads.sql"),
     },
     Migration { version: 14, name: "webhooks", sql: include_str!("../../../migrations/0014_webhooks.sql") },
+    Migration {
+        version: 15,
+        name: "queue_cursor",
+        sql: include_str!("../../../migrations/0015_queue_cursor.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying the migration lock.

@@ -109,6 +109,36 @@ async fn each_owners_first_job_comes_before_anyones_second_within_one_claim() {
 }
 
 #[tokio::test]
+async fn a_job_queued_again_behind_the_rows_cursor_moves_the_cursor_back() {
+    // Each row of the line is a cursor (the oldest queued job's time and id) and the claim
+    // scans from it. Jobs created at the same instant go in id order; a job queued again
+    // after its claim sorts before the cursor and must pull it back, or it would never be
+    // claimed and its row would go when the rest were.
+    let env = TestEnv::new().await.unwrap();
+    let store = store(&env).await;
+    let db = env.db().await.unwrap();
+    let mut same = Vec::new();
+    for _ in 0..3 {
+        same.push(queue(&db, "a", 0, "comfyui", "m1", 1.0, false).await);
+    }
+    same.sort();
+    let later = queue(&db, "a", 0, "comfyui", "m1", 2.0, false).await;
+    let backends = ["comfyui".to_owned()];
+    let first = store.claim("w1", &backends, None, 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(first.job.id, same[0], "same instant: lowest id first");
+    assert_eq!(claim(&store, None, 1).await, HashSet::from([same[1]]));
+    assert!(store.unclaim(first.job.id, first.lease_token).await.unwrap(), "handed back");
+    assert_eq!(
+        claim(&store, None, 1).await,
+        HashSet::from([same[0]]),
+        "the job behind the cursor comes first"
+    );
+    assert_eq!(claim(&store, None, 5).await, HashSet::from([same[2], later]));
+    assert!(line(&db).await.is_empty(), "the line is empty with the queue");
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn jobs_queued_while_their_owners_are_claimed_from_are_all_claimed_exactly_once() {
     let env = TestEnv::new().await.unwrap();
     let store = store(&env).await;

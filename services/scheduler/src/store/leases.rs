@@ -91,11 +91,14 @@ static COMPLETE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 
 /// The claim, one statement. `heads` locks the first `$2` rows of the line of owners with a
 /// job of the backends `$1` (and models `$3`, when given) that may start now, skipping rows
-/// other claims hold, and notes each row's version (`xmin`) and place (`ctid`). `ranked`
+/// other claims hold, and notes each row's version (`xmin`) and place (`ctid`). Each row is
+/// also a cursor: no queued job of its key sorts before (`head_at`, `head_id`), so every
+/// scan of an owner's jobs starts there, past the index entries of the jobs claimed before
+/// (until a vacuum removes them, a scan from the start steps over each one). `ranked`
 /// locks up to `$2` queued jobs of each (skipping locked ones) and ranks them by priority,
 /// then turn (an owner's first job before anyone's second), then age; the first `$2` go to
 /// worker `$4` with a lease of `$5` ms. Each row of the line then moves to its owner's next
-/// queued job, or is deleted when none is left.
+/// queued job (its cursor moves past the jobs claimed), or is deleted when none is left.
 ///
 /// The statement reads the jobs with the snapshot it started with, which may be older than
 /// a row's lock. A job queued by a transaction that committed in between is not seen, but
@@ -108,9 +111,11 @@ static COMPLETE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH heads AS MATERIALIZED ( \
-            SELECT h.owner_id, h.priority, h.backend, h.xmin AS version, h.ctid AS at FROM queue_heads h \
+            SELECT h.owner_id, h.priority, h.backend, h.head_at, h.head_id, h.xmin AS version, h.ctid AS at \
+            FROM queue_heads h \
             WHERE h.backend = ANY($1) AND EXISTS (SELECT 1 FROM jobs q \
-                WHERE q.owner_id = h.owner_id AND q.priority = h.priority AND q.backend = h.backend \
+                WHERE q.owner_id = h.owner_id AND q.priority = h.priority \
+                  AND (q.created_at, q.id) >= (h.head_at, h.head_id) AND q.backend = h.backend \
                   AND q.status = 'queued' AND ($3::text[] IS NULL OR q.model = ANY($3)) \
                   AND (q.not_before IS NULL OR q.not_before <= now())) \
             ORDER BY h.priority DESC, h.head_at, h.owner_id, h.backend \
@@ -120,7 +125,8 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                    row_number() OVER (PARTITION BY c.owner_id ORDER BY c.priority DESC, c.created_at, c.id) AS turn \
             FROM heads h CROSS JOIN LATERAL ( \
                 SELECT id, owner_id, priority, created_at FROM jobs \
-                WHERE owner_id = h.owner_id AND priority = h.priority AND backend = h.backend \
+                WHERE owner_id = h.owner_id AND priority = h.priority \
+                  AND (created_at, id) >= (h.head_at, h.head_id) AND backend = h.backend \
                   AND status = 'queued' AND ($3::text[] IS NULL OR model = ANY($3)) \
                   AND (not_before IS NULL OR not_before <= now()) \
                 ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) c), \
@@ -134,14 +140,15 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             WHERE j.id = ANY (ARRAY(SELECT id FROM picked)) \
             RETURNING {}), \
          next AS ( \
-            SELECT h.at, h.version, \
-                   (SELECT q.created_at FROM jobs q \
-                    WHERE q.owner_id = h.owner_id AND q.priority = h.priority AND q.backend = h.backend \
-                      AND q.status = 'queued' AND q.id <> ALL (ARRAY(SELECT id FROM picked)) \
-                    ORDER BY q.created_at LIMIT 1) AS head_at \
-            FROM heads h), \
+            SELECT h.at, h.version, nx.created_at AS head_at, nx.id AS head_id \
+            FROM heads h LEFT JOIN LATERAL ( \
+                SELECT q.created_at, q.id FROM jobs q \
+                WHERE q.owner_id = h.owner_id AND q.priority = h.priority \
+                  AND (q.created_at, q.id) >= (h.head_at, h.head_id) AND q.backend = h.backend \
+                  AND q.status = 'queued' AND q.id <> ALL (ARRAY(SELECT id FROM picked)) \
+                ORDER BY q.created_at, q.id LIMIT 1) nx ON true), \
          moved AS ( \
-            UPDATE queue_heads l SET head_at = n.head_at FROM next n \
+            UPDATE queue_heads l SET head_at = n.head_at, head_id = n.head_id FROM next n \
             WHERE l.ctid = ANY (ARRAY(SELECT at FROM next)) AND l.ctid = n.at AND l.xmin = n.version \
               AND n.head_at IS NOT NULL), \
          emptied AS ( \
