@@ -4,7 +4,7 @@
 use sakuga_mesh::auth::AuditEvent;
 use uuid::Uuid;
 
-use super::rows::{JOB_COLUMNS, Store, i32_of, job_from_row};
+use super::rows::{BEGIN_GENERIC, JOB_COLUMNS, Store, i32_of, job_from_row};
 use crate::{
     error::SchedulerError,
     job::{Job, NewJob, Status},
@@ -108,7 +108,7 @@ impl Store {
     /// `audit`, when given, is committed with the job, naming the job answered; a refused
     /// submit writes none.
     ///
-    /// One round trip: `BEGIN`, the owner's lock, one statement that looks up the key,
+    /// One round trip: `BEGIN` (generic plans), the owner's lock, one statement that looks up the key,
     /// counts and inserts, and `COMMIT` go out together (pipelined on one connection). The
     /// statement starts after the lock is held, so its snapshot sees every submit of the
     /// owner that committed before; a failure anywhere aborts the transaction and the
@@ -168,7 +168,7 @@ impl Store {
         ];
         let owner: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&new.owner_id];
         let (begin, locked, rows, commit) = tokio::join!(
-            client.batch_execute("BEGIN"),
+            client.batch_execute(BEGIN_GENERIC),
             client.execute(&lock, &owner),
             client.query(&submit, &params),
             client.batch_execute("COMMIT"),

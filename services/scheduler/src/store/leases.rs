@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::rows::{JOB_COLUMNS, Store, i32_of, job_from_row, millis};
+use super::rows::{BEGIN_GENERIC, JOB_COLUMNS, Store, i32_of, job_from_row, millis};
 use crate::{
     error::SchedulerError,
     job::{Job, Status},
@@ -205,7 +205,7 @@ impl Store {
     /// share across owners (each owner's oldest job before anyone's second), then age. Each
     /// claim gets a fresh lease token.
     ///
-    /// One statement ([`CLAIM`]), one round trip. It locks the first `limit` rows of the
+    /// One statement ([`CLAIM`]) with its generic plan, one round trip. It locks the first `limit` rows of the
     /// line of owners (`queue_heads`) that have a job for this worker, skipping rows another
     /// claim holds, so concurrent dispatchers (other replicas) never wait for each other;
     /// claims from those owners only and moves each row to its owner's next queued job. A
@@ -222,9 +222,17 @@ impl Store {
         let claim = client.prepare_cached(&CLAIM).await?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
             [&backends, &i64::from(limit), &models, &worker_id, &millis(lease)];
-        Ok(client
-            .query(&claim, &params)
-            .await?
+        // One round trip still: the three go out together. A failed claim leaves the
+        // transaction aborted and the COMMIT rolls it back.
+        let (begin, rows, commit) = tokio::join!(
+            client.batch_execute(BEGIN_GENERIC),
+            client.query(&claim, &params),
+            client.batch_execute("COMMIT")
+        );
+        begin?;
+        let rows = rows?;
+        commit?;
+        Ok(rows
             .iter()
             .map(|r| {
                 let job = job_from_row(r);
@@ -368,7 +376,15 @@ impl Store {
             .flat_map(|((_, _, files), ix)| files.iter().map(move |f| (ix, *f)))
             .unzip();
         let stmt = client.prepare_cached(&COMPLETE).await?;
-        let rows = client.query(&stmt, &[&ids, &leases, &owners, &files]).await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&ids, &leases, &owners, &files];
+        let (begin, rows, commit) = tokio::join!(
+            client.batch_execute(BEGIN_GENERIC),
+            client.query(&stmt, &params),
+            client.batch_execute("COMMIT")
+        );
+        begin?;
+        let rows = rows?;
+        commit?;
         let mut succeeded: std::collections::HashMap<Uuid, Job> =
             rows.iter().map(job_from_row).map(|j| (j.id, j)).collect();
         let mut out = Vec::with_capacity(done.len());

@@ -67,6 +67,15 @@ pub(super) fn job_from_row(row: &Row) -> Job {
 }
 
 /// A duration as the milliseconds SQL multiplies `interval '1 millisecond'` by.
+/// Opens a transaction in which prepared statements run with their generic plan. Left to
+/// choose, PostgreSQL kept planning the submit, the claim and the completion anew on every
+/// call (their generic plans are estimated dearer, not knowing the `LIMIT` or the array
+/// lengths): 0.3 to 1.5 ms of planning a call, against 0.02 ms for a generic plan. Those
+/// generic plans read by index and address with any parameters (checked with `EXPLAIN` at
+/// 20,000 jobs of one owner and at 10^5 jobs over 10,000 owners), so they are planned once
+/// per connection.
+pub(super) const BEGIN_GENERIC: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
+
 pub(super) fn millis(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
