@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::rows::{BEGIN_GENERIC, JOB_COLUMNS, Store, i32_of, job_from_row, millis};
+use super::rows::{JOB_COLUMNS, Store, i32_of, job_from_row, millis, query_generic};
 use crate::{
     error::SchedulerError,
     job::{Job, Status},
@@ -222,17 +222,8 @@ impl Store {
         let claim = client.prepare_cached(&CLAIM).await?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
             [&backends, &i64::from(limit), &models, &worker_id, &millis(lease)];
-        // One round trip still: the three go out together. A failed claim leaves the
-        // transaction aborted and the COMMIT rolls it back.
-        let (begin, rows, commit) = tokio::join!(
-            client.batch_execute(BEGIN_GENERIC),
-            client.query(&claim, &params),
-            client.batch_execute("COMMIT")
-        );
-        begin?;
-        let rows = rows?;
-        commit?;
-        Ok(rows
+        Ok(query_generic(&client, &claim, &params)
+            .await?
             .iter()
             .map(|r| {
                 let job = job_from_row(r);
@@ -377,14 +368,7 @@ impl Store {
             .unzip();
         let stmt = client.prepare_cached(&COMPLETE).await?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&ids, &leases, &owners, &files];
-        let (begin, rows, commit) = tokio::join!(
-            client.batch_execute(BEGIN_GENERIC),
-            client.query(&stmt, &params),
-            client.batch_execute("COMMIT")
-        );
-        begin?;
-        let rows = rows?;
-        commit?;
+        let rows = query_generic(&client, &stmt, &params).await?;
         let mut succeeded: std::collections::HashMap<Uuid, Job> =
             rows.iter().map(job_from_row).map(|j| (j.id, j)).collect();
         let mut out = Vec::with_capacity(done.len());

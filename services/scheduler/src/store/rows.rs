@@ -3,7 +3,10 @@
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 
-use crate::job::{Job, Kind, Spec, Status};
+use crate::{
+    error::SchedulerError,
+    job::{Job, Kind, Spec, Status},
+};
 
 pub(super) const JOB_COLUMNS: &str = "id, owner_id, project_id, kind, backend, model, prompt, negative_prompt, \
     composed_prompt, width, height, steps, batch_size, frames, fps, seed, cfg_scale, sampler, \
@@ -75,6 +78,25 @@ pub(super) fn job_from_row(row: &Row) -> Job {
 /// 20,000 jobs of one owner and at 10^5 jobs over 10,000 owners), so they are planned once
 /// per connection.
 pub(super) const BEGIN_GENERIC: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
+
+/// Runs `stmt` in a transaction of its own with its generic plan ([`BEGIN_GENERIC`]); the
+/// three go out together, one round trip. A failed statement leaves the transaction
+/// aborted and the `COMMIT` rolls it back.
+pub(super) async fn query_generic(
+    client: &deadpool_postgres::Object,
+    stmt: &tokio_postgres::Statement,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<Row>, SchedulerError> {
+    let (begin, rows, commit) = tokio::join!(
+        client.batch_execute(BEGIN_GENERIC),
+        client.query(stmt, params),
+        client.batch_execute("COMMIT")
+    );
+    begin?;
+    let rows = rows?;
+    commit?;
+    Ok(rows)
+}
 
 pub(super) fn millis(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
