@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::{Row, types::ToSql};
 use uuid::Uuid;
 
-use super::rows::{Store, i32_of, millis, u32_of};
+use super::rows::{Store, i32_of, millis, query_in_tx, u32_of};
 use crate::{error::SchedulerError, webhook::Endpoint};
 
 const ENDPOINT_COLUMNS: &str = "id, owner_id, url, events, project_id, only_named_jobs, enabled, description, \
@@ -111,19 +111,9 @@ impl Store {
             client.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 14))"),
             client.prepare_cached(sql),
         )?;
-        let key: [&(dyn ToSql + Sync); 1] = [&lock_owner];
         // The statement starts after the lock is held, so its count sees every create of the
-        // owner that committed before; a failure anywhere aborts, and COMMIT rolls back.
-        let (begin, locked, rows, commit) = tokio::join!(
-            client.batch_execute("BEGIN"),
-            client.execute(&lock, &key),
-            client.query(&stmt, &params),
-            client.batch_execute("COMMIT"),
-        );
-        begin?;
-        locked?;
-        let rows = rows?;
-        commit?;
+        // owner that committed before.
+        let rows = query_in_tx(&client, Some((&lock, lock_owner)), &stmt, &params).await?;
         Ok(rows.first().map(endpoint_from_row))
     }
 

@@ -4,7 +4,7 @@
 use sakuga_mesh::auth::AuditEvent;
 use uuid::Uuid;
 
-use super::rows::{BEGIN_GENERIC, JOB_COLUMNS, Store, i32_of, job_from_row};
+use super::rows::{JOB_COLUMNS, Store, i32_of, job_from_row, query_in_tx};
 use crate::{
     error::SchedulerError,
     job::{Job, NewJob, Status},
@@ -166,17 +166,7 @@ impl Store {
             &peer,
             &request,
         ];
-        let owner: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&new.owner_id];
-        let (begin, locked, rows, commit) = tokio::join!(
-            client.batch_execute(BEGIN_GENERIC),
-            client.execute(&lock, &owner),
-            client.query(&submit, &params),
-            client.batch_execute("COMMIT"),
-        );
-        begin?;
-        locked?;
-        let rows = rows?;
-        commit?;
+        let rows = query_in_tx(&client, Some((&lock, &new.owner_id)), &submit, &params).await?;
         let Some(row) = rows.first() else {
             // Counting stops at the cap, so an owner refused is exactly at it.
             return Err(SchedulerError::QueueFull { active: limit, cap });

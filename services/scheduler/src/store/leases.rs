@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::rows::{JOB_COLUMNS, Store, i32_of, job_from_row, millis, query_generic};
+use super::rows::{JOB_COLUMNS, Store, i32_of, job_from_row, millis, query_in_tx};
 use crate::{
     error::SchedulerError,
     job::{Job, Status},
@@ -222,7 +222,7 @@ impl Store {
         let claim = client.prepare_cached(&CLAIM).await?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
             [&backends, &i64::from(limit), &models, &worker_id, &millis(lease)];
-        Ok(query_generic(&client, &claim, &params)
+        Ok(query_in_tx(&client, None, &claim, &params)
             .await?
             .iter()
             .map(|r| {
@@ -368,7 +368,7 @@ impl Store {
             .unzip();
         let stmt = client.prepare_cached(&COMPLETE).await?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&ids, &leases, &owners, &files];
-        let rows = query_generic(&client, &stmt, &params).await?;
+        let rows = query_in_tx(&client, None, &stmt, &params).await?;
         let mut succeeded: std::collections::HashMap<Uuid, Job> =
             rows.iter().map(job_from_row).map(|j| (j.id, j)).collect();
         let mut out = Vec::with_capacity(done.len());

@@ -69,7 +69,6 @@ pub(super) fn job_from_row(row: &Row) -> Job {
     }
 }
 
-/// A duration as the milliseconds SQL multiplies `interval '1 millisecond'` by.
 /// Opens a transaction in which prepared statements run with their generic plan. Left to
 /// choose, PostgreSQL kept planning the submit, the claim and the completion anew on every
 /// call (their generic plans are estimated dearer, not knowing the `LIMIT` or the array
@@ -77,27 +76,40 @@ pub(super) fn job_from_row(row: &Row) -> Job {
 /// generic plans read by index and address with any parameters (checked with `EXPLAIN` at
 /// 20,000 jobs of one owner and at 10^5 jobs over 10,000 owners), so they are planned once
 /// per connection.
-pub(super) const BEGIN_GENERIC: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
+const BEGIN_GENERIC: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
 
-/// Runs `stmt` in a transaction of its own with its generic plan ([`BEGIN_GENERIC`]); the
-/// three go out together, one round trip. A failed statement leaves the transaction
-/// aborted and the `COMMIT` rolls it back.
-pub(super) async fn query_generic(
+/// Runs `stmt` in a transaction of its own, all in one round trip: `BEGIN` with generic
+/// plans ([`BEGIN_GENERIC`]); given `lock` (a statement taking a transaction-level advisory
+/// lock on its one parameter) and its key, the lock, so that the statement starts once it
+/// is held and its snapshot sees all that committed under it before; the statement; and
+/// `COMMIT`. A failure anywhere aborts the transaction and the `COMMIT` rolls it back.
+pub(super) async fn query_in_tx(
     client: &deadpool_postgres::Object,
+    lock: Option<(&tokio_postgres::Statement, &str)>,
     stmt: &tokio_postgres::Statement,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<Vec<Row>, SchedulerError> {
-    let (begin, rows, commit) = tokio::join!(
+    // join! polls in order, and each call sends on its first poll: the four go out in turn.
+    let locked = async {
+        match lock {
+            Some((lock, key)) => client.execute(lock, &[&key]).await.map(drop),
+            None => Ok(()),
+        }
+    };
+    let (begin, locked, rows, commit) = tokio::join!(
         client.batch_execute(BEGIN_GENERIC),
+        locked,
         client.query(stmt, params),
         client.batch_execute("COMMIT")
     );
     begin?;
+    locked?;
     let rows = rows?;
     commit?;
     Ok(rows)
 }
 
+/// A duration as the milliseconds SQL multiplies `interval '1 millisecond'` by.
 pub(super) fn millis(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
