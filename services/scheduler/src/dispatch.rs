@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    registry::{FreeWorker, WorkerCommand},
+    registry::{FreeWorker, Reservation, WorkerCommand},
     state::State,
+    store::Claimed,
 };
 
 /// Hands queued jobs to free workers whenever woken, and at least every `poll`.
@@ -52,8 +53,9 @@ async fn dispatch_once(state: &State) -> Result<(), crate::error::SchedulerError
             {
                 continue;
             }
-            let claimed = hand_out(state, &worker, &worker.backends, warm, worker.free).await?;
-            if !warm && claimed < worker.free {
+            let (claimed, asked) =
+                hand_out(state, &worker, &worker.backends, warm, worker.free, false).await?;
+            if !warm && claimed < asked {
                 drained.extend(worker.backends.iter().cloned());
             }
         }
@@ -83,7 +85,7 @@ async fn dispatch_once(state: &State) -> Result<(), crate::error::SchedulerError
             let busy: Vec<String> =
                 worker.backends.iter().filter(|b| !idle.contains(b.as_str())).cloned().collect();
             if !busy.is_empty() {
-                hand_out(state, worker, &busy, warm, worker.queue_free).await?;
+                hand_out(state, worker, &busy, warm, worker.queue_free, true).await?;
             }
         }
     }
@@ -91,18 +93,40 @@ async fn dispatch_once(state: &State) -> Result<(), crate::error::SchedulerError
 }
 
 /// Claims up to `limit` queued jobs of `backends` (of the worker's loaded models when
-/// `warm`) and sends them to the worker; how many it claimed.
+/// `warm`) for its free slots (with `queue`, its queue slots too) and sends them to the
+/// worker; how many it claimed and how many it asked for (the slots still free once
+/// reserved: a claim of a submit running at the same time cannot count them free too).
 async fn hand_out(
     state: &State,
     worker: &FreeWorker,
     backends: &[String],
     warm: bool,
     limit: u32,
-) -> Result<u32, crate::error::SchedulerError> {
+    queue: bool,
+) -> Result<(u32, u32), crate::error::SchedulerError> {
+    let mut slots = state.registry.reserve(worker.session, limit, queue);
+    let asked = slots.count();
+    if asked == 0 {
+        return Ok((0, 0));
+    }
     let models = warm.then_some(worker.models.as_slice());
     let claimed =
-        state.store.claim(&worker.worker_id, backends, models, limit, state.config.lease_ttl).await?;
+        state.store.claim(&worker.worker_id, backends, models, slots.count(), state.config.lease_ttl).await?;
     let count = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
+    deliver(state, &worker.worker_id, &mut slots, claimed, warm).await?;
+    Ok((count, asked))
+}
+
+/// Sends claimed jobs to the worker whose slots `slots` reserved (one slot each), each
+/// joining the trace of its submit; a job the worker can no longer take (it went away)
+/// is handed back to the queue.
+pub(crate) async fn deliver(
+    state: &State,
+    worker_id: &str,
+    slots: &mut Reservation<'_>,
+    claimed: Vec<Claimed>,
+    warm: bool,
+) -> Result<(), crate::error::SchedulerError> {
     for c in claimed {
         // The dispatch joins the submitter's trace; the worker's spans join it.
         let span = tracing::info_span!(
@@ -110,22 +134,22 @@ async fn hand_out(
             otel.name = "dispatch",
             service = "scheduler",
             job_id = %c.job.id,
-            worker_id = %worker.worker_id,
+            worker_id = %worker_id,
         );
         sakuga_mesh::telemetry::set_parent_from_map(&span, &c.job.trace_context);
         let context = span.in_scope(sakuga_mesh::telemetry::current_context_map);
         let (id, lease) = (c.job.id, c.lease_token);
         let command = WorkerCommand::Assign { job: Box::new(c.job.clone()), lease, trace_context: context };
-        if state.registry.assign(worker.session, id, lease, command) {
+        if slots.assign(id, lease, command) {
             state.families.dispatched(&c.job);
-            info!(job_id = %c.job.id, worker_id = %worker.worker_id, attempt = c.job.attempts, warm, "job assigned");
+            info!(job_id = %c.job.id, worker_id = %worker_id, attempt = c.job.attempts, warm, "job assigned");
             state.events.status_changed(&c.job);
         } else {
-            warn!(job_id = %c.job.id, worker_id = %worker.worker_id, "worker went away, job handed back");
+            warn!(job_id = %c.job.id, worker_id = %worker_id, "worker went away, job handed back");
             state.store.unclaim(c.job.id, c.lease_token).await?;
         }
     }
-    Ok(count)
+    Ok(())
 }
 
 /// How often the reaper deletes rows of the line of owners left without queued jobs (a

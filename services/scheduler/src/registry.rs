@@ -70,8 +70,51 @@ pub struct WorkerSession {
     pub waiting: HashMap<Uuid, (String, Option<Instant>)>,
     /// No new work when draining.
     pub draining: bool,
+    /// Slots promised to claims in flight ([`Reservation`]s): not free, not yet running.
+    pub reserved: u32,
     /// Its stream.
     pub tx: WorkerTx,
+}
+
+impl WorkerSession {
+    /// Free slots and free queue slots: the jobs it holds and the slots reserved for
+    /// claims in flight fill its slots first.
+    fn room(&self) -> (u32, u32) {
+        let used = u32::try_from(self.running.len()).unwrap_or(u32::MAX).saturating_add(self.reserved);
+        let free = self.slots.saturating_sub(used);
+        (free, self.slots.saturating_add(self.queue_slots).saturating_sub(used) - free)
+    }
+}
+
+/// Slots of one session promised to one claim ([`Registry::reserve`]).
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    registry: &'a Registry,
+    session: Uuid,
+    count: u32,
+}
+
+impl Reservation<'_> {
+    /// Slots still reserved.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Spends one reserved slot on an assignment (see [`Registry::assign`]): `false` when
+    /// the session is gone or its stream is full, and the caller hands the job back.
+    pub fn assign(&mut self, job: Uuid, lease: Uuid, command: WorkerCommand) -> bool {
+        debug_assert!(self.count > 0, "an assignment beyond the reservation");
+        self.count = self.count.saturating_sub(1);
+        self.registry.assign(self.session, job, lease, command)
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.count > 0 {
+            self.registry.unreserve(self.session, self.count);
+        }
+    }
 }
 
 /// Slot counts over a replica's sessions.
@@ -211,9 +254,7 @@ impl Registry {
             .iter()
             .filter(|(_, w)| !w.draining)
             .filter_map(|(id, w)| {
-                let used = u32::try_from(w.running.len()).unwrap_or(u32::MAX);
-                let free = w.slots.saturating_sub(used);
-                let queue_free = w.slots.saturating_add(w.queue_slots).saturating_sub(used) - free;
+                let (free, queue_free) = w.room();
                 (free + queue_free > 0).then(|| FreeWorker {
                     session: *id,
                     worker_id: w.worker_id.clone(),
@@ -228,18 +269,61 @@ impl Registry {
         free
     }
 
+    /// Promises up to `want` of the session's free slots (with `queue`, of its slots and
+    /// queue slots together) to one claim, so that no other claim of this replica counts
+    /// them free meanwhile: a worker is never sent more jobs than it has room for, however
+    /// many claims run at once. The reservation holds what was free (possibly nothing); what
+    /// it does not [`Reservation::assign`] is given back when it is dropped.
+    pub fn reserve(&self, session: Uuid, want: u32, queue: bool) -> Reservation<'_> {
+        let mut sessions = self.lock();
+        let count = sessions.get_mut(&session).filter(|w| !w.draining).map_or(0, |w| {
+            let (free, queue_free) = w.room();
+            let count = want.min(if queue { free + queue_free } else { free });
+            w.reserved += count;
+            count
+        });
+        Reservation { registry: self, session, count }
+    }
+
+    /// A free slot for a job of `backend` and `model`, reserved: of a session with the
+    /// model loaded when there is one (the claim then takes jobs of its loaded models,
+    /// `warm`), else of the session with the most free slots. `None` when no session here
+    /// has a free slot for the backend.
+    pub fn reserve_for(&self, backend: &str, model: &str) -> Option<(FreeWorker, Reservation<'_>, bool)> {
+        let candidates: Vec<FreeWorker> = self
+            .free_workers()
+            .into_iter()
+            .filter(|w| w.free > 0 && w.backends.iter().any(|b| b == backend))
+            .collect();
+        let warm = candidates.iter().position(|w| w.models.iter().any(|m| m == model));
+        let mut candidates = candidates.into_iter();
+        let worker = match warm {
+            Some(at) => candidates.nth(at)?,
+            None => candidates.next()?,
+        };
+        let slot = self.reserve(worker.session, 1, false);
+        (slot.count() == 1).then_some((worker, slot, warm.is_some()))
+    }
+
     /// Records an assignment and queues it on the session's stream. `false` when the
     /// session is gone or its stream is full: the caller hands the job back.
-    pub fn assign(&self, session: Uuid, job: Uuid, lease: Uuid, command: WorkerCommand) -> bool {
+    fn assign(&self, session: Uuid, job: Uuid, lease: Uuid, command: WorkerCommand) -> bool {
         let mut sessions = self.lock();
         let Some(w) = sessions.get_mut(&session) else {
             return false;
         };
+        w.reserved = w.reserved.saturating_sub(1);
         if w.tx.try_send(command).is_err() {
             return false;
         }
         w.running.insert(job, lease);
         true
+    }
+
+    fn unreserve(&self, session: Uuid, count: u32) {
+        if let Some(w) = self.lock().get_mut(&session) {
+            w.reserved = w.reserved.saturating_sub(count);
+        }
     }
 
     /// Sends a message to whichever session holds `job` and frees its slot if `release`.
@@ -291,6 +375,7 @@ mod tests {
                 running: (0..running).map(|_| (Uuid::now_v7(), Uuid::now_v7())).collect(),
                 waiting: HashMap::new(),
                 draining: false,
+                reserved: 0,
                 tx,
             },
         );
@@ -317,6 +402,48 @@ mod tests {
     }
 
     #[test]
+    fn reserved_slots_are_not_free_until_spent_or_given_back() {
+        let registry = Registry::default();
+        let (tx, mut rx) = mpsc::channel(4);
+        let id = Uuid::now_v7();
+        registry.register(
+            id,
+            WorkerSession {
+                worker_id: "two".into(),
+                slots: 2,
+                queue_slots: 1,
+                backends: vec!["comfyui".into()],
+                models: Vec::new(),
+                running: HashMap::new(),
+                waiting: HashMap::new(),
+                draining: false,
+                reserved: 0,
+                tx,
+            },
+        );
+        let free =
+            |r: &Registry| r.free_workers().iter().find(|w| w.session == id).map(|w| (w.free, w.queue_free));
+        let mut first = registry.reserve(id, 1, false);
+        assert_eq!(first.count(), 1);
+        assert_eq!(free(&registry), Some((1, 1)));
+        let second = registry.reserve(id, 5, false);
+        assert_eq!(second.count(), 1, "only what is free");
+        assert_eq!(registry.reserve(id, 5, false).count(), 0, "nothing free is left to reserve");
+        assert_eq!(registry.reserve(id, 5, true).count(), 1, "the queue slot, then given back");
+        assert!(registry.reserve_for("comfyui", "any").is_none(), "no free slot for a submit either");
+        let (job, lease) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(first.assign(job, lease, WorkerCommand::Cancel { job_id: job }));
+        assert!(matches!(rx.try_recv(), Ok(WorkerCommand::Cancel { job_id }) if job_id == job));
+        assert_eq!(first.count(), 0);
+        drop(first);
+        drop(second);
+        assert_eq!(free(&registry), Some((1, 1)), "one running, the unspent reservation given back");
+        let (worker, slot, warm) = registry.reserve_for("comfyui", "any").expect("a free slot");
+        assert_eq!((worker.session, slot.count(), warm), (id, 1, false));
+        assert!(registry.reserve_for("other-backend", "any").is_none());
+    }
+
+    #[test]
     fn a_free_slot_asks_a_busy_session_to_withdraw_a_waiting_job_of_its_backend_once() {
         let registry = Registry::default();
         let (tx, mut rx) = mpsc::channel(4);
@@ -333,6 +460,7 @@ mod tests {
                 running: [(running, Uuid::now_v7()), (waiting, Uuid::now_v7())].into(),
                 waiting: HashMap::new(),
                 draining: false,
+                reserved: 0,
                 tx,
             },
         );

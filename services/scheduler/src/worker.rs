@@ -173,6 +173,7 @@ pub async fn attach(
             running,
             waiting: HashMap::new(),
             draining: false,
+            reserved: 0,
             tx: tx.clone(),
         },
     );

@@ -11,6 +11,7 @@ mod common;
 mod data_tier;
 mod files;
 mod generator;
+mod handoff;
 mod identity;
 mod job_path;
 mod line;

@@ -10,16 +10,18 @@ use sakuga_proto::v1::{self as pb, job_service_server::JobService};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::Api;
 use crate::{
     convert::{self, parse_id},
+    dispatch,
     error::SchedulerError,
     job::{EventKind, JobEvent, NewJob, Status as JobStatus},
     registry::WorkerCommand,
     state::State,
-    store::ListFilter,
+    store::{ClaimFor, ListFilter},
     validate,
 };
 
@@ -81,22 +83,60 @@ impl JobService for Api {
         };
         // The audit row is committed with the job (its target filled in by the statement).
         let audit = audit_row.as_ref().map(|row| row.ok(&caller, ""));
-        let inserted = self
-            .state
-            .store
-            .insert(&new, self.state.config.max_active_jobs_per_user, audit.as_ref())
-            .await
-            .inspect_err(|e| self.count_refusal(e))?;
+        let audited = audit.is_some();
+        // Its own task: a call dropped halfway must not strand jobs its claim took.
+        let state = self.state.clone();
+        let submitted = tokio::spawn(
+            async move {
+                let cap = state.config.max_active_jobs_per_user;
+                let Some((worker, mut slot, warm)) =
+                    state.registry.reserve_for(&new.spec.backend, &new.spec.model)
+                else {
+                    return state.store.insert(&new, cap, audit.as_ref(), None).await.map(|s| (s, None));
+                };
+                let models = warm.then_some(worker.models.as_slice());
+                let hand_off = ClaimFor {
+                    worker_id: &worker.worker_id,
+                    backends: &worker.backends,
+                    models,
+                    limit: 1,
+                    lease: state.config.lease_ttl,
+                };
+                let mut submitted = state.store.insert(&new, cap, audit.as_ref(), Some(&hand_off)).await?;
+                let claimed = std::mem::take(&mut submitted.claimed);
+                let handed = claimed.iter().find(|c| c.job.id == new.id).map(|c| c.job.clone());
+                // A job it cannot hand back now stays under lease until the reaper requeues it.
+                if let Err(e) = dispatch::deliver(&state, &worker.worker_id, &mut slot, claimed, warm).await {
+                    tracing::error!(error = %e, "handing a claimed job back failed");
+                }
+                Ok((submitted, handed))
+            }
+            .in_current_span(),
+        )
+        .await
+        .map_err(|e| Status::internal(format!("submit: {e}")))?;
+        let (submitted, handed) = submitted.inspect_err(|e| self.count_refusal(e))?;
+        let cap = self.state.config.max_active_jobs_per_user;
+        let Some(mut inserted) = submitted.inserted else {
+            let refused = SchedulerError::QueueFull { active: i64::from(cap), cap };
+            self.count_refusal(&refused);
+            return Err(refused.into());
+        };
         if !inserted.deduplicated {
             tracing::info!(job_id = %inserted.job.id, owner = %inserted.job.owner_id, "job queued");
-            self.wake.notify_one();
+        }
+        match handed {
+            // Answered as it is now: assigned, in the same commit.
+            Some(job) => inserted.job = job,
+            None if !inserted.deduplicated => self.wake.notify_one(),
+            None => {}
         }
         let answer = pb::SubmitJobResponse {
             job: Some(convert::job(&inserted.job)),
             deduplicated: inserted.deduplicated,
             reused: false,
         };
-        Ok(if audit.is_some() {
+        Ok(if audited {
             mesh_auth::audit_committed(answer)
         } else {
             mesh_auth::audited(answer, format!("job:{}", inserted.job.id))

@@ -4,7 +4,10 @@
 use sakuga_mesh::auth::AuditEvent;
 use uuid::Uuid;
 
-use super::rows::{JOB_COLUMNS, Store, i32_of, job_from_row, query_in_tx};
+use super::{
+    leases::{CLAIM, ClaimFor, Claimed, claimed_from},
+    rows::{JOB_COLUMNS, Store, i32_of, job_from_row, millis, queries_in_tx},
+};
 use crate::{
     error::SchedulerError,
     job::{Job, NewJob, Status},
@@ -84,6 +87,17 @@ pub struct Inserted {
     pub deduplicated: bool,
 }
 
+/// What a submit did: the job, or `None` when the owner is at the cap (counting stops at
+/// it, so an owner refused is exactly at it), and what the claim run with it took.
+#[derive(Debug)]
+pub struct Submitted {
+    /// The new job, or the earlier one with the same idempotency key; `None` at the cap.
+    pub inserted: Option<Inserted>,
+    /// Jobs the claim run in the submit's transaction took for a free slot (see
+    /// [`Store::insert`]), already under lease: the caller sends them to the worker.
+    pub claimed: Vec<Claimed>,
+}
+
 /// Filters of ListJobs.
 #[derive(Debug, Default)]
 pub struct ListFilter {
@@ -113,15 +127,26 @@ impl Store {
     /// statement starts after the lock is held, so its snapshot sees every submit of the
     /// owner that committed before; a failure anywhere aborts the transaction and the
     /// `COMMIT` rolls it back.
+    ///
+    /// With `hand_off` (a free slot of an attached worker), a claim for that slot runs
+    /// after the insert in the same transaction and round trip: the slot takes whatever is
+    /// next in line (usually the job just queued, when nothing of its backend waits), with
+    /// the claim's priorities and fair share, and the job is under lease when the submit
+    /// commits: no second commit and round trip before a worker has it. The claim runs
+    /// whether the submit queued, repeated or was refused; what it took is in `claimed`.
     pub async fn insert(
         &self,
         new: &NewJob,
         cap: u32,
         audit: Option<&AuditEvent>,
-    ) -> Result<Inserted, SchedulerError> {
+        hand_off: Option<&ClaimFor<'_>>,
+    ) -> Result<Submitted, SchedulerError> {
         let client = self.pool.get().await?;
-        let (lock, submit) =
-            tokio::try_join!(client.prepare_cached(LOCK_OWNER), client.prepare_cached(&SUBMIT))?;
+        let (lock, submit, claim) = tokio::try_join!(
+            client.prepare_cached(LOCK_OWNER),
+            client.prepare_cached(&SUBMIT),
+            client.prepare_cached(&CLAIM)
+        )?;
         let s = &new.spec;
         let seed = i64::try_from(s.seed).unwrap_or(i64::MAX);
         let (width, height, steps) = (i32_of(s.width), i32_of(s.height), i32_of(s.steps));
@@ -166,12 +191,18 @@ impl Store {
             &peer,
             &request,
         ];
-        let rows = query_in_tx(&client, Some((&lock, &new.owner_id)), &submit, &params).await?;
-        let Some(row) = rows.first() else {
-            // Counting stops at the cap, so an owner refused is exactly at it.
-            return Err(SchedulerError::QueueFull { active: limit, cap });
-        };
-        Ok(Inserted { job: job_from_row(row), deduplicated: !row.get::<_, bool>("inserted") })
+        let (claim_limit, lease_ms) = hand_off.map_or((0, 0.0), |h| (i64::from(h.limit), millis(h.lease)));
+        let claim_params = hand_off.map(|h| h.params(&claim_limit, &lease_ms));
+        let then = claim_params.as_ref().map(|p| (&claim, &p[..]));
+        let (rows, claimed) =
+            queries_in_tx(&client, Some((&lock, &new.owner_id)), (&submit, &params), then).await?;
+        Ok(Submitted {
+            inserted: rows.first().map(|row| Inserted {
+                job: job_from_row(row),
+                deduplicated: !row.get::<_, bool>("inserted"),
+            }),
+            claimed: claimed_from(&claimed),
+        })
     }
 
     /// The owner's latest succeeded job with exactly these parameters, if any.

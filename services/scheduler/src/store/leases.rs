@@ -38,6 +38,44 @@ pub struct Claimed {
     pub lease_token: Uuid,
 }
 
+/// A claim for one worker: up to `limit` queued jobs of its `backends` (of `models`, when
+/// given) under leases of `lease`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimFor<'a> {
+    /// The worker's own id.
+    pub worker_id: &'a str,
+    /// Backends it offers.
+    pub backends: &'a [String],
+    /// Only jobs of these models (the worker has them loaded), when given.
+    pub models: Option<&'a [String]>,
+    /// Most jobs to claim.
+    pub limit: u32,
+    /// How long each lease runs.
+    pub lease: Duration,
+}
+
+impl ClaimFor<'_> {
+    /// The parameters of [`CLAIM`], given the lease in milliseconds and the limit as `int8`.
+    pub(super) fn params<'p>(
+        &'p self,
+        limit: &'p i64,
+        lease_ms: &'p f64,
+    ) -> [&'p (dyn tokio_postgres::types::ToSql + Sync); 5] {
+        [&self.backends, limit, &self.models, &self.worker_id, lease_ms]
+    }
+}
+
+/// The jobs a [`CLAIM`] returned, with their leases.
+pub(super) fn claimed_from(rows: &[tokio_postgres::Row]) -> Vec<Claimed> {
+    rows.iter()
+        .map(|r| {
+            let job = job_from_row(r);
+            let lease_token = job.lease_token.unwrap_or_default();
+            Claimed { job, lease_token }
+        })
+        .collect()
+}
+
 /// What an expired lease turned into.
 #[derive(Debug)]
 pub struct Expired {
@@ -108,7 +146,7 @@ static COMPLETE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 /// Rows are found again by `ctid` and jobs by `id = ANY`, so that even the generic plan of
 /// the prepared statement (which cannot know how many rows `$2` allows) reads them by
 /// address and index, never by a scan of the table.
-static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+pub(super) static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH heads AS MATERIALIZED ( \
             SELECT h.owner_id, h.priority, h.backend, h.head_at, h.head_id, h.xmin AS version, h.ctid AS at \
@@ -218,19 +256,11 @@ impl Store {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<Claimed>, SchedulerError> {
+        let claim = ClaimFor { worker_id, backends, models, limit, lease };
         let client = self.pool.get().await?;
-        let claim = client.prepare_cached(&CLAIM).await?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-            [&backends, &i64::from(limit), &models, &worker_id, &millis(lease)];
-        Ok(query_in_tx(&client, None, &claim, &params)
-            .await?
-            .iter()
-            .map(|r| {
-                let job = job_from_row(r);
-                let lease_token = job.lease_token.unwrap_or_default();
-                Claimed { job, lease_token }
-            })
-            .collect())
+        let stmt = client.prepare_cached(&CLAIM).await?;
+        let (limit, lease_ms) = (i64::from(claim.limit), millis(claim.lease));
+        Ok(claimed_from(&query_in_tx(&client, None, &stmt, &claim.params(&limit, &lease_ms)).await?))
     }
 
     /// Deletes up to `limit` rows of the line of owners that have no queued job left (their

@@ -15,7 +15,7 @@ mod rows;
 
 pub use deliveries::{AttemptOutcome, ClaimedDelivery, DisableRule, Recorded};
 pub use endpoints::EndpointRow;
-pub use jobs::{Inserted, ListFilter};
-pub use leases::{Claimed, Completion, Expired};
+pub use jobs::{Inserted, ListFilter, Submitted};
+pub use leases::{ClaimFor, Claimed, Completion, Expired};
 pub use retention::UNFINISHED_COUNT_LIMIT;
 pub use rows::Store;

@@ -78,6 +78,9 @@ pub(super) fn job_from_row(row: &Row) -> Job {
 /// per connection.
 const BEGIN_GENERIC: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
 
+/// Parameters of one statement.
+pub(super) type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
+
 /// Runs `stmt` in a transaction of its own, all in one round trip: `BEGIN` with generic
 /// plans ([`BEGIN_GENERIC`]); given `lock` (a statement taking a transaction-level advisory
 /// lock on its one parameter) and its key, the lock, so that the statement starts once it
@@ -87,26 +90,45 @@ pub(super) async fn query_in_tx(
     client: &deadpool_postgres::Object,
     lock: Option<(&tokio_postgres::Statement, &str)>,
     stmt: &tokio_postgres::Statement,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    params: Params<'_>,
 ) -> Result<Vec<Row>, SchedulerError> {
-    // join! polls in order, and each call sends on its first poll: the four go out in turn.
+    Ok(queries_in_tx(client, lock, (stmt, params), None).await?.0)
+}
+
+/// [`query_in_tx`] with a second statement after the first (`then`) in the same
+/// transaction and round trip; it sees what the first wrote. The rows of each.
+pub(super) async fn queries_in_tx(
+    client: &deadpool_postgres::Object,
+    lock: Option<(&tokio_postgres::Statement, &str)>,
+    (stmt, params): (&tokio_postgres::Statement, Params<'_>),
+    then: Option<(&tokio_postgres::Statement, Params<'_>)>,
+) -> Result<(Vec<Row>, Vec<Row>), SchedulerError> {
+    // join! polls in order, and each call sends on its first poll: they go out in turn.
     let locked = async {
         match lock {
             Some((lock, key)) => client.execute(lock, &[&key]).await.map(drop),
             None => Ok(()),
         }
     };
-    let (begin, locked, rows, commit) = tokio::join!(
+    let second = async {
+        match then {
+            Some((stmt, params)) => client.query(stmt, params).await,
+            None => Ok(Vec::new()),
+        }
+    };
+    let (begin, locked, rows, then_rows, commit) = tokio::join!(
         client.batch_execute(BEGIN_GENERIC),
         locked,
         client.query(stmt, params),
+        second,
         client.batch_execute("COMMIT")
     );
     begin?;
     locked?;
     let rows = rows?;
+    let then_rows = then_rows?;
     commit?;
-    Ok(rows)
+    Ok((rows, then_rows))
 }
 
 /// A duration as the milliseconds SQL multiplies `interval '1 millisecond'` by.
