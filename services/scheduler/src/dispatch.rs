@@ -111,7 +111,7 @@ async fn hand_out(
     }
     let models = warm.then_some(worker.models.as_slice());
     let claimed =
-        state.store.claim(&worker.worker_id, backends, models, slots.count(), state.config.lease_ttl).await?;
+        state.store.claim(&worker.worker_id, backends, models, asked, state.config.lease_ttl).await?;
     let count = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
     deliver(state, &worker.worker_id, &mut slots, claimed, warm).await?;
     Ok((count, asked))

@@ -288,21 +288,26 @@ impl Registry {
     /// A free slot for a job of `backend` and `model`, reserved: of a session with the
     /// model loaded when there is one (the claim then takes jobs of its loaded models,
     /// `warm`), else of the session with the most free slots. `None` when no session here
-    /// has a free slot for the backend.
+    /// has a free slot for the backend. Chosen and reserved under one lock, without
+    /// copying every session.
     pub fn reserve_for(&self, backend: &str, model: &str) -> Option<(FreeWorker, Reservation<'_>, bool)> {
-        let candidates: Vec<FreeWorker> = self
-            .free_workers()
-            .into_iter()
-            .filter(|w| w.free > 0 && w.backends.iter().any(|b| b == backend))
-            .collect();
-        let warm = candidates.iter().position(|w| w.models.iter().any(|m| m == model));
-        let mut candidates = candidates.into_iter();
-        let worker = match warm {
-            Some(at) => candidates.nth(at)?,
-            None => candidates.next()?,
+        let mut sessions = self.lock();
+        let (id, w) = sessions
+            .iter_mut()
+            .filter(|(_, w)| !w.draining && w.room().0 > 0 && w.backends.iter().any(|b| b == backend))
+            .max_by_key(|(_, w)| (w.models.iter().any(|m| m == model), w.room().0))?;
+        let warm = w.models.iter().any(|m| m == model);
+        let (free, queue_free) = w.room();
+        w.reserved += 1;
+        let worker = FreeWorker {
+            session: *id,
+            worker_id: w.worker_id.clone(),
+            backends: w.backends.clone(),
+            models: w.models.clone(),
+            free,
+            queue_free,
         };
-        let slot = self.reserve(worker.session, 1, false);
-        (slot.count() == 1).then_some((worker, slot, warm.is_some()))
+        Some((worker, Reservation { registry: self, session: *id, count: 1 }, warm))
     }
 
     /// Records an assignment and queues it on the session's stream. `false` when the

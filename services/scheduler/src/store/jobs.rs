@@ -142,11 +142,12 @@ impl Store {
         hand_off: Option<&ClaimFor<'_>>,
     ) -> Result<Submitted, SchedulerError> {
         let client = self.pool.get().await?;
-        let (lock, submit, claim) = tokio::try_join!(
-            client.prepare_cached(LOCK_OWNER),
-            client.prepare_cached(&SUBMIT),
-            client.prepare_cached(&CLAIM)
-        )?;
+        let (lock, submit) =
+            tokio::try_join!(client.prepare_cached(LOCK_OWNER), client.prepare_cached(&SUBMIT))?;
+        let claim = match hand_off {
+            Some(_) => Some(client.prepare_cached(&CLAIM).await?),
+            None => None,
+        };
         let s = &new.spec;
         let seed = i64::try_from(s.seed).unwrap_or(i64::MAX);
         let (width, height, steps) = (i32_of(s.width), i32_of(s.height), i32_of(s.steps));
@@ -193,7 +194,7 @@ impl Store {
         ];
         let (claim_limit, lease_ms) = hand_off.map_or((0, 0.0), |h| (i64::from(h.limit), millis(h.lease)));
         let claim_params = hand_off.map(|h| h.params(&claim_limit, &lease_ms));
-        let then = claim_params.as_ref().map(|p| (&claim, &p[..]));
+        let then = claim.as_ref().zip(claim_params.as_ref()).map(|(c, p)| (c, &p[..]));
         let (rows, claimed) =
             queries_in_tx(&client, Some((&lock, &new.owner_id)), (&submit, &params), then).await?;
         Ok(Submitted {
