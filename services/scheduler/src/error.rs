@@ -51,6 +51,9 @@ pub enum SchedulerError {
     /// No pooled connection.
     #[error("database pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+    /// The task committing a submit stopped without saying whether it committed.
+    #[error("the commit carrying this submit stopped without an answer")]
+    Abandoned,
 }
 
 impl SchedulerError {
@@ -70,7 +73,8 @@ impl SchedulerError {
             | Self::AlreadyExists(_)
             | Self::FailedPrecondition(_)
             | Self::Db(_)
-            | Self::Pool(_) => None,
+            | Self::Pool(_)
+            | Self::Abandoned => None,
         }
     }
 }
@@ -112,6 +116,12 @@ impl From<SchedulerError> for Status {
             SchedulerError::Db(e) => {
                 error!(error = %e, "database error");
                 Status::internal("internal error")
+            }
+            SchedulerError::Abandoned => {
+                error!("a submit's commit stopped without an answer");
+                Status::internal(
+                    "internal error: the submit may or may not be queued; retry with the same idempotency key",
+                )
             }
             SchedulerError::Pool(e) => {
                 error!(error = %e, "database pool exhausted or unreachable");

@@ -89,6 +89,7 @@ impl Service for Application {
         let state = Arc::new(State {
             projects,
             webhooks: Arc::new(webhooks),
+            submits: store::Submits::new(store.clone()),
             store,
             verifier,
             events: events::Events::new(redis.clone(), config.watch.channel_capacity, convert::EVENT_CODEC),

@@ -14,6 +14,8 @@ pub struct State {
     pub config: Config,
     /// Jobs in PostgreSQL.
     pub store: crate::store::Store,
+    /// Submits, committed in groups per owner over `store`.
+    pub submits: crate::store::Submits,
     /// Projects and characters.
     pub projects: crate::projects::Projects,
     /// Webhook endpoints and deliveries.

@@ -1,21 +1,20 @@
-//! Submits and the client's reads and changes of jobs: insert, reuse, get, list, cancel,
-//! retry.
+//! The submit statement and the client's reads and changes of jobs: reuse, get, list,
+//! cancel, retry.
 
-use sakuga_mesh::auth::AuditEvent;
 use uuid::Uuid;
 
 use super::{
-    leases::{CLAIM, ClaimFor, Claimed, claimed_from},
-    rows::{JOB_COLUMNS, Store, i32_of, job_from_row, millis, queries_in_tx},
+    leases::Claimed,
+    rows::{JOB_COLUMNS, Store, job_from_row},
 };
 use crate::{
     error::SchedulerError,
-    job::{Job, NewJob, Status},
+    job::{Job, Status},
 };
 
 /// Serializes the active-job accounting of one owner until the transaction ends, so
 /// concurrent submits and retries cannot overshoot the cap together.
-const LOCK_OWNER: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))";
+pub(super) const LOCK_OWNER: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))";
 
 /// Takes [`LOCK_OWNER`] in `tx`.
 async fn lock_owner(tx: &deadpool_postgres::Transaction<'_>, owner: &str) -> Result<(), SchedulerError> {
@@ -29,7 +28,7 @@ async fn lock_owner(tx: &deadpool_postgres::Transaction<'_>, owner: &str) -> Res
 /// `$28`, the call's audit row (action `$29`, result `$30`, peer `$31`, request `$32`)
 /// naming the job answered goes in with it. Every parameter is cast, as `INSERT ... SELECT`
 /// does not take its column types for them.
-static SUBMIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+pub(super) static SUBMIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH existing AS ( \
            SELECT {JOB_COLUMNS} FROM jobs \
@@ -116,96 +115,6 @@ pub struct ListFilter {
 }
 
 impl Store {
-    /// Inserts a queued job; with an idempotency key already used by this owner, returns
-    /// the first job instead. Refuses when the owner already has `cap` jobs queued or
-    /// running (checked under a per-owner lock, so concurrent submits cannot overshoot).
-    /// `audit`, when given, is committed with the job, naming the job answered; a refused
-    /// submit writes none.
-    ///
-    /// One round trip: `BEGIN` (generic plans), the owner's lock, one statement that looks up the key,
-    /// counts and inserts, and `COMMIT` go out together (pipelined on one connection). The
-    /// statement starts after the lock is held, so its snapshot sees every submit of the
-    /// owner that committed before; a failure anywhere aborts the transaction and the
-    /// `COMMIT` rolls it back.
-    ///
-    /// With `hand_off` (a free slot of an attached worker), a claim for that slot runs
-    /// after the insert in the same transaction and round trip: the slot takes whatever is
-    /// next in line (usually the job just queued, when nothing of its backend waits), with
-    /// the claim's priorities and fair share, and the job is under lease when the submit
-    /// commits: no second commit and round trip before a worker has it. The claim runs
-    /// whether the submit queued, repeated or was refused; what it took is in `claimed`.
-    pub async fn insert(
-        &self,
-        new: &NewJob,
-        cap: u32,
-        audit: Option<&AuditEvent>,
-        hand_off: Option<&ClaimFor<'_>>,
-    ) -> Result<Submitted, SchedulerError> {
-        let client = self.pool.get().await?;
-        let (lock, submit) =
-            tokio::try_join!(client.prepare_cached(LOCK_OWNER), client.prepare_cached(&SUBMIT))?;
-        let claim = match hand_off {
-            Some(_) => Some(client.prepare_cached(&CLAIM).await?),
-            None => None,
-        };
-        let s = &new.spec;
-        let seed = i64::try_from(s.seed).unwrap_or(i64::MAX);
-        let (width, height, steps) = (i32_of(s.width), i32_of(s.height), i32_of(s.steps));
-        let (batch, frames, fps) = (i32_of(s.batch_size), i32_of(s.frames), i32_of(s.fps));
-        let (max_attempts, spec_hash) = (i32_of(new.max_attempts), s.hash());
-        let trace = serde_json::to_value(&new.trace_context).unwrap_or_default();
-        let limit = i64::from(cap);
-        let actor = audit.map(|a| a.actor.as_str());
-        let (action, result) = (audit.map(|a| a.action.as_str()), audit.map(|a| a.result.as_str()));
-        let (peer, request) = (audit.map(|a| a.peer.as_str()), audit.map(|a| a.request_id.as_str()));
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 32] = [
-            &new.id,
-            &new.owner_id,
-            &s.kind.as_str(),
-            &s.backend,
-            &s.model,
-            &s.prompt,
-            &s.negative_prompt,
-            &new.composed_prompt,
-            &width,
-            &height,
-            &steps,
-            &batch,
-            &frames,
-            &fps,
-            &seed,
-            &s.cfg_scale,
-            &s.sampler,
-            &new.priority,
-            &new.idempotency_key,
-            &max_attempts,
-            &spec_hash,
-            &new.project_id,
-            &new.character_ids,
-            &new.composed_negative,
-            &trace,
-            &limit,
-            &new.webhook_endpoint_id,
-            &actor,
-            &action,
-            &result,
-            &peer,
-            &request,
-        ];
-        let (claim_limit, lease_ms) = hand_off.map_or((0, 0.0), |h| (i64::from(h.limit), millis(h.lease)));
-        let claim_params = hand_off.map(|h| h.params(&claim_limit, &lease_ms));
-        let then = claim.as_ref().zip(claim_params.as_ref()).map(|(c, p)| (c, &p[..]));
-        let (rows, claimed) =
-            queries_in_tx(&client, Some((&lock, &new.owner_id)), (&submit, &params), then).await?;
-        Ok(Submitted {
-            inserted: rows.first().map(|row| Inserted {
-                job: job_from_row(row),
-                deduplicated: !row.get::<_, bool>("inserted"),
-            }),
-            claimed: claimed_from(&claimed),
-        })
-    }
-
     /// The owner's latest succeeded job with exactly these parameters, if any.
     pub async fn reusable(&self, owner: &str, spec_hash: &str) -> Result<Option<Job>, SchedulerError> {
         let client = self.pool.get().await?;

@@ -1,0 +1,332 @@
+//! Submits, committed in groups per owner. Each submit runs under its owner's lock (the
+//! cap is checked and the job inserted with no other submit of that owner in between), so
+//! one owner's submits commit one after another. Submits that arrive while their owner's
+//! commit is under way wait for it to end and then go together, one statement each, in
+//! the next transaction: one lock, one round trip and one commit for all of them. A lone
+//! submit goes at once, as before; under load an owner's submits share commits instead of
+//! queueing for the lock one by one.
+
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use sakuga_mesh::auth::AuditEvent;
+use tokio::sync::oneshot;
+use tracing::Instrument as _;
+
+use super::{
+    jobs::{Inserted, LOCK_OWNER, SUBMIT, Submitted},
+    leases::{CLAIM, ClaimFor, claimed_from},
+    rows::{Params, Store, i32_of, job_from_row, millis, statements_in_tx},
+};
+use crate::{error::SchedulerError, job::NewJob};
+
+/// Most submits in one commit: two statements each (with a hand-off), and the pipelined
+/// statements of a transaction are polled in order only up to 30 at a time.
+const MOST_PER_COMMIT: usize = 12;
+
+/// Submits waiting for their owner's commit under way to end, by owner. An owner is here
+/// while a commit of theirs is under way.
+type Waiting = Arc<Mutex<HashMap<String, Vec<Pending>>>>;
+
+/// Submits over the store, committed in groups per owner (see the module).
+#[derive(Debug, Clone)]
+pub struct Submits {
+    store: Store,
+    waiting: Waiting,
+}
+
+/// A claim for a free slot, owned (it travels to the task committing it).
+#[derive(Debug)]
+struct HandOff {
+    worker_id: String,
+    backends: Vec<String>,
+    models: Option<Vec<String>>,
+    limit: u32,
+    lease: Duration,
+}
+
+impl HandOff {
+    fn of(claim: &ClaimFor<'_>) -> Self {
+        Self {
+            worker_id: claim.worker_id.to_owned(),
+            backends: claim.backends.to_vec(),
+            models: claim.models.map(<[String]>::to_vec),
+            limit: claim.limit,
+            lease: claim.lease,
+        }
+    }
+
+    fn claim(&self) -> ClaimFor<'_> {
+        ClaimFor {
+            worker_id: &self.worker_id,
+            backends: &self.backends,
+            models: self.models.as_deref(),
+            limit: self.limit,
+            lease: self.lease,
+        }
+    }
+}
+
+/// One submit on its way to a commit, and where its answer goes.
+#[derive(Debug)]
+struct Pending {
+    new: NewJob,
+    cap: u32,
+    audit: Option<AuditEvent>,
+    hand_off: Option<HandOff>,
+    answer: oneshot::Sender<Result<Submitted, SchedulerError>>,
+}
+
+/// The parameters of [`SUBMIT`] and [`CLAIM`] for one submit that are not fields of it.
+struct Bound<'a> {
+    kind: &'static str,
+    /// Actor, action, result, peer and request id of the audit row, if any.
+    audit: [Option<&'a str>; 5],
+    seed: i64,
+    size: [i32; 6],
+    max_attempts: i32,
+    spec_hash: String,
+    trace: serde_json::Value,
+    limit: i64,
+    claim_limit: i64,
+    lease_ms: f64,
+}
+
+impl Pending {
+    fn bound(&self) -> Bound<'_> {
+        let s = &self.new.spec;
+        let a = self.audit.as_ref();
+        let (claim_limit, lease_ms) =
+            self.hand_off.as_ref().map_or((0, 0.0), |h| (i64::from(h.limit), millis(h.lease)));
+        Bound {
+            kind: s.kind.as_str(),
+            audit: [
+                a.map(|a| a.actor.as_str()),
+                a.map(|a| a.action.as_str()),
+                a.map(|a| a.result.as_str()),
+                a.map(|a| a.peer.as_str()),
+                a.map(|a| a.request_id.as_str()),
+            ],
+            seed: i64::try_from(s.seed).unwrap_or(i64::MAX),
+            size: [s.width, s.height, s.steps, s.batch_size, s.frames, s.fps].map(i32_of),
+            max_attempts: i32_of(self.new.max_attempts),
+            spec_hash: s.hash(),
+            trace: serde_json::to_value(&self.new.trace_context).unwrap_or_default(),
+            limit: i64::from(self.cap),
+            claim_limit,
+            lease_ms,
+        }
+    }
+
+    /// The 32 parameters of [`SUBMIT`].
+    fn submit_params<'a>(&'a self, b: &'a Bound<'a>) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 32] {
+        let (new, s) = (&self.new, &self.new.spec);
+        let [width, height, steps, batch, frames, fps] = &b.size;
+        let [actor, action, result, peer, request] = &b.audit;
+        [
+            &new.id,
+            &new.owner_id,
+            &b.kind,
+            &s.backend,
+            &s.model,
+            &s.prompt,
+            &s.negative_prompt,
+            &new.composed_prompt,
+            width,
+            height,
+            steps,
+            batch,
+            frames,
+            fps,
+            &b.seed,
+            &s.cfg_scale,
+            &s.sampler,
+            &new.priority,
+            &new.idempotency_key,
+            &b.max_attempts,
+            &b.spec_hash,
+            &new.project_id,
+            &new.character_ids,
+            &new.composed_negative,
+            &b.trace,
+            &b.limit,
+            &new.webhook_endpoint_id,
+            actor,
+            action,
+            result,
+            peer,
+            request,
+        ]
+    }
+}
+
+impl Submits {
+    /// Submits over `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store, waiting: Waiting::default() }
+    }
+
+    /// Inserts a queued job; with an idempotency key already used by this owner, returns
+    /// the first job instead. Refuses when the owner already has `cap` jobs queued or
+    /// running (checked under a per-owner lock, so concurrent submits cannot overshoot).
+    /// `audit`, when given, is committed with the job, naming the job answered; a refused
+    /// submit writes none.
+    ///
+    /// One round trip: `BEGIN` (generic plans), the owner's lock, one statement that looks
+    /// up the key, counts and inserts, and `COMMIT` go out together (pipelined on one
+    /// connection). The statement starts after the lock is held, so its snapshot sees every
+    /// submit of the owner that committed before; a failure anywhere aborts the transaction
+    /// and the `COMMIT` rolls it back. Submits of the owner that arrive while one of theirs
+    /// is being committed go together in the next commit, each its own statement in turn
+    /// (each sees those before it), as described in this module.
+    ///
+    /// With `hand_off` (a free slot of an attached worker), a claim for that slot runs
+    /// right after the insert in the same transaction and round trip: the slot takes
+    /// whatever is next in line (usually the job just queued, when nothing of its backend
+    /// waits), with the claim's priorities and fair share, and the job is under lease when
+    /// the submit commits: no second commit and round trip before a worker has it. The
+    /// claim runs whether the submit queued, repeated or was refused; what it took is in
+    /// `claimed`.
+    ///
+    /// The commit runs in a task of its own: a caller that stops waiting strands neither
+    /// its own submit nor those committed with it.
+    pub async fn insert(
+        &self,
+        new: &NewJob,
+        cap: u32,
+        audit: Option<&AuditEvent>,
+        hand_off: Option<&ClaimFor<'_>>,
+    ) -> Result<Submitted, SchedulerError> {
+        let (answer, answered) = oneshot::channel();
+        let pending = Pending {
+            new: new.clone(),
+            cap,
+            audit: audit.cloned(),
+            hand_off: hand_off.map(HandOff::of),
+            answer,
+        };
+        let first = match lock(&self.waiting).entry(new.owner_id.clone()) {
+            Entry::Occupied(mut waiting) => {
+                waiting.get_mut().push(pending);
+                None
+            }
+            Entry::Vacant(none) => {
+                none.insert(Vec::new());
+                Some(pending)
+            }
+        };
+        if let Some(first) = first {
+            let submits = self.clone();
+            tokio::spawn(submits.commit_in_turn(new.owner_id.clone(), vec![first]).in_current_span());
+        }
+        answered.await.map_err(|_| SchedulerError::Abandoned)?
+    }
+
+    /// Commits `batch`, then what waited for it, until the owner has nothing waiting.
+    async fn commit_in_turn(self, owner: String, mut batch: Vec<Pending>) {
+        // If this task panics, the owner is taken off the map, so later submits are not
+        // left waiting for a commit that never comes; those waiting now are answered
+        // `Abandoned` as their senders drop.
+        let _on_panic = Leave { waiting: &self.waiting, owner: &owner };
+        loop {
+            self.commit(batch).await;
+            let mut waiting = lock(&self.waiting);
+            let Some(next) = waiting.get_mut(&owner) else { return };
+            if next.is_empty() {
+                // Under the lock: a submit arriving from now on starts the next turn.
+                waiting.remove(&owner);
+                return;
+            }
+            batch = next.drain(..next.len().min(MOST_PER_COMMIT)).collect();
+        }
+    }
+
+    /// Commits `batch` in one transaction and answers each submit. If it fails, each is
+    /// tried again alone, so that a submit that cannot go in fails only itself.
+    async fn commit(&self, batch: Vec<Pending>) {
+        let outcomes = match self.commit_together(&batch).await {
+            Ok(submitted) => submitted.into_iter().map(Ok).collect(),
+            Err(e) if batch.len() == 1 => vec![Err(e)],
+            Err(e) => {
+                tracing::warn!(error = %e, submits = batch.len(), "a group commit failed; committing each alone");
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for pending in &batch {
+                    let one = self.commit_together(std::slice::from_ref(pending)).await;
+                    outcomes
+                        .push(one.and_then(|one| one.into_iter().next().ok_or(SchedulerError::Abandoned)));
+                }
+                outcomes
+            }
+        };
+        for (pending, outcome) in batch.into_iter().zip(outcomes) {
+            // A caller gone by now had its submit committed all the same.
+            let _ = pending.answer.send(outcome);
+        }
+    }
+
+    /// One transaction: the owner's lock, then each submit's statement (and its claim).
+    async fn commit_together(&self, batch: &[Pending]) -> Result<Vec<Submitted>, SchedulerError> {
+        let Some(owner) = batch.first().map(|p| p.new.owner_id.as_str()) else { return Ok(Vec::new()) };
+        let client = self.store.pool.get().await?;
+        let (lock, submit) =
+            tokio::try_join!(client.prepare_cached(LOCK_OWNER), client.prepare_cached(&SUBMIT))?;
+        let claim = if batch.iter().any(|p| p.hand_off.is_some()) {
+            Some(client.prepare_cached(&CLAIM).await?)
+        } else {
+            None
+        };
+        let bound: Vec<Bound<'_>> = batch.iter().map(Pending::bound).collect();
+        let claims: Vec<Option<ClaimFor<'_>>> =
+            batch.iter().map(|p| p.hand_off.as_ref().map(HandOff::claim)).collect();
+        let mut statements: Vec<(
+            &tokio_postgres::Statement,
+            Vec<&(dyn tokio_postgres::types::ToSql + Sync)>,
+        )> = Vec::with_capacity(batch.len() * 2);
+        for ((pending, b), hand_off) in batch.iter().zip(&bound).zip(&claims) {
+            statements.push((&submit, pending.submit_params(b).to_vec()));
+            if let (Some(claim), Some(h)) = (&claim, hand_off) {
+                statements.push((claim, h.params(&b.claim_limit, &b.lease_ms).to_vec()));
+            }
+        }
+        let sent: Vec<(&tokio_postgres::Statement, Params<'_>)> =
+            statements.iter().map(|(s, p)| (*s, p.as_slice())).collect();
+        let mut rows = statements_in_tx(&client, Some((&lock, owner)), &sent).await?.into_iter();
+        let mut submitted = Vec::with_capacity(batch.len());
+        for pending in batch {
+            let inserted = rows.next().unwrap_or_default();
+            let claimed = match pending.hand_off {
+                Some(_) => rows.next().unwrap_or_default(),
+                None => Vec::new(),
+            };
+            submitted.push(Submitted {
+                inserted: inserted.first().map(|row| Inserted {
+                    job: job_from_row(row),
+                    deduplicated: !row.get::<_, bool>("inserted"),
+                }),
+                claimed: claimed_from(&claimed),
+            });
+        }
+        Ok(submitted)
+    }
+}
+
+/// Takes an owner off the waiting map when the task committing for them panics.
+struct Leave<'a> {
+    waiting: &'a Waiting,
+    owner: &'a str,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            lock(self.waiting).remove(self.owner);
+        }
+    }
+}
+
+fn lock(waiting: &Waiting) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Pending>>> {
+    waiting.lock().unwrap_or_else(PoisonError::into_inner)
+}
