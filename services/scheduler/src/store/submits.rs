@@ -244,12 +244,22 @@ impl Submits {
         }
     }
 
-    /// Commits `batch` in one transaction and answers each submit. If it fails, each is
-    /// tried again alone, so that a submit that cannot go in fails only itself.
+    /// Commits `batch` in one transaction and answers each submit. If PostgreSQL refused
+    /// it, each is tried again alone, so that a submit that cannot go in fails only itself.
+    /// If the connection failed instead, the commit may have happened: nothing is tried
+    /// again (that could queue a job twice), and the submits are answered that their
+    /// outcome is unknown, as a lone submit's would be.
     async fn commit(&self, batch: Vec<Pending>) {
         let outcomes = match self.commit_together(&batch).await {
             Ok(submitted) => submitted.into_iter().map(Ok).collect(),
             Err(e) if batch.len() == 1 => vec![Err(e)],
+            Err(e) if !nothing_committed(&e) => {
+                tracing::error!(error = %e, submits = batch.len(), "a group commit's outcome is unknown");
+                std::iter::once(Err(e))
+                    .chain(std::iter::repeat_with(|| Err(SchedulerError::Abandoned)))
+                    .take(batch.len())
+                    .collect()
+            }
             Err(e) => {
                 tracing::warn!(error = %e, submits = batch.len(), "a group commit failed; committing each alone");
                 let mut outcomes = Vec::with_capacity(batch.len());
@@ -310,6 +320,18 @@ impl Submits {
             });
         }
         Ok(submitted)
+    }
+}
+
+/// True when `e` says the transaction did not commit: no connection was had, or
+/// PostgreSQL answered with an error, which aborts the transaction (and turns the
+/// pipelined `COMMIT` into a rollback). An error of the connection itself says nothing of
+/// the `COMMIT` already sent.
+fn nothing_committed(e: &SchedulerError) -> bool {
+    match e {
+        SchedulerError::Pool(_) => true,
+        SchedulerError::Db(e) => e.as_db_error().is_some(),
+        _ => false,
     }
 }
 
