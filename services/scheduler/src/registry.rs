@@ -77,6 +77,19 @@ pub struct WorkerSession {
 }
 
 impl WorkerSession {
+    /// The session `id` as a claim sees it: who it is and its room now.
+    fn free_worker(&self, id: Uuid) -> FreeWorker {
+        let (free, queue_free) = self.room();
+        FreeWorker {
+            session: id,
+            worker_id: self.worker_id.clone(),
+            backends: self.backends.clone(),
+            models: self.models.clone(),
+            free,
+            queue_free,
+        }
+    }
+
     /// Free slots and free queue slots: the jobs it holds and the slots reserved for
     /// claims in flight fill its slots first.
     fn room(&self) -> (u32, u32) {
@@ -255,14 +268,7 @@ impl Registry {
             .filter(|(_, w)| !w.draining)
             .filter_map(|(id, w)| {
                 let (free, queue_free) = w.room();
-                (free + queue_free > 0).then(|| FreeWorker {
-                    session: *id,
-                    worker_id: w.worker_id.clone(),
-                    backends: w.backends.clone(),
-                    models: w.models.clone(),
-                    free,
-                    queue_free,
-                })
+                (free + queue_free > 0).then(|| w.free_worker(*id))
             })
             .collect();
         free.sort_by_key(|w| std::cmp::Reverse(w.free));
@@ -297,16 +303,8 @@ impl Registry {
             .filter(|(_, w)| !w.draining && w.room().0 > 0 && w.backends.iter().any(|b| b == backend))
             .max_by_key(|(_, w)| (w.models.iter().any(|m| m == model), w.room().0))?;
         let warm = w.models.iter().any(|m| m == model);
-        let (free, queue_free) = w.room();
+        let worker = w.free_worker(*id);
         w.reserved += 1;
-        let worker = FreeWorker {
-            session: *id,
-            worker_id: w.worker_id.clone(),
-            backends: w.backends.clone(),
-            models: w.models.clone(),
-            free,
-            queue_free,
-        };
         Some((worker, Reservation { registry: self, session: *id, count: 1 }, warm))
     }
 

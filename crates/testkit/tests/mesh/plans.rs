@@ -90,8 +90,8 @@ async fn plans_made_on_an_empty_queue_read_jobs_by_index_probes_only() {
     // The hot path on an empty database: a submit with a hand-off (submit and claim), a
     // submit with an idempotency key, a claim of the dispatcher, completions.
     let submits = Submits::new(store.clone());
-    let first = submits.insert(&new_job("alice", None), 100, None, Some(&hand_off)).await.unwrap();
-    submits.insert(&new_job("alice", Some("k1")), 100, None, None).await.unwrap();
+    let first = submits.insert(new_job("alice", None), 100, None, Some(&hand_off)).await.unwrap();
+    submits.insert(new_job("alice", Some("k1")), 100, None, None).await.unwrap();
     let mut claimed = first.claimed;
     claimed.extend(store.claim("w1", &backends, None, 4, LEASE).await.unwrap());
     assert_eq!(claimed.len(), 2, "both jobs claimed");

@@ -21,9 +21,7 @@ async fn all_at_once(
         .into_iter()
         .map(|job| {
             let submits = submits.clone();
-            tokio::spawn(
-                async move { submits.insert(&job, cap, None, None).await.map_err(|e| e.to_string()) },
-            )
+            tokio::spawn(async move { submits.insert(job, cap, None, None).await.map_err(|e| e.to_string()) })
         })
         .collect();
     let mut answers = Vec::new();

@@ -92,7 +92,7 @@ impl JobService for Api {
                 let Some((worker, mut slot, warm)) =
                     state.registry.reserve_for(&new.spec.backend, &new.spec.model)
                 else {
-                    return state.submits.insert(&new, cap, audit.as_ref(), None).await.map(|s| (s, None));
+                    return state.submits.insert(new, cap, audit, None).await.map(|s| (s, None));
                 };
                 let models = warm.then_some(worker.models.as_slice());
                 let hand_off = ClaimFor {
@@ -102,9 +102,10 @@ impl JobService for Api {
                     limit: 1,
                     lease: state.config.lease_ttl,
                 };
-                let mut submitted = state.submits.insert(&new, cap, audit.as_ref(), Some(&hand_off)).await?;
+                let id = new.id;
+                let mut submitted = state.submits.insert(new, cap, audit, Some(&hand_off)).await?;
                 let claimed = std::mem::take(&mut submitted.claimed);
-                let handed = claimed.iter().find(|c| c.job.id == new.id).map(|c| c.job.clone());
+                let handed = claimed.iter().find(|c| c.job.id == id).map(|c| c.job.clone());
                 // A job it cannot hand back now stays under lease until the reaper requeues it.
                 if let Err(e) = dispatch::deliver(&state, &worker.worker_id, &mut slot, claimed, warm).await {
                     tracing::error!(error = %e, "handing a claimed job back failed");

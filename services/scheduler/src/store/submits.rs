@@ -195,20 +195,15 @@ impl Submits {
     /// its own submit nor those committed with it.
     pub async fn insert(
         &self,
-        new: &NewJob,
+        new: NewJob,
         cap: u32,
-        audit: Option<&AuditEvent>,
+        audit: Option<AuditEvent>,
         hand_off: Option<&ClaimFor<'_>>,
     ) -> Result<Submitted, SchedulerError> {
         let (answer, answered) = oneshot::channel();
-        let pending = Pending {
-            new: new.clone(),
-            cap,
-            audit: audit.cloned(),
-            hand_off: hand_off.map(HandOff::of),
-            answer,
-        };
-        let first = match lock(&self.waiting).entry(new.owner_id.clone()) {
+        let owner = new.owner_id.clone();
+        let pending = Pending { new, cap, audit, hand_off: hand_off.map(HandOff::of), answer };
+        let first = match lock(&self.waiting).entry(owner.clone()) {
             Entry::Occupied(mut waiting) => {
                 waiting.get_mut().push(pending);
                 None
@@ -220,7 +215,7 @@ impl Submits {
         };
         if let Some(first) = first {
             let submits = self.clone();
-            tokio::spawn(submits.commit_in_turn(new.owner_id.clone(), vec![first]).in_current_span());
+            tokio::spawn(submits.commit_in_turn(owner, vec![first]).in_current_span());
         }
         answered.await.map_err(|_| SchedulerError::Abandoned)?
     }
