@@ -88,6 +88,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "queue_cursor",
         sql: include_str!("../../../migrations/0015_queue_cursor.sql"),
     },
+    Migration {
+        version: 16,
+        name: "queue_heads_by_backend",
+        sql: include_str!("../../../migrations/0016_queue_heads_by_backend.sql"),
+    },
 ];
 
 /// Arbitrary constant identifying the migration lock.

@@ -1,10 +1,10 @@
 //! Submits of one owner arriving together share commits, and sharing changes nothing they
 //! answer: the cap holds exactly, a repeated key inserts once, and a submit that cannot go
-//! in fails alone.
+//! in fails alone. A submit with a free slot fills it before it commits.
 
 use std::collections::HashSet;
 
-use sakuga_scheduler::store::{Submits, Submitted};
+use sakuga_scheduler::store::{ClaimFor, Submits, Submitted};
 use sakuga_testkit::TestEnv;
 use uuid::Uuid;
 
@@ -91,4 +91,81 @@ async fn a_submit_that_cannot_go_in_fails_alone_when_it_arrives_with_others() {
     let db = env.db().await.unwrap();
     let rows: i64 = db.query_one("SELECT count(*) FROM jobs", &[]).await.unwrap().get(0);
     assert_eq!(rows, 29, "every other submit went in");
+}
+
+#[tokio::test]
+async fn a_job_for_a_free_slot_goes_in_assigned_only_when_nothing_of_its_backends_waits() {
+    let env = TestEnv::new().await.unwrap();
+    let store = store(&env, 2).await;
+    let submits = Submits::new(store.clone());
+    let backends = ["builtin".to_owned()];
+    let lease = std::time::Duration::from_mins(1);
+    let slot = ClaimFor { worker_id: "w1", backends: &backends, models: None, limit: 1, lease };
+    let db = env.db().await.unwrap();
+    let row = |id: Uuid| {
+        let db = &db;
+        async move {
+            let r = db
+                .query_one(
+                    "SELECT status, worker_id, attempts, lease_token IS NOT NULL FROM jobs WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap();
+            (r.get::<_, String>(0), r.get::<_, Option<String>>(1), r.get::<_, i32>(2), r.get::<_, bool>(3))
+        }
+    };
+    let line =
+        || async { db.query_one("SELECT count(*) FROM queue_heads", &[]).await.unwrap().get::<_, i64>(0) };
+    // Every write of a job row, in order: what a job went through, not only where it is.
+    db.batch_execute(
+        "CREATE TABLE job_writes (n bigserial, id uuid, write text); \
+         CREATE FUNCTION note_job_write() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
+         BEGIN INSERT INTO job_writes (id, write) VALUES (NEW.id, TG_OP || ' ' || NEW.status); RETURN NULL; END $$; \
+         CREATE TRIGGER note_job_write AFTER INSERT OR UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION note_job_write();",
+    )
+    .await
+    .unwrap();
+    let writes = |id: Uuid| {
+        let db = &db;
+        async move {
+            let rows =
+                db.query("SELECT write FROM job_writes WHERE id = $1 ORDER BY n", &[&id]).await.unwrap();
+            rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>()
+        }
+    };
+
+    // Nothing waits: the job goes in assigned to the slot, never queued, never in line.
+    let first = submits.insert(new_job("alice", None), 100, None, Some(&slot)).await.unwrap();
+    let first_id = first.inserted.as_ref().unwrap().job.id;
+    assert_eq!(first.claimed.iter().map(|c| c.job.id).collect::<Vec<_>>(), [first_id]);
+    assert_eq!(first.claimed[0].job.lease_token, Some(first.claimed[0].lease_token));
+    assert_eq!(row(first_id).await, ("assigned".into(), Some("w1".into()), 1, true));
+    assert_eq!(writes(first_id).await, ["INSERT assigned"], "one write: never queued, then claimed");
+    assert_eq!(line().await, 0, "a job that went in assigned has no place in the line");
+
+    // Bob's job waits (no slot for it); then carol's submit finds a free slot: the slot
+    // takes what waited first, and carol's job waits in its place.
+    let bob = submits.insert(new_job("bob", None), 100, None, None).await.unwrap();
+    let bob_id = bob.inserted.unwrap().job.id;
+    assert_eq!(row(bob_id).await, ("queued".into(), None, 0, false));
+    let carol = submits.insert(new_job("carol", None), 100, None, Some(&slot)).await.unwrap();
+    let carol_id = carol.inserted.unwrap().job.id;
+    assert_eq!(
+        carol.claimed.iter().map(|c| c.job.id).collect::<Vec<_>>(),
+        [bob_id],
+        "the slot took what waited"
+    );
+    assert_eq!(row(bob_id).await, ("assigned".into(), Some("w1".into()), 1, true));
+    assert_eq!(writes(bob_id).await, ["INSERT queued", "UPDATE assigned"]);
+    assert_eq!(row(carol_id).await, ("queued".into(), None, 0, false));
+
+    // A slot of another backend is not held back by what waits for this one.
+    let other = ["comfyui".to_owned()];
+    let elsewhere = ClaimFor { worker_id: "w2", backends: &other, ..slot };
+    let mut job = new_job("dave", None);
+    job.spec.backend = "comfyui".into();
+    let dave = submits.insert(job, 100, None, Some(&elsewhere)).await.unwrap();
+    let dave_id = dave.inserted.unwrap().job.id;
+    assert_eq!(row(dave_id).await, ("assigned".into(), Some("w2".into()), 1, true));
 }

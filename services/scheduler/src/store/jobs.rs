@@ -26,8 +26,15 @@ async fn lock_owner(tx: &deadpool_postgres::Transaction<'_>, owner: &str) -> Res
 /// idempotency key if there is one (`inserted` false), else the new job if the owner has
 /// fewer than `$26` jobs queued or running (`inserted` true), else no row. With an actor in
 /// `$28`, the call's audit row (action `$29`, result `$30`, peer `$31`, request `$32`)
-/// naming the job answered goes in with it. Every parameter is cast, as `INSERT ... SELECT`
-/// does not take its column types for them.
+/// naming the job answered goes in with it.
+///
+/// Given a free slot of worker `$33` (offering backends `$34`), the new job goes in already
+/// assigned to it, under a lease of `$35` ms, when nothing of those backends waits in the
+/// line of owners: it is then what a claim for that slot would take, and it is never queued
+/// (no row in the line, no wake-up of the dispatchers, no second write of the job). When
+/// something waits, it goes in queued and the slot is left to a claim.
+///
+/// Every parameter is cast, as `INSERT ... SELECT` does not take its column types for them.
 pub(super) static SUBMIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH existing AS ( \
@@ -36,15 +43,23 @@ pub(super) static SUBMIT: std::sync::LazyLock<String> = std::sync::LazyLock::new
          active AS ( \
            SELECT count(*) AS n FROM (SELECT 1 FROM jobs WHERE owner_id = $2::text \
              AND status IN ('queued', 'assigned', 'running') LIMIT $26::int8) a), \
+         hand AS ( \
+           SELECT CASE WHEN $33::text IS NOT NULL AND NOT EXISTS \
+             (SELECT 1 FROM queue_heads WHERE backend = ANY($34::text[])) THEN $33::text END AS worker_id), \
          ins AS ( \
            INSERT INTO jobs (id, owner_id, kind, backend, model, prompt, negative_prompt, composed_prompt, \
              width, height, steps, batch_size, frames, fps, seed, cfg_scale, sampler, priority, \
              idempotency_key, max_attempts, spec_hash, project_id, character_ids, composed_negative, \
-             trace_context, webhook_endpoint_id) \
+             trace_context, webhook_endpoint_id, status, worker_id, lease_token, lease_expires_at, attempts) \
            SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, \
              $9::int4, $10::int4, $11::int4, $12::int4, $13::int4, $14::int4, $15::int8, $16::float4, \
              $17::text, $18::int4, $19::text, $20::int4, $21::text, $22::uuid, $23::uuid[], $24::text, \
-             $25::jsonb, $27::uuid \
+             $25::jsonb, $27::uuid, \
+             CASE WHEN h.worker_id IS NULL THEN 'queued' ELSE 'assigned' END, h.worker_id, \
+             CASE WHEN h.worker_id IS NOT NULL THEN gen_random_uuid() END, \
+             CASE WHEN h.worker_id IS NOT NULL THEN now() + $35::float8 * interval '1 millisecond' END, \
+             CASE WHEN h.worker_id IS NULL THEN 0 ELSE 1 END \
+           FROM hand h \
            WHERE NOT EXISTS (SELECT 1 FROM existing) AND (SELECT n FROM active) < $26::int8 \
            RETURNING {JOB_COLUMNS}), \
          audit AS ( \

@@ -18,13 +18,17 @@ use tracing::Instrument as _;
 
 use super::{
     jobs::{Inserted, LOCK_OWNER, SUBMIT, Submitted},
-    leases::{CLAIM, ClaimFor, claimed_from},
-    rows::{Params, Store, i32_of, job_from_row, millis, statements_in_tx},
+    leases::{CLAIM, ClaimFor, Claimed, claimed_from},
+    rows::{Params, Store, commit_after, i32_of, job_from_row, millis, open_tx, statements_in_tx},
 };
-use crate::{error::SchedulerError, job::NewJob};
+use crate::{
+    error::SchedulerError,
+    job::{NewJob, Status},
+};
 
-/// Most submits in one commit: two statements each (with a hand-off), and the pipelined
-/// statements of a transaction are polled in order only up to 30 at a time.
+/// Most submits in one commit: the pipelined statements of a round trip are polled in
+/// order only up to 30 at a time, and a commit sends one statement a submit, then at most
+/// one claim a submit.
 const MOST_PER_COMMIT: usize = 12;
 
 /// Submits waiting for their owner's commit under way to end, by owner. An owner is here
@@ -93,6 +97,9 @@ struct Bound<'a> {
     limit: i64,
     claim_limit: i64,
     lease_ms: f64,
+    /// The worker whose free slot the job may go to at once, and the backends it offers.
+    hand_to: Option<&'a str>,
+    hand_backends: &'a [String],
 }
 
 impl Pending {
@@ -118,11 +125,13 @@ impl Pending {
             limit: i64::from(self.cap),
             claim_limit,
             lease_ms,
+            hand_to: self.hand_off.as_ref().map(|h| h.worker_id.as_str()),
+            hand_backends: self.hand_off.as_ref().map_or(&[], |h| h.backends.as_slice()),
         }
     }
 
-    /// The 32 parameters of [`SUBMIT`].
-    fn submit_params<'a>(&'a self, b: &'a Bound<'a>) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 32] {
+    /// The 35 parameters of [`SUBMIT`].
+    fn submit_params<'a>(&'a self, b: &'a Bound<'a>) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 35] {
         let (new, s) = (&self.new, &self.new.spec);
         let [width, height, steps, batch, frames, fps] = &b.size;
         let [actor, action, result, peer, request] = &b.audit;
@@ -159,6 +168,9 @@ impl Pending {
             result,
             peer,
             request,
+            &b.hand_to,
+            &b.hand_backends,
+            &b.lease_ms,
         ]
     }
 }
@@ -183,13 +195,14 @@ impl Submits {
     /// is being committed go together in the next commit, each its own statement in turn
     /// (each sees those before it), as described in this module.
     ///
-    /// With `hand_off` (a free slot of an attached worker), a claim for that slot runs
-    /// right after the insert in the same transaction and round trip: the slot takes
-    /// whatever is next in line (usually the job just queued, when nothing of its backend
-    /// waits), with the claim's priorities and fair share, and the job is under lease when
-    /// the submit commits: no second commit and round trip before a worker has it. The
-    /// claim runs whether the submit queued, repeated or was refused; what it took is in
-    /// `claimed`.
+    /// With `hand_off` (a free slot of an attached worker), the slot is filled in the same
+    /// transaction, so that a job is under lease when the submit commits: no second commit
+    /// and round trip before a worker has it. When nothing of the slot's backends waits in
+    /// the line of owners, the new job is what a claim would take, and it goes in already
+    /// assigned to the slot (one round trip, and the job is never queued). Otherwise (or
+    /// when the submit repeated a key or was refused) a claim for the slot runs before the
+    /// commit, in a second round trip, and takes whatever is next in line, with the
+    /// claim's priorities and fair share. What the slot got is in `claimed`.
     ///
     /// The commit runs in a task of its own: a caller that stops waiting strands neither
     /// its own submit nor those committed with it.
@@ -272,7 +285,10 @@ impl Submits {
         }
     }
 
-    /// One transaction: the owner's lock, then each submit's statement (and its claim).
+    /// One transaction: the owner's lock and each submit's statement; then, for each slot
+    /// handed off whose job did not go in assigned to it, a claim; then the commit. One
+    /// round trip when every job handed off went in assigned (or none was handed off), two
+    /// otherwise.
     async fn commit_together(&self, batch: &[Pending]) -> Result<Vec<Submitted>, SchedulerError> {
         let Some(owner) = batch.first().map(|p| p.new.owner_id.as_str()) else { return Ok(Vec::new()) };
         let client = self.store.pool.get().await?;
@@ -284,38 +300,64 @@ impl Submits {
             None
         };
         let bound: Vec<Bound<'_>> = batch.iter().map(Pending::bound).collect();
-        let claims: Vec<Option<ClaimFor<'_>>> =
-            batch.iter().map(|p| p.hand_off.as_ref().map(HandOff::claim)).collect();
-        let mut statements: Vec<(
-            &tokio_postgres::Statement,
-            Vec<&(dyn tokio_postgres::types::ToSql + Sync)>,
-        )> = Vec::with_capacity(batch.len() * 2);
-        for ((pending, b), hand_off) in batch.iter().zip(&bound).zip(&claims) {
-            statements.push((&submit, pending.submit_params(b).to_vec()));
-            if let (Some(claim), Some(h)) = (&claim, hand_off) {
-                statements.push((claim, h.params(&b.claim_limit, &b.lease_ms).to_vec()));
-            }
-        }
+        let params: Vec<_> = batch.iter().zip(&bound).map(|(p, b)| p.submit_params(b)).collect();
         let sent: Vec<(&tokio_postgres::Statement, Params<'_>)> =
-            statements.iter().map(|(s, p)| (*s, p.as_slice())).collect();
-        let mut rows = statements_in_tx(&client, Some((&lock, owner)), &sent).await?.into_iter();
-        let mut submitted = Vec::with_capacity(batch.len());
-        for pending in batch {
-            let inserted = rows.next().unwrap_or_default();
-            let claimed = match pending.hand_off {
-                Some(_) => rows.next().unwrap_or_default(),
-                None => Vec::new(),
-            };
-            submitted.push(Submitted {
-                inserted: inserted.first().map(|row| Inserted {
+            params.iter().map(|p| (&submit, p.as_slice())).collect();
+        let (rows, claims) = match &claim {
+            // Nothing handed off: nothing depends on what the statements return.
+            None => (statements_in_tx(&client, Some((&lock, owner)), &sent).await?, Vec::new()),
+            Some(claim) => {
+                let rows = open_tx(&client, (&lock, owner), &sent).await?;
+                // Slots whose job did not go in assigned to them are left to a claim.
+                let unfilled: Vec<(usize, ClaimFor<'_>)> = batch
+                    .iter()
+                    .zip(&rows)
+                    .enumerate()
+                    .filter_map(|(i, (p, rows))| {
+                        let h = p.hand_off.as_ref()?;
+                        (!rows.first().is_some_and(assigned_in_insert)).then(|| (i, h.claim()))
+                    })
+                    .collect();
+                let claim_params: Vec<_> = unfilled
+                    .iter()
+                    .map(|(i, h)| h.params(&bound[*i].claim_limit, &bound[*i].lease_ms))
+                    .collect();
+                let sent: Vec<(&tokio_postgres::Statement, Params<'_>)> =
+                    claim_params.iter().map(|p| (claim, p.as_slice())).collect();
+                let claimed = commit_after(&client, &sent).await?;
+                (rows, unfilled.into_iter().map(|(i, _)| i).zip(claimed).collect())
+            }
+        };
+        let mut submitted: Vec<Submitted> = rows
+            .iter()
+            .map(|rows| {
+                let inserted = rows.first().map(|row| Inserted {
                     job: job_from_row(row),
                     deduplicated: !row.get::<_, bool>("inserted"),
-                }),
-                claimed: claimed_from(&claimed),
-            });
+                });
+                // A job that went in assigned was claimed by its own insert.
+                let claimed = match &inserted {
+                    Some(i) if rows.first().is_some_and(assigned_in_insert) => vec![Claimed {
+                        lease_token: i.job.lease_token.unwrap_or_default(),
+                        job: i.job.clone(),
+                    }],
+                    _ => Vec::new(),
+                };
+                Submitted { inserted, claimed }
+            })
+            .collect();
+        for (i, rows) in claims {
+            if let Some(s) = submitted.get_mut(i) {
+                s.claimed = claimed_from(&rows);
+            }
         }
         Ok(submitted)
     }
+}
+
+/// True for a row of [`SUBMIT`] whose job went in assigned to the slot handed off.
+fn assigned_in_insert(row: &tokio_postgres::Row) -> bool {
+    row.get::<_, bool>("inserted") && row.get::<_, &str>("status") == Status::Assigned.as_str()
 }
 
 /// True when `e` says the transaction did not commit: no connection was had, or
