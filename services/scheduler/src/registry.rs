@@ -291,6 +291,30 @@ impl Registry {
         Reservation { registry: self, session, count }
     }
 
+    /// Frees the slots of `jobs` (the session's jobs whose attempts are ending) and
+    /// reserves them again at once, under one lock, for a claim that refills them: no other
+    /// claim of this replica sees them free in between. The session as a claim sees it, and
+    /// the reservation (holding nothing when the session is gone or draining; the slots are
+    /// then just freed).
+    pub fn refill(&self, session: Uuid, jobs: &[Uuid]) -> (Option<FreeWorker>, Reservation<'_>) {
+        let mut sessions = self.lock();
+        let Some(w) = sessions.get_mut(&session) else {
+            return (None, Reservation { registry: self, session, count: 0 });
+        };
+        let mut count = 0;
+        for job in jobs {
+            w.waiting.remove(job);
+            if w.running.remove(job).is_some() {
+                count += 1;
+            }
+        }
+        if w.draining {
+            count = 0;
+        }
+        w.reserved += count;
+        (Some(w.free_worker(session)), Reservation { registry: self, session, count })
+    }
+
     /// A free slot for a job of `backend` and `model`, reserved: of a session with the
     /// model loaded when there is one (the claim then takes jobs of its loaded models,
     /// `warm`), else of the session with the most free slots. `None` when no session here
@@ -485,5 +509,52 @@ mod tests {
         registry.set_waiting(busy, running, "comfyui".into());
         registry.release(busy, running);
         assert_eq!(registry.withdraw_for(&[idle]), 0, "started or released jobs are not waiting");
+    }
+
+    #[test]
+    fn slots_refilled_are_never_seen_free_and_what_a_refill_does_not_spend_is_freed() {
+        let registry = Registry::default();
+        let (tx, _rx) = mpsc::channel(4);
+        let (a, b, other) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let id = Uuid::now_v7();
+        registry.register(
+            id,
+            WorkerSession {
+                worker_id: "two".into(),
+                slots: 2,
+                queue_slots: 0,
+                backends: vec!["builtin".into()],
+                models: vec!["m".into()],
+                running: [(a, Uuid::now_v7()), (b, Uuid::now_v7())].into(),
+                waiting: HashMap::new(),
+                draining: false,
+                reserved: 0,
+                tx,
+            },
+        );
+        let (worker, mut slots) = registry.refill(id, &[a, b, other]);
+        let worker = worker.expect("the session");
+        assert_eq!(
+            (worker.worker_id.as_str(), worker.models.as_slice()),
+            ("two", ["m".to_owned()].as_slice())
+        );
+        assert_eq!(slots.count(), 2, "the two jobs it held; a job it did not hold frees nothing");
+        assert!(registry.free_workers().is_empty(), "refilled slots are not free to other claims");
+        assert!(registry.reserve_for("builtin", "m").is_none());
+        let (next, lease) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(slots.assign(next, lease, WorkerCommand::Cancel { job_id: next }));
+        drop(slots);
+        assert_eq!(
+            registry.free_workers().iter().map(|w| w.free).collect::<Vec<_>>(),
+            [1],
+            "one refilled, one freed"
+        );
+        assert!(registry.holds(id, next, lease));
+
+        registry.set_draining(id);
+        let (_, slots) = registry.refill(id, &[next]);
+        assert_eq!(slots.count(), 0, "a draining worker's slots are freed, not refilled");
+        let (none, slots) = registry.refill(Uuid::now_v7(), &[next]);
+        assert!(none.is_none() && slots.count() == 0, "no such session");
     }
 }

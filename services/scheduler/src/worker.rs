@@ -14,11 +14,12 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::{
+    dispatch,
     error::SchedulerError,
     job::Progress,
     registry::{WorkerCommand, WorkerSession, WorkerTx},
     state::State,
-    store::Completion,
+    store::{ClaimFor, Completion},
 };
 
 /// A job and its lease token.
@@ -351,9 +352,34 @@ impl Session {
     }
 
     /// Completions, in one statement and one commit however many (see
-    /// [`crate::store::Store::complete_all`]).
+    /// [`crate::store::Store::complete_all`]). The slots they free are refilled in the
+    /// same commit: a claim for them (of the worker's loaded models, when it has any) runs
+    /// in it, and what it took goes straight to the worker. Slots it found nothing for are
+    /// the dispatcher's.
     async fn completed(&mut self, done: &[(Uuid, Uuid, Vec<Uuid>)]) -> Result<(), SchedulerError> {
-        let outcomes = self.state.store.complete_all(done).await?;
+        let ids: Vec<Uuid> = done.iter().map(|(id, _, _)| *id).collect();
+        let (worker, mut slots) = self.state.registry.refill(self.id, &ids);
+        let warm = worker.as_ref().is_some_and(|w| !w.models.is_empty());
+        let refill = worker.as_ref().filter(|_| slots.count() > 0).map(|w| ClaimFor {
+            worker_id: &w.worker_id,
+            backends: &w.backends,
+            models: warm.then_some(w.models.as_slice()),
+            limit: slots.count(),
+            lease: self.state.config.lease_ttl,
+        });
+        let (outcomes, claimed) = self.state.store.complete_all(done, refill.as_ref()).await?;
+        // A job it cannot hand back now stays under lease until the reaper requeues it.
+        if !claimed.is_empty()
+            && let Err(e) = dispatch::deliver(&self.state, &self.worker_id, &mut slots, claimed, warm).await
+        {
+            tracing::error!(error = %e, "handing a claimed job back failed");
+        }
+        // Slots left free are given back first, then the dispatcher is woken for them.
+        let left = slots.count() > 0;
+        drop(slots);
+        if left {
+            self.wake.notify_one();
+        }
         for ((id, _, file_ids), outcome) in done.iter().zip(outcomes) {
             let id = *id;
             match outcome {
@@ -365,7 +391,8 @@ impl Session {
                         info!(job_id = %id, worker_id = %self.worker_id, files = file_ids.len(), "job succeeded");
                     });
                     self.state.events.status_changed(&job);
-                    self.finished(id);
+                    // Its slot was freed (and refilled) above.
+                    self.last_write.remove(&id);
                 }
                 // Refused, and the attempt failed in its place (see `Store::complete_all`).
                 // The worker loses the lease like any worker whose attempt is over; its

@@ -1,5 +1,6 @@
-//! A submit that finds a free slot hands its job over in its own commit, and submits racing
-//! for the same slots never give a worker more jobs than it has room for.
+//! A submit that finds a free slot hands its job over in its own commit, a completion
+//! refills its slot in its own commit, and submits racing for the same slots never give a
+//! worker more jobs than it has room for.
 
 use std::time::Duration;
 
@@ -83,5 +84,46 @@ async fn submits_racing_for_two_free_slots_give_the_worker_two_jobs_and_the_rest
     let next = assignments_until_quiet(&mut inbound, Duration::from_secs(2)).await;
     assert_eq!(next.len(), 1, "one slot freed, {} jobs sent", next.len());
     assert_eq!((count("assigned").await, count("queued").await), (2, 21));
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_completion_takes_the_next_job_for_its_slot_in_its_own_commit() {
+    let mesh = Mesh::with_scheduler_config(|c| c.lease_ttl = Duration::from_mins(2)).await;
+    let (tx, mut inbound) = attach_worker_with(&mesh, "one-slot", Vec::new(), 1).await;
+    welcomed(&mut inbound).await;
+    let alice = mesh.person("alice").await;
+    for i in 0..4 {
+        mesh.jobs(&alice.token).submit_job(image_request(&format!("in line {i}"), 1)).await.unwrap();
+    }
+    let db = mesh.env.db().await.unwrap();
+    let xmin = |id: String| {
+        let db = &db;
+        async move {
+            let id: uuid::Uuid = id.parse().unwrap();
+            db.query_one("SELECT xmin::text FROM jobs WHERE id = $1", &[&id])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+    let mut held = assignments_until_quiet(&mut inbound, Duration::from_secs(1)).await;
+    assert_eq!(held.len(), 1, "a worker with one slot got {} jobs", held.len());
+    for left in (0..3).rev() {
+        let done = held.pop().unwrap();
+        let msg = Msg::Completed(JobCompleted { job: Some(done.clone()), file_ids: Vec::new() });
+        tx.send(AttachRequest { msg: Some(msg) }).await.unwrap();
+        held = assignments_until_quiet(&mut inbound, Duration::from_secs(1)).await;
+        assert_eq!(held.len(), 1, "one slot freed, {} jobs sent ({left} left after it)", held.len());
+        // The completed job and the next one changed in the same transaction.
+        assert_eq!(xmin(done.job_id).await, xmin(held[0].job_id.clone()).await, "not refilled in its commit");
+    }
+    let last = held.pop().unwrap();
+    let msg = Msg::Completed(JobCompleted { job: Some(last), file_ids: Vec::new() });
+    tx.send(AttachRequest { msg: Some(msg) }).await.unwrap();
+    assert!(assignments_until_quiet(&mut inbound, Duration::from_secs(1)).await.is_empty());
+    let succeeded: i64 =
+        db.query_one("SELECT count(*) FROM jobs WHERE status = 'succeeded'", &[]).await.unwrap().get(0);
+    assert_eq!(succeeded, 4);
     mesh.stop().await;
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::rows::{JOB_COLUMNS, Store, i32_of, job_from_row, millis, query_in_tx};
+use super::rows::{JOB_COLUMNS, Store, i32_of, job_from_row, millis, query_in_tx, statements_in_tx};
 use crate::{
     error::SchedulerError,
     job::{Job, Status},
@@ -385,10 +385,15 @@ impl Store {
     /// The usual completions (held lease, every file the job's) are one statement and one
     /// commit however many there are (a worker finishing several jobs at once shares the
     /// commit); each the statement left unchanged then finds out why on its own.
+    ///
+    /// With `refill` (a claim for the slots these attempts held), the claim runs in the
+    /// same transaction and round trip, right after the completions: the worker's next jobs
+    /// cost no commit of their own. The jobs it took come second.
     pub async fn complete_all(
         &self,
         done: &[(Uuid, Uuid, Vec<Uuid>)],
-    ) -> Result<Vec<Completion>, SchedulerError> {
+        refill: Option<&ClaimFor<'_>>,
+    ) -> Result<(Vec<Completion>, Vec<Claimed>), SchedulerError> {
         let mut client = self.pool.get().await?;
         let (ids, leases): (Vec<Uuid>, Vec<Uuid>) = done.iter().map(|(id, lease, _)| (*id, *lease)).unzip();
         let (owners, files): (Vec<i64>, Vec<Uuid>) = done
@@ -398,7 +403,20 @@ impl Store {
             .unzip();
         let stmt = client.prepare_cached(&COMPLETE).await?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&ids, &leases, &owners, &files];
-        let rows = query_in_tx(&client, None, &stmt, &params).await?;
+        let (rows, claimed) = match refill {
+            None => (query_in_tx(&client, None, &stmt, &params).await?, Vec::new()),
+            Some(claim) => {
+                let claim_stmt = client.prepare_cached(&CLAIM).await?;
+                let (limit, lease_ms) = (i64::from(claim.limit), millis(claim.lease));
+                let claim_params = claim.params(&limit, &lease_ms);
+                let mut rows =
+                    statements_in_tx(&client, None, &[(&stmt, &params), (&claim_stmt, &claim_params)])
+                        .await?
+                        .into_iter();
+                let completed = rows.next().unwrap_or_default();
+                (completed, claimed_from(&rows.next().unwrap_or_default()))
+            }
+        };
         let mut succeeded: std::collections::HashMap<Uuid, Job> =
             rows.iter().map(job_from_row).map(|j| (j.id, j)).collect();
         let mut out = Vec::with_capacity(done.len());
@@ -408,7 +426,7 @@ impl Store {
                 None => Self::complete_checked(&mut client, *id, *lease, files).await?,
             });
         }
-        Ok(out)
+        Ok((out, claimed))
     }
 
     /// Why a completion [`COMPLETE`] left unchanged did not go through: the lease is
