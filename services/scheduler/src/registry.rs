@@ -394,19 +394,27 @@ mod tests {
         registry.register(
             id,
             WorkerSession {
-                worker_id: format!("w{slots}-{queue_slots}-{running}"),
-                slots,
-                queue_slots,
-                backends: vec!["comfyui".into()],
-                models: Vec::new(),
                 running: (0..running).map(|_| (Uuid::now_v7(), Uuid::now_v7())).collect(),
-                waiting: HashMap::new(),
-                draining: false,
-                reserved: 0,
-                tx,
+                ..worker(&format!("w{slots}-{queue_slots}-{running}"), slots, queue_slots, tx)
             },
         );
         id
+    }
+
+    /// An idle session of `comfyui` with nothing loaded.
+    fn worker(worker_id: &str, slots: u32, queue_slots: u32, tx: WorkerTx) -> WorkerSession {
+        WorkerSession {
+            worker_id: worker_id.into(),
+            slots,
+            queue_slots,
+            backends: vec!["comfyui".into()],
+            models: Vec::new(),
+            running: HashMap::new(),
+            waiting: HashMap::new(),
+            draining: false,
+            reserved: 0,
+            tx,
+        }
     }
 
     #[test]
@@ -433,21 +441,7 @@ mod tests {
         let registry = Registry::default();
         let (tx, mut rx) = mpsc::channel(4);
         let id = Uuid::now_v7();
-        registry.register(
-            id,
-            WorkerSession {
-                worker_id: "two".into(),
-                slots: 2,
-                queue_slots: 1,
-                backends: vec!["comfyui".into()],
-                models: Vec::new(),
-                running: HashMap::new(),
-                waiting: HashMap::new(),
-                draining: false,
-                reserved: 0,
-                tx,
-            },
-        );
+        registry.register(id, worker("two", 2, 1, tx));
         let free =
             |r: &Registry| r.free_workers().iter().find(|w| w.session == id).map(|w| (w.free, w.queue_free));
         let mut first = registry.reserve(id, 1, false);
@@ -479,16 +473,8 @@ mod tests {
         registry.register(
             busy,
             WorkerSession {
-                worker_id: "busy".into(),
-                slots: 1,
-                queue_slots: 1,
-                backends: vec!["comfyui".into()],
-                models: Vec::new(),
                 running: [(running, Uuid::now_v7()), (waiting, Uuid::now_v7())].into(),
-                waiting: HashMap::new(),
-                draining: false,
-                reserved: 0,
-                tx,
+                ..worker("busy", 1, 1, tx)
             },
         );
         registry.set_waiting(busy, waiting, "comfyui".into());
@@ -520,16 +506,10 @@ mod tests {
         registry.register(
             id,
             WorkerSession {
-                worker_id: "two".into(),
-                slots: 2,
-                queue_slots: 0,
                 backends: vec!["builtin".into()],
                 models: vec!["m".into()],
                 running: [(a, Uuid::now_v7()), (b, Uuid::now_v7())].into(),
-                waiting: HashMap::new(),
-                draining: false,
-                reserved: 0,
-                tx,
+                ..worker("two", 2, 0, tx)
             },
         );
         let (worker, mut slots) = registry.refill(id, &[a, b, other]);

@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Duration};
 
 use sakuga_scheduler::{
     job::{Kind, NewJob, Spec},
-    store::{ClaimFor, Store, Submits},
+    store::{ClaimFor, FreeSlot, Store, Submits},
 };
 use sakuga_testkit::TestEnv;
 use serde_json::Value;
@@ -86,18 +86,22 @@ async fn plans_made_on_an_empty_queue_read_jobs_by_index_probes_only() {
     // One connection: the statements below are planned on it, and it is the one asked.
     let store = store(&env, 1).await;
     let backends = ["builtin".to_owned()];
-    let hand_off = ClaimFor { worker_id: "w1", backends: &backends, models: None, limit: 1, lease: LEASE };
+    let hand_off = FreeSlot { worker_id: "w1", backends: &backends, lease: LEASE };
 
-    // The hot path on an empty database: a submit with a hand-off (submit and claim), a
-    // submit with an idempotency key, a claim of the dispatcher, completions.
+    // The hot path on an empty database: a submit for a free slot (in assigned), a submit
+    // with an idempotency key (queued), a claim of the dispatcher, completions refilling
+    // their slot.
     let submits = Submits::new(store.clone());
     let first = submits.insert(new_job("alice", None), 100, None, Some(&hand_off)).await.unwrap();
     submits.insert(new_job("alice", Some("k1")), 100, None, None).await.unwrap();
-    let mut claimed = first.claimed;
-    claimed.extend(store.claim("w1", &backends, None, 4, LEASE).await.unwrap());
-    assert_eq!(claimed.len(), 2, "both jobs claimed");
+    submits.insert(new_job("bob", None), 100, None, None).await.unwrap();
+    let mut claimed: Vec<_> = first.assigned.into_iter().collect();
+    claimed.extend(store.claim("w1", &backends, None, 1, LEASE).await.unwrap());
+    assert_eq!(claimed.len(), 2, "the first in assigned, the next claimed");
     let done: Vec<_> = claimed.iter().map(|c| (c.job.id, c.lease_token, Vec::new())).collect();
-    assert_eq!(store.complete_all(&done, None).await.unwrap().0.len(), 2);
+    let refill = ClaimFor { worker_id: "w1", backends: &backends, models: None, limit: 2, lease: LEASE };
+    let (completed, next) = store.complete_all(&done, Some(&refill)).await.unwrap();
+    assert_eq!((completed.len(), next.len()), (2, 1), "both completed, and the last job refilled a slot");
 
     let client = store.pool().get().await.unwrap();
     let statements = client

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use sakuga_scheduler::store::{ClaimFor, Submits, Submitted};
+use sakuga_scheduler::store::{FreeSlot, Submits, Submitted};
 use sakuga_testkit::TestEnv;
 use uuid::Uuid;
 
@@ -100,7 +100,7 @@ async fn a_job_for_a_free_slot_goes_in_assigned_only_when_nothing_of_its_backend
     let submits = Submits::new(store.clone());
     let backends = ["builtin".to_owned()];
     let lease = std::time::Duration::from_mins(1);
-    let slot = ClaimFor { worker_id: "w1", backends: &backends, models: None, limit: 1, lease };
+    let slot = FreeSlot { worker_id: "w1", backends: &backends, lease };
     let db = env.db().await.unwrap();
     let row = |id: Uuid| {
         let db = &db;
@@ -138,31 +138,29 @@ async fn a_job_for_a_free_slot_goes_in_assigned_only_when_nothing_of_its_backend
     // Nothing waits: the job goes in assigned to the slot, never queued, never in line.
     let first = submits.insert(new_job("alice", None), 100, None, Some(&slot)).await.unwrap();
     let first_id = first.inserted.as_ref().unwrap().job.id;
-    assert_eq!(first.claimed.iter().map(|c| c.job.id).collect::<Vec<_>>(), [first_id]);
-    assert_eq!(first.claimed[0].job.lease_token, Some(first.claimed[0].lease_token));
+    let assigned = first.assigned.expect("the job went to the slot");
+    assert_eq!((assigned.job.id, assigned.job.lease_token), (first_id, Some(assigned.lease_token)));
     assert_eq!(row(first_id).await, ("assigned".into(), Some("w1".into()), 1, true));
     assert_eq!(writes(first_id).await, ["INSERT assigned"], "one write: never queued, then claimed");
     assert_eq!(line().await, 0, "a job that went in assigned has no place in the line");
 
-    // Bob's job waits (no slot for it); then carol's submit finds a free slot: the slot
-    // takes what waited first, and carol's job waits in its place.
+    // Bob's job waits (no slot for it); then carol's submit finds a free slot: her job
+    // does not jump the line. It waits behind bob's, and the slot is left to a claim, which
+    // takes bob's first.
     let bob = submits.insert(new_job("bob", None), 100, None, None).await.unwrap();
     let bob_id = bob.inserted.unwrap().job.id;
     assert_eq!(row(bob_id).await, ("queued".into(), None, 0, false));
     let carol = submits.insert(new_job("carol", None), 100, None, Some(&slot)).await.unwrap();
     let carol_id = carol.inserted.unwrap().job.id;
-    assert_eq!(
-        carol.claimed.iter().map(|c| c.job.id).collect::<Vec<_>>(),
-        [bob_id],
-        "the slot took what waited"
-    );
-    assert_eq!(row(bob_id).await, ("assigned".into(), Some("w1".into()), 1, true));
-    assert_eq!(writes(bob_id).await, ["INSERT queued", "UPDATE assigned"]);
+    assert!(carol.assigned.is_none(), "carol's job went to the slot ahead of bob's");
     assert_eq!(row(carol_id).await, ("queued".into(), None, 0, false));
+    assert_eq!(writes(carol_id).await, ["INSERT queued"]);
+    let next = store.claim("w1", &backends, None, 1, lease).await.unwrap();
+    assert_eq!(next.iter().map(|c| c.job.id).collect::<Vec<_>>(), [bob_id]);
 
     // A slot of another backend is not held back by what waits for this one.
     let other = ["comfyui".to_owned()];
-    let elsewhere = ClaimFor { worker_id: "w2", backends: &other, ..slot };
+    let elsewhere = FreeSlot { worker_id: "w2", backends: &other, ..slot };
     let mut job = new_job("dave", None);
     job.spec.backend = "comfyui".into();
     let dave = submits.insert(job, 100, None, Some(&elsewhere)).await.unwrap();

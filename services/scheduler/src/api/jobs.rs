@@ -21,7 +21,7 @@ use crate::{
     job::{EventKind, JobEvent, NewJob, Status as JobStatus},
     registry::WorkerCommand,
     state::State,
-    store::{ClaimFor, ListFilter},
+    store::{FreeSlot, ListFilter},
     validate,
 };
 
@@ -92,31 +92,37 @@ impl JobService for Api {
                 let Some((worker, mut slot, warm)) =
                     state.registry.reserve_for(&new.spec.backend, &new.spec.model)
                 else {
-                    return state.submits.insert(new, cap, audit, None).await.map(|s| (s, None));
+                    return state.submits.insert(new, cap, audit, None).await.map(|s| (s, None, false));
                 };
-                let models = warm.then_some(worker.models.as_slice());
-                let hand_off = ClaimFor {
+                let free = FreeSlot {
                     worker_id: &worker.worker_id,
                     backends: &worker.backends,
-                    models,
-                    limit: 1,
                     lease: state.config.lease_ttl,
                 };
-                let id = new.id;
-                let mut submitted = state.submits.insert(new, cap, audit, Some(&hand_off)).await?;
-                let claimed = std::mem::take(&mut submitted.claimed);
-                let handed = claimed.iter().find(|c| c.job.id == id).map(|c| c.job.clone());
+                let mut submitted = state.submits.insert(new, cap, audit, Some(&free)).await?;
+                let handed = submitted.assigned.take();
+                let job = handed.as_ref().map(|c| c.job.clone());
                 // A job it cannot hand back now stays under lease until the reaper requeues it.
-                if let Err(e) = dispatch::deliver(&state, &worker.worker_id, &mut slot, claimed, warm).await {
+                if let Some(handed) = handed
+                    && let Err(e) =
+                        dispatch::deliver(&state, &worker.worker_id, &mut slot, vec![handed], warm).await
+                {
                     tracing::error!(error = %e, "handing a claimed job back failed");
                 }
-                Ok((submitted, handed))
+                // A slot the job did not take is given back (here, as the reservation
+                // drops) before the dispatcher is woken for it.
+                let slot_left = slot.count() > 0;
+                Ok((submitted, job, slot_left))
             }
             .in_current_span(),
         )
         .await
         .map_err(|e| Status::internal(format!("submit: {e}")))?;
-        let (submitted, handed) = submitted.inspect_err(|e| self.count_refusal(e))?;
+        let (submitted, handed, slot_left) = submitted.inspect_err(|e| self.count_refusal(e))?;
+        // A job queued, or a free slot it did not take, is the dispatcher's.
+        if handed.is_none() && (slot_left || submitted.inserted.as_ref().is_some_and(|i| !i.deduplicated)) {
+            self.wake.notify_one();
+        }
         let cap = self.state.config.max_active_jobs_per_user;
         let Some(mut inserted) = submitted.inserted else {
             let refused = SchedulerError::QueueFull { active: i64::from(cap), cap };
@@ -126,11 +132,9 @@ impl JobService for Api {
         if !inserted.deduplicated {
             tracing::info!(job_id = %inserted.job.id, owner = %inserted.job.owner_id, "job queued");
         }
-        match handed {
+        if let Some(job) = handed {
             // Answered as it is now: assigned, in the same commit.
-            Some(job) => inserted.job = job,
-            None if !inserted.deduplicated => self.wake.notify_one(),
-            None => {}
+            inserted.job = job;
         }
         let answer = pb::SubmitJobResponse {
             job: Some(convert::job(&inserted.job)),

@@ -102,14 +102,14 @@ pub struct Inserted {
 }
 
 /// What a submit did: the job, or `None` when the owner is at the cap (counting stops at
-/// it, so an owner refused is exactly at it), and what the claim run with it took.
+/// it, so an owner refused is exactly at it), and whether it went to the free slot.
 #[derive(Debug)]
 pub struct Submitted {
     /// The new job, or the earlier one with the same idempotency key; `None` at the cap.
     pub inserted: Option<Inserted>,
-    /// Jobs the claim run in the submit's transaction took for a free slot (see
-    /// [`Store::insert`]), already under lease: the caller sends them to the worker.
-    pub claimed: Vec<Claimed>,
+    /// The new job with its lease, when it went in assigned to the free slot handed off
+    /// (see [`super::Submits::insert`]): the caller sends it to the worker.
+    pub assigned: Option<Claimed>,
 }
 
 /// Filters of ListJobs.

@@ -21,4 +21,4 @@ pub use jobs::{Inserted, ListFilter, Submitted};
 pub use leases::{ClaimFor, Claimed, Completion, Expired};
 pub use retention::UNFINISHED_COUNT_LIMIT;
 pub use rows::Store;
-pub use submits::Submits;
+pub use submits::{FreeSlot, Submits};

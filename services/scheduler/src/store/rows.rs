@@ -114,63 +114,22 @@ pub(super) async fn statements_in_tx(
     lock: Option<(&tokio_postgres::Statement, &str)>,
     statements: &[(&tokio_postgres::Statement, Params<'_>)],
 ) -> Result<Vec<Vec<Row>>, SchedulerError> {
-    Ok(pipelined(client, true, lock, statements, true).await?)
-}
-
-/// The first part of a transaction whose rest depends on what its first statements
-/// return: as [`statements_in_tx`], in one round trip, but left open, for
-/// [`commit_after`] to finish. On failure it is rolled back, so the connection goes back
-/// to the pool outside a transaction.
-pub(super) async fn open_tx(
-    client: &deadpool_postgres::Object,
-    lock: (&tokio_postgres::Statement, &str),
-    statements: &[(&tokio_postgres::Statement, Params<'_>)],
-) -> Result<Vec<Vec<Row>>, SchedulerError> {
-    match pipelined(client, true, Some(lock), statements, false).await {
-        Ok(rows) => Ok(rows),
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(e.into())
-        }
-    }
-}
-
-/// Runs `statements` (at most 30) in the transaction [`open_tx`] left open, then commits
-/// it, all in one round trip. A failure anywhere rolls it back.
-pub(super) async fn commit_after(
-    client: &deadpool_postgres::Object,
-    statements: &[(&tokio_postgres::Statement, Params<'_>)],
-) -> Result<Vec<Vec<Row>>, SchedulerError> {
-    Ok(pipelined(client, false, None, statements, true).await?)
-}
-
-/// Sends, in one round trip and in this order: when `open`, `BEGIN` with generic plans
-/// ([`BEGIN_GENERIC`]) and `lock`, if any; `statements`; and `COMMIT` when `commit`. The first error, in that order (after an error the transaction is
-/// aborted, and its `COMMIT` rolls it back).
-async fn pipelined(
-    client: &deadpool_postgres::Object,
-    open: bool,
-    lock: Option<(&tokio_postgres::Statement, &str)>,
-    statements: &[(&tokio_postgres::Statement, Params<'_>)],
-    commit: bool,
-) -> Result<Vec<Vec<Row>>, tokio_postgres::Error> {
     // join! polls in order, as join_all does a list of up to 30, and each call sends on
     // its first poll: they go out in turn.
     debug_assert!(statements.len() <= 30, "join_all polls longer lists in no set order");
-    let begin = async { if open { client.batch_execute(BEGIN_GENERIC).await } else { Ok(()) } };
     let locked = async {
-        match lock.filter(|_| open) {
+        match lock {
             Some((lock, key)) => client.execute(lock, &[&key]).await.map(drop),
             None => Ok(()),
         }
     };
     let queries = futures_util::future::join_all(statements.iter().map(|(s, p)| client.query(*s, p)));
-    let committed = async { if commit { client.batch_execute("COMMIT").await } else { Ok(()) } };
-    let (begin, locked, rows, committed) = tokio::join!(begin, locked, queries, committed);
+    let (begin, locked, rows, commit) =
+        tokio::join!(client.batch_execute(BEGIN_GENERIC), locked, queries, client.batch_execute("COMMIT"));
     begin?;
     locked?;
     let rows = rows.into_iter().collect::<Result<Vec<_>, _>>()?;
-    committed?;
+    commit?;
     Ok(rows)
 }
 

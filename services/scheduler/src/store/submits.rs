@@ -18,17 +18,16 @@ use tracing::Instrument as _;
 
 use super::{
     jobs::{Inserted, LOCK_OWNER, SUBMIT, Submitted},
-    leases::{CLAIM, ClaimFor, Claimed, claimed_from},
-    rows::{Params, Store, commit_after, i32_of, job_from_row, millis, open_tx, statements_in_tx},
+    leases::Claimed,
+    rows::{Params, Store, i32_of, job_from_row, millis, statements_in_tx},
 };
 use crate::{
     error::SchedulerError,
     job::{NewJob, Status},
 };
 
-/// Most submits in one commit: the pipelined statements of a round trip are polled in
-/// order only up to 30 at a time, and a commit sends one statement a submit, then at most
-/// one claim a submit.
+/// Most submits in one commit: one statement each, and the pipelined statements of a
+/// transaction are polled in order only up to 30 at a time.
 const MOST_PER_COMMIT: usize = 12;
 
 /// Submits waiting for their owner's commit under way to end, by owner. An owner is here
@@ -42,35 +41,29 @@ pub struct Submits {
     waiting: Waiting,
 }
 
-/// A claim for a free slot, owned (it travels to the task committing it).
+/// A free slot of an attached worker, reserved for a submit's job: the job goes to it
+/// when nothing of the worker's backends waits (see [`Submits::insert`]).
+#[derive(Debug, Clone, Copy)]
+pub struct FreeSlot<'a> {
+    /// The worker's own id.
+    pub worker_id: &'a str,
+    /// Backends it offers (the job's among them).
+    pub backends: &'a [String],
+    /// How long the lease of a job it gets runs.
+    pub lease: Duration,
+}
+
+/// A [`FreeSlot`], owned (it travels to the task committing it).
 #[derive(Debug)]
 struct HandOff {
     worker_id: String,
     backends: Vec<String>,
-    models: Option<Vec<String>>,
-    limit: u32,
     lease: Duration,
 }
 
 impl HandOff {
-    fn of(claim: &ClaimFor<'_>) -> Self {
-        Self {
-            worker_id: claim.worker_id.to_owned(),
-            backends: claim.backends.to_vec(),
-            models: claim.models.map(<[String]>::to_vec),
-            limit: claim.limit,
-            lease: claim.lease,
-        }
-    }
-
-    fn claim(&self) -> ClaimFor<'_> {
-        ClaimFor {
-            worker_id: &self.worker_id,
-            backends: &self.backends,
-            models: self.models.as_deref(),
-            limit: self.limit,
-            lease: self.lease,
-        }
+    fn of(slot: &FreeSlot<'_>) -> Self {
+        Self { worker_id: slot.worker_id.to_owned(), backends: slot.backends.to_vec(), lease: slot.lease }
     }
 }
 
@@ -84,7 +77,7 @@ struct Pending {
     answer: oneshot::Sender<Result<Submitted, SchedulerError>>,
 }
 
-/// The parameters of [`SUBMIT`] and [`CLAIM`] for one submit that are not fields of it.
+/// The parameters of [`SUBMIT`] for one submit that are not fields of it.
 struct Bound<'a> {
     kind: &'static str,
     /// Actor, action, result, peer and request id of the audit row, if any.
@@ -95,19 +88,17 @@ struct Bound<'a> {
     spec_hash: String,
     trace: serde_json::Value,
     limit: i64,
-    claim_limit: i64,
-    lease_ms: f64,
-    /// The worker whose free slot the job may go to at once, and the backends it offers.
+    /// The worker whose free slot the job may go to at once, the backends it offers, and
+    /// the lease in milliseconds.
     hand_to: Option<&'a str>,
     hand_backends: &'a [String],
+    lease_ms: f64,
 }
 
 impl Pending {
     fn bound(&self) -> Bound<'_> {
         let s = &self.new.spec;
         let a = self.audit.as_ref();
-        let (claim_limit, lease_ms) =
-            self.hand_off.as_ref().map_or((0, 0.0), |h| (i64::from(h.limit), millis(h.lease)));
         Bound {
             kind: s.kind.as_str(),
             audit: [
@@ -123,10 +114,9 @@ impl Pending {
             spec_hash: s.hash(),
             trace: serde_json::to_value(&self.new.trace_context).unwrap_or_default(),
             limit: i64::from(self.cap),
-            claim_limit,
-            lease_ms,
             hand_to: self.hand_off.as_ref().map(|h| h.worker_id.as_str()),
             hand_backends: self.hand_off.as_ref().map_or(&[], |h| h.backends.as_slice()),
+            lease_ms: self.hand_off.as_ref().map_or(0.0, |h| millis(h.lease)),
         }
     }
 
@@ -195,14 +185,14 @@ impl Submits {
     /// is being committed go together in the next commit, each its own statement in turn
     /// (each sees those before it), as described in this module.
     ///
-    /// With `hand_off` (a free slot of an attached worker), the slot is filled in the same
-    /// transaction, so that a job is under lease when the submit commits: no second commit
-    /// and round trip before a worker has it. When nothing of the slot's backends waits in
-    /// the line of owners, the new job is what a claim would take, and it goes in already
-    /// assigned to the slot (one round trip, and the job is never queued). Otherwise (or
-    /// when the submit repeated a key or was refused) a claim for the slot runs before the
-    /// commit, in a second round trip, and takes whatever is next in line, with the
-    /// claim's priorities and fair share. What the slot got is in `claimed`.
+    /// With `hand_off` (a free slot of an attached worker, of one with the job's model
+    /// loaded when there is one), the job goes in already assigned to that slot, under its
+    /// lease, when nothing of the slot's backends waits in the line of owners: it is then
+    /// what a claim for the slot would take. It is never queued: no second write and commit
+    /// before a worker has it, no row in the line, no wake-up of the dispatchers. When
+    /// something waits, the job goes in queued and the slot is left to the dispatcher's
+    /// claim, which takes whatever is next in line by priority and fair share. The job, when it
+    /// went to the slot, is in `assigned`.
     ///
     /// The commit runs in a task of its own: a caller that stops waiting strands neither
     /// its own submit nor those committed with it.
@@ -211,7 +201,7 @@ impl Submits {
         new: NewJob,
         cap: u32,
         audit: Option<AuditEvent>,
-        hand_off: Option<&ClaimFor<'_>>,
+        hand_off: Option<&FreeSlot<'_>>,
     ) -> Result<Submitted, SchedulerError> {
         let (answer, answered) = oneshot::channel();
         let owner = new.owner_id.clone();
@@ -285,73 +275,29 @@ impl Submits {
         }
     }
 
-    /// One transaction: the owner's lock and each submit's statement; then, for each slot
-    /// handed off whose job did not go in assigned to it, a claim; then the commit. One
-    /// round trip when every job handed off went in assigned (or none was handed off), two
-    /// otherwise.
+    /// One transaction: the owner's lock, then each submit's statement.
     async fn commit_together(&self, batch: &[Pending]) -> Result<Vec<Submitted>, SchedulerError> {
         let Some(owner) = batch.first().map(|p| p.new.owner_id.as_str()) else { return Ok(Vec::new()) };
         let client = self.store.pool.get().await?;
         let (lock, submit) =
             tokio::try_join!(client.prepare_cached(LOCK_OWNER), client.prepare_cached(&SUBMIT))?;
-        let claim = if batch.iter().any(|p| p.hand_off.is_some()) {
-            Some(client.prepare_cached(&CLAIM).await?)
-        } else {
-            None
-        };
         let bound: Vec<Bound<'_>> = batch.iter().map(Pending::bound).collect();
         let params: Vec<_> = batch.iter().zip(&bound).map(|(p, b)| p.submit_params(b)).collect();
         let sent: Vec<(&tokio_postgres::Statement, Params<'_>)> =
             params.iter().map(|p| (&submit, p.as_slice())).collect();
-        let (rows, claims) = match &claim {
-            // Nothing handed off: nothing depends on what the statements return.
-            None => (statements_in_tx(&client, Some((&lock, owner)), &sent).await?, Vec::new()),
-            Some(claim) => {
-                let rows = open_tx(&client, (&lock, owner), &sent).await?;
-                // Slots whose job did not go in assigned to them are left to a claim.
-                let unfilled: Vec<(usize, ClaimFor<'_>)> = batch
-                    .iter()
-                    .zip(&rows)
-                    .enumerate()
-                    .filter_map(|(i, (p, rows))| {
-                        let h = p.hand_off.as_ref()?;
-                        (!rows.first().is_some_and(assigned_in_insert)).then(|| (i, h.claim()))
-                    })
-                    .collect();
-                let claim_params: Vec<_> = unfilled
-                    .iter()
-                    .map(|(i, h)| h.params(&bound[*i].claim_limit, &bound[*i].lease_ms))
-                    .collect();
-                let sent: Vec<(&tokio_postgres::Statement, Params<'_>)> =
-                    claim_params.iter().map(|p| (claim, p.as_slice())).collect();
-                let claimed = commit_after(&client, &sent).await?;
-                (rows, unfilled.into_iter().map(|(i, _)| i).zip(claimed).collect())
-            }
-        };
-        let mut submitted: Vec<Submitted> = rows
+        let rows = statements_in_tx(&client, Some((&lock, owner)), &sent).await?;
+        Ok(rows
             .iter()
             .map(|rows| {
-                let inserted = rows.first().map(|row| Inserted {
-                    job: job_from_row(row),
-                    deduplicated: !row.get::<_, bool>("inserted"),
+                let row = rows.first();
+                let inserted = row
+                    .map(|r| Inserted { job: job_from_row(r), deduplicated: !r.get::<_, bool>("inserted") });
+                let assigned = inserted.as_ref().filter(|_| row.is_some_and(assigned_in_insert)).map(|i| {
+                    Claimed { lease_token: i.job.lease_token.unwrap_or_default(), job: i.job.clone() }
                 });
-                // A job that went in assigned was claimed by its own insert.
-                let claimed = match &inserted {
-                    Some(i) if rows.first().is_some_and(assigned_in_insert) => vec![Claimed {
-                        lease_token: i.job.lease_token.unwrap_or_default(),
-                        job: i.job.clone(),
-                    }],
-                    _ => Vec::new(),
-                };
-                Submitted { inserted, claimed }
+                Submitted { inserted, assigned }
             })
-            .collect();
-        for (i, rows) in claims {
-            if let Some(s) = submitted.get_mut(i) {
-                s.claimed = claimed_from(&rows);
-            }
-        }
-        Ok(submitted)
+            .collect())
     }
 }
 
