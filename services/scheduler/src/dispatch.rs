@@ -110,8 +110,10 @@ async fn hand_out(
         return Ok((0, 0));
     }
     let models = warm.then_some(worker.models.as_slice());
+    let turn = state.registry.claim_turn().await;
     let claimed =
         state.store.claim(&worker.worker_id, backends, models, asked, state.config.lease_ttl).await?;
+    drop(turn);
     let count = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
     deliver(state, &worker.worker_id, &mut slots, claimed, warm).await?;
     Ok((count, asked))

@@ -147,6 +147,8 @@ pub struct SlotUsage {
 #[derive(Debug, Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<Uuid, WorkerSession>>,
+    /// Held by the claim of this replica under way (see [`Registry::claim_turn`]).
+    claiming: tokio::sync::Mutex<()>,
 }
 
 /// A worker with room for more jobs.
@@ -289,6 +291,19 @@ impl Registry {
             count
         });
         Reservation { registry: self, session, count }
+    }
+
+    /// Waits for this replica's turn to claim: its claims run one at a time. A claim locks
+    /// the rows of the line of owners it reads and holds them to its commit, and a claim
+    /// that finds them held skips them; two claims of one replica at once would mostly
+    /// leave each other nothing (with one owner queued, the second finds nothing at all).
+    pub async fn claim_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.claiming.lock().await
+    }
+
+    /// The turn to claim, if no claim of this replica is under way.
+    pub fn try_claim_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        self.claiming.try_lock().ok()
     }
 
     /// Frees the slots of `jobs` (the session's jobs whose attempts are ending) and
@@ -536,5 +551,10 @@ mod tests {
         assert_eq!(slots.count(), 0, "a draining worker's slots are freed, not refilled");
         let (none, slots) = registry.refill(Uuid::now_v7(), &[next]);
         assert!(none.is_none() && slots.count() == 0, "no such session");
+
+        let turn = registry.try_claim_turn().expect("no claim under way");
+        assert!(registry.try_claim_turn().is_none(), "one claim of a replica at a time");
+        drop(turn);
+        assert!(registry.try_claim_turn().is_some());
     }
 }

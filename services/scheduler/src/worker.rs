@@ -353,12 +353,22 @@ impl Session {
 
     /// Completions, in one statement and one commit however many (see
     /// [`crate::store::Store::complete_all`]). The slots they free are refilled in the
-    /// same commit: a claim for them (of the worker's loaded models, when it has any) runs
-    /// in it, and what it took goes straight to the worker. Slots it found nothing for are
-    /// the dispatcher's.
+    /// same commit when no other claim of this replica is under way: a claim for them (of
+    /// the worker's loaded models, when it has any) runs in it, and what it took goes
+    /// straight to the worker. Slots it found nothing for, or all of them when another claim
+    /// was under way, are the dispatcher's.
     async fn completed(&mut self, done: &[(Uuid, Uuid, Vec<Uuid>)]) -> Result<(), SchedulerError> {
         let ids: Vec<Uuid> = done.iter().map(|(id, _, _)| *id).collect();
-        let (worker, mut slots) = self.state.registry.refill(self.id, &ids);
+        let registry = &self.state.registry;
+        let Some(turn) = registry.try_claim_turn() else {
+            let outcomes = self.state.store.complete_all(done, None).await?.0;
+            for id in &ids {
+                registry.release(self.id, *id);
+            }
+            self.wake.notify_one();
+            return self.answer(done, outcomes).await;
+        };
+        let (worker, mut slots) = registry.refill(self.id, &ids);
         let warm = worker.as_ref().is_some_and(|w| !w.models.is_empty());
         let refill = worker.as_ref().filter(|_| slots.count() > 0).map(|w| ClaimFor {
             worker_id: &w.worker_id,
@@ -368,6 +378,7 @@ impl Session {
             lease: self.state.config.lease_ttl,
         });
         let (outcomes, claimed) = self.state.store.complete_all(done, refill.as_ref()).await?;
+        drop(turn);
         // A job it cannot hand back now stays under lease until the reaper requeues it.
         if !claimed.is_empty()
             && let Err(e) = dispatch::deliver(&self.state, &self.worker_id, &mut slots, claimed, warm).await
@@ -380,6 +391,16 @@ impl Session {
         if left {
             self.wake.notify_one();
         }
+        self.answer(done, outcomes).await
+    }
+
+    /// Acts on what became of each completion: events, and the lease taken back from the
+    /// worker where it no longer holds.
+    async fn answer(
+        &mut self,
+        done: &[(Uuid, Uuid, Vec<Uuid>)],
+        outcomes: Vec<Completion>,
+    ) -> Result<(), SchedulerError> {
         for ((id, _, file_ids), outcome) in done.iter().zip(outcomes) {
             let id = *id;
             match outcome {
